@@ -1,0 +1,1 @@
+"""Backends: numpy (the reference), torch and keras, discovered through entry points."""

@@ -1,0 +1,1 @@
+"""The modelspec grammar (modelspec.lark), shipped as package data."""

@@ -1,0 +1,20 @@
+"""modelspec: a declarative model-spec compiler for neural networks.
+
+    import modelspec as ms
+    spec = ms.parse("dense 512 in 784; dense 64 relu; dense 10 softmax")
+    print(ms.check(spec).summary())
+"""
+
+from .diagnostics import Diagnostic, SpecError
+from .ir import Spec
+from .parser import parse
+
+__version__ = "0.1.0"
+__all__ = ["parse", "check", "Spec", "SpecError", "Diagnostic", "__version__"]
+
+
+def check(spec, *, strict: bool = False):
+    """Shapes, parameters, bytes and FLOPs of a spec, as Keras would report them."""
+    from .checker import check as _check
+
+    return _check(spec, strict=strict)

@@ -1,0 +1,60 @@
+"""The `modelspec` command line. Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .commands import COMMANDS, CommandError
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="modelspec",
+        description="A declarative model-spec compiler: one spec, the same numbers in Keras, PyTorch and NumPy.")
+    parser.add_argument("--version", action="version", version=f"modelspec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name in COMMANDS:
+        module = importlib.import_module(f".commands.{name}", __package__)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .diagnostics import SpecError
+
+    try:
+        return modules[args.command].run(args)
+    except SpecError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except CommandError as e:
+        print(f"modelspec: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("modelspec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # never show a user a traceback; MODELSPEC_DEBUG=1 does
+        if os.environ.get("MODELSPEC_DEBUG"):
+            raise
+        print(f"modelspec: internal error: {type(e).__name__}: {e}\n"
+              "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The `modelspec` subcommands, one module each.
+
+A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Modules import nothing heavy at import time: `modelspec check` must not pay for the
+frameworks that `modelspec train` needs.
+"""
+
+from __future__ import annotations
+
+# Order here is the order of `modelspec --help`.
+COMMANDS = ("check", "fmt", "schema")
+
+
+class CommandError(Exception):
+    """A failure to report as one line, `modelspec: error: ...`, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,194 @@
+"""The canonical printer: IR back to text. `modelspec fmt` rewrites a file with it.
+
+The canonical form has one statement per line: `model`, `input`, the layers, then the
+training statements. Options equal to Keras's defaults are left out, so
+parse(to_text(spec)) == spec for every spec, and to_text is idempotent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+from . import ir
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEFAULTS = {name: cls.model_fields for name, cls in ir.LAYER_CLASSES.items()}
+
+
+def _name(text: str) -> str:
+    if _IDENT.match(text) and text != "in":
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def _shape(dims: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def _stride(dims: tuple[int, int]) -> str:
+    return str(dims[0]) if dims[0] == dims[1] else _shape(dims)
+
+
+def _init(init: ir.Initializer) -> str:
+    args = [f"{k}={_num(getattr(init, k))}" for k in ("mean", "stddev", "minval", "maxval", "gain")
+            if getattr(init, k) is not None]
+    if init.seed is not None:
+        args.insert(0, f"seed={init.seed}")
+    return f"{init.name}({', '.join(args)})" if args else init.name
+
+
+def _default(layer: ir.LayerBase, field: str) -> bool:
+    return getattr(layer, field) == _DEFAULTS[layer.kind][field].default  # type: ignore[attr-defined]
+
+
+def layer_text(layer: ir.LayerBase) -> str:
+    kind = layer.kind  # type: ignore[attr-defined]
+    parts: list[str] = [kind if kind != "activation" else layer.activation]  # type: ignore[attr-defined]
+    if isinstance(layer, ir.Dense):
+        parts.append(str(layer.units))
+    elif isinstance(layer, ir.Conv2D):
+        parts += [str(layer.filters), _shape(layer.kernel_size)]
+        if layer.strides != (1, 1):
+            parts.append(f"stride={_stride(layer.strides)}")
+        if layer.padding != "valid":
+            parts.append(f"padding={layer.padding}")
+    elif isinstance(layer, (ir.MaxPool2D, ir.AvgPool2D)):
+        parts.append(_shape(layer.pool_size))
+        if layer.strides is not None:
+            parts.append(f"stride={_stride(layer.strides)}")
+        if layer.padding != "valid":
+            parts.append(f"padding={layer.padding}")
+    elif isinstance(layer, ir.Dropout):
+        parts.append(_num(layer.rate))
+        if layer.seed is not None:
+            parts.append(f"seed={layer.seed}")
+    elif isinstance(layer, ir.BatchNorm):
+        for f in ("momentum", "epsilon"):
+            if not _default(layer, f):
+                parts.append(f"{f}={_num(getattr(layer, f))}")
+    elif isinstance(layer, ir.LeakyReLU):
+        if not _default(layer, "negative_slope"):
+            parts.append(_num(layer.negative_slope))
+    if isinstance(layer, (ir.Dense, ir.Conv2D)):
+        if layer.activation != "linear":
+            parts.append(layer.activation)
+        if layer.kernel_initializer != ir.GLOROT_UNIFORM:
+            parts.append(_init(layer.kernel_initializer))
+        if not layer.use_bias:
+            parts.append("nobias")
+        reg = layer.kernel_regularizer
+        if reg is not None:
+            parts += [f"{k}={_num(getattr(reg, k))}" for k in ("l1", "l2") if getattr(reg, k)]
+            if not reg.l1 and not reg.l2:
+                parts.append("l1=0.0")
+        if layer.bias_initializer != ir.ZEROS:
+            parts.append(f"bias_init={_init(layer.bias_initializer)}")
+    if layer.name is not None:
+        parts.append(f"name={_name(layer.name)}")
+    return " ".join(parts)
+
+
+def to_text(spec: ir.Spec, source: str | None = None) -> str:
+    """The canonical text of `spec`. With the `source` it was parsed from, its comments are
+    kept: a comment line stays above the statement that follows it, a trailing comment
+    stays on its statement's line."""
+    spans = spec.statement_spans
+    lines = [(spans.get("model"), f"model {_name(spec.name)}"),
+             (spans.get("input"), f"input {_shape(spec.input_shape)}")]
+    lines += [(layer.span, layer_text(layer)) for layer in spec.layers]
+    lines += [(node.span, text) for node, text in _training_lines(spec)]  # type: ignore[attr-defined]
+    if source is None:
+        return "\n".join(text for _, text in lines) + "\n"
+    return _with_comments(lines, source)
+
+
+def _training_lines(spec: ir.Spec) -> list[tuple[ir.Node, str]]:
+    out: list[tuple[ir.Node, str]] = []
+    if spec.optimizer is not None:
+        opt = spec.optimizer
+        parts = ["optimizer", opt.name]
+        for key in ir.HYPERPARAMETERS:
+            value = getattr(opt, key)
+            if value is not None:
+                parts.append(f"{key}={_value(value)}")
+        out.append((opt, " ".join(parts)))
+    if spec.loss is not None:
+        delta = f" delta={_num(spec.loss.delta)}" if spec.loss.delta is not None else ""
+        out.append((spec.loss, f"loss {spec.loss.name}{delta}"))
+    if spec.metrics:
+        out.append((_Anchor(spec.statement_spans.get("metrics")), "metrics " + " ".join(spec.metrics)))
+    if spec.fit is not None:
+        parts = ["fit"]
+        for key, word in (("batch_size", "batch"), ("epochs", "epochs"), ("validation_split", "validation"),
+                          ("shuffle", "shuffle"), ("seed", "seed")):
+            value = getattr(spec.fit, key)
+            if value is not None:
+                parts.append(f"{word}={_value(value)}")
+        out.append((spec.fit, " ".join(parts)))
+    return out
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return _num(value)
+    return str(value)
+
+
+class _Anchor:
+    def __init__(self, span: object) -> None:
+        self.span = span
+
+
+def _comments(source: str) -> dict[int, tuple[str, bool]]:
+    """line number -> (comment text, whether code precedes it on that line)."""
+    found: dict[int, tuple[str, bool]] = {}
+    for number, line in enumerate(source.split("\n"), start=1):
+        quote = None
+        for i, ch in enumerate(line):
+            if quote:
+                if ch == "\\":
+                    continue
+                if ch == quote and line[i - 1] != "\\":
+                    quote = None
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                found[number] = (line[i:].rstrip(), bool(line[:i].strip()))
+                break
+    return found
+
+
+def _with_comments(lines: list[tuple[object, str]], source: str) -> str:
+    comments = _comments(source)
+    code_lines = sorted(span.line for span, _ in lines if span is not None)
+    # each standalone comment belongs to the next line holding a statement we print
+    leading: dict[int, list[str]] = {}
+    trailer: list[str] = []
+    for number, (text, after_code) in sorted(comments.items()):
+        if after_code:
+            continue
+        k = bisect.bisect_left(code_lines, number)
+        if k == len(code_lines):
+            trailer.append(text)
+        else:
+            leading.setdefault(code_lines[k], []).append(text)
+    last_on_line: dict[int, int] = {}
+    for index, (span, _) in enumerate(lines):
+        if span is not None:
+            last_on_line[span.line] = index
+    out: list[str] = []
+    for index, (span, text) in enumerate(lines):
+        if span is not None:
+            out.extend(leading.pop(span.line, []))
+            trailing = comments.get(span.line)
+            if trailing and trailing[1] and last_on_line[span.line] == index:
+                text = f"{text}  {trailing[0]}"
+        out.append(text)
+    return "\n".join(out + trailer) + "\n"
