@@ -1,1 +1,72 @@
-"""Backends: numpy (the reference), torch and keras, discovered through entry points."""
+"""Backends, discovered through the `modelspec.backends` entry-point group and imported lazily.
+
+Adding a backend is one module (a `Backend` subclass) plus one entry-point line in
+pyproject.toml. Nothing here imports a framework: a backend's module is imported only
+when that backend is asked for, so an absent framework costs nothing until it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Backend
+
+GROUP = "modelspec.backends"
+# Used when the package metadata is not installed (running from a source tree).
+BUILTIN = {
+    "numpy": "modelspec.backends.numpy:NumpyBackend",
+    "torch": "modelspec.backends.torch:TorchBackend",
+    "keras": "modelspec.backends.keras:KerasBackend",
+}
+EXTRAS = {"torch": ("torch", "torch"), "keras": ("keras", "keras")}  # name -> (module, extra)
+
+
+class BackendError(Exception):
+    """An unknown backend, or one whose framework is not installed."""
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    return {**BUILTIN, **found}
+
+
+def names() -> list[str]:
+    """Every registered backend, installed or not."""
+    return sorted(_entry_points())
+
+
+def get(name: str) -> "Backend":
+    """The backend called `name`, its framework imported. Raises BackendError."""
+    table = _entry_points()
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(sorted(table))}"
+        raise BackendError(f"unknown backend '{name}'{hint}")
+    module_name, _, attr = table[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        extra = EXTRAS.get(name, (None, name))[1]
+        raise BackendError(
+            f"the {name} backend needs {missing}, which is not installed: "
+            f"pip install 'modelspec[{extra}]'") from None
+    return getattr(module, attr)()
+
+
+def installed() -> list[str]:
+    """The backends whose frameworks import on this machine."""
+    out = []
+    for name in names():
+        try:
+            get(name)
+        except BackendError:
+            continue
+        out.append(name)
+    return out

@@ -1,0 +1,164 @@
+"""What a backend is: a name, what it supports, a way to build an Engine, a code emitter.
+
+The common Model API (modelspec.model.Model) owns everything that must be identical
+across backends: argument checks, the validation split, the shuffle order of every
+epoch, label alignment, Keras's history accounting, the progress bar, saving. A backend
+supplies an `Engine`, which owns the numbers: the forward and backward pass, the loss,
+the metrics and the optimizer step, in its framework. Initial weights are not drawn by
+the engine: the Model draws them once in NumPy (modelspec.initializers) and hands them
+to `set_weights`, so every backend starts from the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modelspec import ir
+    from modelspec.checker import Report
+    from modelspec.diagnostics import Diagnostic
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss as the engine computes it.
+
+    from_logits is True when the output layer ends in softmax (categorical losses) or
+    sigmoid (binary_crossentropy): Keras's TensorFlow backend then computes the loss from
+    the pre-activation values, unclipped. Otherwise probabilities are clipped to
+    [1e-7, 1 - 1e-7] as keras.backend.epsilon() says.
+    """
+
+    name: str  # categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse, mae, huber
+    from_logits: bool = False
+    delta: float = 1.0  # huber
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """A metric: the name shown in history (as the user wrote it) and what it computes."""
+
+    name: str  # 'accuracy', 'acc', 'categorical_accuracy', 'mse', ...
+    kind: str  # categorical_accuracy | sparse_categorical_accuracy | binary_accuracy | mse | mae
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything an engine needs to train: resolved, with Keras's defaults filled in."""
+
+    optimizer: str  # sgd | rmsprop | adam | adamw | adagrad | nadam
+    hyper: dict[str, Any]  # ir.Optimizer.config(): every hyperparameter, defaults included
+    loss: LossConfig
+    metrics: tuple[MetricConfig, ...]
+
+
+@dataclass
+class EpochTotals:
+    """Sums over the samples an engine has seen; the Model turns them into Keras's means.
+
+    loss_sum is Σ_b n_b · L_b, where L_b is the batch's total loss (data loss averaged over
+    the batch, plus every weight penalty), computed before that batch's update.
+    metric_sums[i] is Σ over samples of metric i (matches for accuracies, the per-sample
+    mean error for mse/mae). count is the number of samples.
+    stopped_at is the 0-based step at which a non-finite loss or gradient appeared; that
+    step's update was not applied, so the weights are those of the last good step.
+    """
+
+    loss_sum: float = 0.0
+    metric_sums: list[float] = field(default_factory=list)
+    count: int = 0
+    stopped_at: int | None = None
+
+
+# on_batch(step, samples_seen, loss_sum, metric_sums): called after each step when the Model
+# shows a live progress bar; None otherwise (engines may then avoid per-step host syncs).
+BatchCallback = Callable[[int, int, float, list[float]], None]
+
+
+class Engine:
+    """A model built in one framework. Arrays in and out are NumPy, float32 (labels int64)."""
+
+    native: Any = None  # the framework's own model object
+
+    def set_training(self, config: TrainConfig) -> None:
+        """Set (or replace) the optimizer, loss and metrics. Resets the optimizer state."""
+        raise NotImplementedError
+
+    def prepare(self, x: "np.ndarray", y: "np.ndarray | None") -> Any:
+        """Convert a dataset once (to tensors, to the device); the result goes to the calls below."""
+        raise NotImplementedError
+
+    def train_epoch(self, data: Any, order: "np.ndarray", batch_size: int,
+                    on_batch: BatchCallback | None = None) -> EpochTotals:
+        """One epoch: batches are data[order[i:i + batch_size]], the last one partial."""
+        raise NotImplementedError
+
+    def evaluate(self, data: Any, batch_size: int) -> EpochTotals:
+        """Loss (with penalties) and metric sums in inference mode, in order, in batches."""
+        raise NotImplementedError
+
+    def predict(self, data: Any, batch_size: int) -> "np.ndarray":
+        raise NotImplementedError
+
+    def get_weights(self) -> list["np.ndarray"]:
+        """Every weight in the canonical (Keras) layout and order, float32 copies."""
+        raise NotImplementedError
+
+    def set_weights(self, weights: list["np.ndarray"]) -> None:
+        """Weights in the canonical layout, already checked for count and shapes."""
+        raise NotImplementedError
+
+    def optimizer_state(self) -> list["np.ndarray"]:
+        """The optimizer's variables as Keras counts them (iteration, learning rate, slots)."""
+        return []
+
+
+class Backend:
+    """A backend's declaration. Subclasses set the class attributes and implement build/emit."""
+
+    name: ClassVar[str] = ""
+    extra: ClassVar[str] = ""  # the pip extra that installs its framework
+    requires: ClassVar[tuple[str, ...]] = ()  # modules that must import
+    # What this backend implements; anything else is reported against the spec line.
+    layer_kinds: ClassVar[frozenset[str]] = frozenset(
+        {"dense", "conv2d", "flatten", "dropout", "batchnorm", "maxpool2d", "avgpool2d",
+         "globalavgpool2d", "activation", "leaky_relu"})
+    activations: ClassVar[frozenset[str]] = frozenset(
+        {"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish", "softplus",
+         "relu6", "leaky_relu"})
+    optimizers: ClassVar[frozenset[str]] = frozenset({"sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam"})
+    losses: ClassVar[frozenset[str]] = frozenset(
+        {"categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse",
+         "mae", "huber"})
+
+    def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
+        """A diagnostic for every part of the spec this backend cannot run."""
+        from modelspec.diagnostics import Diagnostic
+
+        out = []
+        for layer in spec.layers:
+            if layer.kind not in self.layer_kinds:
+                out.append(Diagnostic("error", f"the {self.name} backend does not support {layer.kind} layers",
+                                      layer.span, code="backend"))
+            act = getattr(layer, "activation", None)
+            if act is not None and act not in self.activations:
+                out.append(Diagnostic("error", f"the {self.name} backend does not support the {act} activation",
+                                      layer.span, code="backend"))
+        if spec.optimizer is not None and spec.optimizer.name not in self.optimizers:
+            out.append(Diagnostic("error", f"the {self.name} backend does not support the "
+                                  f"{spec.optimizer.name} optimizer", spec.optimizer.span, code="backend"))
+        if spec.loss is not None and spec.loss.name not in self.losses:
+            out.append(Diagnostic("error", f"the {self.name} backend does not support the {spec.loss.name} loss",
+                                  spec.loss.span, code="backend"))
+        return out
+
+    def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
+        """A fresh engine for a checked spec. Options are backend-specific (device=...)."""
+        raise NotImplementedError
+
+    def emit(self, spec: "ir.Spec", report: "Report") -> str:
+        """Readable, standalone source code for the spec in this backend's framework."""
+        raise NotImplementedError
