@@ -20,7 +20,8 @@ BUILTIN = {
     "torch": "modelspec.backends.torch:TorchBackend",
     "keras": "modelspec.backends.keras:KerasBackend",
 }
-EXTRAS = {"torch": ("torch", "torch"), "keras": ("keras", "keras")}  # name -> (module, extra)
+# name -> (the framework's top-level modules, the pip extra that installs them)
+FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow"), "keras")}
 
 
 class BackendError(Exception):
@@ -52,8 +53,10 @@ def get(name: str) -> "Backend":
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        missing = getattr(e, "name", None) or str(e)
-        extra = EXTRAS.get(name, (None, name))[1]
+        missing = (getattr(e, "name", None) or "").partition(".")[0]
+        modules, extra = FRAMEWORKS.get(name, ((), name))
+        if missing not in modules:
+            raise  # a bug in the backend, not a missing framework
         raise BackendError(
             f"the {name} backend needs {missing}, which is not installed: "
             f"pip install 'modelspec[{extra}]'") from None

@@ -156,7 +156,8 @@ class Backend:
         return out
 
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
-        """A fresh engine for a checked spec. Options are backend-specific (device=...)."""
+        """A fresh engine for a checked spec. Options: `seed` (dropout masks), and backend-specific
+        ones such as device='cuda'."""
         raise NotImplementedError
 
     def emit(self, spec: "ir.Spec", report: "Report") -> str:

@@ -10,7 +10,7 @@ from .ir import Spec
 from .parser import parse
 
 __version__ = "0.1.0"
-__all__ = ["parse", "check", "Spec", "SpecError", "Diagnostic", "__version__"]
+__all__ = ["parse", "check", "build", "load_model", "Spec", "SpecError", "Diagnostic", "__version__"]
 
 
 def check(spec, *, strict: bool = False):
@@ -18,3 +18,17 @@ def check(spec, *, strict: bool = False):
     from .checker import check as _check
 
     return _check(spec, strict=strict)
+
+
+def build(spec, backend: str = "numpy", seed: int = 0, **options):
+    """Build a spec in a backend; see modelspec.api.build."""
+    from .api import build as _build
+
+    return _build(spec, backend=backend, seed=seed, **options)
+
+
+def load_model(path, backend=None, **options):
+    """Load a model written by Model.save; see modelspec.api.load_model."""
+    from .api import load_model as _load
+
+    return _load(path, backend=backend, **options)

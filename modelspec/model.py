@@ -1,0 +1,481 @@
+"""The common Model API, the same for every backend, shaped like Keras's.
+
+    model = ms.build(spec, backend="numpy", seed=0)
+    hist = model.fit(x, y, epochs=3)
+    model.evaluate(x_test, y_test)        # {'categorical_accuracy': ..., 'loss': ...}
+
+Everything that must be identical across backends lives here, so that one spec gives
+the same numbers everywhere: argument checks (before any step runs), the validation
+split (the last fraction, taken before shuffling), the order of every epoch (drawn in
+NumPy from the fit seed), label alignment, Keras's 'accuracy' resolution and
+from-logits rule, history accounting (batch-size-weighted running means including
+penalties), the progress display and saving. The backend's Engine does the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from . import ir
+
+if TYPE_CHECKING:
+    from .backends.base import Backend, Engine, EpochTotals, TrainConfig
+    from .checker import Report
+
+DEFAULT_BATCH_SIZE = 32
+FORMAT = "modelspec-weights/1"
+_FIT_DEFAULTS = {"batch_size": DEFAULT_BATCH_SIZE, "epochs": 1, "validation_split": 0.0, "shuffle": True}
+
+
+@dataclass
+class History:
+    """What fit returns, as Keras's History: per-epoch lists under Keras's (sorted) keys."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None  # why training stopped early (a non-finite loss), if it did
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key in sorted(logs):
+            self.history.setdefault(key, []).append(float(logs[key]))
+        self.history = dict(sorted(self.history.items()))
+
+
+class TrainingStopped(RuntimeWarning):
+    """Training stopped early; the weights of the last good step were kept."""
+
+
+# ---------------------------------------------------------------------------------------
+# Training settings
+
+
+def resolve_loss(spec: ir.Spec, loss: ir.Loss) -> "Any":
+    """Keras's TensorFlow-backend rule: a softmax (or sigmoid) output feeding the matching
+    cross-entropy is computed from the pre-activation logits."""
+    from .backends.base import LossConfig
+
+    last = spec.layers[-1]
+    act = getattr(last, "activation", None) if last.kind in ("dense", "conv2d", "activation") else None
+    from_logits = (loss.name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and act == "softmax") \
+        or (loss.name == "binary_crossentropy" and act == "sigmoid")
+    return LossConfig(name=loss.name, from_logits=from_logits, delta=loss.delta if loss.delta is not None else 1.0)
+
+
+def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ...]) -> "Any":
+    """keras.src.trainers.compile_utils.get_metric: 'accuracy' depends on shapes only."""
+    from .backends.base import MetricConfig
+
+    if name not in ("accuracy", "acc"):
+        return MetricConfig(name=name, kind=name)
+    if out_shape[-1] == 1:
+        kind = "binary_accuracy"
+    elif len(y_shape) < len(out_shape) or y_shape[-1] == 1:
+        kind = "sparse_categorical_accuracy"
+    else:
+        kind = "categorical_accuracy"
+    return MetricConfig(name=name, kind=kind)
+
+
+def _as_optimizer(value: Any) -> ir.Optimizer:
+    if isinstance(value, ir.Optimizer):
+        return value
+    if isinstance(value, str):
+        from .parser import OPTIMIZER_ALIASES
+
+        return ir.Optimizer(name=OPTIMIZER_ALIASES.get(value, value.lower()))
+    if isinstance(value, dict):
+        return ir.Optimizer(**value)
+    raise TypeError(f"optimizer must be a name, a dict or an ir.Optimizer; received {type(value).__name__}")
+
+
+def _as_loss(value: Any) -> ir.Loss:
+    if isinstance(value, ir.Loss):
+        return value
+    if isinstance(value, str):
+        from .parser import LOSS_ALIASES
+
+        return ir.Loss(name=LOSS_ALIASES.get(value, value))
+    if isinstance(value, dict):
+        return ir.Loss(**value)
+    raise TypeError(f"loss must be a name, a dict or an ir.Loss; received {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks: every problem is a ValueError that names what was expected and received
+
+
+def _shape_text(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
+    """x as float32 with shape (N, *input_shape), or a ValueError."""
+    try:
+        arr = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{what} must be an array of numbers; received {type(x).__name__} ({e})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must hold numbers; received an array of dtype {arr.dtype}")
+    expected = (None, *input_shape)
+    if arr.ndim != len(expected) or tuple(arr.shape[1:]) != tuple(input_shape):
+        hint = ""
+        if arr.ndim >= 1 and math.prod(arr.shape[1:]) == math.prod(input_shape):
+            hint = f"; reshape it with {what}.reshape(-1, {', '.join(map(str, input_shape))})"
+        raise ValueError(f"{what} has shape {_shape_text(arr.shape)}, but the model's input is "
+                         f"{_shape_text(expected)}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} is empty: expected at least one sample of shape {_shape_text(expected)}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        count = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{what} holds {count} NaN or infinite value(s), the first at index "
+                         f"{tuple(int(i) for i in bad)}; expected finite numbers")
+    return arr
+
+
+def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "y") -> np.ndarray:
+    """y aligned with the model's output as Keras aligns it, or a ValueError.
+
+    sparse_categorical_crossentropy takes integer class ids, (N,) or (N, 1), returned as
+    int64 (N,). Every other loss takes y of the output's shape, or one trailing axis of 1
+    less or more (Keras squeezes or expands it), returned as float32 of the output's shape.
+    """
+    try:
+        arr = np.asarray(y)
+    except Exception as e:
+        raise ValueError(f"{what} must be an array of numbers; received {type(y).__name__} ({e})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must hold numbers; received an array of dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[0] != n:
+        got = arr.shape[0] if arr.ndim else "a scalar"
+        raise ValueError(f"x has {n} samples but {what} has {got}; expected one label per sample")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{what} holds NaN or infinite values; expected finite labels")
+    classes = out_shape[-1]
+    if loss == "sparse_categorical_crossentropy":
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"sparse_categorical_crossentropy takes integer class ids of shape (N,) or (N, 1); "
+                             f"{what} has shape {_shape_text(arr.shape)}"
+                             + ("; these look one-hot: use categorical_crossentropy" if arr.shape[-1] == classes else ""))
+        if arr.dtype.kind == "f" and not np.equal(np.mod(arr, 1), 0).all():
+            raise ValueError(f"sparse_categorical_crossentropy takes whole-number class ids; {what} holds fractions")
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what} holds the class id {bad:g}, but the model has {classes} output units; "
+                             f"expected ids from 0 to {classes - 1}")
+        return arr.astype(np.int64)
+    target = tuple(out_shape[1:])
+    shape = tuple(arr.shape[1:])
+    if shape != target:
+        if shape + (1,) == target:
+            arr = arr[..., None]
+        elif shape == target + (1,):
+            arr = arr[..., 0]
+        else:
+            hint = ""
+            if arr.ndim == 1 and classes > 1 and loss == "categorical_crossentropy":
+                hint = ("; these look like integer class ids: one-hot encode them, or use "
+                        "sparse_categorical_crossentropy")
+            raise ValueError(f"{what} has shape {_shape_text(arr.shape)}, but the model's output is "
+                             f"{_shape_text(out_shape)}{hint}")
+    if loss in ("categorical_crossentropy", "binary_crossentropy"):
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{loss} takes labels between 0 and 1; {what} holds values from {lo:g} to {hi:g}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+
+class Model:
+    """A spec built in one backend. Build it with `modelspec.build`."""
+
+    def __init__(self, spec: ir.Spec, report: "Report", backend: "Backend", engine: "Engine", seed: int) -> None:
+        self.spec = spec
+        self.report = report
+        self.backend = backend
+        self.engine = engine
+        self.seed = seed
+        self.stop_training = False  # set it (e.g. from a signal handler) to stop after this epoch
+        self._optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")
+        self._loss = spec.loss
+        self._metrics: tuple[str, ...] = spec.metrics
+        self._config: "TrainConfig | None" = None
+        self._config_key: Any = None
+        self._trained = False
+
+    # -- basics --------------------------------------------------------------------------
+
+    @property
+    def native(self) -> Any:
+        """The backend's own model object (a keras.Model, a torch nn.Module, ...)."""
+        return self.engine.native
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_shape(self) -> tuple[Any, ...]:
+        return self.report.input_shape
+
+    @property
+    def output_shape(self) -> tuple[Any, ...]:
+        return self.report.output_shape
+
+    def __repr__(self) -> str:
+        return f"<modelspec.Model {self.name!r} on {self.backend.name}: {self.report.total_params:,} params>"
+
+    def summary(self, line_length: int | None = None, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Keras's summary; after training it includes the "Optimizer params" line."""
+        from .summary import render_summary
+
+        opt_count = opt_bytes = 0
+        if self._trained:
+            state = self.engine.optimizer_state()
+            opt_count = sum(int(a.size) for a in state)
+            opt_bytes = sum(int(a.nbytes) for a in state)
+        text = render_summary(self.report, line_length=line_length, optimizer_params=opt_count or None,
+                              optimizer_bytes=opt_bytes)
+        (print_fn or (lambda s: print(s, end="")))(text)
+
+    # -- training settings ----------------------------------------------------------------
+
+    def compile(self, optimizer: Any = None, loss: Any = None, metrics: Any = None) -> "Model":
+        """Override the spec's optimizer, loss or metrics (names, dicts or IR nodes)."""
+        if optimizer is not None:
+            self._optimizer = _as_optimizer(optimizer)
+        if loss is not None:
+            self._loss = _as_loss(loss)
+        if metrics is not None:
+            names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+            for m in names:
+                if m not in ir.METRICS:
+                    raise ValueError(f"unknown metric '{m}'; expected one of {', '.join(ir.METRICS)}")
+            self._metrics = names
+        self._config = None
+        return self
+
+    def _require_loss(self) -> ir.Loss:
+        if self._loss is None:
+            raise ValueError("the model has no loss: add a `loss` statement to the spec (e.g. "
+                             "`loss categorical_crossentropy`) or call model.compile(loss=...)")
+        return self._loss
+
+    def _training_config(self, y_shape: tuple[int, ...]) -> "TrainConfig":
+        from .backends.base import TrainConfig
+
+        loss = self._require_loss()
+        metrics = tuple(resolve_metric(m, y_shape, self.output_shape) for m in self._metrics)
+        key = (self._optimizer, loss, metrics)
+        if self._config is None or key != self._config_key:
+            self._config = TrainConfig(optimizer=self._optimizer.name, hyper=self._optimizer.config(),
+                                       loss=resolve_loss(self.spec, loss), metrics=metrics)
+            self._config_key = key
+            self.engine.set_training(self._config)
+        return self._config
+
+    def _fit_setting(self, name: str, given: Any) -> Any:
+        if given is not None:
+            return given
+        from_spec = getattr(self.spec.fit, name, None) if self.spec.fit is not None else None
+        return from_spec if from_spec is not None else _FIT_DEFAULTS.get(name)
+
+    # -- fit / evaluate / predict -----------------------------------------------------------
+
+    def _dataset(self, x: Any, y: Any, what: str = "") -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+        loss = self._require_loss()
+        xs = check_x(x, self.spec.input_shape, f"{what}x")
+        raw_shape = tuple(np.shape(y))
+        ys = check_y(y, len(xs), self.output_shape, loss.name, f"{what}y")
+        return xs, ys, raw_shape
+
+    def fit(self, x: Any, y: Any, batch_size: int | None = None, epochs: int | None = None,
+            validation_split: float | None = None, validation_data: tuple[Any, Any] | None = None,
+            shuffle: bool | None = None, verbose: int = 1, seed: int | None = None,
+            stream: Any = None) -> History:
+        """Train as Keras's fit does. Settings not given come from the spec's `fit` statement,
+        then Keras's defaults (batch 32, 1 epoch, no validation, shuffled)."""
+        batch_size = int(self._fit_setting("batch_size", batch_size))
+        epochs = int(self._fit_setting("epochs", epochs))
+        split = float(self._fit_setting("validation_split", validation_split))
+        shuffle = bool(self._fit_setting("shuffle", shuffle))
+        seed = self._fit_setting("seed", seed)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; received {batch_size}")
+        if epochs < 0:
+            raise ValueError(f"epochs must be at least 0; received {epochs}")
+        if not 0 <= split < 1:
+            raise ValueError(f"validation_split must be in [0, 1); received {split}")
+        xs, ys, raw_shape = self._dataset(x, y)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x_val, y_val)")
+            vx, vy, _ = self._dataset(validation_data[0], validation_data[1], "validation ")
+            val = (vx, vy)
+        elif split > 0:
+            split_at = int(len(xs) * (1.0 - split))  # Keras: the last samples, before shuffling
+            if split_at == 0 or split_at == len(xs):
+                raise ValueError(f"validation_split={split} of {len(xs)} samples leaves "
+                                 f"{split_at} for training and {len(xs) - split_at} for validation")
+            xs, val = xs[:split_at], (xs[split_at:], ys[split_at:])
+            ys = ys[:split_at]
+        config = self._training_config(raw_shape)
+        train_data = self.engine.prepare(xs, ys)
+        val_data = self.engine.prepare(*val) if val is not None else None
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        steps = -(-len(xs) // batch_size)
+        history = History(params={"batch_size": batch_size, "epochs": epochs, "steps": steps,
+                                   "validation_split": split, "shuffle": shuffle})
+        out = stream or sys.stdout
+        self.stop_training = False
+        for epoch in range(epochs):
+            Progress = _progress()
+            Progress.epoch_header(epoch + 1, epochs, verbose, out)
+            bar = Progress(steps, verbose, out)
+            on_batch = None
+            if bar.live:
+                def on_batch(step: int, seen: int, loss_sum: float, sums: list[float], _bar=bar) -> None:
+                    _bar.update(step + 1, self._logs(config, loss_sum, sums, seen))
+            order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
+            totals = self.engine.train_epoch(train_data, order, batch_size, on_batch)
+            self._trained = True
+            logs = self._logs(config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
+            if totals.stopped_at is not None:
+                history.stopped = (f"the loss became NaN or infinite at epoch {epoch + 1}, step "
+                                   f"{totals.stopped_at + 1}; training stopped and the weights of the last "
+                                   "good step were kept")
+                if logs:
+                    history.append(epoch, logs)
+                if verbose:
+                    print(f"modelspec: {history.stopped}", file=sys.stderr)
+                else:
+                    import warnings
+
+                    warnings.warn(history.stopped, TrainingStopped, stacklevel=2)
+                break
+            if val_data is not None:
+                v = self.engine.evaluate(val_data, batch_size)
+                logs.update({f"val_{k}": value for k, value in
+                             self._logs(config, v.loss_sum, v.metric_sums, v.count).items()})
+            history.append(epoch, logs)
+            bar.finish(totals.count and steps, logs)
+            if self.stop_training:
+                history.stopped = f"stopped on request after epoch {epoch + 1}"
+                break
+        return history
+
+    @staticmethod
+    def _logs(config: "TrainConfig", loss_sum: float, sums: list[float], count: int) -> dict[str, float]:
+        logs = {"loss": loss_sum / count}
+        for metric, total in zip(config.metrics, sums):
+            logs[metric.name] = total / count
+        return logs
+
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
+        """Loss (with penalties) and metrics in inference mode: {'loss': ..., metric: ...}, sorted."""
+        batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+        xs, ys, raw_shape = self._dataset(x, y)
+        config = self._training_config(raw_shape)
+        totals = self.engine.evaluate(self.engine.prepare(xs, ys), batch_size)
+        logs = dict(sorted(self._logs(config, totals.loss_sum, totals.metric_sums, totals.count).items()))
+        if verbose:
+            steps = -(-len(xs) // batch_size)
+            _progress()(steps, verbose).finish(steps, logs)
+        return logs
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """The model's outputs in inference mode, float32, batch by batch (32 by default)."""
+        xs = check_x(x, self.spec.input_shape)
+        return self.engine.predict(self.engine.prepare(xs, None), int(batch_size or DEFAULT_BATCH_SIZE))
+
+    # -- weights -------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Every weight in Keras's layout and order (see `weight_paths`)."""
+        return self.engine.get_weights()
+
+    @property
+    def weight_paths(self) -> list[str]:
+        return [w.path for w in self.report.weights]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        expected = self.report.weights
+        weights = list(weights)
+        if len(weights) != len(expected):
+            raise ValueError(f"expected {len(expected)} weight arrays ({', '.join(w.path for w in expected[:4])}"
+                             f"{', ...' if len(expected) > 4 else ''}); received {len(weights)}")
+        arrays = []
+        for w, value in zip(expected, weights):
+            arr = np.asarray(value)
+            if tuple(arr.shape) != w.shape:
+                raise ValueError(f"{w.path} has shape {_shape_text(w.shape)}; received {_shape_text(arr.shape)}")
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"{w.path} must hold numbers; received dtype {arr.dtype}")
+            arrays.append(np.ascontiguousarray(arr, dtype=np.float32))
+        self.engine.set_weights(arrays)
+
+    def save(self, path: Any) -> None:
+        """Weights and spec in one safetensors file (nothing in it can execute on load)."""
+        from safetensors.numpy import save
+
+        from . import __version__
+        from .fileio import write_atomic
+
+        tensors = dict(zip(self.weight_paths, self.get_weights()))
+        metadata = {"format": FORMAT, "spec": self.spec.model_dump_json(), "backend": self.backend.name,
+                    "modelspec": __version__}
+        write_atomic(path, save(tensors, metadata=metadata))
+
+    def load_weights(self, path: Any) -> None:
+        """Weights from a file written by `save`; they must fit this model's spec."""
+        tensors, _ = read_weights_file(path)
+        missing = [p for p in self.weight_paths if p not in tensors]
+        if missing:
+            have = ", ".join(sorted(tensors)[:3]) or "no weights"
+            raise ValueError(f"{path} does not fit this model: it has no {missing[0]} (it holds {have}"
+                             f"{', ...' if len(tensors) > 3 else ''})")
+        self.set_weights([tensors[p] for p in self.weight_paths])
+
+
+def read_weights_file(path: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a modelspec weights file, or a ValueError saying what is wrong."""
+    import json
+    import os
+    import struct
+
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the weights file {os.fspath(path)}: {e.strerror or e}") from None
+    try:
+        tensors = load(data)
+        header_len = struct.unpack("<Q", data[:8])[0]
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)} is not a modelspec weights file (safetensors): {e}") from None
+    return tensors, metadata
+
+
+def _progress():
+    from .progress import Progress
+
+    return Progress
