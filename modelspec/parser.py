@@ -349,7 +349,10 @@ class _Reader:
             self.error(f"'{found[1].key}' repeats '{found[0].key}'", found[1].key_span)
         return found[0] if found else None
 
-    def unknown_leftovers(self, allowed_words: Iterable[str] = (), allowed_options: Iterable[str] = ()) -> None:
+    def unknown_leftovers(self, allowed_words: Iterable[str] = (), allowed_options: Iterable[str] = (),
+                          words_described: str | None = None) -> None:
+        """Report every argument no handler consumed. `words_described` replaces the list of
+        allowed words in the message when that list is long (an activation, an initializer...)."""
         allowed_options = tuple(allowed_options)
         for opt in self.options.values():
             expected = f"; {self.kw} takes {one_of(allowed_options)}" if allowed_options else f"; {self.kw} takes no options"
@@ -361,8 +364,13 @@ class _Reader:
                 hint = "separate statements with a new line or ';'"
             else:
                 hint = did_you_mean(w.value, allowed_words) if allowed_words else None
-            what = f"{self.kw} takes {one_of(allowed_words)}" if allowed_words else f"{self.kw} takes no words"
-            self.error(f"unexpected '{w.value}'; {what}", w.span, hint=hint)
+            if words_described:
+                what = f"expected {words_described}"
+            elif allowed_words:
+                what = f"{self.kw} takes {one_of(allowed_words)}"
+            else:
+                what = f"{self.kw} takes no words"
+            self.error(f"unknown word '{w.value}' in {self.kw}; {what}", w.span, hint=hint)
         for c in self.calls:
             self.error(f"unexpected call '{c.name}(...)' in {self.kw}", c.span)
         self.options, self.words, self.calls = {}, [], []
@@ -587,7 +595,9 @@ class _Builder:
             if value is not None:
                 fields["use_bias"] = value and fields.get("use_bias", True)
         r.unknown_leftovers(allowed + ir.ACTIVATIONS + ("nobias", "l1", "l2") + ir.INITIALIZERS,
-                            _WEIGHTED_OPTIONS + self._extra_options(r.kw))
+                            _WEIGHTED_OPTIONS + self._extra_options(r.kw),
+                            words_described="an activation (relu, softmax, ...), an initializer (he_normal, ...), "
+                                            "nobias, l1 or l2")
 
     @staticmethod
     def _extra_options(kw: str) -> tuple[str, ...]:
