@@ -103,6 +103,11 @@ class Engine:
     def predict(self, data: Any, batch_size: int) -> "np.ndarray":
         raise NotImplementedError
 
+    def layer_outputs(self, x: "np.ndarray") -> list["np.ndarray"]:
+        """Every layer's output for one batch in inference mode, in the canonical (channels-last)
+        layout, float32: what `modelspec crosscheck` compares layer by layer."""
+        raise NotImplementedError
+
     def get_weights(self) -> list["np.ndarray"]:
         """Every weight in the canonical (Keras) layout and order, float32 copies."""
         raise NotImplementedError
