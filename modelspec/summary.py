@@ -32,6 +32,8 @@ def keras_line_length() -> int:
 
 def readable_size(nbytes: float) -> str:
     """keras.src.utils.summary_utils.readable_memory_size: 1024-based, two decimals."""
+    if nbytes >= 2**1000:  # past a float's range (a mistyped size): whole petabytes, exactly
+        return f"{int(nbytes) // 1024**5} PB"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if nbytes / 1024 < 1:
             return f"{nbytes:.2f} {unit}"
