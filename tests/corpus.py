@@ -1,0 +1,74 @@
+"""Specs shared by the tests: the tutorial's files in specs/ and hand-written ones that use
+every layer kind and option, written in varied (non-canonical) ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_FILES = sorted((ROOT / "specs").glob("*.ms"))
+SPEC_IDS = [p.stem for p in SPEC_FILES]
+
+VARIED = {
+    "every_layer": """
+        model every_layer
+        input 32x32x3
+        conv2d 8 3x3 stride=2 padding=same relu he_uniform(seed=1) l2=0.001 name=stem
+        batchnorm momentum=0.9 epsilon=0.0001
+        leaky_relu 0.2
+        conv2d 16 (3, 2) strides=(2, 1) nobias lecun_normal bias_init=ones
+        relu
+        maxpool2d 3x3 stride=2 padding=same
+        avgpool2d 2 stride=1
+        conv2d 4 1x1 activation=tanh kernel_initializer=glorot_normal(seed=3) l1=0.01 l2=0.02
+        globalavgpool2d
+        dense 10 use_bias=false random_normal(mean=0.1, stddev=0.2, seed=4)
+        dropout rate=0.25 seed=5
+        dense 10 orthogonal(gain=2.0)
+        softmax name=probabilities
+        optimizer adamw lr=0.003 beta_1=0.8 beta_2=0.99 epsilon=1e-6 weight_decay=0.01
+        loss categorical_crossentropy
+        metrics accuracy categorical_accuracy
+        fit batch=16 epochs=3 validation=0.25 shuffle=false seed=9
+    """,
+    "activations": """
+        input 6
+        dense 6 linear; dense 6 sigmoid glorot_uniform; dense 6 tanh; dense 6 elu he_normal
+        dense 6 selu lecun_normal; dense 6 gelu he_normal; dense 6 swish he_normal; dense 6 softplus
+        dense 6 relu6 he_normal; dense 6 leaky_relu he_normal; dense 6 silu he_normal
+        elu; selu; gelu; swish; softplus; relu6; sigmoid; tanh; linear; leaky_relu
+        dense 1 sigmoid truncated_normal(stddev=0.1) bias_init=random_uniform(minval=-0.1, maxval=0.1)
+        optimizer sgd learning_rate=0.1 momentum=0.9 nesterov=true weight_decay=0.001
+        loss binary_crossentropy
+        metrics binary_accuracy
+    """,
+    "training_variants": """
+        model "a model, with spaces"
+        input (4, 5)
+        dense 7 relu he_normal(seed=0) name="first layer"
+        dense units=3 activation=softmax
+        optimizer RMSprop rho=0.8 momentum=0.1 centered=true epsilon=1e-5
+        loss sparse_categorical_crossentropy
+        metrics sparse_categorical_accuracy
+        fit batch_size=8 epochs=0 validation_split=0.0 shuffle=yes
+    """,
+    "regression": """
+        model regression  # a trailing comment
+        dense 16 relu he_normal(seed=1) in 13
+        dense 1
+        optimizer adagrad lr=0.01 initial_accumulator_value=0.2
+        loss huber delta=2.5
+        metrics mae mse
+    """,
+    "nadam_and_defaults": """
+        input 3x3x1
+        conv2d 2 3x3 zeros bias_init=zeros l1
+        flatten
+        dense 2 softmax random_uniform(seed=1) l2
+        dropout 0.0
+        dense 2 softmax lecun_uniform
+        optimizer nadam
+        loss mse
+        metrics acc
+    """,
+}

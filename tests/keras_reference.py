@@ -1,0 +1,63 @@
+"""Real Keras models built from modelspec's IR: the reference side of the differential tests.
+
+Only for tests; modelspec's own Keras backend is separate. Unnamed layers are left to
+Keras's auto-naming (after `clear_session()`), so the names are Keras's, not ours.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+from modelspec import ir  # noqa: E402
+
+
+def initializer(init: ir.Initializer) -> keras.initializers.Initializer:
+    cls = type(keras.initializers.get(init.name))
+    kwargs = dict(init.args())
+    if init.name not in ir.SEEDLESS_INITIALIZERS:
+        kwargs["seed"] = init.seed
+    return cls(**kwargs)
+
+
+def layer(node: ir.LayerBase) -> keras.layers.Layer:
+    L = keras.layers
+    named = {"name": node.name} if node.name else {}
+    if isinstance(node, (ir.Dense, ir.Conv2D)):
+        reg = node.kernel_regularizer
+        weighted = dict(
+            activation=node.activation, use_bias=node.use_bias,
+            kernel_initializer=initializer(node.kernel_initializer),
+            bias_initializer=initializer(node.bias_initializer),
+            kernel_regularizer=keras.regularizers.L1L2(reg.l1, reg.l2) if reg else None, **named)
+        if isinstance(node, ir.Dense):
+            return L.Dense(node.units, **weighted)
+        return L.Conv2D(node.filters, node.kernel_size, strides=node.strides, padding=node.padding, **weighted)
+    if isinstance(node, (ir.MaxPool2D, ir.AvgPool2D)):
+        cls = L.MaxPooling2D if isinstance(node, ir.MaxPool2D) else L.AveragePooling2D
+        return cls(node.pool_size, strides=node.strides, padding=node.padding, **named)
+    if isinstance(node, ir.Dropout):
+        return L.Dropout(node.rate, seed=node.seed, **named)
+    if isinstance(node, ir.BatchNorm):
+        return L.BatchNormalization(momentum=node.momentum, epsilon=node.epsilon, **named)
+    if isinstance(node, ir.LeakyReLU):
+        return L.LeakyReLU(negative_slope=node.negative_slope, **named)
+    if isinstance(node, ir.Activation):
+        return L.Activation(node.activation, **named)
+    simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D}
+    return simple[node.kind](**named)
+
+
+def model(spec: ir.Spec) -> keras.Sequential:
+    """The spec as a Keras Sequential model, built, in a fresh naming session."""
+    keras.backend.clear_session()
+    return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
+
+
+def summary(m: keras.Model, line_length: int) -> str:
+    captured: list[str] = []
+    m.summary(print_fn=lambda text, line_break=True: captured.append(text), line_length=line_length)
+    return "".join(captured)

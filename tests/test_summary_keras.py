@@ -1,0 +1,84 @@
+"""modelspec's summary table against Keras's own `model.summary()`, character for character."""
+
+from __future__ import annotations
+
+import pytest
+
+import modelspec as ms
+from corpus import SPEC_FILES, VARIED
+
+# Long layer names (wrapped at spaces, or cut with an ellipsis), wide characters, long shapes.
+AWKWARD = {
+    "long_names": """
+        input 28x28x3
+        conv2d 4 3x3 name=a_really_long_layer_name_that_cannot_possibly_fit_in_the_first_column_at_all
+        dense 3 name="a name with many short words that wraps across several lines of the table cell"
+        dense 2 name="x y"
+    """,
+    "long_shapes": """
+        input 123456789x987654321x12345
+        maxpool2d 1x1
+        conv2d 7 1x1 padding=same name=b
+        avgpool2d 3x3 stride=2 padding=same
+    """,
+    "wide_characters": """
+        model "宽字符"
+        input 4
+        dense 3 name="稠密层稠密层稠密层稠密层稠密层稠密层稠密层稠密层稠密层稠密层"
+        dense 2 name="éééééééééééééééééééééééééééééééééééééééééééééééééé"
+    """,
+}
+CASES = ([pytest.param(path, id=path.stem) for path in SPEC_FILES]
+         + [pytest.param(text, id=name) for name, text in {**VARIED, **AWKWARD}.items()])
+
+# Keras 3.15's model.summary(line_length=76) for this model, captured once.
+MODEL1_WITH_BATCHNORM = "dense 512 in 784; dense 64 relu; batchnorm; dense 10 softmax"
+KERAS_SUMMARY_76 = """\
+Model: "model1"
+┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━┓
+┃ Layer (type)                    ┃ Output Shape           ┃       Param # ┃
+┡━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━┩
+│ dense (Dense)                   │ (None, 512)            │       401,920 │
+├─────────────────────────────────┼────────────────────────┼───────────────┤
+│ dense_1 (Dense)                 │ (None, 64)             │        32,832 │
+├─────────────────────────────────┼────────────────────────┼───────────────┤
+│ batch_normalization             │ (None, 64)             │           256 │
+│ (BatchNormalization)            │                        │               │
+├─────────────────────────────────┼────────────────────────┼───────────────┤
+│ dense_2 (Dense)                 │ (None, 10)             │           650 │
+└─────────────────────────────────┴────────────────────────┴───────────────┘
+ Total params: 435,658 (1.66 MB)
+ Trainable params: 435,530 (1.66 MB)
+ Non-trainable params: 128 (512.00 B)
+"""
+
+
+def test_summary_matches_a_captured_keras_summary():
+    report = ms.check(ms.parse(MODEL1_WITH_BATCHNORM, name="model1"))
+    assert report.summary(line_length=76) == KERAS_SUMMARY_76
+
+
+def test_tutorial_totals_line():
+    summary = ms.check(ms.parse("specs/model1.ms")).summary(line_length=88)
+    assert " Total params: 435,402 (1.66 MB)\n" in summary
+    assert "│ dense (Dense)                        │ (None, 512)                 │         401,920 │" in summary
+
+
+def test_absurd_sizes_are_summarised():
+    report = ms.check(ms.parse("dense 1" + "0" * 400 + " in 784"))
+    summary = report.summary(line_length=88)
+    assert f" Total params: {784 * 10**400 + 10**400:,} (" in summary
+    assert summary.count("PB)") == 2  # total and trainable
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("line_length", [76, 88, 100])
+@pytest.mark.parametrize("source", CASES)
+def test_summary_equals_keras(source, line_length, monkeypatch):
+    pytest.importorskip("keras")
+    import keras_reference as kr
+
+    # rich crops Keras's capture at the terminal's width; give it room for the widest table
+    monkeypatch.setenv("COLUMNS", "200")
+    spec = ms.parse(source)
+    assert ms.check(spec).summary(line_length=line_length) == kr.summary(kr.model(spec), line_length)
