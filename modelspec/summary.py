@@ -120,16 +120,18 @@ def render_table(rows: Iterable[tuple[str, str, str]], line_length: int) -> list
     def rule(left: str, fill: str, mid: str, right: str) -> str:
         return left + mid.join(fill * (w + 2) for w in widths) + right
 
-    def row(cells: tuple[str, str, str], edge: str) -> list[str]:
+    def row(cells: tuple[str, str, str], edge: str, header: bool = False) -> list[str]:
         wrapped = [_wrap(c, w, j) for c, w, j in zip(cells, widths, JUSTIFY)]
         height = max(len(w) for w in wrapped)
+        if header:  # rich aligns a wrapped header to the bottom, body cells to the top
+            wrapped = [[" " * width] * (height - len(w)) + w for w, width in zip(wrapped, widths)]
         out = []
         for i in range(height):
             parts = [(w[i] if i < len(w) else " " * width) for w, width in zip(wrapped, widths)]
             out.append(edge + edge.join(f" {p} " for p in parts) + edge)
         return out
 
-    lines = [rule("┏", "━", "┳", "┓"), *row(HEADER, "┃"), rule("┡", "━", "╇", "┩")]
+    lines = [rule("┏", "━", "┳", "┓"), *row(HEADER, "┃", header=True), rule("┡", "━", "╇", "┩")]
     separator = rule("├", "─", "┼", "┤")
     first = True
     for cells in rows:

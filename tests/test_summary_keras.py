@@ -82,3 +82,26 @@ def test_summary_equals_keras(source, line_length, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     spec = ms.parse(source)
     assert ms.check(spec).summary(line_length=line_length) == kr.summary(kr.model(spec), line_length)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("source", [pytest.param("specs/model_b.ms", id="model_b"),
+                                    pytest.param(VARIED["every_layer"], id="every_layer")])
+def test_summary_equals_keras_at_every_width(source, monkeypatch):
+    """Narrow tables wrap the header too (rich aligns it to the bottom) and cut numbers with '…'."""
+    pytest.importorskip("keras")
+    import keras_reference as kr
+
+    monkeypatch.setenv("COLUMNS", "200")
+    spec = ms.parse(source)
+    report, model = ms.check(spec), kr.model(spec)
+    differ = [n for n in range(16, 121) if report.summary(line_length=n) != kr.summary(model, n)]
+    assert differ == []
+
+
+def test_narrowest_summary():
+    """16 columns is the narrowest table Keras draws (each column needs 4 characters)."""
+    report = ms.check(ms.parse("specs/model1.ms"))
+    assert report.summary(line_length=16).startswith('Model: "model1"\n┏')
+    with pytest.raises(ValueError, match="Insufficient console width"):
+        report.summary(line_length=15)
