@@ -57,11 +57,9 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": self.kind, "keras_class": self.keras_class,
-            "output_shape": list(self.output_shape), "params": self.params,
-            "trainable": self.trainable, "non_trainable": self.non_trainable, "flops": self.flops,
-            "weights": [{"path": w.path, "shape": list(w.shape), "trainable": w.trainable}
-                        for w in self.weights],
+            "name": self.name, "kind": self.kind, "output_shape": list(self.output_shape),
+            "params": self.params, "trainable": self.trainable, "non_trainable": self.non_trainable,
+            "flops": self.flops,
         }
 
 
@@ -110,18 +108,16 @@ class Report:
         return render_summary(self, line_length=line_length, flops=flops)
 
     def to_dict(self) -> dict[str, Any]:
+        """`modelspec check --json`: exactly these keys, which scripts rely on; weights are in `.weights`."""
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape),
             "layers": [layer.to_dict() for layer in self.layers],
             "total_params": self.total_params,
             "trainable_params": self.trainable_params,
             "non_trainable_params": self.non_trainable_params,
             "bytes": self.bytes,
             "flops": self.flops,
-            "flops_convention": "2 per multiply-accumulate of dense and conv2d layers, one sample; "
-                                "other layers count 0",
             "warnings": [w.to_dict() for w in self.warnings],
         }
 

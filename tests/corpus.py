@@ -1,5 +1,5 @@
-"""Specs shared by the tests: the tutorial's files in specs/ and hand-written ones that use
-every layer kind and option, written in varied (non-canonical) ways."""
+"""Shared by the tests: the tutorial's specs in specs/, hand-written ones that use every layer
+kind and option written in varied (non-canonical) ways, and a way to run the CLI."""
 
 from __future__ import annotations
 
@@ -72,3 +72,12 @@ VARIED = {
         metrics acc
     """,
 }
+
+
+def modelspec_cli(*args: object, cwd: Path = ROOT, timeout: float = 120):
+    """Run `python -m modelspec ARGS...` as a user would; the CompletedProcess, text mode."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "modelspec", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
