@@ -13,8 +13,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", metavar="SPEC", help="a .ms file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    p.add_argument("--width", type=int, default=None, metavar="N",
+    p.add_argument("--width", type=_width, default=None, metavar="N",
                    help="summary width (default: Keras's, min(88, terminal columns - 4))")
+
+
+MIN_WIDTH = 16  # Keras refuses narrower summaries: each of the three columns needs 4 characters
+
+
+def _width(text: str) -> int:
+    try:
+        width = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of columns; received {text!r}") from None
+    if width < MIN_WIDTH:
+        raise argparse.ArgumentTypeError(f"expected at least {MIN_WIDTH} columns; received {width}")
+    return width
 
 
 def run(args: argparse.Namespace) -> int:
