@@ -9,6 +9,7 @@ not just the first.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -91,6 +92,8 @@ def _shift(span: Span, lines: int) -> Span:
 # ---------------------------------------------------------------------------------------
 # The lark side
 
+_MAX_TEXT = 200  # a tuple's text, for messages: longer is cut
+
 _TERMINAL_NAMES = {
     "INT": "a whole number", "FLOAT": "a number", "DIMS": "a shape such as 3x3",
     "WORD": "a word", "STRING": "a quoted string", "CALL_OPEN": "a call such as he_normal(seed=1)",
@@ -135,15 +138,11 @@ def _make_parser() -> Any:
             return Value("string", _unquote(str(t)), str(t), _tok_span(t))
 
         def tuple(self, c):  # noqa: A003
-            items = [x for x in c if x is not None]
-            # the tuple's own span is not kept by the inline transformer; rebuild it from items
-            if items:
-                span = Span(items[0].span.line, items[0].span.column - 1, items[-1].span.end_line,
-                            items[-1].span.end_column + 1)
-            else:
-                span = Span(0, 0, 0, 0)
+            items = [x for x in c if isinstance(x, Value)]
             text = "(" + ", ".join(i.text for i in items) + ")"
-            return Value("tuple", tuple(items), text, span)
+            if len(text) > _MAX_TEXT:  # nested parentheses must not grow quadratically
+                text = text[: _MAX_TEXT - 4] + "...)"
+            return Value("tuple", tuple(items), text, _join(_tok_span(c[0]), _tok_span(c[-1])))
 
         def option(self, c):
             key, value = c
@@ -236,16 +235,17 @@ def _shift_statement(st: Statement, lines: int) -> None:
 
 
 def _shift_arg(arg: Arg, lines: int) -> None:
-    arg.span = _shift(arg.span, lines)
-    if isinstance(arg, Option):
-        arg.key_span = _shift(arg.key_span, lines)
-        _shift_arg(arg.value, lines)
-    elif isinstance(arg, Call):
-        for a in arg.args:
-            _shift_arg(a, lines)
-    elif arg.type == "tuple":
-        for a in arg.value:
-            _shift_arg(a, lines)
+    pending = [arg]  # a loop, not recursion: tuples may nest thousands deep
+    while pending:
+        arg = pending.pop()
+        arg.span = _shift(arg.span, lines)
+        if isinstance(arg, Option):
+            arg.key_span = _shift(arg.key_span, lines)
+            pending.append(arg.value)
+        elif isinstance(arg, Call):
+            pending.extend(arg.args)
+        elif arg.type == "tuple":
+            pending.extend(arg.value)
 
 
 def _syntax_error(e: Any, line_text: str, index: int) -> Diagnostic:
@@ -259,13 +259,16 @@ def _syntax_error(e: Any, line_text: str, index: int) -> Diagnostic:
         if ch in "\"'":
             return Diagnostic("error", "unterminated string: expected a closing " + ch, span,
                               hint=f"end the string with {ch} on the same line", code="syntax")
-        shown = ch if ch.isprintable() and ch else repr(ch)
+        if ch.isdigit() or ch in ".+-":
+            number = _NUMBER_LIKE.match(line_text, col - 1).group(0)
+            return Diagnostic("error", f"malformed number '{number}'; expected a number such as 64, 0.5 or 1e-3, "
+                                       "or a shape such as 28x28", Span(line_no, col, line_no, col + len(number)),
+                              code="syntax")
+        shown = ch if ch.isprintable() and ch else repr(ch)[1:-1]
         expected = _expected(e.allowed or set())
         msg = f"unexpected character '{shown}'" + (f"; expected {expected}" if expected else "")
         hint = None
-        if ch.isdigit() or ch == ".":
-            hint = "numbers are written 64, 0.5 or 1e-3; shapes 28x28"
-        elif ch == "=":
+        if ch == "=":
             hint = "options are written key=value, e.g. momentum=0.9"
         return Diagnostic("error", msg, span, hint=hint, code="syntax")
     if isinstance(e, UnexpectedToken):
@@ -282,6 +285,9 @@ def _syntax_error(e: Any, line_text: str, index: int) -> Diagnostic:
                           hint=_hint_for_token(text, e.expected))
     col = getattr(e, "column", 1) or 1
     return Diagnostic("error", "invalid syntax", Span(line_no, col, line_no, col + 1), code="syntax")
+
+
+_NUMBER_LIKE = re.compile(r"[A-Za-z0-9_.+-]*")
 
 
 def _expected(names: set[str]) -> str:
