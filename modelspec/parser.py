@@ -144,7 +144,7 @@ class _Reader:
         self.words: list[Value] = []
         self.options: dict[str, Option] = {}
         self.calls: list[Call] = []
-        self.input_shape: tuple[tuple[int, ...], Span] | None = None
+        self.input_shape: tuple[tuple[int, ...] | None, Span] | None = None
         self._split()
 
     # -- classification -----------------------------------------------------------------
@@ -163,15 +163,16 @@ class _Reader:
             elif isinstance(a, Call):
                 self.calls.append(a)
             elif a.type == "word" and a.value == "in":
-                if i + 1 >= len(args) or not isinstance(args[i + 1], Value) or args[i + 1].type not in ("int", "dims", "tuple"):
-                    got = args[i + 1] if i + 1 < len(args) else None
+                got = args[i + 1] if i + 1 < len(args) and isinstance(args[i + 1], Value) else None
+                shape = None
+                if got is None or got.type not in ("int", "dims", "tuple"):
                     self.error("expected an input shape after 'in', such as 784, 28x28 or (28, 28); "
                                f"received {_describe(got)}", got.span if got else a.span)
                 else:
-                    shape = self.shape(args[i + 1])
-                    if shape is not None:
-                        self.input_shape = (shape, _join(a.span, args[i + 1].span))
-                    i += 1
+                    shape = self.shape(got)
+                # kept even when invalid (None), so that no "the model has no input shape" follows
+                self.input_shape = (shape, _join(a.span, got.span if got else a.span))
+                i += got is not None
             elif a.type == "word":
                 self.words.append(a)
             else:
@@ -408,7 +409,7 @@ class _Builder:
         self.default_name = default_name
         self.path = path
         self.model_name: tuple[str, Span] | None = None
-        self.input: tuple[tuple[int, ...], Span] | None = None
+        self.input: tuple[tuple[int, ...] | None, Span] | None = None  # None shape: invalid, reported
         self.layers: list[Any] = []
         self.first_layer_span: Span | None = None
         self.training: dict[str, tuple[Any, Span]] = {}
@@ -448,7 +449,9 @@ class _Builder:
         try:
             result = handler(r)
         except _Skip:
-            return
+            if kw not in LAYER_KEYWORDS:
+                return
+            result = None  # still a layer: its place and its `in` count, so no error follows from it
         if kw in LAYER_KEYWORDS:
             self.add_layer(r, result, name_opt)
         elif r.input_shape is not None:
@@ -534,12 +537,14 @@ class _Builder:
         if self.first_layer_span is not None:
             r.fail("`input` must come before the first layer", r.st.keyword_span,
                    hint=f"move it above line {self.first_layer_span.line}")
+        # Recorded even when the shape is invalid (its error is reported, and the spec is
+        # rejected), so that "the model has no input shape" does not follow.
+        self.input = (None, r.st.span)
         v = r.positional("a shape", "input 784, input 28x28 or input (28, 28)")
         shape = r.shape(v) if v else None
         r.no_more_positionals()
         r.unknown_leftovers()
-        if shape is not None:
-            self.input = (shape, r.st.span)
+        self.input = (shape, r.st.span)
 
     # -- layers: each returns the IR fields, or None when an error was reported ----------
 
