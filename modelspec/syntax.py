@@ -261,7 +261,8 @@ def _syntax_error(e: Any, line_text: str, index: int) -> Diagnostic:
                               hint=f"end the string with {ch} on the same line", code="syntax")
         if ch.isdigit() or ch in ".+-":
             number = _NUMBER_LIKE.match(line_text, col - 1).group(0)
-            return Diagnostic("error", f"malformed number '{number}'; expected a number such as 64, 0.5 or 1e-3, "
+            shown = number if len(number) <= 40 else number[:37] + "..."
+            return Diagnostic("error", f"malformed number '{shown}'; expected a number such as 64, 0.5 or 1e-3, "
                                        "or a shape such as 28x28", Span(line_no, col, line_no, col + len(number)),
                               code="syntax")
         shown = ch if ch.isprintable() and ch else repr(ch)[1:-1]
