@@ -183,7 +183,9 @@ def _with_comments(lines: list[tuple[object, str]], source: str) -> str:
     for index, (span, _) in enumerate(lines):
         if span is not None:
             last_on_line[span.line] = index
-    out: list[str] = []
+    # the comments above the first statement (a file's header) stay above the `model` and
+    # `input` lines the printer adds when the source had none
+    out: list[str] = leading.pop(code_lines[0], []) if code_lines else []
     for index, (span, text) in enumerate(lines):
         if span is not None:
             out.extend(leading.pop(span.line, []))
