@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: not in canonical form", file=sys.stderr)
             status = 1
         else:
-            write_atomic(name, canonical)
+            try:
+                write_atomic(name, canonical)
+            except OSError as e:  # the file is left as it was
+                print(f"{name}: error: cannot write: {e.strerror or e}", file=sys.stderr)
+                status = 1
+                continue
             print(f"reformatted {name}", file=sys.stderr)
     return status
