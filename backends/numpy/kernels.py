@@ -1,0 +1,671 @@
+"""The numbers of the numpy backend: layers, activations, losses, metrics and optimizers.
+
+This is the project's reference: every formula is Keras 3's on the TensorFlow backend
+(/work/shared/SEMANTICS.md says where a naive port differs). The code is dtype-generic:
+constants are Python scalars, which NumPy never lets widen an array, so float32 in gives
+float32 out (the tests also run it in float64 for finite differences).
+
+Everything here imports only NumPy (and the checker's pure `same_padding`): the emitter
+copies the source of exactly the pieces a spec uses into standalone generated code, so
+keep each definition self-contained and free of annotations.
+"""
+
+import math
+
+import numpy as np
+
+from modelspec.checker import same_padding
+
+EPSILON = 1e-7  # keras.backend.epsilon(): how far probabilities are clipped from 0 and 1
+
+
+# ---------------------------------------------------------------------------------------
+# Activations: f(x) and f_grad(x, y, dy), where y = f(x) is the forward's output.
+
+
+def linear(x):
+    return x
+
+
+def linear_grad(x, y, dy):
+    return dy
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_grad(x, y, dy):
+    return dy * (x > 0)
+
+
+def relu6(x):
+    return np.clip(x, 0, 6)
+
+
+def relu6_grad(x, y, dy):
+    return dy * ((x > 0) & (x < 6))
+
+
+def leaky_relu(x, negative_slope=0.2):
+    return np.where(x > 0, x, x * negative_slope)
+
+
+def leaky_relu_grad(x, y, dy, negative_slope=0.2):
+    return np.where(x > 0, dy, dy * negative_slope)
+
+
+def sigmoid(x):
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1, e) / (1 + e)
+
+
+def sigmoid_grad(x, y, dy):
+    return dy * y * (1 - y)
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+def tanh_grad(x, y, dy):
+    return dy * (1 - y * y)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_grad(x, y, dy):
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def elu_grad(x, y, dy):
+    return np.where(x > 0, dy, dy * (y + 1))
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def selu(x):
+    return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+
+
+def selu_grad(x, y, dy):
+    return np.where(x > 0, dy * SELU_SCALE, dy * (y + SELU_SCALE * SELU_ALPHA))
+
+
+def erf(x):
+    """erf as TensorFlow computes it for float32 (Eigen's rational approximation on
+    [-4, 4], beyond which erf is ±1 in float32): NumPy has no erf of its own."""
+    x = np.clip(x, -4, 4)
+    x2 = x * x
+    p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08
+    for a in (-2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04,
+              -2.95459980854025e-03, -1.60960333262415e-02):
+        p = p * x2 + a
+    q = x2 * -1.45660718464996e-05 - 2.13374055278905e-04
+    for b in (-1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = q * x2 + b
+    return x * p / q
+
+
+def gelu(x):
+    """The exact (erf) form: the string 'gelu' is approximate=False in Keras."""
+    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
+
+
+def gelu_grad(x, y, dy):
+    cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
+    pdf = np.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    return dy * (cdf + x * pdf)
+
+
+def swish(x):
+    return x * sigmoid(x)
+
+
+def swish_grad(x, y, dy):
+    s = sigmoid(x)
+    return dy * s * (1 + x * (1 - s))
+
+
+def softplus(x):
+    return np.logaddexp(x, 0)
+
+
+def softplus_grad(x, y, dy):
+    return dy * sigmoid(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Layers. Each has `params` (trainable weights, Keras's order) with `grads` of the same
+# shapes, forward(x, training) and backward(dy, need_dx) -> dx. backward reads what the
+# last forward kept and writes the weight gradients into `grads`; need_dx=False skips the
+# input gradient, which the first layer with weights never needs.
+
+
+class Layer:
+    params, grads = (), ()
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError
+
+
+class Activation(Layer):
+    """An activation on its own; Dense and Conv2D end in one too."""
+
+    def __init__(self, fn, grad, **options):
+        self.fn, self.grad, self.options = fn, grad, options
+
+    def forward(self, x, training=False):
+        self.x, self.y = x, self.fn(x, **self.options)
+        return self.y
+
+    def backward(self, dy, need_dx=True):
+        return self.grad(self.x, self.y, dy, **self.options)
+
+
+class Dense(Layer):
+    """x·kernel + bias on the last axis, whatever the rank of x; kernel is (in, out)."""
+
+    def __init__(self, kernel, bias=None):
+        self.kernel, self.bias = kernel, bias
+        self.params = [kernel] if bias is None else [kernel, bias]
+        self.grads = [np.zeros(p.shape, p.dtype) for p in self.params]
+
+    def forward(self, x, training=False):
+        self.x = x.reshape(-1, x.shape[-1])  # one matmul, not one per leading index
+        y = self.x @ self.kernel
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def backward(self, dy, need_dx=True):
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        np.matmul(self.x.T, dy2, out=self.grads[0])
+        if self.bias is not None:
+            np.sum(dy2, axis=0, out=self.grads[1])
+        if need_dx:
+            return (dy2 @ self.kernel.T).reshape(*dy.shape[:-1], self.kernel.shape[0])
+
+
+def pad2d(x, padding, window, strides, value=0):
+    """x (n, h, w, c) padded for a window as TensorFlow pads it ('same': the extra pixel
+    goes bottom/right), and the (top, left) offset of the original pixels."""
+    if padding != "same":
+        return x, (0, 0)
+    (t, b), (l, r) = [same_padding(n, k, s) for n, k, s in zip(x.shape[1:3], window, strides)]
+    if t == b == l == r == 0:
+        return x, (0, 0)
+    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=value), (t, l)
+
+
+def window_view(x, window, strides):
+    """Every window of x (n, h, w, c) as a read-only view (n, out_h, out_w, kh, kw, c)."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = window, strides
+    s = x.strides
+    shape = (n, (h - kh) // sh + 1, (w - kw) // sw + 1, kh, kw, c)
+    return np.lib.stride_tricks.as_strided(x, shape, (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]),
+                                           writeable=False)
+
+
+def window_slices(window, strides, out_hw):
+    """For each offset (i, j) in the window, the slices of the padded input that the offset
+    reads across all output positions: a loop over the window, never over pixels."""
+    (sh, sw), (oh, ow) = strides, out_hw
+    for i in range(window[0]):
+        for j in range(window[1]):
+            yield (slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+
+
+class Conv2D(Layer):
+    """Channels-last convolution as one matmul over the im2col matrix; kernel (kh, kw, in, out)."""
+
+    def __init__(self, kernel, bias=None, strides=(1, 1), padding="valid"):
+        self.kernel, self.bias, self.strides, self.padding = kernel, bias, strides, padding
+        self.params = [kernel] if bias is None else [kernel, bias]
+        self.grads = [np.zeros(p.shape, p.dtype) for p in self.params]
+
+    def forward(self, x, training=False):
+        kh, kw, c, f = self.kernel.shape
+        xp, self.offset = pad2d(x, self.padding, (kh, kw), self.strides)
+        self.x_shape, self.xp_shape = x.shape, xp.shape
+        windows = window_view(xp, (kh, kw), self.strides)
+        self.out_shape = windows.shape[:3]
+        self.cols = windows.reshape(-1, kh * kw * c)  # the one copy: the im2col matrix
+        y = self.cols @ self.kernel.reshape(-1, f)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*self.out_shape, f)
+
+    def backward(self, dy, need_dx=True):
+        kh, kw, c, f = self.kernel.shape
+        dy2 = dy.reshape(-1, f)
+        np.matmul(self.cols.T, dy2, out=self.grads[0].reshape(-1, f))
+        if self.bias is not None:
+            np.sum(dy2, axis=0, out=self.grads[1])
+        if not need_dx:
+            return None
+        dcols = (dy2 @ self.kernel.reshape(-1, f).T).reshape(*self.out_shape, kh, kw, c)
+        dxp = np.zeros(self.xp_shape, dy.dtype)
+        for k, where in enumerate(window_slices((kh, kw), self.strides, self.out_shape[1:])):
+            dxp[where] += dcols[:, :, :, k // kw, k % kw]
+        (t, l), (h, w) = self.offset, self.x_shape[1:3]
+        return dxp[:, t:t + h, l:l + w]
+
+
+class MaxPool2D(Layer):
+    """The max of each window; 'same' pads with -inf. The gradient goes to the first max."""
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid"):
+        self.pool_size, self.strides, self.padding = pool_size, strides or pool_size, padding
+
+    def forward(self, x, training=False):
+        xp, self.offset = pad2d(x, self.padding, self.pool_size, self.strides, value=-np.inf)
+        self.x_shape, self.xp_shape = x.shape, xp.shape
+        out_hw = window_view(xp, self.pool_size, self.strides).shape[1:3]
+        self.slices = list(window_slices(self.pool_size, self.strides, out_hw))
+        y = xp[self.slices[0]].copy()
+        self.argmax = np.zeros(y.shape, np.int8 if len(self.slices) < 128 else np.int32)
+        for k, where in enumerate(self.slices[1:], 1):
+            v = xp[where]
+            better = v > y  # strictly: ties keep the first max
+            np.copyto(y, v, where=better)
+            np.copyto(self.argmax, k, where=better)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dxp = np.zeros(self.xp_shape, dy.dtype)
+        for k, where in enumerate(self.slices):
+            dxp[where] += dy * (self.argmax == k)
+        (t, l), (h, w) = self.offset, self.x_shape[1:3]
+        return dxp[:, t:t + h, l:l + w]
+
+
+class AvgPool2D(Layer):
+    """The mean of each window; with 'same', padded cells are left out of the divisor."""
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid"):
+        self.pool_size, self.strides, self.padding = pool_size, strides or pool_size, padding
+
+    def forward(self, x, training=False):
+        xp, self.offset = pad2d(x, self.padding, self.pool_size, self.strides)
+        self.x_shape, self.xp_shape = x.shape, xp.shape
+        out_hw = window_view(xp, self.pool_size, self.strides).shape[1:3]
+        self.slices = list(window_slices(self.pool_size, self.strides, out_hw))
+        ones, _ = pad2d(np.ones((1, *x.shape[1:3], 1), x.dtype), self.padding, self.pool_size, self.strides)
+        self.count = sum(ones[where] for where in self.slices)  # (1, out_h, out_w, 1)
+        return sum(xp[where] for where in self.slices) / self.count
+
+    def backward(self, dy, need_dx=True):
+        share = dy / self.count
+        dxp = np.zeros(self.xp_shape, dy.dtype)
+        for where in self.slices:
+            dxp[where] += share
+        (t, l), (h, w) = self.offset, self.x_shape[1:3]
+        return dxp[:, t:t + h, l:l + w]
+
+
+class GlobalAvgPool2D(Layer):
+    def forward(self, x, training=False):
+        self.x_shape = x.shape
+        return x.mean(axis=(1, 2))
+
+    def backward(self, dy, need_dx=True):
+        n, h, w, c = self.x_shape
+        return np.broadcast_to((dy / (h * w))[:, None, None, :], self.x_shape)
+
+
+class Flatten(Layer):
+    """Channels-last order (h, w, c), as Keras flattens."""
+
+    def forward(self, x, training=False):
+        self.x_shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self.x_shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout, only while training: kept units are scaled by 1/(1 - rate)."""
+
+    def __init__(self, rate, rng):
+        self.rate, self.rng = rate, rng
+        self.mask = None
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0:
+            self.mask = None
+            return x
+        if self.rate >= 1:
+            self.mask = np.zeros_like(x)
+        else:
+            keep = self.rng.random(x.shape, dtype=x.dtype) >= self.rate
+            self.mask = keep.astype(x.dtype) / (1 - self.rate)
+        return x * self.mask
+
+    def backward(self, dy, need_dx=True):
+        return dy if self.mask is None else dy * self.mask
+
+
+class BatchNorm(Layer):
+    """Normalizes the last axis. Training uses the batch's mean and biased variance; the
+    moving statistics move toward them only in update_moving(), which the training loop
+    calls once the step is known to be good. Inference uses the moving statistics."""
+
+    def __init__(self, gamma, beta, moving_mean, moving_variance, momentum=0.99, epsilon=1e-3):
+        self.gamma, self.beta, self.moving_mean, self.moving_variance = gamma, beta, moving_mean, moving_variance
+        self.momentum, self.epsilon = momentum, epsilon
+        self.params = [gamma, beta]
+        self.grads = [np.zeros(gamma.shape, gamma.dtype), np.zeros(beta.shape, beta.dtype)]
+
+    def forward(self, x, training=False):
+        axes = tuple(range(x.ndim - 1))
+        self.training = training
+        if training:
+            mean = x.mean(axis=axes)
+            variance = np.square(x - mean).mean(axis=axes)
+            self.batch_stats = mean, variance
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        self.inv_std = 1 / np.sqrt(variance + self.epsilon)
+        self.x_hat = (x - mean) * self.inv_std
+        return self.x_hat * self.gamma + self.beta
+
+    def update_moving(self):
+        mean, variance = self.batch_stats
+        self.moving_mean[...] = self.moving_mean * self.momentum + mean * (1 - self.momentum)
+        self.moving_variance[...] = self.moving_variance * self.momentum + variance * (1 - self.momentum)
+
+    def backward(self, dy, need_dx=True):
+        axes = tuple(range(dy.ndim - 1))
+        np.sum(dy * self.x_hat, axis=axes, out=self.grads[0])
+        np.sum(dy, axis=axes, out=self.grads[1])
+        if not need_dx:
+            return None
+        scale = self.gamma * self.inv_std
+        if not self.training:  # the moving statistics are constants
+            return dy * scale
+        m = dy.size // dy.shape[-1]
+        return (scale / m) * (m * dy - self.grads[1] - self.x_hat * self.grads[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: loss(y_true, y_pred) -> (batch loss, d loss / d y_pred). The batch loss is
+# Keras's sum_over_batch_size: the per-sample losses (each reduced over the last axis)
+# summed and divided by their number. With from_logits, y_pred holds the values before
+# the output's softmax/sigmoid and nothing is clipped (the TensorFlow backend's rule).
+
+
+def categorical_crossentropy(y, z, from_logits=False):
+    count = z.size // z.shape[-1]
+    if from_logits:
+        shifted = z - z.max(axis=-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        loss = -(y * log_p).sum(axis=-1)
+        return loss.sum() / count, (np.exp(log_p) - y) / count  # TF's gradient: softmax - y
+    total = z.sum(axis=-1, keepdims=True)
+    q = z / total  # Keras renormalizes probabilities first
+    c = np.clip(q, EPSILON, 1 - EPSILON)
+    loss = -(y * np.log(c)).sum(axis=-1)
+    dq = -y / c * ((q >= EPSILON) & (q <= 1 - EPSILON))
+    dz = (dq - (dq * q).sum(axis=-1, keepdims=True)) / total
+    return loss.sum() / count, dz / count
+
+
+def sparse_categorical_crossentropy(y, z, from_logits=False):
+    """Integer labels of shape z.shape[:-1]."""
+    count = y.size
+    onehot = y[..., None] == np.arange(z.shape[-1])
+    if from_logits:
+        shifted = z - z.max(axis=-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        loss = -log_p[onehot]
+        return loss.sum() / count, (np.exp(log_p) - onehot) / count
+    # TF clips, takes the log and applies its sparse softmax cross-entropy to the result:
+    # -log(c_y / Σc), so probabilities are renormalized after clipping.
+    c = np.clip(z, EPSILON, 1 - EPSILON)
+    total = c.sum(axis=-1, keepdims=True)
+    loss = np.log(total[..., 0]) - np.log(c[onehot])
+    dz = (1 / total - onehot / c) * ((z >= EPSILON) & (z <= 1 - EPSILON))
+    return loss.sum() / count, dz / count
+
+
+def binary_crossentropy(y, z, from_logits=False):
+    # The mean over the last axis then over the samples is the mean over all elements.
+    if from_logits:
+        loss = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        return loss.sum() / z.size, (sigmoid(z) - y) / z.size
+    c = np.clip(z, EPSILON, 1 - EPSILON)
+    loss = -(y * np.log(c) + (1 - y) * np.log(1 - c))
+    dz = ((1 - y) / (1 - c) - y / c) * ((z >= EPSILON) & (z <= 1 - EPSILON))
+    return loss.sum() / z.size, dz / z.size
+
+
+def mse(y, z):
+    e = z - y
+    return np.square(e).sum() / z.size, e * (2 / z.size)
+
+
+def mae(y, z):
+    e = z - y
+    return np.abs(e).sum() / z.size, np.sign(e) / z.size
+
+
+def huber(y, z, delta=1.0):
+    e = z - y
+    small = np.abs(e) <= delta
+    loss = np.where(small, 0.5 * np.square(e), delta * np.abs(e) - 0.5 * delta * delta)
+    return loss.sum() / z.size, np.where(small, e, delta * np.sign(e)) / z.size
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics: metric(y_true, y_pred) -> one value per sample (Keras averages over every axis
+# but the batch's); the training loop sums them.
+
+
+def per_sample(values):
+    return values.reshape(len(values), -1).mean(axis=1)
+
+
+def categorical_accuracy(y, p):
+    return per_sample((y.argmax(axis=-1) == p.argmax(axis=-1)).astype(p.dtype))
+
+
+def sparse_categorical_accuracy(y, p):
+    return per_sample((y == p.argmax(axis=-1)).astype(p.dtype))
+
+
+def binary_accuracy(y, p):
+    return per_sample(((p > 0.5) == y).astype(p.dtype))  # strictly above the threshold
+
+
+def mse_metric(y, p):
+    return per_sample(np.square(p - y))
+
+
+def mae_metric(y, p):
+    return per_sample(np.abs(p - y))
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers. Keras's step: decoupled weight decay w -= w·wd·lr when weight_decay is set
+# (on any optimizer), then each optimizer's rule in update(). The slots are made at the
+# first step, as Keras builds its optimizer, and updated in place.
+
+
+class Optimizer:
+    def __init__(self, learning_rate, weight_decay=None):
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.iterations = 0
+        self.built = False
+
+    def step(self, params, grads):
+        if not self.built:
+            self.build(params)
+            self.built = True
+        lr = self.learning_rate
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if self.weight_decay:
+                p -= p * self.weight_decay * lr
+            self.update(i, p, g, lr)
+        self.iterations += 1
+
+    def slots(self):
+        """The slot arrays in the order Keras creates its optimizer variables."""
+        return []
+
+
+class SGD(Optimizer):
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None):
+        super().__init__(learning_rate, weight_decay)
+        self.momentum, self.nesterov = momentum, nesterov
+
+    def build(self, params):
+        self.momentums = [np.zeros_like(p) for p in params] if self.momentum != 0 else []
+
+    def update(self, i, p, g, lr):
+        if not self.momentums:
+            p -= g * lr
+            return
+        m = self.momentums[i]
+        m *= self.momentum
+        m -= g * lr  # Keras keeps lr inside m: m = μ·m - lr·g
+        if self.nesterov:
+            p += m * self.momentum - g * lr
+        else:
+            p += m
+
+    def slots(self):
+        return self.momentums
+
+
+class RMSprop(Optimizer):
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 weight_decay=None):
+        super().__init__(learning_rate, weight_decay)
+        self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
+
+    def build(self, params):
+        self.velocities = [np.zeros_like(p) for p in params]
+        self.momentums = [np.zeros_like(p) for p in params] if self.momentum > 0 else []
+        self.average_gradients = [np.zeros_like(p) for p in params] if self.centered else []
+        self.scratch = [np.empty_like(p) for p in params]
+
+    def update(self, i, p, g, lr):
+        v, s = self.velocities[i], self.scratch[i]
+        v *= self.rho
+        np.square(g, out=s)
+        s *= 1 - self.rho
+        v += s
+        if self.centered:
+            a = self.average_gradients[i]
+            a *= self.rho
+            a += (1 - self.rho) * g
+            np.subtract(v, np.square(a), out=s)
+            s += self.epsilon
+        else:
+            np.add(v, self.epsilon, out=s)
+        np.sqrt(s, out=s)  # ε inside the square root, unlike torch
+        np.divide(np.multiply(g, lr), s, out=s)  # the increment lr·g/√(v+ε)
+        if self.momentums:
+            m = self.momentums[i]
+            m *= self.momentum
+            m += s
+            p -= m
+        else:
+            p -= s
+
+    def slots(self):
+        return self.velocities + self.momentums + self.average_gradients
+
+
+class Adam(Optimizer):
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
+        super().__init__(learning_rate, weight_decay)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, params):
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.scratch = [np.empty_like(p) for p in params]
+
+    def update(self, i, p, g, lr):
+        m, v, s = self.m[i], self.v[i], self.scratch[i]
+        t = self.iterations + 1
+        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        np.subtract(g, m, out=s)
+        s *= 1 - self.beta_1
+        m += s
+        np.square(g, out=s)
+        s -= v
+        s *= 1 - self.beta_2
+        v += s
+        np.sqrt(v, out=s)
+        s += self.epsilon  # ε on the uncorrected √v ("epsilon hat")
+        np.divide(m * alpha, s, out=s)
+        p -= s
+
+    def slots(self):
+        return [a for pair in zip(self.m, self.v) for a in pair]  # Keras interleaves them
+
+
+class AdamW(Adam):
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.004):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay)
+
+
+class Adagrad(Optimizer):
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None):
+        super().__init__(learning_rate, weight_decay)
+        self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
+
+    def build(self, params):
+        self.accumulators = [np.full_like(p, self.initial_accumulator_value) for p in params]
+
+    def update(self, i, p, g, lr):
+        acc = self.accumulators[i]
+        acc += np.square(g)
+        p -= np.multiply(g, lr) / np.sqrt(acc + self.epsilon)
+
+    def slots(self):
+        return self.accumulators
+
+
+class Nadam(Optimizer):
+    """Adam with Nesterov momentum and Keras's momentum schedule u_t = β1·(1 - ½·0.96^t)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
+        super().__init__(learning_rate, weight_decay)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.u_product = 1.0
+
+    def build(self, params):
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads):
+        t = self.iterations + 1
+        self.u_t = self.beta_1 * (1 - 0.5 * 0.96 ** t)
+        self.u_next = self.beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+        self.u_product *= self.u_t  # Π u_1..u_t, once per step before the updates
+        super().step(params, grads)
+
+    def update(self, i, p, g, lr):
+        m, v = self.m[i], self.v[i]
+        m += (g - m) * (1 - self.beta_1)
+        v += (np.square(g) - v) * (1 - self.beta_2)
+        m_hat = m * self.u_next / (1 - self.u_product * self.u_next) + g * (1 - self.u_t) / (1 - self.u_product)
+        v_hat = v / (1 - self.beta_2 ** (self.iterations + 1))
+        p -= m_hat * lr / (np.sqrt(v_hat) + self.epsilon)
+
+    def slots(self):
+        return [a for pair in zip(self.m, self.v) for a in pair] + [np.array(self.u_product, np.float32)]
