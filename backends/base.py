@@ -26,10 +26,14 @@ if TYPE_CHECKING:
 class LossConfig:
     """The loss as the engine computes it.
 
-    from_logits is True when the output layer ends in softmax (categorical losses) or
-    sigmoid (binary_crossentropy): Keras's TensorFlow backend then computes the loss from
-    the pre-activation values, unclipped. Otherwise probabilities are clipped to
-    [1e-7, 1 - 1e-7] as keras.backend.epsilon() says.
+    from_logits is True when the loss is one of the three cross-entropies and the output
+    layer ends in softmax or sigmoid, in any pairing: Keras's TensorFlow backend reads the
+    pre-activation values cached on either activation's output (`_keras_logits` in
+    keras/src/backend/tensorflow/nn.py::_get_logits) and computes the loss from them,
+    unclipped; so sigmoid + categorical_crossentropy is a softmax cross-entropy of the
+    pre-sigmoid values, and softmax + binary_crossentropy a sigmoid one (verified against
+    Keras 3.15.1). Otherwise probabilities are clipped to [1e-7, 1 - 1e-7] as
+    keras.backend.epsilon() says.
     """
 
     name: str  # categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse, mae, huber
