@@ -1,0 +1,115 @@
+"""`modelspec compare A.ms B.ms ...`: train each on the same data, split and seed; one plot, one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _workflow as wf
+
+HELP = "train several specs on the same data, split and seed; plot their validation losses together"
+DEFAULT_VALIDATION = 0.2  # for a spec without `fit validation=`: the comparison is of validation curves
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", metavar="SPEC", help=".ms files")
+    wf.add_backend_arguments(p)
+    wf.add_data_arguments(p)
+    wf.add_training_arguments(p)
+    p.add_argument("--out", metavar="DIR",
+                   help="where to write compare.png, compare.json and each model's run in DIR/MODEL/ "
+                        "(default: runs/compare)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+    from pathlib import Path
+
+    loaded = [wf.load_spec(path) for path in args.specs]
+    out = Path(args.out or Path("runs") / "compare")
+    wf.check_out(out)
+    wf.check_backend(args.backend)
+    dataset = wf.load_data(args)
+    arrays = [wf.prepare(dataset, spec, report, args.scale) for spec, report in loaded]
+    models = [wf.build(spec, args, args.seed) for spec, _ in loaded]
+    names = _unique([m.name for m in models])
+    stream = sys.stderr if args.json else sys.stdout
+    data = {"name": dataset.name, "test": len(arrays[0].x_test), "split": dataset.split,
+            "scale": args.scale or dataset.scale}
+    runs = []
+    with wf.StopOnInterrupt() as interrupt:
+        for i, (path, model, xy, name) in enumerate(zip(args.specs, models, arrays, names)):
+            wf.console_on(stream).rule(f"{name} ({i + 1}/{len(models)}): {model.report.total_params:,} params")
+            settings = copy.copy(args)
+            settings.validation = _validation(args, model.spec)
+            runs.append(wf.train_and_save(model, path, xy, settings, out / name, interrupt, stream,
+                                          {**data, "train": len(xy.x_train)}))
+            if interrupt.requested:
+                break
+    doc = _save(out, names, runs, data)
+    if args.json:
+        wf.print_json(doc)
+    else:
+        _report(doc, out)
+    if interrupt.requested:
+        print(f"modelspec: interrupted; saved what was trained ({len(runs)} of {len(models)} model(s)) in {out}",
+              file=sys.stderr)
+        return 130
+    return 1 if any(r.stopped for r in runs) else 0
+
+
+def _validation(args: argparse.Namespace, spec) -> float:
+    if args.validation is not None:
+        return args.validation
+    given = spec.fit.validation_split if spec.fit is not None else None
+    return given if given is not None else DEFAULT_VALIDATION
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def _save(out, names: list[str], runs: list, data: dict) -> dict:
+    """compare.png (one curve per model) and compare.json (the plotted series and every run)."""
+    import json
+
+    key = "val_loss" if all("val_loss" in r.history for r in runs) else "loss"
+    curves = {name: r.history.get(key, []) for name, r in zip(names, runs)}
+    title = "Validation loss" if key == "val_loss" else "Training loss"
+    wf.write(out / "compare.png", wf.comparison_png(curves, title, "Loss"))
+    doc = wf.finite({
+        "data": data, "plot": str(out / "compare.png"), "curves": {"key": key, "series": curves},
+        "models": [{"name": name, **r.to_dict()} for name, r in zip(names, runs)],
+    })
+    wf.write(out / "compare.json", json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def _report(doc: dict, out) -> None:
+    from rich.table import Table
+
+    from ..progress import format_value
+
+    def last(history: dict, key: str | None) -> str:
+        values = history.get(key, []) if key else []
+        return format_value(values[-1]) if values and values[-1] is not None else "-"
+
+    table = Table(title=f"Comparison on {doc['data']['name']} ({doc['data']['test']:,} test samples)",
+                  title_justify="left")
+    for column in ("model", "params", "epochs", "val loss", "val acc", "test loss", "test acc"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in doc["models"]:
+        acc = wf.accuracy_key(m["history"])
+        test_acc = m["test"].get(acc) if acc else None
+        table.add_row(m["name"], f"{m['params']:,}", str(m["epochs"]), last(m["history"], "val_loss"),
+                      last(m["history"], f"val_{acc}" if acc else None), format_value(m["test"]["loss"]),
+                      format_value(test_acc) if test_acc is not None else "-")
+    con = wf.console()
+    con.print(table)
+    con.print(f"Plot: {doc['plot']} ({len(doc['curves']['series'])} curves of {doc['curves']['key']})")
+    con.print(f"Runs: {', '.join(str(out / m['name']) for m in doc['models'])}")

@@ -1,0 +1,166 @@
+"""The tutorial's workflow on the command line, driven as a user drives it (subprocesses):
+train on the digits, evaluate and predict with the saved weights, compare three variants."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+import modelspec as ms
+from corpus import ROOT, modelspec_cli
+
+SPECS = ROOT / "specs"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path) -> None:
+    """A complete PNG that decodes: the signature, then IHDR first and IEND last."""
+    from matplotlib.image import imread
+
+    raw = path.read_bytes()
+    assert raw[:8] == PNG_SIGNATURE and raw[12:16] == b"IHDR" and raw[-8:-4] == b"IEND", path
+    assert imread(path).shape[:2] == (480, 640)
+
+
+def digits_test_split():
+    """The test images as the documented call draws them, independently of modelspec."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    _, x_test, _, y_test = train_test_split(digits.images, digits.target, test_size=0.2,
+                                            stratify=digits.target, random_state=0)
+    return x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`modelspec train specs/digits.ms --json` with every default: (its JSON, the run folder)."""
+    cwd = tmp_path_factory.mktemp("train")
+    done = modelspec_cli("train", SPECS / "digits.ms", "--out", "run", "--json", cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), cwd / "run"
+
+
+def test_train_digits_reaches_95_percent_on_the_test_set(trained):
+    doc, out = trained
+    assert doc["test"]["categorical_accuracy"] >= 0.95
+    assert doc["model"] == "digits" and doc["backend"] == "numpy" and doc["params"] == 17226
+    assert doc["data"] == {"name": "digits", "train": 1437, "test": 360, "validation": 0.2,
+                           "split": "a stratified 20% test split (seed 0)", "scale": 16.0}
+    assert doc["epochs"] == 40 and doc["stopped"] is None and doc["interrupted"] is False
+
+
+def test_train_writes_weights_history_and_plots(trained):
+    doc, out = trained
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy.png", "history.csv", "history.json", "loss.png", "run.json", "weights.safetensors"]
+    history = json.loads((out / "history.json").read_text())
+    assert sorted(history) == ["categorical_accuracy", "loss", "val_categorical_accuracy", "val_loss"]
+    assert history == doc["history"] and all(len(v) == 40 for v in history.values())
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and rows[0]["epoch"] == "0" and rows[-1]["epoch"] == "39"  # as Keras's CSVLogger
+    assert float(rows[-1]["val_loss"]) == history["val_loss"][-1]
+    assert_png(out / "loss.png")
+    assert_png(out / "accuracy.png")
+    assert json.loads((out / "run.json").read_text())["test"] == doc["test"]
+    # the weights reload, with the spec inside, and give the same test metrics
+    model = ms.load_model(out / "weights.safetensors")
+    x_test, y_test = digits_test_split()
+    metrics = model.evaluate(x_test / 16, np.eye(10)[y_test])
+    assert metrics["categorical_accuracy"] == pytest.approx(doc["test"]["categorical_accuracy"])
+
+
+def test_train_prints_summary_progress_and_test_metrics(tmp_path):
+    done = modelspec_cli("train", SPECS / "digits.ms", "--epochs", 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == 'Model: "digits"' and " Total params: 17,226 (67.29 KB)" in lines
+    # piped: one line per epoch, Keras's layout; 1,437 * 0.8 = 1,149 training samples in 36 batches of 32
+    assert lines.index("Epoch 1/2") + 2 == lines.index("Epoch 2/2")
+    progress = re.compile(r"36/36 ━{20} \d+s \d+(ms|us|s)/step - categorical_accuracy: \d\.\d{4} - "
+                          r"loss: \d\.\d{4} - val_categorical_accuracy: \d\.\d{4} - val_loss: \d\.\d{4}$")
+    assert progress.match(lines[lines.index("Epoch 2/2") + 1])
+    assert re.search(r"^Test accuracy: \d+\.\d\d%$", done.stdout, re.M)
+    assert "Plots: runs/digits/loss.png, runs/digits/accuracy.png" in done.stdout  # default --out
+    assert (tmp_path / "runs" / "digits" / "weights.safetensors").is_file()
+    assert done.stderr == ""
+
+
+def test_evaluate_gives_the_test_metrics_of_training(trained):
+    doc, out = trained
+    done = modelspec_cli("evaluate", SPECS / "digits.ms", "--weights", out / "weights.safetensors", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["samples"] == 360
+    assert result["metrics"] == pytest.approx(doc["test"])
+    human = modelspec_cli("evaluate", SPECS / "digits.ms", "--weights", out / "weights.safetensors")
+    assert f"Test accuracy: {doc['test']['categorical_accuracy']:.2%}" in human.stdout
+
+
+def test_predict_probabilities_and_argmax(trained, tmp_path):
+    doc, out = trained
+    x_test, y_test = digits_test_split()
+    np.save(tmp_path / "x.npy", x_test)  # raw pixels 0-16: the run's scale is read from its run.json
+    done = modelspec_cli("predict", SPECS / "digits.ms", "--weights", out / "weights.safetensors",
+                         "--input", tmp_path / "x.npy", "--output", tmp_path / "p.csv", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["rows"] == 360 and result["scale"] == 16.0
+    probs = np.array([p["probabilities"] for p in result["predictions"]])
+    classes = np.array([p["class"] for p in result["predictions"]])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(classes, probs.argmax(axis=1))
+    assert np.mean(classes == y_test) == pytest.approx(doc["test"]["categorical_accuracy"])
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 360 and [int(r["class"]) for r in rows] == classes.tolist()
+
+    # a CSV of flattened rows with a label column; weights away from their run.json need --scale
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "weights.safetensors").write_bytes((out / "weights.safetensors").read_bytes())
+    table = np.column_stack([y_test[:5], x_test[:5].reshape(5, 64)])
+    header = "label," + ",".join(f"px{i}" for i in range(64))
+    np.savetxt(tmp_path / "x.csv", table, delimiter=",", header=header, comments="", fmt="%g")
+    done = modelspec_cli("predict", SPECS / "digits.ms", "-w", tmp_path / "w" / "weights.safetensors",
+                         "-i", tmp_path / "x.csv", "--scale", 16)
+    assert done.returncode == 0, done.stderr
+    shown = [int(m.group(1)) for m in re.finditer(r"^│\s+\d+ │\s+(\d) │", done.stdout, re.M)]
+    assert shown == classes[:5].tolist()
+
+
+def test_compare_three_variants_on_one_plot(tmp_path):
+    specs = [SPECS / f"digits_{v}.ms" for v in "abc"]
+    done = modelspec_cli("compare", *specs, "--epochs", 3, "--out", "cmp", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "cmp"
+    assert_png(out / "compare.png")
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["curves"]["key"] == "val_loss"
+    series = doc["curves"]["series"]
+    assert list(series) == ["digits_a", "digits_b", "digits_c"]
+    assert all(len(v) == 3 and all(x > 0 for x in v) for v in series.values())
+    # the curves are each model's own validation losses, all scored on the same test split
+    for m in doc["models"]:
+        assert series[m["name"]] == m["history"]["val_loss"]
+        assert (out / m["name"] / "weights.safetensors").is_file()
+    assert [m["params"] for m in doc["models"]] == [6938, 7386, 7386]
+    assert {m["data"]["test"] for m in doc["models"]} == {360}
+    for name, params in (("digits_a", "6,938"), ("digits_b", "7,386"), ("digits_c", "7,386")):
+        assert re.search(rf"│ {name} +│ +{params} │ +3 │", done.stdout)
+    assert "Plot: cmp/compare.png (3 curves of val_loss)" in done.stdout
+
+
+def test_compare_json_is_the_only_thing_on_stdout(tmp_path):
+    done = modelspec_cli("compare", SPECS / "digits_a.ms", SPECS / "digits_a.ms", "--epochs", 1,
+                         "--validation", 0.1, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert list(doc["curves"]["series"]) == ["digits_a", "digits_a_2"]  # the same name twice
+    assert "Epoch 1/1" in done.stderr
+    assert (tmp_path / "runs" / "compare" / "digits_a_2" / "run.json").is_file()
