@@ -1,0 +1,98 @@
+"""How long `modelspec check` takes, against the language's targets.
+
+    .venv/bin/python benchmarks/check_latency.py [--runs 11]
+
+1. Wall time of `modelspec check` run as a user runs it (a fresh process, its output
+   discarded): on the tutorial's MNIST spec (target 0.25 s) and on a generated
+   10,000-layer spec (target 2 s). The median of --runs runs, after one warm-up run.
+2. How parse + check grow with the number of layers, in one process (100 to 10,000 layers):
+   the time per layer should stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST = ROOT / "specs" / "mnist.ms"
+TARGETS = {"mnist": 0.25, "10,000 layers": 2.0}  # seconds, on the project's 2-core machine
+BLOCK = ("dense 64 relu he_normal", "batchnorm", "dropout 0.1")  # repeated to make deep specs
+
+
+def deep_spec(layers: int) -> str:
+    lines = ["model deep", "input 64"] + [BLOCK[i % len(BLOCK)] for i in range(layers - 1)] + ["dense 10 softmax"]
+    return "\n".join(lines) + "\n"
+
+
+def command() -> list[str]:
+    """The installed `modelspec` script beside this Python, else `python -m modelspec`."""
+    script = Path(sys.executable).with_name("modelspec")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("modelspec")
+    return [found] if found else [sys.executable, "-m", "modelspec"]
+
+
+def wall_time(args: list[str], runs: int) -> float:
+    """Median seconds of `modelspec check ARGS`, output discarded; fails loudly on a bad exit."""
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        done = subprocess.run([*command(), "check", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"modelspec check {' '.join(args)} exited {done.returncode}:\n{done.stderr.decode()}")
+        if i:  # the first run warms the file cache and lark's grammar cache
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+def in_process(layers: int, runs: int) -> float:
+    import modelspec as ms
+
+    text = deep_spec(layers)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        ms.check(ms.parse(text))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=11, help="runs per measurement (median); default 11")
+    runs = parser.parse_args().runs
+
+    print(f"modelspec check as a subprocess ({' '.join(command())}), median of {runs} runs, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'spec':<16}{'wall s':>10}{'target s':>10}{'of target':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        deep = Path(tmp) / "deep.ms"
+        deep.write_text(deep_spec(10_000))
+        for name, args in (("mnist", [str(MNIST)]), ("10,000 layers", [str(deep)])):
+            seconds = wall_time(args, runs)
+            target = TARGETS[name]
+            verdict = "ok" if seconds <= target else "OVER"
+            print(f"{name:<16}{seconds:>10.3f}{target:>10.2f}{seconds / target:>10.0%}  {verdict}")
+
+    print(f"\nparse + check in one process, median of {max(3, runs // 2)} runs")
+    print(f"{'layers':>8}{'seconds':>10}{'us/layer':>10}{'x 100':>8}")
+    in_process(100, 1)  # load the grammar and the IR classes once, outside the timings
+    base = None
+    for layers in (100, 1_000, 10_000):
+        seconds = in_process(layers, max(3, runs // 2))
+        base = base or seconds
+        print(f"{layers:>8,}{seconds:>10.4f}{seconds / layers * 1e6:>10.1f}{seconds / base:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
