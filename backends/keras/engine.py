@@ -1,0 +1,315 @@
+"""The Keras engine: the spec as a keras.Sequential, trained by Keras's own pieces.
+
+Keras is the reference semantics, so the arithmetic is Keras's: the model's forward pass,
+`model.compute_loss` (the compiled loss plus every regularization penalty), Keras's
+optimizers and metric classes. What the engine adds is the loop the common Model asks
+for: batches in the order it passes, Keras's accounting (a batch-size-weighted mean of the
+pre-update loss) and a stop before a non-finite step is applied.
+
+On TensorFlow (Keras's default backend) a whole epoch runs inside one tf.function, a
+`tf.while_loop` over `tf.gather`ed batches, with the non-finite check in the graph: no
+Python runs per step, so it keeps pace with `model.fit`. On other Keras backends
+(KERAS_BACKEND=torch or jax) a slower loop of `train_on_batch` calls does the same job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+
+from . import lowering
+
+
+def _import_keras() -> Any:
+    """keras, with TensorFlow's start-up chatter (written by its C++ logger straight to file
+    descriptor 2, before any Python setting applies) kept off the user's terminal."""
+    if "keras" in sys.modules:
+        import keras
+
+        return keras
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_silenced():
+        import keras
+    return keras
+
+
+@contextmanager
+def _stderr_silenced():
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (some notebooks): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+keras = _import_keras()
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+if ON_TENSORFLOW:
+    import tensorflow as tf
+
+
+def build_model(spec: Any, report: Any, seed: int) -> Any:
+    """The spec as a built keras.Sequential, layers named as the checker names them.
+
+    A dropout layer without a seed gets one derived from `seed`, so that an engine's masks
+    depend on its seed only, never on Keras's global random state."""
+    built = []
+    for index, (node, row) in enumerate(zip(spec.layers, report.layers)):
+        call = lowering.layer(node, row.name)
+        if node.kind == "dropout" and node.seed is None:
+            call.kwargs["seed"] = (seed * 1_000_003 + index) % 2**31
+        built.append(lowering.make(call, keras))
+    return keras.Sequential([keras.Input(shape=tuple(spec.input_shape)), *built], name=spec.name)
+
+
+@dataclass
+class _Data:
+    x: Any
+    y: Any
+    n: int
+
+
+class KerasEngine(Engine):
+    def __init__(self, spec: Any, report: Any, seed: int = 0, device: str = "auto") -> None:
+        self.spec = spec
+        self._device = _device_scope(device)
+        with self._device:
+            self.native = build_model(spec, report, seed)
+        self._config: TrainConfig | None = None
+        self._optimizer: Any = None
+        self._loss_tracker: Any = None
+        self._metrics: list[Any] = []
+        self._functions: dict[str, Any] = {}
+
+    # -- settings and data ---------------------------------------------------------------
+
+    def set_training(self, config: TrainConfig) -> None:
+        with self._device:
+            self._optimizer = lowering.make(lowering.optimizer(config.optimizer, config.hyper), keras)
+            loss = lowering.make(lowering.loss(config.loss.name, config.loss.delta), keras)
+            self._metrics = [lowering.make(lowering.metric(m.name, m.kind), keras) for m in config.metrics]
+            self._loss_tracker = keras.metrics.Mean(name="loss")
+            self.native.compile(optimizer=self._optimizer, loss=loss, metrics=list(self._metrics))
+        self._config = config
+        self._functions = {}
+
+    def prepare(self, x: np.ndarray, y: np.ndarray | None) -> _Data:
+        if not ON_TENSORFLOW:
+            return _Data(x, y, len(x))
+        with self._device:
+            return _Data(tf.constant(x), None if y is None else tf.constant(y), len(x))
+
+    # -- train, evaluate, predict --------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._loss_tracker.reset_state()
+        for m in self._metrics:
+            m.reset_state()
+
+    def _totals(self, count: int, stopped_at: int | None = None) -> EpochTotals:
+        """Keras's own float32 sums: the loss tracker's Σ n_b·L_b and each metric's total."""
+        if not count:
+            return EpochTotals(0.0, [0.0] * len(self._metrics), 0, stopped_at)
+        return EpochTotals(float(self._loss_tracker.total.numpy()),
+                           [float(m.total.numpy()) for m in self._metrics], count, stopped_at)
+
+    def train_epoch(self, data: _Data, order: np.ndarray, batch_size: int,
+                    on_batch: BatchCallback | None = None) -> EpochTotals:
+        if not self._optimizer.built:
+            with self._device:
+                self._optimizer.build(self.native.trainable_variables)
+        self._reset()
+        steps = -(-data.n // batch_size)
+        if not ON_TENSORFLOW:
+            return self._train_epoch_eager(data, order, batch_size, steps, on_batch)
+        run = self._function("train", self._train_steps)
+        with self._device:
+            order_t = tf.constant(order, dtype=tf.int32)
+        step, chunk = 0, steps if on_batch is None else 1
+        while step < steps:
+            stop = min(steps, step + chunk)
+            started = time.perf_counter()
+            done = int(run(data.x, data.y, order_t, batch_size, step, stop))
+            if done < stop:  # a non-finite loss or gradient: that step was not applied
+                return self._totals(min(done * batch_size, data.n), stopped_at=done)
+            if on_batch is not None:
+                seen = min(stop * batch_size, data.n)
+                totals = self._totals(seen)
+                on_batch(stop - 1, seen, totals.loss_sum, totals.metric_sums)
+                # a live progress bar needs a refresh every few tens of milliseconds, not every step
+                per_step = (time.perf_counter() - started) / (stop - step)
+                chunk = max(1, int(0.05 / max(per_step, 1e-6)))
+            step = stop
+        return self._totals(data.n)
+
+    def evaluate(self, data: _Data, batch_size: int) -> EpochTotals:
+        self._reset()
+        if not ON_TENSORFLOW:
+            for lo in range(0, data.n, batch_size):
+                xb, yb = data.x[lo:lo + batch_size], data.y[lo:lo + batch_size]
+                y_pred = self.native(xb, training=False)
+                self._update_trackers(xb, yb, y_pred, training=False)
+        else:
+            self._function("evaluate", self._evaluate_steps)(data.x, data.y, batch_size)
+        return self._totals(data.n)
+
+    def predict(self, data: _Data, batch_size: int) -> np.ndarray:
+        if not ON_TENSORFLOW:
+            return np.concatenate([keras.ops.convert_to_numpy(self.native(data.x[lo:lo + batch_size], training=False))
+                                   for lo in range(0, data.n, batch_size)]).astype(np.float32)
+        return self._function("predict", self._predict_steps)(data.x, batch_size).numpy()
+
+    # -- weights -------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.array(keras.ops.convert_to_numpy(v.value), dtype=np.float32) for v in self.native.weights]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        for variable, value in zip(self.native.weights, weights):
+            variable.assign(value)
+
+    def optimizer_state(self) -> list[np.ndarray]:
+        if self._optimizer is None or not self._optimizer.built:
+            return []
+        return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in self._optimizer.variables]
+
+    # -- the TensorFlow graph ------------------------------------------------------------
+
+    def _function(self, key: str, python_function: Any) -> Any:
+        if key not in self._functions:
+            function = tf.function(python_function, reduce_retracing=True)
+            # Every engine traces its own functions once or twice (a new dataset shape); TF
+            # counts traces per source line across all engines and would warn of "frequent
+            # retracing" once a session builds a few models.
+            function._omit_frequent_tracing_warning = True
+            self._functions[key] = function
+        return self._functions[key]
+
+    def _update_trackers(self, x: Any, y: Any, y_pred: Any, loss: Any = None, training: bool = True) -> None:
+        if loss is None:
+            loss = self.native.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+        self._loss_tracker.update_state(loss, sample_weight=keras.ops.shape(x)[0])
+        for m in self._metrics:
+            m.update_state(y, y_pred)
+
+    def _train_step(self, x: Any, y: Any) -> Any:
+        """One step; returns False, having changed nothing, if the loss or a gradient is not finite."""
+        model = self.native
+        trainable = model.trainable_variables
+        frozen = model.non_trainable_variables  # BN moving statistics, updated by the forward pass
+        saved = [tf.identity(v.value) for v in frozen]
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        grads = tape.gradient(loss, trainable)
+        # g * 0 is 0 for every finite g and NaN otherwise: one sum tells whether all are finite
+        probe = tf.add_n([loss * 0.0] + [tf.reduce_sum(g * 0.0) for g in grads if g is not None])
+        finite = tf.math.is_finite(probe)
+
+        def apply() -> Any:
+            self._optimizer.apply(grads, trainable)
+            self._update_trackers(x, y, y_pred, loss)
+            return tf.constant(True)
+
+        def undo() -> Any:
+            for v, value in zip(frozen, saved):
+                v.assign(value)
+            return tf.constant(False)
+
+        return tf.cond(finite, apply, undo)
+
+    def _train_steps(self, x: Any, y: Any, order: Any, batch_size: Any, start: Any, stop: Any) -> Any:
+        """Steps start..stop-1 of an epoch; returns the first step not applied (stop if all were)."""
+        n = tf.shape(order)[0]
+
+        def body(step: Any, ok: Any) -> Any:
+            idx = order[step * batch_size: tf.minimum((step + 1) * batch_size, n)]
+            ok = self._train_step(tf.gather(x, idx), tf.gather(y, idx))
+            return step + tf.cast(ok, tf.int32), ok
+
+        step, _ = tf.while_loop(lambda step, ok: tf.logical_and(step < stop, ok), body,
+                                (tf.convert_to_tensor(start, tf.int32), tf.constant(True)))
+        return step
+
+    def _evaluate_steps(self, x: Any, y: Any, batch_size: Any) -> Any:
+        n = tf.shape(x)[0]
+
+        def body(lo: Any) -> Any:
+            xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+            self._update_trackers(xb, yb, self.native(xb, training=False), training=False)
+            return (lo + batch_size,)
+
+        return tf.while_loop(lambda lo: lo < n, body, (tf.constant(0),))
+
+    def _predict_steps(self, x: Any, batch_size: Any) -> Any:
+        n = tf.shape(x)[0]
+        steps = (n + batch_size - 1) // batch_size
+        out = tf.TensorArray(tf.float32, size=steps, infer_shape=False)
+
+        def body(i: Any, out: Any) -> Any:
+            xb = x[i * batch_size:(i + 1) * batch_size]
+            return i + 1, out.write(i, tf.cast(self.native(xb, training=False), tf.float32))
+
+        _, out = tf.while_loop(lambda i, out: i < steps, body, (tf.constant(0), out))
+        return out.concat()
+
+    # -- other Keras backends --------------------------------------------------------------
+
+    def _train_epoch_eager(self, data: _Data, order: np.ndarray, batch_size: int, steps: int,
+                           on_batch: BatchCallback | None) -> EpochTotals:
+        """Keras's own train_on_batch per step, which reports that batch's loss and metric
+        means. The state before each step is kept, so that a non-finite step can be undone."""
+        variables = list(self.native.variables) + list(self._optimizer.variables)
+        names = [m.name for m in self._metrics]
+        totals = EpochTotals(0.0, [0.0] * len(names), 0)
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+            logs = self.native.train_on_batch(data.x[idx], data.y[idx], return_dict=True)
+            if not math.isfinite(logs["loss"]):
+                for v, value in zip(variables, before):
+                    v.assign(value)
+                totals.stopped_at = step
+                return totals
+            totals.loss_sum += len(idx) * logs["loss"]
+            totals.metric_sums = [s + len(idx) * logs[k] for s, k in zip(totals.metric_sums, names)]
+            totals.count += len(idx)
+            if on_batch is not None:
+                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
+        return totals
+
+
+def _device_scope(device: str) -> Any:
+    from modelspec.backends import BackendError
+
+    if device in ("auto", None):
+        return nullcontext()
+    if device == "cpu":
+        return tf.device("/CPU:0") if ON_TENSORFLOW else nullcontext()
+    if device in ("cuda", "gpu"):
+        if not ON_TENSORFLOW:
+            raise BackendError(f"device='{device}' is supported with Keras's TensorFlow backend only; "
+                               f"KERAS_BACKEND is {keras.backend.backend()}")
+        if not tf.config.list_physical_devices("GPU"):
+            raise BackendError(f"device='{device}' asked for a GPU, but TensorFlow sees none "
+                               "(tensorflow-cpu, or no CUDA driver); use device='cpu' or 'auto'")
+        return tf.device("/GPU:0")
+    raise BackendError(f"unknown device '{device}'; expected 'auto', 'cpu', 'cuda' or 'gpu'")

@@ -1,0 +1,189 @@
+"""The spec as Keras constructor calls, held as data.
+
+One table serves both ways of lowering a spec: the engine instantiates these calls
+(`make`), the emitter prints them as source code (`render`). Keeping them as data means
+the program `modelspec compile` writes and the model `ms.build` runs cannot drift apart.
+Nothing here imports keras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelspec import ir
+
+# keras.initializers class for each initializer keyword
+INITIALIZER_CLASSES = {
+    "glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal", "he_normal": "HeNormal",
+    "he_uniform": "HeUniform", "lecun_normal": "LecunNormal", "lecun_uniform": "LecunUniform",
+    "zeros": "Zeros", "ones": "Ones", "random_normal": "RandomNormal",
+    "random_uniform": "RandomUniform", "truncated_normal": "TruncatedNormal", "orthogonal": "Orthogonal",
+}
+OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
+                     "adagrad": "Adagrad", "nadam": "Nadam"}
+METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
+                  "sparse_categorical_accuracy": "SparseCategoricalAccuracy",
+                  "binary_accuracy": "BinaryAccuracy", "mse": "MeanSquaredError",
+                  "mae": "MeanAbsoluteError"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """`target(*args, **kwargs)`, where target is a dotted name under keras
+    (`layers.Dense`, `keras.initializers.HeNormal`) and values may be Calls themselves."""
+
+    target: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Layers: one function per kind, returning the constructor's positional and keyword args
+
+
+def initializer(init: ir.Initializer) -> str | Call:
+    """`"he_normal"` when the initializer takes no arguments, else `HeNormal(seed=2024)`."""
+    kwargs = {k: v for k, v in ((k, getattr(init, k)) for k in ("mean", "stddev", "minval", "maxval", "gain"))
+              if v is not None}
+    if init.seed is not None:
+        kwargs["seed"] = init.seed
+    if not kwargs:
+        return init.name
+    return Call(f"keras.initializers.{INITIALIZER_CLASSES[init.name]}", kwargs=kwargs)
+
+
+def regularizer(reg: ir.Regularizer) -> Call:
+    if reg.l1 and not reg.l2:
+        return Call("keras.regularizers.L1", (reg.l1,))
+    if reg.l2 and not reg.l1:
+        return Call("keras.regularizers.L2", (reg.l2,))
+    return Call("keras.regularizers.L1L2", kwargs={"l1": reg.l1, "l2": reg.l2})
+
+
+def _weighted(layer: ir.Dense | ir.Conv2D) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if layer.activation != "linear":
+        kwargs["activation"] = layer.activation
+    if not layer.use_bias:
+        kwargs["use_bias"] = False
+    if layer.kernel_initializer != ir.GLOROT_UNIFORM:
+        kwargs["kernel_initializer"] = initializer(layer.kernel_initializer)
+    if layer.use_bias and layer.bias_initializer != ir.ZEROS:
+        kwargs["bias_initializer"] = initializer(layer.bias_initializer)
+    if layer.kernel_regularizer is not None:
+        kwargs["kernel_regularizer"] = regularizer(layer.kernel_regularizer)
+    return kwargs
+
+
+def _dense(layer: ir.Dense) -> tuple[tuple, dict]:
+    return (layer.units,), _weighted(layer)
+
+
+def _conv2d(layer: ir.Conv2D) -> tuple[tuple, dict]:
+    kwargs: dict[str, Any] = {}
+    if layer.strides != (1, 1):
+        kwargs["strides"] = tuple(layer.strides)
+    if layer.padding != "valid":
+        kwargs["padding"] = layer.padding
+    return (layer.filters, tuple(layer.kernel_size)), {**kwargs, **_weighted(layer)}
+
+
+def _pool(layer: ir.MaxPool2D | ir.AvgPool2D) -> tuple[tuple, dict]:
+    kwargs: dict[str, Any] = {}
+    if layer.strides is not None:
+        kwargs["strides"] = tuple(layer.strides)
+    if layer.padding != "valid":
+        kwargs["padding"] = layer.padding
+    return (tuple(layer.pool_size),), kwargs
+
+
+def _dropout(layer: ir.Dropout) -> tuple[tuple, dict]:
+    return (layer.rate,), ({"seed": layer.seed} if layer.seed is not None else {})
+
+
+def _batchnorm(layer: ir.BatchNorm) -> tuple[tuple, dict]:
+    defaults = ir.BatchNorm.model_fields
+    return (), {k: getattr(layer, k) for k in ("momentum", "epsilon") if getattr(layer, k) != defaults[k].default}
+
+
+def _leaky_relu(layer: ir.LeakyReLU) -> tuple[tuple, dict]:
+    # always written out: the layer's 0.3 and the activation string's 0.2 are easy to confuse
+    return (), {"negative_slope": layer.negative_slope}
+
+
+def _activation(layer: ir.Activation) -> tuple[tuple, dict]:
+    return (layer.activation,), {}
+
+
+def _no_args(layer: ir.LayerBase) -> tuple[tuple, dict]:
+    return (), {}
+
+
+_LAYERS = {"dense": _dense, "conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
+           "dropout": _dropout, "batchnorm": _batchnorm, "leaky_relu": _leaky_relu,
+           "activation": _activation, "flatten": _no_args, "globalavgpool2d": _no_args}
+
+
+def layer(node: ir.LayerBase, name: str | None = None) -> Call:
+    """The Keras layer for one IR layer; `name` is passed when given."""
+    args, kwargs = _LAYERS[node.kind](node)  # type: ignore[attr-defined]
+    if name is not None:
+        kwargs["name"] = name
+    return Call(f"layers.{node.keras_class}", args, kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+def optimizer(name: str, hyper: dict[str, Any]) -> Call:
+    """`RMSprop(learning_rate=0.001, momentum=0.5)`; hyperparameters that are None are left out."""
+    return Call(f"keras.optimizers.{OPTIMIZER_CLASSES[name]}",
+                kwargs={k: v for k, v in hyper.items() if v is not None})
+
+
+def loss(name: str, delta: float | None = None) -> str | Call:
+    if name == "huber" and delta is not None:
+        return Call("keras.losses.Huber", kwargs={"delta": delta})
+    return name
+
+
+def metric(name: str, kind: str) -> Call:
+    """A resolved metric (modelspec.model.resolve_metric did Keras's 'accuracy' rule), shown as `name`."""
+    return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={"name": name})
+
+
+# ---------------------------------------------------------------------------------------
+# Making and printing calls
+
+
+def make(value: Any, keras: Any) -> Any:
+    """Instantiate a Call (recursively) with the given keras module."""
+    if isinstance(value, Call):
+        parts = value.target.split(".")
+        obj = keras.layers if parts[0] == "layers" else keras
+        for part in parts[1:]:
+            obj = getattr(obj, part)
+        return obj(*(make(a, keras) for a in value.args), **{k: make(v, keras) for k, v in value.kwargs.items()})
+    return value
+
+
+def literal(value: Any) -> str:
+    """Python source for a value. Strings are always escaped: text from a spec can never
+    end a string literal or start a statement in generated code."""
+    if isinstance(value, Call):
+        args = [literal(a) for a in value.args] + [f"{k}={literal(v)}" for k, v in value.kwargs.items()]
+        return f"{value.target}({', '.join(args)})"
+    if isinstance(value, str):
+        text = repr(value)  # always a valid literal; non-printable characters are escaped
+        if text.startswith("'") and "'" not in value and '"' not in value:
+            text = '"' + text[1:-1] + '"'
+        return text
+    if isinstance(value, tuple):
+        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)
+    raise TypeError(f"no literal for {type(value).__name__}")
