@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import keyword
 import os
 import sys
 
@@ -20,7 +21,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name in COMMANDS:
-        module = importlib.import_module(f".commands.{name}", __package__)
+        # a command named by a Python keyword lives in a module with a trailing underscore
+        module = importlib.import_module(f".commands.{name}{'_' * keyword.iskeyword(name)}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         modules[name] = module
