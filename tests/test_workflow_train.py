@@ -164,3 +164,38 @@ def test_compare_json_is_the_only_thing_on_stdout(tmp_path):
     assert list(doc["curves"]["series"]) == ["digits_a", "digits_a_2"]  # the same name twice
     assert "Epoch 1/1" in done.stderr
     assert (tmp_path / "runs" / "compare" / "digits_a_2" / "run.json").is_file()
+
+
+def test_train_on_csv_and_npz_files(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    table = np.column_stack([digits.data, digits.target])  # 64 pixel columns, then the label
+    np.savetxt(tmp_path / "digits.csv", table, delimiter=",", fmt="%g")
+    done = modelspec_cli("train", SPECS / "digits.ms", "--data", "digits.csv", "--scale", 16, "--epochs", 2,
+                         "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    # the last column is the label; 64 values per row reshape to the spec's 8x8; 1,797 rows split 1,437 + 360
+    assert doc["data"]["train"] == 1437 and doc["data"]["test"] == 360 and doc["data"]["scale"] == 16
+    np.savez(tmp_path / "d.npz", x_train=digits.images[:1000], y_train=digits.target[:1000],
+             x_test=digits.images[1000:], y_test=digits.target[1000:])
+    done = modelspec_cli("train", SPECS / "digits_cnn.ms", "--data", "d.npz", "--epochs", 1, "--json",
+                         cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    # 8x8 images into `input 8x8x1`, integer labels for the sparse loss, 0-16 scaled by 255 (documented)
+    assert doc["data"]["train"] == 1000 and doc["data"]["test"] == 797 and doc["data"]["scale"] == 255.0
+    assert doc["data"]["split"] == "the file's own test set" and "accuracy" in doc["test"]
+
+
+def test_a_loss_that_becomes_nan_saves_what_was_trained_and_exits_1(tmp_path):
+    (tmp_path / "wild.ms").write_text("input 8x8\nflatten\ndense 64 relu he_normal\ndense 10 softmax\n"
+                                      "optimizer sgd lr=1e30\nloss categorical_crossentropy\nmetrics accuracy\n"
+                                      "fit epochs=5\n")
+    done = modelspec_cli("train", "wild.ms", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "the loss became NaN or infinite" in done.stderr and "Traceback" not in done.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["stopped"].startswith("the loss became NaN or infinite at epoch 1")
+    ms.load_model(tmp_path / "run" / "weights.safetensors")

@@ -360,7 +360,7 @@ def metrics_table(title: str, metrics: dict[str, float]) -> Any:
 
     from ..progress import format_value
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(metrics):
