@@ -9,8 +9,8 @@ the data has no test set (the digits, a single .npz pair, a .csv), the test set 
 stratified 20% drawn with seed 0: the split sklearn.model_selection.train_test_split
 (test_size=0.2, stratify=y, random_state=0) makes, so every class keeps its share and
 every run is scored on the same samples (data too small for that, with a class of one
-sample or more classes than test samples, is split unstratified). The validation set is not made here: it is the tail of the training set
-that Model.fit takes, as Keras does.
+sample or more classes than test samples, is split unstratified). The validation set is
+not made here: it is the tail of the training set that Model.fit takes, as Keras does.
 
 `prepare` makes the arrays a model takes, as the tutorial does: pixels divided by
 `Dataset.scale` into [0, 1], samples reshaped to the spec's input when their size fits
