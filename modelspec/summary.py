@@ -6,7 +6,7 @@ show_lines, three fixed-width columns at 0.45 / 0.80 / 1.0 of the line length
 text wrapped at spaces and cut with an ellipsis. Importing rich and laying out a
 10,000-row table through it costs seconds; this module does the same layout directly
 (rich's column-reduction and word-wrap rules, re-implemented) so `modelspec check` stays
-instant. tests/test_summary.py compares the output with Keras's own.
+instant. tests/test_summary_keras.py compares the output with Keras's own.
 """
 
 from __future__ import annotations
