@@ -172,7 +172,8 @@ class _Reader:
                     shape = self.shape(got)
                 # kept even when invalid (None), so that no "the model has no input shape" follows
                 self.input_shape = (shape, _join(a.span, got.span if got else a.span))
-                i += got is not None
+                if got is not None:
+                    i += 1
             elif a.type == "word":
                 self.words.append(a)
             else:
