@@ -13,8 +13,7 @@ their source into generated code, so a generated file draws the very same values
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,13 +41,15 @@ def compute_fans(shape):
         return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
-    receptive = math.prod(shape[:-2])
+    receptive = 1
+    for k in shape[:-2]:
+        receptive *= k
     return shape[-2] * receptive, shape[-1] * receptive
 
 
 def truncated_normal(rng, shape, mean, stddev):
     """N(mean, stddev²) with every value beyond 2·stddev drawn again, as TensorFlow does."""
-    z = rng.standard_normal(math.prod(shape), dtype=np.float32)
+    z = rng.standard_normal(shape, dtype=np.float32).reshape(-1)
     redo = np.flatnonzero(np.abs(z) > 2)
     while redo.size:  # each pass redraws only the ~4.6% that fell outside
         z[redo] = rng.standard_normal(redo.size, dtype=np.float32)
@@ -71,8 +72,8 @@ def variance_scaling(rng, shape, scale, mode, distribution):
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
     s = scale / max(1.0, fan)
     if distribution == "truncated_normal":
-        return truncated_normal(rng, shape, 0.0, math.sqrt(s) / TRUNCATED_STD)
-    limit = math.sqrt(3.0 * s)
+        return truncated_normal(rng, shape, 0.0, s ** 0.5 / TRUNCATED_STD)
+    limit = (3.0 * s) ** 0.5
     return random_uniform(rng, shape, -limit, limit)
 
 
@@ -80,7 +81,7 @@ def orthogonal(rng, shape, gain):
     """Keras's Orthogonal: QR of a normal (max, min) matrix, columns signed by diag(r)."""
     if len(shape) < 2:
         raise ValueError(f"orthogonal needs a weight of rank 2 or more; received shape {tuple(shape)}")
-    rows, cols = math.prod(shape[:-1]), shape[-1]
+    rows, cols = int(np.prod(shape[:-1])), shape[-1]
     a = rng.standard_normal((max(rows, cols), min(rows, cols)), dtype=np.float32)
     q, r = np.linalg.qr(a)
     q *= np.sign(np.diag(r))
@@ -100,24 +101,30 @@ VARIANCE_SCALING = {
 }
 
 
-def initialize(name, args, shape, rng):
-    """Values of the initializer `name` (with Keras's arguments `args`) for `shape`, float32."""
-    shape = tuple(shape)
-    if name == "zeros":
-        return np.zeros(shape, np.float32)
-    if name == "ones":
-        return np.ones(shape, np.float32)
+def recipe(name: str, args: dict[str, float]) -> tuple[Any, tuple]:
+    """(function, its arguments after rng and shape) that draws initializer `name` with
+    Keras's arguments `args`; None for the constant ones, zeros and ones."""
     if name in VARIANCE_SCALING:
-        return variance_scaling(rng, shape, *VARIANCE_SCALING[name])
+        return variance_scaling, VARIANCE_SCALING[name]
     if name == "random_normal":
-        return random_normal(rng, shape, args["mean"], args["stddev"])
+        return random_normal, (args["mean"], args["stddev"])
     if name == "truncated_normal":
-        return truncated_normal(rng, shape, args["mean"], args["stddev"])
+        return truncated_normal, (args["mean"], args["stddev"])
     if name == "random_uniform":
-        return random_uniform(rng, shape, args["minval"], args["maxval"])
+        return random_uniform, (args["minval"], args["maxval"])
     if name == "orthogonal":
-        return orthogonal(rng, shape, args["gain"])
-    raise ValueError(f"unknown initializer '{name}'")
+        return orthogonal, (args["gain"],)
+    return None, ()
+
+
+def initialize(name: str, args: dict[str, float], shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Values of the initializer `name` for `shape`, float32."""
+    if name in ("zeros", "ones"):
+        return np.full(shape, 1.0 if name == "ones" else 0.0, np.float32)
+    fn, extra = recipe(name, args)
+    if fn is None:
+        raise ValueError(f"unknown initializer '{name}'")
+    return fn(rng, tuple(shape), *extra)
 
 
 def draw(init: "ir.Initializer", shape: tuple[int, ...], model_seed: int | None = None,

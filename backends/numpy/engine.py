@@ -20,31 +20,8 @@ from modelspec.checker import Report
 from modelspec.initializers import initial_weights
 
 from . import kernels as K
+from .lowering import METRICS, OPTIMIZERS, loss_function, lower, make
 
-OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
-              "adagrad": K.Adagrad, "nadam": K.Nadam}
-METRICS = {"categorical_accuracy": K.categorical_accuracy,
-           "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
-           "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric}
-CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
-
-
-def activation(name: str, **options: Any) -> list[K.Layer]:
-    """The kernels for an activation name; `linear` is no layer at all."""
-    if name == "linear":
-        return []
-    return [K.Activation(getattr(K, name), getattr(K, f"{name}_grad"), **options)]
-
-
-def dropout_rng(seed: int | None, model_seed: int | None, index: int) -> np.random.Generator:
-    """The layer's own seed fixes its masks; otherwise the model seed and the layer's index do."""
-    if seed is not None:
-        key = [2, seed % 2**64]
-    elif model_seed is not None:
-        key = [3, model_seed % 2**128, index]
-    else:
-        key = None
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
 @dataclass
@@ -73,86 +50,26 @@ class NumpyEngine(Engine):
         self.seed = seed if seed is not None else (spec.fit.seed if spec.fit else None)
         self.weights = [np.zeros(w.shape, self.dtype) for w in report.weights]
         self._drawn = False  # weights are drawn on first use unless set_weights comes first
-        self.layers: list[K.Layer] = []
-        self.penalties: list[tuple[np.ndarray, np.ndarray, float, float]] = []
-        supply = iter(self.weights)
-        for index, layer_report in enumerate(report.layers):
-            weights = [next(supply) for _ in layer_report.weights]
-            self.layers += getattr(self, layer_report.kind)(layer_report.layer, weights, index)
-        self.native = self.layers
-        self.params = [p for layer in self.layers for p in layer.params]
-        self.grads = [g for layer in self.layers for g in layer.grads]
-        self.batchnorms = [layer for layer in self.layers if isinstance(layer, K.BatchNorm)]
+        self.lowered = lower(report)
+        self.layers: list[K.Layer] = [make(call, self.weights, self.seed) for call in self.lowered.calls]
+        self.net = K.Network(self.layers)
+        self.native = self.net
         self.config: TrainConfig | None = None
         self.optimizer: K.Optimizer | None = None
 
-    # -- one method per layer kind: the IR layer and its weights -> kernel layers ----------
-
-    def _regularize(self, layer: Any, kernel_layer: K.Layer) -> None:
-        reg = layer.kernel_regularizer
-        if reg is not None and (reg.l1 or reg.l2):
-            self.penalties.append((kernel_layer.params[0], kernel_layer.grads[0], reg.l1, reg.l2))
-
-    def dense(self, layer: ir.Dense, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        dense = K.Dense(w[0], w[1] if layer.use_bias else None)
-        self._regularize(layer, dense)
-        return [dense, *activation(layer.activation)]
-
-    def conv2d(self, layer: ir.Conv2D, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        conv = K.Conv2D(w[0], w[1] if layer.use_bias else None, layer.strides, layer.padding)
-        self._regularize(layer, conv)
-        return [conv, *activation(layer.activation)]
-
-    def flatten(self, layer: ir.Flatten, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.Flatten()]
-
-    def dropout(self, layer: ir.Dropout, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.Dropout(layer.rate, dropout_rng(layer.seed, self.seed, index))]
-
-    def batchnorm(self, layer: ir.BatchNorm, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.BatchNorm(*w, momentum=layer.momentum, epsilon=layer.epsilon)]
-
-    def maxpool2d(self, layer: ir.MaxPool2D, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.MaxPool2D(layer.pool_size, layer.resolved_strides, layer.padding)]
-
-    def avgpool2d(self, layer: ir.AvgPool2D, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.AvgPool2D(layer.pool_size, layer.resolved_strides, layer.padding)]
-
-    def globalavgpool2d(self, layer: ir.GlobalAvgPool2D, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return [K.GlobalAvgPool2D()]
-
-    def activation(self, layer: ir.Activation, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return activation(layer.activation)
-
-    def leaky_relu(self, layer: ir.LeakyReLU, w: list[np.ndarray], index: int) -> list[K.Layer]:
-        return activation("leaky_relu", negative_slope=layer.negative_slope)
-
-    # -- training configuration ------------------------------------------------------------
-
     def set_training(self, config: TrainConfig) -> None:
         loss = config.loss
-        options: dict[str, Any] = {}
-        if loss.name in CROSSENTROPIES:
-            options["from_logits"] = loss.from_logits
-        if loss.name == "huber":
-            options["delta"] = loss.delta
         head = self.layers[-1] if self.layers else None
-        # Keras's TensorFlow backend reads the logits cached on any softmax or sigmoid output
-        # (`_keras_logits`), for all three cross-entropies: sigmoid + categorical too.
-        if loss.from_logits and not (loss.name in CROSSENTROPIES and isinstance(head, K.Activation)
-                                     and head.fn in (K.softmax, K.sigmoid)):
-            raise ValueError(f"{loss.name} from logits needs a cross-entropy loss and a model whose "
-                             "output layer ends in softmax or sigmoid")
-        self.config = config
-        self.loss_fn = functools.partial(getattr(K, loss.name), **options)
-        # From logits, the loss sees the values before the output activation; the activation
-        # still runs, for the metrics.
-        self.head = head if loss.from_logits else None
-        self.body = self.layers[:-1] if loss.from_logits else self.layers
-        with_params = [i for i, layer in enumerate(self.body) if layer.params]
-        self.first = with_params[0] if with_params else len(self.body)  # backward stops here
+        if loss.from_logits and not (isinstance(head, K.Activation) and head.fn in (K.softmax, K.sigmoid)):
+            raise ValueError(f"{loss.name} from logits needs a model whose output layer ends in "
+                             "softmax or sigmoid")
+        fn, options = loss_function(loss.name, loss.from_logits, loss.delta)
+        self.net = K.Network(self.layers, functools.partial(fn, **options), loss.from_logits,
+                             self.lowered.penalties)
+        self.native = self.net
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
         self.optimizer = OPTIMIZERS[config.optimizer](**config.hyper)
+        self.config = config
 
     def _require_training(self) -> None:
         if self.config is None:
@@ -216,38 +133,13 @@ class NumpyEngine(Engine):
 
     # -- passes ----------------------------------------------------------------------------
 
-    def _forward(self, x: np.ndarray, training: bool, layers: list[K.Layer]) -> np.ndarray:
-        for layer in layers:
-            x = layer.forward(x, training)
-        return x
-
-    def _penalty(self) -> Any:
-        """Σ l1·Σ|w| + l2·Σw² over the regularized kernels, from the current weights."""
-        total = 0
-        for kernel, _, l1, l2 in self.penalties:
-            if l1:
-                total = total + l1 * np.abs(kernel).sum()
-            if l2:
-                total = total + l2 * np.vdot(kernel, kernel)
-        return total
-
     def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
-        """One training-mode forward and backward on a batch: (total loss, predictions);
-        the gradients are left in self.grads (the order of self.params). Nothing is updated."""
+        """One training-mode forward and backward on a prepared batch: (total loss, outputs).
+        The gradients are left in self.net.grads (the order of self.net.params); nothing is
+        updated, not even batchnorm's moving statistics."""
         self._require_training()
         self._ensure_weights()
-        z = self._forward(x, True, self.body)
-        outputs = self.head.forward(z) if self.head is not None else z
-        loss, dy = self.loss_fn(y, z)
-        loss = loss + self._penalty()
-        for i in range(len(self.body) - 1, self.first - 1, -1):
-            dy = self.body[i].backward(dy, need_dx=i > self.first)
-        for kernel, grad, l1, l2 in self.penalties:
-            if l1:
-                grad += l1 * np.sign(kernel)
-            if l2:
-                grad += (2 * l2) * kernel
-        return loss, outputs
+        return self.net.gradients(x, y)
 
     def train_epoch(self, data: Dataset, order: np.ndarray, batch_size: int,
                     on_batch: BatchCallback | None = None) -> EpochTotals:
@@ -263,11 +155,9 @@ class NumpyEngine(Engine):
             x = np.take(data.x, index, axis=0, out=buffer[:len(index)], mode="clip")
             y = data.y[index]
             loss, outputs = self.gradients(x, y)
-            good = np.isfinite(loss) and _all_finite(self.grads)
+            good = np.isfinite(loss) and _all_finite(self.net.grads)
             if good:
-                for bn in self.batchnorms:
-                    bn.update_moving()
-                self.optimizer.step(self.params, self.grads)
+                self.net.apply(self.optimizer)
             self._accumulate(totals, loss, y, outputs)
             if on_batch is not None:
                 on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
@@ -287,17 +177,15 @@ class NumpyEngine(Engine):
         self._require_training()
         self._ensure_weights()
         totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
-        penalty = self._penalty()  # the weights do not change while evaluating
         for start in range(0, len(data), batch_size):
             x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
-            z = self._forward(x, False, self.body)
-            outputs = self.head.forward(z) if self.head is not None else z
-            self._accumulate(totals, self.loss_fn(y, z)[0] + penalty, y, outputs)
+            loss, outputs, _ = self.net.evaluate(x, y)
+            self._accumulate(totals, loss, y, outputs)
         return totals
 
     def predict(self, data: Dataset, batch_size: int) -> np.ndarray:
         self._ensure_weights()
         out = np.empty((len(data), *self.report.output_shape[1:]), self.dtype)
         for start in range(0, len(data), batch_size):
-            out[start:start + batch_size] = self._forward(data.x[start:start + batch_size], False, self.layers)
+            out[start:start + batch_size] = self.net.forward(data.x[start:start + batch_size])
         return out

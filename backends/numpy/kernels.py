@@ -5,12 +5,10 @@ This is the project's reference: every formula is Keras 3's on the TensorFlow ba
 constants are Python scalars, which NumPy never lets widen an array, so float32 in gives
 float32 out (the tests also run it in float64 for finite differences).
 
-Everything here imports only NumPy (and the checker's pure `same_padding`): the emitter
+Everything here uses only NumPy (and the checker's pure `same_padding`): the emitter
 copies the source of exactly the pieces a spec uses into standalone generated code, so
-keep each definition self-contained and free of annotations.
+keep each definition self-contained, free of annotations and of other imports.
 """
-
-import math
 
 import numpy as np
 
@@ -117,12 +115,12 @@ def erf(x):
 
 def gelu(x):
     """The exact (erf) form: the string 'gelu' is approximate=False in Keras."""
-    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
+    return 0.5 * x * (1 + erf(x * 2 ** -0.5))
 
 
 def gelu_grad(x, y, dy):
-    cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
-    pdf = np.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    cdf = 0.5 * (1 + erf(x * 2 ** -0.5))
+    pdf = np.exp(-0.5 * x * x) * (2 * np.pi) ** -0.5
     return dy * (cdf + x * pdf)
 
 
@@ -155,6 +153,9 @@ class Layer:
 
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
+
+    def update_moving(self):
+        """Apply the state a training forward computed (batchnorm's moving statistics)."""
 
 
 class Activation(Layer):
@@ -332,6 +333,18 @@ class Flatten(Layer):
 
     def backward(self, dy, need_dx=True):
         return dy.reshape(self.x_shape)
+
+
+def dropout_rng(seed, model_seed, index):
+    """The masks of a dropout layer: fixed by its own seed, else by the model seed and the
+    layer's index, else fresh."""
+    if seed is not None:
+        key = [2, seed % 2**64]
+    elif model_seed is not None:
+        key = [3, model_seed % 2**128, index]
+    else:
+        key = None
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
 class Dropout(Layer):
@@ -601,7 +614,7 @@ class Adam(Optimizer):
     def update(self, i, p, g, lr):
         m, v, s = self.m[i], self.v[i], self.scratch[i]
         t = self.iterations + 1
-        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        alpha = lr * (1 - self.beta_2 ** t) ** 0.5 / (1 - self.beta_1 ** t)
         np.subtract(g, m, out=s)
         s *= 1 - self.beta_1
         m += s
@@ -669,3 +682,66 @@ class Nadam(Optimizer):
 
     def slots(self):
         return [a for pair in zip(self.m, self.v) for a in pair] + [np.array(self.u_product, np.float32)]
+
+
+# ---------------------------------------------------------------------------------------
+# A whole model: Keras's training step, the optimizer aside.
+
+
+class Network:
+    """Layers with their loss. With from_logits, the loss reads the values before the output
+    activation (Keras's TensorFlow rule), which still runs for the metrics. penalties are
+    (layer position, l1, l2) of each regularized kernel: l1·Σ|w| + l2·Σw², from the current
+    weights, added to the batch loss unscaled."""
+
+    def __init__(self, layers, loss=None, from_logits=False, penalties=()):
+        self.layers, self.loss = layers, loss
+        self.body = layers[:-1] if from_logits else layers
+        self.head = layers[-1] if from_logits else None
+        self.penalties = [(layers[i].params[0], layers[i].grads[0], l1, l2) for i, l1, l2 in penalties]
+        self.params = [p for layer in layers for p in layer.params]
+        self.grads = [g for layer in layers for g in layer.grads]
+        with_params = [i for i, layer in enumerate(self.body) if layer.params]
+        self.first = with_params[0] if with_params else len(self.body)  # backward stops here
+
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def penalty(self):
+        total = 0
+        for kernel, _, l1, l2 in self.penalties:
+            if l1:
+                total = total + l1 * np.abs(kernel).sum()
+            if l2:
+                total = total + l2 * np.vdot(kernel, kernel)
+        return total
+
+    def evaluate(self, x, y, training=False):
+        """(batch loss with penalties, outputs, d data loss / d the loss's input)."""
+        z = x
+        for layer in self.body:
+            z = layer.forward(z, training)
+        outputs = z if self.head is None else self.head.forward(z)
+        loss, dz = self.loss(y, z)
+        return loss + self.penalty(), outputs, dz
+
+    def gradients(self, x, y):
+        """A training-mode forward and backward: (loss, outputs); gradients go to self.grads.
+        The layer before the first one with weights never runs backward."""
+        loss, outputs, dy = self.evaluate(x, y, training=True)
+        for i in range(len(self.body) - 1, self.first - 1, -1):
+            dy = self.body[i].backward(dy, need_dx=i > self.first)
+        for kernel, grad, l1, l2 in self.penalties:
+            if l1:
+                grad += l1 * np.sign(kernel)
+            if l2:
+                grad += (2 * l2) * kernel
+        return loss, outputs
+
+    def apply(self, optimizer):
+        """The step's updates, once its loss and gradients are known to be finite."""
+        for layer in self.layers:
+            layer.update_moving()
+        optimizer.step(self.params, self.grads)

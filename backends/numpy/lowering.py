@@ -1,0 +1,134 @@
+"""A checked spec as calls that build kernels.py layers: one method per layer kind.
+
+The engine makes the calls; the emitter prints them as source. Both read this one
+lowering, so generated code builds exactly the layers the engine runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelspec import ir
+from modelspec.checker import LayerReport, Report
+
+from . import kernels as K
+
+
+@dataclass(frozen=True)
+class Weight:
+    """The model's weight number `index`, in Keras's order."""
+
+    index: int
+
+
+MODEL_SEED = object()  # stands for the model seed (the engine's seed, the generated SEED)
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: Any  # a kernels class or function
+    args: tuple = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass
+class Lowered:
+    groups: list[tuple[LayerReport, list[Call]]]  # each spec layer and the kernel layers it became
+    penalties: list[tuple[int, float, float]]  # (position in `calls` of a kernel's layer, l1, l2)
+
+    @property
+    def calls(self) -> list[Call]:
+        return [call for _, calls in self.groups for call in calls]
+
+
+def activation(name: str, **options: Any) -> list[Call]:
+    """An activation's layer; `linear` is none at all."""
+    if name == "linear":
+        return []
+    return [Call(K.Activation, (getattr(K, name), getattr(K, f"{name}_grad")), tuple(options.items()))]
+
+
+class Lowering:
+    def dense(self, layer: ir.Dense, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Dense, (w[0], w[1] if layer.use_bias else None)), *activation(layer.activation)]
+
+    def conv2d(self, layer: ir.Conv2D, w: list[Weight], index: int) -> list[Call]:
+        conv = Call(K.Conv2D, (w[0], w[1] if layer.use_bias else None, layer.strides, layer.padding))
+        return [conv, *activation(layer.activation)]
+
+    def flatten(self, layer: ir.Flatten, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Flatten)]
+
+    def dropout(self, layer: ir.Dropout, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Dropout, (layer.rate, Call(K.dropout_rng, (layer.seed, MODEL_SEED, index))))]
+
+    def batchnorm(self, layer: ir.BatchNorm, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.BatchNorm, tuple(w), (("momentum", layer.momentum), ("epsilon", layer.epsilon)))]
+
+    def maxpool2d(self, layer: ir.MaxPool2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.MaxPool2D, (layer.pool_size, layer.resolved_strides, layer.padding))]
+
+    def avgpool2d(self, layer: ir.AvgPool2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.AvgPool2D, (layer.pool_size, layer.resolved_strides, layer.padding))]
+
+    def globalavgpool2d(self, layer: ir.GlobalAvgPool2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.GlobalAvgPool2D)]
+
+    def activation(self, layer: ir.Activation, w: list[Weight], index: int) -> list[Call]:
+        return activation(layer.activation)
+
+    def leaky_relu(self, layer: ir.LeakyReLU, w: list[Weight], index: int) -> list[Call]:
+        return activation("leaky_relu", negative_slope=layer.negative_slope)
+
+
+OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
+              "adagrad": K.Adagrad, "nadam": K.Nadam}
+METRICS = {"categorical_accuracy": K.categorical_accuracy,
+           "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
+           "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric}
+CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
+
+
+def loss_function(name: str, from_logits: bool = False, delta: float = 1.0) -> tuple[Any, dict[str, Any]]:
+    """The kernels loss function and its keyword arguments."""
+    if name in CROSSENTROPIES:
+        return getattr(K, name), {"from_logits": from_logits}
+    if name == "huber":
+        return K.huber, {"delta": delta}
+    return getattr(K, name), {}
+
+
+def from_logits(spec: ir.Spec, lowered: Lowered) -> bool:
+    """Keras's TensorFlow rule: a cross-entropy on an output that a softmax or a sigmoid made
+    is computed from the values before it (`_keras_logits`, whichever of the two it is)."""
+    calls = lowered.calls
+    return (spec.loss is not None and spec.loss.name in CROSSENTROPIES and bool(calls)
+            and calls[-1].fn is K.Activation and calls[-1].args[0] in (K.softmax, K.sigmoid))
+
+
+def lower(report: Report) -> Lowered:
+    lowering, groups, penalties = Lowering(), [], []
+    position = count = 0
+    for index, layer_report in enumerate(report.layers):
+        weights = [Weight(count + i) for i in range(len(layer_report.weights))]
+        count += len(weights)
+        calls = getattr(lowering, layer_report.kind)(layer_report.layer, weights, index)
+        reg = getattr(layer_report.layer, "kernel_regularizer", None)
+        if reg is not None and (reg.l1 or reg.l2):
+            penalties.append((position, reg.l1, reg.l2))  # the layer's first call holds the kernel
+        groups.append((layer_report, calls))
+        position += len(calls)
+    return Lowered(groups, penalties)
+
+
+def make(value: Any, weights: list[Any], seed: int | None) -> Any:
+    """The object a lowered value stands for, with the given weights and model seed."""
+    if isinstance(value, Call):
+        return value.fn(*(make(a, weights, seed) for a in value.args),
+                        **{k: make(v, weights, seed) for k, v in value.kwargs})
+    if isinstance(value, Weight):
+        return weights[value.index]
+    if value is MODEL_SEED:
+        return seed
+    return value
