@@ -52,7 +52,7 @@ class NumpyEngine(Engine):
         self._drawn = False  # weights are drawn on first use unless set_weights comes first
         self.lowered = lower(report)
         self.layers: list[K.Layer] = [make(call, self.weights, self.seed) for call in self.lowered.calls]
-        self.net = K.Network(self.layers)
+        self.net = K.Network(self.layers, penalties=self.lowered.penalties)
         self.native = self.net
         self.config: TrainConfig | None = None
         self.optimizer: K.Optimizer | None = None

@@ -613,8 +613,9 @@ class Adam(Optimizer):
 
     def update(self, i, p, g, lr):
         m, v, s = self.m[i], self.v[i], self.scratch[i]
-        t = self.iterations + 1
-        alpha = lr * (1 - self.beta_2 ** t) ** 0.5 / (1 - self.beta_1 ** t)
+        f = p.dtype.type  # Keras computes the step's scalars in the weight's dtype: 1 - β2^t
+        t = f(self.iterations + 1)  # loses digits in float32, and Keras's numbers include that
+        alpha = lr * np.sqrt(1 - f(self.beta_2) ** t) / (1 - f(self.beta_1) ** t)
         np.subtract(g, m, out=s)
         s *= 1 - self.beta_1
         m += s
@@ -666,18 +667,20 @@ class Nadam(Optimizer):
         self.v = [np.zeros_like(p) for p in params]
 
     def step(self, params, grads):
-        t = self.iterations + 1
-        self.u_t = self.beta_1 * (1 - 0.5 * 0.96 ** t)
-        self.u_next = self.beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
-        self.u_product *= self.u_t  # Π u_1..u_t, once per step before the updates
+        f = params[0].dtype.type if params else float  # Keras's scalars are in the weights' dtype
+        t, self.b1, self.b2 = f(self.iterations + 1), f(self.beta_1), f(self.beta_2)
+        self.u_t = self.b1 * (1 - 0.5 * f(0.96) ** t)
+        self.u_next = self.b1 * (1 - 0.5 * f(0.96) ** (t + 1))
+        self.u_product = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)  # Π u_1..u_t
+        self.beta_2_power = self.b2 ** t
         super().step(params, grads)
 
     def update(self, i, p, g, lr):
         m, v = self.m[i], self.v[i]
-        m += (g - m) * (1 - self.beta_1)
-        v += (np.square(g) - v) * (1 - self.beta_2)
+        m += (g - m) * (1 - self.b1)
+        v += (np.square(g) - v) * (1 - self.b2)
         m_hat = m * self.u_next / (1 - self.u_product * self.u_next) + g * (1 - self.u_t) / (1 - self.u_product)
-        v_hat = v / (1 - self.beta_2 ** (self.iterations + 1))
+        v_hat = v / (1 - self.beta_2_power)
         p -= m_hat * lr / (np.sqrt(v_hat) + self.epsilon)
 
     def slots(self):
