@@ -78,7 +78,7 @@ def _save(out, names: list[str], runs: list, data: dict) -> dict:
     """compare.png (one curve per model) and compare.json (the plotted series and every run)."""
     import json
 
-    key = "val_loss" if all("val_loss" in r.history for r in runs) else "loss"
+    key = "val_loss" if any("val_loss" in r.history for r in runs) else "loss"
     curves = {name: r.history.get(key, []) for name, r in zip(names, runs)}
     title = "Validation loss" if key == "val_loss" else "Training loss"
     wf.write(out / "compare.png", wf.comparison_png(curves, title, "Loss"))
@@ -95,9 +95,12 @@ def _report(doc: dict, out) -> None:
 
     from ..progress import format_value
 
+    def fmt(value: float | None) -> str:  # None: NaN or infinite, or no such metric
+        return "-" if value is None else format_value(value)
+
     def last(history: dict, key: str | None) -> str:
         values = history.get(key, []) if key else []
-        return format_value(values[-1]) if values and values[-1] is not None else "-"
+        return fmt(values[-1] if values else None)
 
     table = Table(title=f"Comparison on {doc['data']['name']} ({doc['data']['test']:,} test samples)",
                   title_justify="left")
@@ -105,11 +108,11 @@ def _report(doc: dict, out) -> None:
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in doc["models"]:
         acc = wf.accuracy_key(m["history"])
-        test_acc = m["test"].get(acc) if acc else None
         table.add_row(m["name"], f"{m['params']:,}", str(m["epochs"]), last(m["history"], "val_loss"),
-                      last(m["history"], f"val_{acc}" if acc else None), format_value(m["test"]["loss"]),
-                      format_value(test_acc) if test_acc is not None else "-")
+                      last(m["history"], f"val_{acc}" if acc else None), fmt(m["test"].get("loss")),
+                      fmt(m["test"].get(acc) if acc else None))
     con = wf.console()
     con.print(table)
-    con.print(f"Plot: {doc['plot']} ({len(doc['curves']['series'])} curves of {doc['curves']['key']})")
+    drawn = sum(1 for values in doc["curves"]["series"].values() if values)
+    con.print(f"Plot: {doc['plot']} ({drawn} curves of {doc['curves']['key']})")
     con.print(f"Runs: {', '.join(str(out / m['name']) for m in doc['models'])}")
