@@ -143,11 +143,13 @@ class KerasEngine(Engine):
         run = self._function("train", self._train_steps)
         with self._device:
             order_t = tf.constant(order, dtype=tf.int32)
+        size = tf.constant(batch_size, tf.int32)
         step, chunk = 0, steps if on_batch is None else 1
         while step < steps:
             stop = min(steps, step + chunk)
             started = time.perf_counter()
-            done = int(run(data.x, data.y, order_t, batch_size, step, stop))
+            # tensors, not Python ints, so that no value of them retraces the function
+            done = int(run(data.x, data.y, order_t, size, tf.constant(step, tf.int32), tf.constant(stop, tf.int32)))
             if done < stop:  # a non-finite loss or gradient: that step was not applied
                 return self._totals(min(done * batch_size, data.n), stopped_at=done)
             if on_batch is not None:
@@ -168,19 +170,19 @@ class KerasEngine(Engine):
                 y_pred = self.native(xb, training=False)
                 self._update_trackers(xb, yb, y_pred, training=False)
         else:
-            self._function("evaluate", self._evaluate_steps)(data.x, data.y, batch_size)
+            self._function("evaluate", self._evaluate_steps)(data.x, data.y, tf.constant(batch_size, tf.int32))
         return self._totals(data.n)
 
     def predict(self, data: _Data, batch_size: int) -> np.ndarray:
         if not ON_TENSORFLOW:
-            return np.concatenate([keras.ops.convert_to_numpy(self.native(data.x[lo:lo + batch_size], training=False))
+            return np.concatenate([_numpy(self.native(data.x[lo:lo + batch_size], training=False))
                                    for lo in range(0, data.n, batch_size)]).astype(np.float32)
-        return self._function("predict", self._predict_steps)(data.x, batch_size).numpy()
+        return self._function("predict", self._predict_steps)(data.x, tf.constant(batch_size, tf.int32)).numpy()
 
     # -- weights -------------------------------------------------------------------------
 
     def get_weights(self) -> list[np.ndarray]:
-        return [np.array(keras.ops.convert_to_numpy(v.value), dtype=np.float32) for v in self.native.weights]
+        return [_numpy(v.value).astype(np.float32) for v in self.native.weights]
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         for variable, value in zip(self.native.weights, weights):
@@ -189,7 +191,7 @@ class KerasEngine(Engine):
     def optimizer_state(self) -> list[np.ndarray]:
         if self._optimizer is None or not self._optimizer.built:
             return []
-        return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in self._optimizer.variables]
+        return [_numpy(v.value) for v in self._optimizer.variables]
 
     # -- the TensorFlow graph ------------------------------------------------------------
 
@@ -245,8 +247,7 @@ class KerasEngine(Engine):
             ok = self._train_step(tf.gather(x, idx), tf.gather(y, idx))
             return step + tf.cast(ok, tf.int32), ok
 
-        step, _ = tf.while_loop(lambda step, ok: tf.logical_and(step < stop, ok), body,
-                                (tf.convert_to_tensor(start, tf.int32), tf.constant(True)))
+        step, _ = tf.while_loop(lambda step, ok: tf.logical_and(step < stop, ok), body, (start, tf.constant(True)))
         return step
 
     def _evaluate_steps(self, x: Any, y: Any, batch_size: Any) -> Any:
@@ -282,7 +283,7 @@ class KerasEngine(Engine):
         totals = EpochTotals(0.0, [0.0] * len(names), 0)
         for step in range(steps):
             idx = order[step * batch_size:(step + 1) * batch_size]
-            before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+            before = [_numpy(v.value) for v in variables]
             logs = self.native.train_on_batch(data.x[idx], data.y[idx], return_dict=True)
             if not math.isfinite(logs["loss"]):
                 for v, value in zip(variables, before):
@@ -295,6 +296,13 @@ class KerasEngine(Engine):
             if on_batch is not None:
                 on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
         return totals
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    """A copy as a NumPy array (keras.ops.convert_to_numpy warns under NumPy 2 on TensorFlow)."""
+    if ON_TENSORFLOW:
+        return np.array(tensor.numpy())
+    return np.array(keras.ops.convert_to_numpy(tensor))
 
 
 def _device_scope(device: str) -> Any:
