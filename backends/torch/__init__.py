@@ -1,0 +1,45 @@
+"""The PyTorch backend: a spec as an nn.Module with Keras's numbers, live or as source code.
+
+    model = ms.build(spec, backend="torch", device="auto")   # model.native is the nn.Module
+    modelspec compile spec.ms --backend torch -o model.py      # a standalone module
+
+Pieces: `keras_ops` (Keras's layers, losses and optimizers in plain torch, shared by both),
+`plan` (names and layouts, shared by both), `build` (the live module), `engine` (training
+on CPU or CUDA), `emit` (the source code).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch  # noqa: F401  (the registry reports a missing framework from this import)
+
+from modelspec.backends.base import Backend
+
+if TYPE_CHECKING:
+    from modelspec import ir
+    from modelspec.checker import Report
+
+    from .engine import TorchEngine
+
+
+class TorchBackend(Backend):
+    name: ClassVar[str] = "torch"
+    extra: ClassVar[str] = "torch"
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
+               cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":
+        """Options: `seed` (dropout masks), `device` ('auto' takes CUDA when present, 'cpu',
+        'cuda', 'cuda:N') and `cuda_graphs` (capture the training step on CUDA; default on)."""
+        if unknown:
+            raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} for the torch backend: "
+                            f"{', '.join(sorted(unknown))}; expected seed, device or cuda_graphs")
+        from .engine import TorchEngine
+
+        return TorchEngine(spec, report, seed=seed, device=device, cuda_graphs=cuda_graphs)
+
+    def emit(self, spec: "ir.Spec", report: "Report") -> str:
+        from .emit import emit
+
+        return emit(spec, report)

@@ -1,0 +1,401 @@
+"""The torch Engine: the numbers of fit, evaluate and predict for a built spec, on CPU or CUDA.
+
+The dataset is moved to the device once (`prepare`) and batches are gathered there by
+index. On the CPU a step is the plain loop a careful engineer writes: forward, loss with
+penalties, backward, check, update. On CUDA nothing in a step waits for the host: the
+loss and metric sums accumulate on the device, a non-finite loss or gradient sets a
+sticky flag and the step's update is masked off (the weights, optimizer variables and
+moving statistics of the last good step are kept), and the sums are read back once per
+epoch. There the whole step is captured in a CUDA graph and replayed; if capture is not
+possible the same step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from modelspec import ir
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.checker import Report
+
+from . import keras_ops as K
+from .build import build
+
+OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
+              "nadam": K.Nadam}
+METRICS = {"categorical_accuracy": K.categorical_accuracy, "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
+           "binary_accuracy": K.binary_accuracy, "mse": K.mean_squared_error, "mae": K.mean_absolute_error}
+
+
+def loss_function(name: str, from_logits: bool, delta: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Keras's loss `name` of (output, y), averaged over the batch. `output` is the logits
+    when from_logits (a softmax or sigmoid output with the matching cross-entropy)."""
+    if name == "categorical_crossentropy":
+        return K.softmax_cross_entropy if from_logits else K.categorical_crossentropy
+    if name == "sparse_categorical_crossentropy":
+        return K.sparse_softmax_cross_entropy if from_logits else K.sparse_categorical_crossentropy
+    if name == "binary_crossentropy":
+        return K.sigmoid_binary_crossentropy if from_logits else K.binary_crossentropy
+    if name == "huber":
+        return functools.partial(F.huber_loss, delta=delta)
+    return {"mse": F.mse_loss, "mae": F.l1_loss}[name]
+
+
+def optimizer_slots(name: str, hyper: dict[str, Any]) -> list[tuple[str, float]]:
+    """Keras's per-weight optimizer variables (name, initial value), in Keras's order."""
+    if name == "sgd":
+        return [("momentum", 0.0)] if hyper["momentum"] != 0 else []
+    if name == "rmsprop":
+        return ([("velocity", 0.0)] + ([("momentum", 0.0)] if hyper["momentum"] > 0 else [])
+                + ([("average_gradient", 0.0)] if hyper["centered"] else []))
+    if name == "adagrad":
+        return [("accumulator", hyper["initial_accumulator_value"])]
+    return [("momentum", 0.0), ("velocity", 0.0)]  # adam, adamw, nadam
+
+
+def resolve_device(device: Any) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; a clear error otherwise."""
+    from modelspec.backends import BackendError
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; received {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"the torch backend runs on 'cpu' or 'cuda'; received device={device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch was built without CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise BackendError(f"device={device!r} was requested, but CUDA is not available ({why}; "
+                               f"torch {torch.__version__}); use device='cpu', or 'auto' to take CUDA "
+                               "when there is one")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BackendError(f"device={device!r} was requested, but this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One contiguous buffer holding `tensors`; each is re-pointed at its slice, values kept.
+    The optimizer then updates every weight with a few large operations."""
+    if not tensors:
+        return None
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        flat[offset:offset + n].copy_(t.detach().reshape(-1))
+        t.data = flat[offset:offset + n].view_as(t)
+        offset += n
+    return flat
+
+
+@dataclass
+class Data:
+    """A dataset on the engine's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    order: torch.Tensor | None = None  # CUDA: this epoch's order, on the device
+    step: torch.Tensor | None = None  # CUDA: the step counter the captured graphs read
+    graphs: dict[Any, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+class TorchEngine(Engine):
+    def __init__(self, spec: ir.Spec, report: Report, seed: int = 0, device: Any = "auto",
+                 cuda_graphs: bool = True) -> None:
+        self.spec = spec
+        self.device = resolve_device(device)
+        with torch.device(self.device):
+            built = build(spec, report, seed, self.device)
+        self.native = built.module
+        self.plan = built.plan
+        self.weights = built.weights
+        self.penalties = built.penalties
+        self.cuda = self.device.type == "cuda"
+        self.cuda_graphs = bool(cuda_graphs) and self.cuda
+        self.params = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if trainable]
+        self.moving = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if not trainable]
+        # On CUDA every trainable weight lives in one buffer (and the moving statistics in
+        # another), so an update or a masked restore is a handful of kernels, not one per weight.
+        self.flat = _flatten(self.params) if self.cuda else None
+        self.flat_moving = _flatten(self.moving) if self.cuda else None
+        self.config: TrainConfig | None = None
+        self.optimizer: K.KerasOptimizer | None = None
+        self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
+        if self.cuda:
+            self.stopped = torch.zeros((), dtype=torch.bool, device=self.device)
+            self.stopped_at = torch.full((), -1, dtype=torch.int64, device=self.device)
+            self.skip = torch.zeros((), dtype=torch.bool, device=self.device)  # masks warm-up steps
+            self.pool = None
+
+    # -- training settings ---------------------------------------------------------------
+
+    def set_training(self, config: TrainConfig) -> None:
+        self.config = config
+        self.loss_fn = loss_function(config.loss.name, config.loss.from_logits, config.loss.delta)
+        self.metric_fns = [METRICS[m.kind] for m in config.metrics]
+        targets = [self.flat] if self.flat is not None else self.params
+        self.optimizer = OPTIMIZERS[config.optimizer](targets, **config.hyper)
+        self.slots = optimizer_slots(config.optimizer, config.hyper)
+        for name, initial in self.slots:  # created now, so a captured step finds them in place
+            for t in targets:
+                self.optimizer.slot(t, name, initial)
+        self.version += 1
+        if self.cuda:
+            self.masked = [*targets, *(self.optimizer.state[t][name] for name, _ in self.slots for t in targets),
+                           self.optimizer.iterations]
+            if isinstance(self.optimizer, K.Nadam):
+                self.masked.append(self.optimizer.u_product)
+            if self.flat_moving is not None:
+                self.masked.append(self.flat_moving)
+            self.backup = [torch.empty_like(t) for t in self.masked]
+            self.sums = torch.zeros(2 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+
+    def _require_training(self) -> TrainConfig:
+        if self.config is None:
+            raise RuntimeError("set_training must be called before training or evaluating")
+        return self.config
+
+    # -- data ----------------------------------------------------------------------------
+
+    def prepare(self, x: np.ndarray, y: np.ndarray | None) -> Data:
+        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        yt = None
+        if y is not None:
+            y = np.asarray(y)
+            yt = torch.as_tensor(np.ascontiguousarray(y, dtype=np.int64 if y.dtype.kind in "iu" else np.float32))
+            yt = yt.to(self.device)
+        data = Data(xt, yt)
+        if self.cuda:
+            data.order = torch.empty(len(xt), dtype=torch.int64, device=self.device)
+            data.step = torch.zeros(1, dtype=torch.int64, device=self.device)
+        return data
+
+    # -- the loss ------------------------------------------------------------------------
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss + weight penalties, the output the loss saw)."""
+        out = self.native.logits(xb) if self.config.loss.from_logits else self.native(xb)
+        loss = self.loss_fn(out, yb)
+        for w, l1, l2 in self.penalties:
+            if l1:
+                loss = loss + l1 * w.abs().sum()
+            if l2:
+                loss = loss + l2 * w.square().sum()
+        return loss, out
+
+    def _metric_sums(self, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Σ over the batch of each metric's per-sample value, as one tensor."""
+        if not self.metric_fns:
+            return out.new_zeros(0)
+        out = out.detach()
+        if self.config.loss.from_logits:
+            out = self.native.output_activation(out)
+        values = [fn(out, yb) for fn in self.metric_fns]  # per sample, or per element of a sample
+        return torch.stack([(v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum() for v in values])
+
+    # -- training: CPU -------------------------------------------------------------------
+
+    def train_epoch(self, data: Data, order: np.ndarray, batch_size: int,
+                    on_batch: BatchCallback | None = None) -> EpochTotals:
+        self._require_training()
+        self.native.train()
+        if self.cuda:
+            return self._train_epoch_cuda(data, order, batch_size, on_batch)
+        totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
+        index = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+        for step, start in enumerate(range(0, len(index), batch_size)):
+            idx = index[start:start + batch_size]
+            xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
+            saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
+            loss, out = self._loss(xb, yb)
+            for p in self.params:
+                p.grad = None
+            loss.backward()
+            value = loss.item()
+            if not (math.isfinite(value) and self._grads_finite()):
+                with torch.no_grad():
+                    for t, s in zip(self.moving, saved):
+                        t.copy_(s)
+                totals.stopped_at = step
+                break
+            self.optimizer.apply_gradients()
+            n = len(idx)
+            totals.loss_sum += value * n
+            totals.count += n
+            for i, v in enumerate(self._metric_sums(out, yb).tolist()):
+                totals.metric_sums[i] += v
+            if on_batch is not None:
+                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
+        return totals
+
+    def _grads_finite(self) -> bool:
+        norms = torch._foreach_norm([p.grad for p in self.params])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    # -- training: CUDA ------------------------------------------------------------------
+
+    def _masked_step(self, data: Data, batch_size: int, start: int | None) -> None:
+        """One step with no host synchronisation. start=None: the full batch the device step
+        counter points at; otherwise the last, partial batch, from `start`."""
+        if start is None:
+            rows = data.order[: len(data) // batch_size * batch_size].view(-1, batch_size)
+            idx = rows.index_select(0, data.step).view(-1)
+        else:
+            idx = data.order[start:]
+        xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
+        torch._foreach_copy_(self.backup, self.masked)
+        loss, out = self._loss(xb, yb)
+        grads = torch.autograd.grad(loss, self.params)
+        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        finite = torch.isfinite(loss) & torch.isfinite(flat_grad).all()
+        live = ~self.stopped & ~self.skip
+        ok = finite & live
+        failed = ~finite & live
+        self.stopped_at.copy_(torch.where(failed, data.step[0], self.stopped_at))
+        self.stopped.logical_or_(failed)
+        self.flat.grad = flat_grad
+        self.optimizer.apply_gradients()
+        with torch.no_grad():
+            for t, b in zip(self.masked, self.backup):
+                t.copy_(torch.where(ok, t, b))
+            n = idx.numel()
+            sums = torch.cat([(loss.detach() * n).reshape(1).double(), loss.new_full((1,), n).double(),
+                              self._metric_sums(out, yb).double()])
+            self.sums.add_(torch.where(ok, sums, 0.0))
+        data.step.add_(1)
+
+    def _train_epoch_cuda(self, data: Data, order: np.ndarray, batch_size: int,
+                          on_batch: BatchCallback | None) -> EpochTotals:
+        data.order.copy_(torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
+        full, rest = divmod(len(order), batch_size)
+        runs = [(None, full)] + ([(full * batch_size, 1)] if rest else [])
+        steps = [self._runner(data, batch_size, start) for start, _ in runs]
+        data.step.zero_()
+        self.sums.zero_()
+        self.stopped.fill_(False)
+        self.stopped_at.fill_(-1)
+        step = 0
+        for run, (_, count) in zip(steps, runs):
+            for _ in range(count):
+                run()
+                if on_batch is not None:
+                    loss_sum, seen, *metrics = self.sums.tolist()
+                    on_batch(step, int(seen), loss_sum, metrics)
+                step += 1
+        loss_sum, count, *metrics = self.sums.tolist()  # the epoch's one read-back
+        stopped_at = int(self.stopped_at.item())
+        return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=int(count),
+                           stopped_at=None if stopped_at < 0 else stopped_at)
+
+    def _runner(self, data: Data, batch_size: int, start: int | None) -> Callable[[], None]:
+        """The step as a replayable CUDA graph, or as a function when graphs are off or fail."""
+        eager = functools.partial(self._masked_step, data, batch_size, start)
+        if not self.cuda_graphs:
+            return eager
+        key = (self.version, batch_size, start)
+        if key not in data.graphs:
+            data.graphs[key] = self._capture(eager, data)
+        graph = data.graphs[key]
+        return graph.replay if graph is not None else eager
+
+    def _capture(self, step: Callable[[], None], data: Data) -> Any:
+        generators = [m.generator for m in self.native.modules() if hasattr(m, "generator") and m.rate > 0]
+        if generators and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            return None
+        self.skip.fill_(True)  # warm-up and capture must leave every weight as it was
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuBLAS handles, autograd's device thread, allocator blocks
+                    step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            for g in generators:
+                graph.register_generator_state(g)
+            with torch.cuda.graph(graph, pool=self.pool):
+                step()
+            self.pool = graph.pool()
+            return graph
+        except Exception as e:  # capture is an optimisation: fall back to running the step eagerly
+            torch.cuda.synchronize(self.device)
+            warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); training runs step by step",
+                          RuntimeWarning, stacklevel=4)
+            self.cuda_graphs = False
+            return None
+        finally:
+            self.skip.fill_(False)
+            data.step.zero_()
+
+    # -- evaluation and prediction ---------------------------------------------------------
+
+    @torch.inference_mode()
+    def evaluate(self, data: Data, batch_size: int) -> EpochTotals:
+        self._require_training()
+        self.native.eval()
+        sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+        for start in range(0, len(data), batch_size):
+            xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
+            loss, out = self._loss(xb, yb)
+            sums += torch.cat([(loss * len(xb)).reshape(1).double(), self._metric_sums(out, yb).double()])
+        loss_sum, *metrics = sums.tolist()
+        return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=len(data))
+
+    @torch.inference_mode()
+    def predict(self, data: Data, batch_size: int) -> np.ndarray:
+        self.native.eval()
+        outs = [self.native(data.x[start:start + batch_size]) for start in range(0, len(data), batch_size)]
+        return torch.cat(outs).cpu().numpy()
+
+    # -- weights -------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [np.array(to_keras(t.detach()).cpu().numpy(), dtype=np.float32, order="C", copy=True)
+                    for t, to_keras in zip(self.weights.tensors, self.weights.to_keras)]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        with torch.no_grad():
+            for t, from_keras, w in zip(self.weights.tensors, self.weights.from_keras, weights):
+                t.copy_(from_keras(torch.from_numpy(np.asarray(w, dtype=np.float32))))
+
+    def optimizer_state(self) -> list[np.ndarray]:
+        """Keras's optimizer variables: iteration, learning_rate, then each slot per weight."""
+        if self.optimizer is None:
+            return []
+        opt = self.optimizer
+        out = [np.array(opt.iterations.item(), dtype=np.int64),
+               np.array(self.config.hyper["learning_rate"], dtype=np.float32)]
+        for name, _ in self.slots:
+            for i, (p, to_keras) in enumerate(self._trainable_with_layout()):
+                slot = self._slot_of(name, i, p)
+                out.append(to_keras(slot).cpu().numpy().astype(np.float32))
+        if isinstance(opt, K.Nadam):
+            out.append(np.array(opt.u_product.item(), dtype=np.float32))
+        return out
+
+    def _trainable_with_layout(self) -> list[tuple[torch.Tensor, Callable]]:
+        return [(t, f) for t, f, trainable in zip(self.weights.tensors, self.weights.to_keras, self.weights.trainable)
+                if trainable]
+
+    def _slot_of(self, name: str, i: int, param: torch.Tensor) -> torch.Tensor:
+        if self.flat is None:
+            return self.optimizer.state[param][name].detach()
+        offset = sum(p.numel() for p in self.params[:i])
+        return self.optimizer.state[self.flat][name].detach()[offset:offset + param.numel()].view_as(param)

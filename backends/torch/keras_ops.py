@@ -1,0 +1,293 @@
+"""Keras's semantics in plain PyTorch: the pieces where torch's own defaults differ.
+
+Everything here imports only torch and math, and every function or class stands on its
+own: the live backend imports them, and `modelspec compile --backend torch` copies the
+source of the ones a spec needs into the generated module, so both run the same code.
+Each piece names the Keras behaviour it reproduces; /work/shared/SEMANTICS.md has the
+measurements behind them.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------
+# Layers
+
+
+class BatchNorm(nn.Module):
+    """Keras's BatchNormalization over one axis (the last by default, 1 for NCHW images).
+
+    Differs from torch's BatchNorm: `momentum` is the share of the moving statistics kept
+    (0.99 in Keras is 0.01 in torch), epsilon defaults to 1e-3, and the moving variance
+    takes the biased batch variance (torch's takes the unbiased one).
+    """
+
+    def __init__(self, channels, momentum=0.99, epsilon=1e-3, axis=-1):
+        super().__init__()
+        self.momentum, self.epsilon, self.axis = momentum, epsilon, axis
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("moving_mean", torch.zeros(channels))
+        self.register_buffer("moving_variance", torch.ones(channels))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.gamma.fill_(1.0)
+        self.beta.zero_()
+        self.moving_mean.zero_()
+        self.moving_variance.fill_(1.0)
+
+    def forward(self, x):
+        axis = self.axis % x.dim()
+        if self.training:
+            variance, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != axis], correction=0)
+            with torch.no_grad():
+                self.moving_mean.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
+                self.moving_variance.mul_(self.momentum).add_(variance, alpha=1 - self.momentum)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        shape = [-1 if d == axis else 1 for d in range(x.dim())]
+        scale = torch.rsqrt(variance + self.epsilon) * self.gamma  # as tf.nn.batch_normalization
+        return x * scale.view(shape) + (self.beta - mean * scale).view(shape)
+
+
+def avg_pool2d_same(x, kernel_size, stride, pads):
+    """Keras's AveragePooling2D(padding='same') on NCHW: the padding cells are left out of
+    each average (torch's count_include_pad counts them, and cannot pad asymmetrically)."""
+    sums = F.avg_pool2d(F.pad(x, pads), kernel_size, stride, divisor_override=1)
+    counts = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), pads), kernel_size, stride, divisor_override=1)
+    return sums / counts
+
+
+def truncated_normal_(tensor, mean=0.0, stddev=0.05):
+    """Keras's TruncatedNormal: values beyond two stddevs are drawn again. (torch's
+    trunc_normal_ takes absolute bounds, which default to -2 and 2.)"""
+    return nn.init.trunc_normal_(tensor, mean, stddev, mean - 2 * stddev, mean + 2 * stddev)
+
+
+def variance_scaling_normal_(tensor, scale, fan):
+    """Keras's he_normal, glorot_normal and lecun_normal: a normal truncated at two stddevs and
+    widened so that the result's std is sqrt(scale / fan). (torch's kaiming_normal_ and
+    xavier_normal_ are not truncated.)"""
+    stddev = math.sqrt(scale / max(1.0, fan)) / 0.87962566103423978  # the std of N(0, 1) cut at ±2
+    return truncated_normal_(tensor, 0.0, stddev)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: Keras's formulas, averaged over the batch ("sum_over_batch_size")
+
+EPSILON = 1e-7  # keras.backend.epsilon(): where probabilities are clipped
+
+
+def softmax_cross_entropy(logits, y):
+    """Categorical cross-entropy of a softmax output, computed from its logits, unclipped:
+    what Keras's TensorFlow backend does for `softmax` + categorical_crossentropy."""
+    return F.cross_entropy(logits.movedim(-1, 1), y.movedim(-1, 1))  # torch wants the classes on axis 1
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    """Sparse categorical cross-entropy of a softmax output, from its logits."""
+    return F.cross_entropy(logits, labels)
+
+
+def sigmoid_binary_crossentropy(logits, y):
+    """Binary cross-entropy of a sigmoid output, from its logits, unclipped (TensorFlow backend)."""
+    return F.binary_cross_entropy_with_logits(logits, y)
+
+
+def categorical_crossentropy(probabilities, y):
+    """Keras's categorical cross-entropy of probabilities: renormalised, clipped to [1e-7, 1 - 1e-7]."""
+    p = probabilities / probabilities.sum(dim=-1, keepdim=True)
+    return -(y * p.clamp(EPSILON, 1 - EPSILON).log()).sum(dim=-1).mean()
+
+
+def sparse_categorical_crossentropy(probabilities, labels):
+    """Keras's sparse categorical cross-entropy of probabilities: clipped, then (as TensorFlow's
+    sparse_softmax_cross_entropy_with_logits of their log) renormalised."""
+    return F.cross_entropy(probabilities.clamp(EPSILON, 1 - EPSILON).log(), labels)
+
+
+def binary_crossentropy(probabilities, y):
+    """Keras's binary cross-entropy of probabilities, clipped to [1e-7, 1 - 1e-7] (torch's
+    BCELoss clamps the log at -100 instead)."""
+    p = probabilities.clamp(EPSILON, 1 - EPSILON)
+    return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers: Keras's update rules (torch's RMSprop, Adam and Nadam put epsilon elsewhere
+# or use other schedules; Keras's weight_decay is decoupled on every optimizer)
+
+
+class KerasOptimizer(torch.optim.Optimizer):
+    """What every Keras optimizer shares: one step counter, the decoupled weight decay
+    w -= lr * weight_decay * w, then the optimizer's own `update` of each parameter."""
+
+    def __init__(self, params, **hyperparameters):
+        super().__init__(params, hyperparameters)
+        device = self.param_groups[0]["params"][0].device
+        self.iterations = torch.zeros((), dtype=torch.int64, device=device)
+
+    def slot(self, param, name, initial=0.0):
+        """A per-parameter variable (momentum, velocity...), created on first use."""
+        state = self.state[param]
+        if name not in state:
+            state[name] = torch.full_like(param, initial)
+        return state[name]
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.apply_gradients()
+        return loss
+
+    @torch.no_grad()
+    def apply_gradients(self):
+        """The update of every parameter from its .grad (`step` without torch's hooks)."""
+        self.iterations += 1
+        t = self.iterations.to(torch.float32)  # Keras's `iterations + 1` before the increment
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if group["weight_decay"]:
+                    param.sub_(param * group["weight_decay"] * group["learning_rate"])
+                self.update(param, param.grad, t, group)
+
+    def update(self, param, grad, t, group):
+        raise NotImplementedError
+
+
+class SGD(KerasOptimizer):
+    """Keras's SGD: m = momentum * m - lr * g; w += m (Nesterov: w += momentum * m - lr * g)."""
+
+    def __init__(self, params, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay)
+
+    def update(self, param, grad, t, group):
+        lr, momentum = group["learning_rate"], group["momentum"]
+        if momentum == 0:
+            param.sub_(grad * lr)
+            return
+        m = self.slot(param, "momentum")
+        m.mul_(momentum).sub_(grad * lr)
+        if group["nesterov"]:
+            param.add_(m * momentum - grad * lr)
+        else:
+            param.add_(m)
+
+
+class RMSprop(KerasOptimizer):
+    """Keras's RMSprop: w -= lr * g / sqrt(v + epsilon), epsilon inside the square root
+    (torch adds it outside); with momentum, the lr-scaled steps are what accumulates."""
+
+    def __init__(self, params, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+                         centered=centered, weight_decay=weight_decay)
+
+    def update(self, param, grad, t, group):
+        rho, momentum = group["rho"], group["momentum"]
+        velocity = self.slot(param, "velocity")
+        velocity.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        if group["centered"]:
+            average = self.slot(param, "average_gradient")
+            average.mul_(rho).add_(grad, alpha=1 - rho)
+            denominator = velocity - average.square() + group["epsilon"]
+        else:
+            denominator = velocity + group["epsilon"]
+        increment = (grad * group["learning_rate"]).div_(denominator.sqrt_())
+        if momentum > 0:
+            m = self.slot(param, "momentum")
+            param.sub_(m.mul_(momentum).add_(increment))
+        else:
+            param.sub_(increment)
+
+
+class Adam(KerasOptimizer):
+    """Keras's Adam: epsilon is added to the uncorrected sqrt(v) ("epsilon hat"); torch adds
+    it to the bias-corrected one. Keras's AdamW is this with weight_decay=0.004."""
+
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         weight_decay=weight_decay)
+
+    def update(self, param, grad, t, group):
+        beta_1, beta_2 = group["beta_1"], group["beta_2"]
+        alpha = group["learning_rate"] * torch.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        m, v = self.slot(param, "momentum"), self.slot(param, "velocity")
+        m.add_((grad - m) * (1 - beta_1))
+        v.add_((grad.square() - v) * (1 - beta_2))
+        param.sub_((m * alpha).div_(v.sqrt().add_(group["epsilon"])))
+
+
+class Nadam(KerasOptimizer):
+    """Keras's Nadam: the momentum schedule u_t = beta_1 * (1 - 0.5 * 0.96^t) (torch's NAdam
+    uses 0.96^(0.004 t) by default), epsilon outside the square root."""
+
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         weight_decay=weight_decay)
+        self.u_product = torch.ones((), device=self.iterations.device)  # the product of u_1 ... u_t
+
+    @torch.no_grad()
+    def apply_gradients(self):
+        t = (self.iterations + 1).to(torch.float32)
+        self.u_product.mul_(self.param_groups[0]["beta_1"] * (1 - 0.5 * 0.96 ** t))
+        super().apply_gradients()
+
+    def update(self, param, grad, t, group):
+        beta_1, beta_2 = group["beta_1"], group["beta_2"]
+        u_t = beta_1 * (1 - 0.5 * 0.96 ** t)
+        u_next = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+        m, v = self.slot(param, "momentum"), self.slot(param, "velocity")
+        m.add_((grad - m) * (1 - beta_1))
+        v.add_((grad.square() - v) * (1 - beta_2))
+        m_hat = u_next * m / (1 - self.u_product * u_next) + (1 - u_t) * grad / (1 - self.u_product)
+        v_hat = v / (1 - beta_2 ** t)
+        param.sub_((m_hat * group["learning_rate"]).div_(v_hat.sqrt_().add_(group["epsilon"])))
+
+
+class Adagrad(KerasOptimizer):
+    """Keras's Adagrad: the accumulator starts at 0.1 and epsilon is inside the square root."""
+
+    def __init__(self, params, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
+                 weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, initial_accumulator_value=initial_accumulator_value,
+                         epsilon=epsilon, weight_decay=weight_decay)
+
+    def update(self, param, grad, t, group):
+        accumulator = self.slot(param, "accumulator", group["initial_accumulator_value"])
+        accumulator.addcmul_(grad, grad)
+        param.sub_((grad * group["learning_rate"]).div_((accumulator + group["epsilon"]).sqrt_()))
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics: one value per sample, as Keras's MeanMetricWrapper averages them
+
+
+def categorical_accuracy(y_pred, y):
+    return (y_pred.argmax(dim=-1) == y.argmax(dim=-1)).float()
+
+
+def sparse_categorical_accuracy(y_pred, labels):
+    return (y_pred.argmax(dim=-1) == labels).float()
+
+
+def binary_accuracy(y_pred, y):
+    """Keras's threshold: a prediction above 0.5 is a 1."""
+    return ((y_pred > 0.5).float() == y).float().mean(dim=-1)
+
+
+def mean_squared_error(y_pred, y):
+    return (y_pred - y).square().mean(dim=-1)
+
+
+def mean_absolute_error(y_pred, y):
+    return (y_pred - y).abs().mean(dim=-1)
