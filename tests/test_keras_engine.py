@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import modelspec as ms
+from modelspec import backends
 
 pytest.importorskip("keras")
 import keras  # noqa: E402
@@ -195,9 +196,9 @@ def test_engine_options():
     import tensorflow as tf
 
     if not tf.config.list_physical_devices("GPU"):
-        with pytest.raises(ms.backends.BackendError, match="GPU"):
+        with pytest.raises(backends.BackendError, match="GPU"):
             ms.build(spec, backend="keras", device="cuda")
-    with pytest.raises(ms.backends.BackendError, match="unknown device 'tpu'"):
+    with pytest.raises(backends.BackendError, match="unknown device 'tpu'"):
         ms.build(spec, backend="keras", device="tpu")
 
 

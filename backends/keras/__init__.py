@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from modelspec.backends.base import Backend, Engine
@@ -29,14 +30,38 @@ _require("keras", {"torch": "torch", "jax": "jax"}.get(os.environ.get("KERAS_BAC
 if TYPE_CHECKING:
     from modelspec import ir
     from modelspec.checker import Report
+    from modelspec.diagnostics import Diagnostic
 
 ENGINE_OPTIONS = ("seed", "device")
+# TensorFlow's name scopes (tensorflow/python/framework/ops.py): Keras opens one per layer,
+# and Keras's fit() and predict() one for the model, at the root.
+ROOT_SCOPE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+SCOPE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 
 class KerasBackend(Backend):
     name = "keras"
     extra = "keras"
     requires = ("keras", "tensorflow")
+
+    def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
+        """Besides the generic checks: names TensorFlow's name scopes reject. Keras builds such
+        a model, but neither fit() nor predict() can run it."""
+        from modelspec.diagnostics import Diagnostic
+
+        out = super().unsupported(spec)
+        allowed = "TensorFlow's name scopes take letters, digits and . _ - > only"
+        if not ROOT_SCOPE.match(spec.name):
+            span = spec.statement_spans.get("model")
+            out.append(Diagnostic(
+                "error", f"the keras backend cannot run a model named {spec.name!r}: {allowed}, starting "
+                "with a letter, a digit or '.'", span, code="backend",
+                hint=None if span else "the name comes from the file's name; give one with `model NAME`"))
+        for layer in spec.layers:
+            if layer.name is not None and not SCOPE.match(layer.name):
+                out.append(Diagnostic("error", f"the keras backend cannot run a layer named {layer.name!r}: "
+                                      f"{allowed}", layer.span, code="backend"))
+        return out
 
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
         unknown = sorted(set(options) - set(ENGINE_OPTIONS))

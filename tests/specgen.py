@@ -1,0 +1,344 @@
+"""Random valid specs, as text, for property tests of the checker and of every backend.
+
+    import random, specgen
+    text = specgen.spec_text(random.Random(7))        # one spec
+    texts = specgen.spec_texts(200, seed=0)           # a reproducible batch
+    @given(specgen.strategy())                        # with hypothesis
+
+Every spec parses and checks: shapes are tracked while layers are drawn, so a window
+never outgrows its input. Sizes are small (units up to 8, images up to 10x10), so a
+framework builds and runs each in milliseconds. Every layer kind and option of the
+language appears, written in its different spellings (`dense 8 relu` and
+`dense units=8 activation=relu`, `stride=2` and `strides=(2, 1)`, `in` on the first
+layer or an `input` statement, `;` or new lines). With `training=True` (the default) the
+output layer, loss and metrics fit together as a classification, binary or regression
+task, so the spec can also be trained; optimizer and fit settings are drawn too.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish",
+               "softplus", "relu6", "leaky_relu")
+LAYER_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "leaky_relu")  # `leaky_relu` is the LeakyReLU layer
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
+                "lecun_uniform", "zeros", "ones", "random_normal", "random_uniform", "truncated_normal",
+                "orthogonal")
+OPTIMIZERS = {
+    "sgd": {"learning_rate": (0.001, 0.1), "momentum": (0.0, 0.95), "nesterov": None, "weight_decay": (0.0, 0.01)},
+    "rmsprop": {"learning_rate": (1e-4, 0.01), "rho": (0.5, 0.99), "momentum": (0.0, 0.9), "epsilon": (1e-8, 1e-5),
+                "centered": None, "weight_decay": (0.0, 0.01)},
+    "adam": {"learning_rate": (1e-4, 0.01), "beta_1": (0.5, 0.95), "beta_2": (0.9, 0.999),
+             "epsilon": (1e-8, 1e-5), "weight_decay": (0.0, 0.01)},
+    "adamw": {"learning_rate": (1e-4, 0.01), "beta_1": (0.5, 0.95), "beta_2": (0.9, 0.999),
+              "epsilon": (1e-8, 1e-5), "weight_decay": (0.0, 0.01)},
+    "adagrad": {"learning_rate": (1e-3, 0.1), "initial_accumulator_value": (0.01, 0.5), "epsilon": (1e-8, 1e-5),
+                "weight_decay": (0.0, 0.01)},
+    "nadam": {"learning_rate": (1e-4, 0.01), "beta_1": (0.5, 0.95), "beta_2": (0.9, 0.999),
+              "epsilon": (1e-8, 1e-5), "weight_decay": (0.0, 0.01)},
+}
+TASKS = ("categorical", "sparse", "binary", "regression")
+
+
+def spec_text(rng: random.Random, *, training: bool = True, max_layers: int = 6, dropout: bool = True,
+              task: str | None = None, portable_names: bool = True) -> str:
+    """One random valid spec. `dropout=False` leaves out dropout layers (whose masks no two
+    frameworks share); `task` picks the head: categorical, sparse, binary or regression.
+    `portable_names=False` also draws names with spaces and accents, which the language
+    allows but TensorFlow's name scopes (so the Keras backend) do not."""
+    return _Generator(rng, dropout, portable_names).spec(training, max_layers, task or rng.choice(TASKS))
+
+
+def spec_texts(n: int, seed: int = 0, **options: Any) -> list[str]:
+    """`n` specs from one seed: the same list on every run and machine."""
+    rng = random.Random(seed)
+    return [spec_text(rng, **options) for _ in range(n)]
+
+
+def strategy(**options: Any) -> Any:
+    """A hypothesis strategy of spec texts (shrinking works on the underlying random draws)."""
+    from hypothesis import strategies as st
+
+    return st.builds(lambda r: spec_text(r, **options), st.randoms(use_true_random=False))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+class _Generator:
+    def __init__(self, rng: random.Random, dropout: bool, portable_names: bool) -> None:
+        self.r = rng
+        self.use_dropout = dropout
+        self.portable = portable_names
+        self.names = 0
+
+    def chance(self, p: float) -> bool:
+        return self.r.random() < p
+
+    # -- the whole spec ----------------------------------------------------------------
+
+    def spec(self, training: bool, max_layers: int, task: str) -> str:
+        r = self.r
+        shape = self.input_shape()
+        lines: list[str] = []
+        if self.chance(0.7):
+            lines.append(f"model {self.model_name()}")
+        inline_input = self.chance(0.3)
+        if not inline_input:
+            lines.append(f"input {self.shape_text(shape)}")
+        for _ in range(r.randint(0, max_layers)):
+            text, shape = self.layer(shape)
+            lines.append(text)
+        text, shape = self.to_flat(shape)
+        if text:
+            lines.append(text)
+        lines += self.head(task, training)
+        if inline_input:
+            first = lines.index(next(line for line in lines if not line.startswith("model ")))
+            lines[first] += f" in {self.shape_text(self.first_shape)}"
+        if training:
+            lines += self.training(task)
+        sep = "; " if self.chance(0.15) else "\n"
+        return sep.join(lines) + "\n"
+
+    def model_name(self) -> str:
+        return self.r.choice(["m", "net", "tiny_cnn", "Model_7"] + ([] if self.portable else ['"my model"', '"ünï"']))
+
+    def input_shape(self) -> tuple[int, ...]:
+        r = self.r
+        kind = r.choice(("flat", "image", "image", "matrix"))
+        if kind == "flat":
+            shape = (r.randint(1, 8),)
+        elif kind == "matrix":
+            shape = (r.randint(1, 5), r.randint(1, 6))
+        else:
+            shape = (r.randint(3, 10), r.randint(3, 10), r.randint(1, 3))
+        self.first_shape = shape
+        return shape
+
+    def shape_text(self, shape: tuple[int, ...]) -> str:
+        if len(shape) > 1 and self.chance(0.2):
+            return "(" + ", ".join(map(str, shape)) + ")"
+        return "x".join(map(str, shape))
+
+    def name_option(self) -> str:
+        if not self.chance(0.15):
+            return ""
+        self.names += 1
+        return " name=" + self.r.choice([f"block{self.names}", f"out_{self.names}x"]
+                                        + ([] if self.portable else [f'"layer {self.names}"', f'"schicht-ü{self.names}"']))
+
+    # -- layers ------------------------------------------------------------------------
+
+    def layer(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        kinds = ["dense", "batchnorm", "activation", "leaky_relu"] + (["dropout"] if self.use_dropout else [])
+        if len(shape) == 3:
+            kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "flatten"]
+        elif len(shape) == 2:
+            kinds += ["flatten"]
+        kind = self.r.choice(kinds)
+        text, shape = getattr(self, kind)(shape)
+        return text + self.name_option(), shape
+
+    def dense(self, shape: tuple[int, ...], units: int | None = None, activation: str | None = None) -> tuple[str, tuple[int, ...]]:
+        units = units or self.r.randint(1, 8)
+        if activation is None:
+            activation = self.r.choice(ACTIVATIONS) if self.chance(0.7) else None
+            if activation == "softmax" and units == 1:  # always 1: Keras warns about it
+                activation = "sigmoid"
+        head = f"dense units={units}" if self.chance(0.2) else f"dense {units}"
+        return head + self.weighted_options(activation), shape[:-1] + (units,)
+
+    def conv2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        h, w, _ = shape
+        filters = r.randint(1, 4)
+        padding = r.choice(("valid", "same"))
+        limit_h, limit_w = (3, 3) if padding == "same" else (min(3, h), min(3, w))
+        kernel = (r.randint(1, limit_h), r.randint(1, limit_w))
+        strides = (r.randint(1, 2), r.randint(1, 2)) if self.chance(0.4) else (1, 1)
+        text = f"conv2d {filters} {self.pair(kernel)}"
+        if strides != (1, 1):
+            text += f" {self.stride(strides)}"
+        if padding == "same" or self.chance(0.1):
+            text += f" padding={padding}" if self.chance(0.7) else f" {padding}"
+        activation = r.choice(ACTIVATIONS) if self.chance(0.7) else None
+        if activation == "softmax" and filters == 1:
+            activation = "sigmoid"
+        out = tuple(self.window(n, k, s, padding) for n, k, s in zip((h, w), kernel, strides))
+        return text + self.weighted_options(activation), (*out, filters)
+
+    def pool(self, kind: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        h, w, c = shape
+        padding = r.choice(("valid", "same"))
+        limit_h, limit_w = (3, 3) if padding == "same" else (min(3, h), min(3, w))
+        size = (r.randint(1, limit_h), r.randint(1, limit_w))
+        strides = (r.randint(1, 2), r.randint(1, 2)) if self.chance(0.5) else None
+        text = kind
+        if size != (2, 2) or self.chance(0.5):
+            text += f" {self.pair(size)}"
+        if strides is not None:
+            text += f" {self.stride(strides)}"
+        if padding == "same":
+            text += " padding=same"
+        out = tuple(self.window(n, k, s, padding) for n, k, s in zip((h, w), size, strides or size))
+        return text, (*out, c)
+
+    def maxpool2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.pool("maxpool2d", shape)
+
+    def avgpool2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.pool("avgpool2d", shape)
+
+    def globalavgpool2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return "globalavgpool2d", (shape[-1],)
+
+    def flatten(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        size = 1
+        for d in shape:
+            size *= d
+        return "flatten", (size,)
+
+    def dropout(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        rate = self.r.choice((0.0, 0.1, 0.25, 0.5, 0.9))
+        text = f"dropout rate={rate}" if self.chance(0.2) else f"dropout {rate}"
+        if self.chance(0.6):
+            text += f" seed={self.r.randint(0, 99)}"
+        return text, shape
+
+    def batchnorm(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        text = "batchnorm"
+        if self.chance(0.3):
+            text += f" momentum={self.r.choice((0.9, 0.5, 0.0, 0.999))}"
+        if self.chance(0.3):
+            text += f" {self.r.choice(('epsilon', 'eps'))}={self.r.choice((1e-5, 0.01, 1e-3))}"
+        return text, shape
+
+    def activation(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        choices = [a for a in LAYER_ACTIVATIONS if shape[-1] > 1 or a != "softmax"]
+        return self.r.choice(choices), shape
+
+    def leaky_relu(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        choice = r.randint(0, 3)
+        if choice == 0:
+            return "leaky_relu", shape
+        slope = r.choice((0.0, 0.01, 0.2, 0.3, 1.5))
+        return (f"leaky_relu {slope}" if choice == 1 else f"leaky_relu negative_slope={slope}"), shape
+
+    # -- options -----------------------------------------------------------------------
+
+    def pair(self, size: tuple[int, int]) -> str:
+        if size[0] == size[1] and self.chance(0.3):
+            return str(size[0])
+        return f"({size[0]}, {size[1]})" if self.chance(0.2) else f"{size[0]}x{size[1]}"
+
+    def stride(self, strides: tuple[int, int]) -> str:
+        if strides[0] == strides[1] and self.chance(0.5):
+            return f"stride={strides[0]}"
+        return f"strides=({strides[0]}, {strides[1]})" if self.chance(0.5) else f"stride={strides[0]}x{strides[1]}"
+
+    @staticmethod
+    def window(n: int, k: int, s: int, padding: str) -> int:
+        return -(-n // s) if padding == "same" else (n - k) // s + 1
+
+    def initializer(self) -> str:
+        r = self.r
+        name = r.choice(INITIALIZERS)
+        args = []
+        if name not in ("zeros", "ones") and self.chance(0.5):
+            args.append(f"seed={r.randint(0, 2**31 - 1) if self.chance(0.2) else r.randint(0, 99)}")
+        if name in ("random_normal", "truncated_normal") and self.chance(0.5):
+            args += [f"mean={_num(r.uniform(-0.2, 0.2))}", f"stddev={_num(r.uniform(0.01, 0.5))}"]
+        if name == "random_uniform" and self.chance(0.5):
+            lo = r.uniform(-0.5, 0.0)
+            args += [f"minval={_num(lo)}", f"maxval={_num(lo + r.uniform(0.01, 0.5))}"]
+        if name == "orthogonal" and self.chance(0.5):
+            args.append(f"gain={_num(r.uniform(0.5, 2.0))}")
+        return f"{name}({', '.join(args)})" if args else name
+
+    def weighted_options(self, activation: str | None) -> str:
+        r = self.r
+        parts = []
+        if activation is not None:
+            parts.append(f"activation={activation}" if self.chance(0.2) else activation)
+        if self.chance(0.5):
+            init = self.initializer()
+            parts.append(f"kernel_initializer={init}" if self.chance(0.2) else init)
+        if self.chance(0.15):
+            parts.append(r.choice(("nobias", "use_bias=false")))
+        if self.chance(0.15):
+            parts.append(f"{r.choice(('bias_init', 'bias_initializer'))}={self.initializer()}")
+        if self.chance(0.25):
+            reg = r.choice(("l1", "l2", "both", "bare"))
+            if reg == "both":
+                parts += [f"l1={_num(r.uniform(0, 0.05))}", f"l2={_num(r.uniform(0, 0.05))}"]
+            elif reg == "bare":
+                parts.append(r.choice(("l1", "l2")))
+            else:
+                parts.append(f"{reg}={_num(r.uniform(0.0001, 0.05))}")
+        r.shuffle(parts)
+        return "".join(" " + p for p in parts)
+
+    # -- head and training ---------------------------------------------------------------
+
+    def to_flat(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        if len(shape) == 1:
+            return "", shape
+        if len(shape) == 3 and self.chance(0.4):
+            return self.globalavgpool2d(shape)
+        return self.flatten(shape)
+
+    def head(self, task: str, training: bool) -> list[str]:
+        r = self.r
+        if task in ("categorical", "sparse"):
+            units, activation = r.randint(2, 5), "softmax"
+        elif task == "binary":
+            units, activation = 1, "sigmoid"
+        else:
+            units, activation = r.randint(1, 3), None
+        if activation is not None and self.chance(0.3):  # the activation as a layer of its own
+            text, _ = self.dense((units,), units, activation="linear")
+            return [text, activation + self.name_option()]
+        text, _ = self.dense((units,), units, activation=activation)
+        return [text + self.name_option()]
+
+    def training(self, task: str) -> list[str]:
+        r = self.r
+        lines = []
+        if self.chance(0.85):
+            name = r.choice(sorted(OPTIMIZERS))
+            parts = [f"optimizer {name}"]
+            for key, span in OPTIMIZERS[name].items():
+                if not self.chance(0.4):
+                    continue
+                if span is None:
+                    value = r.choice(("true", "false"))
+                else:
+                    value = _num(r.uniform(*span))
+                    if key == "learning_rate" and self.chance(0.3):
+                        key = "lr"
+                parts.append(f"{key}={value}")
+            lines.append(" ".join(parts))
+        losses = {"categorical": ["categorical_crossentropy"], "sparse": ["sparse_categorical_crossentropy"],
+                  "binary": ["binary_crossentropy"], "regression": ["mse", "mae", "huber", "huber delta=0.5"]}
+        lines.append("loss " + r.choice(losses[task]))
+        metrics = {"categorical": ["accuracy", "categorical_accuracy", "acc", "mse"],
+                   "sparse": ["accuracy", "sparse_categorical_accuracy"],
+                   "binary": ["accuracy", "binary_accuracy", "mae"], "regression": ["mse", "mae"]}[task]
+        chosen = r.sample(metrics, r.randint(0, min(2, len(metrics))))
+        if chosen:
+            lines.append("metrics " + " ".join(chosen))
+        if self.chance(0.5):
+            options = [f"batch={r.randint(1, 16)}", f"epochs={r.randint(1, 3)}",
+                       f"validation={r.choice((0.1, 0.2, 0.5))}", f"shuffle={r.choice(('true', 'false'))}",
+                       f"seed={r.randint(0, 9)}"]
+            lines.append("fit " + " ".join(r.sample(options, r.randint(1, len(options)))))
+        return lines

@@ -1,0 +1,292 @@
+"""`modelspec compile --backend keras`: the emitted program, run on its own.
+
+All programs run in one subprocess in which `import modelspec` fails, each in a fresh
+Keras naming session, as a program run by itself would be. Loaded with the weights of
+`ms.build(spec, backend="keras")`, each must have the same layer names and weight paths,
+give the same predictions and, compiled with the spec's settings, train one epoch to the
+same history. Names from the spec, however hostile, must stay inside their strings.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import modelspec as ms
+from corpus import SPEC_FILES, VARIED
+from modelspec import backends
+from modelspec.cli import main
+
+pytest.importorskip("keras")
+import specgen  # noqa: E402
+
+pytestmark = pytest.mark.keras
+
+HOSTILE_MODEL = 'x"); open("PWNED", "w") #'
+HOSTILE_LAYERS = ["a\nb", "'''", '"""', "back\\slash", "ünï €", "line\u2028sep", "x'); open('PWNED', 'w') #",
+                  "{braces}", "\x00nul"]
+
+DRIVER = r'''
+import contextlib, importlib.util, io, json, sys
+import numpy as np
+sys.modules["modelspec"] = None  # a standalone program must not need modelspec
+import keras
+
+cases = json.load(open(sys.argv[1]))
+results = {}
+for case in cases:
+    keras.backend.clear_session()
+    loader = importlib.util.spec_from_file_location(f"program_{len(results)}", case["program"])
+    program = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(program)
+    model = program.build_model()
+    data = np.load(case["data"])
+    weights = [data[f"w{i}"] for i in range(len(model.weights))]
+    model.set_weights(weights)
+    out = {"name": model.name, "layers": [layer.name for layer in model.layers],
+           "paths": [w.path for w in model.weights],
+           "predictions": keras.ops.convert_to_numpy(model(data["x"], training=False)).tolist()}
+    if case["train"]:
+        out["history"] = model.fit(data["x"], data["y"], batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    if case["fit_settings"]:
+        model = program.build_model()
+        model.set_weights(weights)
+        out["train"] = program.train(model, data["x"], data["y"]).history
+    if case["main"]:
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            keras.backend.clear_session()
+            import runpy
+            runpy.run_path(case["program"], run_name="__main__")
+        out["main"] = captured.getvalue()
+    results[case["id"]] = out
+json.dump(results, open(sys.argv[2], "w"))
+'''
+
+
+def hostile_spec() -> ms.ir.Spec:
+    layers = [ms.ir.Dense(units=3, name=name) for name in HOSTILE_LAYERS] + [ms.ir.Dense(units=2)]
+    return ms.ir.Spec(name=HOSTILE_MODEL, input_shape=(4,), layers=tuple(layers),
+                      loss=ms.ir.Loss(name="mse"), optimizer=ms.ir.Optimizer(name="sgd"))
+
+
+def labels(spec: ms.ir.Spec, n: int, rng: np.random.Generator) -> np.ndarray:
+    out = ms.check(spec).output_shape[1:]
+    loss = spec.loss.name
+    if loss == "sparse_categorical_crossentropy":
+        return rng.integers(0, out[-1], n)
+    if loss == "categorical_crossentropy":
+        return np.eye(out[-1], dtype=np.float32)[rng.integers(0, out[-1], (n, *out[:-1]))]
+    if loss == "binary_crossentropy":
+        return rng.integers(0, 2, (n, *out)).astype(np.float32)
+    return rng.normal(size=(n, *out)).astype(np.float32)
+
+
+def runs_in_keras(spec: ms.ir.Spec) -> bool:
+    """False for names TensorFlow's name scopes reject: the backend refuses those specs
+    (Keras builds the model, but fit() and predict() fail)."""
+    return not backends.get("keras").unsupported(spec)
+
+
+def trainable_in_keras(spec: ms.ir.Spec) -> bool:
+    """Whether the program's fit() can give ms.build's numbers: a loss, no dropout masks
+    drawn from Keras's global seed, names TensorFlow accepts."""
+    unseeded = any(layer.kind == "dropout" and layer.seed is None and layer.rate > 0 for layer in spec.layers)
+    return spec.loss is not None and not unseeded and runs_in_keras(spec)
+
+
+CASES = ({p.stem: ms.parse(p) for p in SPEC_FILES} | {name: ms.parse(text) for name, text in VARIED.items()}
+         | {f"random_{i}": ms.parse(t) for i, t in enumerate(specgen.spec_texts(8, seed=11))}
+         | {"hostile": hostile_spec()})
+FIT_SETTINGS = "every_layer"  # small, with every fit option: its train() runs too
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    """Each case's program, its ms.build model, and what the program did in the subprocess."""
+    tmp = tmp_path_factory.mktemp("programs")
+    cases, built = [], {}
+    for index, (case_id, spec) in enumerate(CASES.items()):
+        report = ms.check(spec)
+        code = backends.get("keras").emit(spec, report)
+        (tmp / f"p{index}.py").write_text(code, encoding="utf-8")
+        # a spec the Keras backend refuses is still emitted; its weights come from NumPy
+        model = ms.build(spec, backend="keras" if runs_in_keras(spec) else "numpy", seed=index)
+        rng = np.random.default_rng(index)
+        x = rng.normal(size=(40, *spec.input_shape)).astype(np.float32)
+        train = trainable_in_keras(spec)
+        arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+        arrays["x"] = x
+        if spec.loss is not None:
+            arrays["y"] = labels(spec, 40, rng)
+        np.savez(tmp / f"d{index}.npz", **arrays)
+        cases.append({"id": case_id, "program": str(tmp / f"p{index}.py"), "data": str(tmp / f"d{index}.npz"),
+                      "train": train, "fit_settings": case_id == FIT_SETTINGS, "main": case_id == "mnist"})
+        built[case_id] = (spec, model, code, arrays)
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    (tmp / "driver.py").write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(tmp / "driver.py"), str(tmp / "cases.json"), str(tmp / "out.json")],
+                            capture_output=True, text=True, cwd=tmp, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert not (tmp / "PWNED").exists()
+    return built, json.loads((tmp / "out.json").read_text())
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_program_builds_the_same_model(programs, case_id):
+    built, ran = programs
+    spec, model, code, arrays = built[case_id]
+    out = ran[case_id]
+    report = ms.check(spec)
+    assert out["name"] == spec.name
+    assert out["layers"] == [r.name for r in report.layers]
+    assert out["paths"] == [w.path for w in report.weights]
+    tolerance = dict(rtol=1e-6, atol=1e-7) if runs_in_keras(spec) else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(out["predictions"], dtype=np.float32), model.predict(arrays["x"]),
+                               **tolerance)
+
+
+def fresh(spec: ms.ir.Spec, arrays: dict) -> ms.model.Model:
+    """The case's model as the program starts it: its initial weights, no training yet."""
+    model = ms.build(spec, backend="keras")
+    model.set_weights([arrays[f"w{i}"] for i in range(len(model.weight_paths))])
+    return model
+
+
+@pytest.mark.parametrize("case_id", [c for c, s in CASES.items() if trainable_in_keras(s)])
+def test_program_compiles_the_spec_training(programs, case_id):
+    built, ran = programs
+    spec, _, code, arrays = built[case_id]
+    model = fresh(spec, arrays)
+    history = model.fit(arrays["x"], arrays["y"], batch_size=16, epochs=1, shuffle=False, validation_split=0.0,
+                        verbose=0).history
+    got = ran[case_id]["history"]
+    assert sorted(got) == sorted(history)
+    for key in history:
+        np.testing.assert_allclose(got[key], history[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_program_trains_with_the_fit_settings(programs):
+    built, ran = programs
+    spec, _, code, arrays = built[FIT_SETTINGS]
+    history = fresh(spec, arrays).fit(arrays["x"], arrays["y"], verbose=0).history  # the spec's fit statement
+    got = ran[FIT_SETTINGS]["train"]
+    assert sorted(got) == sorted(history) and len(history["loss"]) == spec.fit.epochs
+    for key in history:
+        np.testing.assert_allclose(got[key], history[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_program_run_as_a_script_prints_the_summary(programs):
+    built, ran = programs
+    report = ms.check(built["mnist"][0])
+    assert ran["mnist"]["main"].startswith('Model: "mnist"')
+    for row in report.layers:
+        assert f"{row.name} ({row.keras_class})" in ran["mnist"]["main"]
+
+
+def test_hostile_names_stay_inside_their_strings(programs):
+    built, _ = programs
+    code = built["hostile"][2]
+    tree = ast.parse(code)
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert HOSTILE_MODEL in strings and set(HOSTILE_LAYERS) <= strings
+    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    assert not any("open" in c or "system" in c for c in calls)
+    assert [line for line in code.splitlines() if line.startswith("import") or line.startswith("from")] == \
+        ["import keras", "from keras import layers"]
+
+
+def test_the_tutorial_program():
+    spec = ms.parse(textwrap.dedent("""\
+        model tutorial
+        dense 512 in 784
+        dense 64 relu he_normal(seed=2024) l2=0.01
+        batchnorm
+        leaky_relu
+        dropout 0.2 seed=1
+        dense 10 softmax
+        optimizer rmsprop lr=0.001 momentum=0.5
+        loss categorical_crossentropy
+        metrics accuracy
+        fit batch=128 epochs=5 validation=0.1
+    """))
+    code = backends.get("keras").emit(spec, ms.check(spec))
+    expected = textwrap.indent(textwrap.dedent("""\
+        model = keras.Sequential(
+            [
+                keras.Input(shape=(784,)),
+                layers.Dense(512),
+                layers.Dense(
+                    64,
+                    activation="relu",
+                    kernel_initializer=keras.initializers.HeNormal(seed=2024),
+                    kernel_regularizer=keras.regularizers.L2(0.01),
+                ),
+                layers.BatchNormalization(),
+                layers.LeakyReLU(negative_slope=0.3),
+                layers.Dropout(0.2, seed=1),
+                layers.Dense(10, activation="softmax"),
+            ],
+            name="tutorial",
+        )
+        model.compile(
+            optimizer=keras.optimizers.RMSprop(learning_rate=0.001, momentum=0.5),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        return model
+    """), "    ")
+    assert expected in code
+    assert "return model.fit(x, y, batch_size=128, epochs=5, validation_split=0.1)" in code
+
+
+def test_names_tensorflow_rejects_are_reported(tmp_path, capsys):
+    path = tmp_path / "spaced.ms"
+    path.write_text(VARIED["training_variants"].replace("\n        ", "\n").strip() + "\n")
+    assert main(["compile", str(path), "--backend", "keras"]) == 1
+    err = capsys.readouterr().err
+    assert "spaced.ms:1:1: error: the keras backend cannot run a model named 'a model, with spaces'" in err
+    assert "spaced.ms:3:1: error: the keras backend cannot run a layer named 'first layer'" in err
+    assert "Traceback" not in err
+    with pytest.raises(ms.SpecError, match="cannot run a layer named 'first layer'"):
+        ms.build(path, backend="keras")
+
+
+def test_compile_command(tmp_path, capsys):
+    path = tmp_path / "m.ms"
+    path.write_text("dense 3 relu in 4\ndense 2 softmax\nloss categorical_crossentropy\n")
+    assert main(["compile", str(path), "--backend", "keras"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["compile", str(path), "--backend", "keras", "-o", str(tmp_path / "m.py")]) == 0
+    assert (tmp_path / "m.py").read_text() == printed
+    compile(printed, "m.py", "exec")
+
+
+def test_compile_does_not_start_tensorflow(tmp_path):
+    path = tmp_path / "m.ms"
+    path.write_text("dense 3 relu in 4\n")
+    code = ("import sys; from modelspec.cli import main; main(['compile', sys.argv[1], '--backend', 'keras']); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'framework imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "layers.Dense(3" in result.stdout
+
+
+def test_literal_round_trips_every_string():
+    from modelspec.backends.keras.lowering import literal
+
+    rng = random.Random(0)
+    alphabet = "a'\"\\\n\r\t\x00\x0c\u2028\u202e😀é{}#"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert ast.literal_eval(literal(text)) == text
+        assert "\n" not in literal(text) and "\r" not in literal(text)
