@@ -49,16 +49,17 @@ def loss_function(name: str, from_logits: bool, delta: float = 1.0) -> Callable[
     return {"mse": F.mse_loss, "mae": F.l1_loss}[name]
 
 
-def optimizer_slots(name: str, hyper: dict[str, Any]) -> list[tuple[str, float]]:
-    """Keras's per-weight optimizer variables (name, initial value), in Keras's order."""
+def optimizer_slots(name: str, hyper: dict[str, Any]) -> list[list[tuple[str, float]]]:
+    """Keras's per-weight optimizer variables (name, initial value), grouped as Keras creates
+    them: each group is one add_optimizer_variables call, which goes weight by weight."""
     if name == "sgd":
-        return [("momentum", 0.0)] if hyper["momentum"] != 0 else []
+        return [[("momentum", 0.0)]] if hyper["momentum"] != 0 else []
     if name == "rmsprop":
-        return ([("velocity", 0.0)] + ([("momentum", 0.0)] if hyper["momentum"] > 0 else [])
-                + ([("average_gradient", 0.0)] if hyper["centered"] else []))
+        return ([[("velocity", 0.0)]] + ([[("momentum", 0.0)]] if hyper["momentum"] > 0 else [])
+                + ([[("average_gradient", 0.0)]] if hyper["centered"] else []))
     if name == "adagrad":
-        return [("accumulator", hyper["initial_accumulator_value"])]
-    return [("momentum", 0.0), ("velocity", 0.0)]  # adam, adamw, nadam
+        return [[("accumulator", hyper["initial_accumulator_value"])]]
+    return [[("momentum", 0.0), ("velocity", 0.0)]]  # adam, adamw, nadam
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -117,7 +118,9 @@ class Data:
 
 class TorchEngine(Engine):
     def __init__(self, spec: ir.Spec, report: Report, seed: int = 0, device: Any = "auto",
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, sync_free: bool | None = None) -> None:
+        """sync_free: run the CUDA training loop (no host synchronisation per step, masked
+        updates); the default is on CUDA only. Tests turn it on to run that loop on a CPU."""
         self.spec = spec
         self.device = resolve_device(device)
         with torch.device(self.device):
@@ -126,18 +129,18 @@ class TorchEngine(Engine):
         self.plan = built.plan
         self.weights = built.weights
         self.penalties = built.penalties
-        self.cuda = self.device.type == "cuda"
-        self.cuda_graphs = bool(cuda_graphs) and self.cuda
+        self.sync_free = self.device.type == "cuda" if sync_free is None else bool(sync_free)
+        self.cuda_graphs = bool(cuda_graphs) and self.sync_free
         self.params = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if trainable]
         self.moving = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if not trainable]
         # On CUDA every trainable weight lives in one buffer (and the moving statistics in
         # another), so an update or a masked restore is a handful of kernels, not one per weight.
-        self.flat = _flatten(self.params) if self.cuda else None
-        self.flat_moving = _flatten(self.moving) if self.cuda else None
+        self.flat = _flatten(self.params) if self.sync_free else None
+        self.flat_moving = _flatten(self.moving) if self.sync_free else None
         self.config: TrainConfig | None = None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
-        if self.cuda:
+        if self.sync_free:
             self.stopped = torch.zeros((), dtype=torch.bool, device=self.device)
             self.stopped_at = torch.full((), -1, dtype=torch.int64, device=self.device)
             self.skip = torch.zeros((), dtype=torch.bool, device=self.device)  # masks warm-up steps
@@ -151,12 +154,14 @@ class TorchEngine(Engine):
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
         targets = [self.flat] if self.flat is not None else self.params
         self.optimizer = OPTIMIZERS[config.optimizer](targets, **config.hyper)
-        self.slots = optimizer_slots(config.optimizer, config.hyper)
+        self.slots = [slot for group in optimizer_slots(config.optimizer, config.hyper) for slot in group]
+        self.slot_groups = optimizer_slots(config.optimizer, config.hyper)
         for name, initial in self.slots:  # created now, so a captured step finds them in place
             for t in targets:
                 self.optimizer.slot(t, name, initial)
+        self.optimizer_built = False  # as Keras's: by the first training step
         self.version += 1
-        if self.cuda:
+        if self.sync_free:
             self.masked = [*targets, *(self.optimizer.state[t][name] for name, _ in self.slots for t in targets),
                            self.optimizer.iterations]
             if isinstance(self.optimizer, K.Nadam):
@@ -181,7 +186,7 @@ class TorchEngine(Engine):
             yt = torch.as_tensor(np.ascontiguousarray(y, dtype=np.int64 if y.dtype.kind in "iu" else np.float32))
             yt = yt.to(self.device)
         data = Data(xt, yt)
-        if self.cuda:
+        if self.sync_free:
             data.order = torch.empty(len(xt), dtype=torch.int64, device=self.device)
             data.step = torch.zeros(1, dtype=torch.int64, device=self.device)
         return data
@@ -215,8 +220,9 @@ class TorchEngine(Engine):
                     on_batch: BatchCallback | None = None) -> EpochTotals:
         self._require_training()
         self.native.train()
-        if self.cuda:
-            return self._train_epoch_cuda(data, order, batch_size, on_batch)
+        self.optimizer_built = self.optimizer_built or len(order) > 0
+        if self.sync_free:
+            return self._train_epoch_sync_free(data, order, batch_size, on_batch)
         totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
         index = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
         for step, start in enumerate(range(0, len(index), batch_size)):
@@ -228,13 +234,14 @@ class TorchEngine(Engine):
                 p.grad = None
             loss.backward()
             value = loss.item()
-            if not (math.isfinite(value) and self._grads_finite()):
+            good = math.isfinite(value) and self._grads_finite()
+            if good:
+                self.optimizer.apply_gradients()
+            else:
                 with torch.no_grad():
                     for t, s in zip(self.moving, saved):
                         t.copy_(s)
-                totals.stopped_at = step
-                break
-            self.optimizer.apply_gradients()
+            # A failed step's batch still counts, so that the epoch's mean shows it (as Keras's does).
             n = len(idx)
             totals.loss_sum += value * n
             totals.count += n
@@ -242,13 +249,16 @@ class TorchEngine(Engine):
                 totals.metric_sums[i] += v
             if on_batch is not None:
                 on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
+            if not good:
+                totals.stopped_at = step
+                break
         return totals
 
     def _grads_finite(self) -> bool:
-        norms = torch._foreach_norm([p.grad for p in self.params])
-        return bool(torch.isfinite(torch.stack(norms)).all())
+        largest = torch._foreach_norm([p.grad for p in self.params], ord=math.inf)  # max |g|: cannot overflow
+        return bool(torch.isfinite(torch.stack(largest)).all())
 
-    # -- training: CUDA ------------------------------------------------------------------
+    # -- training: CUDA (sync-free) ------------------------------------------------------
 
     def _masked_step(self, data: Data, batch_size: int, start: int | None) -> None:
         """One step with no host synchronisation. start=None: the full batch the device step
@@ -275,12 +285,12 @@ class TorchEngine(Engine):
             for t, b in zip(self.masked, self.backup):
                 t.copy_(torch.where(ok, t, b))
             n = idx.numel()
-            sums = torch.cat([(loss.detach() * n).reshape(1).double(), loss.new_full((1,), n).double(),
+            sums = torch.cat([loss.detach().double().reshape(1) * n, loss.new_full((1,), n).double(),
                               self._metric_sums(out, yb).double()])
-            self.sums.add_(torch.where(ok, sums, 0.0))
+            self.sums.add_(torch.where(ok | failed, sums, 0.0))  # the failed step's batch counts, as on the CPU
         data.step.add_(1)
 
-    def _train_epoch_cuda(self, data: Data, order: np.ndarray, batch_size: int,
+    def _train_epoch_sync_free(self, data: Data, order: np.ndarray, batch_size: int,
                           on_batch: BatchCallback | None) -> EpochTotals:
         data.order.copy_(torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
         full, rest = divmod(len(order), batch_size)
@@ -334,7 +344,8 @@ class TorchEngine(Engine):
             self.pool = graph.pool()
             return graph
         except Exception as e:  # capture is an optimisation: fall back to running the step eagerly
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); training runs step by step",
                           RuntimeWarning, stacklevel=4)
             self.cuda_graphs = False
@@ -376,16 +387,18 @@ class TorchEngine(Engine):
                 t.copy_(from_keras(torch.from_numpy(np.asarray(w, dtype=np.float32))))
 
     def optimizer_state(self) -> list[np.ndarray]:
-        """Keras's optimizer variables: iteration, learning_rate, then each slot per weight."""
-        if self.optimizer is None:
+        """Keras's optimizer variables, once a training step has built them: iteration,
+        learning_rate, then the slots in the order Keras creates them, in Keras's layouts."""
+        if self.optimizer is None or not self.optimizer_built:
             return []
         opt = self.optimizer
         out = [np.array(opt.iterations.item(), dtype=np.int64),
                np.array(self.config.hyper["learning_rate"], dtype=np.float32)]
-        for name, _ in self.slots:
+        for group in self.slot_groups:
             for i, (p, to_keras) in enumerate(self._trainable_with_layout()):
-                slot = self._slot_of(name, i, p)
-                out.append(to_keras(slot).cpu().numpy().astype(np.float32))
+                for name, _ in group:
+                    out.append(np.array(to_keras(self._slot_of(name, i, p)).cpu().numpy(), dtype=np.float32,
+                                        order="C"))
         if isinstance(opt, K.Nadam):
             out.append(np.array(opt.u_product.item(), dtype=np.float32))
         return out
