@@ -35,6 +35,11 @@ class Dataset:
         return len(self.x)
 
 
+# Overflow and NaN are reported the Keras way (a non-finite loss stops training, predictions
+# carry the NaN), not as NumPy warnings.
+_quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def _all_finite(arrays: list[np.ndarray]) -> bool:
     # A sum is one cheap pass and is finite whenever every element is; only a non-finite
     # sum (or an overflowing one) needs the element-wise look.
@@ -133,6 +138,7 @@ class NumpyEngine(Engine):
 
     # -- passes ----------------------------------------------------------------------------
 
+    @_quiet
     def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
         """One training-mode forward and backward on a prepared batch: (total loss, outputs).
         The gradients are left in self.net.grads (the order of self.net.params); nothing is
@@ -141,6 +147,7 @@ class NumpyEngine(Engine):
         self._ensure_weights()
         return self.net.gradients(x, y)
 
+    @_quiet
     def train_epoch(self, data: Dataset, order: np.ndarray, batch_size: int,
                     on_batch: BatchCallback | None = None) -> EpochTotals:
         self._require_training()
@@ -173,6 +180,7 @@ class NumpyEngine(Engine):
             totals.metric_sums[i] += float(metric(y, outputs).sum())
         totals.count += n
 
+    @_quiet
     def evaluate(self, data: Dataset, batch_size: int) -> EpochTotals:
         self._require_training()
         self._ensure_weights()
@@ -183,6 +191,7 @@ class NumpyEngine(Engine):
             self._accumulate(totals, loss, y, outputs)
         return totals
 
+    @_quiet
     def predict(self, data: Dataset, batch_size: int) -> np.ndarray:
         self._ensure_weights()
         out = np.empty((len(data), *self.report.output_shape[1:]), self.dtype)
