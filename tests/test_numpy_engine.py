@@ -383,3 +383,13 @@ def test_spec_text_never_becomes_code(tmp_path, name):
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
         {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert "os" not in names
+
+
+def test_on_batch_reports_running_sums():
+    engine = engine_for(LINEAR, loss="mse", metrics=("mae",))
+    x, y = np.ones((10, 3), np.float32), np.zeros((10, 1), np.float32)
+    calls = []
+    totals = engine.train_epoch(engine.prepare(x, y), np.arange(10), 4, on_batch=lambda *a: calls.append(a))
+    assert [(step, seen) for step, seen, _, _ in calls] == [(0, 4), (1, 8), (2, 10)]
+    assert calls[-1][2] == totals.loss_sum and calls[-1][3] == totals.metric_sums
+    assert 0 < calls[0][2] < calls[1][2] < calls[2][2]

@@ -239,3 +239,12 @@ def test_leaky_relu_slopes():
     engine.set_weights([np.eye(2, dtype=np.float32), np.zeros(2, np.float32)])
     out = engine.predict(engine.prepare(np.array([[-1.0, 2.0]], np.float32), None), 1)
     np.testing.assert_allclose(out, [[-0.3 * 0.2, 2.0]], rtol=1e-6)
+
+
+def test_rank3_outputs():
+    """Dense on the last axis of (n, 4, 3) inputs; losses and metrics average over (n, 4)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(64, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 5, (64, 4))
+    check("input 4x3\ndense 6 relu\nbatchnorm\ndense 5 softmax\noptimizer adam lr=0.01\n"
+          "loss sparse_categorical_crossentropy", x, labels, metrics=("sparse_categorical_accuracy",))

@@ -394,6 +394,8 @@ class BatchNorm(Layer):
         return self.x_hat * self.gamma + self.beta
 
     def update_moving(self):
+        if not self.training:
+            return
         mean, variance = self.batch_stats
         self.moving_mean[...] = self.moving_mean * self.momentum + mean * (1 - self.momentum)
         self.moving_variance[...] = self.moving_variance * self.momentum + variance * (1 - self.momentum)
