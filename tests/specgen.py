@@ -249,9 +249,10 @@ class _Generator:
     def window(n: int, k: int, s: int, padding: str) -> int:
         return -(-n // s) if padding == "same" else (n - k) // s + 1
 
-    def initializer(self) -> str:
+    def initializer(self, bias: bool = False) -> str:
         r = self.r
-        name = r.choice(INITIALIZERS)
+        # orthogonal needs a weight of rank 2 or more: Keras refuses it for a bias
+        name = r.choice([i for i in INITIALIZERS if not (bias and i == "orthogonal")])
         args = []
         if name not in ("zeros", "ones") and self.chance(0.5):
             args.append(f"seed={r.randint(0, 2**31 - 1) if self.chance(0.2) else r.randint(0, 99)}")
@@ -275,7 +276,7 @@ class _Generator:
         if self.chance(0.15):
             parts.append(r.choice(("nobias", "use_bias=false")))
         if self.chance(0.15):
-            parts.append(f"{r.choice(('bias_init', 'bias_initializer'))}={self.initializer()}")
+            parts.append(f"{r.choice(('bias_init', 'bias_initializer'))}={self.initializer(bias=True)}")
         if self.chance(0.25):
             reg = r.choice(("l1", "l2", "both", "bare"))
             if reg == "both":

@@ -43,7 +43,7 @@ import keras
 cases = json.load(open(sys.argv[1]))
 results = {}
 for case in cases:
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     loader = importlib.util.spec_from_file_location(f"program_{len(results)}", case["program"])
     program = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(program)
@@ -63,7 +63,7 @@ for case in cases:
     if case["main"]:
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
-            keras.backend.clear_session()
+            keras.backend.clear_session(free_memory=False)
             import runpy
             runpy.run_path(case["program"], run_name="__main__")
         out["main"] = captured.getvalue()

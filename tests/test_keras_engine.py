@@ -28,7 +28,8 @@ OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw"
 
 def reference(spec: ms.ir.Spec, weights: list[np.ndarray]) -> keras.Model:
     """The spec as a Keras model of its own, compiled as a user would compile it."""
-    model = kr.model(spec)
+    keras.backend.clear_session(free_memory=False)  # Keras's names; no half-second gc.collect()
+    model = keras.Sequential([keras.Input(spec.input_shape), *(kr.layer(n) for n in spec.layers)], name=spec.name)
     model.set_weights(weights)
     opt = spec.optimizer or ms.ir.Optimizer(name="rmsprop")
     hyper = {k: v for k, v in opt.config().items() if v is not None}

@@ -251,11 +251,13 @@ class _Layer:
         if name not in ir.INITIALIZERS:
             raise self.fail(f"{key}={cls} cannot be expressed in a spec; expected one of "
                             + ", ".join(ir.INITIALIZERS))
-        fields = {k: _tidy(v) for k, v in conf.items() if k in ir.INITIALIZER_ARGS[name] and v is not None}
+        defaults = ir.INITIALIZER_ARGS[name]
+        fields = {k: _tidy(v) for k, v in conf.items() if k in defaults and v is not None}
+        fields = {k: v for k, v in fields.items() if v != defaults[k]}  # Keras saves its defaults too
         if conf.get("seed") is not None and name not in ir.SEEDLESS_INITIALIZERS:
             fields["seed"] = conf["seed"]
         for k, v in conf.items():
-            if v is not None and k not in fields and k not in ("seed", "dtype"):
+            if v is not None and k not in defaults and k not in ("seed", "dtype"):
                 raise self.fail(f"{key}={cls}({k}={v!r}) cannot be expressed in a spec")
         return ir.Initializer(name=name, **fields)
 
@@ -307,8 +309,9 @@ class _Layer:
     def _pool(self, cls: Any) -> Any:
         self.channels_last()
         self.require("padding", "valid", "same")
-        return cls(pool_size=self.pair("pool_size") or (2, 2), strides=self.pair("strides"),
-                   padding=self.get("padding", "valid"))
+        size, strides = self.pair("pool_size") or (2, 2), self.pair("strides")
+        # Keras saves strides=None as the pool size; the spec leaves them out the same way
+        return cls(pool_size=size, strides=None if strides == size else strides, padding=self.get("padding", "valid"))
 
     def _MaxPooling2D(self) -> Any:
         from .. import ir

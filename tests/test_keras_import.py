@@ -1,0 +1,245 @@
+"""`modelspec import`: Keras Sequential models, built and saved by Keras itself, back to specs.
+
+A spec built in Keras and imported again is the same spec, and checks to the names,
+shapes and parameters Keras reports for the model; a saved .keras file brings its
+optimizer, loss and metrics along. What a spec cannot express is named with its layer
+and position, and a broken file is one line on stderr, exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import modelspec as ms
+from corpus import SPEC_FILES, VARIED
+from modelspec.cli import main
+from modelspec.commands.import_ import spec_from_config
+from modelspec.printer import to_text
+
+pytest.importorskip("keras")
+import keras  # noqa: E402
+
+import keras_reference as kr  # noqa: E402
+import specgen  # noqa: E402
+
+pytestmark = [pytest.mark.keras,
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # Keras's own, on NumPy 2
+
+OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
+                     "adagrad": "Adagrad", "nadam": "Nadam"}
+SOURCES = ({p.stem: p for p in SPEC_FILES} | VARIED
+           | {f"random_{i}": t for i, t in enumerate(specgen.spec_texts(100, seed=7, portable_names=False))})
+
+
+def keras_model(spec: ms.ir.Spec, compiled: bool = False) -> keras.Sequential:
+    keras.backend.clear_session(free_memory=False)
+    model = keras.Sequential([keras.Input(spec.input_shape), *(kr.layer(n) for n in spec.layers)], name=spec.name)
+    if compiled:
+        opt = spec.optimizer or ms.ir.Optimizer(name="rmsprop")
+        hyper = {k: v for k, v in opt.config().items() if v is not None}
+        model.compile(optimizer=getattr(keras.optimizers, OPTIMIZER_CLASSES[opt.name])(**hyper),
+                      loss=spec.loss.name, metrics=list(spec.metrics))
+    return model
+
+
+def layers_only(spec: ms.ir.Spec) -> dict:
+    """The spec's architecture, pool strides equal to the pool size written as Keras's default."""
+    layers = [layer.model_copy(update={"strides": None}) if layer.kind in ("maxpool2d", "avgpool2d")
+              and layer.strides == layer.pool_size else layer for layer in spec.layers]
+    return {"name": spec.name, "input_shape": spec.input_shape, "layers": [layer.model_dump() for layer in layers]}
+
+
+def keras_rows(model: keras.Model) -> list[tuple]:
+    return [(layer.name, type(layer).__name__, tuple(layer.output.shape), layer.count_params()) for layer in model.layers]
+
+
+@pytest.mark.parametrize("source", SOURCES.values(), ids=SOURCES.keys())
+def test_a_keras_model_comes_back_as_its_spec(source):
+    spec = ms.parse(source)
+    model = keras_model(spec)
+    imported, notes = spec_from_config(json.loads(model.to_json()))
+    assert layers_only(imported) == layers_only(spec)
+    report = ms.check(ms.parse(to_text(imported)))
+    assert [(r.name, r.keras_class, r.output_shape, r.params) for r in report.layers] == keras_rows(model)
+    assert report.total_params == model.count_params()
+
+
+TRAINED = [p for p in SPEC_FILES if ms.parse(p).loss is not None] + ["nadam_and_defaults", "activations"]
+
+
+@pytest.mark.parametrize("source", TRAINED, ids=[getattr(s, "stem", s) for s in TRAINED])
+def test_a_saved_keras_file_brings_its_training_settings(source, tmp_path, capsys):
+    spec = ms.parse(VARIED.get(source, source) if isinstance(source, str) else source)
+    model = keras_model(spec, compiled=True)
+    model.save(tmp_path / "model.keras")
+    out = tmp_path / "imported.ms"
+    assert main(["import", str(tmp_path / "model.keras"), "-o", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err
+    imported = ms.parse(out)
+    assert layers_only(imported) == layers_only(spec.model_copy(update={"name": imported.name}))
+    assert imported.name == spec.name
+    assert imported.optimizer.config() == (spec.optimizer or ms.ir.Optimizer(name="rmsprop")).config()
+    assert imported.loss == spec.loss and imported.metrics == spec.metrics
+
+
+def test_training_settings_saved_as_objects(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")], name="objects")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+                  loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[keras.metrics.CategoricalAccuracy(), keras.metrics.MeanSquaredError()])
+    model.save(tmp_path / "m.keras")
+    spec, notes = spec_from_config(json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json")))
+    assert to_text(spec).splitlines()[-3:] == [
+        "optimizer sgd learning_rate=0.05 momentum=0.9 nesterov=true", "loss categorical_crossentropy",
+        "metrics categorical_accuracy mse"]
+    model.compile(optimizer="adam", loss=keras.losses.Huber(delta=2.0))
+    model.save(tmp_path / "h.keras")
+    spec, notes = spec_from_config(json.loads(zipfile.ZipFile(tmp_path / "h.keras").read("config.json")))
+    assert spec.loss == ms.ir.Loss(name="huber") and "delta" in notes[0]
+
+
+def test_import_prints_the_spec(tmp_path, capsys):
+    keras_model(ms.parse("specs/digits_c.ms")).save(tmp_path / "c.keras")
+    assert main(["import", str(tmp_path / "c.keras")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("model digits_c\ninput 8x8\nflatten\ndense 64 he_normal(seed=2024)\nbatchnorm\n")
+    assert ms.check(ms.parse(text)).total_params == ms.check(ms.parse("specs/digits_c.ms")).total_params
+
+
+def test_layer_names_are_kept_where_modelspec_would_differ():
+    keras.backend.clear_session(free_memory=False)
+    keras.layers.Dense(1), keras.layers.Dense(1)  # a session that has named two layers already
+    layers = [keras.layers.Dense(4, name="encoder"), keras.layers.Dense(3), keras.layers.Dense(2, name="dense"),
+              keras.layers.BatchNormalization()]
+    model = keras.Sequential([keras.Input((5,)), *layers], name="named")
+    spec, _ = spec_from_config(json.loads(model.to_json()))
+    assert [layer.name for layer in spec.layers] == ["encoder", "dense_2", None, None]
+    assert [r.name for r in ms.check(spec).layers] == ["encoder", "dense_2", "dense", "batch_normalization"]
+    assert [r.name for r in ms.check(spec).layers] == [layer.name for layer in model.layers]
+
+
+def test_a_tf_keras_2_config():
+    """tf.keras 2 wrote batch_input_shape on the first layer, alpha for LeakyReLU, BN axes as lists."""
+    config = {"class_name": "Sequential", "keras_version": "2.15.0", "config": {"name": "old", "layers": [
+        {"class_name": "Conv2D", "config": {"name": "conv2d", "trainable": True, "batch_input_shape": [None, 8, 8, 1],
+                                            "dtype": "float32", "filters": 2, "kernel_size": [3, 3], "strides": [1, 1],
+                                            "padding": "valid", "data_format": "channels_last", "dilation_rate": [1, 1],
+                                            "groups": 1, "activation": "relu", "use_bias": True,
+                                            "kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": None}},
+                                            "bias_initializer": {"class_name": "Zeros", "config": {}},
+                                            "kernel_regularizer": {"class_name": "L2", "config": {"l2": 0.009999999776482582}},
+                                            "bias_regularizer": None, "activity_regularizer": None,
+                                            "kernel_constraint": None, "bias_constraint": None}},
+        {"class_name": "BatchNormalization", "config": {"name": "batch_normalization", "axis": [3], "momentum": 0.99,
+                                                        "epsilon": 0.001, "center": True, "scale": True}},
+        {"class_name": "LeakyReLU", "config": {"name": "leaky_re_lu", "alpha": 0.30000001192092896}},
+        {"class_name": "Flatten", "config": {"name": "flatten", "data_format": "channels_last"}},
+        {"class_name": "Dense", "config": {"name": "dense", "units": 3, "activation": "softmax"}}]}}
+    spec, _ = spec_from_config(config)
+    assert to_text(spec) == ("model old\ninput 8x8x1\nconv2d 2 3x3 relu l2=0.01\nbatchnorm\nleaky_relu\n"
+                                "flatten\ndense 3 softmax\n")
+
+
+def sequential(*layers: dict, **config) -> dict:
+    entries = [{"class_name": "InputLayer", "config": {"batch_shape": [None, 6, 6, 2], "name": "input"}}]
+    entries += [{"class_name": cls, "config": {"name": name, **c}} for cls, name, c in layers]
+    return {"class_name": "Sequential", "config": {"name": "m", "layers": entries}, **config}
+
+
+DENSE = ("Dense", "dense", {"units": 2})
+UNSUPPORTED = {
+    "lstm": (sequential(("Flatten", "flatten", {}), ("LSTM", "lstm", {"units": 3}), DENSE),
+             "layer 2 of 3, 'lstm' (LSTM): modelspec has no LSTM layer; a spec can hold Dense, Conv2D"),
+    "frozen": (sequential(("Flatten", "flatten", {}), ("Dense", "head", {"units": 2, "trainable": False})),
+               "layer 2 of 2, 'head' (Dense): the layer is frozen (trainable=False)"),
+    "constraint": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": 2, "kernel_constraint": {
+        "class_name": "MaxNorm", "config": {"max_value": 2}}})),
+        "layer 2 of 2, 'd' (Dense): kernel_constraint='MaxNorm' cannot be expressed in a spec"),
+    "dilation": (sequential(("Conv2D", "c", {"filters": 1, "kernel_size": [2, 2], "dilation_rate": [2, 2]})),
+                 "layer 1 of 1, 'c' (Conv2D): dilation_rate=(2, 2) cannot be expressed in a spec"),
+    "channels_first": (sequential(("Flatten", "f", {"data_format": "channels_first"})),
+                       "layer 1 of 1, 'f' (Flatten): data_format='channels_first' cannot be expressed"),
+    "activation": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": 2, "activation": "hard_sigmoid"})),
+                   "layer 2 of 2, 'd' (Dense): the activation 'hard_sigmoid' is not one a spec can use"),
+    "bn_axis": (sequential(("BatchNormalization", "bn", {"axis": 1})),
+                "layer 1 of 1, 'bn' (BatchNormalization): axis=1 cannot be expressed in a spec"),
+    "bad_units": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": "many"})),
+                  "layer 2 of 2, 'd' (Dense): its config is not valid: units:"),
+    "schedule": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "Adam", "config": {
+        "learning_rate": {"class_name": "ExponentialDecay", "config": {}}}}}),
+        "compile(): Adam's learning_rate is a schedule (ExponentialDecay)"),
+    "clipnorm": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "SGD", "config": {
+        "clipnorm": 1.0}}}), "compile(): SGD(clipnorm=1.0) cannot be expressed in a spec"),
+    "smoothing": (sequential(("Flatten", "f", {}), DENSE, compile_config={"loss": {
+        "class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}}),
+        "compile(): CategoricalCrossentropy(label_smoothing=0.1) cannot be expressed in a spec"),
+    "functional": ({"class_name": "Functional", "config": {"layers": []}},
+                   "only Sequential models can be imported; this is a Functional model"),
+    "unbuilt": ({"class_name": "Sequential", "config": {"name": "m", "layers": [{"class_name": "Dense", "config": {
+        "units": 2}}]}}, "the model has no input shape (it was never built)"),
+    "too_small": (sequential(("Conv2D", "c", {"filters": 1, "kernel_size": [9, 9]})), "the model is not valid: c:"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED, ids=UNSUPPORTED)
+def test_what_a_spec_cannot_express_is_named(case, tmp_path, capsys):
+    config, message = UNSUPPORTED[case]
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(config))
+    assert main(["import", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"modelspec: error: {path}: ") and message in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+
+
+def test_a_real_keras_model_with_an_lstm(tmp_path, capsys):
+    keras.backend.clear_session(free_memory=False)
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4), keras.layers.Dense(2)], name="seq")
+    model.save(tmp_path / "seq.keras")
+    assert main(["import", str(tmp_path / "seq.keras")]) == 1
+    assert "layer 1 of 2, 'lstm' (LSTM): modelspec has no LSTM layer" in capsys.readouterr().err
+
+
+BROKEN = {
+    "not_json": (b"this is not json", "it is not valid JSON"),
+    "json_list": (b"[1, 2]", "expected a Keras model's JSON config (an object); received list"),
+    "truncated_zip": (b"PK\x03\x04" + b"\x00" * 20, "is a damaged .keras file"),
+    "h5": (b"\x89HDF\r\n\x1a\n" + b"\x00" * 20, "is an HDF5 (.h5) file"),
+    "binary": (bytes(range(256)), "it is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=BROKEN)
+def test_a_broken_file_is_one_clear_line(case, tmp_path, capsys):
+    data, message = BROKEN[case]
+    path = tmp_path / "model.keras"
+    path.write_bytes(data)
+    assert main(["import", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("modelspec: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_zip_without_a_config_and_a_missing_file(tmp_path, capsys):
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as z:
+        z.writestr("model.weights.h5", b"")
+    assert main(["import", str(tmp_path / "empty.keras")]) == 1
+    assert "a zip file without config.json" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "missing.keras")]) == 1
+    assert "cannot read" in capsys.readouterr().err and not (tmp_path / "out.ms").exists()
+
+
+def test_layers_only_leaves_out_training(tmp_path, capsys):
+    model = keras_model(ms.parse("specs/digits.ms"), compiled=True)
+    model.compile(optimizer=keras.optimizers.SGD(clipnorm=1.0), loss="mse")
+    model.save(tmp_path / "m.keras")
+    assert main(["import", str(tmp_path / "m.keras")]) == 1
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "m.keras"), "--layers-only"]) == 0
+    spec = ms.parse(capsys.readouterr().out)
+    assert spec.optimizer is None and spec.loss is None and len(spec.layers) == 4
+    np.testing.assert_equal(ms.check(spec).total_params, model.count_params())
