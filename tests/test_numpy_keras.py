@@ -133,7 +133,8 @@ def center_relu6(weights):
     weights[-1][:] = 0.5
 
 
-@pytest.mark.parametrize("loss, y", [("mse", LABELS.astype(np.float32)), ("binary_crossentropy", (LABELS == 1).astype(np.float32))])
+@pytest.mark.parametrize("loss, y", [("mse", LABELS.astype(np.float32)),
+                                     ("binary_crossentropy", (LABELS == 1).astype(np.float32))])
 def test_single_unit_output_with_flat_labels(loss, y):
     """Keras expands labels (n,) to the output's (n, 1) rather than broadcasting to (n, n)."""
     act = "sigmoid" if loss == "binary_crossentropy" else "linear"

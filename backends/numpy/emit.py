@@ -135,7 +135,8 @@ def _initial_weights(report: Report) -> tuple[str, list[Any]]:
 def _build(lowered: Lowered) -> str:
     lines = []
     for report, calls in lowered.groups:
-        lines.append(f"        # {report.name!r} ({report.keras_class}): output {checker.fmt_shape(report.output_shape)}")
+        shape = checker.fmt_shape(report.output_shape)
+        lines.append(f"        # {report.name!r} ({report.keras_class}): output {shape}")
         lines += [f"        {render(call)}," for call in calls]
     body = "\n".join(lines)
     return f'''def build(weights, seed=SEED):

@@ -84,7 +84,7 @@ def elu(x):
 
 
 def elu_grad(x, y, dy):
-    return np.where(x > 0, dy, dy * (y + 1))
+    return np.where(x < 0, dy * (y + 1), dy)
 
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
@@ -95,7 +95,7 @@ def selu(x):
 
 
 def selu_grad(x, y, dy):
-    return np.where(x > 0, dy * SELU_SCALE, dy * (y + SELU_SCALE * SELU_ALPHA))
+    return np.where(x < 0, dy * (y + SELU_SCALE * SELU_ALPHA), dy * SELU_SCALE)  # TF's side at 0
 
 
 def erf(x):
