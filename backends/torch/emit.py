@@ -97,9 +97,9 @@ class Emitter:
             self.out.helpers.add("truncated_normal_")
             return f"truncated_normal_({tensor}, mean={a['mean']!r}, stddev={a['stddev']!r})"
         return {
-            "glorot_uniform": f"nn.init.xavier_uniform_({tensor})  # Keras's glorot_uniform",
-            "he_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='relu')  # Keras's he_uniform",
-            "lecun_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='linear')  # Keras's lecun_uniform",
+            "glorot_uniform": f"nn.init.xavier_uniform_({tensor})  # glorot_uniform",
+            "he_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='relu')  # he_uniform",
+            "lecun_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='linear')  # lecun_uniform",
             "zeros": f"nn.init.zeros_({tensor})",
             "ones": f"nn.init.ones_({tensor})",
             "random_normal": f"nn.init.normal_({tensor}, mean={a.get('mean')!r}, std={a.get('stddev')!r})",
@@ -112,10 +112,10 @@ class Emitter:
         layer, attr = step.layer, f"self.{step.attr}"
         kernel, *bias = step.report.weights
         self.out.reset.append(self.initializer(f"{attr}.weight", layer.kernel_initializer, kernel.shape))
-        self.out.weights.append(f"({kernel.path!r}, {attr}.weight, {layout!r}),")
+        self.out.weights.append(_entry(kernel.path, f"{attr}.weight", layout))
         if bias:
             self.out.reset.append(self.initializer(f"{attr}.bias", layer.bias_initializer, bias[0].shape))
-            self.out.weights.append(f"({bias[0].path!r}, {attr}.bias, None),")
+            self.out.weights.append(_entry(bias[0].path, f"{attr}.bias", None))
         reg = layer.kernel_regularizer
         if reg is not None:
             if reg.l1:
@@ -194,7 +194,7 @@ class Emitter:
         self.out.reset.append(f"{attr}.reset_parameters()")
         self.forward(f"x = {attr}(x)")
         for w, tensor in zip(step.report.weights, ("gamma", "beta", "moving_mean", "moving_variance")):
-            self.out.weights.append(f"({w.path!r}, {attr}.{tensor}, None),")
+            self.out.weights.append(_entry(w.path, f"{attr}.{tensor}", None))
 
     def activation(self, step: Step) -> None:
         if step.activation is not None:
@@ -217,7 +217,25 @@ class Emitter:
             self.forward("x = x.permute(0, 2, 3, 1)  # back to Keras's NHWC")
 
 
+def _call(function: str, arguments: str, indent: int) -> str:
+    """`function(arguments)` after a `return`, its arguments wrapped to lines of 100 characters."""
+    import textwrap
+
+    line = f"{function}({arguments})"
+    if indent + len("return ") + len(line) <= 100:
+        return line
+    lines = textwrap.wrap(arguments, width=100 - indent - 4, break_long_words=False, break_on_hyphens=False)
+    return f"{function}(\n" + "".join(" " * (indent + 4) + part + "\n" for part in lines) + " " * indent + ")"
+
+
+def _entry(path: str, tensor: str, layout: str | None) -> str:
+    """One (Keras path, tensor, layout) line of keras_layout, wrapped as black would."""
+    line = f"({path!r}, {tensor}, {layout!r}),"
+    return line if len(line) <= 88 else f"({path!r},\n {tensor}, {layout!r}),"
+
+
 def _indent(lines: list[str], spaces: int) -> str:
+    lines = [part for line in lines for part in line.split("\n")]
     return "\n".join(" " * spaces + line if line else "" for line in lines)
 
 
@@ -289,8 +307,8 @@ def _class(em: Emitter, cls: str) -> str:
     shape_text = ", ".join(map(str, spec.input_shape))
     check = [
         "if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
-        "    raise ValueError(f\"expected float32 inputs of shape (batch, "
-        f"{shape_text}); received {{x.dtype}} {{tuple(x.shape)}}\")",
+        f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
+        "                     f\"received {x.dtype} {tuple(x.shape)}\")",
     ]
     body_lines = check + out.forward
     returns = body_lines[:-1] + ["return " + body_lines[-1].split(" = ", 1)[1]] \
@@ -308,7 +326,7 @@ def _class(em: Emitter, cls: str) -> str:
              "",
              "    @torch.no_grad()",
              "    def reset_parameters(self):",
-             '        """Keras\'s initializers (torch\'s defaults differ: kaiming-uniform kernels, random biases)."""',
+             '        """Keras\'s initializers (torch\'s defaults: kaiming-uniform kernels, random biases)."""',
              _indent(out.reset or ["pass"], 8),
              ""]
     if p.output_activation:
@@ -325,11 +343,21 @@ def _class(em: Emitter, cls: str) -> str:
     if out.penalty:
         parts += ["    def penalty(self):",
                   '        """The kernel regularizers\' L1/L2 terms, added to the loss as Keras adds them."""',
-                  "        return " + " + ".join(out.penalty),
+                  "        return " + out.penalty[0] if len(out.penalty) == 1 else
+                  "        return (" + "\n                + ".join(out.penalty) + ")",
                   ""]
+    layouts = {layout for line in out.weights for layout in ("dense", "conv") if f"'{layout}')," in line}
+    to_torch, to_keras = [], []
+    if "dense" in layouts:
+        to_torch += ["if layout == 'dense':  # (in, out) -> (out, in)", "    value = value.T"]
+        to_keras += ["if layout == 'dense':", "    value = value.T"]
+    if "conv" in layouts:
+        to_torch += [f"{'el' if to_torch else ''}if layout == 'conv':  # (kh, kw, in, out) -> (out, in, kh, kw)",
+                     "    value = value.permute(3, 2, 0, 1)"]
+        to_keras += [f"{'el' if to_keras else ''}if layout == 'conv':", "    value = value.permute(2, 3, 1, 0)"]
     parts += ["    def keras_layout(self):",
-              '        """(Keras weight path, tensor, layout) in Keras\'s order. Layouts: dense kernels are',
-              f'        {LAYOUT_NOTE["dense"]}; conv kernels {LAYOUT_NOTE["conv"]}."""',
+              '        """(Keras weight path, tensor, layout) in Keras\'s order. Keras keeps dense kernels as',
+              '        (in, out) and conv kernels as (kh, kw, in, out); torch as (out, in), (out, in, kh, kw)."""',
               "        return [",
               _indent(out.weights, 12),
               "        ]",
@@ -339,16 +367,18 @@ def _class(em: Emitter, cls: str) -> str:
               '        """Set every weight from arrays in Keras\'s layout, keyed by Keras\'s weight paths."""',
               "        for path, tensor, layout in self.keras_layout():",
               "            value = torch.as_tensor(weights[path], dtype=torch.float32)",
-              "            tensor.copy_(value.T if layout == 'dense' else value.permute(3, 2, 0, 1) if layout == 'conv' else value)",
+              _indent(to_torch, 12),
+              "            tensor.copy_(value)",
               "",
               "    @torch.no_grad()",
               "    def keras_weights(self):",
               '        """Every weight in Keras\'s layout, keyed by Keras\'s weight path."""',
-              "        return {",
-              "            path: (tensor.T if layout == 'dense' else tensor.permute(2, 3, 1, 0) if layout == 'conv' else tensor)",
-              "            .detach().clone()",
-              "            for path, tensor, layout in self.keras_layout()",
-              "        }"]
+              "        weights = {}",
+              "        for path, tensor, layout in self.keras_layout():",
+              "            value = tensor.detach()",
+              _indent(to_keras, 12),
+              "            weights[path] = value.clone()",
+              "        return weights"]
     return "\n".join(parts)
 
 
@@ -367,36 +397,41 @@ def _training(em: Emitter, cls: str) -> str:
     penalty = " + model.penalty()" if em.out.penalty else ""
     if loss.from_logits:
         compute = ["logits = model.logits(x)",
-                   f"return {loss_fn}(logits, y{extra}){penalty}, {activation(p.output_activation, 'logits.detach()')}"]
-        what = f"{loss.name}, from the logits (as Keras's TensorFlow backend computes it)"
+                   f"loss = {loss_fn}(logits, y{extra}){penalty}",
+                   f"return loss, {activation(p.output_activation, 'logits.detach()')}"]
+        what = f"Keras's {loss.name}, from the logits\n    (as Keras's TensorFlow backend computes it)"
     else:
-        compute = ["outputs = model(x)", f"return {loss_fn}(outputs, y{extra}){penalty}, outputs.detach()"]
-        what = loss.name
+        compute = ["outputs = model(x)", f"loss = {loss_fn}(outputs, y{extra}){penalty}",
+                   "return loss, outputs.detach()"]
+        what = f"Keras's {loss.name}"
     fit = spec.fit or ir.Fit()
-    defaults = {"epochs": fit.epochs if fit.epochs is not None else 1, "batch_size": fit.batch_size or 32,
+    fit_defaults = {"epochs": fit.epochs if fit.epochs is not None else 1, "batch_size": fit.batch_size or 32,
                 "validation_split": fit.validation_split or 0.0,
                 "shuffle": fit.shuffle if fit.shuffle is not None else True}
-    opt_args = ", ".join(f"{k}={v!r}" for k, v in optimizer.config().items())
+    # the hyperparameters that differ from the class's defaults, which are Keras's
+    defaults = ir.OPTIMIZER_DEFAULTS["adam" if optimizer.name == "adamw" else optimizer.name]
+    opt_args = "".join(f", {k}={v!r}" for k, v in optimizer.config().items() if v != defaults[k])
     metric_table = ", ".join(f"({name!r}, {fn})" for name, fn in metrics)
-    return f'''METRICS = [{metric_table}]  # (name in the history, per-sample values)
+    return f'''# (name in the history, per-sample values)
+METRICS = [{metric_table}]
 
 
 def make_optimizer(model):
-    return {OPTIMIZERS[optimizer.name]}(model.parameters(), {opt_args})
+    return {_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4)}
 
 
 def compute_loss(model, x, y):
-    """{what}{' plus the weight penalties' if penalty else ''}; and the model's outputs."""
+    """{what}{', plus the weight penalties' if penalty else ''}; and the outputs."""
 {_indent(compute, 4)}
 
 
 def batch_sums(loss, outputs, y):
     """The batch's loss times its size, then each metric summed over its samples."""
-    values = [loss * len(y)]
+    values = [loss.detach().double() * len(y)]
     for _, metric in METRICS:
         v = metric(outputs, y)
-        values.append((v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum())
-    return torch.stack([v.detach().double() for v in values])
+        values.append((v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum().double())
+    return torch.stack(values)
 
 
 @torch.no_grad()
@@ -410,7 +445,8 @@ def evaluate(model, x, y, batch_size=32):
     return dict(zip(["loss"] + [name for name, _ in METRICS], (sums / len(x)).tolist()))
 
 
-def fit(model, x, y, {", ".join(f"{k}={v!r}" for k, v in defaults.items())}, optimizer=None):
+def fit(model, x, y, {", ".join(f"{k}={v!r}" for k, v in fit_defaults.items())},
+        optimizer=None):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's batch-size-weighted mean loss (penalties included) and metrics.
     A step whose loss or gradients are not finite is not applied, and training stops there."""
@@ -431,16 +467,18 @@ def fit(model, x, y, {", ".join(f"{k}={v!r}" for k, v in defaults.items())}, opt
             loss.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if not torch.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
-                print(f"stopped at epoch {{epoch + 1}}, step {{start // batch_size + 1}}: the loss or a gradient is not finite")
+                print(f"epoch {{epoch + 1}}, step {{start // batch_size + 1}}: not finite; stopped")
                 return history
             optimizer.step()
             sums += batch_sums(loss, outputs, yb)
         logs = dict(zip(names, (sums / len(x)).tolist()))
         if len(x_val):
-            logs.update(("val_" + k, v) for k, v in evaluate(model, x_val, y_val, batch_size).items())
+            validation = evaluate(model, x_val, y_val, batch_size)
+            logs.update(("val_" + k, v) for k, v in validation.items())
         for key in sorted(logs):
             history.setdefault(key, []).append(logs[key])
-        print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items())))
+        shown = " - ".join(f"{{k}}: {{logs[k]:.4f}}" for k in sorted(logs))
+        print(f"Epoch {{epoch + 1}}/{{epochs}} - {{shown}}")
     return history'''
 
 
@@ -473,8 +511,7 @@ def emit(spec: ir.Spec, report: Report) -> str:
     class_source = _class(em, cls)
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
-        training_note=(",\nin the layers as in the loss, the weight penalties and the optimizer's update rule"
-                       if trains else ""),
+        training_note=(",\nin the loss, the weight penalties and the optimizer as in the layers" if trains else ""),
         fit_note="\n    history = fit(model, x, y)  # the spec's training settings, as Keras's fit" if trains else "")
     main = ['if __name__ == "__main__":',
             "    # A smoke run on random data of the model's shapes.",

@@ -43,7 +43,8 @@ class BatchNorm(nn.Module):
     def forward(self, x):
         axis = self.axis % x.dim()
         if self.training:
-            variance, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != axis], correction=0)
+            others = [d for d in range(x.dim()) if d != axis]
+            variance, mean = torch.var_mean(x, dim=others, correction=0)
             with torch.no_grad():
                 self.moving_mean.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
                 self.moving_variance.mul_(self.momentum).add_(variance, alpha=1 - self.momentum)
@@ -57,8 +58,9 @@ class BatchNorm(nn.Module):
 def avg_pool2d_same(x, kernel_size, stride, pads):
     """Keras's AveragePooling2D(padding='same') on NCHW: the padding cells are left out of
     each average (torch's count_include_pad counts them, and cannot pad asymmetrically)."""
+    ones = torch.ones_like(x[:1, :1])
     sums = F.avg_pool2d(F.pad(x, pads), kernel_size, stride, divisor_override=1)
-    counts = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), pads), kernel_size, stride, divisor_override=1)
+    counts = F.avg_pool2d(F.pad(ones, pads), kernel_size, stride, divisor_override=1)
     return sums / counts
 
 
@@ -85,7 +87,7 @@ EPSILON = 1e-7  # keras.backend.epsilon(): where probabilities are clipped
 def softmax_cross_entropy(logits, y):
     """Categorical cross-entropy of a softmax output, computed from its logits, unclipped:
     what Keras's TensorFlow backend does for `softmax` + categorical_crossentropy."""
-    return F.cross_entropy(logits.movedim(-1, 1), y.movedim(-1, 1))  # torch wants the classes on axis 1
+    return F.cross_entropy(logits.movedim(-1, 1), y.movedim(-1, 1))  # torch: classes on axis 1
 
 
 def sparse_softmax_cross_entropy(logits, labels):
@@ -99,7 +101,8 @@ def sigmoid_binary_crossentropy(logits, y):
 
 
 def categorical_crossentropy(probabilities, y):
-    """Keras's categorical cross-entropy of probabilities: renormalised, clipped to [1e-7, 1 - 1e-7]."""
+    """Keras's categorical cross-entropy of probabilities: renormalised, then clipped to
+    [1e-7, 1 - 1e-7]."""
     p = probabilities / probabilities.sum(dim=-1, keepdim=True)
     return -(y * p.clamp(EPSILON, 1 - EPSILON).log()).sum(dim=-1).mean()
 
@@ -187,10 +190,10 @@ class RMSprop(KerasOptimizer):
     """Keras's RMSprop: w -= lr * g / sqrt(v + epsilon), epsilon inside the square root
     (torch adds it outside); with momentum, the lr-scaled steps are what accumulates."""
 
-    def __init__(self, params, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
-                 weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
-                         centered=centered, weight_decay=weight_decay)
+    def __init__(self, params, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, rho=rho, momentum=momentum,
+                         epsilon=epsilon, centered=centered, weight_decay=weight_decay)
 
     def update(self, param, grad, t, group):
         rho, momentum = group["rho"], group["momentum"]
@@ -214,9 +217,10 @@ class Adam(KerasOptimizer):
     """Keras's Adam: epsilon is added to the uncorrected sqrt(v) ("epsilon hat"); torch adds
     it to the bias-corrected one. Keras's AdamW is this with weight_decay=0.004."""
 
-    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                         weight_decay=weight_decay)
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, weight_decay=weight_decay)
 
     def update(self, param, grad, t, group):
         beta_1, beta_2 = group["beta_1"], group["beta_2"]
@@ -231,9 +235,10 @@ class Nadam(KerasOptimizer):
     """Keras's Nadam: the momentum schedule u_t = beta_1 * (1 - 0.5 * 0.96^t) (torch's NAdam
     uses 0.96^(0.004 t) by default), epsilon outside the square root."""
 
-    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                         weight_decay=weight_decay)
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None):
+        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, weight_decay=weight_decay)
         self.u_product = torch.ones((), device=self.iterations.device)  # the product of u_1 ... u_t
 
     @torch.no_grad()
@@ -259,8 +264,9 @@ class Adagrad(KerasOptimizer):
 
     def __init__(self, params, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, initial_accumulator_value=initial_accumulator_value,
-                         epsilon=epsilon, weight_decay=weight_decay)
+        super().__init__(params, learning_rate=learning_rate, epsilon=epsilon,
+                         initial_accumulator_value=initial_accumulator_value,
+                         weight_decay=weight_decay)
 
     def update(self, param, grad, t, group):
         accumulator = self.slot(param, "accumulator", group["initial_accumulator_value"])
