@@ -107,17 +107,22 @@ class SpecModule(nn.Module):
     """A spec in torch: `logits(x)` runs every layer but a final softmax or sigmoid,
     `forward(x)` the whole model. Inputs and outputs are channels-last, as in Keras."""
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", output: Callable | None, name: str) -> None:
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", output: Callable | None, name: str,
+                 input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.layers = nn.Sequential(layers)
         self.output_activation = output
         self.keras_name = name
+        self.input_shape = input_shape
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != self.input_shape or x.dtype != torch.float32:
+            shape = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"expected float32 inputs of shape (batch, {shape}); received {x.dtype} {tuple(x.shape)}")
         return self.layers(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layers(x)
+        y = self.logits(x)
         return self.output_activation(y) if self.output_activation else y
 
     def extra_repr(self) -> str:
@@ -187,7 +192,7 @@ class Builder:
             layers[step.attr] = getattr(self, step.layer.kind)(step)
         if p.final_permute:
             layers[_free("to_nhwc", taken)] = self.permute("nhwc")
-        module = SpecModule(layers, activation(p.output_activation), self.spec.name)
+        module = SpecModule(layers, activation(p.output_activation), self.spec.name, tuple(self.spec.input_shape))
         return Built(module, self.weights, self.penalties, p)
 
     @staticmethod

@@ -511,7 +511,7 @@ def emit(spec: ir.Spec, report: Report) -> str:
     class_source = _class(em, cls)
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
-        training_note=(",\nin the loss, the weight penalties and the optimizer as in the layers" if trains else ""),
+        training_note=", in the layers as in the loss, penalties and optimizer" if trains else "",
         fit_note="\n    history = fit(model, x, y)  # the spec's training settings, as Keras's fit" if trains else "")
     main = ['if __name__ == "__main__":',
             "    # A smoke run on random data of the model's shapes.",
