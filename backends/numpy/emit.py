@@ -12,8 +12,10 @@ string literals, never as code, comments-to-end-of-line or docstrings.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import sys
+from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
 
@@ -64,49 +66,59 @@ def _roots(value: Any) -> list[Any]:
     return []
 
 
-class _Definitions:
-    """The module-level definitions that some roots need, found by following the names their
-    source uses through the SOURCES modules' globals."""
+@dataclass(frozen=True)
+class _Definition:
+    rank: int  # the position of its module in SOURCES
+    line: int
+    source: str
+    constant: bool
+    names: frozenset[str]  # the names its source uses
 
-    def __init__(self) -> None:
-        self.constants: dict[str, str] = {}  # module.name -> its assignment's source lines
-        for module in SOURCES:
-            text = inspect.getsource(module)
-            lines = text.splitlines()
-            for node in ast.parse(text).body:
-                if isinstance(node, ast.Assign):
-                    source = "\n".join(lines[node.lineno - 1:node.end_lineno])
-                    for target in node.targets:
-                        for name in ast.walk(target):
-                            if isinstance(name, ast.Name):
-                                self.constants.setdefault(f"{module.__name__}.{name.id}", source)
 
-    def collect(self, roots: list[Any]) -> str:
-        seen: dict[int, Any] = {}
-        constants: list[str] = []
-        todo = list(roots)
-        while todo:
-            obj = todo.pop()
-            if id(obj) in seen:
+@functools.cache
+def _definitions() -> dict[tuple[str, str], _Definition]:
+    """Every top-level function, class and constant of the SOURCES modules, by (module, name)."""
+    table = {}
+    for rank, module in enumerate(SOURCES):
+        text = inspect.getsource(module)
+        lines = text.splitlines()
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                targets = [node.name]
+            elif isinstance(node, ast.Assign):
+                targets = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            else:
                 continue
-            seen[id(obj)] = obj
-            module = sys.modules[obj.__module__]
-            for node in ast.walk(ast.parse(inspect.getsource(obj))):
-                if not isinstance(node, ast.Name):
-                    continue
-                target = vars(module).get(node.id)
-                if isinstance(target, (FunctionType, type)) and sys.modules.get(target.__module__) in SOURCES:
-                    todo.append(target)
-                elif f"{module.__name__}.{node.id}" in self.constants:
-                    source = self.constants[f"{module.__name__}.{node.id}"]
-                    if source not in constants:
-                        constants.append(source)
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            names = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+            definition = _Definition(rank, start, "\n".join(lines[start - 1:node.end_lineno]),
+                                     isinstance(node, ast.Assign), names)
+            for name in targets:
+                table[(module.__name__, name)] = definition
+    return table
 
-        def place(obj: Any) -> tuple[int, int]:
-            return SOURCES.index(sys.modules[obj.__module__]), inspect.getsourcelines(obj)[1]
 
-        defs = [inspect.getsource(obj).rstrip() for obj in sorted(seen.values(), key=place)]
-        return "\n".join(constants) + "\n\n\n" + "\n\n\n".join(defs)
+def _collect(roots: list[Any]) -> str:
+    """The source of the roots and of every definition they need, constants first, then the
+    functions and classes in the order of their modules."""
+    table = _definitions()
+    seen: dict[tuple[str, str], _Definition] = {}
+    todo = [(obj.__module__, obj.__name__) for obj in roots]
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen[key] = definition = table[key]
+        module = vars(sys.modules[key[0]])
+        for name in definition.names:
+            target = module.get(name)
+            if isinstance(target, (FunctionType, type)) and sys.modules.get(target.__module__) in SOURCES:
+                todo.append((target.__module__, target.__name__))  # maybe imported from another source
+            elif (key[0], name) in table and table[(key[0], name)].constant:
+                todo.append((key[0], name))
+    ordered = sorted(set(seen.values()), key=lambda d: (d.rank, d.line))
+    constants = [d.source for d in ordered if d.constant]
+    return "\n".join(constants) + "\n\n\n" + "\n\n\n".join(d.source for d in ordered if not d.constant)
 
 
 def _initial_weights(report: Report) -> tuple[str, list[Any]]:
@@ -287,5 +299,5 @@ def emit(spec: ir.Spec, report: Report) -> str:
                  "    print(MODEL_NAME, 'predictions', predict(net.layers, x).shape)"]
     else:
         main += ["    print(MODEL_NAME, 'predictions', predict(build(weights), x).shape)"]
-    body = "\n\n\n".join([_Definitions().collect(roots), *parts])
+    body = "\n\n\n".join([_collect(roots), *parts])
     return f"{header}\n{constants}\n\n\n{body}\n\n\n" + "\n".join(main) + "\n"
