@@ -131,8 +131,9 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, **hyperparameters):
         super().__init__(params, hyperparameters)
-        device = self.param_groups[0]["params"][0].device
-        self.iterations = torch.zeros((), dtype=torch.int64, device=device)
+        first = self.param_groups[0]["params"][0]
+        self.dtype = first.dtype  # Keras computes step-dependent factors in the weights' dtype
+        self.iterations = torch.zeros((), dtype=torch.int64, device=first.device)
 
     def slot(self, param, name, initial=0.0):
         """A per-parameter variable (momentum, velocity...), created on first use."""
@@ -153,7 +154,7 @@ class KerasOptimizer(torch.optim.Optimizer):
     def apply_gradients(self):
         """The update of every parameter from its .grad (`step` without torch's hooks)."""
         self.iterations += 1
-        t = self.iterations.to(torch.float32)  # Keras's `iterations + 1` before the increment
+        t = self.iterations.to(self.dtype)  # Keras's `iterations + 1` before the increment
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
@@ -239,11 +240,11 @@ class Nadam(KerasOptimizer):
                  weight_decay=None):
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, weight_decay=weight_decay)
-        self.u_product = torch.ones((), device=self.iterations.device)  # the product of u_1 ... u_t
+        self.u_product = torch.ones((), dtype=self.dtype, device=self.iterations.device)  # u_1 ... u_t
 
     @torch.no_grad()
     def apply_gradients(self):
-        t = (self.iterations + 1).to(torch.float32)
+        t = (self.iterations + 1).to(self.dtype)
         self.u_product.mul_(self.param_groups[0]["beta_1"] * (1 - 0.5 * 0.96 ** t))
         super().apply_gradients()
 
