@@ -81,7 +81,7 @@ TRAINING = {
         loss mae
         metrics mse
     """,
-    "adagrad_rmsprop_centered": """
+    "rmsprop_centered_softmax": """
         input 5
         dense 6 swish; dense 4 softmax
         optimizer rmsprop rho=0.8 momentum=0.3 centered=true
@@ -187,6 +187,17 @@ def test_native_is_the_keras_model_the_checker_describes():
     assert [layer.name for layer in native.layers] == [r.name for r in report.layers]
     assert [(w.path, tuple(w.shape), w.trainable) for w in native.weights] == \
         [(w.path, w.shape, w.trainable) for w in report.weights]
+
+
+def test_weights_saved_from_another_backend_load_into_keras(tmp_path):
+    spec = ms.parse(TRAINING["regularized_huber_adamw"])
+    source = ms.build(spec, backend="numpy", seed=9)
+    x, y = dataset(spec, 20)
+    source.fit(x, y, epochs=1, verbose=0)
+    source.save(tmp_path / "w.safetensors")
+    loaded = ms.load_model(tmp_path / "w.safetensors", backend="keras")
+    assert isinstance(loaded.native, keras.Model)
+    np.testing.assert_allclose(loaded.predict(x), source.predict(x), rtol=1e-5, atol=1e-6)
 
 
 def test_engine_options():

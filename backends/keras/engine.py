@@ -89,11 +89,9 @@ class _Data:
 
 class KerasEngine(Engine):
     def __init__(self, spec: Any, report: Any, seed: int = 0, device: str = "auto") -> None:
-        self.spec = spec
         self._device = _device_scope(device)
         with self._device:
             self.native = build_model(spec, report, seed)
-        self._config: TrainConfig | None = None
         self._optimizer: Any = None
         self._loss_tracker: Any = None
         self._metrics: list[Any] = []
@@ -108,8 +106,7 @@ class KerasEngine(Engine):
             self._metrics = [lowering.make(lowering.metric(m.name, m.kind), keras) for m in config.metrics]
             self._loss_tracker = keras.metrics.Mean(name="loss")
             self.native.compile(optimizer=self._optimizer, loss=loss, metrics=list(self._metrics))
-        self._config = config
-        self._functions = {}
+        self._functions = {}  # traced with the old optimizer and metrics
 
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> _Data:
         if not ON_TENSORFLOW:
