@@ -261,6 +261,19 @@ def test_names_tensorflow_rejects_are_reported(tmp_path, capsys):
         ms.build(path, backend="keras")
 
 
+@pytest.mark.parametrize("line, message", [
+    ("dense 2 bias_init=orthogonal", "Keras's Orthogonal initializer needs a weight of rank 2 or more; a bias has rank 1"),
+    ("dense 2 he_normal(seed=18446744073709551616)", "Keras takes seeds below 2**63"),
+    ("dropout 0.5 seed=9223372036854775808", "Keras takes seeds below 2**63"),
+], ids=["orthogonal_bias", "initializer_seed", "dropout_seed"])
+def test_what_keras_cannot_build_is_reported(line, message, tmp_path, capsys):
+    path = tmp_path / "m.ms"
+    path.write_text(f"input 3\n{line}\n")
+    assert main(["compile", str(path), "--backend", "keras"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:2:1: error: {message}") and "Traceback" not in err
+
+
 def test_compile_command(tmp_path, capsys):
     path = tmp_path / "m.ms"
     path.write_text("dense 3 relu in 4\ndense 2 softmax\nloss categorical_crossentropy\n")

@@ -61,6 +61,7 @@ class KerasBackend(Backend):
             if layer.name is not None and not SCOPE.match(layer.name):
                 out.append(Diagnostic("error", f"the keras backend cannot run a layer named {layer.name!r}: "
                                       f"{allowed}", layer.span, code="backend"))
+            out += [Diagnostic("error", problem, layer.span, code="backend") for problem in _inexpressible(layer)]
         return out
 
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
@@ -76,3 +77,16 @@ class KerasBackend(Backend):
         from .emit import program
 
         return program(spec, report)
+
+
+def _inexpressible(layer: Any) -> list[str]:
+    """What Keras refuses in a layer the checker accepts."""
+    problems = []
+    seeds = [getattr(layer, "seed", None)] + [getattr(getattr(layer, k, None), "seed", None)
+                                              for k in ("kernel_initializer", "bias_initializer")]
+    if any(seed is not None and seed >= 2**63 for seed in seeds):
+        problems.append("Keras takes seeds below 2**63 (they become 64-bit integers)")
+    bias = getattr(layer, "bias_initializer", None)
+    if getattr(layer, "use_bias", False) and bias is not None and bias.name == "orthogonal":
+        problems.append("Keras's Orthogonal initializer needs a weight of rank 2 or more; a bias has rank 1")
+    return problems
