@@ -56,16 +56,22 @@ class TrainingStopped(RuntimeWarning):
 # Training settings
 
 
-def resolve_loss(spec: ir.Spec, loss: ir.Loss) -> "Any":
-    """Keras's TensorFlow-backend rule: a softmax (or sigmoid) output feeding the matching
-    cross-entropy is computed from the pre-activation logits."""
-    from .backends.base import LossConfig
+CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
 
+
+def loss_from_logits(spec: ir.Spec, loss_name: str) -> bool:
+    """Keras's TensorFlow-backend rule: the output of any softmax or sigmoid carries the values
+    before it (`_keras_logits`), and every cross-entropy uses them, unclipped, when present."""
     last = spec.layers[-1]
     act = getattr(last, "activation", None) if last.kind in ("dense", "conv2d", "activation") else None
-    from_logits = (loss.name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and act == "softmax") \
-        or (loss.name == "binary_crossentropy" and act == "sigmoid")
-    return LossConfig(name=loss.name, from_logits=from_logits, delta=loss.delta if loss.delta is not None else 1.0)
+    return loss_name in CROSSENTROPIES and act in ("softmax", "sigmoid")
+
+
+def resolve_loss(spec: ir.Spec, loss: ir.Loss) -> "Any":
+    from .backends.base import LossConfig
+
+    return LossConfig(name=loss.name, from_logits=loss_from_logits(spec, loss.name),
+                      delta=loss.delta if loss.delta is not None else 1.0)
 
 
 def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ...]) -> "Any":

@@ -18,8 +18,8 @@ import modelspec as ms  # noqa: E402
 from modelspec.backends.base import LossConfig, MetricConfig, TrainConfig  # noqa: E402
 from modelspec.backends.numpy import NumpyEngine  # noqa: E402
 from modelspec.backends.numpy import kernels as K  # noqa: E402
-from modelspec.backends.numpy.lowering import from_logits, lower  # noqa: E402
 from modelspec.initializers import initial_weights  # noqa: E402
+from modelspec.model import loss_from_logits  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -53,7 +53,7 @@ def train_both(text, x, y, metrics=(), epochs=3, batch_size=32, adjust=None):
 
     engine = NumpyEngine(spec, report)
     engine.set_weights(weights)
-    loss = LossConfig(spec.loss.name, from_logits(spec, lower(report)),
+    loss = LossConfig(spec.loss.name, loss_from_logits(spec, spec.loss.name),
                       spec.loss.delta if spec.loss.delta is not None else 1.0)
     engine.set_training(TrainConfig(spec.optimizer.name, hyper, loss, tuple(MetricConfig(m, m) for m in metrics)))
     data = engine.prepare(x, y)

@@ -20,8 +20,14 @@ class NumpyBackend(Backend):
     extra: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ("numpy",)
 
-    def engine(self, spec, report, **options: Any) -> NumpyEngine:
-        """Options: seed (initial weights and dropout masks; default the spec's fit seed)."""
+    def engine(self, spec, report, device: str | None = None, **options: Any) -> NumpyEngine:
+        """Options: seed (initial weights and dropout masks; default the spec's fit seed);
+        device 'auto' or 'cpu' (NumPy runs on the CPU only)."""
+        if device not in (None, "auto", "cpu"):
+            from modelspec.backends import BackendError
+
+            raise BackendError(f"the numpy backend runs on the CPU only; received device={device!r} "
+                               "(use --backend torch or keras for a GPU)")
         return NumpyEngine(spec, report, **options)
 
     def emit(self, spec, report) -> str:

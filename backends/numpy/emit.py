@@ -23,7 +23,9 @@ from modelspec import checker, initializers, ir
 from modelspec.checker import Report
 
 from . import kernels as K
-from .lowering import METRICS, MODEL_SEED, OPTIMIZERS, Call, Lowered, Weight, from_logits, loss_function, lower
+from modelspec.model import loss_from_logits
+
+from .lowering import METRICS, MODEL_SEED, OPTIMIZERS, Call, Lowered, Weight, loss_function, lower
 
 # The modules whose definitions may be copied, in the order they are written out.
 SOURCES = (initializers, checker, K)
@@ -175,7 +177,7 @@ def _labels_example(spec: ir.Spec, report: Report) -> str:
 def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, list[Any]]:
     optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")  # Keras compile's default
     loss = spec.loss or ir.Loss(name="mse")
-    logits = from_logits(spec, lowered)
+    logits = spec.loss is not None and loss_from_logits(spec, spec.loss.name)
     fn, options = loss_function(loss.name, logits, loss.delta if loss.delta is not None else 1.0)
     opt_class = OPTIMIZERS[optimizer.name]
     opt_args = ", ".join(f"{k}={v!r}" for k, v in optimizer.config().items())

@@ -99,14 +99,6 @@ def loss_function(name: str, from_logits: bool = False, delta: float = 1.0) -> t
     return getattr(K, name), {}
 
 
-def from_logits(spec: ir.Spec, lowered: Lowered) -> bool:
-    """Keras's TensorFlow rule: a cross-entropy on an output that a softmax or a sigmoid made
-    is computed from the values before it (`_keras_logits`, whichever of the two it is)."""
-    calls = lowered.calls
-    return (spec.loss is not None and spec.loss.name in CROSSENTROPIES and bool(calls)
-            and calls[-1].fn is K.Activation and calls[-1].args[0] in (K.softmax, K.sigmoid))
-
-
 def lower(report: Report) -> Lowered:
     lowering, groups, penalties = Lowering(), [], []
     position = count = 0
