@@ -142,6 +142,19 @@ def test_a_non_finite_gradient_stops_too(sync_free):
     np.testing.assert_array_equal(model.get_weights()[1], [1.0])
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_huge_but_finite_gradients_do_not_stop(sync_free):
+    """Gradients of 1e20 overflow a squared norm, not float32: training goes on."""
+    model = engine_model("input 2\ndense 1\noptimizer sgd learning_rate=1e-30\nloss mse", sync_free=sync_free,
+                         cuda_graphs=False)
+    model.set_weights([np.zeros((2, 1), np.float32), np.full(1, 5.0, np.float32)])
+    x, y = np.full((2, 2), 1e19, np.float32), np.zeros((2, 1), np.float32)
+    model._training_config(y.shape)
+    totals = model.engine.train_epoch(model.engine.prepare(x, y), np.arange(2), 2)
+    assert totals.stopped_at is None and totals.loss_sum == pytest.approx(2 * 25.0)
+    assert model.get_weights()[0][0, 0] == pytest.approx(-1e-30 * 2 * 5 * 1e19, rel=1e-5)
+
+
 def test_fit_reports_the_stop(capsys):
     model = ms.build("input 2\ndense 1\noptimizer sgd learning_rate=1e30\nloss mse", backend="torch", device="cpu")
     x = np.ones((8, 2), np.float32)

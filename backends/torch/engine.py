@@ -12,6 +12,7 @@ possible the same step runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -102,6 +103,24 @@ def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return flat
 
 
+@contextlib.contextmanager
+def on_device(device: torch.device):
+    """Work on `device` in float32 as Keras computes it on a CPU: on CUDA, that device is the
+    current one, and no TF32 is used in matrix products or convolutions (cuDNN allows it by
+    default), so that a GPU gives the CPU's numbers."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.cuda.device(device), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                                                    allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 @dataclass
 class Data:
     """A dataset on the engine's device."""
@@ -144,7 +163,6 @@ class TorchEngine(Engine):
             self.stopped = torch.zeros((), dtype=torch.bool, device=self.device)
             self.stopped_at = torch.full((), -1, dtype=torch.int64, device=self.device)
             self.skip = torch.zeros((), dtype=torch.bool, device=self.device)  # masks warm-up steps
-            self.pool = None
 
     # -- training settings ---------------------------------------------------------------
 
@@ -221,10 +239,15 @@ class TorchEngine(Engine):
         self._require_training()
         self.native.train()
         self.optimizer_built = self.optimizer_built or len(order) > 0
-        if self.sync_free:
-            return self._train_epoch_sync_free(data, order, batch_size, on_batch)
+        with on_device(self.device):
+            if self.sync_free:
+                return self._train_epoch_sync_free(data, order, batch_size, on_batch)
+            return self._train_epoch(data, order, batch_size, on_batch)
+
+    def _train_epoch(self, data: Data, order: np.ndarray, batch_size: int,
+                     on_batch: BatchCallback | None) -> EpochTotals:
         totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
-        index = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+        index = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)).to(data.x.device)
         for step, start in enumerate(range(0, len(index), batch_size)):
             idx = index[start:start + batch_size]
             xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
@@ -255,8 +278,11 @@ class TorchEngine(Engine):
         return totals
 
     def _grads_finite(self) -> bool:
-        largest = torch._foreach_norm([p.grad for p in self.params], ord=math.inf)  # max |g|: cannot overflow
-        return bool(torch.isfinite(torch.stack(largest)).all())
+        grads = [p.grad for p in self.params]
+        if bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):  # one fast pass
+            return True
+        # an infinite norm may be the overflow of finite gradients: look at each value
+        return all(bool(torch.isfinite(g).all()) for g in grads)
 
     # -- training: CUDA (sync-free) ------------------------------------------------------
 
@@ -294,7 +320,7 @@ class TorchEngine(Engine):
                           on_batch: BatchCallback | None) -> EpochTotals:
         data.order.copy_(torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
         full, rest = divmod(len(order), batch_size)
-        runs = [(None, full)] + ([(full * batch_size, 1)] if rest else [])
+        runs = ([(None, full)] if full else []) + ([(full * batch_size, 1)] if rest else [])
         steps = [self._runner(data, batch_size, start) for start, _ in runs]
         data.step.zero_()
         self.sums.zero_()
@@ -339,9 +365,8 @@ class TorchEngine(Engine):
             graph = torch.cuda.CUDAGraph()
             for g in generators:
                 graph.register_generator_state(g)
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph):
                 step()
-            self.pool = graph.pool()
             return graph
         except Exception as e:  # capture is an optimisation: fall back to running the step eagerly
             if self.device.type == "cuda":
@@ -361,17 +386,19 @@ class TorchEngine(Engine):
         self._require_training()
         self.native.eval()
         sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
-        for start in range(0, len(data), batch_size):
-            xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
-            loss, out = self._loss(xb, yb)
-            sums += torch.cat([(loss * len(xb)).reshape(1).double(), self._metric_sums(out, yb).double()])
+        with on_device(self.device):
+            for start in range(0, len(data), batch_size):
+                xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
+                loss, out = self._loss(xb, yb)
+                sums += torch.cat([loss.double().reshape(1) * len(xb), self._metric_sums(out, yb).double()])
         loss_sum, *metrics = sums.tolist()
         return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=len(data))
 
     @torch.inference_mode()
     def predict(self, data: Data, batch_size: int) -> np.ndarray:
         self.native.eval()
-        outs = [self.native(data.x[start:start + batch_size]) for start in range(0, len(data), batch_size)]
+        with on_device(self.device):
+            outs = [self.native(data.x[start:start + batch_size]) for start in range(0, len(data), batch_size)]
         return torch.cat(outs).cpu().numpy()
 
     # -- weights -------------------------------------------------------------------------
