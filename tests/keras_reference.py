@@ -58,6 +58,16 @@ def model(spec: ir.Spec) -> keras.Sequential:
 
 
 def summary(m: keras.Model, line_length: int) -> str:
+    """Keras's summary text. rich crops its capture at the terminal's width, so the terminal
+    is made wide enough for any table while it prints."""
     captured: list[str] = []
-    m.summary(print_fn=lambda text, line_break=True: captured.append(text), line_length=line_length)
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "300"
+    try:
+        m.summary(print_fn=lambda text, line_break=True: captured.append(text), line_length=line_length)
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
     return "".join(captured)
