@@ -192,6 +192,18 @@ class NumpyEngine(Engine):
         return totals
 
     @_quiet
+    def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each spec layer's output in inference mode (a layer may be several kernel layers)."""
+        self._ensure_weights()
+        z, outputs, position = np.asarray(x, dtype=self.dtype), [], 0
+        for _, calls in self.lowered.groups:
+            for layer in self.layers[position:position + len(calls)]:
+                z = layer.forward(z, False)
+            position += len(calls)
+            outputs.append(np.array(z, dtype=self.dtype))
+        return outputs
+
+    @_quiet
     def predict(self, data: Dataset, batch_size: int) -> np.ndarray:
         self._ensure_weights()
         out = np.empty((len(data), *self.report.output_shape[1:]), self.dtype)
