@@ -8,7 +8,7 @@ frameworks that `modelspec train` needs.
 from __future__ import annotations
 
 # Order here is the order of `modelspec --help`.
-COMMANDS = ("check", "fmt", "schema", "compile", "import", "train", "evaluate", "predict", "compare")
+COMMANDS = ("check", "fmt", "schema", "compile", "import", "train", "evaluate", "predict", "compare", "crosscheck")
 
 
 class CommandError(Exception):
