@@ -73,10 +73,11 @@ def test_random_spec_checks_as_keras_builds_it(index, monkeypatch):
                                           [(w.path, w.shape, w.trainable) for w in report.weights])
     width = random.Random(index).choice((76, 88, 100, 120))
     assert report.summary(line_length=width) == kr.summary(model, width), RANDOM[index]
-    from modelspec.backends.keras.engine import build_model
+    if index % 4 == 0:  # the backend's own model, named by the checker (building all 200 doubles the time)
+        from modelspec.backends.keras.engine import build_model
 
-    native = build_model(spec, report, seed=0)
-    assert [(w.path, tuple(w.shape)) for w in native.weights] == [(w.path, w.shape) for w in report.weights]
+        native = build_model(spec, report, seed=0)
+        assert [(w.path, tuple(w.shape)) for w in native.weights] == [(w.path, w.shape) for w in report.weights]
 
 
 def test_check_json_command_on_the_spec_files(capsys):

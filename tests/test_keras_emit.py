@@ -104,7 +104,7 @@ def trainable_in_keras(spec: ms.ir.Spec) -> bool:
 
 
 CASES = ({p.stem: ms.parse(p) for p in SPEC_FILES} | {name: ms.parse(text) for name, text in VARIED.items()}
-         | {f"random_{i}": ms.parse(t) for i, t in enumerate(specgen.spec_texts(8, seed=11))}
+         | {f"random_{i}": ms.parse(t) for i, t in enumerate(specgen.spec_texts(5, seed=11))}
          | {"hostile": hostile_spec()})
 FIT_SETTINGS = "every_layer"  # small, with every fit option: its train() runs too
 

@@ -94,10 +94,9 @@ METRICS = {"categorical_crossentropy": "accuracy", "sparse_categorical_crossentr
            "binary_crossentropy": "binary_accuracy", "mse": "mae", "mae": "mse", "huber": "mse"}
 
 
-# Every optimizer with two losses, every loss with two or three optimizers (the full
-# product would triple the time for little more: the loss and the update rule are separate code).
-PAIRS = [(opt, loss) for i, opt in enumerate(OPTIMIZERS)
-         for loss in (list(HEADS)[i % 6], list(HEADS)[(i + 3) % 6])]
+# Every optimizer once and every loss at least once: the loss and the update rule are separate
+# code in every backend, so the full product would cost six times the time for little more.
+PAIRS = [(opt, list(HEADS)[i % len(HEADS)]) for i, opt in enumerate(OPTIMIZERS)]
 
 
 @pytest.mark.parametrize("optimizer, loss", PAIRS, ids=[f"{o}-{l}" for o, l in PAIRS])
