@@ -23,8 +23,9 @@ SPECS = ["mnist", "digits_b", "digits_cnn"]
 def dataset(spec, n=200, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.random((n, *spec.input_shape), dtype=np.float32)
-    ids = rng.integers(0, 10, n)
-    y = ids if spec.loss.name == "sparse_categorical_crossentropy" else np.eye(10, dtype=np.float32)[ids]
+    classes = ms.check(spec).output_shape[-1]
+    ids = rng.integers(0, classes, n)
+    y = ids if spec.loss.name == "sparse_categorical_crossentropy" else np.eye(classes, dtype=np.float32)[ids]
     return x, y
 
 
@@ -91,4 +92,6 @@ def test_dropout_models_train_on_cuda():
     a, b = (ms.build(spec, backend="torch", device="cuda", seed=3) for _ in range(2))
     ha = a.fit(x, y, epochs=2, batch_size=16, verbose=0).history
     hb = b.fit(x, y, epochs=2, batch_size=16, verbose=0).history
-    assert ha == hb and np.isfinite(ha["loss"]).all()  # masks drawn from the engine's seeded generator
+    assert np.isfinite(ha["loss"]).all()
+    for key in ha:  # the same masks, from the engine's seeded generator (cuDNN may reorder sums)
+        np.testing.assert_allclose(ha[key], hb[key], rtol=1e-5, err_msg=key)

@@ -160,9 +160,9 @@ class TorchEngine(Engine):
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
         if self.sync_free:
-            self.stopped = torch.zeros((), dtype=torch.bool, device=self.device)
+            # `live` is cleared by a non-finite step (and during warm-up): it masks every later update
+            self.live = torch.ones((), dtype=torch.bool, device=self.device)
             self.stopped_at = torch.full((), -1, dtype=torch.int64, device=self.device)
-            self.skip = torch.zeros((), dtype=torch.bool, device=self.device)  # masks warm-up steps
 
     # -- training settings ---------------------------------------------------------------
 
@@ -187,7 +187,7 @@ class TorchEngine(Engine):
             if self.flat_moving is not None:
                 self.masked.append(self.flat_moving)
             self.backup = [torch.empty_like(t) for t in self.masked]
-            self.sums = torch.zeros(2 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+            self.sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
 
     def _require_training(self) -> TrainConfig:
         if self.config is None:
@@ -299,44 +299,43 @@ class TorchEngine(Engine):
         loss, out = self._loss(xb, yb)
         grads = torch.autograd.grad(loss, self.params)
         flat_grad = torch.cat([g.reshape(-1) for g in grads])
-        finite = torch.isfinite(loss) & torch.isfinite(flat_grad).all()
-        live = ~self.stopped & ~self.skip
-        ok = finite & live
-        failed = ~finite & live
-        self.stopped_at.copy_(torch.where(failed, data.step[0], self.stopped_at))
-        self.stopped.logical_or_(failed)
+        finite = torch.isfinite(flat_grad).all() & torch.isfinite(loss)
+        ok = finite & self.live
         self.flat.grad = flat_grad
         self.optimizer.apply_gradients()
         with torch.no_grad():
-            for t, b in zip(self.masked, self.backup):
-                t.copy_(torch.where(ok, t, b))
-            n = idx.numel()
-            sums = torch.cat([loss.detach().double().reshape(1) * n, loss.new_full((1,), n).double(),
-                              self._metric_sums(out, yb).double()])
-            self.sums.add_(torch.where(ok | failed, sums, 0.0))  # the failed step's batch counts, as on the CPU
+            for t, b in zip(self.masked, self.backup):  # a failed or masked step changes nothing
+                torch.where(ok, t, b, out=t)
+            # the batch counts while training is live, the failed step's included (as on the CPU)
+            values = torch.cat([loss.detach().reshape(1), self._metric_sums(out, yb)]).double()
+            values[:1].mul_(idx.numel())
+            self.sums.add_(torch.where(self.live, values, 0.0))
+            torch.where(self.live & ~finite, data.step[0], self.stopped_at, out=self.stopped_at)
+            self.live.logical_and_(finite)
         data.step.add_(1)
 
     def _train_epoch_sync_free(self, data: Data, order: np.ndarray, batch_size: int,
-                          on_batch: BatchCallback | None) -> EpochTotals:
+                               on_batch: BatchCallback | None) -> EpochTotals:
         data.order.copy_(torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
         full, rest = divmod(len(order), batch_size)
         runs = ([(None, full)] if full else []) + ([(full * batch_size, 1)] if rest else [])
         steps = [self._runner(data, batch_size, start) for start, _ in runs]
         data.step.zero_()
         self.sums.zero_()
-        self.stopped.fill_(False)
+        self.live.fill_(True)
         self.stopped_at.fill_(-1)
         step = 0
         for run, (_, count) in zip(steps, runs):
             for _ in range(count):
                 run()
                 if on_batch is not None:
-                    loss_sum, seen, *metrics = self.sums.tolist()
-                    on_batch(step, int(seen), loss_sum, metrics)
+                    loss_sum, *metrics = self.sums.tolist()
+                    on_batch(step, min((step + 1) * batch_size, len(order)), loss_sum, metrics)
                 step += 1
-        loss_sum, count, *metrics = self.sums.tolist()  # the epoch's one read-back
+        loss_sum, *metrics = self.sums.tolist()  # the epoch's one read-back
         stopped_at = int(self.stopped_at.item())
-        return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=int(count),
+        count = len(order) if stopped_at < 0 else min((stopped_at + 1) * batch_size, len(order))
+        return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=count,
                            stopped_at=None if stopped_at < 0 else stopped_at)
 
     def _runner(self, data: Data, batch_size: int, start: int | None) -> Callable[[], None]:
@@ -354,7 +353,7 @@ class TorchEngine(Engine):
         generators = [m.generator for m in self.native.modules() if hasattr(m, "generator") and m.rate > 0]
         if generators and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             return None
-        self.skip.fill_(True)  # warm-up and capture must leave every weight as it was
+        self.live.fill_(False)  # warm-up and capture must leave every weight as it was
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -376,7 +375,7 @@ class TorchEngine(Engine):
             self.cuda_graphs = False
             return None
         finally:
-            self.skip.fill_(False)
+            self.live.fill_(True)
             data.step.zero_()
 
     # -- evaluation and prediction ---------------------------------------------------------

@@ -87,7 +87,9 @@ EPSILON = 1e-7  # keras.backend.epsilon(): where probabilities are clipped
 def softmax_cross_entropy(logits, y):
     """Categorical cross-entropy of a softmax output, computed from its logits, unclipped:
     what Keras's TensorFlow backend does for `softmax` + categorical_crossentropy."""
-    return F.cross_entropy(logits.movedim(-1, 1), y.movedim(-1, 1))  # torch: classes on axis 1
+    if logits.dim() > 2:  # torch wants the classes on axis 1
+        logits, y = logits.movedim(-1, 1), y.movedim(-1, 1)
+    return F.cross_entropy(logits, y)
 
 
 def sparse_softmax_cross_entropy(logits, labels):
@@ -206,12 +208,12 @@ class RMSprop(KerasOptimizer):
             denominator = velocity - average.square() + group["epsilon"]
         else:
             denominator = velocity + group["epsilon"]
-        increment = (grad * group["learning_rate"]).div_(denominator.sqrt_())
+        denominator.sqrt_()  # the increment is lr * grad / denominator
         if momentum > 0:
             m = self.slot(param, "momentum")
-            param.sub_(m.mul_(momentum).add_(increment))
+            param.sub_(m.mul_(momentum).addcdiv_(grad, denominator, value=group["learning_rate"]))
         else:
-            param.sub_(increment)
+            param.addcdiv_(grad, denominator, value=-group["learning_rate"])
 
 
 class Adam(KerasOptimizer):
@@ -240,7 +242,8 @@ class Nadam(KerasOptimizer):
                  weight_decay=None):
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, weight_decay=weight_decay)
-        self.u_product = torch.ones((), dtype=self.dtype, device=self.iterations.device)  # u_1 ... u_t
+        # the product u_1 ... u_t of the momentum schedule
+        self.u_product = torch.ones((), dtype=self.dtype, device=self.iterations.device)
 
     @torch.no_grad()
     def apply_gradients(self):
