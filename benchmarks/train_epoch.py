@@ -10,6 +10,10 @@ Each contender is one function: it sets up (outside the timing) and returns a fu
 that runs one epoch. Rounds interleave the contenders, so a busy machine slows them
 alike; the table shows each one's median epoch time and its ratio to the hand-written
 PyTorch loop. Add a row by writing a function and decorating it with @contender.
+
+The Keras rows: "keras, hand-written model.fit" calls the tutorial's model.fit for one
+epoch per round, so each round also pays fit()'s once-per-call setup; --keras-fit N adds
+whole N-epoch fits on both sides, setup included once, which is what a user waits for.
 """
 
 from __future__ import annotations
@@ -104,12 +108,71 @@ def torch_backend(x: np.ndarray, y: np.ndarray) -> Epoch:
 
 
 # ---------------------------------------------------------------------------------------
+# Keras
+
+KERAS_REFERENCE = "keras, hand-written model.fit"
+# rows also compared with the hand-written code of their own framework
+BASELINES = {"keras, modelspec backend": KERAS_REFERENCE}
+
+
+def keras_hand_written_model():
+    """specs/mnist.ms as the tutorial writes it in Keras."""
+    from modelspec.backends.keras.engine import keras  # keras, without TensorFlow's start-up chatter
+
+    layers = keras.layers
+    model = keras.Sequential([keras.Input(shape=(FEATURES,)), layers.Dense(512), layers.Dense(64, activation="relu"),
+                              layers.Dense(CLASSES, activation="softmax")], name="mnist")
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=0.001, momentum=0.5),
+                  loss="categorical_crossentropy", metrics=["categorical_accuracy"])
+    return model
+
+
+@contender(KERAS_REFERENCE)
+def keras_hand_written(x: np.ndarray, y: np.ndarray) -> Epoch:
+    """The tutorial's training: model.fit, one shuffled epoch per call, batch 512, silent."""
+    model = keras_hand_written_model()
+    return lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+
+
+@contender("keras, modelspec backend")
+def keras_backend(x: np.ndarray, y: np.ndarray) -> Epoch:
+    return modelspec_epoch("keras", x, y)
+
+
+def keras_whole_fits(x: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> None:
+    """ms Model.fit(epochs=N) against Keras's model.fit(epochs=N), end to end: what a user
+    waits for, once-per-fit costs included (modelspec's input checks and data preparation,
+    Keras's data pipeline and callbacks)."""
+    import modelspec as ms
+
+    model = ms.build(SPEC, backend="keras")
+    native = keras_hand_written_model()
+    fits = {"keras, modelspec Model.fit": lambda: model.fit(x, y, epochs=epochs, validation_split=0.0, verbose=0),
+            "keras, hand-written model.fit": lambda: native.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)}
+    times: dict[str, list[float]] = {name: [] for name in fits}
+    model.fit(x[:BATCH], y[:BATCH], epochs=1, verbose=0)  # warm-up: tracing is not training
+    native.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)
+    for _ in range(rounds):
+        for name, fit in fits.items():
+            start = time.perf_counter()
+            fit()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"\nwhole fits of {epochs} epochs, median of {rounds}:")
+    for name, median in medians.items():
+        print(f"  {name:<30}  {median:7.2f}s")
+    print(f"  ratio: {medians['keras, modelspec Model.fit'] / medians['keras, hand-written model.fit']:.3f}")
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="epochs per contender (default 7)")
     parser.add_argument("--only", help="comma-separated words: run the contenders whose names contain one")
+    parser.add_argument("--keras-fit", type=int, default=0, metavar="N",
+                        help="also time whole N-epoch fits: modelspec's Model.fit against Keras's model.fit")
     args = parser.parse_args(argv)
     names = [n for n in CONTENDERS if not args.only or any(w in n for w in args.only.split(","))]
     x, y = data()
@@ -134,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(ts)
         ratio = f"{median / reference:6.3f}" if reference else "     -"
         print(f"{name:<{width}}  {median * 1000:10.1f}ms  {min(ts) * 1000:6.1f}ms  {ratio}")
+    for name, base in BASELINES.items():
+        if name in times and base in times:
+            print(f"{name} / {base}: {statistics.median(times[name]) / statistics.median(times[base]):.3f}")
+    if args.keras_fit:
+        keras_whole_fits(x, y, args.keras_fit, max(1, args.rounds // 2))
     return 0
 
 
