@@ -45,8 +45,9 @@ class KerasBackend(Backend):
     requires = ("keras", "tensorflow")
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
-        """Besides the generic checks: names TensorFlow's name scopes reject. Keras builds such
-        a model, but neither fit() nor predict() can run it."""
+        """Besides the generic checks, what Keras refuses although the checker accepts it:
+        names TensorFlow's name scopes reject (Keras builds such a model, but neither fit()
+        nor predict() can run it), seeds of 2**63 or more, an orthogonal bias."""
         from modelspec.diagnostics import Diagnostic
 
         out = super().unsupported(spec)

@@ -274,7 +274,8 @@ class KerasEngine(Engine):
     def _train_epoch_eager(self, data: _Data, order: np.ndarray, batch_size: int, steps: int,
                            on_batch: BatchCallback | None) -> EpochTotals:
         """Keras's own train_on_batch per step, which reports that batch's loss and metric
-        means. The state before each step is kept, so that a non-finite step can be undone."""
+        means. The state before each step is kept, so that a step whose loss is not finite
+        can be undone (a non-finite gradient under a finite loss goes unnoticed here)."""
         variables = list(self.native.variables) + list(self._optimizer.variables)
         names = [m.name for m in self._metrics]
         totals = EpochTotals(0.0, [0.0] * len(names), 0)
