@@ -121,12 +121,13 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[Any
         layer = _Layer(entry, index, len(layers))
         nodes.append(layer.convert())
     name = str(body.get("name") or "sequential")
-    nodes = _keep_names(name, input_shape, nodes, [_Layer(e, i, 0).name for i, e in enumerate(layers, 1)])
     fields: dict[str, Any] = {}
     compile_config = config.get("compile_config") if training else None
     if compile_config:
         fields = _training(compile_config, notes)
     try:
+        names = [e.get("config", {}).get("name") if isinstance(e.get("config"), dict) else None for e in layers]
+        nodes = _keep_names(name, input_shape, nodes, names)
         spec = ir.Spec(name=name, input_shape=input_shape, layers=tuple(nodes), **fields)
     except ValueError as e:
         raise UnsupportedError(f"the model cannot be a spec: {_reason(e)}") from None
@@ -391,7 +392,7 @@ class _Layer:
         return ir.Activation(activation="elu")
 
 
-def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], names: list[str]) -> list[Any]:
+def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], names: list[str | None]) -> list[Any]:
     """Give a layer its Keras name in the spec wherever modelspec's own naming would differ."""
     from .. import ir
     from ..checker import layer_names
@@ -399,7 +400,7 @@ def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], name
     named = list(nodes)
     for _ in range(len(nodes) + 1):
         probe = ir.Spec(name=model, input_shape=input_shape, layers=tuple(named))
-        differ = [i for i, (got, want) in enumerate(zip(layer_names(probe), names)) if got != want]
+        differ = [i for i, (got, want) in enumerate(zip(layer_names(probe), names)) if want and got != want]
         if not differ:
             return named
         # one at a time: naming a layer can change the auto names after it
