@@ -8,8 +8,10 @@ categorical cross-entropy on the softmax's logits, categorical accuracy, batch 5
 
 Each contender is one function: it sets up (outside the timing) and returns a function
 that runs one epoch. Rounds interleave the contenders, so a busy machine slows them
-alike; the table shows each one's median epoch time and its ratio to the hand-written
-PyTorch loop. Add a row by writing a function and decorating it with @contender.
+alike; the table shows each one's median epoch time, its ratio to the hand-written
+PyTorch loop, and the median of the per-round ratios ("paired": the two epochs of a round
+ran under the same load, which steadies the figure on a shared machine). Add a row by
+writing a function and decorating it with @contender.
 
 The Keras rows: "keras, hand-written model.fit" calls the tutorial's model.fit for one
 epoch per round, so each round also pays fit()'s once-per-call setup; --keras-fit N adds
@@ -174,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keras-fit", type=int, default=0, metavar="N",
                         help="also time whole N-epoch fits: modelspec's Model.fit against Keras's model.fit")
     args = parser.parse_args(argv)
+    from modelspec.backends import BackendError
+
     names = [n for n in CONTENDERS if not args.only or any(w in n for w in args.only.split(","))]
     x, y = data()
     epochs: dict[str, Epoch] = {}
     for name in names:
         try:
             epochs[name] = CONTENDERS[name](x, y)
-        except ImportError as e:
+        except (ImportError, BackendError) as e:  # a framework that is not installed
             print(f"skipped {name}: {e}", file=sys.stderr)
     times: dict[str, list[float]] = {name: [] for name in epochs}
     for name, epoch in epochs.items():  # warm-up: first-call costs are not an epoch's
@@ -192,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - start)
     reference = statistics.median(times[REFERENCE]) if REFERENCE in times else None
     width = max(map(len, times), default=10)
-    print(f"{'contender':<{width}}  {'median epoch':>12}  {'min':>8}  {'ratio':>6}")
+    print(f"{'contender':<{width}}  {'median epoch':>12}  {'min':>8}  {'ratio':>6}  {'paired':>6}")
     for name, ts in times.items():
         median = statistics.median(ts)
         ratio = f"{median / reference:6.3f}" if reference else "     -"
-        print(f"{name:<{width}}  {median * 1000:10.1f}ms  {min(ts) * 1000:6.1f}ms  {ratio}")
+        paired = (f"{statistics.median(t / r for t, r in zip(ts, times[REFERENCE])):6.3f}" if reference
+                  else "     -")
+        print(f"{name:<{width}}  {median * 1000:10.1f}ms  {min(ts) * 1000:6.1f}ms  {ratio}  {paired}")
     for name, base in BASELINES.items():
         if name in times and base in times:
             print(f"{name} / {base}: {statistics.median(times[name]) / statistics.median(times[base]):.3f}")

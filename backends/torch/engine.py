@@ -268,8 +268,9 @@ class TorchEngine(Engine):
             n = len(idx)
             totals.loss_sum += value * n
             totals.count += n
-            for i, v in enumerate(self._metric_sums(out, yb).tolist()):
-                totals.metric_sums[i] += v
+            if self.metric_fns:
+                for i, v in enumerate(self._metric_sums(out, yb).tolist()):
+                    totals.metric_sums[i] += v
             if on_batch is not None:
                 on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
             if not good:

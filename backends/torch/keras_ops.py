@@ -131,6 +131,8 @@ class KerasOptimizer(torch.optim.Optimizer):
     """What every Keras optimizer shares: one step counter, the decoupled weight decay
     w -= lr * weight_decay * w, then the optimizer's own `update` of each parameter."""
 
+    uses_step = False  # whether `update` reads t, the 1-based step number
+
     def __init__(self, params, **hyperparameters):
         super().__init__(params, hyperparameters)
         first = self.param_groups[0]["params"][0]
@@ -156,7 +158,7 @@ class KerasOptimizer(torch.optim.Optimizer):
     def apply_gradients(self):
         """The update of every parameter from its .grad (`step` without torch's hooks)."""
         self.iterations += 1
-        t = self.iterations.to(self.dtype)  # Keras's `iterations + 1` before the increment
+        t = self.iterations.to(self.dtype) if self.uses_step else None  # Keras's `iterations + 1`
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
@@ -220,6 +222,8 @@ class Adam(KerasOptimizer):
     """Keras's Adam: epsilon is added to the uncorrected sqrt(v) ("epsilon hat"); torch adds
     it to the bias-corrected one. Keras's AdamW is this with weight_decay=0.004."""
 
+    uses_step = True
+
     def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  weight_decay=None):
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
@@ -237,6 +241,8 @@ class Adam(KerasOptimizer):
 class Nadam(KerasOptimizer):
     """Keras's Nadam: the momentum schedule u_t = beta_1 * (1 - 0.5 * 0.96^t) (torch's NAdam
     uses 0.96^(0.004 t) by default), epsilon outside the square root."""
+
+    uses_step = True
 
     def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  weight_decay=None):
