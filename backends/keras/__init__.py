@@ -46,30 +46,27 @@ class KerasBackend(Backend):
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
         """Besides the generic checks, what Keras refuses although the checker accepts it:
-        names TensorFlow's name scopes reject (Keras builds such a model, but neither fit()
-        nor predict() can run it), seeds of 2**63 or more, an orthogonal bias."""
+        seeds of 2**63 or more, an orthogonal bias."""
         from modelspec.diagnostics import Diagnostic
 
         out = super().unsupported(spec)
-        allowed = "TensorFlow's name scopes take letters, digits and . _ - > only"
-        if not ROOT_SCOPE.match(spec.name):
-            span = spec.statement_spans.get("model")
-            out.append(Diagnostic(
-                "error", f"the keras backend cannot run a model named {spec.name!r}: {allowed}, starting "
-                "with a letter, a digit or '.'", span, code="backend",
-                hint=None if span else "the name comes from the file's name; give one with `model NAME`"))
         for layer in spec.layers:
-            if layer.name is not None and not SCOPE.match(layer.name):
-                out.append(Diagnostic("error", f"the keras backend cannot run a layer named {layer.name!r}: "
-                                      f"{allowed}", layer.span, code="backend"))
             out += [Diagnostic("error", problem, layer.span, code="backend") for problem in _inexpressible(layer)]
         return out
 
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
+        """Options: seed (dropout masks without a seed of their own), device ('auto', 'cpu',
+        'cuda'). A name TensorFlow's name scopes reject is a SpecError: Keras builds such a
+        model, but cannot run it (the emitted program, which can, says so in a comment)."""
         unknown = sorted(set(options) - set(ENGINE_OPTIONS))
         if unknown:
             raise TypeError(f"the keras backend has no option {', '.join(repr(u) for u in unknown)}; "
                             f"expected {' or '.join(ENGINE_OPTIONS)}")
+        problems = unscoped_names(spec)
+        if problems:
+            from modelspec.diagnostics import SpecError
+
+            raise SpecError([d.with_file(spec.path) for d in problems], spec.source)
         from .engine import KerasEngine
 
         return KerasEngine(spec, report, seed=options.get("seed", 0), device=options.get("device", "auto"))
@@ -91,3 +88,29 @@ def _inexpressible(layer: Any) -> list[str]:
     if getattr(layer, "use_bias", False) and bias is not None and bias.name == "orthogonal":
         problems.append("Keras's Orthogonal initializer needs a weight of rank 2 or more; a bias has rank 1")
     return problems
+
+
+def rejected_names(spec: "ir.Spec") -> list[tuple[str, Any]]:
+    """(name, the layer or None for the model) for each name TensorFlow's name scopes reject."""
+    out: list[tuple[str, Any]] = [(spec.name, None)] if not ROOT_SCOPE.match(spec.name) else []
+    return out + [(layer.name, layer) for layer in spec.layers if layer.name is not None and not SCOPE.match(layer.name)]
+
+
+def unscoped_names(spec: "ir.Spec") -> list["Diagnostic"]:
+    """Diagnostics for the names Keras on TensorFlow builds but cannot run (fit, evaluate,
+    predict, and this engine all trace the model in name scopes)."""
+    from modelspec.diagnostics import Diagnostic
+
+    allowed = "TensorFlow's name scopes take letters, digits and . _ - > only"
+    out = []
+    for name, layer in rejected_names(spec):
+        if layer is None:
+            span = spec.statement_spans.get("model")
+            out.append(Diagnostic(
+                "error", f"Keras on TensorFlow cannot run a model named {name!r}: {allowed}, starting with a "
+                "letter, a digit or '.'", span, code="backend",
+                hint=None if span else "the name comes from the file's name; give one with `model NAME`"))
+        else:
+            out.append(Diagnostic("error", f"Keras on TensorFlow cannot run a layer named {name!r}: {allowed}",
+                                  layer.span, code="backend"))
+    return out
