@@ -20,7 +20,7 @@ from modelspec import ir
 from modelspec.checker import Report
 
 from . import keras_ops
-from .plan import Plan, Step, plan, symmetric
+from .plan import Step, plan, symmetric
 
 # ---------------------------------------------------------------------------------------
 # Activations, by Keras name. Softmax takes the channel axis (1 on NCHW tensors).
@@ -166,7 +166,6 @@ class Built:
     module: SpecModule
     weights: WeightMap
     penalties: list[tuple[torch.Tensor, float, float]]  # (kernel, l1, l2)
-    plan: Plan
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,7 +192,7 @@ class Builder:
         if p.final_permute:
             layers[_free("to_nhwc", taken)] = self.permute("nhwc")
         module = SpecModule(layers, activation(p.output_activation), self.spec.name, tuple(self.spec.input_shape))
-        return Built(module, self.weights, self.penalties, p)
+        return Built(module, self.weights, self.penalties)
 
     @staticmethod
     def permute(to: str) -> nn.Module:

@@ -3,10 +3,10 @@
 The dataset is moved to the device once (`prepare`) and batches are gathered there by
 index. On the CPU a step is the plain loop a careful engineer writes: forward, loss with
 penalties, backward, check, update. On CUDA nothing in a step waits for the host: the
-loss and metric sums accumulate on the device, a non-finite loss or gradient sets a
-sticky flag and the step's update is masked off (the weights, optimizer variables and
-moving statistics of the last good step are kept), and the sums are read back once per
-epoch. There the whole step is captured in a CUDA graph and replayed; if capture is not
+loss and metric sums accumulate on the device, a non-finite loss or gradient clears a
+sticky `live` flag that masks off its update and every later one (the weights, optimizer
+variables and moving statistics of the last good step are kept), and the sums are read
+back once per epoch. There the whole step is captured in a CUDA graph and replayed; if capture is not
 possible the same step runs eagerly.
 """
 
@@ -140,12 +140,10 @@ class TorchEngine(Engine):
                  cuda_graphs: bool = True, sync_free: bool | None = None) -> None:
         """sync_free: run the CUDA training loop (no host synchronisation per step, masked
         updates); the default is on CUDA only. Tests turn it on to run that loop on a CPU."""
-        self.spec = spec
         self.device = resolve_device(device)
         with torch.device(self.device):
             built = build(spec, report, seed, self.device)
         self.native = built.module
-        self.plan = built.plan
         self.weights = built.weights
         self.penalties = built.penalties
         self.sync_free = self.device.type == "cuda" if sync_free is None else bool(sync_free)
@@ -172,8 +170,8 @@ class TorchEngine(Engine):
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
         targets = [self.flat] if self.flat is not None else self.params
         self.optimizer = OPTIMIZERS[config.optimizer](targets, **config.hyper)
-        self.slots = [slot for group in optimizer_slots(config.optimizer, config.hyper) for slot in group]
         self.slot_groups = optimizer_slots(config.optimizer, config.hyper)
+        self.slots = [slot for group in self.slot_groups for slot in group]
         for name, initial in self.slots:  # created now, so a captured step finds them in place
             for t in targets:
                 self.optimizer.slot(t, name, initial)
