@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ def build_model(spec: Any, report: Any, seed: int) -> Any:
     for index, (node, row) in enumerate(zip(spec.layers, report.layers)):
         call = lowering.layer(node, row.name)
         if node.kind == "dropout" and node.seed is None:
-            call.kwargs["seed"] = (seed * 1_000_003 + index) % 2**31
+            call = replace(call, kwargs={**call.kwargs, "seed": (seed * 1_000_003 + index) % 2**31})
         built.append(lowering.make(call, keras))
     return keras.Sequential([keras.Input(shape=tuple(spec.input_shape)), *built], name=spec.name)
 
