@@ -147,8 +147,11 @@ class KerasEngine(Engine):
             started = time.perf_counter()
             # tensors, not Python ints, so that no value of them retraces the function
             done = int(run(data.x, data.y, order_t, size, tf.constant(step, tf.int32), tf.constant(stop, tf.int32)))
-            if done < stop:  # a non-finite loss or gradient: that step was not applied
-                return self._totals(min(done * batch_size, data.n), stopped_at=done)
+            if done < stop:  # a non-finite loss or gradient: that step was not applied, but counts
+                totals = self._totals(min((done + 1) * batch_size, data.n), stopped_at=done)
+                if on_batch is not None:
+                    on_batch(done, totals.count, totals.loss_sum, totals.metric_sums)
+                return totals
             if on_batch is not None:
                 seen = min(stop * batch_size, data.n)
                 totals = self._totals(seen)
@@ -210,7 +213,9 @@ class KerasEngine(Engine):
             m.update_state(y, y_pred)
 
     def _train_step(self, x: Any, y: Any) -> Any:
-        """One step; returns False, having changed nothing, if the loss or a gradient is not finite."""
+        """One step; returns False, having changed no weight, if the loss or a gradient is not
+        finite. Its batch still counts in the epoch's sums, so that the epoch's mean shows the
+        failure, as Keras's history does (and the other backends)."""
         model = self.native
         trainable = model.trainable_variables
         frozen = model.non_trainable_variables  # BN moving statistics, updated by the forward pass
@@ -225,7 +230,6 @@ class KerasEngine(Engine):
 
         def apply() -> Any:
             self._optimizer.apply(grads, trainable)
-            self._update_trackers(x, y, y_pred, loss)
             return tf.constant(True)
 
         def undo() -> Any:
@@ -233,7 +237,9 @@ class KerasEngine(Engine):
                 v.assign(value)
             return tf.constant(False)
 
-        return tf.cond(finite, apply, undo)
+        applied = tf.cond(finite, apply, undo)
+        self._update_trackers(x, y, y_pred, loss)
+        return applied
 
     def _train_steps(self, x: Any, y: Any, order: Any, batch_size: Any, start: Any, stop: Any) -> Any:
         """Steps start..stop-1 of an epoch; returns the first step not applied (stop if all were)."""
@@ -283,16 +289,18 @@ class KerasEngine(Engine):
             idx = order[step * batch_size:(step + 1) * batch_size]
             before = [_numpy(v.value) for v in variables]
             logs = self.native.train_on_batch(data.x[idx], data.y[idx], return_dict=True)
-            if not math.isfinite(logs["loss"]):
+            good = math.isfinite(logs["loss"])
+            if not good:
                 for v, value in zip(variables, before):
                     v.assign(value)
-                totals.stopped_at = step
-                return totals
-            totals.loss_sum += len(idx) * logs["loss"]
+            totals.loss_sum += len(idx) * logs["loss"]  # a failed step's batch counts too
             totals.metric_sums = [s + len(idx) * logs[k] for s, k in zip(totals.metric_sums, names)]
             totals.count += len(idx)
             if on_batch is not None:
                 on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
+            if not good:
+                totals.stopped_at = step
+                break
         return totals
 
 
