@@ -151,7 +151,7 @@ TRAINED = {
                   "weight_decay=0.01\nloss sparse_categorical_crossentropy\nmetrics accuracy",
     "adagrad_huber": "input 4\ndense 5 elu\ndense 2\noptimizer adagrad learning_rate=0.1\nloss huber delta=0.3\n"
                      "metrics mae mse",
-    "adamw_probabilities": "input 4\ndense 3 sigmoid\noptimizer adamw learning_rate=0.01\n"
+    "adamw_probabilities": "input 4\ndense 3 softplus\noptimizer adamw learning_rate=0.01\n"
                            "loss categorical_crossentropy\nmetrics categorical_accuracy",
 }
 

@@ -158,14 +158,19 @@ def test_every_optimizer_trains_as_in_numpy(optimizer):
 
 
 @pytest.mark.parametrize("output, loss, metrics", [
-    ("dense 4 softmax", "categorical_crossentropy", "accuracy"),  # from the logits
-    ("dense 4 sigmoid", "categorical_crossentropy", "categorical_accuracy"),  # probabilities, renormalised
-    ("dense 4\nsoftmax", "categorical_crossentropy", "acc"),  # a softmax layer: from the logits too
+    # after a softmax or a sigmoid, every cross-entropy reads the values before it (Keras TF)
+    ("dense 4 softmax", "categorical_crossentropy", "accuracy"),
+    ("dense 4\nsoftmax", "categorical_crossentropy", "acc"),
+    ("dense 4 sigmoid", "categorical_crossentropy", "categorical_accuracy"),
     ("dense 4 softmax", "sparse_categorical_crossentropy", "accuracy"),
     ("dense 4 sigmoid", "sparse_categorical_crossentropy", "sparse_categorical_accuracy"),
-    ("dense 4 sigmoid", "binary_crossentropy", "accuracy"),  # from the logits
-    ("dense 4 softmax", "binary_crossentropy", "binary_accuracy"),  # probabilities, clipped
+    ("dense 4 sigmoid", "binary_crossentropy", "accuracy"),
+    ("dense 4 softmax", "binary_crossentropy", "binary_accuracy"),
     ("dense 1 sigmoid", "binary_crossentropy", "accuracy"),
+    # otherwise they read probabilities: renormalised (categorical) and clipped to [1e-7, 1 - 1e-7]
+    ("dense 4 softplus", "categorical_crossentropy", "accuracy"),
+    ("dense 4 softplus", "sparse_categorical_crossentropy", "accuracy"),
+    ("dense 4 sigmoid\nleaky_relu 0.0", "binary_crossentropy", "binary_accuracy"),
     ("dense 4", "mse", "mae mse"),
     ("dense 4 tanh", "mae", "mse"),
     ("dense 4", "huber delta=0.5", "mae"),
