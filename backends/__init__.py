@@ -21,7 +21,7 @@ BUILTIN = {
     "keras": "modelspec.backends.keras:KerasBackend",
 }
 # name -> (the framework's top-level modules, the pip extra that installs them)
-FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow"), "keras")}
+FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow", "jax"), "keras")}
 
 
 class BackendError(Exception):

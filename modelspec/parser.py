@@ -249,7 +249,11 @@ class _Reader:
         return None
 
     def seed(self, v: Value, what: str = "seed") -> int | None:
-        return self.int_(v, what, minimum=0)
+        seed = self.int_(v, what, minimum=0)
+        if seed is not None and seed >= 2**63:  # Keras keeps seeds in an int64
+            self.error(f"{what} must be below 2**63; received {seed}", v.span)
+            return None
+        return seed
 
     def shape(self, v: Value) -> tuple[int, ...] | None:
         if v.type == "int":
@@ -593,7 +597,10 @@ class _Builder:
         opt = r.take("bias_initializer", "bias_init")
         if opt is not None:
             init = r.initializer(opt.value, "bias_initializer")
-            if init is not None:
+            if init is not None and init.name == "orthogonal":
+                r.error("orthogonal needs a weight of rank 2 or more; a bias is a vector", opt.value.span,
+                        hint="use zeros (the default), ones or a random initializer for biases")
+            elif init is not None:
                 fields["bias_initializer"] = init
         opt = r.take("use_bias")
         if opt is not None:

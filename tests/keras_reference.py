@@ -53,7 +53,7 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
 
 def model(spec: ir.Spec) -> keras.Sequential:
     """The spec as a Keras Sequential model, built, in a fresh naming session."""
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # names restart; skipping gc saves ~0.5 s
     return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
 
 
