@@ -128,18 +128,18 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _step_losses(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> list[float]:
-    """Per-step training losses (before each step's update), on batches taken in order."""
+    """The training loss of each step (computed before its update), on batches taken in order.
+    Each step is its own one-batch epoch, so no engine needs to report single steps."""
     xs, ys, raw_shape = model._dataset(x, y)
     model._training_config(raw_shape)
     data = model.engine.prepare(xs, ys)
-    losses: list[float] = []
-    seen = [0, 0.0]
-
-    def on_batch(step: int, count: int, loss_sum: float, sums: list[float]) -> None:
-        losses.append((loss_sum - seen[1]) / (count - seen[0]))
-        seen[0], seen[1] = count, loss_sum
-
-    model.engine.train_epoch(data, np.arange(len(xs)), batch_size, on_batch)
+    losses = []
+    for start in range(0, len(xs), batch_size):
+        order = np.arange(start, min(start + batch_size, len(xs)))
+        totals = model.engine.train_epoch(data, order, batch_size)
+        losses.append(totals.loss_sum / totals.count)
+        if totals.stopped_at is not None:
+            break
     return losses
 
 
@@ -246,9 +246,9 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
 
 
 def explain(spec: ir.Spec, backends: list[str]) -> list[tuple[str, dict[str, str]]]:
-    """(topic, backend -> how that backend realises Keras's meaning) for the spec's features."""
+    """(topic, {"keras": the meaning, backend: how it realises it}) for the spec's features."""
     rows = []
     for topic, applies, text in _TOPICS:
         if applies(spec):
-            rows.append((topic, {b: text.get(b, "-") for b in backends}))
+            rows.append((topic, {b: text.get(b, "-") for b in ["keras", *backends]}))
     return rows

@@ -134,7 +134,8 @@ class KerasEngine(Engine):
             with self._device:
                 self._optimizer.build(self.native.trainable_variables)
         self._reset()
-        steps = -(-data.n // batch_size)
+        n = len(order)  # an epoch may visit a subset (or repeats) of the data
+        steps = -(-n // batch_size)
         if not ON_TENSORFLOW:
             return self._train_epoch_eager(data, order, batch_size, steps, on_batch)
         run = self._function("train", self._train_steps)
@@ -148,19 +149,19 @@ class KerasEngine(Engine):
             # tensors, not Python ints, so that no value of them retraces the function
             done = int(run(data.x, data.y, order_t, size, tf.constant(step, tf.int32), tf.constant(stop, tf.int32)))
             if done < stop:  # a non-finite loss or gradient: that step was not applied, but counts
-                totals = self._totals(min((done + 1) * batch_size, data.n), stopped_at=done)
+                totals = self._totals(min((done + 1) * batch_size, n), stopped_at=done)
                 if on_batch is not None:
                     on_batch(done, totals.count, totals.loss_sum, totals.metric_sums)
                 return totals
             if on_batch is not None:
-                seen = min(stop * batch_size, data.n)
+                seen = min(stop * batch_size, n)
                 totals = self._totals(seen)
                 on_batch(stop - 1, seen, totals.loss_sum, totals.metric_sums)
                 # a live progress bar needs a refresh every few tens of milliseconds, not every step
                 per_step = (time.perf_counter() - started) / (stop - step)
                 chunk = max(1, int(0.05 / max(per_step, 1e-6)))
             step = stop
-        return self._totals(data.n)
+        return self._totals(n)
 
     def evaluate(self, data: _Data, batch_size: int) -> EpochTotals:
         self._reset()
@@ -178,6 +179,15 @@ class KerasEngine(Engine):
             return np.concatenate([_numpy(self.native(data.x[lo:lo + batch_size], training=False))
                                    for lo in range(0, data.n, batch_size)]).astype(np.float32)
         return self._function("predict", self._predict_steps)(data.x, tf.constant(batch_size, tf.int32)).numpy()
+
+    def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every layer's output in inference mode, through a functional view of the model."""
+        with self._device:
+            if "layers" not in self._functions:
+                self._functions["layers"] = keras.Model(self.native.inputs[0],
+                                                        [layer.output for layer in self.native.layers])
+            outputs = self._functions["layers"](x, training=False)
+        return [_numpy(o).astype(np.float32) for o in outputs]
 
     # -- weights -------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def _print(result, explanation) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     ref, others = result.reference, [b for b in result.backends if b != result.reference]
     console.print(f'Crosscheck of "{result.spec.name}": reference {ref}, batch {result.batch_size}, '
                   f"loss {result.loss}")
@@ -123,12 +123,14 @@ def _print(result, explanation) -> None:
         console.print(f"Largest relative gap, {b} vs {ref}: {_fmt(gap)} "
                       f"(tolerance {result.training_tolerance:g}) {verdict}")
     if explanation:
+        shown = [b for b in result.backends if b != "keras"]
         table = Table(title="How each backend realises Keras's meaning", show_lines=True)
         table.add_column("convention")
-        for b in result.backends:
+        table.add_column("Keras (the meaning)")
+        for b in shown:
             table.add_column(b)
         for topic, per in explanation:
-            table.add_row(topic, *(per[b] for b in result.backends))
+            table.add_row(topic, per["keras"], *(per[b] for b in shown))
         console.print(table)
     console.print("[bold green]OK[/]" if result.ok else "[bold red]FAILED[/]: tolerances exceeded")
     sys.stdout.flush()
