@@ -522,5 +522,9 @@ def emit(spec: ir.Spec, report: Report) -> str:
                  "    fit(model, x, y, epochs=2, validation_split=0.0)"]
     main += ["    print(tuple(model.eval()(x).shape))"]
     helpers = helpers_source(em.out.helpers) if em.out.helpers else ""
-    parts = [header.rstrip("\n"), helpers, class_source, training, "\n".join(main)]
-    return "\n\n\n".join(part for part in parts if part) + "\n"
+    body = [helpers, class_source, training, "\n".join(main)]
+    if not any("math." in part for part in body):  # import only what the module uses
+        header = header.replace("import math\n\n", "")
+    if not any("F." in part for part in body):
+        header = header.replace("import torch.nn.functional as F\n", "")
+    return "\n\n\n".join(part for part in [header.rstrip("\n"), *body] if part) + "\n"
