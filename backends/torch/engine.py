@@ -144,6 +144,7 @@ class TorchEngine(Engine):
         with torch.device(self.device):
             built = build(spec, report, seed, self.device)
         self.native = built.module
+        self.spec, self.report = spec, report
         self.weights = built.weights
         self.penalties = built.penalties
         self.sync_free = self.device.type == "cuda" if sync_free is None else bool(sync_free)
@@ -398,6 +399,28 @@ class TorchEngine(Engine):
         with on_device(self.device):
             outs = [self.native(data.x[start:start + batch_size]) for start in range(0, len(data), batch_size)]
         return torch.cat(outs).cpu().numpy()
+
+    @torch.inference_mode()
+    def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every spec layer's output in inference mode, channels-last as in Keras (the
+        layout switches the module inserts are not layers of the spec)."""
+        from .plan import plan
+
+        self.native.eval()
+        steps = plan(self.spec, self.report).steps
+        modules = dict(self.native.layers.named_children())
+        out: list[np.ndarray] = []
+        with on_device(self.device):
+            z = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+            for step in steps:
+                if step.permute:
+                    z = z.permute(0, 3, 1, 2) if step.permute == "nchw" else z.permute(0, 2, 3, 1)
+                z = modules[step.attr](z)
+                shown = z.permute(0, 2, 3, 1) if step.nchw and z.dim() == 4 else z
+                out.append(shown.cpu().numpy().astype(np.float32))
+        if self.native.output_activation is not None:
+            out[-1] = self.native(torch.as_tensor(np.asarray(x, np.float32), device=self.device)).cpu().numpy()
+        return out
 
     # -- weights -------------------------------------------------------------------------
 
