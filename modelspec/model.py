@@ -167,12 +167,15 @@ def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "
         raise ValueError(f"{what} holds NaN or infinite values; expected finite labels")
     classes = out_shape[-1]
     if loss == "sparse_categorical_crossentropy":
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        if arr.ndim != 1:
-            raise ValueError(f"sparse_categorical_crossentropy takes integer class ids of shape (N,) or (N, 1); "
-                             f"{what} has shape {_shape_text(arr.shape)}"
-                             + ("; these look one-hot: use categorical_crossentropy" if arr.shape[-1] == classes else ""))
+        expected = tuple(out_shape[1:-1])  # one class id per output position
+        if arr.shape[1:] == expected + (1,):
+            arr = arr[..., 0]
+        if tuple(arr.shape[1:]) != expected:
+            want = _shape_text((None, *expected))
+            raise ValueError(f"sparse_categorical_crossentropy takes integer class ids of shape {want}"
+                             f"{' or (N, 1)' if not expected else ''}; {what} has shape {_shape_text(arr.shape)}"
+                             + ("; these look one-hot: use categorical_crossentropy"
+                                if arr.shape[-1] == classes and arr.ndim == len(out_shape) else ""))
         if arr.dtype.kind == "f" and not np.equal(np.mod(arr, 1), 0).all():
             raise ValueError(f"sparse_categorical_crossentropy takes whole-number class ids; {what} holds fractions")
         lo, hi = arr.min(), arr.max()
@@ -222,6 +225,7 @@ class Model:
         self._config: "TrainConfig | None" = None
         self._config_key: Any = None
         self._trained = False
+        self._shuffle_rng: np.random.Generator | None = None  # one stream across fit calls
 
     # -- basics --------------------------------------------------------------------------
 
@@ -319,6 +323,7 @@ class Model:
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))
         shuffle = bool(self._fit_setting("shuffle", shuffle))
+        explicit_seed = seed
         seed = self._fit_setting("seed", seed)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; received {batch_size}")
@@ -343,7 +348,11 @@ class Model:
         config = self._training_config(raw_shape)
         train_data = self.engine.prepare(xs, ys)
         val_data = self.engine.prepare(*val) if val is not None else None
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+        if explicit_seed is not None or self._shuffle_rng is None:
+            # a seed given to fit restarts the stream; otherwise each fit continues it, so two
+            # fit(epochs=1) calls see different orders, as two epochs of one fit would
+            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
+        rng = self._shuffle_rng
         steps = -(-len(xs) // batch_size)
         history = History(params={"batch_size": batch_size, "epochs": epochs, "steps": steps,
                                    "validation_split": split, "shuffle": shuffle})

@@ -272,3 +272,19 @@ def test_an_unsupported_layer_is_reported_against_its_line():
     [problem] = NoConv().unsupported(spec)
     assert (problem.line, problem.column) == (2, 1)
     assert problem.message == "the noconv backend does not support conv2d layers"
+
+
+def test_two_fits_continue_one_shuffle_stream():
+    x, y, _ = _data(40)
+    once = ms.build(SMALL, seed=5).fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    model = ms.build(SMALL, seed=5)
+    twice = [model.fit(x, y, batch_size=8, epochs=1, verbose=0).history["loss"][0] for _ in range(2)]
+    assert twice == once
+
+
+def test_sparse_labels_follow_the_output_rank():
+    model = ms.build("input 4x3; dense 5 softmax; loss sparse_categorical_crossentropy")
+    x = np.zeros((6, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"class ids of shape \(None, 4\); y has shape \(6,\)"):
+        model.fit(x, np.zeros(6), verbose=0)
+    model.fit(x, np.zeros((6, 4, 1)), verbose=0)  # a trailing axis of 1 is squeezed, as Keras does
