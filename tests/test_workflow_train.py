@@ -52,7 +52,7 @@ def test_train_digits_reaches_95_percent_on_the_test_set(trained):
     assert doc["model"] == "digits" and doc["backend"] == "numpy" and doc["params"] == 17226
     assert doc["data"] == {"name": "digits", "train": 1437, "test": 360, "validation": 0.2,
                            "split": "a stratified 20% test split (seed 0)", "scale": 16.0}
-    assert doc["epochs"] == 40 and doc["stopped"] is None and doc["interrupted"] is False
+    assert doc["epochs"] == 20 and doc["stopped"] is None and doc["interrupted"] is False
 
 
 def test_train_writes_weights_history_and_plots(trained):
@@ -61,10 +61,10 @@ def test_train_writes_weights_history_and_plots(trained):
     assert names == ["accuracy.png", "history.csv", "history.json", "loss.png", "run.json", "weights.safetensors"]
     history = json.loads((out / "history.json").read_text())
     assert sorted(history) == ["categorical_accuracy", "loss", "val_categorical_accuracy", "val_loss"]
-    assert history == doc["history"] and all(len(v) == 40 for v in history.values())
+    assert history == doc["history"] and all(len(v) == 20 for v in history.values())
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 40 and rows[0]["epoch"] == "0" and rows[-1]["epoch"] == "39"  # as Keras's CSVLogger
+    assert len(rows) == 20 and rows[0]["epoch"] == "0" and rows[-1]["epoch"] == "19"  # as Keras's CSVLogger
     assert float(rows[-1]["val_loss"]) == history["val_loss"][-1]
     assert_png(out / "loss.png")
     assert_png(out / "accuracy.png")
