@@ -1,6 +1,6 @@
 """How long `modelspec check` takes, against the language's targets.
 
-    .venv/bin/python benchmarks/check_latency.py [--runs 11]
+    .venv/bin/python benchmarks/check_latency.py [--runs 11] [--markdown]
 
 1. Wall time of `modelspec check` run as a user runs it (a fresh process, its output
    discarded): on the tutorial's MNIST spec (target 0.25 s) and on a generated
@@ -76,31 +76,45 @@ def in_process(layers: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def table(rows: list[tuple[str, ...]], markdown: bool) -> str:
+    """Rows as aligned text (the first column left, the others right), or as Markdown."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(rows[0]) + " |", "|:---" + "|---:" * (len(rows[0]) - 1) + "|"]
+                         + ["| " + " | ".join(row) + " |" for row in rows[1:]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
+                     for row in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11, help="runs per measurement (median); default 11")
-    runs = parser.parse_args().runs
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    args = parser.parse_args(argv)
+    runs = args.runs
 
-    print(f"modelspec check as a subprocess ({' '.join(command())}), median of {runs} runs, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'spec':<16}{'wall s':>10}{'cpu s':>8}{'target s':>10}{'of target':>11}")
+    print(f"\n{'### ' if args.markdown else ''}modelspec check as a subprocess ({' '.join(command())}), median of "
+          f"{runs} runs, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    rows = [("spec", "wall s", "cpu s", "target s", "of target", "")]
     with tempfile.TemporaryDirectory() as tmp:
         deep = Path(tmp) / "deep.ms"
         deep.write_text(deep_spec(10_000))
-        for name, args in (("mnist", [str(MNIST)]), ("10,000 layers", [str(deep)])):
-            seconds, cpu = wall_time(args, runs)
+        for name, spec_args in (("mnist", [str(MNIST)]), ("10,000 layers", [str(deep)])):
+            seconds, cpu = wall_time(spec_args, runs)
             target = TARGETS[name]
-            verdict = "ok" if seconds <= target else "OVER"
-            print(f"{name:<16}{seconds:>10.3f}{cpu:>8.3f}{target:>10.2f}{seconds / target:>10.0%}  {verdict}")
+            rows.append((name, f"{seconds:.3f}", f"{cpu:.3f}", f"{target:.2f}", f"{seconds / target:.0%}",
+                         "ok" if seconds <= target else "OVER"))
+    print(table(rows, args.markdown))
 
-    print(f"\nparse + check in one process, median of {max(3, runs // 2)} runs")
-    print(f"{'layers':>8}{'seconds':>10}{'us/layer':>10}{'x 100':>8}")
+    print(f"\nparse + check in one process, median of {max(3, runs // 2)} runs\n")
+    rows = [("layers", "seconds", "us/layer", "x 100 layers")]
     in_process(100, 1)  # load the grammar and the IR classes once, outside the timings
     base = None
     for layers in (100, 1_000, 10_000):
         seconds = in_process(layers, max(3, runs // 2))
         base = base or seconds
-        print(f"{layers:>8,}{seconds:>10.4f}{seconds / layers * 1e6:>10.1f}{seconds / base:>8.1f}")
+        rows.append((f"{layers:,}", f"{seconds:.4f}", f"{seconds / layers * 1e6:.1f}", f"{seconds / base:.1f}"))
+    print(table(rows, args.markdown))
 
 
 if __name__ == "__main__":
