@@ -50,6 +50,8 @@ FIGURES = {
     "cnn": (conv(3, 1, 32) + conv(3, 32, 64) + dense(5 * 5 * 64, 10),) * 2 + (0, (None, 10)),
 }
 FIGURES["digits_c"] = FIGURES["digits_b"]
+# regression cases found by differential fuzzing (tests/test_fuzz_crosscheck.py)
+FIGURES["regression_one_layer"] = (dense(8, 4),) * 2 + (0, (None, 4))
 
 
 def test_every_spec_has_figures():

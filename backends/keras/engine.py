@@ -187,6 +187,8 @@ class KerasEngine(Engine):
                 self._functions["layers"] = keras.Model(self.native.inputs[0],
                                                         [layer.output for layer in self.native.layers])
             outputs = self._functions["layers"](x, training=False)
+        if not isinstance(outputs, (list, tuple)):  # Keras returns a one-layer model's output bare
+            outputs = [outputs]
         return [_numpy(o).astype(np.float32) for o in outputs]
 
     # -- weights -------------------------------------------------------------------------
