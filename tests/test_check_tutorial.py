@@ -52,6 +52,7 @@ FIGURES = {
 FIGURES["digits_c"] = FIGURES["digits_b"]
 # regression cases found by differential fuzzing (tests/test_fuzz_crosscheck.py)
 FIGURES["regression_one_layer"] = (dense(8, 4),) * 2 + (0, (None, 4))
+FIGURES["regression_selu_at_zero"] = (dense(3, 7) + dense(7, 3),) * 2 + (0, (None, 3))
 
 
 def test_every_spec_has_figures():

@@ -211,6 +211,17 @@ def test_binary_accuracy_threshold_is_strictly_above_one_half():
     assert values.tolist() == pytest.approx([2 / 3])
 
 
+def test_selu_takes_tensorflows_gradient_at_zero():
+    """TF's SeluGrad takes the linear side at 0 (scale); torch's F.selu the exponential
+    side (scale * alpha). A zeros kernel without a bias feeds selu only zeros."""
+    x = torch.tensor([-1.0, 0.0, -0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = K.selu(x)
+    y.sum().backward()
+    scale, alpha = 1.0507009873554805, 1.6732632423543772
+    np.testing.assert_allclose(y.detach().numpy(), torch.nn.functional.selu(x).detach().numpy(), rtol=0)
+    np.testing.assert_allclose(x.grad.numpy(), [scale * alpha * math.exp(-1.0), scale, scale, scale], rtol=1e-12)
+
+
 # -- against real Keras ----------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ def activation(name: str | None, channel_axis: int = -1) -> Callable[[torch.Tens
         return functools.partial(torch.softmax, dim=channel_axis)
     if name == "leaky_relu":
         return functools.partial(F.leaky_relu, negative_slope=0.2)  # the activation's slope; the layer's is 0.3
-    return {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": F.selu,
+    return {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "selu": keras_ops.selu,
             "gelu": F.gelu, "swish": F.silu, "softplus": F.softplus, "relu6": F.relu6}[name]
 
 

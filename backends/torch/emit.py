@@ -30,7 +30,7 @@ TRUNCATED_STD = 0.87962566103423978
 
 ACTIVATIONS = {
     "relu": "F.relu({x})", "sigmoid": "torch.sigmoid({x})", "tanh": "torch.tanh({x})",
-    "softmax": "torch.softmax({x}, dim={axis})", "elu": "F.elu({x})", "selu": "F.selu({x})",
+    "softmax": "torch.softmax({x}, dim={axis})", "elu": "F.elu({x})", "selu": "selu({x})",
     "gelu": "F.gelu({x})", "swish": "F.silu({x})", "softplus": "F.softplus({x})", "relu6": "F.relu6({x})",
     "leaky_relu": "F.leaky_relu({x}, 0.2)",  # the activation's slope; the LeakyReLU layer's is 0.3
 }
@@ -503,6 +503,8 @@ def _labels_example(spec: ir.Spec, report: Report) -> str:
 def emit(spec: ir.Spec, report: Report) -> str:
     em = Emitter(spec, report)
     em.layers()
+    if any(getattr(layer, "activation", None) == "selu" for layer in spec.layers):
+        em.out.helpers.add("selu")  # keras_ops's: TensorFlow's gradient at 0
     trains = spec.loss is not None
     defined = set(_definitions()) | {"F", "nn", "torch", "math", "METRICS", "fit", "evaluate", "compute_loss",
                                      "make_optimizer", "batch_sums"}

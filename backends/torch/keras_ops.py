@@ -14,6 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 # ---------------------------------------------------------------------------------------
+# Activations
+
+
+def selu(x):
+    """Keras's selu: torch's F.selu, with TensorFlow's gradient at exactly 0, the linear
+    side's scale (1.0507) where torch takes the exponential side's scale * alpha (1.7581).
+    A layer with a zeros kernel and no bias feeds it nothing but zeros."""
+    return torch.where(x == 0, 1.0507009873554805 * x, F.selu(x))
+
+
+# ---------------------------------------------------------------------------------------
 # Layers
 
 
