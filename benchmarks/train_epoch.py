@@ -554,6 +554,9 @@ def machine() -> dict[str, str]:
         versions.append(f"{module} {version or 'not installed'}")
     if getattr(sys.modules.get("torch"), "__version__", None):
         versions.append(f"torch threads {sys.modules['torch'].get_num_threads()}")
+    if getattr(sys.modules.get("tensorflow"), "__version__", None):
+        intra = sys.modules["tensorflow"].config.threading.get_intra_op_parallelism_threads()
+        versions.append(f"tensorflow intra-op threads {intra or 'default (one per core)'}")
     return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "cpu": f"{cpu}, {os.cpu_count()} cores",
             "python": platform.python_version(),
@@ -588,7 +591,7 @@ def agreement(results: dict[str, Result], markdown: bool) -> tuple[list[str], bo
         rows.append((name, f"{loss:.7f}", f"{acc:.5f}", *("-" if d is None else f"{d:.1e}" for d in diffs), verdict))
     lines += table(rows, markdown, align="lrrrrl")
     if base is not None:
-        lines.append(f"relative loss differences, tolerance {AGREEMENT_TOLERANCE:g}: largest {worst:.1e}")
+        lines += ["", f"relative loss differences, tolerance {AGREEMENT_TOLERANCE:g}: largest {worst:.1e}"]
     return lines, worst <= AGREEMENT_TOLERANCE
 
 
