@@ -1,0 +1,433 @@
+"""One reusable conformance check, in the spirit of Keras's `run_layer_test`.
+
+`run_layer_test(backend, "conv2d 3 3x3 padding=same", (5, 5, 2), (5, 5, 3), 57)` builds a
+tiny spec around the layer - a trainable stem before it (so that the gradient through the
+layer is exercised), a dense head after it, SGD and MSE - and checks on `backend`:
+
+  1. the layer's output shape and parameter count, against the values the test states
+     (hand-computed, or Keras's documented rules), in the checker's report and in the
+     backend's own arrays;
+  2. the initial weights: bit-identical to the NumPy backend's;
+  3. STEPS training steps from them against the NumPy backend: each step's loss (1e-5)
+     and the weights after them (1e-4), moving statistics included;
+  4. every layer's output (engine.layer_outputs) and predict() against the NumPy
+     backend, 1e-5 relative;
+  5. a save/load round trip: ms.load_model on the same backend gives the same weights and
+     outputs, bit for bit;
+  6. the backend's emitted program, run on its own where modelspec cannot be imported,
+     loaded with the same weights, reproduces the built model's predictions.
+
+`run_model_test` does the same for a whole spec. Checks 4 to 6 run from weights moved off
+their initial values (`case_weights`), so that biases, gamma, beta and the moving
+statistics are not trivial there. Errors are relative to the reference's largest
+magnitude, as in `modelspec crosscheck`.
+
+Check 6 is batched: a subprocess that imports torch or TensorFlow costs seconds, so a
+`Standalone` writes every case's program at once and runs one subprocess per backend
+(one per test session, shared by xdist's workers) in the background; a case waits for it
+only when it reaches check 6.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import modelspec as ms
+from modelspec import backends, ir
+from modelspec.crosscheck import default_loss
+from modelspec.initializers import initial_weights
+
+BATCH = 4
+STEPS = 2
+SEED = 0
+FORWARD_RTOL = 1e-5
+LOSS_RTOL = 1e-5
+WEIGHT_RTOL = 1e-4
+STANDALONE_RTOL = 1e-6
+TRAINING = "optimizer sgd learning_rate=0.1\nloss mse"
+
+
+# ---------------------------------------------------------------------------------------
+# Specs and data
+
+
+def layer_spec(layer: str, input_shape: tuple[int, ...], model: str = "conformance") -> ir.Spec:
+    """`layer` between a shape-keeping trainable stem and a dense head, trained with SGD on MSE."""
+    dims = "x".join(map(str, input_shape))
+    stem = f"conv2d {input_shape[-1]} 1x1 name=stem" if len(input_shape) == 3 else f"dense {input_shape[-1]} name=stem"
+    text = f"model {model}\ninput {dims}\n{stem}\n{layer}\nflatten name=head_flatten\ndense 2 name=head\n{TRAINING}"
+    spec = ms.parse(text)
+    if len(ms.check(spec).layers[1].output_shape) == 2:  # already flat: no flatten in the head
+        spec = spec.model_copy(update={"layers": spec.layers[:2] + spec.layers[3:]})
+    return spec
+
+
+def without_dropout(spec: ir.Spec) -> ir.Spec:
+    """Dropout rates set to 0: masks cannot agree across frameworks (as in crosscheck)."""
+    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
+                   for layer in spec.layers)
+    return spec.model_copy(update={"layers": layers})
+
+
+def loss_of(spec: ir.Spec) -> str:
+    return spec.loss.name if spec.loss is not None else default_loss(spec)
+
+
+def case_weights(spec: ir.Spec, report: Any) -> list[np.ndarray]:
+    """The initial weights moved off their initial values: moving variances in [0.5, 1.5),
+    everything else plus N(0, 0.1²) noise."""
+    rng = np.random.default_rng(SEED + 1)
+    out = []
+    for w, value in zip(report.weights, initial_weights(spec, report, SEED)):
+        if w.path.endswith("/moving_variance"):
+            out.append(rng.uniform(0.5, 1.5, value.shape).astype(np.float32))
+        else:
+            out.append((value + 0.1 * rng.standard_normal(value.shape)).astype(np.float32))
+    return out
+
+
+def case_data(spec: ir.Spec, report: Any, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x0, x, y): one batch for the forward checks, then `steps` batches to train on."""
+    x0 = np.random.default_rng(SEED + 2).standard_normal((BATCH, *spec.input_shape), dtype=np.float32)
+    rng = np.random.default_rng(SEED + 3)
+    n = BATCH * steps
+    x = rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
+    out = tuple(report.output_shape[1:])
+    loss = loss_of(spec)
+    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        ids = rng.integers(0, out[-1], size=(n, *out[:-1]))
+        y = ids if loss.startswith("sparse") else np.eye(out[-1], dtype=np.float32)[ids]
+    elif loss == "binary_crossentropy":
+        y = (rng.random((n, *out)) < 0.5).astype(np.float32)
+    else:
+        y = rng.standard_normal((n, *out), dtype=np.float32)
+    return x0, x, y
+
+
+# ---------------------------------------------------------------------------------------
+# Comparisons
+
+
+def assert_close(got: Any, ref: Any, rtol: float, what: str, scale: float | None = None) -> None:
+    """max |got - ref| <= rtol · scale, by default max |ref|; shapes equal, the reference finite."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    assert np.isfinite(ref).all(), f"{what}: the reference is not finite"
+    scale = float(np.abs(ref).max(initial=0.0)) if scale is None else scale
+    error = float(np.abs(got - ref).max(initial=0.0))
+    assert error <= rtol * max(scale, 1e-30), \
+        f"{what}: max |error| {error:.3g} exceeds {rtol:g} of the reference's scale {scale:.3g}"
+
+
+def layer_weights(report: Any, weights: list[np.ndarray], index: int) -> list[np.ndarray]:
+    start = sum(len(row.weights) for row in report.layers[:index])
+    return weights[start:start + len(report.layers[index].weights)]
+
+
+def train(model: Any, x: np.ndarray, y: np.ndarray) -> list[dict[str, float]]:
+    """One step per batch of x, in order: each step's logs (loss before its update). A spec
+    without a loss trains on the one its output suggests, as in crosscheck."""
+    if model.spec.loss is None:
+        model.compile(loss=default_loss(model.spec))
+    logs = []
+    for start in range(0, len(x), BATCH):
+        batch = slice(start, start + BATCH)
+        history = model.fit(x[batch], y[batch], batch_size=BATCH, epochs=1, shuffle=False,
+                            validation_split=0.0, verbose=0)
+        assert history.stopped is None, history.stopped
+        logs.append({k: v[0] for k, v in history.history.items()})
+    return logs
+
+
+# ---------------------------------------------------------------------------------------
+# The checks
+
+
+def run_layer_test(backend: str, layer: str, input_shape: tuple[int, ...], expected_output_shape: tuple[int, ...],
+                   expected_params: int, *, expected_non_trainable: int = 0, train_mode: str = "compare",
+                   model: str = "conformance", standalone: "Standalone | None" = None,
+                   tmp_path: Path | None = None) -> None:
+    """Every check on one layer (the module docstring lists them). Shapes exclude the batch.
+    train_mode "compare" checks the steps against NumPy; "shapes" (dropout masks, which
+    cannot agree across frameworks) only that they run, change the weights and keep shapes."""
+    spec = layer_spec(layer, input_shape, model)
+    run_model_test(backend, spec, expected_output_shape, expected_params, expected_non_trainable=expected_non_trainable,
+                   layer_index=1, train_mode=train_mode, standalone=standalone, tmp_path=tmp_path)
+
+
+def run_model_test(backend: str, spec: ir.Spec, expected_output_shape: tuple[int, ...] | None,
+                   expected_params: int | None, *, expected_non_trainable: int = 0, layer_index: int | None = None,
+                   train_mode: str = "compare", steps: int = STEPS, optimizer: Any = None,
+                   standalone: "Standalone | None" = None, tmp_path: Path | None = None) -> None:
+    """Every check on a spec. The expected shape and counts are the layer's at `layer_index`,
+    or the whole model's; None where no independent figure is known (the backend's arrays are
+    then held to the checker's). Training starts from the initial weights, as a user's does
+    (a zeros kernel puts activations at exactly 0), with the spec's optimizer or `optimizer`;
+    the other checks run from `case_weights`."""
+    report = ms.check(spec)
+    model = ms.build(spec, backend=backend, seed=SEED)
+    reference = ms.build(spec, backend="numpy", seed=SEED)
+    what = f"{backend}, layer {report.layers[layer_index].name!r}" if layer_index is not None else backend
+    check_counts(what, report, model.get_weights(), layer_index, expected_output_shape, expected_params,
+                 expected_non_trainable)
+    for w, got, ref in zip(report.weights, model.get_weights(), reference.get_weights()):
+        assert got.dtype == np.float32 and got.tobytes() == ref.tobytes(), f"{what}: initial {w.path}"
+    x0, x, y = case_data(spec, report, steps)
+    if optimizer is not None:
+        model.compile(optimizer=optimizer)
+        reference.compile(optimizer=optimizer)
+    check_training(what, report, model, reference if train_mode == "compare" else None, x, y)
+
+    start = case_weights(spec, report)
+    model.set_weights(start)
+    reference.set_weights(start)
+    outputs, expected = model.engine.layer_outputs(x0), reference.engine.layer_outputs(x0)
+    assert len(outputs) == len(report.layers), f"{what}: one output per layer"
+    for row, got, ref in zip(report.layers, outputs, expected):
+        assert got.shape == (BATCH, *row.output_shape[1:]), f"{what}: {row.name}'s output shape"
+        assert_close(got, ref, FORWARD_RTOL, f"{what}, forward, {row.name}")
+    predictions = model.predict(x0)
+    assert predictions.dtype == np.float32
+    assert_close(predictions, expected[-1], FORWARD_RTOL, f"{what}, predict")
+
+    if tmp_path is not None:
+        check_round_trip(what, report, model, x0, tmp_path)
+    if standalone is not None:
+        check_standalone(what, report, standalone.result(spec), predictions)
+
+
+def check_counts(what: str, report: Any, weights: list[np.ndarray], layer_index: int | None,
+                 expected_output_shape: tuple[int, ...] | None, expected_params: int | None,
+                 expected_non_trainable: int) -> None:
+    """The output shape and parameter counts in the checker's report, and in the backend's arrays."""
+    assert [w.shape for w in weights] == [w.shape for w in report.weights], f"{what}: weight shapes"
+    if layer_index is None:
+        shape, params, non_trainable = report.output_shape, report.total_params, report.non_trainable_params
+        own = sum(w.size for w in weights)
+    else:
+        row = report.layers[layer_index]
+        shape, params, non_trainable = row.output_shape, row.params, row.non_trainable
+        own = sum(w.size for w in layer_weights(report, weights, layer_index))
+    if expected_params is not None:
+        assert tuple(shape) == (None, *expected_output_shape), f"{what}: the checker's output shape"
+        assert (params, non_trainable) == (expected_params, expected_non_trainable), f"{what}: the checker's counts"
+    assert own == params, f"{what}: the backend holds {own} parameters, expected {params}"
+
+
+def check_training(what: str, report: Any, model: Any, reference: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """The steps change some weight and keep every shape; with a reference, each step's logs
+    and the weights after the last (moving statistics included) match it."""
+    start = model.get_weights()
+    logs = train(model, x, y)
+    after = model.get_weights()
+    assert [w.shape for w in after] == [w.shape for w in report.weights], f"{what}: weight shapes after training"
+    assert any(not np.array_equal(a, b) for a, b in zip(after, start)), f"{what}: training changed no weight"
+    assert all(np.isfinite(v) for step in logs for v in step.values()), f"{what}: {logs}"
+    if reference is None:
+        return
+    for step, (got, ref) in enumerate(zip(logs, train(reference, x, y))):
+        assert sorted(got) == sorted(ref), f"{what}: history keys"
+        for key in ref:
+            assert_close(got[key], ref[key], LOSS_RTOL, f"{what}, step {step + 1}, {key}")
+    # relative to the layer's largest weight: a bias followed by batchnorm has a gradient of
+    # exactly 0, so it holds nothing but float32 noise, different in each framework
+    expected = reference.get_weights()
+    for index, row in enumerate(report.layers):
+        refs = layer_weights(report, expected, index)
+        scale = max((float(np.abs(w).max(initial=0.0)) for w in refs), default=0.0)
+        for w, got, ref in zip(row.weights, layer_weights(report, after, index), refs):
+            assert_close(got, ref, WEIGHT_RTOL, f"{what}, {w.path} after {len(logs)} steps", scale=scale)
+
+
+def check_round_trip(what: str, report: Any, model: Any, x0: np.ndarray, tmp_path: Path) -> None:
+    """ms.load_model on the same backend: the same weights and every layer's output, bit for bit
+    (layer outputs rather than predict(), which would trace one more graph in Keras)."""
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    loaded = ms.load_model(path, backend=model.backend.name)
+    assert loaded.backend.name == model.backend.name
+    for w, got, ref in zip(report.weights, loaded.get_weights(), model.get_weights()):
+        assert got.tobytes() == ref.tobytes(), f"{what}: {w.path} after loading"
+    for row, got, ref in zip(report.layers, loaded.engine.layer_outputs(x0), model.engine.layer_outputs(x0)):
+        np.testing.assert_array_equal(got, ref, err_msg=f"{what}: {row.name} after loading")
+
+
+def check_standalone(what: str, report: Any, ran: dict[str, Any], predictions: np.ndarray) -> None:
+    """The emitted program's predictions, with the same weights; its weight paths and its own
+    initial weights where it exposes them."""
+    if "paths" in ran:
+        assert list(ran["paths"]) == [w.path for w in report.weights], f"{what}: the program's weight paths"
+    if "initial" in ran:
+        for w, got, ref in zip(report.weights, ran["initial"], initial_weights(report.spec, report, SEED)):
+            assert got.tobytes() == ref.tobytes(), f"{what}: the program's initial {w.path}"
+    assert_close(ran["predictions"], predictions, STANDALONE_RTOL, f"{what}, the emitted program's predictions")
+
+
+# ---------------------------------------------------------------------------------------
+# Emitted programs, run on their own
+
+
+# Each backend's way to load its emitted program with given weights (as each emitter's
+# docstring and tests say) and predict the case's first batch. A case's failure is written
+# next to its outputs; `done` marks the end of the run, whatever happened.
+DRIVER = r"""
+import importlib.util, json, os, sys, traceback
+sys.modules["modelspec"] = None  # an emitted program must run where modelspec cannot be imported
+import numpy as np
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_numpy(program, weights, case, x):
+    initial = {f"i{k}": w for k, w in enumerate(program.initial_weights(case["seed"]))}  # its own draw
+    return {"predictions": program.predict(program.build(weights), x), **initial}
+
+
+def run_torch(program, weights, case, x):
+    import torch
+
+    net = [v for v in vars(program).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+           and getattr(v, "keras_name", None) is not None][0]()
+    net.load_keras_weights({p: torch.from_numpy(w) for p, w in zip(case["paths"], weights)})
+    with torch.no_grad():
+        out = net.eval()(torch.from_numpy(x)).numpy()
+    return {"predictions": out, "paths": np.array(list(net.keras_weights()))}
+
+
+def run_keras(program, weights, case, x):
+    import keras
+
+    keras.backend.clear_session(free_memory=False)  # a fresh naming session, as a program run alone
+    model = program.build_model()
+    model.set_weights(weights)
+    out = keras.ops.convert_to_numpy(model(x, training=False))
+    return {"predictions": out, "paths": np.array([w.path for w in model.weights])}
+
+
+def main(backend, cases):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    run = {"numpy": run_numpy, "torch": run_torch, "keras": run_keras}[backend]
+    for case in cases:
+        try:
+            data = np.load(case["data"])
+            weights = [data[f"w{i}"] for i in range(len(case["paths"]))]
+            out = run(load(case["program"], f"program_{case['index']}"), weights, case, data["x"])
+            np.savez(case["out"], **out)
+        except Exception:
+            with open(case["out"] + ".error", "w") as f:
+                f.write(traceback.format_exc())
+
+
+try:
+    main(sys.argv[1], json.load(open(sys.argv[2])))
+finally:
+    open("done", "w").close()
+"""
+
+
+def spec_key(spec: ir.Spec) -> str:
+    return spec.model_dump_json()
+
+
+class Standalone:
+    """Every case's emitted program for one backend, run in one background subprocess.
+
+    `directory` must be shared by every process of the test session (pytest-xdist's
+    workers): the first to create it writes the programs and runs them; the others wait
+    for its `done` file. `result(spec)` returns what that spec's program did: its
+    predictions for the case's weights and first batch and, where the program exposes
+    them, its weight paths (torch, keras) and its own initial weights (numpy). An emitter
+    that raises is that case's failure, raised again by `result`."""
+
+    def __init__(self, backend: str, specs: list[ir.Spec], directory: Path) -> None:
+        self.backend, self.directory = backend, directory
+        self.index: dict[str, int] = {}
+        self.errors: dict[int, Exception] = {}
+        emitter = backends.get(backend)
+        sources: dict[int, tuple[str, ir.Spec]] = {}
+        for spec in specs:
+            key = spec_key(spec)
+            if key not in self.index:
+                i = self.index[key] = len(self.index)
+                try:
+                    sources[i] = emitter.emit(spec, ms.check(spec)), spec
+                except Exception as e:
+                    self.errors[i] = e
+        self.process = None
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return  # another process runs them
+        cases = []
+        for i, (source, spec) in sources.items():
+            report = ms.check(spec)
+            x0, _, _ = case_data(spec, report, steps=0)
+            (directory / f"program_{i}.py").write_text(source, encoding="utf-8")
+            np.savez(directory / f"data_{i}.npz", x=x0,
+                     **{f"w{k}": w for k, w in enumerate(case_weights(spec, report))})
+            cases.append({"index": i, "program": str(directory / f"program_{i}.py"),
+                          "data": str(directory / f"data_{i}.npz"), "out": str(directory / f"out_{i}.npz"),
+                          "paths": [w.path for w in report.weights], "seed": SEED})
+        (directory / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+        (directory / "driver.py").write_text(DRIVER, encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        with open(directory / "log.txt", "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", str(directory / "driver.py"), backend, str(directory / "cases.json")],
+                cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def result(self, spec: ir.Spec) -> dict[str, Any]:
+        key = spec_key(spec)
+        assert key in self.index, "this spec was not given to the Standalone fixture"
+        i = self.index[key]
+        if i in self.errors:
+            raise self.errors[i]
+        self.wait()
+        out_file = self.directory / f"out_{i}.npz"
+        error = self.directory / f"out_{i}.npz.error"
+        assert not error.exists(), f"the emitted {self.backend} program failed:\n{error.read_text()}"
+        assert out_file.exists(), f"the {self.backend} driver wrote nothing for this case:\n{self.log()}"
+        out = dict(np.load(out_file))
+        initial = sorted((k for k in out if k[0] == "i" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+        if initial:
+            out["initial"] = [out.pop(k) for k in initial]
+        return out
+
+    def wait(self, timeout: float = 600) -> None:
+        if self.process is not None:
+            code = self.process.wait(timeout=timeout)
+            assert code == 0, f"the {self.backend} driver failed:\n{self.log()}"
+        deadline = time.monotonic() + timeout
+        while not (self.directory / "done").exists():
+            assert time.monotonic() < deadline, f"the {self.backend} driver did not finish:\n{self.log()}"
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        path = self.directory / "log.txt"
+        return path.read_text()[-5000:] if path.exists() else "(no log)"
+
+    def close(self) -> None:
+        """Let the run finish: a later Standalone for this backend (pytest may set the fixture up
+        again after other backends' tests) reads its results."""
+        if self.process is not None:
+            self.process.wait(timeout=600)
+
+
+def shared_directory(tmp_path_factory: Any, name: str) -> Path:
+    """A directory every process of this test session sees (xdist's workers have their own
+    base temporary directories, under one for the session)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name

@@ -1,0 +1,180 @@
+"""Every layer kind and option, every spec in specs/, every optimizer and loss: the same
+numbers on every backend (layer_test.py says what is checked).
+
+Expected shapes and parameter counts are hand-computed from Keras's rules: 'valid' gives
+floor((n - k) / s) + 1, 'same' gives ceil(n / s); a dense layer has in·units + units
+parameters, a conv2d kh·kw·in·filters + filters, a batchnorm 4·channels (2·channels of
+them, the moving statistics, not trainable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import modelspec as ms
+from layer_test import Standalone, layer_spec, run_layer_test, run_model_test, shared_directory, without_dropout
+from modelspec.diagnostics import SpecError
+
+
+@dataclass(frozen=True)
+class Case:
+    layer: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    non_trainable: int = 0
+    train_mode: str = "compare"
+    model: str = "conformance"
+
+    def spec(self) -> ms.Spec:
+        return layer_spec(self.layer, self.input_shape, self.model)
+
+
+def case(layer, input_shape, output_shape, params, *, marks=(), id=None, **options):
+    return pytest.param(Case(layer, input_shape, output_shape, params, **options), marks=marks, id=id or layer)
+
+
+V, IMG = (5,), (5, 5, 2)  # the usual inputs: 5 features; a 5x5 image with 2 channels
+
+LAYERS = [
+    # dense: every activation, each with another initializer (seeded, with arguments)
+    case("dense 3", V, (3,), 18),
+    case("dense 3 relu glorot_normal(seed=7)", V, (3,), 18),
+    case("dense 3 sigmoid he_normal", V, (3,), 18),
+    case("dense 3 tanh he_uniform(seed=11)", V, (3,), 18),
+    case("dense 3 softmax lecun_normal(seed=3)", V, (3,), 18),
+    case("dense 3 elu lecun_uniform", V, (3,), 18),
+    case("dense 3 selu zeros", V, (3,), 18),
+    case("dense 3 gelu ones", V, (3,), 18),
+    case("dense 3 swish random_normal(mean=0.1, stddev=0.2, seed=4)", V, (3,), 18),
+    case("dense 3 softplus random_uniform(minval=-0.2, maxval=0.3)", V, (3,), 18),
+    case("dense 3 relu6 truncated_normal(stddev=0.3, seed=5)", V, (3,), 18),
+    case("dense 3 leaky_relu orthogonal(gain=2.0, seed=6)", V, (3,), 18),
+    # dense: bias and penalties, rank-3 inputs (the kernel applies to the last axis)
+    case("dense 3 nobias l1=0.01", V, (3,), 15),
+    case("dense 3 l2 bias_init=ones", V, (3,), 18),
+    case("dense 3 l1=0.01 l2=0.02 bias_init=random_uniform(minval=-0.1, maxval=0.1, seed=2)", V, (3,), 18),
+    case("dense 5 relu l2=0.01", (3, 4), (3, 5), 25),
+    case("dense 2 use_bias=false orthogonal", (3, 4), (3, 2), 8),
+    # conv2d: valid/same, strides, odd and even kernels ('same' pads 0 before, 1 after when
+    # the total is odd), rectangular kernels and strides, activation, bias, penalties
+    case("conv2d 3 3x3", IMG, (3, 3, 3), 57),
+    case("conv2d 3 3x3 padding=same relu he_uniform(seed=1)", IMG, (5, 5, 3), 57),
+    case("conv2d 3 2x2 padding=same tanh l2=0.01", IMG, (5, 5, 3), 27),
+    case("conv2d 3 3x3 strides=2 padding=same nobias", (6, 6, 2), (3, 3, 3), 54),
+    case("conv2d 3 3x3 strides=2", IMG, (2, 2, 3), 57),
+    case("conv2d 4 (3, 2) strides=(2, 1) l1=0.01 l2=0.01", IMG, (2, 4, 4), 52),
+    case("conv2d 4 (2, 3) strides=(1, 2) padding=same sigmoid", (5, 6, 2), (5, 3, 4), 52),
+    case("conv2d 3 1x1 l1 bias_init=ones", IMG, (5, 5, 3), 9),
+    # pooling: valid/same, default and explicit strides, asymmetric 'same', rectangular
+    case("maxpool2d 2x2", IMG, (2, 2, 2), 0),
+    case("maxpool2d 2x2 strides=1 padding=same", IMG, (5, 5, 2), 0),
+    case("maxpool2d 3x3 strides=2 padding=same", (6, 6, 2), (3, 3, 2), 0),
+    case("maxpool2d (2, 3) strides=(1, 2)", (5, 6, 2), (4, 2, 2), 0),
+    case("avgpool2d 2x2", IMG, (2, 2, 2), 0),
+    case("avgpool2d 2x2 strides=1 padding=same", IMG, (5, 5, 2), 0),
+    case("avgpool2d 3x3 strides=2 padding=same", (6, 6, 2), (3, 3, 2), 0),
+    case("avgpool2d 3x3 strides=1", IMG, (3, 3, 2), 0),
+    case("globalavgpool2d", IMG, (2,), 0),
+    # flatten: after a conv (channels-last order), and of a rank-3 input
+    case("flatten", (3, 3, 2), (18,), 0),
+    case("flatten", (3, 4), (12,), 0, id="flatten-rank3"),
+    # dropout: the identity in inference; masks cannot agree across frameworks, so training
+    # is compared at rate 0 only
+    case("dropout 0.5 seed=3", V, (5,), 0, train_mode="shapes"),
+    case("dropout 0.3", IMG, (5, 5, 2), 0, train_mode="shapes"),
+    case("dropout 0.0", V, (5,), 0),
+    # batchnorm: training steps compare the moving statistics too
+    case("batchnorm", V, (5,), 20, non_trainable=10),
+    case("batchnorm momentum=0.9 epsilon=0.01", V, (5,), 20, non_trainable=10),
+    case("batchnorm momentum=0.5 epsilon=1e-5", (4, 4, 3), (4, 4, 3), 12, non_trainable=6),
+    case("batchnorm", (3, 4), (3, 4), 16, non_trainable=8, id="batchnorm-rank3"),
+    # activation layers (softmax over the channels of an image), leaky_relu's two slopes
+    *(case(name, V, (5,), 0) for name in
+      ("linear", "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "softplus", "relu6")),
+    case("softmax", (3, 3, 4), (3, 3, 4), 0),
+    case("leaky_relu", V, (5,), 0),
+    case("leaky_relu 0.1", V, (5,), 0),
+    # names
+    case('dense 3 name="ünï"', V, (3,), 18, id="non-ascii-layer-name", marks=pytest.mark.notimpl(
+        ["keras"], reason="TensorFlow's name scopes take letters, digits and . _ - > only: the Keras backend "
+        "refuses such a layer name", raises=SpecError)),
+    case('dense 3 name="first layer"', V, (3,), 18, model='"a model, with spaces"', id="names-with-spaces",
+         marks=pytest.mark.notimpl(["keras"], reason="TensorFlow's name scopes refuse spaces: the Keras backend "
+                                   "refuses such a model or layer name", raises=SpecError)),
+]
+
+
+# Every spec in specs/, with dropout rates set to 0 (see above), one training step each
+# with SGD (its update is the gradient; the first step of RMSprop or Adam divides each
+# gradient by its own magnitude, so float32 noise in one that is nearly 0 becomes a
+# full-size difference on every backend, NumPy included: the optimizers are compared on a
+# small model below). The output shapes and counts are those the tutorial's specs state in
+# their comments or that follow from the rules above; a spec not listed here (the fuzzers'
+# regression cases) has its backend's arrays held to the checker's counts.
+SPEC_COUNTS = {  # name: (output shape, total params, non-trainable)
+    "cnn": ((10,), 320 + 18_496 + 16_010, 0),
+    "digits": ((10,), 8_320 + 8_256 + 650, 0),
+    "digits_a": ((10,), 4_160 + 2_080 + 528 + 170, 0),
+    "digits_b": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
+    "digits_c": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
+    "digits_cnn": ((10,), 160 + 64 + 4_640 + 330, 32),
+    "mnist": ((10,), 435_402, 0),
+    "model1": ((10,), 435_402, 0),
+    "model_a": ((10,), 220_186, 0),
+    "model_b": ((10,), 221_594, 704),
+    "model_c": ((10,), 221_594, 704),
+    "regression_one_layer": ((4,), 8 * 4 + 4, 0),
+    "regression_selu_at_zero": ((3,), 3 * 7 + 7 + 7 * 3 + 3, 0),
+}
+SPECS = {p.stem: without_dropout(ms.parse(p)) for p in sorted((Path(__file__).parents[2] / "specs").glob("*.ms"))}
+
+# Each optimizer once, with hyperparameters off their defaults, each paired with a loss
+# (and the output layer that loss expects) and metrics; after `input 4; dense 5 relu` (25).
+TRAINING = {  # name: (the rest of the spec, output shape, params)
+    "sgd-categorical_crossentropy": ("dense 3 softmax\noptimizer sgd lr=0.05 momentum=0.9 nesterov=true\n"
+                                     "loss categorical_crossentropy\nmetrics accuracy", (3,), 25 + 18),
+    "rmsprop-sparse_categorical_crossentropy": (
+        "dense 3 softmax\noptimizer rmsprop rho=0.8 momentum=0.1 centered=true\n"
+        "loss sparse_categorical_crossentropy\nmetrics accuracy", (3,), 25 + 18),
+    "adam-binary_crossentropy": ("dense 1 sigmoid\noptimizer adam lr=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-6\n"
+                                 "loss binary_crossentropy\nmetrics binary_accuracy", (1,), 25 + 6),
+    "adamw-mse": ("dense 2\noptimizer adamw lr=0.01 weight_decay=0.1\nloss mse\nmetrics mae", (2,), 25 + 12),
+    "adagrad-mae": ("dense 2\noptimizer adagrad lr=0.1 initial_accumulator_value=0.2\nloss mae\nmetrics mse",
+                    (2,), 25 + 12),
+    "nadam-huber": ("dense 2\noptimizer nadam lr=0.01\nloss huber delta=0.5", (2,), 25 + 12),
+}
+TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\ninput 4\ndense 5 relu l2=0.01\n{text}")
+                  for name, (text, _, _) in TRAINING.items()}
+
+
+@pytest.fixture(scope="module")
+def standalone(backend, tmp_path_factory):
+    specs = [p.values[0].spec() for p in LAYERS] + list(SPECS.values()) + list(TRAINING_SPECS.values())
+    runner = Standalone(backend, specs, shared_directory(tmp_path_factory, f"standalone-{backend}"))
+    yield runner
+    runner.close()
+
+
+@pytest.mark.parametrize("case", LAYERS)
+def test_layer(backend, case, standalone, tmp_path):
+    run_layer_test(backend, case.layer, case.input_shape, case.output_shape, case.params,
+                   expected_non_trainable=case.non_trainable, train_mode=case.train_mode, model=case.model,
+                   standalone=standalone, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_spec(backend, name, standalone, tmp_path):
+    output_shape, params, non_trainable = SPEC_COUNTS.get(name, (None, None, 0))
+    run_model_test(backend, SPECS[name], output_shape, params, expected_non_trainable=non_trainable, steps=1,
+                   optimizer={"name": "sgd", "learning_rate": 0.1},
+                   standalone=standalone, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", TRAINING_SPECS)
+def test_optimizer_and_loss(backend, name, standalone, tmp_path):
+    _, output_shape, params = TRAINING[name]
+    run_model_test(backend, TRAINING_SPECS[name], output_shape, params, standalone=standalone, tmp_path=tmp_path)
