@@ -11,7 +11,10 @@ import sys
 from .commands import COMMANDS, CommandError
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser with every command, or with `only` that one: when the command line names
+    a command, the others' modules and arguments are not needed (start-up time counts:
+    `modelspec check` should feel instant)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -21,6 +24,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         # a command named by a Python keyword lives in a module with a trailing underscore
         module = importlib.import_module(f".commands.{name}{'_' * keyword.iskeyword(name)}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
@@ -30,7 +35,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser, modules = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
