@@ -449,7 +449,7 @@ def sparse_categorical_crossentropy(y, z, from_logits=False):
     # -log(c_y / Σc), so probabilities are renormalized after clipping.
     c = np.clip(z, EPSILON, 1 - EPSILON)
     total = c.sum(axis=-1, keepdims=True)
-    loss = np.log(total[..., 0]) - np.log(c[onehot])
+    loss = np.log(total[..., 0]).ravel() - np.log(c[onehot])  # c[onehot] is flat, in the same order
     dz = (1 / total - onehot / c) * ((z >= EPSILON) & (z <= 1 - EPSILON))
     return loss.sum() / count, dz / count
 
