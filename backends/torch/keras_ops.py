@@ -105,6 +105,8 @@ def softmax_cross_entropy(logits, y):
 
 def sparse_softmax_cross_entropy(logits, labels):
     """Sparse categorical cross-entropy of a softmax output, from its logits."""
+    if logits.dim() > 2:  # torch wants the classes on axis 1
+        logits = logits.movedim(-1, 1)
     return F.cross_entropy(logits, labels)
 
 
@@ -123,7 +125,10 @@ def categorical_crossentropy(probabilities, y):
 def sparse_categorical_crossentropy(probabilities, labels):
     """Keras's sparse categorical cross-entropy of probabilities: clipped, then (as TensorFlow's
     sparse_softmax_cross_entropy_with_logits of their log) renormalised."""
-    return F.cross_entropy(probabilities.clamp(EPSILON, 1 - EPSILON).log(), labels)
+    log_p = probabilities.clamp(EPSILON, 1 - EPSILON).log()
+    if log_p.dim() > 2:  # torch wants the classes on axis 1
+        log_p = log_p.movedim(-1, 1)
+    return F.cross_entropy(log_p, labels)
 
 
 def binary_crossentropy(probabilities, y):
