@@ -278,8 +278,10 @@ class TorchEngine(Engine):
         return totals
 
     def _grads_finite(self) -> bool:
-        grads = [p.grad for p in self.params]
-        if bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):  # one fast pass
+        # a weight the loss does not reach (before a dropout of rate 1) has no gradient, and
+        # the optimizer leaves it alone, as Keras's does
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):  # one fast pass
             return True
         # an infinite norm may be the overflow of finite gradients: look at each value
         return all(bool(torch.isfinite(g).all()) for g in grads)
