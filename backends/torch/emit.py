@@ -93,6 +93,13 @@ class Emitter:
             scale, fan = {"glorot_normal": (1.0, (fan_in + fan_out) / 2), "he_normal": (2.0, fan_in),
                           "lecun_normal": (1.0, fan_in)}[name]
             return f"variance_scaling_normal_({tensor}, scale={scale!r}, fan={fan!r})  # {name}"
+        if name in ("glorot_uniform", "he_uniform", "lecun_uniform") and len(shape) < 2:
+            # torch's xavier_uniform_ and kaiming_uniform_ refuse a vector (a bias); Keras takes
+            # its length as both fans
+            scale, fan = {"glorot_uniform": (1.0, (fan_in + fan_out) / 2), "he_uniform": (2.0, fan_in),
+                          "lecun_uniform": (1.0, fan_in)}[name]
+            limit = math.sqrt(3 * scale / max(1.0, fan))
+            return f"nn.init.uniform_({tensor}, {-limit!r}, {limit!r})  # {name}"
         if name == "truncated_normal":
             self.out.helpers.add("truncated_normal_")
             return f"truncated_normal_({tensor}, mean={a['mean']!r}, stddev={a['stddev']!r})"
