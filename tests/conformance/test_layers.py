@@ -40,11 +40,12 @@ def case(layer, input_shape, output_shape, params, *, marks=(), id=None, **optio
 V, IMG = (5,), (5, 5, 2)  # the usual inputs: 5 features; a 5x5 image with 2 channels
 
 LAYERS = [
-    # dense: every activation, each with another initializer (seeded, with arguments)
+    # dense: every activation, each with another initializer (seeded, with arguments), and
+    # biases drawn by the variance-scaling initializers (whose fans, for a vector, are its length)
     case("dense 3", V, (3,), 18),
-    case("dense 3 relu glorot_normal(seed=7)", V, (3,), 18),
-    case("dense 3 sigmoid he_normal", V, (3,), 18),
-    case("dense 3 tanh he_uniform(seed=11)", V, (3,), 18),
+    case("dense 3 relu glorot_normal(seed=7) bias_init=glorot_uniform", V, (3,), 18),
+    case("dense 3 sigmoid he_normal bias_init=he_uniform(seed=2)", V, (3,), 18),
+    case("dense 3 tanh he_uniform(seed=11) bias_init=lecun_uniform", V, (3,), 18),
     case("dense 3 softmax lecun_normal(seed=3)", V, (3,), 18),
     case("dense 3 elu lecun_uniform", V, (3,), 18),
     case("dense 3 selu zeros", V, (3,), 18),
@@ -83,10 +84,11 @@ LAYERS = [
     case("flatten", (3, 3, 2), (18,), 0),
     case("flatten", (3, 4), (12,), 0, id="flatten-rank3"),
     # dropout: the identity in inference; masks cannot agree across frameworks, so training
-    # is compared at rate 0 only
+    # is compared at rates 0 and 1 only
     case("dropout 0.5 seed=3", V, (5,), 0, train_mode="shapes"),
     case("dropout 0.3", IMG, (5, 5, 2), 0, train_mode="shapes"),
     case("dropout 0.0", V, (5,), 0),
+    case("dropout 1.0", V, (5,), 0),  # the stem gets no gradient: Keras leaves it alone
     # batchnorm: training steps compare the moving statistics too
     case("batchnorm", V, (5,), 20, non_trainable=10),
     case("batchnorm momentum=0.9 epsilon=0.01", V, (5,), 20, non_trainable=10),
@@ -133,22 +135,32 @@ SPEC_COUNTS = {  # name: (output shape, total params, non-trainable)
 SPECS = {p.stem: without_dropout(ms.parse(p)) for p in sorted((Path(__file__).parents[2] / "specs").glob("*.ms"))}
 
 # Each optimizer once, with hyperparameters off their defaults, each paired with a loss
-# (and the output layer that loss expects) and metrics; after `input 4; dense 5 relu` (25).
-TRAINING = {  # name: (the rest of the spec, output shape, params)
-    "sgd-categorical_crossentropy": ("dense 3 softmax\noptimizer sgd lr=0.05 momentum=0.9 nesterov=true\n"
+# (and the output layer that loss expects) and metrics; then the cross-entropies' other
+# paths: probabilities (an output that is not softmax or sigmoid, clipped) and rank-3
+# outputs (a loss per position). `input 4; dense 5 relu l2=0.01` has 25 parameters.
+MLP, MLP3 = "input 4\ndense 5 relu l2=0.01", "input 3x4\ndense 5 relu l2=0.01"
+TRAINING = {  # name: (the spec, output shape, params)
+    "sgd-categorical_crossentropy": (f"{MLP}\ndense 3 softmax\noptimizer sgd lr=0.05 momentum=0.9 nesterov=true\n"
                                      "loss categorical_crossentropy\nmetrics accuracy", (3,), 25 + 18),
     "rmsprop-sparse_categorical_crossentropy": (
-        "dense 3 softmax\noptimizer rmsprop rho=0.8 momentum=0.1 centered=true\n"
+        f"{MLP}\ndense 3 softmax\noptimizer rmsprop rho=0.8 momentum=0.1 centered=true\n"
         "loss sparse_categorical_crossentropy\nmetrics accuracy", (3,), 25 + 18),
-    "adam-binary_crossentropy": ("dense 1 sigmoid\noptimizer adam lr=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-6\n"
-                                 "loss binary_crossentropy\nmetrics binary_accuracy", (1,), 25 + 6),
-    "adamw-mse": ("dense 2\noptimizer adamw lr=0.01 weight_decay=0.1\nloss mse\nmetrics mae", (2,), 25 + 12),
-    "adagrad-mae": ("dense 2\noptimizer adagrad lr=0.1 initial_accumulator_value=0.2\nloss mae\nmetrics mse",
-                    (2,), 25 + 12),
-    "nadam-huber": ("dense 2\noptimizer nadam lr=0.01\nloss huber delta=0.5", (2,), 25 + 12),
+    "adam-binary_crossentropy": (f"{MLP}\ndense 1 sigmoid\noptimizer adam lr=0.01 beta_1=0.8 beta_2=0.99 "
+                                 "epsilon=1e-6\nloss binary_crossentropy\nmetrics binary_accuracy", (1,), 25 + 6),
+    "adamw-mse": (f"{MLP}\ndense 2\noptimizer adamw lr=0.01 weight_decay=0.1\nloss mse\nmetrics mae", (2,), 25 + 12),
+    "adagrad-mae": (f"{MLP}\ndense 2\noptimizer adagrad lr=0.1 initial_accumulator_value=0.2\nloss mae\n"
+                    "metrics mse", (2,), 25 + 12),
+    "nadam-huber": (f"{MLP}\ndense 2\noptimizer nadam lr=0.01\nloss huber delta=0.5", (2,), 25 + 12),
+    "categorical_crossentropy-probabilities": (f"{MLP}\ndense 3 relu\noptimizer sgd lr=0.1\n"
+                                               "loss categorical_crossentropy\nmetrics accuracy", (3,), 25 + 18),
+    "sparse_categorical_crossentropy-rank3": (f"{MLP3}\ndense 4 softmax\noptimizer sgd lr=0.1\n"
+                                              "loss sparse_categorical_crossentropy\nmetrics accuracy",
+                                              (3, 4), 25 + 24),
+    "sparse_categorical_crossentropy-probabilities-rank3": (
+        f"{MLP3}\ndense 4 sigmoid\noptimizer sgd lr=0.1\nloss sparse_categorical_crossentropy\n"
+        "metrics sparse_categorical_accuracy", (3, 4), 25 + 24),
 }
-TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\ninput 4\ndense 5 relu l2=0.01\n{text}")
-                  for name, (text, _, _) in TRAINING.items()}
+TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, _, _) in TRAINING.items()}
 
 
 @pytest.fixture(scope="module")
