@@ -190,17 +190,7 @@ def run_model_test(backend: str, spec: ir.Spec, expected_output_shape: tuple[int
     start = case_weights(spec, report)
     model.set_weights(start)
     reference.set_weights(start)
-    outputs, expected = model.engine.layer_outputs(x0), reference.engine.layer_outputs(x0)
-    assert len(outputs) == len(report.layers), f"{what}: one output per layer"
-    for row, got, ref in zip(report.layers, outputs, expected):
-        assert got.shape == (BATCH, *row.output_shape[1:]), f"{what}: {row.name}'s output shape"
-        assert_close(got, ref, FORWARD_RTOL, f"{what}, forward, {row.name}")
-    predictions = outputs[-1]
-    if predict:
-        predictions = model.predict(x0)
-        assert predictions.dtype == np.float32
-        assert_close(predictions, expected[-1], FORWARD_RTOL, f"{what}, predict")
-
+    predictions = check_forward(what, report, model, reference, x0, predict)
     if tmp_path is not None:
         check_round_trip(what, report, model, x0, tmp_path)
     if standalone is not None:
@@ -223,6 +213,22 @@ def check_counts(what: str, report: Any, weights: list[np.ndarray], layer_index:
         assert tuple(shape) == (None, *expected_output_shape), f"{what}: the checker's output shape"
         assert (params, non_trainable) == (expected_params, expected_non_trainable), f"{what}: the checker's counts"
     assert own == params, f"{what}: the backend holds {own} parameters, expected {params}"
+
+
+def check_forward(what: str, report: Any, model: Any, reference: Any, x0: np.ndarray, predict: bool) -> np.ndarray:
+    """Every layer's output in inference mode (and predict()'s) against the reference; the
+    model's outputs."""
+    outputs, expected = model.engine.layer_outputs(x0), reference.engine.layer_outputs(x0)
+    assert len(outputs) == len(report.layers), f"{what}: one output per layer"
+    for row, got, ref in zip(report.layers, outputs, expected):
+        assert got.shape == (BATCH, *row.output_shape[1:]), f"{what}: {row.name}'s output shape"
+        assert_close(got, ref, FORWARD_RTOL, f"{what}, forward, {row.name}")
+    if not predict:
+        return outputs[-1]
+    predictions = model.predict(x0)
+    assert predictions.dtype == np.float32
+    assert_close(predictions, expected[-1], FORWARD_RTOL, f"{what}, predict")
+    return predictions
 
 
 def check_training(what: str, report: Any, model: Any, reference: Any, x: np.ndarray, y: np.ndarray) -> None:
