@@ -2,15 +2,20 @@
 
 Only for tests; modelspec's own Keras backend is separate. Unnamed layers are left to
 Keras's auto-naming (after `clear_session()`), so the names are Keras's, not ours.
+`checker_and_keras` pairs what the static checker reports with what Keras reports of the
+model it builds (tests/test_keras_checker.py, tests/test_fuzz_crosscheck.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from modelspec import ir  # noqa: E402
 
@@ -55,6 +60,46 @@ def model(spec: ir.Spec) -> keras.Sequential:
     """The spec as a Keras Sequential model, built, in a fresh naming session."""
     keras.backend.clear_session(free_memory=False)  # names restart; skipping gc saves ~0.5 s
     return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
+
+
+def keras_report(model: keras.Model) -> dict:
+    """What `modelspec check --json` reports, as Keras sees it."""
+    def count(weights) -> int:
+        return sum(int(np.prod(w.shape)) for w in weights)
+
+    layers = [{"name": layer.name, "output_shape": list(layer.output.shape), "params": layer.count_params(),
+               "trainable": count(layer.trainable_weights), "non_trainable": count(layer.non_trainable_weights)}
+              for layer in model.layers]
+    return {"model": model.name, "input_shape": [None, *model.input_shape[1:]], "layers": layers,
+            "total_params": model.count_params(), "trainable_params": count(model.trainable_weights),
+            "non_trainable_params": count(model.non_trainable_weights),
+            "bytes": sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)}
+
+
+def ours(report: dict) -> dict:
+    """The same fields of a `modelspec check --json` report."""
+    keys = ("model", "input_shape", "total_params", "trainable_params", "non_trainable_params", "bytes")
+    layer_keys = ("name", "output_shape", "params", "trainable", "non_trainable")
+    return {**{k: report[k] for k in keys}, "layers": [{k: row[k] for k in layer_keys} for row in report["layers"]]}
+
+
+def classes_and_weights(model: keras.Model) -> tuple[list, list]:
+    return ([type(layer).__name__ for layer in model.layers],
+            [(w.path, tuple(w.shape), w.trainable) for w in model.weights])
+
+
+def checker_and_keras(spec: ir.Spec) -> tuple[Any, keras.Model, list[tuple[Any, Any]]]:
+    """The checker's report of `spec`, the Keras model built from it, and the (checker's,
+    Keras's) pairs that must be equal: what `check --json` prints (names, output shapes,
+    parameters trainable and not, bytes), then the layer classes and weights."""
+    from modelspec.checker import check
+
+    report = check(spec)
+    m = model(spec)
+    return report, m, [
+        (ours(json.loads(json.dumps(report.to_dict()))), keras_report(m)),
+        (([r.keras_class for r in report.layers], [(w.path, w.shape, w.trainable) for w in report.weights]),
+         classes_and_weights(m))]
 
 
 def summary(m: keras.Model, line_length: int) -> str:

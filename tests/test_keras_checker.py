@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
 import pytest
 
 import modelspec as ms
@@ -28,49 +27,13 @@ pytestmark = pytest.mark.keras
 RANDOM = specgen.spec_texts(200, seed=2024, portable_names=False)
 
 
-def reference_model(spec: ms.ir.Spec):
-    """keras_reference.model, without the garbage collection clear_session() runs by default
-    (half a second per model, here 200 times)."""
-    import keras
-
-    keras.backend.clear_session(free_memory=False)
-    return keras.Sequential([keras.Input(spec.input_shape), *(kr.layer(n) for n in spec.layers)], name=spec.name)
-
-
-def keras_report(model) -> dict:
-    """What `modelspec check --json` reports, as Keras sees it."""
-    def count(weights) -> int:
-        return sum(int(np.prod(w.shape)) for w in weights)
-
-    layers = [{"name": layer.name, "output_shape": list(layer.output.shape), "params": layer.count_params(),
-               "trainable": count(layer.trainable_weights), "non_trainable": count(layer.non_trainable_weights)}
-              for layer in model.layers]
-    return {"model": model.name, "input_shape": [None, *model.input_shape[1:]], "layers": layers,
-            "total_params": model.count_params(), "trainable_params": count(model.trainable_weights),
-            "non_trainable_params": count(model.non_trainable_weights),
-            "bytes": sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)}
-
-
-def ours(report: dict) -> dict:
-    keys = ("model", "input_shape", "total_params", "trainable_params", "non_trainable_params", "bytes")
-    layer_keys = ("name", "output_shape", "params", "trainable", "non_trainable")
-    return {**{k: report[k] for k in keys}, "layers": [{k: row[k] for k in layer_keys} for row in report["layers"]]}
-
-
-def classes_and_weights(model) -> tuple[list, list]:
-    return ([type(layer).__name__ for layer in model.layers],
-            [(w.path, tuple(w.shape), w.trainable) for w in model.weights])
-
-
 @pytest.mark.parametrize("index", range(len(RANDOM)))
 def test_random_spec_checks_as_keras_builds_it(index, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich crops Keras's summary at the terminal's width
     spec = ms.parse(RANDOM[index])
-    report = ms.check(spec)
-    model = reference_model(spec)
-    assert ours(json.loads(json.dumps(report.to_dict()))) == keras_report(model), RANDOM[index]
-    assert classes_and_weights(model) == ([r.keras_class for r in report.layers],
-                                          [(w.path, w.shape, w.trainable) for w in report.weights])
+    report, model, pairs = kr.checker_and_keras(spec)
+    for mine, keras_s in pairs:
+        assert mine == keras_s, RANDOM[index]
     width = random.Random(index).choice((76, 88, 100, 120))
     assert report.summary(line_length=width) == kr.summary(model, width), RANDOM[index]
     if index % 4 == 0:  # the backend's own model, named by the checker (building all 200 doubles the time)
@@ -84,7 +47,7 @@ def test_check_json_command_on_the_spec_files(capsys):
     assert main(["check", "--json", *map(str, SPEC_FILES)]) == 0
     reports = json.loads(capsys.readouterr().out)
     for path, report in zip(SPEC_FILES, reports):
-        assert ours(report) == keras_report(reference_model(ms.parse(path))), path.name
+        assert kr.ours(report) == kr.keras_report(kr.model(ms.parse(path))), path.name
 
 
 def test_the_generator_covers_the_language():
