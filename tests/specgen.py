@@ -18,6 +18,7 @@ task, so the spec can also be trained; optimizer and fit settings are drawn too.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish",
@@ -41,14 +42,46 @@ OPTIMIZERS = {
 }
 TASKS = ("categorical", "sparse", "binary", "regression")
 
+# What `well_conditioned=True` leaves out, and why. Each construction makes float32 training
+# disagree with itself: two correct frameworks, rounding differently, drift apart beyond
+# crosscheck's tolerances. Each was found by the differential fuzzing
+# (tests/test_fuzz_crosscheck.py) and confirmed against the numpy engine in float64, from
+# which every float32 backend strayed about as far as from each other.
+WELL_CONDITIONED = (
+    "No `ones` kernel on a layer of more than one output channel: its channels are identical, "
+    "and a softmax over identical channels passes back a gradient whose true value is 0, so what "
+    "reaches the layers below is rounding noise, which an adaptive optimizer turns into full steps.",
+    "A spec with a batchnorm trains with sgd or adagrad: batch normalization leaves parameters whose "
+    "true gradient is 0 or nearly (a bias it subtracts again, a kernel column it rescales, a "
+    "one-input layer's weight); their float32 gradient is rounding noise, which Adam, AdamW, Nadam "
+    "and RMSprop (each step divided by the root of that gradient's own running square) turn into "
+    "steps of the whole learning rate, differently in every framework. SGD moves such a parameter "
+    "by the noise times the learning rate; Adagrad's accumulator starts at 0.01 or more.",
+    "No batchnorm on what a batchnorm has normalized already (with only affine layers or max "
+    "pooling between): the first one's gamma and beta have no true gradient, and the second divides "
+    "a constant channel's noise by the square root of its epsilon.",
+    # not a matter of conditioning: a TensorFlow bug, which no crosscheck can pass
+    "No conv2d with strides (1, 2) on one input channel: TensorFlow 2.21's oneDNN CPU convolution "
+    "computes it from uninitialized memory when its output is one column wide (tf.nn.conv2d of a "
+    "(2, 4, 3, 1) input with a (1, 2, 1, 1) kernel and strides (1, 1, 2, 1): different garbage on "
+    "every call; right with TF_ENABLE_ONEDNN_OPTS=0), so Keras itself gives wrong numbers.",
+)
+
 
 def spec_text(rng: random.Random, *, training: bool = True, max_layers: int = 6, dropout: bool = True,
-              task: str | None = None, portable_names: bool = True) -> str:
+              task: str | None = None, portable_names: bool = True, max_image: int = 10, max_channels: int = 3,
+              well_conditioned: bool = False) -> str:
     """One random valid spec. `dropout=False` leaves out dropout layers (whose masks no two
     frameworks share); `task` picks the head: categorical, sparse, binary or regression.
     `portable_names=False` also draws names with spaces and accents, which the language
-    allows but TensorFlow's name scopes (so the Keras backend) do not."""
-    return _Generator(rng, dropout, portable_names).spec(training, max_layers, task or rng.choice(TASKS))
+    allows but TensorFlow's name scopes (so the Keras backend) do not. An image input is
+    at most `max_image` pixels a side and `max_channels` deep.
+
+    `well_conditioned=True` leaves out the few constructions whose float32 training cannot
+    give the same numbers in two frameworks, for `modelspec crosscheck` (WELL_CONDITIONED
+    says which and why). With the defaults, a seed draws the same specs as it always has."""
+    options = _Options(dropout, portable_names, max_image, max_channels, well_conditioned)
+    return _Generator(rng, options).spec(training, max_layers, task or rng.choice(TASKS))
 
 
 def spec_texts(n: int, seed: int = 0, **options: Any) -> list[str]:
@@ -71,12 +104,26 @@ def _num(x: float) -> str:
     return f"{x:.3g}"
 
 
+@dataclass(frozen=True)
+class _Options:
+    dropout: bool = True
+    portable_names: bool = True
+    max_image: int = 10
+    max_channels: int = 3
+    well_conditioned: bool = False
+
+
 class _Generator:
-    def __init__(self, rng: random.Random, dropout: bool, portable_names: bool) -> None:
+    def __init__(self, rng: random.Random, options: _Options) -> None:
         self.r = rng
-        self.use_dropout = dropout
-        self.portable = portable_names
+        self.use_dropout = options.dropout
+        self.portable = options.portable_names
+        self.max_image, self.max_channels = options.max_image, options.max_channels
+        self.well_conditioned = options.well_conditioned
         self.names = 0
+        self.has_batchnorm = False  # whether the spec so far has a batchnorm layer
+        self.normalized = False  # a batchnorm, then only layers that are affine (or max pooling)
+        self.nonlinear = False  # whether the layer just drawn has a nonlinear activation
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
@@ -118,7 +165,7 @@ class _Generator:
         elif kind == "matrix":
             shape = (r.randint(1, 5), r.randint(1, 6))
         else:
-            shape = (r.randint(3, 10), r.randint(3, 10), r.randint(1, 3))
+            shape = (r.randint(3, self.max_image), r.randint(3, self.max_image), r.randint(1, self.max_channels))
         self.first_shape = shape
         return shape
 
@@ -142,8 +189,13 @@ class _Generator:
             kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "flatten"]
         elif len(shape) == 2:
             kinds += ["flatten"]
+        if self.well_conditioned and self.normalized:  # see WELL_CONDITIONED
+            kinds.remove("batchnorm")
         kind = self.r.choice(kinds)
+        self.nonlinear = False
         text, shape = getattr(self, kind)(shape)
+        if kind == "batchnorm" or self.nonlinear:
+            self.normalized = kind == "batchnorm"
         return text + self.name_option(), shape
 
     def dense(self, shape: tuple[int, ...], units: int | None = None, activation: str | None = None) -> tuple[str, tuple[int, ...]]:
@@ -152,8 +204,9 @@ class _Generator:
             activation = self.r.choice(ACTIVATIONS) if self.chance(0.7) else None
             if activation == "softmax" and units == 1:  # always 1: Keras warns about it
                 activation = "sigmoid"
+        self.nonlinear = activation not in (None, "linear")
         head = f"dense units={units}" if self.chance(0.2) else f"dense {units}"
-        return head + self.weighted_options(activation), shape[:-1] + (units,)
+        return head + self.weighted_options(activation, units), shape[:-1] + (units,)
 
     def conv2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         r = self.r
@@ -163,6 +216,8 @@ class _Generator:
         limit_h, limit_w = (3, 3) if padding == "same" else (min(3, h), min(3, w))
         kernel = (r.randint(1, limit_h), r.randint(1, limit_w))
         strides = (r.randint(1, 2), r.randint(1, 2)) if self.chance(0.4) else (1, 1)
+        if self.well_conditioned and shape[2] == 1 and strides == (1, 2):  # TensorFlow's bug: WELL_CONDITIONED
+            strides = (2, 2)
         text = f"conv2d {filters} {self.pair(kernel)}"
         if strides != (1, 1):
             text += f" {self.stride(strides)}"
@@ -171,8 +226,9 @@ class _Generator:
         activation = r.choice(ACTIVATIONS) if self.chance(0.7) else None
         if activation == "softmax" and filters == 1:
             activation = "sigmoid"
+        self.nonlinear = activation not in (None, "linear")
         out = tuple(self.window(n, k, s, padding) for n, k, s in zip((h, w), kernel, strides))
-        return text + self.weighted_options(activation), (*out, filters)
+        return text + self.weighted_options(activation, filters), (*out, filters)
 
     def pool(self, kind: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         r = self.r
@@ -214,6 +270,7 @@ class _Generator:
         return text, shape
 
     def batchnorm(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        self.has_batchnorm = True
         text = "batchnorm"
         if self.chance(0.3):
             text += f" momentum={self.r.choice((0.9, 0.5, 0.0, 0.999))}"
@@ -223,10 +280,13 @@ class _Generator:
 
     def activation(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         choices = [a for a in LAYER_ACTIVATIONS if shape[-1] > 1 or a != "softmax"]
-        return self.r.choice(choices), shape
+        name = self.r.choice(choices)
+        self.nonlinear = name != "linear"
+        return name, shape
 
     def leaky_relu(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         r = self.r
+        self.nonlinear = True  # no slope drawn is 1
         choice = r.randint(0, 3)
         if choice == 0:
             return "leaky_relu", shape
@@ -249,10 +309,13 @@ class _Generator:
     def window(n: int, k: int, s: int, padding: str) -> int:
         return -(-n // s) if padding == "same" else (n - k) // s + 1
 
-    def initializer(self, bias: bool = False) -> str:
+    def initializer(self, bias: bool = False, channels: int = 1) -> str:
         r = self.r
         # orthogonal needs a weight of rank 2 or more: Keras refuses it for a bias
-        name = r.choice([i for i in INITIALIZERS if not (bias and i == "orthogonal")])
+        names = [i for i in INITIALIZERS if not (bias and i == "orthogonal")]
+        if self.well_conditioned and channels > 1:  # identical output channels: see WELL_CONDITIONED
+            names.remove("ones")
+        name = r.choice(names)
         args = []
         if name not in ("zeros", "ones") and self.chance(0.5):
             args.append(f"seed={r.randint(0, 2**31 - 1) if self.chance(0.2) else r.randint(0, 99)}")
@@ -265,13 +328,13 @@ class _Generator:
             args.append(f"gain={_num(r.uniform(0.5, 2.0))}")
         return f"{name}({', '.join(args)})" if args else name
 
-    def weighted_options(self, activation: str | None) -> str:
+    def weighted_options(self, activation: str | None, channels: int) -> str:
         r = self.r
         parts = []
         if activation is not None:
             parts.append(f"activation={activation}" if self.chance(0.2) else activation)
         if self.chance(0.5):
-            init = self.initializer()
+            init = self.initializer(channels=channels)
             parts.append(f"kernel_initializer={init}" if self.chance(0.2) else init)
         if self.chance(0.15):
             parts.append(r.choice(("nobias", "use_bias=false")))
@@ -314,8 +377,9 @@ class _Generator:
     def training(self, task: str) -> list[str]:
         r = self.r
         lines = []
-        if self.chance(0.85):
-            name = r.choice(sorted(OPTIMIZERS))
+        adaptive_ok = not (self.well_conditioned and self.has_batchnorm)  # see WELL_CONDITIONED
+        if self.chance(0.85) or not adaptive_ok:  # (the default optimizer is RMSprop)
+            name = r.choice(sorted(OPTIMIZERS) if adaptive_ok else ["adagrad", "sgd"])
             parts = [f"optimizer {name}"]
             for key, span in OPTIMIZERS[name].items():
                 if not self.chance(0.4):
