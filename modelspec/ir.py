@@ -76,6 +76,7 @@ MetricName = Literal[
 METRICS: tuple[str, ...] = MetricName.__args__  # type: ignore[attr-defined]
 
 Padding = Literal["valid", "same"]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]  # Keras keeps seeds in an int64
 PositiveInt = Annotated[int, Field(ge=1)]
 Pair = tuple[PositiveInt, PositiveInt]
 LayerName = Annotated[str, Field(min_length=1, pattern=r"^[^/]+$")]
@@ -131,7 +132,7 @@ class Initializer(Node):
     """A Keras initializer: `he_normal(seed=2024)`, `random_normal(stddev=0.05)`."""
 
     name: InitializerName
-    seed: int | None = None
+    seed: Seed | None = None
     mean: float | None = None
     stddev: float | None = None
     minval: float | None = None
@@ -192,6 +193,9 @@ class Dense(LayerBase):
     use_bias: bool = True
     kernel_regularizer: Regularizer | None = None
 
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
 
 class Conv2D(LayerBase):
     keras_class: ClassVar[str] = "Conv2D"
@@ -206,6 +210,14 @@ class Conv2D(LayerBase):
     use_bias: bool = True
     kernel_regularizer: Regularizer | None = None
 
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
+
+def _check_bias(init: Initializer) -> None:
+    if init.name == "orthogonal":
+        raise ValueError("orthogonal needs a weight of rank 2 or more; a bias is a vector")
+
 
 class Flatten(LayerBase):
     keras_class: ClassVar[str] = "Flatten"
@@ -216,7 +228,7 @@ class Dropout(LayerBase):
     keras_class: ClassVar[str] = "Dropout"
     kind: Literal["dropout"] = "dropout"
     rate: float = Field(ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class BatchNorm(LayerBase):
@@ -337,7 +349,7 @@ class Fit(Node):
     epochs: Annotated[int, Field(ge=0)] | None = None
     validation_split: float | None = Field(default=None, ge=0, lt=1)
     shuffle: bool | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 # ---------------------------------------------------------------------------------------

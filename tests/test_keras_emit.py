@@ -276,17 +276,27 @@ def test_a_hostile_model_name_compiles_to_harmless_code(tmp_path, capsys):
     assert {'x"); import os #', "a\nb"} <= strings
 
 
-@pytest.mark.parametrize("line, message", [
-    ("dense 2 bias_init=orthogonal", "Keras's Orthogonal initializer needs a weight of rank 2 or more; a bias has rank 1"),
-    ("dense 2 he_normal(seed=18446744073709551616)", "Keras takes seeds below 2**63"),
-    ("dropout 0.5 seed=9223372036854775808", "Keras takes seeds below 2**63"),
+@pytest.mark.parametrize("line, column, message", [
+    ("dense 2 bias_init=orthogonal", 19, "orthogonal needs a weight of rank 2 or more; a bias is a vector"),
+    ("dense 2 he_normal(seed=18446744073709551616)", 24, "seed must be below 2**63"),
+    ("dropout 0.5 seed=9223372036854775808", 18, "seed must be below 2**63"),
 ], ids=["orthogonal_bias", "initializer_seed", "dropout_seed"])
-def test_what_keras_cannot_build_is_reported(line, message, tmp_path, capsys):
+def test_what_keras_cannot_build_is_refused_by_the_language(line, column, message, tmp_path, capsys):
     path = tmp_path / "m.ms"
     path.write_text(f"input 3\n{line}\n")
     assert main(["compile", str(path), "--backend", "keras"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"{path}:2:1: error: {message}") and "Traceback" not in err
+    assert err.startswith(f"{path}:2:{column}: error: {message}") and "Traceback" not in err
+    with pytest.raises(ValueError):  # the IR refuses it too, whoever builds it
+        ms.Spec.model_validate({"input_shape": [3], "layers": [_bad_layer(line)]})
+
+
+def _bad_layer(line: str) -> dict:
+    if line.startswith("dropout"):
+        return {"kind": "dropout", "rate": 0.5, "seed": 2**63}
+    if "orthogonal" in line:
+        return {"kind": "dense", "units": 2, "bias_initializer": {"name": "orthogonal"}}
+    return {"kind": "dense", "units": 2, "kernel_initializer": {"name": "he_normal", "seed": 2**64}}
 
 
 def test_compile_command(tmp_path, capsys):

@@ -44,16 +44,6 @@ class KerasBackend(Backend):
     extra = "keras"
     requires = ("keras", "tensorflow")
 
-    def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
-        """Besides the generic checks, what Keras refuses although the checker accepts it:
-        seeds of 2**63 or more, an orthogonal bias."""
-        from modelspec.diagnostics import Diagnostic
-
-        out = super().unsupported(spec)
-        for layer in spec.layers:
-            out += [Diagnostic("error", problem, layer.span, code="backend") for problem in _inexpressible(layer)]
-        return out
-
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
         """Options: seed (dropout masks without a seed of their own), device ('auto', 'cpu',
         'cuda'). A name TensorFlow's name scopes reject is a SpecError: Keras builds such a
@@ -75,19 +65,6 @@ class KerasBackend(Backend):
         from .emit import program
 
         return program(spec, report)
-
-
-def _inexpressible(layer: Any) -> list[str]:
-    """What Keras refuses in a layer the checker accepts."""
-    problems = []
-    seeds = [getattr(layer, "seed", None)] + [getattr(getattr(layer, k, None), "seed", None)
-                                              for k in ("kernel_initializer", "bias_initializer")]
-    if any(seed is not None and seed >= 2**63 for seed in seeds):
-        problems.append("Keras takes seeds below 2**63 (they become 64-bit integers)")
-    bias = getattr(layer, "bias_initializer", None)
-    if getattr(layer, "use_bias", False) and bias is not None and bias.name == "orthogonal":
-        problems.append("Keras's Orthogonal initializer needs a weight of rank 2 or more; a bias has rank 1")
-    return problems
 
 
 def rejected_names(spec: "ir.Spec") -> list[tuple[str, Any]]:

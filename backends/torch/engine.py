@@ -299,7 +299,9 @@ class TorchEngine(Engine):
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         torch._foreach_copy_(self.backup, self.masked)
         loss, out = self._loss(xb, yb)
-        grads = torch.autograd.grad(loss, self.params)
+        # a weight the loss does not reach (before a dropout of rate 1) gets a zero gradient,
+        # which leaves it unchanged under every optimizer's rule from zero state
+        grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
         flat_grad = torch.cat([g.reshape(-1) for g in grads])
         finite = torch.isfinite(flat_grad).all() & torch.isfinite(loss)
         ok = finite & self.live
