@@ -44,6 +44,9 @@ class KerasBackend(Backend):
     extra = "keras"
     requires = ("keras", "tensorflow")
 
+    def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
+        return super().unsupported(spec) + onednn_miscomputed(spec)
+
     def engine(self, spec: "ir.Spec", report: "Report", **options: Any) -> Engine:
         """Options: seed (dropout masks without a seed of their own), device ('auto', 'cpu',
         'cuda'). A name TensorFlow's name scopes reject is a SpecError: Keras builds such a
@@ -65,6 +68,30 @@ class KerasBackend(Backend):
         from .emit import program
 
         return program(spec, report)
+
+
+def onednn_miscomputed(spec: "ir.Spec") -> list["Diagnostic"]:
+    """conv2d layers that TensorFlow's oneDNN kernels (on by default on x86 CPUs) compute
+    wrongly: one input channel, strides (1, 2 or more), one output column. Found by the
+    differential fuzzing; TensorFlow reads uninitialised memory there, a new wrong answer on
+    every call (tf.nn.conv2d of a (2, 4, 3, 1) input, a (1, 2, 1, 1) kernel, strides
+    (1, 1, 2, 1)). Refused rather than run, unless oneDNN is off."""
+    from modelspec.checker import check
+    from modelspec.diagnostics import Diagnostic
+
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return []
+    out = []
+    for rep in check(spec).layers:
+        if rep.kind != "conv2d":
+            continue
+        (sh, sw), channels, columns = rep.layer.strides, rep.input_shape[-1], rep.output_shape[2]
+        if channels == 1 and sh == 1 and sw >= 2 and columns == 1:
+            out.append(Diagnostic(
+                "error", f"{rep.name}: TensorFlow's oneDNN convolution computes this layer wrongly on the CPU "
+                         f"(one input channel, strides {rep.layer.strides}, one output column)", rep.layer.span,
+                hint="run Keras with TF_ENABLE_ONEDNN_OPTS=0, or use the numpy or torch backend", code="backend"))
+    return out
 
 
 def rejected_names(spec: "ir.Spec") -> list[tuple[str, Any]]:
