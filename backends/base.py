@@ -129,8 +129,6 @@ class Backend:
     """A backend's declaration. Subclasses set the class attributes and implement build/emit."""
 
     name: ClassVar[str] = ""
-    extra: ClassVar[str] = ""  # the pip extra that installs its framework
-    requires: ClassVar[tuple[str, ...]] = ()  # modules that must import
     # What this backend implements; anything else is reported against the spec line.
     layer_kinds: ClassVar[frozenset[str]] = frozenset(
         {"dense", "conv2d", "flatten", "dropout", "batchnorm", "maxpool2d", "avgpool2d",

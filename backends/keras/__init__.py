@@ -41,8 +41,6 @@ SCOPE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 class KerasBackend(Backend):
     name = "keras"
-    extra = "keras"
-    requires = ("keras", "tensorflow")
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
         return super().unsupported(spec) + onednn_miscomputed(spec)

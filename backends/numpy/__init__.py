@@ -17,8 +17,6 @@ __all__ = ["NumpyBackend", "NumpyEngine"]
 
 class NumpyBackend(Backend):
     name: ClassVar[str] = "numpy"
-    extra: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ("numpy",)
 
     def engine(self, spec, report, device: str | None = None, **options: Any) -> NumpyEngine:
         """Options: seed (initial weights and dropout masks; default the spec's fit seed);

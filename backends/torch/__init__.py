@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
-    extra: ClassVar[str] = "torch"
-    requires: ClassVar[tuple[str, ...]] = ("torch",)
 
     def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
                cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":

@@ -47,7 +47,6 @@ OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "Adam
               "nadam": "Nadam"}
 METRICS = {"categorical_accuracy": "categorical_accuracy", "sparse_categorical_accuracy": "sparse_categorical_accuracy",
            "binary_accuracy": "binary_accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error"}
-LAYOUT_NOTE = {"dense": "(in, out) in Keras, (out, in) here", "conv": "(kh, kw, in, out) in Keras, (out, in, kh, kw) here"}
 
 
 def activation(name: str | None, x: str, axis: int = -1) -> str:
