@@ -288,3 +288,22 @@ def test_sparse_labels_follow_the_output_rank():
     with pytest.raises(ValueError, match=r"class ids of shape \(None, 4\); y has shape \(6,\)"):
         model.fit(x, np.zeros(6), verbose=0)
     model.fit(x, np.zeros((6, 4, 1)), verbose=0)  # a trailing axis of 1 is squeezed, as Keras does
+
+
+def test_a_missing_framework_names_the_extra_to_install(monkeypatch):
+    import importlib
+
+    from modelspec import backends
+
+    real = importlib.import_module
+
+    def without_torch(name, *args):
+        if name == "modelspec.backends.torch":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *args)
+
+    monkeypatch.setattr(backends.importlib, "import_module", without_torch)
+    with pytest.raises(BackendError, match=r"the torch backend needs torch, which is not installed: "
+                                           r"pip install 'modelspec\[torch\]'"):
+        ms.build(SMALL, backend="torch")
+    assert "torch" not in backends.installed()
