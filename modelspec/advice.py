@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from . import ir
 from .diagnostics import Diagnostic
+from .shapes import fmt_shape
 
 if TYPE_CHECKING:
     from .checker import LayerReport
@@ -145,8 +146,6 @@ def _dropout_placement(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[D
 def _dense_on_images(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Diagnostic]:
     for rep in layers:
         if rep.kind == "dense" and len(rep.input_shape) >= 4:
-            from .checker import fmt_shape
-
             yield _warn(f"{rep.name} receives {fmt_shape(rep.input_shape)}; dense acts on the last axis only, "
                         f"so it outputs {fmt_shape(rep.output_shape)}", rep.layer,
                         hint="add `flatten` (or `globalavgpool2d`) before this layer", code="dense-rank")
@@ -163,8 +162,6 @@ def _output_and_loss(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Dia
     where = layers[i].layer
     if len(out) > 2 and loss in ("categorical_crossentropy", "sparse_categorical_crossentropy",
                                  "binary_crossentropy"):
-        from .checker import fmt_shape
-
         yield _warn(f"the model outputs {fmt_shape(out)}, but {loss} compares one prediction per sample",
                     where, hint="add `flatten` or `globalavgpool2d` before the output layer", code="loss")
         return

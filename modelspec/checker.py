@@ -1,24 +1,27 @@
 """The static checker: every layer's output shape, parameters, bytes and FLOPs, as Keras counts them.
 
 Pure Python integer arithmetic on the IR: nothing is allocated, no framework is imported,
-so a 100-billion-parameter typo is reported in microseconds. Shape rules are Keras's
-(channels-last; 'valid' is floor((n - k) / s) + 1; 'same' is ceil(n / s)); names are
-Keras's auto names in a fresh session (dense, dense_1, batch_normalization, ...).
-Advice (modelspec.advice) is attached as warnings; `strict=True` makes them errors.
+so a 100-billion-parameter typo is reported in microseconds. Each layer kind owns its
+shape rule, weights and FLOPs (modelspec.layers); this module walks them, names the layers
+with Keras's auto names in a fresh session (dense, dense_1, batch_normalization, ...) and
+totals the counts. `check` adds advice (modelspec.advice) as warnings; `strict=True` makes
+them errors.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, sort_diagnostics
+from .shapes import BYTES_PER_PARAM, Shape, ShapeError, fmt_shape, same_padding, window_output
 
-Shape = tuple  # (None, d1, d2, ...): the batch axis first, as Keras prints it
-
-BYTES_PER_PARAM = 4  # float32
+# re-exported: the backends and the summary read shapes through the checker's report
+__all__ = ["BYTES_PER_PARAM", "LayerReport", "Report", "Shape", "Weight", "check", "fmt_shape",
+           "infer", "layer_names", "same_padding", "window_output"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Weight:
     path: str  # model1/dense/kernel, as Keras's variable.path
     shape: tuple[int, ...]
     trainable: bool
+    initializer: ir.Initializer | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -128,8 +132,6 @@ class Report:
 
 def _snake(class_name: str) -> str:
     """keras.src.utils.naming.to_snake_case: BatchNormalization -> batch_normalization."""
-    import re
-
     s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
@@ -158,108 +160,12 @@ def layer_names(spec: ir.Spec) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# Shape rules
-
-
-class _ShapeError(Exception):
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-
-def fmt_shape(shape: Shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def window_output(n: int, k: int, s: int, padding: str) -> int:
-    """Keras's output length of a convolution or pooling window along one axis."""
-    if padding == "same":
-        return -(-n // s)
-    return (n - k) // s + 1
-
-
-def same_padding(n: int, k: int, s: int) -> tuple[int, int]:
-    """TensorFlow's 'same' padding (before, after): the extra pixel goes after."""
-    out = -(-n // s)
-    total = max((out - 1) * s + k - n, 0)
-    return total // 2, total - total // 2
-
-
-def _need_image(kind: str, shape: Shape) -> None:
-    if len(shape) != 4:
-        received = fmt_shape(shape)
-        if len(shape) == 3:
-            hint = f"add a channel axis: `input {shape[1]}x{shape[2]}x1`"
-        elif len(shape) == 2:
-            hint = ("images are (height, width, channels): declare `input 28x28x1`, or remove the "
-                    "layer that flattened them")
-        else:
-            hint = None
-        raise _ShapeError(f"{kind} needs an input of rank 3 (height, width, channels); received {received}",
-                          hint)
-
-
-def _window(kind: str, shape: Shape, size: tuple[int, int], strides: tuple[int, int], padding: str) -> tuple[int, int]:
-    _need_image(kind, shape)
-    out = []
-    for axis, (n, k, s) in enumerate(zip(shape[1:3], size, strides)):
-        o = window_output(n, k, s, padding)
-        if o < 1:
-            what = "height" if axis == 0 else "width"
-            raise _ShapeError(
-                f"{kind}'s window {size[0]}x{size[1]} is larger than its input {fmt_shape(shape)} "
-                f"({what} {n} < {k}); the output would have no {'rows' if axis == 0 else 'columns'}",
-                "use padding=same, a smaller window, or a larger input")
-        out.append(o)
-    return out[0], out[1]
-
-
-def _infer(layer: Any, shape: Shape, path: str) -> tuple[Shape, list[Weight], int]:
-    """(output shape, weights, forward FLOPs per sample) of one layer."""
-    kind = layer.kind
-    if kind == "dense":
-        n_in = shape[-1]
-        weights = [Weight(f"{path}/kernel", (n_in, layer.units), True)]
-        if layer.use_bias:
-            weights.append(Weight(f"{path}/bias", (layer.units,), True))
-        rows = math.prod(shape[1:-1])
-        return shape[:-1] + (layer.units,), weights, 2 * n_in * layer.units * rows
-    if kind == "conv2d":
-        h, w = _window(kind, shape, layer.kernel_size, layer.strides, layer.padding)
-        cin = shape[3]
-        weights = [Weight(f"{path}/kernel", (*layer.kernel_size, cin, layer.filters), True)]
-        if layer.use_bias:
-            weights.append(Weight(f"{path}/bias", (layer.filters,), True))
-        flops = 2 * layer.kernel_size[0] * layer.kernel_size[1] * cin * layer.filters * h * w
-        return (None, h, w, layer.filters), weights, flops
-    if kind in ("maxpool2d", "avgpool2d"):
-        h, w = _window(kind, shape, layer.pool_size, layer.resolved_strides, layer.padding)
-        return (None, h, w, shape[3]), [], 0
-    if kind == "globalavgpool2d":
-        _need_image(kind, shape)
-        return (None, shape[3]), [], 0
-    if kind == "flatten":
-        return (None, math.prod(shape[1:])), [], 0
-    if kind == "batchnorm":
-        c = shape[-1]
-        weights = [Weight(f"{path}/gamma", (c,), True), Weight(f"{path}/beta", (c,), True),
-                   Weight(f"{path}/moving_mean", (c,), False),
-                   Weight(f"{path}/moving_variance", (c,), False)]
-        return shape, weights, 0
-    # dropout, activation, leaky_relu: shape-preserving, no weights
-    return shape, [], 0
-
-
-# ---------------------------------------------------------------------------------------
 # Entry point
 
 
-def check(spec: ir.Spec | str, *, strict: bool = False) -> Report:
-    """Check a spec (IR, text or path). Raises SpecError on an invalid one."""
-    if not isinstance(spec, ir.Spec):
-        from .parser import parse
-
-        spec = parse(spec)
+def infer(spec: ir.Spec) -> Report:
+    """Every layer's output shape, weights and FLOPs, without advice. Raises SpecError on a
+    duplicate layer name or a shape a layer cannot take."""
     errors: list[Diagnostic] = []
     names = layer_names(spec)
     seen: dict[str, Span | None] = {}
@@ -275,20 +181,32 @@ def check(spec: ir.Spec | str, *, strict: bool = False) -> Report:
     layers: list[LayerReport] = []
     for name, layer in zip(names, spec.layers):
         try:
-            out, weights, flops = _infer(layer, shape, f"{spec.name}/{name}")
-        except _ShapeError as e:
+            out = layer.output_shape(shape)
+        except ShapeError as e:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
-        layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights, flops, layer))
+        path = f"{spec.name}/{name}"
+        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer) for w in layer.weights(shape)]
+        layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
+                                  layer.flops(shape, out), layer))
         shape = out
-
-    from .advice import advise
-
-    warnings = advise(spec, layers) if not errors else []
-    if strict:
-        errors += [w.as_error() for w in warnings]
-        warnings = []
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
-    return Report(spec.name, (None, *spec.input_shape), layers,
-                  [w.with_file(spec.path) for w in sort_diagnostics(warnings)], spec)
+    return Report(spec.name, (None, *spec.input_shape), layers, [], spec)
+
+
+def check(spec: ir.Spec | str, *, strict: bool = False) -> Report:
+    """Check a spec (IR, text or path), with advice as warnings (errors when `strict`).
+    Raises SpecError on an invalid one."""
+    if not isinstance(spec, ir.Spec):
+        from .parser import parse
+
+        spec = parse(spec)
+    report = infer(spec)
+    from .advice import advise
+
+    warnings = advise(spec, report.layers)
+    if strict and warnings:
+        raise SpecError(sort_diagnostics(w.as_error().with_file(spec.path) for w in warnings), spec.source)
+    report.warnings = [w.with_file(spec.path) for w in sort_diagnostics(warnings)]
+    return report

@@ -135,16 +135,6 @@ def draw(init: "ir.Initializer", shape: tuple[int, ...], model_seed: int | None 
     return initialize(init.name, init.args(), shape, generator(init.seed, model_seed, index))
 
 
-def weight_initializer(layer: "ir.Layer", weight: str) -> "ir.Initializer":
-    """The initializer of a layer's weight, by the weight's Keras name."""
-    from . import ir
-
-    fixed = {"gamma": "ones", "moving_variance": "ones", "beta": "zeros", "moving_mean": "zeros"}
-    if weight in fixed:
-        return ir.Initializer.model_construct(name=fixed[weight])
-    return getattr(layer, f"{weight}_initializer")
-
-
 def initial_weights(spec: "ir.Spec", report: "Report", seed: int | None) -> list[np.ndarray]:
     """Every weight of a checked spec, in Keras's layout and order, float32.
 
@@ -154,6 +144,5 @@ def initial_weights(spec: "ir.Spec", report: "Report", seed: int | None) -> list
     out = []
     for layer in report.layers:
         for w in layer.weights:
-            init = weight_initializer(layer.layer, w.path.rsplit("/", 1)[1])
-            out.append(draw(init, w.shape, seed, len(out)))
+            out.append(draw(w.initializer, w.shape, seed, len(out)))
     return out

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import re
+from typing import Any
 
 from . import ir
+from .layers import Arg, layer_args
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DEFAULTS = {name: cls.model_fields for name, cls in ir.LAYER_CLASSES.items()}
 
 
 def _name(text: str) -> str:
@@ -42,52 +43,48 @@ def _init(init: ir.Initializer) -> str:
     return f"{init.name}({', '.join(args)})" if args else init.name
 
 
-def _default(layer: ir.LayerBase, field: str) -> bool:
-    return getattr(layer, field) == _DEFAULTS[layer.kind][field].default  # type: ignore[attr-defined]
+def _option(arg: Arg, value: Any) -> str:
+    """A layer option's value as the parser reads it back."""
+    if arg.read == "initializer":
+        return _init(value)
+    if arg.read == "pair":
+        return _shape(value) if arg.printed == "positional" else _stride(value)
+    if arg.read == "padding2d":
+        (top, bottom), (left, right) = value
+        if top == bottom and left == right:
+            return str(top) if top == left else f"{top}x{left}"
+        return f"(({top}, {bottom}), ({left}, {right}))"
+    if arg.read == "float":
+        return _num(value)
+    return str(value)
 
 
 def layer_text(layer: ir.LayerBase) -> str:
-    kind = layer.kind  # type: ignore[attr-defined]
-    parts: list[str] = [kind if kind != "activation" else layer.activation]  # type: ignore[attr-defined]
-    if isinstance(layer, ir.Dense):
-        parts.append(str(layer.units))
-    elif isinstance(layer, ir.Conv2D):
-        parts += [str(layer.filters), _shape(layer.kernel_size)]
-        if layer.strides != (1, 1):
-            parts.append(f"stride={_stride(layer.strides)}")
-        if layer.padding != "valid":
-            parts.append(f"padding={layer.padding}")
-    elif isinstance(layer, (ir.MaxPool2D, ir.AvgPool2D)):
-        parts.append(_shape(layer.pool_size))
-        if layer.strides is not None:
-            parts.append(f"stride={_stride(layer.strides)}")
-        if layer.padding != "valid":
-            parts.append(f"padding={layer.padding}")
-    elif isinstance(layer, ir.Dropout):
-        parts.append(_num(layer.rate))
-        if layer.seed is not None:
-            parts.append(f"seed={layer.seed}")
-    elif isinstance(layer, ir.BatchNorm):
-        for f in ("momentum", "epsilon"):
-            if not _default(layer, f):
-                parts.append(f"{f}={_num(getattr(layer, f))}")
-    elif isinstance(layer, ir.LeakyReLU):
-        if not _default(layer, "negative_slope"):
-            parts.append(_num(layer.negative_slope))
-    if isinstance(layer, (ir.Dense, ir.Conv2D)):
-        if layer.activation != "linear":
-            parts.append(layer.activation)
-        if layer.kernel_initializer != ir.GLOROT_UNIFORM:
-            parts.append(_init(layer.kernel_initializer))
-        if not layer.use_bias:
-            parts.append("nobias")
-        reg = layer.kernel_regularizer
-        if reg is not None:
-            parts += [f"{k}={_num(getattr(reg, k))}" for k in ("l1", "l2") if getattr(reg, k)]
-            if not reg.l1 and not reg.l2:
-                parts.append("l1=0.0")
-        if layer.bias_initializer != ir.ZEROS:
-            parts.append(f"bias_init={_init(layer.bias_initializer)}")
+    """A layer's canonical statement, from its class's declarations (modelspec.layers.Arg)."""
+    args = layer_args(type(layer))
+    fields = type(layer).model_fields
+    keyword = next((getattr(layer, f) for f, arg in args if arg.printed == "keyword"), layer.kind)  # type: ignore[attr-defined]
+    parts: list[str] = [keyword]
+    for field, arg in args:
+        value = getattr(layer, field)
+        default = value == fields[field].default
+        if arg.printed == "keyword":
+            continue
+        if arg.read == "regularizer":
+            if value is not None:
+                parts += [f"{k}={_num(getattr(value, k))}" for k in arg.keys if getattr(value, k)]
+                if not any(getattr(value, k) for k in arg.keys):
+                    parts.append(f"{arg.keys[0]}=0.0")
+        elif arg.printed == "positional" or (arg.printed == "positional?" and not default):
+            parts.append(_option(arg, value))
+        elif default:
+            continue
+        elif arg.read == "flag":
+            parts.append(arg.words[0])  # nobias
+        elif arg.printed == "word":
+            parts.append(_option(arg, value))
+        else:
+            parts.append(f"{arg.print_key or arg.keys[0]}={_option(arg, value)}")
     if layer.name is not None:
         parts.append(f"name={_name(layer.name)}")
     return " ".join(parts)

@@ -16,6 +16,8 @@ import shutil
 import unicodedata
 from typing import TYPE_CHECKING, Iterable
 
+from .shapes import BYTES_PER_PARAM, fmt_shape
+
 if TYPE_CHECKING:
     from .checker import Report
 
@@ -146,18 +148,16 @@ def render_table(rows: Iterable[tuple[str, str, str]], line_length: int) -> list
 def render_summary(report: "Report", line_length: int | None = None, flops: bool = False,
                    optimizer_params: int | None = None, optimizer_bytes: int = 0) -> str:
     """The text Keras's model.summary() prints for this model, plus modelspec's FLOPs line."""
-    from .checker import fmt_shape
-
     line_length = line_length or keras_line_length()
     rows = ((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}")
             for r in report.layers)
     trainable, non_trainable = report.trainable_params, report.non_trainable_params
     total = trainable + non_trainable + (optimizer_params or 0)
-    total_bytes = 4 * (trainable + non_trainable) + optimizer_bytes
+    total_bytes = BYTES_PER_PARAM * (trainable + non_trainable) + optimizer_bytes
     out = [f'Model: "{report.model}"', *render_table(rows, line_length),
            f" Total params: {total:,} ({readable_size(total_bytes)})",
-           f" Trainable params: {trainable:,} ({readable_size(4 * trainable)})",
-           f" Non-trainable params: {non_trainable:,} ({readable_size(4 * non_trainable)})"]
+           f" Trainable params: {trainable:,} ({readable_size(BYTES_PER_PARAM * trainable)})",
+           f" Non-trainable params: {non_trainable:,} ({readable_size(BYTES_PER_PARAM * non_trainable)})"]
     if optimizer_params:
         out.append(f" Optimizer params: {optimizer_params:,} ({readable_size(optimizer_bytes)})")
     if flops:

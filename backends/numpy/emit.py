@@ -128,7 +128,7 @@ def _initial_weights(report: Report) -> tuple[str, list[Any]]:
     lines, roots = [], [initializers.generator]
     for layer in report.layers:
         for w in layer.weights:
-            init = initializers.weight_initializer(layer.layer, w.path.rsplit("/", 1)[1])
+            init = w.initializer
             if init.name in ("zeros", "ones"):
                 call = f"np.{init.name}({w.shape!r}, np.float32)"
             else:

@@ -1,0 +1,349 @@
+"""Layer kinds: one class each, owning everything about its meaning.
+
+A class declares its keyword (its `kind`), Keras's class name, its options with Keras's
+defaults and how each is written in a spec (an `Arg` in the field's metadata, which the
+parser reads and the printer writes generically), its shape rule, its weights and its
+FLOPs, as Keras's `Layer.compute_output_shape` and `build` do. The parser, the checker,
+the printer and the summary walk `LAYER_CLASSES`; nothing else lists the kinds.
+Backends implement one method per kind, named after it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from .nodes import (
+    ACTIVATIONS, GLOROT_UNIFORM, INITIALIZERS, ZEROS, ActivationName, Initializer, LayerName, Node,
+    Padding, Pair, PositiveInt, Regularizer, Seed,
+)
+from .shapes import Shape, need_image, window
+
+ONES = Initializer.model_construct(name="ones")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """How one layer option is written in a spec.
+
+    `read` names how a value is read and printed (modelspec.parser reads, modelspec.printer
+    prints; both dispatch on it): int, float, seed, pair, padding2d, choice, activation,
+    initializer, flag, regularizer, keyword.
+    """
+
+    read: str
+    what: str = ""  # the value's name in messages: "the number of units"
+    keys: tuple[str, ...] = ()  # `key=value` spellings; the first is canonical
+    positional: bool = False  # also the next bare value after the keyword
+    needs: str | None = None  # when a positional is required: "a number of units"
+    example: str = ""  # shown in the hint when a required positional is missing
+    words: tuple[str, ...] = ()  # bare words that set the option
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    minimum: int = 1  # for int and pair
+    once: bool = False  # a second value is an error, not an override
+    printed: str = "option"  # positional (always), positional? (unless default), option, word, keyword
+    print_key: str | None = None  # the key printed, when not keys[0]
+
+
+@dataclass(frozen=True)
+class WeightDecl:
+    """One weight a layer creates: Keras's variable name, shape and initializer."""
+
+    name: str
+    shape: tuple[int, ...]
+    initializer: Initializer
+    trainable: bool = True
+
+
+# ---------------------------------------------------------------------------------------
+# Options shared by several kinds
+
+ActivationOpt = Annotated[ActivationName, Arg(
+    "activation", "activation", keys=("activation",), words=ACTIVATIONS, once=True, printed="word")]
+KernelInitOpt = Annotated[Initializer, Arg(
+    "initializer", "kernel_initializer", keys=("kernel_initializer", "kernel_init", "init"),
+    words=INITIALIZERS, once=True, printed="word")]
+UseBiasOpt = Annotated[bool, Arg("flag", "use_bias", keys=("use_bias",), words=("nobias",), printed="word")]
+RegularizerOpt = Annotated[Regularizer | None, Arg(
+    "regularizer", keys=("l1", "l2"), words=("l1", "l2"))]
+BiasInitOpt = Annotated[Initializer, Arg(
+    "initializer", "bias_initializer", keys=("bias_initializer", "bias_init"), print_key="bias_init")]
+StridesOpt = Annotated[Pair | None, Arg("pair", "the stride", keys=("stride", "strides"))]
+PaddingOpt = Annotated[Padding, Arg("choice", "padding", keys=("padding",), words=("valid", "same"))]
+PoolSizeOpt = Annotated[Pair, Arg("pair", "the pool size", positional=True, printed="positional")]
+
+
+class LayerBase(Node):
+    """What every layer kind has: a name, and the rules the checker asks of it."""
+
+    keras_class: ClassVar[str]
+    name: LayerName | None = None
+
+    @classmethod
+    def keywords(cls) -> tuple[str, ...]:
+        """The statement keywords that make this kind."""
+        return (cls.model_fields["kind"].default,)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """The output shape for an input of `shape` (batch axis first); ShapeError if it can't take it."""
+        return shape
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        """The weights it creates for an input of `shape`, in Keras's order."""
+        return []
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        """Forward FLOPs per sample (2 per multiply-accumulate)."""
+        return 0
+
+
+def _check_bias(init: Initializer) -> None:
+    if init.name == "orthogonal":
+        raise ValueError("orthogonal needs a weight of rank 2 or more; a bias is a vector")
+
+
+def _kernel_and_bias(layer: Any, kernel_shape: tuple[int, ...], units: int) -> list[WeightDecl]:
+    out = [WeightDecl("kernel", kernel_shape, layer.kernel_initializer)]
+    if layer.use_bias:
+        out.append(WeightDecl("bias", (units,), layer.bias_initializer))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Weighted layers
+
+
+class Dense(LayerBase):
+    keras_class: ClassVar[str] = "Dense"
+    kind: Literal["dense"] = "dense"
+    units: Annotated[PositiveInt, Arg("int", "the number of units", keys=("units",), positional=True,
+                                      needs="a number of units", example="dense 64 relu",
+                                      printed="positional")]
+    activation: ActivationOpt = "linear"
+    kernel_initializer: KernelInitOpt = GLOROT_UNIFORM
+    use_bias: UseBiasOpt = True
+    kernel_regularizer: RegularizerOpt = None
+    bias_initializer: BiasInitOpt = ZEROS
+
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape[:-1] + (self.units,)
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        return _kernel_and_bias(self, (shape[-1], self.units), self.units)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * shape[-1] * self.units * math.prod(shape[1:-1])
+
+
+class Conv2D(LayerBase):
+    keras_class: ClassVar[str] = "Conv2D"
+    kind: Literal["conv2d"] = "conv2d"
+    filters: Annotated[PositiveInt, Arg("int", "the number of filters", positional=True,
+                                        needs="a number of filters and a kernel size",
+                                        example="conv2d 32 3x3 relu", printed="positional")]
+    kernel_size: Annotated[Pair, Arg("pair", "the kernel size", positional=True, needs="a kernel size",
+                                     example="conv2d 32 3x3 relu", printed="positional")]
+    strides: Annotated[Pair, Arg("pair", "the stride", keys=("stride", "strides"))] = (1, 1)
+    padding: PaddingOpt = "valid"
+    activation: ActivationOpt = "linear"
+    kernel_initializer: KernelInitOpt = GLOROT_UNIFORM
+    use_bias: UseBiasOpt = True
+    kernel_regularizer: RegularizerOpt = None
+    bias_initializer: BiasInitOpt = ZEROS
+
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        h, w = window(self.kind, shape, self.kernel_size, self.strides, self.padding)
+        return (None, h, w, self.filters)
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        return _kernel_and_bias(self, (*self.kernel_size, shape[3], self.filters), self.filters)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        kh, kw = self.kernel_size
+        return 2 * kh * kw * shape[3] * self.filters * out[1] * out[2]
+
+
+class PReLU(LayerBase):
+    """Keras's PReLU: max(x, 0) + alpha * min(x, 0), one alpha per input unit (shared_axes=None),
+    initialised to zeros (keras/src/layers/activations/prelu.py)."""
+
+    keras_class: ClassVar[str] = "PReLU"
+    kind: Literal["prelu"] = "prelu"
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        return [WeightDecl("alpha", tuple(shape[1:]), ZEROS)]
+
+
+class BatchNorm(LayerBase):
+    keras_class: ClassVar[str] = "BatchNormalization"
+    kind: Literal["batchnorm"] = "batchnorm"
+    momentum: Annotated[float, Field(ge=0.0, le=1.0),
+                        Arg("float", "momentum", keys=("momentum",), low=0.0, high=1.0)] = 0.99
+    epsilon: Annotated[float, Field(gt=0.0),
+                       Arg("float", "epsilon", keys=("epsilon", "eps"), low=0.0, low_open=True)] = 1e-3
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        c = (shape[-1],)
+        return [WeightDecl("gamma", c, ONES), WeightDecl("beta", c, ZEROS),
+                WeightDecl("moving_mean", c, ZEROS, trainable=False),
+                WeightDecl("moving_variance", c, ONES, trainable=False)]
+
+
+# ---------------------------------------------------------------------------------------
+# Layers without weights
+
+
+class Flatten(LayerBase):
+    keras_class: ClassVar[str] = "Flatten"
+    kind: Literal["flatten"] = "flatten"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (None, math.prod(shape[1:]))
+
+
+class Dropout(LayerBase):
+    keras_class: ClassVar[str] = "Dropout"
+    kind: Literal["dropout"] = "dropout"
+    rate: Annotated[float, Field(ge=0.0, le=1.0),
+                    Arg("float", "the dropout rate", keys=("rate",), positional=True,
+                        needs="a rate between 0 and 1", example="dropout 0.5", low=0.0, high=1.0,
+                        printed="positional")]
+    seed: Annotated[Seed | None, Arg("seed", "seed", keys=("seed",))] = None
+
+
+class _Pool2D(LayerBase):
+    pool_size: PoolSizeOpt = (2, 2)
+    strides: StridesOpt = None  # None: the pool size, as in Keras
+    padding: PaddingOpt = "valid"
+
+    @property
+    def resolved_strides(self) -> tuple[int, int]:
+        return self.strides or self.pool_size
+
+    def output_shape(self, shape: Shape) -> Shape:
+        h, w = window(self.kind, shape, self.pool_size, self.resolved_strides, self.padding)
+        return (None, h, w, shape[3])
+
+
+class MaxPool2D(_Pool2D):
+    keras_class: ClassVar[str] = "MaxPooling2D"
+    kind: Literal["maxpool2d"] = "maxpool2d"
+
+
+class AvgPool2D(_Pool2D):
+    keras_class: ClassVar[str] = "AveragePooling2D"
+    kind: Literal["avgpool2d"] = "avgpool2d"
+
+
+class _GlobalPool2D(LayerBase):
+    def output_shape(self, shape: Shape) -> Shape:
+        need_image(self.kind, shape)
+        return (None, shape[3])
+
+
+class GlobalAvgPool2D(_GlobalPool2D):
+    keras_class: ClassVar[str] = "GlobalAveragePooling2D"
+    kind: Literal["globalavgpool2d"] = "globalavgpool2d"
+
+
+class GlobalMaxPool2D(_GlobalPool2D):
+    keras_class: ClassVar[str] = "GlobalMaxPooling2D"
+    kind: Literal["globalmaxpool2d"] = "globalmaxpool2d"
+
+
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class ZeroPadding2D(LayerBase):
+    """Keras's ZeroPadding2D: zero rows above and below, zero columns left and right."""
+
+    keras_class: ClassVar[str] = "ZeroPadding2D"
+    kind: Literal["zeropadding2d"] = "zeropadding2d"
+    padding: Annotated[tuple[tuple[NonNegative, NonNegative], tuple[NonNegative, NonNegative]],
+                       Arg("padding2d", "the padding", keys=("padding",), positional=True,
+                           printed="positional?")] = ((1, 1), (1, 1))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        need_image(self.kind, shape)
+        (top, bottom), (left, right) = self.padding
+        return (None, shape[1] + top + bottom, shape[2] + left + right, shape[3])
+
+
+class UpSampling2D(LayerBase):
+    """Keras's UpSampling2D with interpolation='nearest': each pixel repeated size[0] x size[1] times."""
+
+    keras_class: ClassVar[str] = "UpSampling2D"
+    kind: Literal["upsampling2d"] = "upsampling2d"
+    size: Annotated[Pair, Arg("pair", "the size", keys=("size",), positional=True,
+                              printed="positional?")] = (2, 2)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        need_image(self.kind, shape)
+        return (None, shape[1] * self.size[0], shape[2] * self.size[1], shape[3])
+
+
+class Activation(LayerBase):
+    """`relu`, `softmax`, ... as a layer of its own (Keras's `Activation`)."""
+
+    keras_class: ClassVar[str] = "Activation"
+    kind: Literal["activation"] = "activation"
+    activation: Annotated[ActivationName, Arg("keyword", printed="keyword")]
+
+    @classmethod
+    def keywords(cls) -> tuple[str, ...]:
+        return tuple(a for a in ACTIVATIONS if a != "leaky_relu")
+
+    def check(self) -> None:
+        if self.activation == "leaky_relu":
+            raise ValueError("a leaky_relu layer is LeakyReLU, kind 'leaky_relu'")
+
+
+class LeakyReLU(LayerBase):
+    """Keras's LeakyReLU layer, whose default slope is 0.3 (the activation string's is 0.2)."""
+
+    keras_class: ClassVar[str] = "LeakyReLU"
+    kind: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: Annotated[float, Field(ge=0.0),
+                              Arg("float", "the negative slope", keys=("negative_slope", "alpha", "slope"),
+                                  positional=True, example="leaky_relu 0.3", low=0.0,
+                                  printed="positional?")] = 0.3
+
+
+# ---------------------------------------------------------------------------------------
+# The registry
+
+LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
+               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU)
+LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
+# statement keyword -> class (every activation name is a keyword of Activation)
+LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}
+
+
+def snake_case(class_name: str) -> str:
+    """keras.src.utils.naming.to_snake_case: BatchNormalization -> batch_normalization, the
+    base of Keras's auto names."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def layer_args(cls: type[LayerBase]) -> list[tuple[str, Arg]]:
+    """(field, Arg) of every option a kind declares, in declaration order."""
+    out = []
+    for field_name, info in cls.model_fields.items():
+        arg = next((m for m in info.metadata if isinstance(m, Arg)), None)
+        if arg is not None:
+            out.append((field_name, arg))
+    return out
