@@ -39,7 +39,7 @@ class Call:
 
 
 # ---------------------------------------------------------------------------------------
-# Layers: one function per kind, returning the constructor's positional and keyword args
+# Layers
 
 
 def initializer(init: ir.Initializer) -> str | Call:
@@ -76,58 +76,67 @@ def _weighted(layer: ir.Dense | ir.Conv2D) -> dict[str, Any]:
     return kwargs
 
 
-def _dense(layer: ir.Dense) -> tuple[tuple, dict]:
-    return (layer.units,), _weighted(layer)
+class Lowering:
+    """One method per layer kind, named after it: the Keras layer's constructor arguments
+    (positional, keyword), Keras's defaults left out."""
+
+    def dense(self, layer: ir.Dense) -> tuple[tuple, dict]:
+        return (layer.units,), _weighted(layer)
+
+    def conv2d(self, layer: ir.Conv2D) -> tuple[tuple, dict]:
+        kwargs: dict[str, Any] = {}
+        if layer.strides != (1, 1):
+            kwargs["strides"] = tuple(layer.strides)
+        if layer.padding != "valid":
+            kwargs["padding"] = layer.padding
+        return (layer.filters, tuple(layer.kernel_size)), {**kwargs, **_weighted(layer)}
+
+    def _pool(self, layer: ir.MaxPool2D | ir.AvgPool2D) -> tuple[tuple, dict]:
+        kwargs: dict[str, Any] = {}
+        if layer.strides is not None:
+            kwargs["strides"] = tuple(layer.strides)
+        if layer.padding != "valid":
+            kwargs["padding"] = layer.padding
+        return (tuple(layer.pool_size),), kwargs
+
+    maxpool2d = avgpool2d = _pool
+
+    def dropout(self, layer: ir.Dropout) -> tuple[tuple, dict]:
+        return (layer.rate,), ({"seed": layer.seed} if layer.seed is not None else {})
+
+    def batchnorm(self, layer: ir.BatchNorm) -> tuple[tuple, dict]:
+        defaults = ir.BatchNorm.model_fields
+        return (), {k: getattr(layer, k) for k in ("momentum", "epsilon") if getattr(layer, k) != defaults[k].default}
+
+    def leaky_relu(self, layer: ir.LeakyReLU) -> tuple[tuple, dict]:
+        # always written out: the layer's 0.3 and the activation string's 0.2 are easy to confuse
+        return (), {"negative_slope": layer.negative_slope}
+
+    def activation(self, layer: ir.Activation) -> tuple[tuple, dict]:
+        return (layer.activation,), {}
+
+    def zeropadding2d(self, layer: ir.ZeroPadding2D) -> tuple[tuple, dict]:
+        (top, bottom), (left, right) = layer.padding
+        if top == bottom and left == right:
+            return ((top, left),), {}
+        return (((top, bottom), (left, right)),), {}
+
+    def upsampling2d(self, layer: ir.UpSampling2D) -> tuple[tuple, dict]:
+        return (tuple(layer.size),), {}  # interpolation='nearest', Keras's default
+
+    def _no_args(self, layer: ir.LayerBase) -> tuple[tuple, dict]:
+        return (), {}
+
+    flatten = globalavgpool2d = globalmaxpool2d = prelu = _no_args
 
 
-def _conv2d(layer: ir.Conv2D) -> tuple[tuple, dict]:
-    kwargs: dict[str, Any] = {}
-    if layer.strides != (1, 1):
-        kwargs["strides"] = tuple(layer.strides)
-    if layer.padding != "valid":
-        kwargs["padding"] = layer.padding
-    return (layer.filters, tuple(layer.kernel_size)), {**kwargs, **_weighted(layer)}
-
-
-def _pool(layer: ir.MaxPool2D | ir.AvgPool2D) -> tuple[tuple, dict]:
-    kwargs: dict[str, Any] = {}
-    if layer.strides is not None:
-        kwargs["strides"] = tuple(layer.strides)
-    if layer.padding != "valid":
-        kwargs["padding"] = layer.padding
-    return (tuple(layer.pool_size),), kwargs
-
-
-def _dropout(layer: ir.Dropout) -> tuple[tuple, dict]:
-    return (layer.rate,), ({"seed": layer.seed} if layer.seed is not None else {})
-
-
-def _batchnorm(layer: ir.BatchNorm) -> tuple[tuple, dict]:
-    defaults = ir.BatchNorm.model_fields
-    return (), {k: getattr(layer, k) for k in ("momentum", "epsilon") if getattr(layer, k) != defaults[k].default}
-
-
-def _leaky_relu(layer: ir.LeakyReLU) -> tuple[tuple, dict]:
-    # always written out: the layer's 0.3 and the activation string's 0.2 are easy to confuse
-    return (), {"negative_slope": layer.negative_slope}
-
-
-def _activation(layer: ir.Activation) -> tuple[tuple, dict]:
-    return (layer.activation,), {}
-
-
-def _no_args(layer: ir.LayerBase) -> tuple[tuple, dict]:
-    return (), {}
-
-
-_LAYERS = {"dense": _dense, "conv2d": _conv2d, "maxpool2d": _pool, "avgpool2d": _pool,
-           "dropout": _dropout, "batchnorm": _batchnorm, "leaky_relu": _leaky_relu,
-           "activation": _activation, "flatten": _no_args, "globalavgpool2d": _no_args}
+LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
+_LOWERING = Lowering()
 
 
 def layer(node: ir.LayerBase, name: str | None = None) -> Call:
     """The Keras layer for one IR layer; `name` is passed when given."""
-    args, kwargs = _LAYERS[node.kind](node)  # type: ignore[attr-defined]
+    args, kwargs = getattr(_LOWERING, node.kind)(node)  # type: ignore[attr-defined]
     if name is not None:
         kwargs["name"] = name
     return Call(f"layers.{node.keras_class}", args, kwargs)

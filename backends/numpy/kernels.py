@@ -12,7 +12,7 @@ keep each definition self-contained, free of annotations and of other imports.
 
 import numpy as np
 
-from modelspec.checker import same_padding
+from modelspec.shapes import same_padding
 
 EPSILON = 1e-7  # keras.backend.epsilon(): how far probabilities are clipped from 0 and 1
 
@@ -333,6 +333,68 @@ class Flatten(Layer):
 
     def backward(self, dy, need_dx=True):
         return dy.reshape(self.x_shape)
+
+
+class GlobalMaxPool2D(Layer):
+    """The maximum over height and width; ties share the gradient equally, as TensorFlow's
+    reduce_max gradient does (tensorflow/python/ops/math_grad.py, _MinOrMaxGrad)."""
+
+    def forward(self, x, training=False):
+        self.x, self.y = x, x.max(axis=(1, 2))
+        return self.y
+
+    def backward(self, dy, need_dx=True):
+        hit = self.x == self.y[:, None, None, :]
+        return hit * (dy / hit.sum(axis=(1, 2)))[:, None, None, :]
+
+
+class ZeroPadding2D(Layer):
+    """Zero rows above and below, zero columns left and right: ((top, bottom), (left, right))."""
+
+    def __init__(self, padding):
+        self.padding = padding
+
+    def forward(self, x, training=False):
+        self.x_shape = x.shape
+        return np.pad(x, ((0, 0), *self.padding, (0, 0)))
+
+    def backward(self, dy, need_dx=True):
+        (t, _), (l, _) = self.padding
+        return dy[:, t:t + self.x_shape[1], l:l + self.x_shape[2]]
+
+
+class UpSampling2D(Layer):
+    """Nearest-neighbour upsampling: each pixel repeated size[0] times down, size[1] across."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def forward(self, x, training=False):
+        return x.repeat(self.size[0], axis=1).repeat(self.size[1], axis=2)
+
+    def backward(self, dy, need_dx=True):
+        n, h, w, c = dy.shape
+        sh, sw = self.size
+        return dy.reshape(n, h // sh, sh, w // sw, sw, c).sum(axis=(2, 4))
+
+
+class PReLU(Layer):
+    """relu(x) - alpha * relu(-x), one alpha per input unit, as Keras's PReLU computes it:
+    the gradient is 0 at exactly 0 on both sides."""
+
+    def __init__(self, alpha):
+        self.alpha = alpha
+        self.params = [alpha]
+        self.grads = [np.zeros(alpha.shape, alpha.dtype)]
+
+    def forward(self, x, training=False):
+        self.x = x
+        return np.maximum(x, 0) - self.alpha * np.maximum(-x, 0)
+
+    def backward(self, dy, need_dx=True):
+        np.sum(dy * np.minimum(self.x, 0), axis=0, out=self.grads[0])
+        if need_dx:
+            return dy * ((self.x > 0) + self.alpha * (self.x < 0))
 
 
 def dropout_rng(seed, model_seed, index):

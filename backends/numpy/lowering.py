@@ -75,6 +75,18 @@ class Lowering:
     def globalavgpool2d(self, layer: ir.GlobalAvgPool2D, w: list[Weight], index: int) -> list[Call]:
         return [Call(K.GlobalAvgPool2D)]
 
+    def globalmaxpool2d(self, layer: ir.GlobalMaxPool2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.GlobalMaxPool2D)]
+
+    def zeropadding2d(self, layer: ir.ZeroPadding2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.ZeroPadding2D, (layer.padding,))]
+
+    def upsampling2d(self, layer: ir.UpSampling2D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.UpSampling2D, (layer.size,))]
+
+    def prelu(self, layer: ir.PReLU, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.PReLU, (w[0],))]
+
     def activation(self, layer: ir.Activation, w: list[Weight], index: int) -> list[Call]:
         return activation(layer.activation)
 
