@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelspec.backends.base import Backend, Engine
 
+from .lowering import LAYER_KINDS
+
 
 def _require(*modules: str) -> None:
     for module in modules:
@@ -41,6 +43,7 @@ SCOPE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 class KerasBackend(Backend):
     name = "keras"
+    layer_kinds = LAYER_KINDS
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
         return super().unsupported(spec) + onednn_miscomputed(spec)

@@ -11,12 +11,14 @@ from typing import Any, ClassVar
 from modelspec.backends.base import Backend
 
 from .engine import NumpyEngine
+from .lowering import LAYER_KINDS
 
 __all__ = ["NumpyBackend", "NumpyEngine"]
 
 
 class NumpyBackend(Backend):
     name: ClassVar[str] = "numpy"
+    layer_kinds: ClassVar[frozenset[str]] = LAYER_KINDS
 
     def engine(self, spec, report, device: str | None = None, **options: Any) -> NumpyEngine:
         """Options: seed (initial weights and dropout masks; default the spec's fit seed);

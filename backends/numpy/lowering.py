@@ -94,6 +94,8 @@ class Lowering:
         return activation("leaky_relu", negative_slope=layer.negative_slope)
 
 
+LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
+
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
               "adagrad": K.Adagrad, "nadam": K.Nadam}
 METRICS = {"categorical_accuracy": K.categorical_accuracy,

@@ -83,6 +83,17 @@ LAYERS = [
     case("avgpool2d 3x3 strides=2 padding=same", (6, 6, 2), (3, 3, 2), 0),
     case("avgpool2d 3x3 strides=1", IMG, (3, 3, 2), 0),
     case("globalavgpool2d", IMG, (2,), 0),
+    case("globalmaxpool2d", IMG, (2,), 0),
+    # zero padding: Keras's default 1 on every side, rows x columns, each side its own
+    case("zeropadding2d", IMG, (7, 7, 2), 0),
+    case("zeropadding2d 1x2", IMG, (7, 9, 2), 0),
+    case("zeropadding2d ((0, 1), (2, 0))", IMG, (6, 7, 2), 0),
+    # nearest-neighbour upsampling, square and rectangular
+    case("upsampling2d", IMG, (10, 10, 2), 0),
+    case("upsampling2d 2x3", (3, 2, 2), (6, 6, 2), 0),
+    # prelu: one alpha per input unit (an image's alphas are (height, width, channels))
+    case("prelu", V, (5,), 5),
+    case("prelu", IMG, (5, 5, 2), 50, id="prelu-image"),
     # flatten: after a conv (channels-last order), and of a rank-3 input
     case("flatten", (3, 3, 2), (18,), 0),
     case("flatten", (3, 4), (12,), 0, id="flatten-rank3"),
