@@ -16,7 +16,7 @@ from .shapes import fmt_shape
 if TYPE_CHECKING:
     from .checker import LayerReport
 
-RELU_FAMILY = frozenset({"relu", "relu6", "leaky_relu", "elu", "gelu", "swish"})
+RELU_FAMILY = frozenset({"relu", "relu6", "leaky_relu", "prelu", "elu", "gelu", "swish"})
 SATURATING = frozenset({"sigmoid", "tanh"})
 GLOROT = frozenset({"glorot_uniform", "glorot_normal"})
 HE = frozenset({"he_normal", "he_uniform"})
@@ -48,8 +48,8 @@ def activation_after(layers: list["LayerReport"], i: int) -> tuple[str, int]:
     if j < len(layers):
         if layers[j].kind == "activation":
             return layers[j].layer.activation, j
-        if layers[j].kind == "leaky_relu":
-            return "leaky_relu", j
+        if layers[j].kind in ("leaky_relu", "prelu"):
+            return layers[j].kind, j
     return "linear", i
 
 

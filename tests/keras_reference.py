@@ -52,7 +52,12 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.LeakyReLU(negative_slope=node.negative_slope, **named)
     if isinstance(node, ir.Activation):
         return L.Activation(node.activation, **named)
-    simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D}
+    if isinstance(node, ir.ZeroPadding2D):
+        return L.ZeroPadding2D(node.padding, **named)
+    if isinstance(node, ir.UpSampling2D):
+        return L.UpSampling2D(node.size, interpolation="nearest", **named)
+    simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D,
+              "globalmaxpool2d": L.GlobalMaxPooling2D, "prelu": L.PReLU}
     return simple[node.kind](**named)
 
 

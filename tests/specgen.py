@@ -79,7 +79,7 @@ def spec_text(rng: random.Random, *, training: bool = True, max_layers: int = 6,
 
     `well_conditioned=True` leaves out the few constructions whose float32 training cannot
     give the same numbers in two frameworks, for `modelspec crosscheck` (WELL_CONDITIONED
-    says which and why). With the defaults, a seed draws the same specs as it always has."""
+    says which and why). A seed draws the same specs on every run and machine."""
     options = _Options(dropout, portable_names, max_image, max_channels, well_conditioned)
     return _Generator(rng, options).spec(training, max_layers, task or rng.choice(TASKS))
 
@@ -184,9 +184,12 @@ class _Generator:
     # -- layers ------------------------------------------------------------------------
 
     def layer(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-        kinds = ["dense", "batchnorm", "activation", "leaky_relu"] + (["dropout"] if self.use_dropout else [])
+        kinds = ["dense", "batchnorm", "activation", "leaky_relu", "prelu"] + (["dropout"] if self.use_dropout else [])
         if len(shape) == 3:
-            kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "flatten"]
+            kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "globalmaxpool2d",
+                      "zeropadding2d", "flatten"]
+            if shape[0] * shape[1] <= 36:  # keeps images small
+                kinds.append("upsampling2d")
         elif len(shape) == 2:
             kinds += ["flatten"]
         if self.well_conditioned and self.normalized:  # see WELL_CONDITIONED
@@ -255,6 +258,33 @@ class _Generator:
 
     def globalavgpool2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         return "globalavgpool2d", (shape[-1],)
+
+    def globalmaxpool2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return "globalmaxpool2d", (shape[-1],)
+
+    def zeropadding2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        (top, bottom), (left, right) = (r.randint(0, 1), r.randint(0, 2)), (r.randint(0, 2), r.randint(0, 1))
+        if self.chance(0.5):
+            bottom, right = top, left
+        if self.chance(0.3):
+            text = f"zeropadding2d (({top}, {bottom}), ({left}, {right}))"
+        elif (top, left) == (bottom, right) == (1, 1) and self.chance(0.5):
+            text = "zeropadding2d"
+        elif top == bottom and left == right:
+            text = f"zeropadding2d {self.pair((top, left)) if top or left else '0'}"
+        else:
+            text = f"zeropadding2d padding=(({top}, {bottom}), ({left}, {right}))"
+        return text, (shape[0] + top + bottom, shape[1] + left + right, shape[2])
+
+    def upsampling2d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        size = (self.r.randint(1, 2), self.r.randint(1, 2))
+        text = "upsampling2d" if size == (2, 2) and self.chance(0.5) else f"upsampling2d {self.pair(size)}"
+        return text, (shape[0] * size[0], shape[1] * size[1], shape[2])
+
+    def prelu(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        self.nonlinear = True
+        return "prelu", shape
 
     def flatten(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         size = 1
