@@ -10,10 +10,11 @@ Backends implement one method per kind, named after it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -52,8 +53,7 @@ class Arg:
     print_key: str | None = None  # the key printed, when not keys[0]
 
 
-@dataclass(frozen=True)
-class WeightDecl:
+class WeightDecl(NamedTuple):
     """One weight a layer creates: Keras's variable name, shape and initializer."""
 
     name: str
@@ -339,11 +339,12 @@ def snake_case(class_name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
-def layer_args(cls: type[LayerBase]) -> list[tuple[str, Arg]]:
+@functools.cache
+def layer_args(cls: type[LayerBase]) -> tuple[tuple[str, Arg], ...]:
     """(field, Arg) of every option a kind declares, in declaration order."""
     out = []
     for field_name, info in cls.model_fields.items():
         arg = next((m for m in info.metadata if isinstance(m, Arg)), None)
         if arg is not None:
             out.append((field_name, arg))
-    return out
+    return tuple(out)

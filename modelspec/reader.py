@@ -8,6 +8,7 @@ kind has reading code of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -366,45 +367,57 @@ _WORD_DESCRIPTIONS = {"activation": "an activation (relu, softmax, ...)",
 _WORD_ALIASES = {"activation": ACTIVATION_ALIASES, "initializer": INITIALIZER_ALIASES}
 
 
+@functools.cache
+def _plan(kind: str) -> tuple[tuple, tuple, tuple, tuple, str | None]:
+    """A kind's declarations as read_layer walks them: (positional args, the others, the
+    bare words it takes, the options it takes, what its words are, for messages)."""
+    args = layer_args(LAYER_CLASSES[kind])
+    positional = tuple((f, a) for f, a in args if a.positional or a.read == "keyword")
+    others = tuple((f, a) for f, a in args if not (a.positional or a.read == "keyword"))
+    words = tuple(w for _, a in args for w in a.words)
+    options = tuple(a.keys[0] for _, a in others if a.keys) + ("name",) + tuple(
+        a.keys[0] for _, a in positional if a.keys)
+    described = ", ".join(d for _, a in args if a.words and (d := _describe_words(a)))
+    return positional, others, words, options, described or None
+
+
 def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
     """The IR fields of a layer statement, read as its class declares (modelspec.layers.Arg);
     None when an error was reported. Raises Skip when the statement cannot be read on."""
-    args = layer_args(LAYER_CLASSES[kind])
+    positional, others, words, options, described = _plan(kind)
     fields: dict[str, Any] = {"kind": kind}
     ok = True
-    for field, arg in args:  # positional values first, in order; an option spelling wins
+    for field, arg in positional:  # in order; an option spelling wins
         if arg.read == "keyword":
             fields[field] = r.kw
-        elif arg.positional:
-            opt = r.take(*arg.keys) if arg.keys else None
-            v = opt.value if opt else r.positional(arg.needs or arg.what.removeprefix("the "), arg.example,
-                                                   required=arg.needs is not None)
-            ok &= v is None or _set(r, fields, field, arg, read_value(r, arg, v), opt or v)
-    r.no_more_positionals()
-    for field, arg in args:
-        if arg.positional or arg.read == "keyword":
             continue
+        opt = r.take(*arg.keys) if arg.keys else None
+        v = opt.value if opt else r.positional(arg.needs or arg.what.removeprefix("the "), arg.example,
+                                               required=arg.needs is not None)
+        ok &= v is None or _set(r, fields, field, arg, read_value(r, arg, v), opt or v)
+    r.no_more_positionals()
+    for field, arg in others:
         if arg.read == "regularizer":
             ok &= _regularizer(r, fields, field, arg)
             continue
-        for w in [w for w in r.words if _word_value(arg, w.value) is not None]:
-            r.words.remove(w)
-            _set(r, fields, field, arg, _word_value(arg, w.value), w)
-        if arg.read == "initializer" and arg.words:  # he_normal(seed=1) is a call
+        if arg.words and r.words:
+            for w in list(r.words):
+                value = _word_value(arg, w)
+                if value is not None:
+                    r.words.remove(w)
+                    _set(r, fields, field, arg, value, w)
+        if arg.read == "initializer" and arg.words and r.calls:  # he_normal(seed=1) is a call
             for c in r.calls:
                 ok &= _set(r, fields, field, arg, r.initializer(c, arg.what.replace("_", " ")), c)
             r.calls = []
-        opt = r.take(*arg.keys) if arg.keys else None
+        opt = r.take(*arg.keys) if arg.keys and r.options else None
         if opt is not None:
             value = read_value(r, arg, opt.value)
             if arg.read == "flag" and value is not None:
                 value = value and fields.get(field, True)  # nobias and use_bias=true: no bias
             ok &= _set(r, fields, field, arg, value, opt)
-    positional_keys = [arg.keys[0] for _, arg in args if arg.positional and arg.keys]
-    r.unknown_leftovers([w for _, arg in args for w in arg.words],
-                        [arg.keys[0] for _, arg in args if arg.keys and not arg.positional] + ["name"] + positional_keys,
-                        words_described=", ".join(_describe_words(arg) for _, arg in args
-                                                  if arg.words and _describe_words(arg)) or None)
+    if r.options or r.words or r.calls:
+        r.unknown_leftovers(words, options, words_described=described)
     return fields if ok else None
 
 
@@ -436,13 +449,13 @@ def read_value(r: Reader, arg: Arg, v: Any) -> Any:
     raise AssertionError(f"no reading '{arg.read}'")
 
 
-def _word_value(arg: Arg, word: str) -> Any:
+def _word_value(arg: Arg, word: Value) -> Any:
     """What a bare word sets the option to, or None when the word is not this option's."""
     if arg.read == "flag":
-        return False if word in arg.words else None  # `nobias`
-    found = _canonical(word, arg.words, _WORD_ALIASES.get(arg.read, {}))
+        return False if word.value in arg.words else None  # `nobias`
+    found = _canonical(word.value, arg.words, _WORD_ALIASES.get(arg.read, {}))
     if found is not None and arg.read == "initializer":
-        return ("initializer", found)
+        return ir.Initializer.construct_checked(name=found, span=word.span)
     return found
 
 
@@ -456,8 +469,6 @@ def _set(r: Reader, fields: dict[str, Any], field: str, arg: Arg, value: Any, no
     """Record a value that was read (False when it was not: its error is reported)."""
     if value is None:
         return False
-    if isinstance(value, tuple) and value[:1] == ("initializer",):
-        value = ir.Initializer.construct_checked(name=value[1], span=node.span)
     if arg.once and field in fields:
         previous = fields[field]
         shown = previous.name if isinstance(previous, ir.Initializer) else previous
@@ -471,6 +482,8 @@ def _set(r: Reader, fields: dict[str, Any], field: str, arg: Arg, value: Any, no
 def _regularizer(r: Reader, fields: dict[str, Any], field: str, arg: Arg) -> bool:
     """`l1`, `l2` (0.01 each, as Keras's L1L2 strings), `l1=F`, `l2=F`: one L1L2 regularizer."""
     amounts: dict[str, float] = {}
+    if not (r.words or r.options):
+        return True
     for w in [w for w in r.words if w.value in arg.words]:
         r.words.remove(w)
         amounts[w.value] = 0.01
