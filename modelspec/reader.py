@@ -37,6 +37,7 @@ LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae",
                 "MeanAbsoluteError": "mae", "Huber": "huber"}
 ACTIVATION_ALIASES = {"silu": "swish", "none": "linear"}
 HYPERPARAMETER_ALIASES = {"lr": "learning_rate"}
+NON_FINITE = frozenset({"nan", "inf", "infinity"})  # read as words; named as numbers in messages
 
 LAYER_KEYWORDS = tuple(LAYER_KEYWORDS_TO_CLASS)
 TRAINING_KEYWORDS = ("optimizer", "loss", "metrics", "fit")
@@ -124,6 +125,10 @@ class Reader:
         """The next positional value; an error if missing and required."""
         if self.positionals:
             return self.positionals.pop(0)
+        for w in self.words:  # `dense nan`: a number that is not finite is a word to the grammar
+            if w.value.lower() in NON_FINITE:
+                self.words.remove(w)
+                return w
         if required:
             self.fail(f"{self.kw} needs {what}; received nothing", self.st.span,
                       hint=f"for example: {example}")
@@ -153,6 +158,9 @@ class Reader:
 
     def float_(self, v: Value, what: str, low: float | None = None, high: float | None = None,
                low_open: bool = False, high_open: bool = False) -> float | None:
+        if v.type == "word" and v.value.lower() in NON_FINITE:
+            self.error(f"{what} must be a finite number; received {v.describe()}", v.span)
+            return None
         if v.type not in ("int", "float") or v.value is None:
             self.error(f"{what} must be a number; received {v.describe()}", v.span)
             return None

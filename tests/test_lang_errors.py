@@ -385,3 +385,48 @@ def test_spec_error_is_an_exception_with_the_first_message():
         ms.parse("input 3\ndense 0\ndense -1")
     assert caught.value.args == ("the number of units must be at least 1; received 0",)
     assert isinstance(caught.value, Exception)
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers that are not finite, missing files, limits
+
+
+@pytest.mark.parametrize("text, where_, message", [
+    ("input 4\ndense nan\n", (2, 7), "the number of units must be a whole number; received 'nan'"),
+    ("input 4\nleaky_relu nan\n", (2, 12), "the negative slope must be a finite number; received 'nan'"),
+    ("input 4\ndropout inf\n", (2, 9), "the dropout rate must be a finite number; received 'inf'"),
+    ("input 4\nbatchnorm momentum=NaN\n", (2, 20), "momentum must be a finite number; received 'NaN'"),
+])
+def test_a_number_that_is_not_finite_is_named(text, where_, message):
+    d = error(text)
+    assert where(d)[:2] == where_
+    assert d.message == message
+
+
+@pytest.mark.parametrize("name", ["missing.ms", "no/such/dir/spec.ms", "missing_dir/spec"])
+def test_a_missing_file_is_reported_as_missing(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ms.SpecError) as caught:
+        ms.parse(name)
+    (d,) = caught.value.diagnostics
+    assert d.file == name and d.message == "cannot read the spec: No such file or directory"
+
+
+def test_reading_stops_at_the_size_limit():
+    from modelspec.parser import MAX_SPEC_BYTES
+
+    with pytest.raises(ms.SpecError) as caught:
+        ms.parse("/dev/zero")  # endless: only the limit ends the read
+    (d,) = caught.value.diagnostics
+    assert d.message == f"expected a spec of at most {MAX_SPEC_BYTES:,} bytes (2 MiB); received more"
+    with pytest.raises(ms.SpecError):
+        ms.parse("input 4\n" + "#" * MAX_SPEC_BYTES)
+
+
+def test_the_layer_count_is_limited():
+    from modelspec.parser import MAX_LAYERS
+
+    ms.parse("input 4\n" + "relu\n" * MAX_LAYERS)
+    d = error("input 4\n" + "relu\n" * (MAX_LAYERS + 1))
+    assert where(d)[:2] == (MAX_LAYERS + 2, 1)
+    assert d.message == f"the spec has {MAX_LAYERS + 1:,} layers; the limit is {MAX_LAYERS:,}"
