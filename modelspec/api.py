@@ -25,12 +25,13 @@ def build(spec: Any, backend: str = "numpy", seed: int = 0, **options: Any) -> "
     unknown backend or a missing framework. Options go to the backend (device="cuda"...).
     """
     from . import backends
-    from .checker import check
+    from .checker import infer, refuse_oversized
     from .initializers import initial_weights
     from .model import Model
 
     spec = _spec(spec)
-    report = check(spec)
+    report = infer(spec)
+    refuse_oversized(report, (spec.fit and spec.fit.batch_size) or 32, spec.optimizer or ir.Optimizer(name="rmsprop"))
     be = backends.get(backend)
     problems = be.unsupported(spec)
     if problems:

@@ -11,6 +11,7 @@ them errors.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,15 @@ class Report:
     def weights(self) -> list[Weight]:
         return [w for layer in self.layers for w in layer.weights]
 
+    def training_memory(self, batch_size: int, optimizer: ir.Optimizer) -> dict[str, int]:
+        """A lower bound of the bytes training needs: the weights, their gradients, the
+        optimizer's slots, and every layer's output for one batch."""
+        trainable = self.trainable_params
+        return {"weights": self.bytes, "gradients": trainable * BYTES_PER_PARAM,
+                "optimizer slots": trainable * optimizer.slots() * BYTES_PER_PARAM,
+                f"activations of a batch of {batch_size}":
+                    batch_size * sum(math.prod(r.output_shape[1:]) for r in self.layers) * BYTES_PER_PARAM}
+
     def summary(self, line_length: int | None = None, flops: bool = False) -> str:
         """The table of Keras's `model.summary()`, character for character."""
         from .summary import render_summary
@@ -193,6 +203,32 @@ def infer(spec: ir.Spec) -> Report:
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
     return Report(spec.name, (None, *spec.input_shape), layers, [], spec)
+
+
+def machine_memory() -> int | None:
+    """The machine's physical memory in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def refuse_oversized(report: Report, batch_size: int, optimizer: ir.Optimizer) -> None:
+    """SpecError, at the largest layer, when training the model cannot fit in this machine's
+    memory: said before anything is allocated, with both figures."""
+    from .summary import readable_size
+
+    parts = report.training_memory(batch_size, optimizer)
+    needed, available = sum(parts.values()), machine_memory()
+    if available is None or needed <= available:
+        return
+    biggest = max(report.layers, key=lambda r: (r.params, math.prod(r.output_shape[1:])))
+    shown = ", ".join(f"{name} {readable_size(n)}" for name, n in parts.items() if n)
+    raise SpecError([Diagnostic(
+        "error", f"training this model needs at least {readable_size(needed)} ({shown}); this machine has "
+        f"{readable_size(available)}", biggest.layer.span,
+        hint=f"{biggest.name} has {biggest.params:,} parameters: is a size mistyped?", code="memory",
+        file=report.spec.path)], report.spec.source)
 
 
 def check(spec: ir.Spec | str, *, strict: bool = False) -> Report:

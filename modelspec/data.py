@@ -409,7 +409,9 @@ def encode_labels(y: np.ndarray, units: int, loss: str | None, classes: int, nam
                             f"has {units} unit(s); expected one unit per class")
         if loss == "sparse_categorical_crossentropy":
             return y.astype(np.int64)
-        return np.eye(units, dtype=np.float32)[y]
+        one_hot = np.zeros((len(y), units), np.float32)  # not np.eye(units): units² floats
+        one_hot[np.arange(len(y)), y] = 1
+        return one_hot
     if units == 1 and classes <= 2:
         return y.astype(np.float32)[:, None]
     raise DataError(f"{loss} on {name}, which has {classes} classes: {loss} takes one output unit and "

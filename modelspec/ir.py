@@ -55,6 +55,15 @@ class Optimizer(Node):
             if isinstance(value, float):
                 _finite(value)
 
+    def slots(self) -> int:
+        """How many values the optimizer keeps per trainable weight (Keras's optimizer variables)."""
+        c = self.config()
+        if self.name == "sgd":
+            return 1 if c["momentum"] else 0
+        if self.name == "rmsprop":
+            return 1 + bool(c["momentum"]) + bool(c["centered"])
+        return 1 if self.name == "adagrad" else 2
+
     def config(self) -> dict[str, Any]:
         """Every hyperparameter of this optimizer, Keras's default where none was written."""
         return {k: (getattr(self, k) if getattr(self, k) is not None else v)

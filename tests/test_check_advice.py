@@ -136,3 +136,34 @@ def test_strict_makes_warnings_errors():
 
 def test_strict_passes_a_clean_spec():
     assert ms.check(ms.parse("dense 10 softmax in 4"), strict=True).warnings == []
+
+
+# ---------------------------------------------------------------------------------------
+# What training needs, against what the machine has
+
+
+@pytest.mark.parametrize("text, line", [
+    ("dense 10000000 in 784\ndense 10000000\nloss mse\n", 2),
+    ("dense 99999999999999999999 in 784\nloss mse\n", 1),
+])
+def test_a_model_too_large_for_the_machine_is_refused_before_anything_is_allocated(text, line, monkeypatch):
+    import modelspec.checker as checker
+
+    monkeypatch.setattr(checker, "machine_memory", lambda: 24 * 1024**3)
+    with pytest.raises(ms.SpecError) as caught:
+        ms.build(text, "numpy")
+    (d,) = caught.value.diagnostics
+    assert d.code == "memory" and d.span.line == line
+    assert d.message.startswith("training this model needs at least ")
+    assert d.message.endswith("; this machine has 24.00 GB")
+    assert "weights " in d.message and "optimizer slots " in d.message and "activations of a batch of 32 " in d.message
+
+
+def test_training_memory_counts_weights_gradients_slots_and_one_batch():
+    report = ms.check("dense 10 in 4\nbatchnorm\n")
+    adam, sgd = ms.ir.Optimizer(name="adam"), ms.ir.Optimizer(name="sgd")
+    # dense: 50 weights; batchnorm: 20 trainable + 20 moving statistics; outputs 10 + 10 per sample
+    assert report.training_memory(8, adam) == {"weights": 4 * 90, "gradients": 4 * 70, "optimizer slots": 4 * 140,
+                                               "activations of a batch of 8": 4 * 8 * 20}
+    assert report.training_memory(8, sgd)["optimizer slots"] == 0
+    assert ms.ir.Optimizer(name="rmsprop", momentum=0.9, centered=True).slots() == 3
