@@ -7,11 +7,13 @@ frameworks that `modelspec train` needs.
 
 from __future__ import annotations
 
+from ..errors import ModelspecError
+
 # Order here is the order of `modelspec --help`.
 COMMANDS = ("check", "fmt", "schema", "compile", "import", "train", "evaluate", "predict", "compare", "crosscheck")
 
 
-class CommandError(Exception):
+class CommandError(ModelspecError):
     """A failure to report as one line, `modelspec: error: ...`, with an exit code."""
 
     def __init__(self, message: str, code: int = 1) -> None:
