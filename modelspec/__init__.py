@@ -3,6 +3,8 @@
     import modelspec as ms
     spec = ms.parse("dense 512 in 784; dense 64 relu; dense 10 softmax")
     print(ms.check(spec).summary())
+
+Everything modelspec raises on purpose is an `ms.ModelspecError`.
 """
 
 from .diagnostics import Diagnostic, SpecError

@@ -2,7 +2,8 @@
 
 A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
 Modules import nothing heavy at import time: `modelspec check` must not pay for the
-frameworks that `modelspec train` needs.
+frameworks that `modelspec train` needs. The modules named with an underscore are what
+train, evaluate, predict and compare share: _arguments, _runs, _plots and _output.
 """
 
 from __future__ import annotations
