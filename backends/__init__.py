@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ..errors import ModelspecError
+
 if TYPE_CHECKING:
     from .base import Backend
 
@@ -24,7 +26,7 @@ BUILTIN = {
 FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow", "jax"), "keras")}
 
 
-class BackendError(Exception):
+class BackendError(ModelspecError):
     """An unknown backend, or one whose framework is not installed."""
 
 

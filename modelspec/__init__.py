@@ -3,14 +3,17 @@
     import modelspec as ms
     spec = ms.parse("dense 512 in 784; dense 64 relu; dense 10 softmax")
     print(ms.check(spec).summary())
+
+Everything modelspec raises on purpose is an `ms.ModelspecError`.
 """
 
 from .diagnostics import Diagnostic, SpecError
+from .errors import ModelspecError
 from .ir import Spec
 from .parser import parse
+from .version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["parse", "check", "build", "load_model", "Spec", "SpecError", "Diagnostic", "__version__"]
+__all__ = ["parse", "check", "build", "load_model", "Spec", "ModelspecError", "SpecError", "Diagnostic", "__version__"]
 
 
 def check(spec, *, strict: bool = False):

@@ -15,7 +15,7 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
     """The parser with every command, or with `only` that one: when the command line names
     a command, the others' modules and arguments are not needed (start-up time counts:
     `modelspec check` should feel instant)."""
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(
         prog="modelspec",

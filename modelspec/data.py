@@ -12,10 +12,10 @@ every run is scored on the same samples (data too small for that, with a class o
 sample or more classes than test samples, is split unstratified). The validation set is
 not made here: it is the tail of the training set that Model.fit takes, as Keras does.
 
-`prepare` makes the arrays a model takes, as the tutorial does: pixels divided by
-`Dataset.scale` into [0, 1], samples reshaped to the spec's input when their size fits
-(8x8 to `input 64`, 28x28 to `input 28x28x1`), labels one-hot for categorical
-cross-entropy and integer ids for the sparse loss.
+`prepare` makes the arrays a model takes: pixels divided by `Dataset.scale` into [0, 1],
+samples reshaped to the spec's input when their size fits (8x8 to `input 64`, 28x28 to
+`input 28x28x1`), labels one-hot for categorical cross-entropy and integer ids for the
+sparse loss.
 
 Every problem is a DataError with a one-line message naming the file and what was
 expected and received.
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ModelspecError, one_line
+
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 BUILTIN = ("digits", "mnist")
@@ -49,7 +51,7 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 CLASSIFICATION_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
-class DataError(Exception):
+class DataError(ModelspecError):
     """Data that cannot be loaded or does not fit the model; the message is one line."""
 
 
@@ -441,10 +443,6 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.nda
     if x.ndim == 1 or (tuple(x.shape) == tuple(input_shape) and len(input_shape) > 1):
         x = x[None]
     return _samples(x, path, "the samples")
-
-
-def one_line(e: Any) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _shape(shape: Any) -> str:

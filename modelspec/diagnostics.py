@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Literal, NamedTuple
 
+from .errors import ModelspecError
+
 Severity = Literal["error", "warning"]
 
 MAX_REPORTED = 100  # a megabyte of garbage should not print a megabyte of errors
@@ -97,7 +99,7 @@ def _excerpt(source: str, span: Span) -> list[str]:
 
 
 @dataclass
-class SpecError(Exception):
+class SpecError(ModelspecError):
     """An invalid spec. Carries every diagnostic found, in source order."""
 
     diagnostics: list[Diagnostic]

@@ -1,8 +1,9 @@
 """Keras's initializers in NumPy: the weights every backend starts from.
 
 The random streams of TensorFlow, torch and NumPy can never agree, so modelspec draws the
-initial weights once, here, with Keras's distributions (SEMANTICS §1) and loads the same
-values into every backend. Everything is float32, in Keras's layouts and weight order.
+initial weights once, here, with Keras's distributions (keras/src/initializers/
+random_initializers.py) and loads the same values into every backend. Everything is
+float32, in Keras's layouts and weight order.
 
 Seeding follows Keras's rule: an initializer written with a seed (`he_normal(seed=7)`)
 returns the same values on every call, whatever the model seed; an unseeded one draws

@@ -448,7 +448,7 @@ class Model:
         """Weights and spec in one safetensors file (nothing in it can execute on load)."""
         from safetensors.numpy import save
 
-        from . import __version__
+        from .version import __version__
         from .fileio import write_atomic
 
         tensors = dict(zip(self.weight_paths, self.get_weights()))

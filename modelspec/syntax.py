@@ -102,67 +102,71 @@ _TERMINAL_NAMES = {
 }
 
 
+class _Rules:
+    """The transformer's rules, one method per grammar rule (lark calls each with the rule's
+    children): structural only, they build Values, Options, Calls and Statements; never raise."""
+
+    def int(self, c):  # noqa: A003 - named after the grammar's alias
+        t = c[0]
+        try:
+            v = int(t)
+        except ValueError:  # more digits than Python converts: reported by the parser
+            v = None
+        return Value("int", v, str(t), _tok_span(t))
+
+    def float(self, c):  # noqa: A003
+        t = c[0]
+        return Value("float", float(t), str(t), _tok_span(t))
+
+    def dims(self, c):
+        t = c[0]
+        try:
+            v = tuple(int(p) for p in str(t).split("x"))
+        except ValueError:
+            v = None
+        return Value("dims", v, str(t), _tok_span(t))
+
+    def word(self, c):
+        t = c[0]
+        return Value("word", str(t), str(t), _tok_span(t))
+
+    def string(self, c):
+        t = c[0]
+        return Value("string", _unquote(str(t)), str(t), _tok_span(t))
+
+    def tuple(self, c):  # noqa: A003
+        items = [x for x in c if isinstance(x, Value)]
+        text = "(" + ", ".join(i.text for i in items) + ")"
+        if len(text) > _MAX_TEXT:  # nested parentheses must not grow quadratically
+            text = text[: _MAX_TEXT - 4] + "...)"
+        return Value("tuple", tuple(items), text, _join(_tok_span(c[0]), _tok_span(c[-1])))
+
+    def option(self, c):
+        key, value = c
+        return Option(str(key), _tok_span(key), value, _join(_tok_span(key), value.span))
+
+    def call(self, c):
+        head, args = c[0], [a for a in c[1:] if a is not None]
+        span = _tok_span(head)
+        if args:
+            span = _join(span, args[-1].span)
+        span = Span(span.line, span.column, span.end_line, span.end_column + 1)  # the ')'
+        text = str(head) + ", ".join(a.text for a in args) + ")"
+        return Call(str(head)[:-1], args, span, text)
+
+    def statement(self, c):
+        kw, args = c[0], c[1:]
+        return Statement(str(kw), _tok_span(kw), list(args))
+
+    def start(self, c):
+        return [s for s in c if s is not None]
+
+
 def _make_parser() -> Any:
-    from lark import Lark, Transformer, v_args
+    from lark import Lark, Transformer
 
-    @v_args(inline=False)
-    class ToStatements(Transformer):
-        """Structural only: builds Values, Options, Calls and Statements; never raises."""
-
-        def int(self, c):  # noqa: A003 - named after the grammar's alias
-            t = c[0]
-            try:
-                v = int(t)
-            except ValueError:  # more digits than Python converts: reported by the parser
-                v = None
-            return Value("int", v, str(t), _tok_span(t))
-
-        def float(self, c):  # noqa: A003
-            t = c[0]
-            return Value("float", float(t), str(t), _tok_span(t))
-
-        def dims(self, c):
-            t = c[0]
-            try:
-                v = tuple(int(p) for p in str(t).split("x"))
-            except ValueError:
-                v = None
-            return Value("dims", v, str(t), _tok_span(t))
-
-        def word(self, c):
-            t = c[0]
-            return Value("word", str(t), str(t), _tok_span(t))
-
-        def string(self, c):
-            t = c[0]
-            return Value("string", _unquote(str(t)), str(t), _tok_span(t))
-
-        def tuple(self, c):  # noqa: A003
-            items = [x for x in c if isinstance(x, Value)]
-            text = "(" + ", ".join(i.text for i in items) + ")"
-            if len(text) > _MAX_TEXT:  # nested parentheses must not grow quadratically
-                text = text[: _MAX_TEXT - 4] + "...)"
-            return Value("tuple", tuple(items), text, _join(_tok_span(c[0]), _tok_span(c[-1])))
-
-        def option(self, c):
-            key, value = c
-            return Option(str(key), _tok_span(key), value, _join(_tok_span(key), value.span))
-
-        def call(self, c):
-            head, args = c[0], [a for a in c[1:] if a is not None]
-            span = _tok_span(head)
-            if args:
-                span = _join(span, args[-1].span)
-            span = Span(span.line, span.column, span.end_line, span.end_column + 1)  # the ')'
-            text = str(head) + ", ".join(a.text for a in args) + ")"
-            return Call(str(head)[:-1], args, span, text)
-
-        def statement(self, c):
-            kw, args = c[0], c[1:]
-            return Statement(str(kw), _tok_span(kw), list(args))
-
-        def start(self, c):
-            return [s for s in c if s is not None]
+    class ToStatements(_Rules, Transformer):
+        pass
 
     return Lark.open_from_package(
         "modelspec.grammar", "modelspec.lark", parser="lalr", lexer="contextual",

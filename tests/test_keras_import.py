@@ -17,7 +17,7 @@ import pytest
 import modelspec as ms
 from corpus import SPEC_FILES, VARIED
 from modelspec.cli import main
-from modelspec.commands.import_ import spec_from_config
+from modelspec.keras_import import spec_from_config
 from modelspec.printer import to_text
 
 pytest.importorskip("keras")

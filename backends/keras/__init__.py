@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from modelspec.backends.base import Backend, Engine
 
 from .lowering import LAYER_KINDS
+from .scopes import unscoped_names
 
 
 def _require(*modules: str) -> None:
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from modelspec.diagnostics import Diagnostic
 
 ENGINE_OPTIONS = ("seed", "device")
-# TensorFlow's name scopes (tensorflow/python/framework/ops.py): Keras opens one per layer,
-# and Keras's fit() and predict() one for the model, at the root.
-ROOT_SCOPE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
-SCOPE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 
 class KerasBackend(Backend):
@@ -92,30 +88,4 @@ def onednn_miscomputed(spec: "ir.Spec") -> list["Diagnostic"]:
                 "error", f"{rep.name}: TensorFlow's oneDNN convolution computes this layer wrongly on the CPU "
                          f"(one input channel, strides {rep.layer.strides}, one output column)", rep.layer.span,
                 hint="run Keras with TF_ENABLE_ONEDNN_OPTS=0, or use the numpy or torch backend", code="backend"))
-    return out
-
-
-def rejected_names(spec: "ir.Spec") -> list[tuple[str, Any]]:
-    """(name, the layer or None for the model) for each name TensorFlow's name scopes reject."""
-    out: list[tuple[str, Any]] = [(spec.name, None)] if not ROOT_SCOPE.match(spec.name) else []
-    return out + [(layer.name, layer) for layer in spec.layers if layer.name is not None and not SCOPE.match(layer.name)]
-
-
-def unscoped_names(spec: "ir.Spec") -> list["Diagnostic"]:
-    """Diagnostics for the names Keras on TensorFlow builds but cannot run (fit, evaluate,
-    predict, and this engine all trace the model in name scopes)."""
-    from modelspec.diagnostics import Diagnostic
-
-    allowed = "TensorFlow's name scopes take letters, digits and . _ - > only"
-    out = []
-    for name, layer in rejected_names(spec):
-        if layer is None:
-            span = spec.statement_spans.get("model")
-            out.append(Diagnostic(
-                "error", f"Keras on TensorFlow cannot run a model named {name!r}: {allowed}, starting with a "
-                "letter, a digit or '.'", span, code="backend",
-                hint=None if span else "the name comes from the file's name; give one with `model NAME`"))
-        else:
-            out.append(Diagnostic("error", f"Keras on TensorFlow cannot run a layer named {name!r}: {allowed}",
-                                  layer.span, code="backend"))
     return out

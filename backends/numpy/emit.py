@@ -42,6 +42,65 @@ import numpy as np
 
 TRAINING_NOTE = ",\nthen the loss, gradients and optimizer step of the spec's training section"
 
+# The training half of a generated file: str.format fields in single braces, the file's own
+# braces doubled.
+TRAINING = '''FROM_LOGITS = {logits!r}  # {note}
+PENALTIES = {penalties!r}  # (layer position, l1, l2) of each regularized kernel
+METRICS = [{metric_table}]
+
+
+def loss(y, z):
+    return {loss_fn}(y, z{loss_args})
+
+
+def network(weights, seed=SEED):
+    return Network(build(weights, seed), loss, FROM_LOGITS, PENALTIES)
+
+
+def make_optimizer():
+    return {optimizer}({opt_args})
+
+
+def evaluate(net, x, y, batch_size=32):
+    """Keras's evaluate: [loss, *metrics], batch losses weighted by batch size."""
+    sums, n = np.zeros(1 + len(METRICS)), 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        batch_loss, outputs, _ = net.evaluate(xb, yb)
+        sums += [batch_loss * len(xb)] + [metric(yb, outputs).sum() for _, metric in METRICS]
+        n += len(xb)
+    return list(sums / n)
+
+
+def fit(net, optimizer, x, y, {fit_args}, seed=SEED):
+    """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
+    history holds each epoch's running mean of the batch losses (penalties included)."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, {labels})
+    split = int(len(x) * (1 - validation_split))
+    (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
+    rng = np.random.default_rng(seed)
+    names = ["loss"] + [name for name, _ in METRICS]
+    history = {{}}
+    for epoch in range(epochs):
+        order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+        sums, n = np.zeros(len(names)), 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[order[i:i + batch_size]], y[order[i:i + batch_size]]
+            batch_loss, outputs = net.gradients(xb, yb)
+            if not np.isfinite(batch_loss) or not all(np.isfinite(g).all() for g in net.grads):
+                print(f"stopped: the loss or a gradient is not finite at step {{i // batch_size}}")
+                return history
+            net.apply(optimizer)
+            sums += [batch_loss * len(xb)] + [metric(yb, outputs).sum() for _, metric in METRICS]
+            n += len(xb)
+        logs = dict(zip(names, sums / n))
+        if len(x_val):
+            logs.update(zip(["val_" + k for k in names], evaluate(net, x_val, y_val, batch_size)))
+        for key, value in sorted(logs.items()):
+            history.setdefault(key, []).append(float(value))
+        print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items())))
+    return history'''
+
 
 def render(value: Any) -> str:
     """Source for a lowered value: calls, weights, the model seed, kernels and literals."""
@@ -193,68 +252,16 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
     fit_args = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
     note = "the output ends in softmax/sigmoid: the loss reads the values before it" if logits else \
         "the loss reads the model's outputs"
-    source = f'''FROM_LOGITS = {logits!r}  # {note}
-PENALTIES = {lowered.penalties!r}  # (layer position, l1, l2) of each regularized kernel
-METRICS = [{metric_table}]
-
-
-def loss(y, z):
-    return {fn.__name__}(y, z{loss_args})
-
-
-def network(weights, seed=SEED):
-    return Network(build(weights, seed), loss, FROM_LOGITS, PENALTIES)
-
-
-def make_optimizer():
-    return {opt_class.__name__}({opt_args})
-
-
-def evaluate(net, x, y, batch_size=32):
-    """Keras's evaluate: [loss, *metrics], batch losses weighted by batch size."""
-    sums, n = np.zeros(1 + len(METRICS)), 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        batch_loss, outputs, _ = net.evaluate(xb, yb)
-        sums += [batch_loss * len(xb)] + [metric(yb, outputs).sum() for _, metric in METRICS]
-        n += len(xb)
-    return list(sums / n)
-
-
-def fit(net, optimizer, x, y, {fit_args}, seed=SEED):
-    """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
-    history holds each epoch's running mean of the batch losses (penalties included)."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, {labels})
-    split = int(len(x) * (1 - validation_split))
-    (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
-    rng = np.random.default_rng(seed)
-    names = ["loss"] + [name for name, _ in METRICS]
-    history = {{}}
-    for epoch in range(epochs):
-        order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-        sums, n = np.zeros(len(names)), 0
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[order[i:i + batch_size]], y[order[i:i + batch_size]]
-            batch_loss, outputs = net.gradients(xb, yb)
-            if not np.isfinite(batch_loss) or not all(np.isfinite(g).all() for g in net.grads):
-                print(f"stopped: the loss or a gradient is not finite at step {{i // batch_size}}")
-                return history
-            net.apply(optimizer)
-            sums += [batch_loss * len(xb)] + [metric(yb, outputs).sum() for _, metric in METRICS]
-            n += len(xb)
-        logs = dict(zip(names, sums / n))
-        if len(x_val):
-            logs.update(zip(["val_" + k for k in names], evaluate(net, x_val, y_val, batch_size)))
-        for key, value in sorted(logs.items()):
-            history.setdefault(key, []).append(float(value))
-        print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items())))
-    return history'''
+    source = TRAINING.format(logits=logits, note=note, penalties=lowered.penalties, metric_table=metric_table,
+                             loss_fn=fn.__name__, loss_args=loss_args, optimizer=opt_class.__name__,
+                             opt_args=opt_args, fit_args=fit_args, labels=labels)
     roots = [K.Network, fn, opt_class] + [metric for _, metric in metrics]
     return source, roots
 
 
 def _metric_kind(name: str, spec: ir.Spec, report: Report) -> str:
-    """Keras's resolution of 'accuracy' by shapes (SEMANTICS §4); other names are themselves."""
+    """Keras's resolution of 'accuracy' by shapes (get_metric in
+    keras/src/trainers/compile_utils.py); other names are themselves."""
     if name not in ("accuracy", "acc"):
         return name
     if report.output_shape[-1] == 1:

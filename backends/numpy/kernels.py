@@ -1,9 +1,10 @@
 """The numbers of the numpy backend: layers, activations, losses, metrics and optimizers.
 
 This is the project's reference: every formula is Keras 3's on the TensorFlow backend
-(/work/shared/SEMANTICS.md says where a naive port differs). The code is dtype-generic:
-constants are Python scalars, which NumPy never lets widen an array, so float32 in gives
-float32 out (the tests also run it in float64 for finite differences).
+(keras/src/layers/, losses/losses.py, metrics/, optimizers/ and, where a naive port
+differs, keras/src/backend/tensorflow/nn.py). The code is dtype-generic: constants are
+Python scalars, which NumPy never lets widen an array, so float32 in gives float32 out
+(the tests also run it in float64 for finite differences).
 
 Everything here uses only NumPy (and the checker's pure `same_padding`): the emitter
 copies the source of exactly the pieces a spec uses into standalone generated code, so

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _workflow as wf
+from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
+from ._output import console, console_on, finite, print_json
+from ._plots import comparison_png
+from ._runs import (
+    StopOnInterrupt, accuracy_key, build, check_backend, check_out, load_data, load_spec, prepare,
+    train_and_save, write,
+)
 
 HELP = "train several specs on the same data, split and seed; plot their validation losses together"
 DEFAULT_VALIDATION = 0.2  # for a spec without `fit validation=`: the comparison is of validation curves
@@ -13,9 +19,9 @@ DEFAULT_VALIDATION = 0.2  # for a spec without `fit validation=`: the comparison
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", metavar="SPEC", help=".ms files")
-    wf.add_backend_arguments(p)
-    wf.add_data_arguments(p)
-    wf.add_training_arguments(p)
+    add_backend_arguments(p)
+    add_data_arguments(p)
+    add_training_arguments(p)
     p.add_argument("--out", metavar="DIR",
                    help="where to write compare.png, compare.json and each model's run in DIR/MODEL/ "
                         "(default: runs/compare)")
@@ -25,30 +31,30 @@ def run(args: argparse.Namespace) -> int:
     import copy
     from pathlib import Path
 
-    loaded = [wf.load_spec(path) for path in args.specs]
+    loaded = [load_spec(path) for path in args.specs]
     out = Path(args.out or Path("runs") / "compare")
-    wf.check_out(out)
-    wf.check_backend(args.backend)
-    dataset = wf.load_data(args)
-    arrays = [wf.prepare(dataset, spec, report, args.scale) for spec, report in loaded]
-    models = [wf.build(spec, args, args.seed) for spec, _ in loaded]
+    check_out(out)
+    check_backend(args.backend)
+    dataset = load_data(args)
+    arrays = [prepare(dataset, spec, report, args.scale) for spec, report in loaded]
+    models = [build(spec, args, args.seed) for spec, _ in loaded]
     names = _unique([m.name for m in models])
     stream = sys.stderr if args.json else sys.stdout
     data = {"name": dataset.name, "test": len(arrays[0].x_test), "split": dataset.split,
             "scale": args.scale or dataset.scale}
     runs = []
-    with wf.StopOnInterrupt() as interrupt:
+    with StopOnInterrupt() as interrupt:
         for i, (path, model, xy, name) in enumerate(zip(args.specs, models, arrays, names)):
-            wf.console_on(stream).rule(f"{name} ({i + 1}/{len(models)}): {model.report.total_params:,} params")
+            console_on(stream).rule(f"{name} ({i + 1}/{len(models)}): {model.report.total_params:,} params")
             settings = copy.copy(args)
             settings.validation = _validation(args, model.spec)
-            runs.append(wf.train_and_save(model, path, xy, settings, out / name, interrupt, stream,
+            runs.append(train_and_save(model, path, xy, settings, out / name, interrupt, stream,
                                           {**data, "train": len(xy.x_train)}))
             if interrupt.requested:
                 break
     doc = _save(out, names, runs, data)
     if args.json:
-        wf.print_json(doc)
+        print_json(doc)
     else:
         _report(doc, out)
     if interrupt.requested:
@@ -81,12 +87,12 @@ def _save(out, names: list[str], runs: list, data: dict) -> dict:
     key = "val_loss" if any("val_loss" in r.history for r in runs) else "loss"
     curves = {name: r.history.get(key, []) for name, r in zip(names, runs)}
     title = "Validation loss" if key == "val_loss" else "Training loss"
-    wf.write(out / "compare.png", wf.comparison_png(curves, title, "Loss"))
-    doc = wf.finite({
+    write(out / "compare.png", comparison_png(curves, title, "Loss"))
+    doc = finite({
         "data": data, "plot": str(out / "compare.png"), "curves": {"key": key, "series": curves},
         "models": [{"name": name, **r.to_dict()} for name, r in zip(names, runs)],
     })
-    wf.write(out / "compare.json", json.dumps(doc, indent=2) + "\n")
+    write(out / "compare.json", json.dumps(doc, indent=2) + "\n")
     return doc
 
 
@@ -107,11 +113,11 @@ def _report(doc: dict, out) -> None:
     for column in ("model", "params", "epochs", "val loss", "val acc", "test loss", "test acc"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in doc["models"]:
-        acc = wf.accuracy_key(m["history"])
+        acc = accuracy_key(m["history"])
         table.add_row(m["name"], f"{m['params']:,}", str(m["epochs"]), last(m["history"], "val_loss"),
                       last(m["history"], f"val_{acc}" if acc else None), fmt(m["test"].get("loss")),
                       fmt(m["test"].get(acc) if acc else None))
-    con = wf.console()
+    con = console()
     con.print(table)
     drawn = sum(1 for values in doc["curves"]["series"].values() if values)
     con.print(f"Plot: {doc['plot']} ({drawn} curves of {doc['curves']['key']})")

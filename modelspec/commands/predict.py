@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import _workflow as wf
+from ..errors import one_line
+from . import CommandError
+from ._arguments import add_backend_arguments, positive_float, positive_int
+from ._output import console, print_json
+from ._runs import build, check_backend, load_spec, load_weights, trained_scale, write
 
 HELP = "predict with trained weights: each row's class probabilities and most likely class"
 SHOWN = 10  # the table shows every class's probability up to this many; --json and --output always do
@@ -16,12 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", "-w", required=True, metavar="FILE", help="weights written by `modelspec train`")
     p.add_argument("--input", "-i", required=True, metavar="FILE",
                    help="samples, one per row: a .npy array or a .csv file (a 'label' column is ignored)")
-    p.add_argument("--scale", type=wf.positive_float, metavar="N",
+    p.add_argument("--scale", type=positive_float, metavar="N",
                    help="divide the samples by N (default: the scale of the training run beside the weights, "
                         "in its run.json; else 1 for values in [0, 1], 255 for 8-bit pixels)")
     p.add_argument("--output", "-o", metavar="FILE.csv", help="also write row, class and probabilities as CSV")
-    p.add_argument("--batch", type=wf.positive_int, metavar="N", help="batch size (default 32)")
-    wf.add_backend_arguments(p)
+    p.add_argument("--batch", type=positive_int, metavar="N", help="batch size (default 32)")
+    add_backend_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,29 +33,29 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DataError, fit_input, infer_scale, load_inputs
 
-    spec, report = wf.load_spec(args.spec)
-    wf.check_backend(args.backend)
+    spec, report = load_spec(args.spec)
+    check_backend(args.backend)
     try:
         raw = load_inputs(args.input, spec.input_shape)
-        scale = args.scale or wf.trained_scale(args.weights) or infer_scale(raw)
+        scale = args.scale or trained_scale(args.weights) or infer_scale(raw)
         x = fit_input(raw / np.float32(scale), spec.input_shape, args.input)
     except DataError as e:
-        raise wf.CommandError(str(e)) from None
-    model = wf.build(spec, args)
-    wf.load_weights(model, args.weights)
+        raise CommandError(str(e)) from None
+    model = build(spec, args)
+    load_weights(model, args.weights)
     try:
         probs = model.predict(x, batch_size=args.batch)
     except ValueError as e:
-        raise wf.CommandError(wf.one_line(e)) from None
+        raise CommandError(one_line(e)) from None
     probs = probs.reshape(len(probs), -1)
     # one unit (sigmoid): class 1 above 0.5; otherwise the most likely unit
     classes = (probs[:, 0] > 0.5).astype(int) if probs.shape[1] == 1 else probs.argmax(axis=1)
     if args.output:
         header = "row,class," + ",".join(f"p{i}" for i in range(probs.shape[1]))
         rows = [f"{i},{c}," + ",".join(f"{p:.6g}" for p in row) for i, (c, row) in enumerate(zip(classes, probs))]
-        wf.write(Path(args.output), "\n".join([header, *rows]) + "\n")
+        write(Path(args.output), "\n".join([header, *rows]) + "\n")
     if args.json:
-        wf.print_json({"model": model.name, "input": args.input, "scale": scale, "rows": len(probs),
+        print_json({"model": model.name, "input": args.input, "scale": scale, "rows": len(probs),
                        "predictions": [{"row": i, "class": int(c), "probabilities": [float(p) for p in row]}
                                        for i, (c, row) in enumerate(zip(classes, probs))]})
         return 0
@@ -75,4 +79,4 @@ def _table(probs, classes) -> None:
         if every:
             cells.append(" ".join(f"{v:.2f}" for v in row))
         table.add_row(*cells)
-    wf.console().print(table)
+    console().print(table)

@@ -1,84 +1,25 @@
-"""What train, evaluate, predict and compare share: options, loading, training, saving, plots.
-
-Not a command itself (it is not in COMMANDS). Like the commands, it imports nothing heavy
-at import time.
+"""What train, evaluate, predict and compare do with a run: load the spec, the backend and the
+data, train (stoppable with Ctrl-C), and write the run's folder (weights, history, plots,
+run.json). Like the commands, it imports nothing heavy at import time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import one_line
 from . import CommandError
+from ._output import finite
+from ._plots import curves_png
 
 WEIGHTS = "weights.safetensors"
 RUN = "run.json"
-
-
-# ---------------------------------------------------------------------------------------
-# Options
-
-
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", "-b", default="numpy", help="numpy (default), torch or keras")
-    p.add_argument("--device", default="auto", metavar="DEVICE",
-                   help="auto (default: the backend's choice), cpu or cuda")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON document on standard output (progress goes to standard error)")
-
-
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", metavar="DATA",
-                   help="digits (default: scikit-learn's 8x8 digits), mnist (local files), FILE.npz or FILE.csv")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="where to look for MNIST first (then $MODELSPEC_DATA, then ~/.keras/datasets)")
-    p.add_argument("--label-column", metavar="NAME|INDEX",
-                   help="a .csv file's label column (default: the one named 'label', else the last)")
-    p.add_argument("--scale", type=positive_float, metavar="N",
-                   help="divide samples by N (default: 16 for digits, 255 for MNIST and 8-bit pixels, "
-                        "1 for values already in [0, 1]; evaluate: the training run's, from run.json "
-                        "beside the weights)")
-
-
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=natural, metavar="N", help="default: the spec's `fit epochs=`")
-    p.add_argument("--batch", type=positive_int, metavar="N", help="batch size (default: the spec's, else 32)")
-    p.add_argument("--validation", type=fraction, metavar="F",
-                   help="validation fraction, the last samples of the training set (default: the spec's)")
-    p.add_argument("--seed", type=int, metavar="N",
-                   help="seed of the initial weights and the shuffling (default: 0 and the spec's fit seed)")
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def natural(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer, 0 or more")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: 0 < v < math.inf, "a positive number")
-
-
-def fraction(text: str) -> float:
-    return _number(text, float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
-
-
-def _number(text: str, kind: type, ok: Any, expected: str) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        value = None
-    if value is None or not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}; received '{text}'")
-    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,12 +92,8 @@ def load_weights(model: Any, path: str) -> None:
         raise CommandError(one_line(e)) from None
 
 
-def one_line(e: Any) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------
-# Training
+# Training and the run's folder
 
 
 class StopOnInterrupt:
@@ -234,7 +171,7 @@ def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Names
 
 
 def save_training(out: Path, model: Any, history: dict[str, list[float]]) -> list[str]:
-    """Weights, history.json, history.csv and the curves, as Keras's tutorial plots them."""
+    """Weights, history.json, history.csv and the loss and accuracy curves."""
     try:
         model.save(out / WEIGHTS)
     except OSError as e:
@@ -267,7 +204,8 @@ def check_out(out: Path) -> None:
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
-    """As Keras's CSVLogger writes it: an `epoch` column (from 0), then the keys, sorted."""
+    """As Keras's CSVLogger (keras/src/callbacks/csv_logger.py) writes it: an `epoch` column
+    (from 0), then the keys, sorted."""
     keys = sorted(history)
     epochs = len(history.get("loss", []))
     lines = [",".join(["epoch", *keys])]
@@ -279,94 +217,3 @@ def history_csv(history: dict[str, list[float]]) -> str:
 def accuracy_key(history: dict[str, Any]) -> str | None:
     """The first metric with 'acc' in its name (accuracy, categorical_accuracy, ...)."""
     return next((k for k in sorted(history) if "acc" in k and not k.startswith("val_")), None)
-
-
-def finite(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------
-# Plots (matplotlib's Agg renderer, never a display; rendered to bytes, then written atomically)
-
-
-def curves_png(history: dict[str, list[float]], key: str, label: str) -> bytes:
-    """Training (dots) and validation (line) curves of one quantity, as the tutorial plots them."""
-    fig, ax = _figure()
-    train = history.get(key, [])
-    epochs = range(1, len(train) + 1)
-    ax.plot(epochs, train, "bo", label=f"Training {label.lower()}")
-    if f"val_{key}" in history:
-        ax.plot(epochs, history[f"val_{key}"], "b", label=f"Validation {label.lower()}")
-    ax.set_title(f"Training and validation {label.lower()}")
-    ax.set_xlabel("Epochs")
-    ax.set_ylabel(label)
-    ax.legend()
-    return _png(fig)
-
-
-def comparison_png(curves: dict[str, list[float]], title: str, ylabel: str) -> bytes:
-    """One line per model."""
-    fig, ax = _figure()
-    for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=name)
-    ax.set_title(title)
-    ax.set_xlabel("Epochs")
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    return _png(fig)
-
-
-def _figure() -> tuple[Any, Any]:
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    ax = fig.subplots()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    return fig, ax
-
-
-def _png(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------
-# Output
-
-
-def console() -> Any:
-    return console_on(None)
-
-
-def console_on(stream: Any) -> Any:
-    from rich.console import Console
-
-    return Console(file=stream, highlight=False)
-
-
-def metrics_table(title: str, metrics: dict[str, float]) -> Any:
-    from rich.table import Table
-
-    from ..progress import format_value
-
-    table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in sorted(metrics):
-        table.add_row(key, format_value(metrics[key]))
-    return table
-
-
-def print_json(doc: Any) -> None:
-    print(json.dumps(finite(doc), indent=2))

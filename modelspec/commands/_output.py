@@ -1,0 +1,45 @@
+"""What the commands print: rich consoles and tables, and JSON documents."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def console() -> Any:
+    return console_on(None)
+
+
+def console_on(stream: Any) -> Any:
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False)
+
+
+def metrics_table(title: str, metrics: dict[str, float]) -> Any:
+    from rich.table import Table
+
+    from ..progress import format_value
+
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        table.add_row(key, format_value(metrics[key]))
+    return table
+
+
+def print_json(doc: Any) -> None:
+    print(json.dumps(finite(doc), indent=2))
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -1,0 +1,492 @@
+"""A Keras Sequential model as a spec: the library behind `modelspec import`.
+
+Only the model's JSON configuration is read (config.json inside a .keras zip, or a file
+holding `model.to_json()`): nothing is deserialized or executed, and Keras need not be
+installed. Every layer must be expressible in the language; the first one that is not is
+named with its position, and so is any setting (a constraint, a learning-rate schedule)
+a spec cannot carry. Layer names are kept wherever modelspec would name the layer
+differently, so an imported spec checks to the same names, shapes and parameters.
+
+    config = read_config("model.keras")
+    imported = convert(config)       # .text, .spec, .report, .notes
+
+A layer kind is imported by one entry in `CONVERTERS`: the Keras class name and the
+function that turns its config into the IR node (keras/src/layers/ holds each class's
+`get_config`, which says what the config holds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from typing import Any, Callable, NamedTuple
+
+from . import ir
+from .checker import Report, check, fmt_shape, layer_names
+from .errors import ModelspecError
+from .parser import INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES, parse
+from .printer import to_text
+
+
+class ModelFileError(ModelspecError):
+    """A file that is not a readable Keras model: neither a .keras zip nor a JSON config."""
+
+
+class UnsupportedError(ModelspecError, ValueError):
+    """Something in the Keras model that a spec cannot express."""
+
+
+class Imported(NamedTuple):
+    """A converted model: the spec's text, the spec parsed back from it, its report, and notes
+    on what the config did not say (the defaults the spec assumes instead)."""
+
+    text: str
+    spec: ir.Spec
+    report: Report
+    notes: list[str]
+
+
+def convert(config: dict[str, Any], training: bool = True) -> Imported:
+    """The spec for a Sequential model's config, printed and checked as it will be read back.
+    Raises UnsupportedError for what a spec cannot express, SpecError for a model Keras would
+    reject too (a window larger than its input, say)."""
+    spec, notes = spec_from_config(config, training)
+    text = to_text(spec)
+    parsed = parse(text, name=spec.name)
+    return Imported(text, parsed, check(parsed), notes)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the file
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The model's config dict from a .keras zip or a JSON file; ModelFileError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror or e}") from None
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if "config.json" not in z.namelist():
+                    raise ModelFileError(f"{path} is a zip file without config.json: not a Keras model file "
+                                         "(save one with model.save('model.keras'))")
+                raw = z.read("config.json")
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ModelFileError(f"{path} is a damaged .keras file: {e}") from None
+    elif head.startswith(b"\x89HDF"):
+        raise ModelFileError(f"{path} is an HDF5 (.h5) file; modelspec reads .keras files and JSON configs: "
+                             "re-save the model with model.save('model.keras'), or write model.to_json() to a file")
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelFileError(f"{path}: expected a Keras model's JSON config; it is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: expected a Keras model's JSON config (an object); "
+                             f"received {type(config).__name__}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# Config to IR
+
+
+def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.Spec, list[str]]:
+    """(IR spec, notes) for a Sequential model's config, as saved by Keras 3 or tf.keras 2.
+    Raises UnsupportedError naming the first thing a spec cannot express."""
+    notes: list[str] = []
+    kind = config.get("class_name", "Sequential" if "layers" in config else None)
+    body = config.get("config", config) if "class_name" in config else config
+    if kind != "Sequential":
+        raise UnsupportedError(f"only Sequential models can be imported; this is a {kind or 'unknown'} model")
+    if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
+        raise UnsupportedError("the config has no list of layers")
+    entries = body["layers"]
+    input_shape = _input_shape(body, entries)
+    layers = [e for e in entries if isinstance(e, dict) and e.get("class_name") != "InputLayer"]
+    if not layers:
+        raise UnsupportedError("the model has no layers")
+    nodes = []
+    for index, entry in enumerate(layers, start=1):
+        layer = _Layer(entry, index, len(layers))
+        nodes.append(layer.convert())
+    name = str(body.get("name") or "sequential")
+    fields: dict[str, Any] = {}
+    compile_config = config.get("compile_config") if training else None
+    if compile_config:
+        fields = _training(compile_config, notes)
+    try:
+        names = [e.get("config", {}).get("name") if isinstance(e.get("config"), dict) else None for e in layers]
+        nodes = _keep_names(name, input_shape, nodes, names)
+        spec = ir.Spec(name=name, input_shape=input_shape, layers=tuple(nodes), **fields)
+    except ValueError as e:
+        raise UnsupportedError(f"the model cannot be a spec: {_reason(e)}") from None
+    _check_axes(spec, layers)
+    return spec, notes
+
+
+def _input_shape(body: dict[str, Any], entries: list[Any]) -> tuple[int, ...]:
+    shape = None
+    for entry in entries[:1]:
+        c = entry.get("config", {}) if isinstance(entry, dict) else {}
+        shape = c.get("batch_shape") or c.get("batch_input_shape")
+    shape = shape or body.get("build_input_shape")
+    if not isinstance(shape, list) or not shape:
+        raise UnsupportedError("the model has no input shape (it was never built); give it one with "
+                               "keras.Input(shape=...) as its first layer and save it again")
+    dims = list(shape)[1:]
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise UnsupportedError(f"the input shape {fmt_shape(shape)} has a dimension of unknown size; "
+                               "a spec needs a fixed input shape")
+    return tuple(dims)
+
+
+def _reason(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):  # pydantic: the field and what was wrong with it
+        return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors())
+    return str(e)
+
+
+def _tidy(x: Any) -> float:
+    """A float as written: Keras saves some values through float32 (0.003000000026077032)."""
+    import numpy as np
+
+    x = float(x)
+    f32 = np.float32(x)
+    if math.isfinite(x) and float(f32) == x:
+        return float(np.format_float_positional(f32, unique=True, trim="0"))
+    return x
+
+
+class _Layer:
+    """One layer's config and the checks its converter (in CONVERTERS) makes of it."""
+
+    def __init__(self, entry: dict[str, Any], index: int, count: int) -> None:
+        self.cls = str(entry.get("class_name"))
+        self.c = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        self.name = str(self.c.get("name") or "?")
+        self.where = f"layer {index} of {count}, '{self.name}' ({self.cls})"
+
+    def fail(self, why: str) -> UnsupportedError:
+        return UnsupportedError(f"{self.where}: {why}")
+
+    def convert(self) -> ir.LayerBase:
+        converter = CONVERTERS.get(self.cls)
+        if converter is None:
+            raise self.fail(f"modelspec has no {self.cls} layer; a spec can hold "
+                            + ", ".join(cls.keras_class for cls in ir.LAYER_CLASSES.values()))
+        if self.c.get("trainable", True) is not True:
+            raise self.fail("the layer is frozen (trainable=False); a spec's layers are all trainable")
+        dtype = self.c.get("dtype")
+        dtype_name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if dtype_name not in (None, "float32"):
+            raise self.fail(f"its dtype policy is {dtype_name}; a spec computes in float32")
+        try:
+            return converter(self)
+        except UnsupportedError:
+            raise
+        except (ValueError, TypeError, AttributeError) as e:  # a malformed config: wrong types, missing keys
+            raise self.fail(f"its config is not valid: {_reason(e)}") from None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.c.get(key, default)
+
+    def require(self, key: str, *allowed: Any) -> None:
+        value = self.c.get(key, allowed[0])
+        if isinstance(value, list):
+            value = tuple(value)
+        if value not in allowed:
+            shown = value.get("class_name", value) if isinstance(value, dict) else value
+            raise self.fail(f"{key}={shown!r} cannot be expressed in a spec")
+
+    def pair(self, key: str) -> tuple[int, int] | None:
+        value = self.c.get(key)
+        if value is None:
+            return None
+        if isinstance(value, int):
+            return (value, value)
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            return (value[0], value[1])
+        raise self.fail(f"{key}={value!r} is not a pair of sizes")
+
+    def activation(self, key: str = "activation") -> str:
+        value = self.c.get(key, "linear")
+        if isinstance(value, dict):  # a serialized function: {"class_name": "function", "config": "relu"}
+            value = value.get("config")
+        value = {None: "linear", "silu": "swish"}.get(value, value)
+        if value not in ir.ACTIVATIONS:
+            raise self.fail(f"the activation {value!r} is not one a spec can use; expected one of "
+                            + ", ".join(ir.ACTIVATIONS))
+        return value
+
+    def initializer(self, key: str, default: str) -> Any:
+        value = self.c.get(key) or default
+        cls, conf = (value, {}) if isinstance(value, str) else (value.get("class_name"), value.get("config") or {})
+        name = INITIALIZER_ALIASES.get(cls, cls)
+        if cls == "Constant" and conf.get("value") in (0, 1):
+            name, conf = ("zeros" if conf["value"] == 0 else "ones"), {}
+        if name not in ir.INITIALIZERS:
+            raise self.fail(f"{key}={cls} cannot be expressed in a spec; expected one of "
+                            + ", ".join(ir.INITIALIZERS))
+        defaults = ir.INITIALIZER_ARGS[name]
+        fields = {k: _tidy(v) for k, v in conf.items() if k in defaults and v is not None}
+        fields = {k: v for k, v in fields.items() if v != defaults[k]}  # Keras saves its defaults too
+        if conf.get("seed") is not None and name not in ir.SEEDLESS_INITIALIZERS:
+            fields["seed"] = conf["seed"]
+        for k, v in conf.items():
+            if v is not None and k not in defaults and k not in ("seed", "dtype"):
+                raise self.fail(f"{key}={cls}({k}={v!r}) cannot be expressed in a spec")
+        return ir.Initializer(name=name, **fields)
+
+    def regularizer(self, key: str) -> Any:
+        value = self.c.get(key)
+        if value is None:
+            return None
+        cls, conf = (value, {}) if isinstance(value, str) else (value.get("class_name"), value.get("config") or {})
+        defaults = {"L1": {"l1": 0.01}, "l1": {"l1": 0.01}, "L2": {"l2": 0.01}, "l2": {"l2": 0.01},
+                    "L1L2": {}, "l1l2": {}}
+        if cls not in defaults:
+            raise self.fail(f"{key}={cls} cannot be expressed in a spec; expected L1, L2 or L1L2")
+        amounts = {**defaults[cls], **{k: v for k, v in conf.items() if k in ("l1", "l2") and v is not None}}
+        return ir.Regularizer(**{k: _tidy(v) for k, v in amounts.items()})
+
+    def weighted(self) -> dict[str, Any]:
+        """What Dense and Conv2D share."""
+        for key in ("bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
+                    "quantization_config", "lora_rank"):
+            self.require(key, None)
+        return dict(activation=self.activation(), use_bias=bool(self.get("use_bias", True)),
+                    kernel_initializer=self.initializer("kernel_initializer", "glorot_uniform"),
+                    bias_initializer=self.initializer("bias_initializer", "zeros"),
+                    kernel_regularizer=self.regularizer("kernel_regularizer"))
+
+    def channels_last(self) -> None:
+        self.require("data_format", None, "channels_last")
+
+
+# ---------------------------------------------------------------------------------------
+# One function per Keras class, and the table that names them
+
+
+def _dense(layer: _Layer) -> ir.LayerBase:
+    return ir.Dense(units=layer.get("units"), **layer.weighted())
+
+
+def _conv2d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    layer.require("dilation_rate", (1, 1), 1)
+    layer.require("groups", 1)
+    layer.require("padding", "valid", "same")
+    return ir.Conv2D(filters=layer.get("filters"), kernel_size=layer.pair("kernel_size"),
+                     strides=layer.pair("strides") or (1, 1), padding=layer.get("padding", "valid"),
+                     **layer.weighted())
+
+
+def _pool(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
+    def convert(layer: _Layer) -> ir.LayerBase:
+        layer.channels_last()
+        layer.require("padding", "valid", "same")
+        size, strides = layer.pair("pool_size") or (2, 2), layer.pair("strides")
+        # Keras saves strides=None as the pool size; the spec leaves them out the same way
+        return cls(pool_size=size, strides=None if strides == size else strides,
+                   padding=layer.get("padding", "valid"))
+
+    return convert
+
+
+def _global_avg_pool2d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    layer.require("keepdims", False)
+    return ir.GlobalAvgPool2D()
+
+
+def _flatten(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    return ir.Flatten()
+
+
+def _dropout(layer: _Layer) -> ir.LayerBase:
+    layer.require("noise_shape", None)
+    return ir.Dropout(rate=_tidy(layer.get("rate")), seed=layer.get("seed"))
+
+
+def _batchnorm(layer: _Layer) -> ir.LayerBase:
+    for key, default in (("center", True), ("scale", True), ("synchronized", False), ("renorm", False)):
+        layer.require(key, default)
+    for key, default in (("beta_initializer", "zeros"), ("gamma_initializer", "ones"),
+                         ("moving_mean_initializer", "zeros"), ("moving_variance_initializer", "ones")):
+        init = layer.initializer(key, default)
+        if init.name != default:
+            raise layer.fail(f"{key}={init.name} cannot be expressed in a spec (it must be {default})")
+    for key in ("beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint"):
+        layer.require(key, None)
+    return ir.BatchNorm(momentum=_tidy(layer.get("momentum", 0.99)), epsilon=_tidy(layer.get("epsilon", 1e-3)))
+
+
+def _leaky_relu(layer: _Layer) -> ir.LayerBase:
+    slope = layer.get("negative_slope", layer.get("alpha", 0.3))
+    return ir.LeakyReLU(negative_slope=_tidy(slope))
+
+
+def _activation(layer: _Layer) -> ir.LayerBase:
+    act = layer.activation()
+    if act == "leaky_relu":  # keras.activations.leaky_relu: slope 0.2
+        return ir.LeakyReLU(negative_slope=0.2)
+    return ir.Activation(activation=act)
+
+
+def _relu(layer: _Layer) -> ir.LayerBase:
+    layer.require("negative_slope", 0, 0.0)
+    layer.require("threshold", 0, 0.0)
+    layer.require("max_value", None, 6, 6.0)
+    return ir.Activation(activation="relu" if layer.get("max_value") is None else "relu6")
+
+
+def _softmax(layer: _Layer) -> ir.LayerBase:
+    layer.require("axis", -1, (-1,))
+    return ir.Activation(activation="softmax")
+
+
+def _elu(layer: _Layer) -> ir.LayerBase:
+    layer.require("alpha", 1.0, 1)
+    return ir.Activation(activation="elu")
+
+
+# Keras class name -> its converter: importing a new layer kind is one entry here.
+CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
+    "Dense": _dense,
+    "Conv2D": _conv2d,
+    "MaxPooling2D": _pool(ir.MaxPool2D),
+    "AveragePooling2D": _pool(ir.AvgPool2D),
+    "GlobalAveragePooling2D": _global_avg_pool2d,
+    "Flatten": _flatten,
+    "Dropout": _dropout,
+    "BatchNormalization": _batchnorm,
+    "LeakyReLU": _leaky_relu,
+    "Activation": _activation,
+    "ReLU": _relu,
+    "Softmax": _softmax,
+    "ELU": _elu,
+}
+
+
+def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], names: list[str | None]) -> list[Any]:
+    """Give a layer its Keras name in the spec wherever modelspec's own naming would differ."""
+    named = list(nodes)
+    for _ in range(len(nodes) + 1):
+        probe = ir.Spec(name=model, input_shape=input_shape, layers=tuple(named))
+        differ = [i for i, (got, want) in enumerate(zip(layer_names(probe), names)) if want and got != want]
+        if not differ:
+            return named
+        # one at a time: naming a layer can change the auto names after it
+        named[differ[0]] = named[differ[0]].model_copy(update={"name": names[differ[0]]})
+    return named
+
+
+def _check_axes(spec: ir.Spec, layers: list[dict[str, Any]]) -> None:
+    """BatchNormalization must normalize the last axis (tf.keras saved it as [3], say)."""
+    report = check(spec)
+    for index, (row, entry) in enumerate(zip(report.layers, layers), start=1):
+        if row.kind != "batchnorm":
+            continue
+        axis = entry.get("config", {}).get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis not in (-1, len(row.input_shape) - 1):
+            raise _Layer(entry, index, len(layers)).fail(
+                f"axis={axis!r} cannot be expressed in a spec: batchnorm normalizes the last axis")
+
+
+# ---------------------------------------------------------------------------------------
+# compile_config
+
+
+def _training(cc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    for key in ("loss_weights", "weighted_metrics"):
+        if cc.get(key):
+            raise UnsupportedError(f"compile(): {key} cannot be expressed in a spec")
+    out: dict[str, Any] = {}
+    if cc.get("optimizer") is not None:
+        out["optimizer"] = _optimizer(cc["optimizer"])
+    if cc.get("loss") is not None:
+        out["loss"] = _loss(cc["loss"], notes)
+    metrics = cc.get("metrics") or []
+    if not isinstance(metrics, list):
+        raise UnsupportedError(f"compile(): metrics={metrics!r} cannot be expressed in a spec")
+    out["metrics"] = tuple(_metric(m) for m in metrics)
+    if len(set(out["metrics"])) != len(out["metrics"]):
+        raise UnsupportedError(f"compile(): a metric is listed twice in {list(out['metrics'])}")
+    if not out["metrics"]:
+        del out["metrics"]
+    return out
+
+
+def _optimizer(value: Any) -> Any:
+    cls, conf = (value, {}) if isinstance(value, str) else (value.get("class_name"), value.get("config") or {})
+    name = OPTIMIZER_ALIASES.get(cls, str(cls).lower())
+    if name not in ir.OPTIMIZERS:
+        raise UnsupportedError(f"compile(): the optimizer {cls} cannot be expressed in a spec; expected one of "
+                               + ", ".join(OPTIMIZER_ALIASES))
+    defaults = ir.OPTIMIZER_DEFAULTS[name]
+    ignored = ("name", "ema_momentum", "ema_overwrite_frequency", "jit_compile", "is_legacy_optimizer")
+    neutral = {"clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
+               "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False, "decay": 0.0}
+    hyper: dict[str, Any] = {}
+    for key, v in conf.items():
+        if key in defaults:
+            if isinstance(v, dict):
+                raise UnsupportedError(f"compile(): {cls}'s {key} is a schedule ({v.get('class_name')}); "
+                                       "a spec's hyperparameters are constants")
+            v = _tidy(v) if isinstance(v, float) else v
+            if v != defaults[key]:
+                hyper[key] = v
+        elif key in neutral:
+            if v not in (None, neutral[key]):
+                raise UnsupportedError(f"compile(): {cls}({key}={v!r}) cannot be expressed in a spec")
+        elif key not in ignored:
+            raise UnsupportedError(f"compile(): {cls}'s {key} cannot be expressed in a spec")
+    if name == "adamw" and "weight_decay" in conf and conf["weight_decay"] is None:
+        raise UnsupportedError("compile(): AdamW without weight decay cannot be expressed in a spec")
+    return ir.Optimizer(name=name, **hyper)
+
+
+def _loss(value: Any, notes: list[str]) -> Any:
+    cls, conf = (value, {}) if isinstance(value, str) else (value.get("class_name"), value.get("config") or {})
+    name = LOSS_ALIASES.get(cls, cls)
+    if name not in ir.LOSSES:
+        raise UnsupportedError(f"compile(): the loss {cls} cannot be expressed in a spec; expected one of "
+                               + ", ".join(ir.LOSSES))
+    for key, neutral in (("from_logits", (False,)), ("label_smoothing", (0,)), ("axis", (-1,)),
+                         ("ignore_class", (None,)), ("reduction", ("sum_over_batch_size", "auto", None))):
+        if conf.get(key, neutral[0]) not in neutral:
+            raise UnsupportedError(f"compile(): {cls}({key}={conf[key]!r}) cannot be expressed in a spec")
+    delta = conf.get("delta")
+    if name == "huber" and delta is None and isinstance(value, dict):
+        notes.append("Keras does not save a Huber loss's delta; the spec uses Keras's default, 1.0")
+    return ir.Loss(name=name, delta=_tidy(delta) if delta is not None and delta != 1.0 else None)
+
+
+_METRIC_NAMES = {"CategoricalAccuracy": "categorical_accuracy",
+                 "SparseCategoricalAccuracy": "sparse_categorical_accuracy",
+                 "BinaryAccuracy": "binary_accuracy", "MeanSquaredError": "mse", "MeanAbsoluteError": "mae",
+                 "mean_squared_error": "mse", "mean_absolute_error": "mae"}
+
+
+def _metric(value: Any) -> str:
+    cls = value if isinstance(value, str) else value.get("class_name") if isinstance(value, dict) else None
+    name = _METRIC_NAMES.get(cls, cls)
+    if name not in ir.METRICS:
+        raise UnsupportedError(f"compile(): the metric {cls or value!r} cannot be expressed in a spec; "
+                               "expected one of " + ", ".join(ir.METRICS))
+    if isinstance(value, dict) and (value.get("config") or {}).get("threshold", 0.5) != 0.5:
+        raise UnsupportedError(f"compile(): {cls}(threshold={value['config']['threshold']}) cannot be "
+                               "expressed in a spec")
+    return name
