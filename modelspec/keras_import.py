@@ -25,7 +25,8 @@ from typing import Any, Callable, NamedTuple
 from . import ir
 from .checker import Report, check, fmt_shape, layer_names
 from .errors import ModelspecError
-from .parser import INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES, parse
+from .ir import INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
+from .parser import parse
 from .printer import to_text
 
 
@@ -309,6 +310,37 @@ def _global_avg_pool2d(layer: _Layer) -> ir.LayerBase:
     return ir.GlobalAvgPool2D()
 
 
+def _global_max_pool2d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    layer.require("keepdims", False)
+    return ir.GlobalMaxPool2D()
+
+
+def _zero_padding2d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    padding = layer.get("padding", 1)
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    elif all(isinstance(p, int) for p in padding):
+        padding = ((padding[0], padding[0]), (padding[1], padding[1]))
+    return ir.ZeroPadding2D(padding=tuple(tuple(p) for p in padding))
+
+
+def _up_sampling2d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    layer.require("interpolation", "nearest")
+    return ir.UpSampling2D(size=layer.pair("size") or (2, 2))
+
+
+def _prelu(layer: _Layer) -> ir.LayerBase:
+    layer.require("shared_axes", None)
+    layer.require("alpha_regularizer", None)
+    layer.require("alpha_constraint", None)
+    if layer.initializer("alpha_initializer", "zeros").name != "zeros":
+        raise layer.fail("alpha_initializer cannot be expressed in a spec (it must be zeros)")
+    return ir.PReLU()
+
+
 def _flatten(layer: _Layer) -> ir.LayerBase:
     layer.channels_last()
     return ir.Flatten()
@@ -368,6 +400,10 @@ CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "MaxPooling2D": _pool(ir.MaxPool2D),
     "AveragePooling2D": _pool(ir.AvgPool2D),
     "GlobalAveragePooling2D": _global_avg_pool2d,
+    "GlobalMaxPooling2D": _global_max_pool2d,
+    "ZeroPadding2D": _zero_padding2d,
+    "UpSampling2D": _up_sampling2d,
+    "PReLU": _prelu,
     "Flatten": _flatten,
     "Dropout": _dropout,
     "BatchNormalization": _batchnorm,

@@ -93,7 +93,7 @@ def _as_optimizer(value: Any) -> ir.Optimizer:
     if isinstance(value, ir.Optimizer):
         return value
     if isinstance(value, str):
-        from .parser import OPTIMIZER_ALIASES
+        from .ir import OPTIMIZER_ALIASES
 
         return ir.Optimizer(name=OPTIMIZER_ALIASES.get(value, value.lower()))
     if isinstance(value, dict):
@@ -105,7 +105,7 @@ def _as_loss(value: Any) -> ir.Loss:
     if isinstance(value, ir.Loss):
         return value
     if isinstance(value, str):
-        from .parser import LOSS_ALIASES
+        from .ir import LOSS_ALIASES
 
         return ir.Loss(name=LOSS_ALIASES.get(value, value))
     if isinstance(value, dict):

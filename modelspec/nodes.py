@@ -73,6 +73,24 @@ MetricName = Literal[
 ]
 METRICS: tuple[str, ...] = MetricName.__args__  # type: ignore[attr-defined]
 
+# Spellings accepted besides the canonical names (Keras's class names, common synonyms).
+INITIALIZER_ALIASES = {
+    "GlorotUniform": "glorot_uniform", "GlorotNormal": "glorot_normal", "HeNormal": "he_normal",
+    "HeUniform": "he_uniform", "LecunNormal": "lecun_normal", "LecunUniform": "lecun_uniform",
+    "Zeros": "zeros", "Ones": "ones", "RandomNormal": "random_normal",
+    "RandomUniform": "random_uniform", "TruncatedNormal": "truncated_normal",
+    "Orthogonal": "orthogonal", "xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
+}
+OPTIMIZER_ALIASES = {"SGD": "sgd", "RMSprop": "rmsprop", "Adam": "adam", "AdamW": "adamw",
+                     "Adagrad": "adagrad", "Nadam": "nadam"}
+LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae",
+                "CategoricalCrossentropy": "categorical_crossentropy",
+                "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+                "BinaryCrossentropy": "binary_crossentropy", "MeanSquaredError": "mse",
+                "MeanAbsoluteError": "mae", "Huber": "huber"}
+ACTIVATION_ALIASES = {"silu": "swish", "none": "linear"}
+HYPERPARAMETER_ALIASES = {"lr": "learning_rate"}
+
 Padding = Literal["valid", "same"]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]  # Keras keeps seeds in an int64
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -17,10 +17,8 @@ from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, did_you_mean, one_of, sort_diagnostics
 from .layers import LAYER_CLASSES
 from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
-from .reader import (
-    HYPERPARAMETER_ALIASES, KEYWORD_HINTS, KEYWORDS, LAYER_KEYWORDS, LOSS_ALIASES, OPTIMIZER_ALIASES, Reader,
-    Skip, _pydantic_message, read_layer,
-)
+from .nodes import HYPERPARAMETER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
+from .reader import KEYWORD_HINTS, KEYWORDS, LAYER_KEYWORDS, Reader, Skip, _pydantic_message, read_layer
 from .syntax import Option, Statement, parse_statements
 
 # Limits that keep a runaway input from exhausting memory: ten times the largest spec the

@@ -15,28 +15,15 @@ from typing import Any, Iterable
 from . import ir
 from .diagnostics import Span, did_you_mean, one_of
 from .layers import LAYER_CLASSES, Arg, layer_args, snake_case
+from .nodes import (
+    ACTIVATION_ALIASES, HYPERPARAMETER_ALIASES, INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES,
+)
 from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
 from .syntax import Call, Option, Statement, Value
 
 # ---------------------------------------------------------------------------------------
-# Vocabulary: spellings accepted besides the canonical ones
+# Keywords
 
-INITIALIZER_ALIASES = {
-    "GlorotUniform": "glorot_uniform", "GlorotNormal": "glorot_normal", "HeNormal": "he_normal",
-    "HeUniform": "he_uniform", "LecunNormal": "lecun_normal", "LecunUniform": "lecun_uniform",
-    "Zeros": "zeros", "Ones": "ones", "RandomNormal": "random_normal",
-    "RandomUniform": "random_uniform", "TruncatedNormal": "truncated_normal",
-    "Orthogonal": "orthogonal", "xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
-}
-OPTIMIZER_ALIASES = {"SGD": "sgd", "RMSprop": "rmsprop", "Adam": "adam", "AdamW": "adamw",
-                     "Adagrad": "adagrad", "Nadam": "nadam"}
-LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae",
-                "CategoricalCrossentropy": "categorical_crossentropy",
-                "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
-                "BinaryCrossentropy": "binary_crossentropy", "MeanSquaredError": "mse",
-                "MeanAbsoluteError": "mae", "Huber": "huber"}
-ACTIVATION_ALIASES = {"silu": "swish", "none": "linear"}
-HYPERPARAMETER_ALIASES = {"lr": "learning_rate"}
 NON_FINITE = frozenset({"nan", "inf", "infinity"})  # read as words; named as numbers in messages
 
 LAYER_KEYWORDS = tuple(LAYER_KEYWORDS_TO_CLASS)

@@ -14,12 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"modelspec": ROOT / "modelspec", "modelspec.backends": ROOT / "backends"}
 
-# Cycles known and being removed elsewhere; each entry is one cycle's modules. Empty it as they go.
-ALLOWED: list[frozenset[str]] = [
-    frozenset({"modelspec.advice", "modelspec.checker", "modelspec.summary"}),
-]
-
-
 def modules() -> dict[str, Path]:
     """Every module's dotted name and file."""
     out = {}
@@ -118,14 +112,7 @@ def test_the_graph_sees_both_packages():
 
 def test_no_import_cycles():
     found = cycles(graph())
-    new = [sorted(c) for c in found if c not in ALLOWED]
-    assert not new, f"import cycles: {new}"
-
-
-def test_allowed_cycles_still_exist():
-    """An entry of ALLOWED that no longer is a cycle must go, so that it cannot come back."""
-    found = cycles(graph())
-    assert not [sorted(c) for c in ALLOWED if c not in found]
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import modelspec as ms
 from modelspec import ir
-from modelspec.parser import KEYWORDS
+from modelspec.reader import KEYWORDS
 from modelspec.printer import to_text
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
