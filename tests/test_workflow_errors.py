@@ -98,3 +98,16 @@ def test_out_that_is_a_file(files):
 def test_usage_errors_exit_2(args):
     done = modelspec_cli(*args)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("sizes", ["dense 10000000\ndense 10000000", "dense 99999999999999999999"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "keras"])
+def test_a_model_too_large_to_train_is_refused_at_its_line_before_any_data_is_read(files, sizes, backend):
+    (files / "big.ms").write_text(f"input 8x8\nflatten\n{sizes}\nloss mse\n")
+    done = modelspec_cli("train", files / "big.ms", "--backend", backend, "--out", files / "out", cwd=files)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"{files / 'big.ms'}:{2 + sizes.count(chr(10)) + 1}:1: error: training this model needs at least ")
+    assert "; this machine has " in first
+    assert not (files / "out").exists()

@@ -28,7 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .. import ir
+    from ..checker import refuse_oversized
+
     spec, report = load_spec(args.spec)
+    refuse_oversized(report, args.batch or (spec.fit and spec.fit.batch_size) or 32,
+                     spec.optimizer or ir.Optimizer(name="rmsprop"))
     out = Path(args.out or Path("runs") / spec.name)
     check_out(out)
     check_backend(args.backend)
