@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import io
 import math
 import re
@@ -253,12 +254,23 @@ def test_spec_text_never_becomes_code(name, tmp_path):
 
 
 def test_the_compile_command_writes_the_module(tmp_path):
+    """The written file runs as a script where only torch can be imported, and holds the
+    spec's model, optimizer and fit settings."""
     done = modelspec_cli("compile", ROOT / "specs" / "mnist.ms", "--backend", "torch", "-o", tmp_path / "mnist.py")
     assert done.returncode == 0, done.stderr
-    source = (tmp_path / "mnist.py").read_text(encoding="utf-8")
-    assert "class Mnist(nn.Module):" in source
-    assert "nn.Linear(784, 512)" in source and "class RMSprop(KerasOptimizer):" in source
-    assert "def fit(model, x, y, epochs=100, batch_size=512, validation_split=0.2, shuffle=True" in source
+    run = subprocess.run([sys.executable, "-I", "-S", "-c",
+                          "import runpy, sys; sys.path[:0] = sys.argv[1:]; runpy.run_path('mnist.py', run_name='__main__')",
+                          str(tmp_path), SITE_PACKAGES], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "(64, 10)" and "Epoch 2/2 - " in run.stdout
+    module = load((tmp_path / "mnist.py").read_text(encoding="utf-8"), tmp_path / "mnist_copy.py")
+    net = module.Mnist()
+    assert isinstance(net.dense, torch.nn.Linear) and net.dense.weight.shape == (512, 784)
+    assert isinstance(module.make_optimizer(net), module.RMSprop)
+    defaults = {k: v.default for k, v in inspect.signature(module.fit).parameters.items()}
+    assert defaults == {"model": inspect.Parameter.empty, "x": inspect.Parameter.empty, "y": inspect.Parameter.empty,
+                        "epochs": 100, "batch_size": 512, "validation_split": 0.2, "shuffle": True,
+                        "optimizer": None}
 
 
 def test_the_module_holds_only_what_the_spec_uses():

@@ -45,6 +45,30 @@ def engine_model(text=SMALL, seed=0, **options):
     return model
 
 
+# -- the lowering ----------------------------------------------------------------------------
+
+
+def test_the_supported_kinds_are_the_lowering_methods():
+    """One method per IR kind, which the live module and the emitted program both read."""
+    from modelspec import ir
+    from modelspec.backends.torch.lowering import LAYER_KINDS, Lowering
+
+    assert LAYER_KINDS == set(ir.LAYER_CLASSES)
+    assert all(callable(getattr(Lowering, kind)) for kind in LAYER_KINDS)
+
+
+def test_the_live_module_is_plain_torch_modules():
+    """Layers that are one module's call are that module; the others bind their torch calls
+    once, and show them."""
+    model = ms.build("input 6x6x2\nconv2d 3 3x3 padding=same relu\nmaxpool2d 2\nflatten\ndropout 0.5\ndense 2",
+                     backend="torch", device="cpu")
+    layers = dict(model.native.layers.named_children())
+    assert list(layers) == ["to_nchw", "conv2d", "max_pooling2d", "to_nhwc", "flatten", "dropout", "dense"]
+    assert isinstance(layers["dense"], torch.nn.Linear) and isinstance(layers["conv2d"].module, torch.nn.Conv2d)
+    assert layers["dropout"].generator is not None
+    assert "F.max_pool2d(x, (2, 2), (2, 2))" in repr(layers["max_pooling2d"])
+
+
 # -- devices and options ---------------------------------------------------------------------
 
 

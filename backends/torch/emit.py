@@ -7,9 +7,10 @@ training section - the loss, penalties, optimizer and a Keras-like `fit`. Where 
 and torch differ, the Keras-exact pieces are copied from keras_ops.py, the very code
 the live backend runs.
 
-One method per layer kind writes that layer's lines. Text from the spec (the model's and
-layers' names) reaches the output only through repr() as string literals, never as code,
-comments or docstrings; identifiers are derived from it by keeping [A-Za-z0-9_].
+Each layer's lines are printed from its unit (lowering.py), the data the live module is
+built from. Text from the spec (the model's and layers' names) reaches the output only
+through repr() as string literals, never as code, comments or docstrings; identifiers are
+derived from it by keeping [A-Za-z0-9_].
 """
 
 from __future__ import annotations
@@ -24,16 +25,9 @@ from modelspec.checker import Report, fmt_shape
 from modelspec.model import resolve_loss, resolve_metric
 
 from . import keras_ops
-from .plan import Step, class_name, plan, symmetric
+from .lowering import LAYOUTS, SELF, Unit, activation, calls, literal, units
+from .plan import Plan, Step, class_name, plan
 
-TRUNCATED_STD = 0.87962566103423978
-
-ACTIVATIONS = {
-    "relu": "F.relu({x})", "sigmoid": "torch.sigmoid({x})", "tanh": "torch.tanh({x})",
-    "softmax": "torch.softmax({x}, dim={axis})", "elu": "F.elu({x})", "selu": "selu({x})",
-    "gelu": "F.gelu({x})", "swish": "F.silu({x})", "softplus": "F.softplus({x})", "relu6": "F.relu6({x})",
-    "leaky_relu": "F.leaky_relu({x}, 0.2)",  # the activation's slope; the LeakyReLU layer's is 0.3
-}
 LOSSES = {  # (loss, from logits) -> the keras_ops function, or torch's own when it is Keras's
     ("categorical_crossentropy", True): "softmax_cross_entropy",
     ("categorical_crossentropy", False): "categorical_crossentropy",
@@ -49,14 +43,6 @@ METRICS = {"categorical_accuracy": "categorical_accuracy", "sparse_categorical_a
            "binary_accuracy": "binary_accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error"}
 
 
-def activation(name: str | None, x: str, axis: int = -1) -> str:
-    return x if name is None else ACTIVATIONS[name].format(x=x, axis=axis)
-
-
-def _tuple(values) -> str:
-    return repr(tuple(values))
-
-
 @dataclass
 class Lines:
     """What the layers contribute to each part of the class."""
@@ -65,162 +51,77 @@ class Lines:
     reset: list[str] = field(default_factory=list)  # in reset_parameters
     forward: list[str] = field(default_factory=list)  # the forward pass, each line transforming x
     weights: list[str] = field(default_factory=list)  # (Keras path, tensor, layout) entries
+    layouts: set[str] = field(default_factory=set)  # the LAYOUTS keys among them
     penalty: list[str] = field(default_factory=list)  # terms of the weight penalty
     helpers: set[str] = field(default_factory=set)  # keras_ops definitions the module needs
 
+    def add(self, step: Step | None, unit: Unit) -> None:
+        """One layer's lines (a layout switch's when `step` is None), printed from its unit."""
+        attr = step.attr if step else ""
+        for call in (c for e in (unit.module, *unit.forward) for c in calls(e)):
+            if "." not in call.target and call.target != SELF:
+                self.helpers.add(call.target)
+        if unit.module:
+            self.init.append(_commented(f"self.{attr} = {literal(unit.module)}", unit.module.note, 8))
+        if any(w.initializer is None for w in unit.weights):
+            self.reset.append(f"self.{attr}.reset_parameters()")
+        for weight, keras in zip(unit.weights, step.report.weights if step else ()):
+            tensor = f"self.{attr}.{weight.tensor}"
+            if weight.initializer is not None:
+                self.reset.append(initializer(tensor, weight.initializer, keras.shape, self.helpers))
+            self.weights.append(_entry(keras.path, tensor, weight.layout))
+            self.layouts.add(weight.layout)
+        if unit.penalty:
+            kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
+            if l1:
+                self.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
+            if l2:
+                self.penalty.append(f"{l2!r} * {kernel}.square().sum()")
+        self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
 
-class Emitter:
-    """One method per layer kind, writing that layer's lines."""
 
-    def __init__(self, spec: ir.Spec, report: Report) -> None:
-        self.spec, self.report = spec, report
-        self.plan = plan(spec, report)
-        self.out = Lines()
+def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str]) -> str:
+    """The torch call drawing Keras's initializer `init` for a weight of Keras shape `shape`
+    (adding the keras_ops functions it needs to `helpers`). torch's own fans agree with
+    Keras's for its layouts; seeds cannot carry over."""
+    from modelspec.initializers import compute_fans
 
-    # -- shared pieces ---------------------------------------------------------------------
+    fan_in, fan_out = compute_fans(shape)
+    a = init.args()
+    name = init.name
+    if name in ("glorot_normal", "he_normal", "lecun_normal"):
+        helpers.add("variance_scaling_normal_")
+        scale, fan = {"glorot_normal": (1.0, (fan_in + fan_out) / 2), "he_normal": (2.0, fan_in),
+                      "lecun_normal": (1.0, fan_in)}[name]
+        return f"variance_scaling_normal_({tensor}, scale={scale!r}, fan={fan!r})  # {name}"
+    if name in ("glorot_uniform", "he_uniform", "lecun_uniform") and len(shape) < 2:
+        # torch's xavier_uniform_ and kaiming_uniform_ refuse a vector (a bias); Keras takes
+        # its length as both fans
+        scale, fan = {"glorot_uniform": (1.0, (fan_in + fan_out) / 2), "he_uniform": (2.0, fan_in),
+                      "lecun_uniform": (1.0, fan_in)}[name]
+        limit = math.sqrt(3 * scale / max(1.0, fan))
+        return f"nn.init.uniform_({tensor}, {-limit!r}, {limit!r})  # {name}"
+    if name == "truncated_normal":
+        helpers.add("truncated_normal_")
+        return f"truncated_normal_({tensor}, mean={a['mean']!r}, stddev={a['stddev']!r})"
+    return {
+        "glorot_uniform": f"nn.init.xavier_uniform_({tensor})  # glorot_uniform",
+        "he_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='relu')  # he_uniform",
+        "lecun_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='linear')  # lecun_uniform",
+        "zeros": f"nn.init.zeros_({tensor})",
+        "ones": f"nn.init.ones_({tensor})",
+        "random_normal": f"nn.init.normal_({tensor}, mean={a.get('mean')!r}, std={a.get('stddev')!r})",
+        "random_uniform": f"nn.init.uniform_({tensor}, {a.get('minval')!r}, {a.get('maxval')!r})",
+        "orthogonal": f"nn.init.orthogonal_({tensor}, gain={a.get('gain')!r})",
+    }[name]
 
-    def initializer(self, tensor: str, init: ir.Initializer, shape: tuple[int, ...]) -> str:
-        """The torch call drawing Keras's initializer `init` for a weight of Keras shape `shape`.
-        torch's own fans agree with Keras's for its layouts; seeds cannot carry over."""
-        from modelspec.initializers import compute_fans
 
-        fan_in, fan_out = compute_fans(shape)
-        a = init.args()
-        name = init.name
-        if name in ("glorot_normal", "he_normal", "lecun_normal"):
-            self.out.helpers.add("variance_scaling_normal_")
-            scale, fan = {"glorot_normal": (1.0, (fan_in + fan_out) / 2), "he_normal": (2.0, fan_in),
-                          "lecun_normal": (1.0, fan_in)}[name]
-            return f"variance_scaling_normal_({tensor}, scale={scale!r}, fan={fan!r})  # {name}"
-        if name in ("glorot_uniform", "he_uniform", "lecun_uniform") and len(shape) < 2:
-            # torch's xavier_uniform_ and kaiming_uniform_ refuse a vector (a bias); Keras takes
-            # its length as both fans
-            scale, fan = {"glorot_uniform": (1.0, (fan_in + fan_out) / 2), "he_uniform": (2.0, fan_in),
-                          "lecun_uniform": (1.0, fan_in)}[name]
-            limit = math.sqrt(3 * scale / max(1.0, fan))
-            return f"nn.init.uniform_({tensor}, {-limit!r}, {limit!r})  # {name}"
-        if name == "truncated_normal":
-            self.out.helpers.add("truncated_normal_")
-            return f"truncated_normal_({tensor}, mean={a['mean']!r}, stddev={a['stddev']!r})"
-        return {
-            "glorot_uniform": f"nn.init.xavier_uniform_({tensor})  # glorot_uniform",
-            "he_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='relu')  # he_uniform",
-            "lecun_uniform": f"nn.init.kaiming_uniform_({tensor}, nonlinearity='linear')  # lecun_uniform",
-            "zeros": f"nn.init.zeros_({tensor})",
-            "ones": f"nn.init.ones_({tensor})",
-            "random_normal": f"nn.init.normal_({tensor}, mean={a.get('mean')!r}, std={a.get('stddev')!r})",
-            "random_uniform": f"nn.init.uniform_({tensor}, {a.get('minval')!r}, {a.get('maxval')!r})",
-            "orthogonal": f"nn.init.orthogonal_({tensor}, gain={a.get('gain')!r})",
-        }[name]
-
-    def _kernel(self, step: Step, layout: str) -> None:
-        """A dense or conv layer's weights: initializers, Keras paths, penalty."""
-        layer, attr = step.layer, f"self.{step.attr}"
-        kernel, *bias = step.report.weights
-        self.out.reset.append(self.initializer(f"{attr}.weight", layer.kernel_initializer, kernel.shape))
-        self.out.weights.append(_entry(kernel.path, f"{attr}.weight", layout))
-        if bias:
-            self.out.reset.append(self.initializer(f"{attr}.bias", layer.bias_initializer, bias[0].shape))
-            self.out.weights.append(_entry(bias[0].path, f"{attr}.bias", None))
-        reg = layer.kernel_regularizer
-        if reg is not None:
-            if reg.l1:
-                self.out.penalty.append(f"{reg.l1!r} * {attr}.weight.abs().sum()")
-            if reg.l2:
-                self.out.penalty.append(f"{reg.l2!r} * {attr}.weight.square().sum()")
-
-    def forward(self, line: str) -> None:
-        self.out.forward.append(line)
-
-    # -- layers ----------------------------------------------------------------------------
-
-    def dense(self, step: Step) -> None:
-        layer = step.layer
-        n_in = step.report.input_shape[-1]
-        self.out.init.append(f"self.{step.attr} = nn.Linear({n_in}, {layer.units}"
-                             f"{'' if layer.use_bias else ', bias=False'})")
-        self.forward(f"x = {activation(step.activation, f'self.{step.attr}(x)')}")
-        self._kernel(step, "dense")
-
-    def conv2d(self, step: Step) -> None:
-        layer, pads = step.layer, step.pads
-        args = [str(step.report.input_shape[-1]), str(layer.filters), f"kernel_size={_tuple(layer.kernel_size)}"]
-        if layer.strides != (1, 1):
-            args.append(f"stride={_tuple(layer.strides)}")
-        same = pads is not None and symmetric(pads)
-        if same:
-            args.append(f"padding={_tuple((pads[2], pads[0]))}")
-        if not layer.use_bias:
-            args.append("bias=False")
-        self.out.init.append(f"self.{step.attr} = nn.Conv2d({', '.join(args)})" + ("  # 'same'" if same else ""))
-        if pads and not same:
-            self.forward(f"x = F.pad(x, {_tuple(pads)})  # 'same' as in Keras: the odd pixel goes right and bottom")
-        self.forward(f"x = {activation(step.activation, f'self.{step.attr}(x)', axis=1)}")
-        self._kernel(step, "conv")
-
-    def maxpool2d(self, step: Step) -> None:
-        layer, pads = step.layer, step.pads
-        k, s = _tuple(layer.pool_size), _tuple(layer.resolved_strides)
-        if pads is None:
-            self.forward(f"x = F.max_pool2d(x, {k}, {s})")
-        elif symmetric(pads):
-            self.forward(f"x = F.max_pool2d(x, {k}, {s}, padding={_tuple((pads[2], pads[0]))})  # 'same'")
-        else:
-            self.forward(f"x = F.max_pool2d(F.pad(x, {_tuple(pads)}, value=-math.inf), {k}, {s})  "
-                         "# 'same', the odd pixel right and bottom")
-
-    def avgpool2d(self, step: Step) -> None:
-        layer, pads = step.layer, step.pads
-        k, s = _tuple(layer.pool_size), _tuple(layer.resolved_strides)
-        if pads is None:
-            self.forward(f"x = F.avg_pool2d(x, {k}, {s})")
-        elif symmetric(pads):
-            self.forward(f"x = F.avg_pool2d(x, {k}, {s}, padding={_tuple((pads[2], pads[0]))}, "
-                         "count_include_pad=False)  # 'same': padding is not averaged")
-        else:
-            self.out.helpers.add("avg_pool2d_same")
-            self.forward(f"x = avg_pool2d_same(x, {k}, {s}, {_tuple(pads)})")
-
-    def globalavgpool2d(self, step: Step) -> None:
-        self.forward(f"x = x.mean(dim={(2, 3) if step.nchw else (1, 2)})")
-
-    def flatten(self, step: Step) -> None:
-        self.forward("x = x.flatten(1)")
-
-    def dropout(self, step: Step) -> None:
-        self.out.init.append(f"self.{step.attr} = nn.Dropout({step.layer.rate!r})  # Keras's: inverted, training only")
-        self.forward(f"x = self.{step.attr}(x)")
-
-    def batchnorm(self, step: Step) -> None:
-        layer, attr = step.layer, f"self.{step.attr}"
-        self.out.helpers.add("BatchNorm")
-        axis = "" if step.channel_axis == -1 else ", axis=1"
-        self.out.init.append(f"{attr} = BatchNorm({step.report.input_shape[-1]}, momentum={layer.momentum!r}, "
-                             f"epsilon={layer.epsilon!r}{axis})")
-        self.out.reset.append(f"{attr}.reset_parameters()")
-        self.forward(f"x = {attr}(x)")
-        for w, tensor in zip(step.report.weights, ("gamma", "beta", "moving_mean", "moving_variance")):
-            self.out.weights.append(_entry(w.path, f"{attr}.{tensor}", None))
-
-    def activation(self, step: Step) -> None:
-        if step.activation is not None:
-            self.forward(f"x = {activation(step.activation, 'x', step.channel_axis)}")
-
-    def leaky_relu(self, step: Step) -> None:
-        self.forward(f"x = F.leaky_relu(x, {step.layer.negative_slope!r})  # Keras's LeakyReLU layer "
-                     "(torch's default slope is 0.01)")
-
-    # -- the module ------------------------------------------------------------------------
-
-    def layers(self) -> None:
-        for step in self.plan.steps:
-            if step.permute == "nchw":
-                self.forward("x = x.permute(0, 3, 1, 2)  # Keras's NHWC to torch's NCHW")
-            elif step.permute == "nhwc":
-                self.forward("x = x.permute(0, 2, 3, 1)  # back to NHWC: Keras flattens and reads channels last")
-            getattr(self, step.layer.kind)(step)
-        if self.plan.final_permute:
-            self.forward("x = x.permute(0, 2, 3, 1)  # back to Keras's NHWC")
+def _commented(code: str, note: str, indent: int) -> str:
+    """`code  # note`, the note on a line of its own above when that line would pass 100 characters."""
+    if not note:
+        return code
+    line = f"{code}  # {note}"
+    return line if indent + len(line) <= 100 else f"# {note}\n{code}"
 
 
 def _call(function: str, arguments: str, indent: int) -> str:
@@ -308,127 +209,117 @@ from torch import nn
 '''
 
 
-def _class(em: Emitter, cls: str) -> str:
-    spec, out, p = em.spec, em.out, em.plan
+CLASS = '''class {cls}(nn.Module):
+    """The spec's layers; output {output_shape}."""
+
+    keras_name = {name}
+    input_shape = {input_shape}
+
+    def __init__(self):
+        super().__init__()
+{init}
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Keras's initializers (torch's defaults: kaiming-uniform kernels, random biases)."""
+{reset}
+
+{forward}
+
+{penalty}    def keras_layout(self):
+        """(Keras weight path, tensor, layout) in Keras's order. Keras keeps dense kernels as
+        (in, out) and conv kernels as (kh, kw, in, out); torch as (out, in), (out, in, kh, kw)."""
+        return [
+{entries}
+        ]
+
+    @torch.no_grad()
+    def load_keras_weights(self, weights):
+        """Set every weight from arrays in Keras's layout, keyed by Keras's weight paths."""
+        for path, tensor, layout in self.keras_layout():
+            value = torch.as_tensor(weights[path], dtype=torch.float32)
+{to_torch}            tensor.copy_(value)
+
+    @torch.no_grad()
+    def keras_weights(self):
+        """Every weight in Keras's layout, keyed by Keras's weight path."""
+        weights = {{}}
+        for path, tensor, layout in self.keras_layout():
+            value = tensor.detach()
+{to_keras}            weights[path] = value.clone()
+        return weights'''
+
+FORWARD = '''    def forward(self, x):
+{body}'''
+
+LOGITS = '''    def logits(self, x):
+        """Every layer but the final {activation}: Keras's TensorFlow backend computes the
+        matching cross-entropy from these values."""
+{body}
+
+    def forward(self, x):
+        return {output}'''
+
+PENALTY = '''    def penalty(self):
+        """The kernel regularizers' L1/L2 terms, added to the loss as Keras adds them."""
+        return {terms}
+
+'''
+
+
+def _forward_body(spec: ir.Spec, out: Lines) -> str:
+    """The input check, then every layer's lines; the last one returns its value."""
     shape_text = ", ".join(map(str, spec.input_shape))
-    check = [
-        "if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
-        f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
-        "                     f\"received {x.dtype} {tuple(x.shape)}\")",
-    ]
-    body_lines = check + out.forward
-    returns = body_lines[:-1] + ["return " + body_lines[-1].split(" = ", 1)[1]] \
-        if body_lines[-1].startswith("x = ") and "#" not in body_lines[-1] else body_lines + ["return x"]
-    parts = [f"class {cls}(nn.Module):",
-             f'    """The spec\'s layers; output {fmt_shape(em.report.output_shape)}."""',
-             "",
-             f"    keras_name = {spec.name!r}",
-             f"    input_shape = {tuple(spec.input_shape)!r}",
-             "",
-             "    def __init__(self):",
-             "        super().__init__()",
-             _indent(out.init, 8),
-             "        self.reset_parameters()",
-             "",
-             "    @torch.no_grad()",
-             "    def reset_parameters(self):",
-             '        """Keras\'s initializers (torch\'s defaults: kaiming-uniform kernels, random biases)."""',
-             _indent(out.reset or ["pass"], 8),
-             ""]
+    lines = ["if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
+             f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
+             "                     f\"received {x.dtype} {tuple(x.shape)}\")", *out.forward]
+    if lines[-1].startswith("x = ") and "#" not in lines[-1]:
+        lines[-1] = "return " + lines[-1][len("x = "):]
+    else:
+        lines.append("return x")
+    return _indent(lines, 8)
+
+
+def _conversions(layouts: set[str], to_torch: bool) -> str:
+    """load_keras_weights's (or keras_weights's) conversion of each layout the model uses."""
+    lines: list[str] = []
+    for name, layout in LAYOUTS.items():
+        if name in layouts:
+            axes = layout.to_torch if to_torch else layout.to_keras
+            note = f"  # {layout.keras} -> {layout.torch}" if to_torch else ""
+            lines += [f"{'el' if lines else ''}if layout == {name!r}:{note}",
+                      "    value = value.T" if axes == (1, 0) else f"    value = value.permute{axes}"]
+    return _indent(lines, 12) + "\n" if lines else ""
+
+
+def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str) -> str:
+    body = _forward_body(spec, out)
     if p.output_activation:
-        parts += ["    def logits(self, x):",
-                  f'        """Every layer but the final {p.output_activation}: Keras\'s TensorFlow backend computes the',
-                  '        matching cross-entropy from these values."""',
-                  _indent(returns, 8),
-                  "",
-                  "    def forward(self, x):",
-                  f"        return {activation(p.output_activation, 'self.logits(x)')}",
-                  ""]
+        forward = LOGITS.format(activation=p.output_activation, body=body,
+                                output=literal(activation(p.output_activation), x="self.logits(x)"))
     else:
-        parts += ["    def forward(self, x):", _indent(returns, 8), ""]
-    if out.penalty:
-        parts += ["    def penalty(self):",
-                  '        """The kernel regularizers\' L1/L2 terms, added to the loss as Keras adds them."""',
-                  "        return " + out.penalty[0] if len(out.penalty) == 1 else
-                  "        return (" + "\n                + ".join(out.penalty) + ")",
-                  ""]
-    layouts = {layout for line in out.weights for layout in ("dense", "conv") if f"'{layout}')," in line}
-    to_torch, to_keras = [], []
-    if "dense" in layouts:
-        to_torch += ["if layout == 'dense':  # (in, out) -> (out, in)", "    value = value.T"]
-        to_keras += ["if layout == 'dense':", "    value = value.T"]
-    if "conv" in layouts:
-        to_torch += [f"{'el' if to_torch else ''}if layout == 'conv':  # (kh, kw, in, out) -> (out, in, kh, kw)",
-                     "    value = value.permute(3, 2, 0, 1)"]
-        to_keras += [f"{'el' if to_keras else ''}if layout == 'conv':", "    value = value.permute(2, 3, 1, 0)"]
-    parts += ["    def keras_layout(self):",
-              '        """(Keras weight path, tensor, layout) in Keras\'s order. Keras keeps dense kernels as',
-              '        (in, out) and conv kernels as (kh, kw, in, out); torch as (out, in), (out, in, kh, kw)."""',
-              "        return [",
-              _indent(out.weights, 12),
-              "        ]",
-              "",
-              "    @torch.no_grad()",
-              "    def load_keras_weights(self, weights):",
-              '        """Set every weight from arrays in Keras\'s layout, keyed by Keras\'s weight paths."""',
-              "        for path, tensor, layout in self.keras_layout():",
-              "            value = torch.as_tensor(weights[path], dtype=torch.float32)",
-              _indent(to_torch, 12),
-              "            tensor.copy_(value)",
-              "",
-              "    @torch.no_grad()",
-              "    def keras_weights(self):",
-              '        """Every weight in Keras\'s layout, keyed by Keras\'s weight path."""',
-              "        weights = {}",
-              "        for path, tensor, layout in self.keras_layout():",
-              "            value = tensor.detach()",
-              _indent(to_keras, 12),
-              "            weights[path] = value.clone()",
-              "        return weights"]
-    return "\n".join(parts)
+        forward = FORWARD.format(body=body)
+    terms = out.penalty[0] if len(out.penalty) == 1 else "(" + "\n                + ".join(out.penalty) + ")"
+    return CLASS.format(
+        cls=cls, output_shape=fmt_shape(report.output_shape), name=repr(spec.name),
+        input_shape=repr(tuple(spec.input_shape)), init=_indent(out.init, 8), reset=_indent(out.reset or ["pass"], 8),
+        forward=forward, penalty=PENALTY.format(terms=terms) if out.penalty else "",
+        entries=_indent(out.weights, 12), to_torch=_conversions(out.layouts, True),
+        to_keras=_conversions(out.layouts, False))
 
 
-def _training(em: Emitter, cls: str) -> str:
-    spec, report, p = em.spec, em.report, em.plan
-    loss = resolve_loss(spec, spec.loss)
-    optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")  # Keras compile's default
-    loss_fn = LOSSES[(loss.name, loss.from_logits)]
-    if not loss_fn.startswith("F."):
-        em.out.helpers.add(loss_fn)
-    extra = f", delta={loss.delta!r}" if loss.name == "huber" else ""
-    y_shape = (None,) if loss.name == "sparse_categorical_crossentropy" else report.output_shape
-    metrics = [(m, METRICS[resolve_metric(m, y_shape, report.output_shape).kind]) for m in spec.metrics]
-    em.out.helpers.update(fn for _, fn in metrics)
-    em.out.helpers.add(OPTIMIZERS[optimizer.name])
-    penalty = " + model.penalty()" if em.out.penalty else ""
-    if loss.from_logits:
-        compute = ["logits = model.logits(x)",
-                   f"loss = {loss_fn}(logits, y{extra}){penalty}",
-                   f"return loss, {activation(p.output_activation, 'logits.detach()')}"]
-        what = f"Keras's {loss.name}, from the logits\n    (as Keras's TensorFlow backend computes it)"
-    else:
-        compute = ["outputs = model(x)", f"loss = {loss_fn}(outputs, y{extra}){penalty}",
-                   "return loss, outputs.detach()"]
-        what = f"Keras's {loss.name}"
-    fit = spec.fit or ir.Fit()
-    fit_defaults = {"epochs": fit.epochs if fit.epochs is not None else 1, "batch_size": fit.batch_size or 32,
-                "validation_split": fit.validation_split or 0.0,
-                "shuffle": fit.shuffle if fit.shuffle is not None else True}
-    # the hyperparameters that differ from the class's defaults, which are Keras's
-    defaults = ir.OPTIMIZER_DEFAULTS["adam" if optimizer.name == "adamw" else optimizer.name]
-    opt_args = "".join(f", {k}={v!r}" for k, v in optimizer.config().items() if v != defaults[k])
-    metric_table = ", ".join(f"({name!r}, {fn})" for name, fn in metrics)
-    return f'''# (name in the history, per-sample values)
+TRAINING = '''# (name in the history, per-sample values)
 METRICS = [{metric_table}]
 
 
 def make_optimizer(model):
-    return {_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4)}
+    return {optimizer}
 
 
 def compute_loss(model, x, y):
-    """{what}{', plus the weight penalties' if penalty else ''}; and the outputs."""
-{_indent(compute, 4)}
+    """{what}; and the outputs."""
+{compute}
 
 
 def batch_sums(loss, outputs, y):
@@ -451,7 +342,7 @@ def evaluate(model, x, y, batch_size=32):
     return dict(zip(["loss"] + [name for name, _ in METRICS], (sums / len(x)).tolist()))
 
 
-def fit(model, x, y, {", ".join(f"{k}={v!r}" for k, v in fit_defaults.items())},
+def fit(model, x, y, {fit_arguments},
         optimizer=None):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's batch-size-weighted mean loss (penalties included) and metrics.
@@ -488,6 +379,47 @@ def fit(model, x, y, {", ".join(f"{k}={v!r}" for k, v in fit_defaults.items())},
     return history'''
 
 
+def _compute_loss(spec: ir.Spec, p: Plan, out: Lines) -> tuple[str, list[str]]:
+    """compute_loss's docstring and body: Keras's loss, from the logits where Keras's
+    TensorFlow backend computes it from them, plus the penalties."""
+    loss = resolve_loss(spec, spec.loss)
+    loss_fn = LOSSES[(loss.name, loss.from_logits)]
+    if not loss_fn.startswith("F."):
+        out.helpers.add(loss_fn)
+    extra = f", delta={loss.delta!r}" if loss.name == "huber" else ""
+    penalty = " + model.penalty()" if out.penalty else ""
+    what = f"Keras's {loss.name}"
+    if loss.from_logits:
+        what += ", from the logits\n    (as Keras's TensorFlow backend computes it)"
+        lines = ["logits = model.logits(x)", f"loss = {loss_fn}(logits, y{extra}){penalty}",
+                 f"return loss, {literal(activation(p.output_activation), x='logits.detach()')}"]
+    else:
+        lines = ["outputs = model(x)", f"loss = {loss_fn}(outputs, y{extra}){penalty}", "return loss, outputs.detach()"]
+    return what + (", plus the weight penalties" if penalty else ""), lines
+
+
+def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
+    what, compute = _compute_loss(spec, p, out)
+    loss = resolve_loss(spec, spec.loss)
+    y_shape = (None,) if loss.name == "sparse_categorical_crossentropy" else report.output_shape
+    metrics = [(m, METRICS[resolve_metric(m, y_shape, report.output_shape).kind]) for m in spec.metrics]
+    out.helpers.update(fn for _, fn in metrics)
+    optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")  # Keras compile's default
+    out.helpers.add(OPTIMIZERS[optimizer.name])
+    # the hyperparameters that differ from the class's defaults, which are Keras's
+    defaults = ir.OPTIMIZER_DEFAULTS["adam" if optimizer.name == "adamw" else optimizer.name]
+    opt_args = "".join(f", {k}={v!r}" for k, v in optimizer.config().items() if v != defaults[k])
+    fit = spec.fit or ir.Fit()
+    fit_defaults = {"epochs": fit.epochs if fit.epochs is not None else 1, "batch_size": fit.batch_size or 32,
+                    "validation_split": fit.validation_split or 0.0,
+                    "shuffle": fit.shuffle if fit.shuffle is not None else True}
+    return TRAINING.format(
+        metric_table=", ".join(f"({name!r}, {fn})" for name, fn in metrics),
+        optimizer=_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4),
+        what=what, compute=_indent(compute, 4),
+        fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()))
+
+
 def _labels_example(spec: ir.Spec, report: Report) -> str:
     """Random labels of the kind the loss expects, for the smoke run."""
     out = report.output_shape[1:]
@@ -507,16 +439,15 @@ def _labels_example(spec: ir.Spec, report: Report) -> str:
 
 
 def emit(spec: ir.Spec, report: Report) -> str:
-    em = Emitter(spec, report)
-    em.layers()
-    if any(getattr(layer, "activation", None) == "selu" for layer in spec.layers):
-        em.out.helpers.add("selu")  # keras_ops's: TensorFlow's gradient at 0
+    p, out = plan(spec, report), Lines()
+    for _, step, unit in units(p):
+        out.add(step, unit)
     trains = spec.loss is not None
     defined = set(_definitions()) | {"F", "nn", "torch", "math", "METRICS", "fit", "evaluate", "compute_loss",
                                      "make_optimizer", "batch_sums"}
     cls = class_name(spec.name, defined)
-    training = _training(em, cls) if trains else ""
-    class_source = _class(em, cls)
+    training = _training(spec, report, p, out) if trains else ""
+    class_source = _class(spec, report, p, out, cls)
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
         training_note=", in the layers as in the loss, penalties and optimizer" if trains else "",
@@ -529,7 +460,7 @@ def emit(spec: ir.Spec, report: Report) -> str:
         main += [f"    y = {_labels_example(spec, report)}",
                  "    fit(model, x, y, epochs=2, validation_split=0.0)"]
     main += ["    print(tuple(model.eval()(x).shape))"]
-    helpers = helpers_source(em.out.helpers) if em.out.helpers else ""
+    helpers = helpers_source(out.helpers) if out.helpers else ""
     body = [helpers, class_source, training, "\n".join(main)]
     if not any("math." in part for part in body):  # import only what the module uses
         header = header.replace("import math\n\n", "")

@@ -3,8 +3,10 @@
 Everything here imports only torch and math, and every function or class stands on its
 own: the live backend imports them, and `modelspec compile --backend torch` copies the
 source of the ones a spec needs into the generated module, so both run the same code.
-Each piece names the Keras behaviour it reproduces; /work/shared/SEMANTICS.md has the
-measurements behind them.
+Each piece names the Keras behaviour it reproduces, as Keras's own code has it:
+keras/src/layers/normalization/batch_normalization.py, keras/src/optimizers/<name>.py,
+keras/src/losses/losses.py (with the TensorFlow backend's cross-entropies from logits in
+keras/src/backend/tensorflow/nn.py) and keras/src/initializers/random_initializers.py.
 """
 
 import math

@@ -1,9 +1,10 @@
-"""What the live builder and the code emitter decide the same way: Python names for the
-layers, where the tensor switches between Keras's NHWC and torch's NCHW, the 'same'
-padding of each window, and which activation is split off as the output activation.
+"""The torch backend's layout decisions: Python names for the layers, where the tensor
+switches between Keras's NHWC and torch's NCHW, the 'same' padding of each window, and
+which activation is split off as the output activation.
 
-Both lowerings walk the same `Step`s, so the module built in memory and the module
-written to a file cannot disagree about layout or names.
+lowering.py turns each `Step` into a `Unit`, which the live builder and the code emitter
+both read, so the module built in memory and the module written to a file cannot
+disagree about layout or names.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def plan(spec: ir.Spec, report: Report) -> Plan:
         act = getattr(layer, "activation", None)
         steps.append(Step(layer, rep, identifier(rep.name, taken), nchw, permute,
                           None if act == "linear" else act))
-        if layer.kind == "globalavgpool2d":  # averages height and width in either layout
+        if len(rep.output_shape) < 4:  # no height and width left (a global pooling): no layout
             nchw = False
     last = steps[-1]
     output_activation = None

@@ -1,0 +1,239 @@
+"""The spec as torch, held as data: one method per layer kind.
+
+`Lowering().<kind>(step)` returns a `Unit`: the module the layer owns (a `Call`), its forward
+pass as expressions of `X` (the layer's input), its weights in Keras's order with their
+layouts and initializers, and its kernel penalty. `build` makes the live nn.Module from a
+unit, `emit` prints it as source; neither has code of its own for any kind, so the module
+`ms.build` runs and the program `modelspec compile` writes cannot drift apart.
+
+Adding a layer kind is adding its method to `Lowering` (and its Keras-exact piece to
+keras_ops.py when torch has none). Layout decisions (NHWC/NCHW switches, 'same' pads, the
+split-off output activation) are plan.py's.
+
+Call targets are `nn.*`, `F.*`, `torch.*`, `.method` (a method of the first argument),
+`SELF` (the layer's own module) or a bare keras_ops name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from modelspec import ir
+
+from .plan import Plan, Step, symmetric
+
+
+class _Input:
+    def __repr__(self) -> str:
+        return "X"
+
+
+X = _Input()  # the tensor a forward expression transforms
+SELF = "self"  # the target that stands for the layer's own module
+
+
+@dataclass(frozen=True, eq=False)
+class Call:
+    """`target(*args, **kwargs)`; args may hold `X` or Calls. `note`: the emitted line's comment."""
+
+    target: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+MODULE = Call(SELF, (X,))  # the layer's module applied to its input
+
+
+@dataclass(frozen=True)
+class Weight:
+    tensor: str  # the module's attribute holding it
+    layout: str | None  # a key of LAYOUTS, None when torch keeps Keras's layout
+    initializer: ir.Initializer | None  # None: the module's reset_parameters sets Keras's values
+    trainable: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Unit:
+    """One layer in torch. Its first weight is the kernel a penalty (l1, l2) applies to."""
+
+    forward: tuple[Call, ...] = ()  # applied to X in turn
+    module: Call | None = None
+    weights: tuple[Weight, ...] = ()
+    penalty: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How torch stores a kernel Keras stores otherwise: axis permutations both ways."""
+
+    to_keras: tuple[int, ...]
+    to_torch: tuple[int, ...]
+    keras: str
+    torch: str
+
+
+LAYOUTS = {"dense": Layout((1, 0), (1, 0), "(in, out)", "(out, in)"),
+           "conv": Layout((2, 3, 1, 0), (3, 2, 0, 1), "(kh, kw, in, out)", "(out, in, kh, kw)")}
+
+
+def activation(name: str | None, x: Any = X, axis: int = -1) -> Any:
+    """Keras's activation `name` applied to `x` (x itself for None or linear); softmax takes
+    the channel axis (1 on NCHW tensors)."""
+    if name is None or name == "linear":
+        return x
+    if name == "softmax":
+        return Call("torch.softmax", (x,), {"dim": axis})
+    if name == "leaky_relu":  # the activation's slope; the LeakyReLU layer's is 0.3
+        return Call("F.leaky_relu", (x, 0.2))
+    return Call({"relu": "F.relu", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh", "elu": "F.elu",
+                 "selu": "selu", "gelu": "F.gelu", "swish": "F.silu", "softplus": "F.softplus",
+                 "relu6": "F.relu6"}[name], (x,))
+
+
+def permute(to: str, last: bool = False) -> Call:
+    """The switch to NCHW ('nchw') or back to NHWC ('nhwc'; `last`: after the last layer)."""
+    if to == "nchw":
+        return Call(".permute", (X, 0, 3, 1, 2), note="Keras's NHWC to torch's NCHW")
+    note = "back to Keras's NHWC" if last else "back to NHWC: Keras flattens and reads channels last"
+    return Call(".permute", (X, 0, 2, 3, 1), note=note)
+
+
+def _kernel(step: Step, module: Call, layout: str, forward: tuple[Call, ...]) -> Unit:
+    """A dense or conv layer: a kernel in `layout`, maybe a bias, maybe a penalty."""
+    layer = step.layer
+    weights = [Weight("weight", layout, layer.kernel_initializer)]
+    if layer.use_bias:
+        weights.append(Weight("bias", None, layer.bias_initializer))
+    reg = layer.kernel_regularizer
+    penalty = (reg.l1, reg.l2) if reg is not None and (reg.l1 or reg.l2) else None
+    return Unit(forward, module, tuple(weights), penalty)
+
+
+def _pool(step: Step, function: str, note: str, **same: Any) -> Call:
+    """A pooling window, 'valid' or padded alike on both sides (torch's own padding argument)."""
+    layer, pads = step.layer, step.pads
+    k, s = tuple(layer.pool_size), tuple(layer.resolved_strides)
+    if pads is None:
+        return Call(function, (X, k, s))
+    return Call(function, (X, k, s), {"padding": (pads[2], pads[0]), **same}, note=note)
+
+
+def _odd(pads: tuple[int, int, int, int] | None) -> bool:
+    """A 'same' window whose odd pixel Keras pads right and bottom: torch pads both sides alike."""
+    return pads is not None and not symmetric(pads)
+
+
+class Lowering:
+    """One method per layer kind, named as the IR's `kind`, each returning the layer's Unit."""
+
+    def dense(self, step: Step) -> Unit:
+        layer = step.layer
+        module = Call("nn.Linear", (step.report.input_shape[-1], layer.units),
+                      {} if layer.use_bias else {"bias": False})
+        return _kernel(step, module, "dense", (activation(step.activation, MODULE),))
+
+    def conv2d(self, step: Step) -> Unit:
+        layer, pads = step.layer, step.pads
+        kwargs: dict[str, Any] = {"kernel_size": tuple(layer.kernel_size)}
+        if layer.strides != (1, 1):
+            kwargs["stride"] = tuple(layer.strides)
+        same = pads is not None and not _odd(pads)
+        if same:
+            kwargs["padding"] = (pads[2], pads[0])
+        if not layer.use_bias:
+            kwargs["bias"] = False
+        module = Call("nn.Conv2d", (step.report.input_shape[-1], layer.filters), kwargs, "'same'" if same else "")
+        pad = (Call("F.pad", (X, pads), note="'same' as in Keras: the odd pixel goes right and bottom"),) \
+            if _odd(pads) else ()
+        return _kernel(step, module, "conv", (*pad, activation(step.activation, MODULE, axis=1)))
+
+    def maxpool2d(self, step: Step) -> Unit:
+        window = _pool(step, "F.max_pool2d", "'same'")
+        if _odd(step.pads):  # -inf never wins the max
+            padded = Call("F.pad", (X, step.pads), {"value": -math.inf})
+            window = Call(window.target, (padded, *window.args[1:]), note="'same', the odd pixel right and bottom")
+        return Unit((window,))
+
+    def avgpool2d(self, step: Step) -> Unit:
+        window = _pool(step, "F.avg_pool2d", "'same': padding is not averaged", count_include_pad=False)
+        if _odd(step.pads):  # keras_ops's: leaves the padding cells out of the average
+            window = Call("avg_pool2d_same", (*window.args, step.pads))
+        return Unit((window,))
+
+    def globalavgpool2d(self, step: Step) -> Unit:
+        return Unit((Call(".mean", (X,), {"dim": (2, 3) if step.nchw else (1, 2)}),))
+
+    def flatten(self, step: Step) -> Unit:
+        return Unit((Call(".flatten", (X, 1)),))
+
+    def dropout(self, step: Step) -> Unit:
+        module = Call("nn.Dropout", (step.layer.rate,), note="Keras's: inverted, training only")
+        return Unit((MODULE,), module)
+
+    def batchnorm(self, step: Step) -> Unit:
+        layer = step.layer
+        kwargs = {"momentum": layer.momentum, "epsilon": layer.epsilon, **({"axis": 1} if step.nchw else {})}
+        module = Call("BatchNorm", (step.report.input_shape[-1],), kwargs)
+        weights = (Weight("gamma", None, None), Weight("beta", None, None),
+                   Weight("moving_mean", None, None, False), Weight("moving_variance", None, None, False))
+        return Unit((MODULE,), module, weights)
+
+    def activation(self, step: Step) -> Unit:
+        act = activation(step.activation, axis=step.channel_axis)
+        return Unit(() if act is X else (act,))
+
+    def leaky_relu(self, step: Step) -> Unit:
+        note = "Keras's LeakyReLU layer (torch's default slope is 0.01)"
+        return Unit((Call("F.leaky_relu", (X, step.layer.negative_slope), note=note),))
+
+
+LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
+
+
+def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
+    """(name, step, unit) of every layer in order, with the plan's layout switches between
+    them (step None, named `to_nchw` or `to_nhwc`)."""
+    lowering = Lowering()
+    for step in p.steps:
+        if step.permute:
+            yield f"to_{step.permute}", None, Unit((permute(step.permute),))
+        yield step.attr, step, getattr(lowering, step.layer.kind)(step)
+    if p.final_permute:
+        yield "to_nhwc", None, Unit((permute("nhwc", last=True),))
+
+
+# ---------------------------------------------------------------------------------------
+# Printing and walking calls
+
+
+def literal(value: Any, x: str = "x", attr: str = "") -> str:
+    """Python source for a value; `X` prints as `x`, `SELF` as `self.<attr>`. Strings go
+    through repr(): text from a spec can never end a literal or start a statement."""
+    if value is X:
+        return x
+    if isinstance(value, Call):
+        first, *rest = value.args or (None,)
+        if value.target.startswith("."):
+            return f"{literal(first, x, attr)}{value.target}({_arguments(rest, value.kwargs, x, attr)})"
+        target = f"self.{attr}" if value.target == SELF else value.target
+        return f"{target}({_arguments(value.args, value.kwargs, x, attr)})"
+    if isinstance(value, float) and math.isinf(value):
+        return "math.inf" if value > 0 else "-math.inf"
+    if isinstance(value, (tuple, list, str, bool, int, float)) or value is None:
+        return repr(tuple(value) if isinstance(value, tuple) else value)
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+def _arguments(args: Any, kwargs: dict[str, Any], x: str, attr: str) -> str:
+    return ", ".join([literal(a, x, attr) for a in args] + [f"{k}={literal(v, x, attr)}" for k, v in kwargs.items()])
+
+
+def calls(value: Any):
+    """Every Call in a value, outermost first."""
+    if isinstance(value, Call):
+        yield value
+        for v in (*value.args, *value.kwargs.values()):
+            yield from calls(v)
