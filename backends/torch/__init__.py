@@ -4,8 +4,9 @@
     modelspec compile spec.ms --backend torch -o model.py      # a standalone module
 
 Pieces: `keras_ops` (Keras's layers, losses and optimizers in plain torch, shared by both),
-`plan` (names and layouts, shared by both), `build` (the live module), `engine` (training
-on CPU or CUDA), `emit` (the source code).
+`plan` (names and layouts, shared by both), `lowering` (one method per layer kind, as data
+both read), `build` (the live module), `engine` (training on CPU or CUDA), `emit` (the
+source code).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch  # noqa: F401  (the registry reports a missing framework from this 
 
 from modelspec.backends.base import Backend
 
+from .lowering import LAYER_KINDS
+
 if TYPE_CHECKING:
     from modelspec import ir
     from modelspec.checker import Report
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
+    layer_kinds: ClassVar[frozenset[str]] = LAYER_KINDS
 
     def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
                cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":

@@ -68,6 +68,22 @@ class BatchNorm(nn.Module):
         return x * scale.view(shape) + (self.beta - mean * scale).view(shape)
 
 
+class PReLU(nn.Module):
+    """Keras's PReLU on channels-last inputs: relu(x) - alpha * relu(-x), one alpha per input
+    unit (keras/src/layers/activations/prelu.py; torch's PReLU shares alpha across positions)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(shape))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.alpha.zero_()
+
+    def forward(self, x):
+        return F.relu(x) - self.alpha * F.relu(-x)
+
+
 def avg_pool2d_same(x, kernel_size, stride, pads):
     """Keras's AveragePooling2D(padding='same') on NCHW: the padding cells are left out of
     each average (torch's count_include_pad counts them, and cannot pad asymmetrically)."""

@@ -93,11 +93,12 @@ def activation(name: str | None, x: Any = X, axis: int = -1) -> Any:
                  "relu6": "F.relu6"}[name], (x,))
 
 
-def permute(to: str, last: bool = False) -> Call:
-    """The switch to NCHW ('nchw') or back to NHWC ('nhwc'; `last`: after the last layer)."""
+def permute(to: str, before: str | None = None) -> Call:
+    """The switch to NCHW ('nchw') or back to NHWC ('nhwc') before the layer of kind
+    `before` (None: after the last layer)."""
     if to == "nchw":
         return Call(".permute", (X, 0, 3, 1, 2), note="Keras's NHWC to torch's NCHW")
-    note = "back to Keras's NHWC" if last else "back to NHWC: Keras flattens and reads channels last"
+    note = f"back to NHWC: Keras's {before} reads channels last" if before else "back to Keras's NHWC"
     return Call(".permute", (X, 0, 2, 3, 1), note=note)
 
 
@@ -166,6 +167,24 @@ class Lowering:
     def globalavgpool2d(self, step: Step) -> Unit:
         return Unit((Call(".mean", (X,), {"dim": (2, 3) if step.nchw else (1, 2)}),))
 
+    def globalmaxpool2d(self, step: Step) -> Unit:
+        # amax shares the gradient among tied maxima, as TensorFlow's reduce_max does
+        return Unit((Call(".amax", (X,), {"dim": (2, 3) if step.nchw else (1, 2)}),))
+
+    def zeropadding2d(self, step: Step) -> Unit:
+        (top, bottom), (left, right) = step.layer.padding
+        pads = (left, right, top, bottom) if step.nchw else (0, 0, left, right, top, bottom)
+        return Unit((Call("F.pad", (X, pads)),))
+
+    def upsampling2d(self, step: Step) -> Unit:
+        (sh, sw), h = step.layer.size, 2 if step.nchw else 1
+        rows = Call(".repeat_interleave", (X, sh), {"dim": h})
+        return Unit((Call(".repeat_interleave", (rows, sw), {"dim": h + 1}, note="nearest, as Keras"),))
+
+    def prelu(self, step: Step) -> Unit:
+        module = Call("PReLU", (tuple(step.report.input_shape[1:]),))
+        return Unit((MODULE,), module, (Weight("alpha", None, None),))
+
     def flatten(self, step: Step) -> Unit:
         return Unit((Call(".flatten", (X, 1)),))
 
@@ -199,10 +218,10 @@ def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
     lowering = Lowering()
     for step in p.steps:
         if step.permute:
-            yield f"to_{step.permute}", None, Unit((permute(step.permute),))
+            yield f"to_{step.permute}", None, Unit((permute(step.permute, step.layer.kind),))
         yield step.attr, step, getattr(lowering, step.layer.kind)(step)
     if p.final_permute:
-        yield "to_nhwc", None, Unit((permute("nhwc", last=True),))
+        yield "to_nhwc", None, Unit((permute("nhwc"),))
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from modelspec.checker import LayerReport, Report, same_padding
 
 # Layers that run on NCHW tensors in torch, and layers that need Keras's channels-last order.
 NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d"})
-CHANNELS_LAST_KINDS = frozenset({"dense", "flatten"})
+CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu"})  # prelu: alpha is (h, w, c)
 # Names a layer attribute must not take: nn.Module's own, and the generated class's methods.
 RESERVED = frozenset({"logits", "forward", "penalty", "reset_parameters", "load_keras_weights", "keras_weights",
                       "keras_layout", "keras_name", "input_shape", "training", "layers", "output_activation"})
