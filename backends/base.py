@@ -20,43 +20,7 @@ if TYPE_CHECKING:
     from modelspec import ir
     from modelspec.checker import Report
     from modelspec.diagnostics import Diagnostic
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The loss as the engine computes it.
-
-    from_logits is True when the loss is one of the three cross-entropies and the output
-    layer ends in softmax or sigmoid, in any pairing: Keras's TensorFlow backend reads the
-    pre-activation values cached on either activation's output (`_keras_logits` in
-    keras/src/backend/tensorflow/nn.py::_get_logits) and computes the loss from them,
-    unclipped; so sigmoid + categorical_crossentropy is a softmax cross-entropy of the
-    pre-sigmoid values, and softmax + binary_crossentropy a sigmoid one (verified against
-    Keras 3.15.1). Otherwise probabilities are clipped to [1e-7, 1 - 1e-7] as
-    keras.backend.epsilon() says.
-    """
-
-    name: str  # categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse, mae, huber
-    from_logits: bool = False
-    delta: float = 1.0  # huber
-
-
-@dataclass(frozen=True)
-class MetricConfig:
-    """A metric: the name shown in history (as the user wrote it) and what it computes."""
-
-    name: str  # 'accuracy', 'acc', 'categorical_accuracy', 'mse', ...
-    kind: str  # categorical_accuracy | sparse_categorical_accuracy | binary_accuracy | mse | mae
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything an engine needs to train: resolved, with Keras's defaults filled in."""
-
-    optimizer: str  # sgd | rmsprop | adam | adamw | adagrad | nadam
-    hyper: dict[str, Any]  # ir.Optimizer.config(): every hyperparameter, defaults included
-    loss: LossConfig
-    metrics: tuple[MetricConfig, ...]
+    from modelspec.training import TrainConfig
 
 
 @dataclass

@@ -16,10 +16,10 @@ import pytest
 import modelspec as ms
 from modelspec import ir
 from modelspec.backends import get
-from modelspec.backends.base import LossConfig, MetricConfig, TrainConfig
 from modelspec.backends.numpy import NumpyBackend, NumpyEngine
 from modelspec.backends.numpy import kernels as K
 from modelspec.initializers import initial_weights
+from modelspec.training import LossConfig, MetricConfig, TrainConfig
 
 
 def engine_for(text, optimizer="sgd", loss="categorical_crossentropy", from_logits=False, metrics=(),

@@ -15,11 +15,10 @@ keras = pytest.importorskip("keras")
 import keras_reference as kr  # noqa: E402
 
 import modelspec as ms  # noqa: E402
-from modelspec.backends.base import LossConfig, MetricConfig, TrainConfig  # noqa: E402
 from modelspec.backends.numpy import NumpyEngine  # noqa: E402
 from modelspec.backends.numpy import kernels as K  # noqa: E402
 from modelspec.initializers import initial_weights  # noqa: E402
-from modelspec.model import loss_from_logits  # noqa: E402
+from modelspec.training import LossConfig, MetricConfig, TrainConfig, loss_from_logits  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals
+from modelspec.training import TrainConfig
 
 from . import lowering
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from modelspec import ir
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals
 from modelspec.checker import Report
 from modelspec.initializers import initial_weights
+from modelspec.training import TrainConfig
 
 from . import kernels as K
 from .lowering import METRICS, OPTIMIZERS, loss_function, lower, make

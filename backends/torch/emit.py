@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from modelspec import ir
 from modelspec.checker import Report, fmt_shape
-from modelspec.model import resolve_loss, resolve_metric
+from modelspec.training import resolve_loss, resolve_metric
 
 from . import keras_ops
 from .plan import Step, class_name, plan, symmetric

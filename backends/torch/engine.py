@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from modelspec import ir
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals
+from modelspec.training import TrainConfig
 from modelspec.checker import Report
 
 from . import keras_ops as K

@@ -70,13 +70,6 @@ def layer_spec(layer: str, input_shape: tuple[int, ...], model: str = "conforman
     return spec
 
 
-def without_dropout(spec: ir.Spec) -> ir.Spec:
-    """Dropout rates set to 0: masks cannot agree across frameworks (as in crosscheck)."""
-    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
-                   for layer in spec.layers)
-    return spec.model_copy(update={"layers": layers})
-
-
 def loss_of(spec: ir.Spec) -> str:
     return spec.loss.name if spec.loss is not None else default_loss(spec)
 
