@@ -12,12 +12,13 @@ to `set_weights`, so every backend starts from the same values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+from modelspec import ir
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from modelspec import ir
     from modelspec.checker import Report
     from modelspec.diagnostics import Diagnostic
     from modelspec.training import TrainConfig
@@ -129,14 +130,22 @@ class Engine:
         return []
 
 
+def kinds_implemented(implementation: Any) -> frozenset[str]:
+    """The IR layer kinds that `implementation` (a class with one method per kind, named as
+    the kind, or a table keyed by kind) has an entry for: what a backend supports is what it
+    implements, never a list kept by hand."""
+    if isinstance(implementation, Mapping):
+        return frozenset(kind for kind in ir.LAYER_CLASSES if kind in implementation)
+    return frozenset(kind for kind in ir.LAYER_CLASSES if callable(getattr(implementation, kind, None)))
+
+
 class Backend:
     """A backend's declaration. Subclasses set the class attributes and implement build/emit."""
 
     name: ClassVar[str] = ""
-    # What this backend implements; anything else is reported against the spec line.
-    layer_kinds: ClassVar[frozenset[str]] = frozenset(
-        {"dense", "conv2d", "flatten", "dropout", "batchnorm", "maxpool2d", "avgpool2d",
-         "globalavgpool2d", "activation", "leaky_relu"})
+    # The layer kinds this backend implements, as kinds_implemented(...) of its per-kind
+    # methods; anything else is reported against the spec line.
+    layer_kinds: ClassVar[frozenset[str]] = frozenset()
     activations: ClassVar[frozenset[str]] = frozenset(
         {"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish", "softplus",
          "relu6", "leaky_relu"})

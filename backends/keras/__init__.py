@@ -15,7 +15,9 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from modelspec.backends.base import Backend, Engine
+from modelspec.backends.base import Backend, Engine, kinds_implemented
+
+from .lowering import _LAYERS
 
 
 def _require(*modules: str) -> None:
@@ -41,6 +43,7 @@ SCOPE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 class KerasBackend(Backend):
     name = "keras"
+    layer_kinds = kinds_implemented(_LAYERS)  # the per-kind entries of the lowering to Keras calls
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
         return super().unsupported(spec) + onednn_miscomputed(spec)

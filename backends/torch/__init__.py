@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch  # noqa: F401  (the registry reports a missing framework from this import)
 
-from modelspec.backends.base import Backend
+from modelspec.backends.base import Backend, kinds_implemented
+
+from .build import Builder
 
 if TYPE_CHECKING:
     from modelspec import ir
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
+    layer_kinds: ClassVar[frozenset[str]] = kinds_implemented(Builder)  # the live module's per-kind methods
 
     def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
                cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":
