@@ -79,15 +79,20 @@ def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ..
     return MetricConfig(name=name, kind=kind)
 
 
+def label_kind(loss: str) -> str:
+    """The labels `loss` takes: "class_ids" (integers), "one_hot", "binary" (0 or 1) or "real"."""
+    return {"sparse_categorical_crossentropy": "class_ids", "categorical_crossentropy": "one_hot",
+            "binary_crossentropy": "binary"}.get(loss, "real")
+
+
 def synthetic_labels(loss: str, output_shape: tuple[int, ...], n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` random labels of the kind `loss` takes, for a model whose output for one sample
-    has `output_shape` (no batch axis): class ids (int64) for the sparse cross-entropy,
-    one-hot rows for the categorical one, 0/1 for the binary one, N(0, 1) otherwise; float32."""
-    out = tuple(output_shape)
-    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+    """`n` random labels of the kind `loss` takes (label_kind), for a model whose output for
+    one sample has `output_shape` (no batch axis): class ids as int64, the others float32,
+    real values drawn from N(0, 1)."""
+    out, kind = tuple(output_shape), label_kind(loss)
+    if kind in ("class_ids", "one_hot"):
         ids = rng.integers(0, out[-1], size=(n, *out[:-1]))
-        return ids if loss.startswith("sparse") else np.eye(out[-1], dtype=np.float32)[ids]
-    if loss == "binary_crossentropy":
+        return ids if kind == "class_ids" else np.eye(out[-1], dtype=np.float32)[ids]
+    if kind == "binary":
         return (rng.random((n, *out)) < 0.5).astype(np.float32)
     return rng.normal(size=(n, *out)).astype(np.float32)
-
