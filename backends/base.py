@@ -12,51 +12,16 @@ to `set_weights`, so every backend starts from the same values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+from modelspec import ir
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from modelspec import ir
     from modelspec.checker import Report
     from modelspec.diagnostics import Diagnostic
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The loss as the engine computes it.
-
-    from_logits is True when the loss is one of the three cross-entropies and the output
-    layer ends in softmax or sigmoid, in any pairing: Keras's TensorFlow backend reads the
-    pre-activation values cached on either activation's output (`_keras_logits` in
-    keras/src/backend/tensorflow/nn.py::_get_logits) and computes the loss from them,
-    unclipped; so sigmoid + categorical_crossentropy is a softmax cross-entropy of the
-    pre-sigmoid values, and softmax + binary_crossentropy a sigmoid one (verified against
-    Keras 3.15.1). Otherwise probabilities are clipped to [1e-7, 1 - 1e-7] as
-    keras.backend.epsilon() says.
-    """
-
-    name: str  # categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse, mae, huber
-    from_logits: bool = False
-    delta: float = 1.0  # huber
-
-
-@dataclass(frozen=True)
-class MetricConfig:
-    """A metric: the name shown in history (as the user wrote it) and what it computes."""
-
-    name: str  # 'accuracy', 'acc', 'categorical_accuracy', 'mse', ...
-    kind: str  # categorical_accuracy | sparse_categorical_accuracy | binary_accuracy | mse | mae
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything an engine needs to train: resolved, with Keras's defaults filled in."""
-
-    optimizer: str  # sgd | rmsprop | adam | adamw | adagrad | nadam
-    hyper: dict[str, Any]  # ir.Optimizer.config(): every hyperparameter, defaults included
-    loss: LossConfig
-    metrics: tuple[MetricConfig, ...]
+    from modelspec.training import TrainConfig
 
 
 @dataclass
@@ -76,6 +41,13 @@ class EpochTotals:
     count: int = 0
     stopped_at: int | None = None
 
+    def add(self, loss: float, n: int, metric_sums: Sequence[float]) -> None:
+        """One batch of n samples: its total loss L_b and each metric's sum over its samples."""
+        self.loss_sum += loss * n
+        for i, value in enumerate(metric_sums):
+            self.metric_sums[i] += value
+        self.count += n
+
 
 # on_batch(step, samples_seen, loss_sum, metric_sums): called after each step when the Model
 # shows a live progress bar; None otherwise (engines may then avoid per-step host syncs).
@@ -86,10 +58,16 @@ class Engine:
     """A model built in one framework. Arrays in and out are NumPy, float32 (labels int64)."""
 
     native: Any = None  # the framework's own model object
+    config: TrainConfig | None = None  # set by set_training
 
     def set_training(self, config: TrainConfig) -> None:
         """Set (or replace) the optimizer, loss and metrics. Resets the optimizer state."""
         raise NotImplementedError
+
+    def require_training(self) -> TrainConfig:
+        if self.config is None:
+            raise RuntimeError("the engine has no loss or optimizer yet: call set_training first")
+        return self.config
 
     def prepare(self, x: "np.ndarray", y: "np.ndarray | None") -> Any:
         """Convert a dataset once (to tensors, to the device); the result goes to the calls below."""
@@ -97,7 +75,34 @@ class Engine:
 
     def train_epoch(self, data: Any, order: "np.ndarray", batch_size: int,
                     on_batch: BatchCallback | None = None) -> EpochTotals:
-        """One epoch: batches are data[order[i:i + batch_size]], the last one partial."""
+        """One epoch: batches are data[order[i:i + batch_size]], the last one partial, each
+        one `step`. A step whose loss or gradients are not finite is not applied and ends
+        the epoch; its batch still counts, so that the epoch's mean shows it, as Keras's
+        history does. Engines with a faster loop of their own (a TF graph, CUDA graphs)
+        override this and keep its accounting."""
+        config = self.require_training()
+        index = self.epoch_index(data, order, batch_size)
+        totals = EpochTotals(metric_sums=[0.0] * len(config.metrics))
+        for step, start in enumerate(range(0, len(index), batch_size)):
+            batch = index[start:start + batch_size]
+            loss, metric_sums, applied = self.step(data, batch)
+            totals.add(loss, len(batch), metric_sums)
+            if on_batch is not None:
+                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
+            if not applied:
+                totals.stopped_at = step
+                break
+        return totals
+
+    def epoch_index(self, data: Any, order: "np.ndarray", batch_size: int) -> Any:
+        """`order` in the form `step` takes slices of (a tensor on the device, say); called at
+        the start of each epoch."""
+        return order
+
+    def step(self, data: Any, index: Any) -> tuple[float, Sequence[float], bool]:
+        """One training step on the batch data[index]: (its total loss, computed before the
+        update; each metric's sum over its samples; whether the update was applied, which it
+        is unless the loss or a gradient is not finite)."""
         raise NotImplementedError
 
     def evaluate(self, data: Any, batch_size: int) -> EpochTotals:
@@ -125,14 +130,22 @@ class Engine:
         return []
 
 
+def kinds_implemented(implementation: Any) -> frozenset[str]:
+    """The IR layer kinds that `implementation` (a class with one method per kind, named as
+    the kind, or a table keyed by kind) has an entry for: what a backend supports is what it
+    implements, never a list kept by hand."""
+    if isinstance(implementation, Mapping):
+        return frozenset(kind for kind in ir.LAYER_CLASSES if kind in implementation)
+    return frozenset(kind for kind in ir.LAYER_CLASSES if callable(getattr(implementation, kind, None)))
+
+
 class Backend:
     """A backend's declaration. Subclasses set the class attributes and implement build/emit."""
 
     name: ClassVar[str] = ""
-    # What this backend implements; anything else is reported against the spec line.
-    layer_kinds: ClassVar[frozenset[str]] = frozenset(
-        {"dense", "conv2d", "flatten", "dropout", "batchnorm", "maxpool2d", "avgpool2d",
-         "globalavgpool2d", "activation", "leaky_relu"})
+    # The layer kinds this backend implements, as kinds_implemented(...) of its per-kind
+    # methods; anything else is reported against the spec line.
+    layer_kinds: ClassVar[frozenset[str]] = frozenset()
     activations: ClassVar[frozenset[str]] = frozenset(
         {"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish", "softplus",
          "relu6", "leaky_relu"})

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import ir
 from .checker import Report, check
+from .training import synthetic_labels
 
 FORWARD_TOLERANCE = 1e-5
 TRAINING_TOLERANCE = 1e-4
@@ -88,7 +89,9 @@ class CrossCheck:
 # ---------------------------------------------------------------------------------------
 
 
-def _without_dropout(spec: ir.Spec) -> ir.Spec:
+def without_dropout(spec: ir.Spec) -> ir.Spec:
+    """The spec with every dropout rate set to 0 (the layer stays and drops nothing): dropout
+    masks cannot agree across frameworks, so backends are compared without them."""
     layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
                    for layer in spec.layers)
     return spec.model_copy(update={"layers": layers})
@@ -107,15 +110,7 @@ def synthetic_data(report: Report, loss: str, n: int, seed: int) -> tuple[np.nda
     """Inputs in [0, 1) and labels that fit the loss."""
     rng = np.random.default_rng(seed)
     x = rng.random((n, *report.input_shape[1:]), dtype=np.float32)
-    out = tuple(report.output_shape[1:])
-    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
-        ids = rng.integers(0, out[-1], size=(n, *out[:-1]))
-        y = ids if loss.startswith("sparse") else np.eye(out[-1], dtype=np.float32)[ids]
-    elif loss == "binary_crossentropy":
-        y = (rng.random((n, *out)) < 0.5).astype(np.float32)
-    else:
-        y = rng.normal(size=(n, *out)).astype(np.float32)
-    return x, y
+    return x, synthetic_labels(loss, report.output_shape[1:], n, rng)
 
 
 def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -149,7 +144,7 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
     """Compare `backends` (the first is the reference) on one spec."""
     from .api import build
 
-    run_spec = _without_dropout(spec)
+    run_spec = without_dropout(spec)
     report = check(run_spec)
     loss = default_loss(spec)
     result = CrossCheck(spec, backends[0], list(backends), batch_size, steps, loss,

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import ir
+from .training import TrainConfig, resolve_loss, resolve_metric
 
 if TYPE_CHECKING:
-    from .backends.base import Backend, Engine, EpochTotals, TrainConfig
+    from .backends.base import Backend, Engine
     from .checker import Report
 
 DEFAULT_BATCH_SIZE = 32
@@ -54,39 +55,6 @@ class TrainingStopped(RuntimeWarning):
 
 # ---------------------------------------------------------------------------------------
 # Training settings
-
-
-CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
-
-
-def loss_from_logits(spec: ir.Spec, loss_name: str) -> bool:
-    """Keras's TensorFlow-backend rule: the output of any softmax or sigmoid carries the values
-    before it (`_keras_logits`), and every cross-entropy uses them, unclipped, when present."""
-    last = spec.layers[-1]
-    act = getattr(last, "activation", None) if last.kind in ("dense", "conv2d", "activation") else None
-    return loss_name in CROSSENTROPIES and act in ("softmax", "sigmoid")
-
-
-def resolve_loss(spec: ir.Spec, loss: ir.Loss) -> "Any":
-    from .backends.base import LossConfig
-
-    return LossConfig(name=loss.name, from_logits=loss_from_logits(spec, loss.name),
-                      delta=loss.delta if loss.delta is not None else 1.0)
-
-
-def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ...]) -> "Any":
-    """keras.src.trainers.compile_utils.get_metric: 'accuracy' depends on shapes only."""
-    from .backends.base import MetricConfig
-
-    if name not in ("accuracy", "acc"):
-        return MetricConfig(name=name, kind=name)
-    if out_shape[-1] == 1:
-        kind = "binary_accuracy"
-    elif len(y_shape) < len(out_shape) or y_shape[-1] == 1:
-        kind = "sparse_categorical_accuracy"
-    else:
-        kind = "categorical_accuracy"
-    return MetricConfig(name=name, kind=kind)
 
 
 def _as_optimizer(value: Any) -> ir.Optimizer:
@@ -209,6 +177,20 @@ def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "
 # The model
 
 
+@dataclass
+class _FitRun:
+    """What every epoch of one fit call shares."""
+
+    config: TrainConfig
+    train: Any  # the engine's prepared training data
+    val: Any  # and validation data, or None
+    batch_size: int
+    steps: int
+    verbose: int
+    out: Any  # the progress display's stream
+    history: History
+
+
 class Model:
     """A spec built in one backend. Build it with `modelspec.build`."""
 
@@ -222,7 +204,7 @@ class Model:
         self._optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")
         self._loss = spec.loss
         self._metrics: tuple[str, ...] = spec.metrics
-        self._config: "TrainConfig | None" = None
+        self._config: TrainConfig | None = None
         self._config_key: Any = None
         self._trained = False
         self._shuffle_rng: np.random.Generator | None = None  # one stream across fit calls
@@ -285,9 +267,7 @@ class Model:
                              "`loss categorical_crossentropy`) or call model.compile(loss=...)")
         return self._loss
 
-    def _training_config(self, y_shape: tuple[int, ...]) -> "TrainConfig":
-        from .backends.base import TrainConfig
-
+    def _training_config(self, y_shape: tuple[int, ...]) -> TrainConfig:
         loss = self._require_loss()
         metrics = tuple(resolve_metric(m, y_shape, self.output_shape) for m in self._metrics)
         key = (self._optimizer, loss, metrics)
@@ -323,8 +303,6 @@ class Model:
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))
         shuffle = bool(self._fit_setting("shuffle", shuffle))
-        explicit_seed = seed
-        seed = self._fit_setting("seed", seed)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; received {batch_size}")
         if epochs < 0:
@@ -332,70 +310,86 @@ class Model:
         if not 0 <= split < 1:
             raise ValueError(f"validation_split must be in [0, 1); received {split}")
         xs, ys, raw_shape = self._dataset(x, y)
-        val = None
+        xs, ys, val = self._validation(xs, ys, split, validation_data)
+        config = self._training_config(raw_shape)
+        steps = -(-len(xs) // batch_size)
+        run = _FitRun(config, self.engine.prepare(xs, ys), self.engine.prepare(*val) if val is not None else None,
+                      batch_size, steps, verbose, stream or sys.stdout,
+                      History(params={"batch_size": batch_size, "epochs": epochs, "steps": steps,
+                                      "validation_split": split, "shuffle": shuffle}))
+        rng = self._shuffle_stream(seed)
+        self.stop_training = False
+        for epoch in range(epochs):
+            order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
+            if not self._fit_epoch(run, epoch, epochs, order):
+                break
+        return run.history
+
+    def _validation(self, xs: np.ndarray, ys: np.ndarray, split: float, validation_data: Any,
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """(x, y, the validation pair or None): validation_data checked as the training data
+        is, or else Keras's split, the last samples before shuffling."""
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (x_val, y_val)")
             vx, vy, _ = self._dataset(validation_data[0], validation_data[1], "validation ")
-            val = (vx, vy)
-        elif split > 0:
-            split_at = int(len(xs) * (1.0 - split))  # Keras: the last samples, before shuffling
+            return xs, ys, (vx, vy)
+        if split > 0:
+            split_at = int(len(xs) * (1.0 - split))
             if split_at == 0 or split_at == len(xs):
                 raise ValueError(f"validation_split={split} of {len(xs)} samples leaves "
                                  f"{split_at} for training and {len(xs) - split_at} for validation")
-            xs, val = xs[:split_at], (xs[split_at:], ys[split_at:])
-            ys = ys[:split_at]
-        config = self._training_config(raw_shape)
-        train_data = self.engine.prepare(xs, ys)
-        val_data = self.engine.prepare(*val) if val is not None else None
-        if explicit_seed is not None or self._shuffle_rng is None:
-            # a seed given to fit restarts the stream; otherwise each fit continues it, so two
-            # fit(epochs=1) calls see different orders, as two epochs of one fit would
-            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
-        rng = self._shuffle_rng
-        steps = -(-len(xs) // batch_size)
-        history = History(params={"batch_size": batch_size, "epochs": epochs, "steps": steps,
-                                   "validation_split": split, "shuffle": shuffle})
-        out = stream or sys.stdout
-        self.stop_training = False
-        for epoch in range(epochs):
-            Progress = _progress()
-            Progress.epoch_header(epoch + 1, epochs, verbose, out)
-            bar = Progress(steps, verbose, out)
-            on_batch = None
-            if bar.live:
-                def on_batch(step: int, seen: int, loss_sum: float, sums: list[float], _bar=bar) -> None:
-                    _bar.update(step + 1, self._logs(config, loss_sum, sums, seen))
-            order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
-            totals = self.engine.train_epoch(train_data, order, batch_size, on_batch)
-            self._trained = True
-            logs = self._logs(config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
-            if totals.stopped_at is not None:
-                history.stopped = (f"the loss became NaN or infinite at epoch {epoch + 1}, step "
-                                   f"{totals.stopped_at + 1}; training stopped and the weights of the last "
-                                   "good step were kept")
-                if logs:
-                    history.append(epoch, logs)
-                if verbose:
-                    print(f"modelspec: {history.stopped}", file=sys.stderr)
-                else:
-                    import warnings
+            return xs[:split_at], ys[:split_at], (xs[split_at:], ys[split_at:])
+        return xs, ys, None
 
-                    warnings.warn(history.stopped, TrainingStopped, stacklevel=2)
-                break
-            if val_data is not None:
-                v = self.engine.evaluate(val_data, batch_size)
-                logs.update({f"val_{k}": value for k, value in
-                             self._logs(config, v.loss_sum, v.metric_sums, v.count).items()})
-            history.append(epoch, logs)
-            bar.finish(totals.count and steps, logs)
-            if self.stop_training:
-                history.stopped = f"stopped on request after epoch {epoch + 1}"
-                break
-        return history
+    def _shuffle_stream(self, seed: int | None) -> np.random.Generator:
+        """The generator of the epochs' orders. A seed given to fit restarts the stream;
+        otherwise each fit continues it, so two fit(epochs=1) calls see different orders, as
+        two epochs of one fit would."""
+        if seed is not None or self._shuffle_rng is None:
+            seed = self._fit_setting("seed", seed)
+            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
+        return self._shuffle_rng
+
+    def _fit_epoch(self, run: "_FitRun", epoch: int, epochs: int, order: np.ndarray) -> bool:
+        """One epoch of fit, its progress display and its history row; False when training stops."""
+        Progress = _progress()
+        Progress.epoch_header(epoch + 1, epochs, run.verbose, run.out)
+        bar = Progress(run.steps, run.verbose, run.out)
+        on_batch = None
+        if bar.live:
+            def on_batch(step: int, seen: int, loss_sum: float, sums: list[float]) -> None:
+                bar.update(step + 1, self._logs(run.config, loss_sum, sums, seen))
+        totals = self.engine.train_epoch(run.train, order, run.batch_size, on_batch)
+        self._trained = True
+        logs = self._logs(run.config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
+        history = run.history
+        if totals.stopped_at is not None:
+            history.stopped = (f"the loss became NaN or infinite at epoch {epoch + 1}, step "
+                               f"{totals.stopped_at + 1}; training stopped and the weights of the last "
+                               "good step were kept")
+            if logs:
+                history.append(epoch, logs)
+            if run.verbose:
+                print(f"modelspec: {history.stopped}", file=sys.stderr)
+            else:
+                import warnings
+
+                warnings.warn(history.stopped, TrainingStopped, stacklevel=3)  # at fit's caller
+            return False
+        if run.val is not None:
+            v = self.engine.evaluate(run.val, run.batch_size)
+            logs.update({f"val_{k}": value for k, value in
+                         self._logs(run.config, v.loss_sum, v.metric_sums, v.count).items()})
+        history.append(epoch, logs)
+        bar.finish(totals.count and run.steps, logs)
+        if self.stop_training:
+            history.stopped = f"stopped on request after epoch {epoch + 1}"
+            return False
+        return True
 
     @staticmethod
-    def _logs(config: "TrainConfig", loss_sum: float, sums: list[float], count: int) -> dict[str, float]:
+    def _logs(config: TrainConfig, loss_sum: float, sums: list[float], count: int) -> dict[str, float]:
         logs = {"loss": loss_sum / count}
         for metric, total in zip(config.metrics, sums):
             logs[metric.name] = total / count

@@ -151,9 +151,9 @@ def float64_gaps(spec, result, seed: int) -> dict[str, float]:
     """Every backend's largest relative loss gap to the numpy engine in float64, on the same
     steps from the same initial weights: which backend float32 (or a bug) moved away."""
     import modelspec as ms
-    from modelspec.crosscheck import _step_losses, _without_dropout, synthetic_data
+    from modelspec.crosscheck import _step_losses, synthetic_data, without_dropout
 
-    run_spec = _without_dropout(spec)
+    run_spec = without_dropout(spec)
     start = ms.build(run_spec, backend="numpy", seed=seed).get_weights()
     model = ms.build(run_spec, backend="numpy", seed=seed, dtype=np.float64)
     if spec.loss is None:

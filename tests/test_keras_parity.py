@@ -14,6 +14,7 @@ import pytest
 
 import modelspec as ms
 from corpus import SPEC_FILES
+from modelspec.crosscheck import without_dropout
 
 pytest.importorskip("keras")
 
@@ -21,12 +22,6 @@ pytestmark = pytest.mark.keras
 
 PREDICT = dict(rtol=1e-5, atol=1e-6)
 EPOCHS = dict(rtol=1e-4, atol=1e-7)
-
-
-def without_dropout(spec: ms.ir.Spec) -> ms.ir.Spec:
-    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
-                   for layer in spec.layers)
-    return spec.model_copy(update={"layers": layers})
 
 
 def labels(spec: ms.ir.Spec, loss: str, n: int, rng: np.random.Generator) -> np.ndarray:

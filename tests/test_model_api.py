@@ -15,6 +15,7 @@ import pytest
 import modelspec as ms
 from modelspec.backends import BackendError
 from modelspec.backends.base import Backend
+from modelspec.backends.numpy import NumpyBackend
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -266,7 +267,7 @@ def test_numpy_backend_rejects_cuda():
 def test_an_unsupported_layer_is_reported_against_its_line():
     class NoConv(Backend):
         name = "noconv"
-        layer_kinds = Backend.layer_kinds - {"conv2d"}
+        layer_kinds = NumpyBackend.layer_kinds - {"conv2d"}
 
     spec = ms.parse("input 8x8x1\nconv2d 4 3x3\nflatten\ndense 2 softmax\n")
     [problem] = NoConv().unsupported(spec)

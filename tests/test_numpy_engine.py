@@ -16,10 +16,11 @@ import pytest
 import modelspec as ms
 from modelspec import ir
 from modelspec.backends import get
-from modelspec.backends.base import LossConfig, MetricConfig, TrainConfig
 from modelspec.backends.numpy import NumpyBackend, NumpyEngine
 from modelspec.backends.numpy import kernels as K
 from modelspec.initializers import initial_weights
+from modelspec.model import check_y
+from modelspec.training import LossConfig, MetricConfig, TrainConfig
 
 
 def engine_for(text, optimizer="sgd", loss="categorical_crossentropy", from_logits=False, metrics=(),
@@ -167,20 +168,22 @@ def test_a_non_finite_gradient_stops_too():
     np.testing.assert_array_equal(engine.get_weights()[1], [1.0])
 
 
-def test_labels_are_aligned_as_keras_aligns_them():
-    single = engine_for("input 3\ndense 1", loss="mse")
-    assert single.prepare(np.zeros((4, 3)), np.arange(4)).y.shape == (4, 1)
-    assert single.prepare(np.zeros((4, 3)), np.zeros((4, 1, 1))).y.shape == (4, 1)
-    sparse = engine_for("input 3\ndense 5 softmax", loss="sparse_categorical_crossentropy")
-    labels = sparse.prepare(np.zeros((4, 3)), np.array([[1], [4], [0], [2]])).y
+def test_labels_are_aligned_once_by_the_model_as_keras_aligns_them():
+    assert check_y(np.arange(4), 4, (None, 1), "mse").shape == (4, 1)
+    assert check_y(np.zeros((4, 1, 1)), 4, (None, 1), "mse").shape == (4, 1)
+    sparse = "sparse_categorical_crossentropy"
+    labels = check_y(np.array([[1], [4], [0], [2]]), 4, (None, 5), sparse)
     assert labels.shape == (4,) and labels.dtype == np.int64
-    assert sparse.prepare(np.zeros((2, 3)), np.array([3.0, 1.0])).y.dtype == np.int64
-    with pytest.raises(ValueError, match="class indices"):
-        sparse.prepare(np.zeros((2, 3)), np.array([1, 5]))
-    with pytest.raises(ValueError, match="class indices"):
-        sparse.prepare(np.zeros((2, 3)), np.array([1.5, 2.0]))
-    dense = engine_for("input 3\ndense 5 softmax")
-    assert dense.prepare(np.zeros((2, 3)), np.eye(5)[:2]).y.dtype == np.float32
+    assert check_y(np.array([3.0, 1.0]), 2, (None, 5), sparse).dtype == np.int64
+    with pytest.raises(ValueError, match="class id 5"):
+        check_y(np.array([1, 5]), 2, (None, 5), sparse)
+    with pytest.raises(ValueError, match="whole-number class ids"):
+        check_y(np.array([1.5, 2.0]), 2, (None, 5), sparse)
+    assert check_y(np.eye(5)[:2], 2, (None, 5), "categorical_crossentropy").dtype == np.float32
+    # the engine keeps them as they are: class ids int64, values in its dtype
+    engine = NumpyEngine(ms.parse("input 3\ndense 5"), ms.check(ms.parse("input 3\ndense 5")), dtype=np.float64)
+    assert engine.prepare(np.zeros((4, 3)), labels).y.dtype == np.int64
+    assert engine.prepare(np.zeros((2, 3)), np.eye(5, dtype=np.float32)[:2]).y.dtype == np.float64
 
 
 def test_batchnorm_moving_statistics_use_the_biased_variance():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import modelspec as ms
-from modelspec.backends.base import LossConfig, TrainConfig
 from modelspec.backends.numpy import NumpyEngine
 from modelspec.backends.numpy import kernels as K
+from modelspec.training import LossConfig, TrainConfig
 
 H = 1e-6
 

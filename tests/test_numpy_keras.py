@@ -15,11 +15,11 @@ keras = pytest.importorskip("keras")
 import keras_reference as kr  # noqa: E402
 
 import modelspec as ms  # noqa: E402
-from modelspec.backends.base import LossConfig, MetricConfig, TrainConfig  # noqa: E402
 from modelspec.backends.numpy import NumpyEngine  # noqa: E402
 from modelspec.backends.numpy import kernels as K  # noqa: E402
 from modelspec.initializers import initial_weights  # noqa: E402
-from modelspec.model import loss_from_logits  # noqa: E402
+from modelspec.model import check_y  # noqa: E402
+from modelspec.training import LossConfig, MetricConfig, TrainConfig, loss_from_logits  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -56,7 +56,7 @@ def train_both(text, x, y, metrics=(), epochs=3, batch_size=32, adjust=None):
     loss = LossConfig(spec.loss.name, loss_from_logits(spec, spec.loss.name),
                       spec.loss.delta if spec.loss.delta is not None else 1.0)
     engine.set_training(TrainConfig(spec.optimizer.name, hyper, loss, tuple(MetricConfig(m, m) for m in metrics)))
-    data = engine.prepare(x, y)
+    data = engine.prepare(x, check_y(y, len(x), report.output_shape, spec.loss.name))
     ours = []
     for _ in range(epochs):
         totals = engine.train_epoch(data, np.arange(len(x)), batch_size)

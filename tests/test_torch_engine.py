@@ -51,10 +51,11 @@ def engine_model(text=SMALL, seed=0, **options):
 def test_the_supported_kinds_are_the_lowering_methods():
     """One method per IR kind, which the live module and the emitted program both read."""
     from modelspec import ir
-    from modelspec.backends.torch.lowering import LAYER_KINDS, Lowering
+    from modelspec.backends.torch import TorchBackend
+    from modelspec.backends.torch.lowering import Lowering
 
-    assert LAYER_KINDS == set(ir.LAYER_CLASSES)
-    assert all(callable(getattr(Lowering, kind)) for kind in LAYER_KINDS)
+    assert TorchBackend.layer_kinds == set(ir.LAYER_CLASSES)
+    assert all(callable(getattr(Lowering, kind)) for kind in TorchBackend.layer_kinds)
 
 
 def test_the_live_module_is_plain_torch_modules():

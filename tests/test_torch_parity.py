@@ -14,19 +14,13 @@ torch = pytest.importorskip("torch")
 import modelspec as ms  # noqa: E402
 from corpus import SPEC_FILES, SPEC_IDS, VARIED  # noqa: E402
 from modelspec import ir  # noqa: E402
+from modelspec.crosscheck import without_dropout  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 PREDICT_RTOL = 1e-5
 HISTORY_RTOL = 1e-4
 EPOCHS = 3
-
-
-def without_dropout(spec: ir.Spec) -> ir.Spec:
-    """Dropout masks cannot match across frameworks: rate 0 keeps the layer, drops nothing."""
-    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
-                   for layer in spec.layers)
-    return spec.model_copy(update={"layers": layers})
 
 
 def dataset(spec: ir.Spec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,9 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
-from modelspec.backends.base import Backend, Engine
+from modelspec.backends.base import Backend, Engine, kinds_implemented
 
-from .lowering import LAYER_KINDS
+from .lowering import Lowering
 from .scopes import unscoped_names
 
 
@@ -39,7 +39,7 @@ ENGINE_OPTIONS = ("seed", "device")
 
 class KerasBackend(Backend):
     name = "keras"
-    layer_kinds = LAYER_KINDS
+    layer_kinds = kinds_implemented(Lowering)
 
     def unsupported(self, spec: "ir.Spec") -> list["Diagnostic"]:
         return super().unsupported(spec) + onednn_miscomputed(spec)

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals
+from modelspec.training import TrainConfig
 
 from . import lowering
 
@@ -96,6 +97,7 @@ class KerasEngine(Engine):
         self._loss_tracker: Any = None
         self._metrics: list[Any] = []
         self._functions: dict[str, Any] = {}
+        self._eager_variables: list[Any] = []  # off TensorFlow: what a failed step restores
 
     # -- settings and data ---------------------------------------------------------------
 
@@ -107,6 +109,7 @@ class KerasEngine(Engine):
             self._loss_tracker = keras.metrics.Mean(name="loss")
             self.native.compile(optimizer=self._optimizer, loss=loss, metrics=list(self._metrics))
         self._functions = {}  # traced with the old optimizer and metrics
+        self.config = config
 
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> _Data:
         if not ON_TENSORFLOW:
@@ -134,10 +137,10 @@ class KerasEngine(Engine):
             with self._device:
                 self._optimizer.build(self.native.trainable_variables)
         self._reset()
+        if not ON_TENSORFLOW:
+            return super().train_epoch(data, order, batch_size, on_batch)
         n = len(order)  # an epoch may visit a subset (or repeats) of the data
         steps = -(-n // batch_size)
-        if not ON_TENSORFLOW:
-            return self._train_epoch_eager(data, order, batch_size, steps, on_batch)
         run = self._function("train", self._train_steps)
         with self._device:
             order_t = tf.constant(order, dtype=tf.int32)
@@ -287,33 +290,23 @@ class KerasEngine(Engine):
         _, out = tf.while_loop(lambda i, out: i < steps, body, (tf.constant(0), out))
         return out.concat()
 
-    # -- other Keras backends --------------------------------------------------------------
+    # -- other Keras backends: Engine.train_epoch over these ------------------------------
 
-    def _train_epoch_eager(self, data: _Data, order: np.ndarray, batch_size: int, steps: int,
-                           on_batch: BatchCallback | None) -> EpochTotals:
-        """Keras's own train_on_batch per step, which reports that batch's loss and metric
-        means. The state before each step is kept, so that a step whose loss is not finite
-        can be undone (a non-finite gradient under a finite loss goes unnoticed here)."""
-        variables = list(self.native.variables) + list(self._optimizer.variables)
-        names = [m.name for m in self._metrics]
-        totals = EpochTotals(0.0, [0.0] * len(names), 0)
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            before = [_numpy(v.value) for v in variables]
-            logs = self.native.train_on_batch(data.x[idx], data.y[idx], return_dict=True)
-            good = math.isfinite(logs["loss"])
-            if not good:
-                for v, value in zip(variables, before):
-                    v.assign(value)
-            totals.loss_sum += len(idx) * logs["loss"]  # a failed step's batch counts too
-            totals.metric_sums = [s + len(idx) * logs[k] for s, k in zip(totals.metric_sums, names)]
-            totals.count += len(idx)
-            if on_batch is not None:
-                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
-            if not good:
-                totals.stopped_at = step
-                break
-        return totals
+    def epoch_index(self, data: _Data, order: np.ndarray, batch_size: int) -> np.ndarray:
+        self._eager_variables = list(self.native.variables) + list(self._optimizer.variables)
+        return order
+
+    def step(self, data: _Data, idx: np.ndarray) -> tuple[float, list[float], bool]:
+        """Keras's own train_on_batch, which reports that batch's loss and metric means. The
+        state before the step is kept, so that a step whose loss is not finite can be undone
+        (a non-finite gradient under a finite loss goes unnoticed here)."""
+        before = [_numpy(v.value) for v in self._eager_variables]
+        logs = self.native.train_on_batch(data.x[idx], data.y[idx], return_dict=True)
+        applied = math.isfinite(logs["loss"])
+        if not applied:
+            for v, value in zip(self._eager_variables, before):
+                v.assign(value)
+        return logs["loss"], [len(idx) * logs[m.name] for m in self._metrics], applied
 
 
 def _numpy(tensor: Any) -> np.ndarray:

@@ -129,8 +129,6 @@ class Lowering:
 
     flatten = globalavgpool2d = globalmaxpool2d = prelu = _no_args
 
-
-LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
 _LOWERING = Lowering()
 
 

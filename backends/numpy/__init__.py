@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from modelspec.backends.base import Backend
+from modelspec.backends.base import Backend, kinds_implemented
 
 from .engine import NumpyEngine
-from .lowering import LAYER_KINDS
+from .lowering import Lowering
 
 __all__ = ["NumpyBackend", "NumpyEngine"]
 
 
 class NumpyBackend(Backend):
     name: ClassVar[str] = "numpy"
-    layer_kinds: ClassVar[frozenset[str]] = LAYER_KINDS
+    layer_kinds: ClassVar[frozenset[str]] = kinds_implemented(Lowering)
 
     def engine(self, spec, report, device: str | None = None, **options: Any) -> NumpyEngine:
         """Options: seed (initial weights and dropout masks; default the spec's fit seed);

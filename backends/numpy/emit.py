@@ -23,7 +23,7 @@ from modelspec import initializers, ir, shapes
 from modelspec.checker import Report
 
 from . import kernels as K
-from modelspec.model import loss_from_logits
+from modelspec.training import loss_from_logits
 
 from .lowering import METRICS, MODEL_SEED, OPTIMIZERS, Call, Lowered, Weight, loss_function, lower
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from modelspec import ir
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import Engine, EpochTotals
 from modelspec.checker import Report
 from modelspec.initializers import initial_weights
+from modelspec.training import TrainConfig
 
 from . import kernels as K
 from .lowering import METRICS, OPTIMIZERS, loss_function, lower, make
@@ -59,8 +60,8 @@ class NumpyEngine(Engine):
         self.layers: list[K.Layer] = [make(call, self.weights, self.seed) for call in self.lowered.calls]
         self.net = K.Network(self.layers, penalties=self.lowered.penalties)
         self.native = self.net
-        self.config: TrainConfig | None = None
         self.optimizer: K.Optimizer | None = None
+        self._batch: np.ndarray | None = None  # the epoch's gather buffer
 
     def set_training(self, config: TrainConfig) -> None:
         loss = config.loss
@@ -76,39 +77,15 @@ class NumpyEngine(Engine):
         self.optimizer = OPTIMIZERS[config.optimizer](**config.hyper)
         self.config = config
 
-    def _require_training(self) -> None:
-        if self.config is None:
-            raise RuntimeError("the engine has no loss or optimizer yet: call set_training first")
-
     # -- data ------------------------------------------------------------------------------
 
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> Dataset:
-        """x converted once to the engine's dtype (no copy when it already is). Labels follow
-        Keras's alignment: a trailing axis of 1 is added or removed to match the output, and
-        class indices (one axis fewer than a multi-unit output) become int64."""
-        return Dataset(np.asarray(x, dtype=self.dtype), None if y is None else self._labels(np.asarray(y)))
-
-    def _labels(self, y: np.ndarray) -> np.ndarray:
-        out = self.report.output_shape  # (None, ..., units)
-        rank, units = len(out), out[-1]
-        if y.ndim == rank and units > 1 and y.shape[-1] == 1 and not self._dense_labels():
-            y = y[..., 0]  # class indices written as a column
-        if y.ndim == rank - 1 and units > 1:
-            labels = y.astype(np.int64)
-            if labels.size and (labels.min() < 0 or labels.max() >= units or (labels != y).any()):
-                raise ValueError(f"class indices must be integers in [0, {units}); "
-                                 f"received values from {y.min()} to {y.max()}")
-            return labels
-        if y.ndim == rank - 1 and units == 1:
-            y = y[..., None]
-        elif y.ndim == rank + 1 and y.shape[-1] == 1:
-            y = y[..., 0]
-        return np.asarray(y, dtype=self.dtype)
-
-    def _dense_labels(self) -> bool:
-        """True when a (n, 1) label column is one value per sample, not a class index."""
-        return self.config is not None and self.config.loss.name != "sparse_categorical_crossentropy" \
-            and all(m.kind != "sparse_categorical_accuracy" for m in self.config.metrics)
+        """x and y converted once to the engine's dtype (no copy when they already are), class
+        ids to int64; the Model has aligned the labels with the output (model.check_y)."""
+        if y is not None:
+            y = np.asarray(y)
+            y = y.astype(np.int64 if y.dtype.kind in "iu" else self.dtype, copy=False)
+        return Dataset(np.asarray(x, dtype=self.dtype), y)
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -143,52 +120,40 @@ class NumpyEngine(Engine):
         """One training-mode forward and backward on a prepared batch: (total loss, outputs).
         The gradients are left in self.net.grads (the order of self.net.params); nothing is
         updated, not even batchnorm's moving statistics."""
-        self._require_training()
+        self.require_training()
         self._ensure_weights()
         return self.net.gradients(x, y)
 
-    @_quiet
-    def train_epoch(self, data: Dataset, order: np.ndarray, batch_size: int,
-                    on_batch: BatchCallback | None = None) -> EpochTotals:
-        self._require_training()
+    def epoch_index(self, data: Dataset, order: np.ndarray, batch_size: int) -> np.ndarray:
         order = np.asarray(order)
         if order.size and (order.min() < 0 or order.max() >= len(data)):
             raise IndexError(f"order holds indices outside [0, {len(data)})")
-        totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
         # Batches are gathered into one reused buffer: no per-step copy of the dataset.
-        buffer = np.empty((min(batch_size, len(order)), *data.x.shape[1:]), data.x.dtype)
-        for step, start in enumerate(range(0, len(order), batch_size)):
-            index = order[start:start + batch_size]
-            x = np.take(data.x, index, axis=0, out=buffer[:len(index)], mode="clip")
-            y = data.y[index]
-            loss, outputs = self.gradients(x, y)
-            good = np.isfinite(loss) and _all_finite(self.net.grads)
-            if good:
-                self.net.apply(self.optimizer)
-            self._accumulate(totals, loss, y, outputs)
-            if on_batch is not None:
-                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
-            if not good:
-                totals.stopped_at = step
-                break
-        return totals
+        self._batch = np.empty((min(batch_size, len(order)), *data.x.shape[1:]), data.x.dtype)
+        return order
 
-    def _accumulate(self, totals: EpochTotals, loss: Any, y: np.ndarray, outputs: np.ndarray) -> None:
-        n = len(y)
-        totals.loss_sum += float(loss) * n
-        for i, metric in enumerate(self.metric_fns):
-            totals.metric_sums[i] += float(metric(y, outputs).sum())
-        totals.count += n
+    @_quiet
+    def step(self, data: Dataset, index: np.ndarray) -> tuple[float, list[float], bool]:
+        x = np.take(data.x, index, axis=0, out=self._batch[:len(index)], mode="clip")
+        y = data.y[index]
+        loss, outputs = self.gradients(x, y)
+        applied = bool(np.isfinite(loss)) and _all_finite(self.net.grads)
+        if applied:
+            self.net.apply(self.optimizer)
+        return float(loss), self._metric_sums(y, outputs), applied
+
+    def _metric_sums(self, y: np.ndarray, outputs: np.ndarray) -> list[float]:
+        return [float(metric(y, outputs).sum()) for metric in self.metric_fns]
 
     @_quiet
     def evaluate(self, data: Dataset, batch_size: int) -> EpochTotals:
-        self._require_training()
+        self.require_training()
         self._ensure_weights()
         totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
         for start in range(0, len(data), batch_size):
             x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
             loss, outputs, _ = self.net.evaluate(x, y)
-            self._accumulate(totals, loss, y, outputs)
+            totals.add(float(loss), len(y), self._metric_sums(y, outputs))
         return totals
 
     @_quiet

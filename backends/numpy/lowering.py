@@ -11,6 +11,7 @@ from typing import Any
 
 from modelspec import ir
 from modelspec.checker import LayerReport, Report
+from modelspec.training import CROSSENTROPIES
 
 from . import kernels as K
 
@@ -94,14 +95,11 @@ class Lowering:
         return activation("leaky_relu", negative_slope=layer.negative_slope)
 
 
-LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
-
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
               "adagrad": K.Adagrad, "nadam": K.Nadam}
 METRICS = {"categorical_accuracy": K.categorical_accuracy,
            "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
            "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric}
-CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
 
 
 def loss_function(name: str, from_logits: bool = False, delta: float = 1.0) -> tuple[Any, dict[str, Any]]:

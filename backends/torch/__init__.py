@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch  # noqa: F401  (the registry reports a missing framework from this import)
 
-from modelspec.backends.base import Backend
+from modelspec.backends.base import Backend, kinds_implemented
 
-from .lowering import LAYER_KINDS
+from .lowering import Lowering
 
 if TYPE_CHECKING:
     from modelspec import ir
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
-    layer_kinds: ClassVar[frozenset[str]] = LAYER_KINDS
+    layer_kinds: ClassVar[frozenset[str]] = kinds_implemented(Lowering)
 
     def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
                cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from modelspec import ir
 from modelspec.checker import Report, fmt_shape
-from modelspec.model import resolve_loss, resolve_metric
+from modelspec.training import resolve_loss, resolve_metric
 
 from . import keras_ops
 from .lowering import LAYOUTS, SELF, Unit, activation, calls, literal, units

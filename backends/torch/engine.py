@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from modelspec import ir
-from modelspec.backends.base import BatchCallback, Engine, EpochTotals, TrainConfig
+from modelspec.backends.base import BatchCallback, Engine, EpochTotals
+from modelspec.training import TrainConfig
 from modelspec.checker import Report
 
 from . import keras_ops as K
@@ -155,7 +156,6 @@ class TorchEngine(Engine):
         # another), so an update or a masked restore is a handful of kernels, not one per weight.
         self.flat = _flatten(self.params) if self.sync_free else None
         self.flat_moving = _flatten(self.moving) if self.sync_free else None
-        self.config: TrainConfig | None = None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
         if self.sync_free:
@@ -187,11 +187,6 @@ class TorchEngine(Engine):
                 self.masked.append(self.flat_moving)
             self.backup = [torch.empty_like(t) for t in self.masked]
             self.sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
-
-    def _require_training(self) -> TrainConfig:
-        if self.config is None:
-            raise RuntimeError("set_training must be called before training or evaluating")
-        return self.config
 
     # -- data ----------------------------------------------------------------------------
 
@@ -231,51 +226,37 @@ class TorchEngine(Engine):
         values = [fn(out, yb) for fn in self.metric_fns]  # per sample, or per element of a sample
         return torch.stack([(v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum() for v in values])
 
-    # -- training: CPU -------------------------------------------------------------------
+    # -- training: the step of Engine.train_epoch (CPU) -----------------------------------
 
     def train_epoch(self, data: Data, order: np.ndarray, batch_size: int,
                     on_batch: BatchCallback | None = None) -> EpochTotals:
-        self._require_training()
+        self.require_training()
         self.native.train()
         self.optimizer_built = self.optimizer_built or len(order) > 0
         with on_device(self.device):
             if self.sync_free:
                 return self._train_epoch_sync_free(data, order, batch_size, on_batch)
-            return self._train_epoch(data, order, batch_size, on_batch)
+            return super().train_epoch(data, order, batch_size, on_batch)
 
-    def _train_epoch(self, data: Data, order: np.ndarray, batch_size: int,
-                     on_batch: BatchCallback | None) -> EpochTotals:
-        totals = EpochTotals(metric_sums=[0.0] * len(self.metric_fns))
-        index = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)).to(data.x.device)
-        for step, start in enumerate(range(0, len(index), batch_size)):
-            idx = index[start:start + batch_size]
-            xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
-            saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
-            loss, out = self._loss(xb, yb)
-            for p in self.params:
-                p.grad = None
-            loss.backward()
-            value = loss.item()
-            good = math.isfinite(value) and self._grads_finite()
-            if good:
-                self.optimizer.apply_gradients()
-            else:
-                with torch.no_grad():
-                    for t, s in zip(self.moving, saved):
-                        t.copy_(s)
-            # A failed step's batch still counts, so that the epoch's mean shows it (as Keras's does).
-            n = len(idx)
-            totals.loss_sum += value * n
-            totals.count += n
-            if self.metric_fns:
-                for i, v in enumerate(self._metric_sums(out, yb).tolist()):
-                    totals.metric_sums[i] += v
-            if on_batch is not None:
-                on_batch(step, totals.count, totals.loss_sum, list(totals.metric_sums))
-            if not good:
-                totals.stopped_at = step
-                break
-        return totals
+    def epoch_index(self, data: Data, order: np.ndarray, batch_size: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)).to(data.x.device)
+
+    def step(self, data: Data, idx: torch.Tensor) -> tuple[float, list[float], bool]:
+        xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
+        saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
+        loss, out = self._loss(xb, yb)
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        value = loss.item()
+        applied = math.isfinite(value) and self._grads_finite()
+        if applied:
+            self.optimizer.apply_gradients()
+        else:
+            with torch.no_grad():
+                for t, s in zip(self.moving, saved):
+                    t.copy_(s)
+        return value, self._metric_sums(out, yb).tolist() if self.metric_fns else [], applied
 
     def _grads_finite(self) -> bool:
         # a weight the loss does not reach (before a dropout of rate 1) has no gradient, and
@@ -386,7 +367,7 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def evaluate(self, data: Data, batch_size: int) -> EpochTotals:
-        self._require_training()
+        self.require_training()
         self.native.eval()
         sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
         with on_device(self.device):

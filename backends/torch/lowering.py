@@ -209,8 +209,6 @@ class Lowering:
         return Unit((Call("F.leaky_relu", (X, step.layer.negative_slope), note=note),))
 
 
-LAYER_KINDS = frozenset(name for name in vars(Lowering) if not name.startswith("_"))
-
 
 def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
     """(name, step, unit) of every layer in order, with the plan's layout switches between

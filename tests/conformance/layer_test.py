@@ -44,6 +44,7 @@ import modelspec as ms
 from modelspec import backends, ir
 from modelspec.crosscheck import default_loss
 from modelspec.initializers import initial_weights
+from modelspec.training import synthetic_labels
 
 BATCH = 4
 STEPS = 2
@@ -70,13 +71,6 @@ def layer_spec(layer: str, input_shape: tuple[int, ...], model: str = "conforman
     return spec
 
 
-def without_dropout(spec: ir.Spec) -> ir.Spec:
-    """Dropout rates set to 0: masks cannot agree across frameworks (as in crosscheck)."""
-    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
-                   for layer in spec.layers)
-    return spec.model_copy(update={"layers": layers})
-
-
 def loss_of(spec: ir.Spec) -> str:
     return spec.loss.name if spec.loss is not None else default_loss(spec)
 
@@ -100,16 +94,7 @@ def case_data(spec: ir.Spec, report: Any, steps: int = STEPS) -> tuple[np.ndarra
     rng = np.random.default_rng(SEED + 3)
     n = BATCH * steps
     x = rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
-    out = tuple(report.output_shape[1:])
-    loss = loss_of(spec)
-    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
-        ids = rng.integers(0, out[-1], size=(n, *out[:-1]))
-        y = ids if loss.startswith("sparse") else np.eye(out[-1], dtype=np.float32)[ids]
-    elif loss == "binary_crossentropy":
-        y = (rng.random((n, *out)) < 0.5).astype(np.float32)
-    else:
-        y = rng.standard_normal((n, *out), dtype=np.float32)
-    return x0, x, y
+    return x0, x, synthetic_labels(loss_of(spec), report.output_shape[1:], n, rng)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import modelspec as ms
-from layer_test import Standalone, layer_spec, run_layer_test, run_model_test, shared_directory, without_dropout
+from layer_test import Standalone, layer_spec, run_layer_test, run_model_test, shared_directory
+from modelspec.crosscheck import without_dropout
 from modelspec.diagnostics import SpecError
 
 
