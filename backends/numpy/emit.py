@@ -23,7 +23,7 @@ from modelspec import initializers, ir, shapes
 from modelspec.checker import Report
 
 from . import kernels as K
-from modelspec.training import loss_from_logits
+from modelspec.training import label_kind, loss_from_logits
 
 from .lowering import METRICS, MODEL_SEED, OPTIMIZERS, Call, Lowered, Weight, loss_function, lower
 
@@ -219,18 +219,17 @@ def _build(lowered: Lowered) -> str:
     ]'''
 
 
+# Random labels of each kind (modelspec.training.label_kind), for the smoke run.
+LABELS = {"class_ids": "rng.integers(0, {units}, (n{samples}))",
+          "one_hot": "np.eye({units}, dtype=np.float32)[rng.integers(0, {units}, (n{samples}))]",
+          "binary": "rng.integers(0, 2, (n{values})).astype(np.float32)",
+          "real": "rng.standard_normal((n{values}), dtype=np.float32)"}
+
+
 def _labels_example(spec: ir.Spec, report: Report) -> str:
-    """Random labels of the kind the loss expects, for the smoke run."""
     out = report.output_shape[1:]
-    units, samples, values = out[-1], "".join(f", {d}" for d in out[:-1]), "".join(f", {d}" for d in out)
-    name = spec.loss.name if spec.loss is not None else "mse"
-    if name == "sparse_categorical_crossentropy":
-        return f"rng.integers(0, {units}, (n{samples}))"
-    if name == "categorical_crossentropy":
-        return f"np.eye({units}, dtype=np.float32)[rng.integers(0, {units}, (n{samples}))]"
-    if name == "binary_crossentropy":
-        return f"rng.integers(0, 2, (n{values})).astype(np.float32)"
-    return f"rng.standard_normal((n{values}), dtype=np.float32)"
+    return LABELS[label_kind(spec.loss.name if spec.loss is not None else "mse")].format(
+        units=out[-1], samples="".join(f", {d}" for d in out[:-1]), values="".join(f", {d}" for d in out))
 
 
 def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, list[Any]]:

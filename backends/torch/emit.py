@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from modelspec import ir
 from modelspec.checker import Report, fmt_shape
-from modelspec.training import resolve_loss, resolve_metric
+from modelspec.training import label_kind, resolve_loss, resolve_metric
 
 from . import keras_ops
 from .lowering import LAYOUTS, SELF, Unit, activation, calls, literal, units
@@ -420,22 +420,20 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
         fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()))
 
 
+# Random labels of each kind (modelspec.training.label_kind), for the smoke run.
+LABELS = {"class_ids": "torch.randint(0, {units}, {samples})",
+          "one_hot": "F.one_hot(torch.randint(0, {units}, {samples}), {units}).float()",
+          "binary": "torch.randint(0, 2, {values}).float()",
+          "real": "torch.randn{values}"}
+
+
 def _labels_example(spec: ir.Spec, report: Report) -> str:
-    """Random labels of the kind the loss expects, for the smoke run."""
     out = report.output_shape[1:]
-    units = out[-1]
 
     def shape(dims) -> str:
         return "(n" + "".join(f", {d}" for d in dims) + ("" if dims else ",") + ")"
 
-    name = spec.loss.name
-    if name == "sparse_categorical_crossentropy":
-        return f"torch.randint(0, {units}, (n,))"
-    if name == "categorical_crossentropy":
-        return f"F.one_hot(torch.randint(0, {units}, {shape(out[:-1])}), {units}).float()"
-    if name == "binary_crossentropy":
-        return f"torch.randint(0, 2, {shape(out)}).float()"
-    return f"torch.randn{shape(out)}"
+    return LABELS[label_kind(spec.loss.name)].format(units=out[-1], samples=shape(out[:-1]), values=shape(out))
 
 
 def emit(spec: ir.Spec, report: Report) -> str:
