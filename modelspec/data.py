@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelspecError, one_line
+from .shapes import tuple_text
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -147,8 +148,8 @@ def load_npz(path: Path, seed: int = SPLIT_SEED) -> Dataset:
     xt, yt = _samples(arrays["x_test"], path, "x_test"), _labels(arrays["y_test"], path, "y_test")
     _same_length(xt, yt, path, "x_test", "y_test")
     if xt.shape[1:] != x.shape[1:]:
-        raise DataError(f"{path}: x_train has samples of shape {_shape(x.shape[1:])} but x_test "
-                        f"{_shape(xt.shape[1:])}")
+        raise DataError(f"{path}: x_train has samples of shape {tuple_text(x.shape[1:])} but x_test "
+                        f"{tuple_text(xt.shape[1:])}")
     return Dataset(os.fspath(path), x, y, xt, yt, scale=infer_scale(x), split="the file's own test set")
 
 
@@ -303,7 +304,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) - start != expected:
         raise DataError(f"{path} holds {len(raw) - start:,} bytes of values, but its header says "
-                        f"{_shape(dims)} of {dtype.itemsize} byte(s), {expected:,} bytes")
+                        f"{tuple_text(dims)} of {dtype.itemsize} byte(s), {expected:,} bytes")
     return np.frombuffer(raw, dtype, offset=start).reshape(dims)
 
 
@@ -316,7 +317,7 @@ def _samples(x: Any, path: Any, what: str) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: {what} must hold numbers; it has dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
-        raise DataError(f"{path}: {what} has shape {_shape(x.shape)}; expected one sample per row")
+        raise DataError(f"{path}: {what} has shape {tuple_text(x.shape)}; expected one sample per row")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{path}: {what} holds NaN or infinite values")
@@ -333,7 +334,7 @@ def _labels(y: Any, path: Any, what: str) -> np.ndarray:
     elif y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
         y = y.argmax(axis=1)  # one-hot rows
     if y.ndim != 1 or y.shape[0] == 0:
-        raise DataError(f"{path}: {what} has shape {_shape(y.shape)}; expected one class id per sample")
+        raise DataError(f"{path}: {what} has shape {tuple_text(y.shape)}; expected one class id per sample")
     if not np.isfinite(y).all() or (y % 1 != 0).any() or (y < 0).any():
         bad = y[~np.isfinite(y) | (y % 1 != 0) | (y < 0)][0]
         raise DataError(f"{path}: {what} holds {bad:g}; expected class ids 0, 1, 2, ...")
@@ -395,8 +396,8 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], name: Any = "the data
     size = math.prod(input_shape)
     if math.prod(x.shape[1:]) == size:
         return np.ascontiguousarray(x.reshape((len(x), *input_shape)), np.float32)
-    raise DataError(f"{name} has samples of shape {_shape(x.shape[1:])} ({math.prod(x.shape[1:]):,} values), "
-                    f"but the spec's input is {_shape((None, *input_shape))} ({size:,} values); "
+    raise DataError(f"{name} has samples of shape {tuple_text(x.shape[1:])} ({math.prod(x.shape[1:]):,} values), "
+                    f"but the spec's input is {tuple_text((None, *input_shape))} ({size:,} values); "
                     "the shapes must match, or hold the same number of values")
 
 
@@ -443,8 +444,3 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.nda
     if x.ndim == 1 or (tuple(x.shape) == tuple(input_shape) and len(input_shape) > 1):
         x = x[None]
     return _samples(x, path, "the samples")
-
-
-def _shape(shape: Any) -> str:
-    dims = ["None" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

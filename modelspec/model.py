@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import ir
+from .shapes import tuple_text
 from .training import TrainConfig, resolve_loss, resolve_metric
 
 if TYPE_CHECKING:
@@ -85,10 +86,6 @@ def _as_loss(value: Any) -> ir.Loss:
 # Input checks: every problem is a ValueError that names what was expected and received
 
 
-def _shape_text(shape: tuple[Any, ...]) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
 def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
     """x as float32 with shape (N, *input_shape), or a ValueError."""
     try:
@@ -102,10 +99,10 @@ def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray
         hint = ""
         if arr.ndim >= 1 and math.prod(arr.shape[1:]) == math.prod(input_shape):
             hint = f"; reshape it with {what}.reshape(-1, {', '.join(map(str, input_shape))})"
-        raise ValueError(f"{what} has shape {_shape_text(arr.shape)}, but the model's input is "
-                         f"{_shape_text(expected)}{hint}")
+        raise ValueError(f"{what} has shape {tuple_text(arr.shape)}, but the model's input is "
+                         f"{tuple_text(expected)}{hint}")
     if arr.shape[0] == 0:
-        raise ValueError(f"{what} is empty: expected at least one sample of shape {_shape_text(expected)}")
+        raise ValueError(f"{what} is empty: expected at least one sample of shape {tuple_text(expected)}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -139,9 +136,9 @@ def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "
         if arr.shape[1:] == expected + (1,):
             arr = arr[..., 0]
         if tuple(arr.shape[1:]) != expected:
-            want = _shape_text((None, *expected))
+            want = tuple_text((None, *expected))
             raise ValueError(f"sparse_categorical_crossentropy takes integer class ids of shape {want}"
-                             f"{' or (N, 1)' if not expected else ''}; {what} has shape {_shape_text(arr.shape)}"
+                             f"{' or (N, 1)' if not expected else ''}; {what} has shape {tuple_text(arr.shape)}"
                              + ("; these look one-hot: use categorical_crossentropy"
                                 if arr.shape[-1] == classes and arr.ndim == len(out_shape) else ""))
         if arr.dtype.kind == "f" and not np.equal(np.mod(arr, 1), 0).all():
@@ -164,8 +161,8 @@ def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "
             if arr.ndim == 1 and classes > 1 and loss == "categorical_crossentropy":
                 hint = ("; these look like integer class ids: one-hot encode them, or use "
                         "sparse_categorical_crossentropy")
-            raise ValueError(f"{what} has shape {_shape_text(arr.shape)}, but the model's output is "
-                             f"{_shape_text(out_shape)}{hint}")
+            raise ValueError(f"{what} has shape {tuple_text(arr.shape)}, but the model's output is "
+                             f"{tuple_text(out_shape)}{hint}")
     if loss in ("categorical_crossentropy", "binary_crossentropy"):
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0 or hi > 1:
@@ -432,7 +429,7 @@ class Model:
         for w, value in zip(expected, weights):
             arr = np.asarray(value)
             if tuple(arr.shape) != w.shape:
-                raise ValueError(f"{w.path} has shape {_shape_text(w.shape)}; received {_shape_text(arr.shape)}")
+                raise ValueError(f"{w.path} has shape {tuple_text(w.shape)}; received {tuple_text(arr.shape)}")
             if arr.dtype.kind not in "biuf":
                 raise ValueError(f"{w.path} must hold numbers; received dtype {arr.dtype}")
             arrays.append(np.ascontiguousarray(arr, dtype=np.float32))

@@ -21,6 +21,12 @@ def fmt_shape(shape: Shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def tuple_text(shape: tuple) -> str:
+    """A shape as Python writes the tuple: `(5,)`, `(None, 8, 8)`; how NumPy arrays and
+    data are described in messages."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
 def window_output(n: int, k: int, s: int, padding: str) -> int:
     """Keras's output length of a convolution or pooling window along one axis."""
     if padding == "same":
