@@ -1,0 +1,126 @@
+"""Whole training runs, on every backend: several epochs of Model.fit (several batches, a
+short last one, shuffled or not, with or without a validation split), then evaluate and
+predict, against the same run on the NumPy reference backend, or on a Keras model the tests
+build from the IR (layer_test.run_fit_test says what is compared, and how closely).
+
+These cases were the per-backend parity files (test_torch_parity.py, test_keras_parity.py,
+test_torch_keras.py): the same checks, now asked of every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import modelspec as ms
+from corpus import VARIED
+from layer_test import run_fit_test, without_dropout
+from modelspec.diagnostics import SpecError
+
+SPECS = Path(__file__).parents[2] / "specs"
+BARE = {"optimizer": "rmsprop", "loss": "categorical_crossentropy", "metrics": ["accuracy"]}
+RUNS: dict[str, Any] = {}  # the reference runs, shared by the backends' tests in one process
+
+
+@dataclass(frozen=True)
+class Run:
+    text: str
+    n: int
+    batch_size: int
+    validation_split: float = 0.0
+    shuffle: bool = False
+    compile: dict | None = field(default=None, hash=False)
+    reference: str = "numpy"
+
+    def spec(self) -> ms.Spec:
+        return without_dropout(ms.parse(self.text))
+
+
+def spec_file_run(path: Path) -> Any:
+    """A tutorial spec, dropout off, with its own settings (a bare one: RMSprop on categorical
+    cross-entropy), shuffled, with the validation split its fit statement asks for."""
+    spec = ms.parse(path)
+    fit = spec.fit or ms.ir.Fit()
+    run = Run(path.read_text(encoding="utf-8"), n=24 if spec.name == "cnn" else 48,
+              batch_size=min(fit.batch_size or 32, 16), validation_split=fit.validation_split or 0.0, shuffle=True,
+              compile=BARE if spec.loss is None else None)
+    return pytest.param(run, id=path.stem)
+
+
+# Every optimizer, with and without its options, on a model with every weighted layer kind
+# (conv2d and dense with penalties, batchnorm on images and on vectors), each with one of
+# the losses (and the output layer it expects) in turn; shuffled, with a validation split.
+OPTIMIZERS = ["sgd learning_rate=0.05", "sgd learning_rate=0.05 momentum=0.9",
+              "sgd learning_rate=0.05 momentum=0.8 nesterov=true weight_decay=0.01", "rmsprop",
+              "rmsprop momentum=0.5 centered=true",
+              "rmsprop rho=0.8 momentum=0.5 centered=true epsilon=1e-5 weight_decay=0.02",
+              "adam learning_rate=0.01", "adam learning_rate=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-4 weight_decay=0.01",
+              "adamw learning_rate=0.01", "adamw learning_rate=0.01 weight_decay=0.05",
+              "adagrad learning_rate=0.05 initial_accumulator_value=0.2 epsilon=1e-5", "nadam learning_rate=0.01",
+              "nadam learning_rate=0.01 beta_1=0.7 weight_decay=0.05"]
+HEADS = [("dense 4 softmax", "categorical_crossentropy", "accuracy"),
+         ("dense 4\nsoftmax", "sparse_categorical_crossentropy", "accuracy"),
+         ("dense 1 sigmoid", "binary_crossentropy", "binary_accuracy"),
+         ("dense 2", "mse", "mae"), ("dense 2 tanh", "mae", "mse"), ("dense 2", "huber delta=0.5", "mse")]
+MODEL = ("input 5x4x2\nconv2d 3 2x2 relu he_normal l2=0.01\nbatchnorm\nflatten\ndense 8 relu he_normal l2=0.01\n"
+         "batchnorm momentum=0.9\ndense 6 elu l1=0.001\ndense 5 tanh l1=0.005 l2=0.002")
+
+
+def optimizer_run(i: int, optimizer: str) -> Any:
+    head, loss, metrics = HEADS[i % len(HEADS)]
+    text = f"{MODEL}\n{head}\noptimizer {optimizer}\nloss {loss}\nmetrics {metrics}"
+    return pytest.param(Run(text, n=40, batch_size=12, validation_split=0.25, shuffle=True),
+                        id=f"{optimizer}-{loss}".replace(" ", "-"))
+
+
+# Every loss after the outputs it meets: after a softmax or a sigmoid every cross-entropy
+# reads the values before it (Keras on TensorFlow); otherwise probabilities, renormalised
+# (categorical) and clipped to [1e-7, 1 - 1e-7]
+LOSSES = [
+    ("dense 4 softmax", "categorical_crossentropy", "accuracy"),
+    ("dense 4\nsoftmax", "categorical_crossentropy", "acc"),
+    ("dense 4 sigmoid", "categorical_crossentropy", "categorical_accuracy"),
+    ("dense 4 softmax", "sparse_categorical_crossentropy", "accuracy"),
+    ("dense 4 sigmoid", "sparse_categorical_crossentropy", "sparse_categorical_accuracy"),
+    ("dense 4 sigmoid", "binary_crossentropy", "accuracy"),
+    ("dense 4 softmax", "binary_crossentropy", "binary_accuracy"),
+    ("dense 1 sigmoid", "binary_crossentropy", "accuracy"),
+    ("dense 4 softplus", "categorical_crossentropy", "accuracy"),
+    ("dense 4 softplus", "sparse_categorical_crossentropy", "accuracy"),
+    ("dense 4 sigmoid\nleaky_relu 0.0", "binary_crossentropy", "binary_accuracy"),
+    ("dense 4", "mse", "mae mse"),
+    ("dense 4 tanh", "mae", "mse"),
+    ("dense 4", "huber delta=0.5", "mae"),
+    ("dense 4 relu", "huber", "mse"),
+]
+
+
+def loss_run(output: str, loss: str, metrics: str) -> Any:
+    text = f"input 5\ndense 6 relu\n{output}\noptimizer adam learning_rate=0.02\nloss {loss}\nmetrics {metrics}"
+    return pytest.param(Run(text, n=36, batch_size=10), id=f"{output}-{loss}".replace("\n", "-").replace(" ", "-"))
+
+
+SPACES = pytest.mark.notimpl(["keras"], reason="TensorFlow's name scopes refuse spaces: the Keras backend refuses "
+                             "such a model or layer name", raises=SpecError)
+RUNS_CASES = (
+    [spec_file_run(p) for p in sorted(SPECS.glob("*.ms"))]
+    + [pytest.param(Run(text, n=24, batch_size=8), id=f"varied-{name}",
+                    marks=SPACES if name == "training_variants" else ())
+       for name, text in sorted(VARIED.items())]
+    + [optimizer_run(i, o) for i, o in enumerate(OPTIMIZERS)]
+    + [loss_run(*case) for case in LOSSES]
+    # against Keras itself, three tutorial specs with their own settings and a validation split
+    + [pytest.param(Run((SPECS / f"{name}.ms").read_text(encoding="utf-8"), n=n, batch_size=16,
+                        validation_split=0.25, reference="keras"), id=f"keras-{name}")
+       for name, n in (("mnist", 96), ("digits_c", 80), ("digits_cnn", 64))]
+)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("run", RUNS_CASES)
+def test_fit(backend, run):
+    run_fit_test(backend, run.spec(), n=run.n, batch_size=run.batch_size, validation_split=run.validation_split,
+                 shuffle=run.shuffle, compile=run.compile, reference=run.reference, cache=RUNS)
