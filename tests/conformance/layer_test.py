@@ -553,12 +553,13 @@ def run_fit_test(backend: str, spec: ir.Spec, *, n: int, batch_size: int, epochs
     got = fit_run(backend, spec, n, fit, compile)
     what = f"{backend} against {reference}"
     np.testing.assert_allclose(got["before"], expected["before"], **FIT_PREDICT, err_msg=f"{what}: predictions")
-    assert sorted(got["history"]) == sorted(expected["history"]), f"{what}: history keys"
+    order = list if reference == "numpy" else sorted  # Keras orders its history as it pleases
+    assert order(got["history"]) == order(expected["history"]), f"{what}: history keys"
     history_tol = KERAS_FIT_HISTORY if reference == "keras" else FIT_HISTORY
     for name, values in expected["history"].items():
         assert len(got["history"][name]) == epochs, f"{what}: {name} has one value per epoch"
         np.testing.assert_allclose(got["history"][name], values, **history_tol, err_msg=f"{what}: history {name}")
-    assert sorted(got["evaluate"]) == sorted(expected["evaluate"]), f"{what}: evaluate's keys"
+    assert order(got["evaluate"]) == order(expected["evaluate"]), f"{what}: evaluate's keys"
     for name, value in expected["evaluate"].items():
         assert got["evaluate"][name] == pytest.approx(value, **FIT_EVALUATE), f"{what}: evaluate {name}"
     np.testing.assert_allclose(got["after"], expected["after"], **(KERAS_FIT_TRAINED if reference == "keras"
