@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import modelspec as ms
@@ -124,3 +125,72 @@ RUNS_CASES = (
 def test_fit(backend, run):
     run_fit_test(backend, run.spec(), n=run.n, batch_size=run.batch_size, validation_split=run.validation_split,
                  shuffle=run.shuffle, compile=run.compile, reference=run.reference, cache=RUNS)
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer variables and a non-finite step, through Model.fit on every backend (these were
+# the same test in each engine's file)
+
+
+@pytest.mark.parametrize("optimizer, extra", [
+    ("sgd", lambda t: 2), ("sgd momentum=0.9", lambda t: t + 2), ("rmsprop", lambda t: t + 2),
+    ("rmsprop momentum=0.5 centered=true", lambda t: 3 * t + 2), ("adam", lambda t: 2 * t + 2),
+    ("adamw", lambda t: 2 * t + 2), ("adagrad", lambda t: t + 2), ("nadam", lambda t: 2 * t + 3)])
+def test_optimizer_variables_count_as_keras_counts_them(backend, optimizer, extra):
+    """Keras's optimizer variables (SEMANTICS §8): the iteration count and the learning rate,
+    then Adam's m and v per trainable weight (2·T + 2), SGD without momentum nothing more,
+    RMSprop T + 2 (3·T + 2 with momentum, centered), Nadam one more scalar (its momentum
+    schedule's product); none before the first training step. T counts trainable values
+    only (batchnorm's moving statistics are not)."""
+    model = ms.build(f"input 4\ndense 3 relu\nbatchnorm\ndense 2\noptimizer {optimizer}\nloss mse", backend=backend)
+    x, y = np.ones((2, 4), np.float32), np.zeros((2, 2), np.float32)
+    model.fit(x, y, epochs=0, verbose=0)
+    assert model.engine.optimizer_state() == []
+    model.fit(x, y, epochs=1, verbose=0)  # one step
+    state = model.engine.optimizer_state()
+    trainable = 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2
+    assert sum(a.size for a in state) == extra(trainable)
+    assert state[0].dtype == np.int64 and state[0] == 1
+    assert state[1] == pytest.approx(model.spec.optimizer.config()["learning_rate"])
+
+
+STOP = "input 4\ndense 6 relu\nbatchnorm\ndense 2\noptimizer adam\nloss mse\nmetrics mae"
+
+
+def test_a_non_finite_step_stops_before_its_update(backend):
+    """A label of 1e30, whose squared error overflows, in the third batch: fit
+    warns and stops there, with the weights (moving statistics included) and optimizer
+    variables of a run over the first two batches, bit for bit; the failed batch counts in
+    the epoch's mean, as in Keras's history (the metrics then agree with NumPy's)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 4)).astype(np.float32), rng.normal(size=(40, 2)).astype(np.float32)
+    y[21] = 1e30
+    clean = ms.build(STOP, backend=backend, seed=1)
+    clean.fit(x[:20], y[:20], batch_size=10, epochs=1, shuffle=False, verbose=0)
+    model = ms.build(STOP, backend=backend, seed=1)
+    with pytest.warns(ms.model.TrainingStopped, match="epoch 1, step 3"):
+        history = model.fit(x, y, batch_size=10, epochs=2, shuffle=False, verbose=0)
+    assert history.stopped and history.history["loss"] == [float("inf")] and len(history.history["loss"]) == 1
+    for path, ours, reference in zip(model.weight_paths, model.get_weights(), clean.get_weights()):
+        np.testing.assert_array_equal(ours, reference, err_msg=path)
+    state, expected = model.engine.optimizer_state(), clean.engine.optimizer_state()
+    assert int(state[0]) == 2 and len(state) == len(expected)
+    for a, b in zip(state, expected):
+        np.testing.assert_array_equal(a, b)
+    with pytest.warns(ms.model.TrainingStopped):
+        reference = ms.build(STOP, backend="numpy", seed=1).fit(x, y, batch_size=10, epochs=2, shuffle=False,
+                                                                 verbose=0)
+    np.testing.assert_allclose(history.history["mae"], reference.history["mae"], rtol=1e-5)
+
+
+def test_a_non_finite_gradient_stops_too(backend):
+    """Huge inputs to a zero kernel: the loss (of the bias alone) is finite, but the kernel's
+    gradient Σ x·dy overflows float32: the step is not applied."""
+    model = ms.build("input 2\ndense 1\noptimizer sgd\nloss mse", backend=backend)
+    model.set_weights([np.zeros((2, 1), np.float32), np.ones(1, np.float32)])
+    x, y = np.full((2, 2), 3e38, np.float32), np.zeros((2, 1), np.float32)
+    with pytest.warns(ms.model.TrainingStopped, match="epoch 1, step 1"):
+        history = model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    assert history.history["loss"] == [1.0]
+    np.testing.assert_array_equal(model.get_weights()[0], np.zeros((2, 1), np.float32))
+    np.testing.assert_array_equal(model.get_weights()[1], [1.0])
