@@ -194,3 +194,17 @@ def test_a_non_finite_gradient_stops_too(backend):
     assert history.history["loss"] == [1.0]
     np.testing.assert_array_equal(model.get_weights()[0], np.zeros((2, 1), np.float32))
     np.testing.assert_array_equal(model.get_weights()[1], [1.0])
+
+
+def test_dropout_is_active_only_in_training_and_reproducible(backend):
+    """Dropout is the identity in inference; in training its masks come from the model's
+    seed: the same seed gives the same history, another seed or no dropout another one."""
+    text = "input 30\ndense 30 relu\ndropout 0.5\ndense 2\noptimizer sgd\nloss mse"
+    x = np.random.default_rng(0).normal(size=(16, 30)).astype(np.float32)
+    y = np.zeros((16, 2), np.float32)
+    a, b, c = (ms.build(text, backend=backend, seed=s) for s in (1, 1, 2))
+    off = ms.build(text.replace("dropout 0.5", "dropout 0.0"), backend=backend, seed=1)
+    np.testing.assert_array_equal(a.predict(x), off.predict(x))  # inference: the identity
+    fit = dict(epochs=2, batch_size=4, verbose=0, shuffle=False)
+    ha, hb, hc, hoff = (m.fit(x, y, **fit).history["loss"] for m in (a, b, c, off))
+    assert ha == hb and ha != hc and ha != hoff
