@@ -15,7 +15,9 @@ layer is exercised), a dense head after it, SGD and MSE - and checks on `backend
   5. a save/load round trip: ms.load_model on the same backend gives the same weights and
      outputs, bit for bit;
   6. the backend's emitted program, run on its own where modelspec cannot be imported,
-     loaded with the same weights, reproduces the built model's outputs.
+     loaded with the same weights, holds them bit for bit under the same paths and model
+     name and reproduces the built model's outputs (1e-6 relative, and each value within
+     1e-6 of itself plus 1e-7).
 
 `run_model_test` does the same for a whole spec. Checks 4 to 6 run from weights moved off
 their initial values (`case_weights`), so that biases, gamma, beta and the moving
@@ -53,6 +55,7 @@ FORWARD_RTOL = 1e-5
 LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-4
 STANDALONE_RTOL = 1e-6
+STANDALONE_ELEMENTWISE = dict(rtol=1e-6, atol=1e-7)  # each value too, as the emitters' own tests held it
 TRAINING = "optimizer sgd learning_rate=0.1\nloss mse"
 
 
@@ -285,14 +288,23 @@ def check_round_trip(what: str, report: Any, model: Any, x0: np.ndarray, tmp_pat
 
 
 def check_standalone(what: str, report: Any, ran: dict[str, Any], predictions: np.ndarray) -> None:
-    """The emitted program's predictions, with the same weights; its weight paths and its own
-    initial weights where it exposes them."""
+    """The emitted program's model name and predictions, with the same weights; where it
+    exposes them, its weight paths, the weights it holds once loaded (the same bits: the
+    layouts round-trip exactly) and its own initial weights."""
+    assert str(ran["name"]) == report.spec.name, f"{what}: the program's model name"
+    if "loaded" in ran:
+        expected = case_weights(report.spec, report)
+        assert len(ran["loaded"]) == len(expected), f"{what}: the program's weights"
+        for w, got, ref in zip(report.weights, ran["loaded"], expected):
+            assert got.dtype == np.float32 and got.tobytes() == ref.tobytes(), f"{what}: the program's {w.path}"
     if "paths" in ran:
         assert list(ran["paths"]) == [w.path for w in report.weights], f"{what}: the program's weight paths"
     if "initial" in ran:
         for w, got, ref in zip(report.weights, ran["initial"], initial_weights(report.spec, report, SEED)):
             assert got.tobytes() == ref.tobytes(), f"{what}: the program's initial {w.path}"
     assert_close(ran["predictions"], predictions, STANDALONE_RTOL, f"{what}, the emitted program's predictions")
+    np.testing.assert_allclose(ran["predictions"], predictions, **STANDALONE_ELEMENTWISE,
+                               err_msg=f"{what}, the emitted program's predictions")
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,7 +329,8 @@ def load(path, name):
 
 def run_numpy(program, weights, case, x):
     initial = {f"i{k}": w for k, w in enumerate(program.initial_weights(case["seed"]))}  # its own draw
-    return {"predictions": program.predict(program.build(weights), x), **initial}
+    return {"predictions": program.predict(program.build(weights), x), "name": np.array(program.MODEL_NAME),
+            **initial}
 
 
 def run_torch(program, weights, case, x):
@@ -328,7 +341,9 @@ def run_torch(program, weights, case, x):
     net.load_keras_weights({p: torch.from_numpy(w) for p, w in zip(case["paths"], weights)})
     with torch.no_grad():
         out = net.eval()(torch.from_numpy(x)).numpy()
-    return {"predictions": out, "paths": np.array(list(net.keras_weights()))}
+    loaded = {f"l{k}": w.numpy() for k, w in enumerate(net.keras_weights().values())}
+    return {"predictions": out, "paths": np.array(list(net.keras_weights())), "name": np.array(net.keras_name),
+            **loaded}
 
 
 def run_keras(program, weights, case, x):
@@ -338,7 +353,9 @@ def run_keras(program, weights, case, x):
     model = program.build_model()
     model.set_weights(weights)
     out = keras.ops.convert_to_numpy(model(x, training=False))
-    return {"predictions": out, "paths": np.array([w.path for w in model.weights])}
+    loaded = {f"l{k}": w for k, w in enumerate(model.get_weights())}
+    return {"predictions": out, "paths": np.array([w.path for w in model.weights]), "name": np.array(model.name),
+            **loaded}
 
 
 def main(backend, cases):
@@ -425,9 +442,10 @@ class Standalone:
         assert not error.exists(), f"the emitted {self.backend} program failed:\n{error.read_text()}"
         assert out_file.exists(), f"the {self.backend} driver wrote nothing for this case:\n{self.log()}"
         out = dict(np.load(out_file))
-        initial = sorted((k for k in out if k[0] == "i" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-        if initial:
-            out["initial"] = [out.pop(k) for k in initial]
+        for prefix, name in (("i", "initial"), ("l", "loaded")):
+            keys = sorted((k for k in out if k[0] == prefix and k[1:].isdigit()), key=lambda k: int(k[1:]))
+            if keys:
+                out[name] = [out.pop(k) for k in keys]
         return out
 
     def wait(self, timeout: float = 600) -> None:
