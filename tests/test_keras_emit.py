@@ -15,7 +15,6 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -54,6 +53,19 @@ for case in cases:
     out = {"name": model.name, "layers": [layer.name for layer in model.layers],
            "paths": [w.path for w in model.weights],
            "predictions": keras.ops.convert_to_numpy(model(data["x"], training=False)).tolist()}
+    out["configs"] = [layer.get_config() for layer in model.layers]
+    out["compile"] = model.get_compile_config() if model.compiled else None
+    if case["fit_call"]:
+        calls = []
+
+        class Called:
+            history = {}
+
+        model.fit = lambda *args, **kwargs: calls.append([len(args), kwargs]) or Called()
+        program.train(model, data["x"], data["y"])
+        out["fit_call"] = calls
+        model = program.build_model()
+        model.set_weights(weights)
     if case["train"]:
         out["history"] = model.fit(data["x"], data["y"], batch_size=16, epochs=1, shuffle=False, verbose=0).history
     if case["fit_settings"]:
@@ -68,7 +80,7 @@ for case in cases:
             runpy.run_path(case["program"], run_name="__main__")
         out["main"] = captured.getvalue()
     results[case["id"]] = out
-json.dump(results, open(sys.argv[2], "w"))
+json.dump(results, open(sys.argv[2], "w"), default=str)
 '''
 
 
@@ -105,7 +117,20 @@ def trainable_in_keras(spec: ms.ir.Spec) -> bool:
     return spec.loss is not None and not unseeded and runs_in_keras(spec)
 
 
-CASES = ({p.stem: ms.parse(p) for p in SPEC_FILES} | {name: ms.parse(text) for name, text in VARIED.items()}
+TUTORIAL = """\
+model tutorial
+dense 512 in 784
+dense 64 relu he_normal(seed=2024) l2=0.01
+batchnorm
+leaky_relu
+dropout 0.2 seed=1
+dense 10 softmax
+optimizer rmsprop lr=0.001 momentum=0.5
+loss categorical_crossentropy
+metrics accuracy
+fit batch=128 epochs=5 validation=0.1
+"""
+CASES = ({p.stem: ms.parse(p) for p in SPEC_FILES} | {"tutorial": ms.parse(TUTORIAL)} | {name: ms.parse(text) for name, text in VARIED.items()}
          | {f"random_{i}": ms.parse(t) for i, t in enumerate(specgen.spec_texts(5, seed=11))}
          | {"hostile": hostile_spec()})
 FIT_SETTINGS = "every_layer"  # small, with every fit option: its train() runs too
@@ -131,7 +156,8 @@ def programs(tmp_path_factory):
             arrays["y"] = labels(spec, 40, rng)
         np.savez(tmp / f"d{index}.npz", **arrays)
         cases.append({"id": case_id, "program": str(tmp / f"p{index}.py"), "data": str(tmp / f"d{index}.npz"),
-                      "train": train, "fit_settings": case_id == FIT_SETTINGS, "main": case_id == "mnist"})
+                      "train": train, "fit_settings": case_id == FIT_SETTINGS, "main": case_id == "mnist",
+                      "fit_call": case_id == "tutorial"})
         built[case_id] = (spec, model, code, arrays)
     (tmp / "cases.json").write_text(json.dumps(cases))
     (tmp / "driver.py").write_text(DRIVER)
@@ -207,48 +233,64 @@ def test_hostile_names_stay_inside_their_strings(programs):
         ["import keras", "from keras import layers"]
 
 
-def test_the_tutorial_program():
-    spec = ms.parse(textwrap.dedent("""\
-        model tutorial
-        dense 512 in 784
-        dense 64 relu he_normal(seed=2024) l2=0.01
-        batchnorm
-        leaky_relu
-        dropout 0.2 seed=1
-        dense 10 softmax
-        optimizer rmsprop lr=0.001 momentum=0.5
-        loss categorical_crossentropy
-        metrics accuracy
-        fit batch=128 epochs=5 validation=0.1
-    """))
-    code = backends.get("keras").emit(spec, ms.check(spec))
-    expected = textwrap.indent(textwrap.dedent("""\
-        model = keras.Sequential(
-            [
-                keras.Input(shape=(784,)),
-                layers.Dense(512),
-                layers.Dense(
-                    64,
-                    activation="relu",
-                    kernel_initializer=keras.initializers.HeNormal(seed=2024),
-                    kernel_regularizer=keras.regularizers.L2(0.01),
-                ),
-                layers.BatchNormalization(),
-                layers.LeakyReLU(negative_slope=0.3),
-                layers.Dropout(0.2, seed=1),
-                layers.Dense(10, activation="softmax"),
-            ],
-            name="tutorial",
-        )
-        model.compile(
-            optimizer=keras.optimizers.RMSprop(learning_rate=0.001, momentum=0.5),
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        return model
-    """), "    ")
-    assert expected in code
-    assert "return model.fit(x, y, batch_size=128, epochs=5, validation_split=0.1)" in code
+def comparable(config):
+    """A layer's or compile's config as JSON gives it back, a penalty as its float32 (l1, l2)
+    pair (keras.regularizers.L2(0.01) and L1L2(0, 0.01) are the same penalty), a layer without
+    a bias without its bias initializer."""
+    def norm(value):
+        if isinstance(value, dict):
+            if value.get("module") == "keras.regularizers":
+                c = value["config"]
+                return ("penalty", np.float32(c.get("l1", 0.0)), np.float32(c.get("l2", 0.0)))  # as applied
+            return {k: norm(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [norm(v) for v in value]
+        return value
+    config = norm(json.loads(json.dumps(config, default=str)))
+    if isinstance(config, dict) and config.get("use_bias") is False:
+        config.pop("bias_initializer")  # no bias: its initializer does nothing
+    return config
+
+
+def keras_reference_model(spec: ms.ir.Spec) -> "keras.Model":
+    """The spec as a Keras model the tests build (tests/keras_reference.py), compiled as a user
+    would compile it with the spec's training section."""
+    import keras
+
+    import keras_reference as kr
+
+    keras.backend.clear_session(free_memory=False)
+    model = kr.model(spec)
+    if spec.loss is not None:
+        opt = spec.optimizer or ms.ir.Optimizer(name="rmsprop")
+        classes = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
+                   "nadam": "Nadam"}
+        optimizer = getattr(keras.optimizers, classes[opt.name])(**{k: v for k, v in opt.config().items()
+                                                                    if v is not None})
+        loss = keras.losses.Huber(delta=spec.loss.delta) if spec.loss.delta is not None else spec.loss.name
+        model.compile(optimizer=optimizer, loss=loss, metrics=list(spec.metrics) or None)
+    return model
+
+
+@pytest.mark.parametrize("case_id", [c for c, s in CASES.items() if c != "hostile"])
+def test_program_configures_keras_as_a_hand_built_model(programs, case_id):
+    """Every layer's configuration (initializers and their seeds, penalties, slopes, dropout
+    seeds, Keras's defaults) and the compile settings (optimizer and its hyperparameters,
+    loss, metrics) of the program's model: those of the Keras model the tests build."""
+    built, ran = programs
+    spec = built[case_id][0]
+    reference = keras_reference_model(spec)
+    configs = ran[case_id]["configs"]
+    assert len(configs) == len(reference.layers)
+    for got, layer in zip(configs, reference.layers):
+        assert comparable(got) == comparable(layer.get_config()), layer.name
+    expected = comparable(reference.get_compile_config()) if spec.loss is not None else None
+    assert comparable(ran[case_id]["compile"]) == expected
+
+
+def test_the_tutorial_program_trains_with_its_fit_statement(programs):
+    """train() calls fit(x, y) with the spec's batch size, epochs and validation split."""
+    assert programs[1]["tutorial"]["fit_call"] == [[2, {"batch_size": 128, "epochs": 5, "validation_split": 0.1}]]
 
 
 def test_names_tensorflow_rejects_are_emitted_with_a_warning_and_refused_by_build(tmp_path, capsys):
@@ -316,7 +358,8 @@ def test_compile_does_not_start_tensorflow(tmp_path):
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'framework imported'")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "layers.Dense(3" in result.stdout
+    program = ast.parse(result.stdout)
+    assert "build_model" in {node.name for node in program.body if isinstance(node, ast.FunctionDef)}
 
 
 def test_literal_round_trips_every_string():

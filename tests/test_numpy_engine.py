@@ -155,19 +155,6 @@ def test_a_non_finite_step_stops_without_its_update():
     assert int(engine.optimizer_state()[0]) == 2
 
 
-def test_a_non_finite_gradient_stops_too():
-    """Huge inputs to a zero kernel: the loss is finite, but the kernel's gradient Σ x·dy
-    overflows float32."""
-    engine = engine_for("input 2\ndense 1", loss="mse")
-    x = np.full((2, 2), 3e38, np.float32)
-    y = np.zeros((2, 1), np.float32)
-    engine.set_weights([np.zeros((2, 1), np.float32), np.ones(1, np.float32)])
-    totals = engine.train_epoch(engine.prepare(x, y), np.arange(2), 2)
-    assert np.isfinite(totals.loss_sum)
-    assert totals.stopped_at == 0
-    np.testing.assert_array_equal(engine.get_weights()[1], [1.0])
-
-
 def test_labels_are_aligned_once_by_the_model_as_keras_aligns_them():
     assert check_y(np.arange(4), 4, (None, 1), "mse").shape == (4, 1)
     assert check_y(np.zeros((4, 1, 1)), 4, (None, 1), "mse").shape == (4, 1)
@@ -226,23 +213,6 @@ def test_dropout_is_inverted_seeded_and_only_in_training():
     masks = [layer.forward(np.ones((2, 100), np.float32), True) for layer in unseeded]
     np.testing.assert_array_equal(masks[0], masks[1])
     assert (masks[0] != masks[2]).any()
-
-
-@pytest.mark.parametrize("optimizer, hyper, extra", [
-    ("sgd", {}, lambda t: 2), ("sgd", {"momentum": 0.9}, lambda t: t + 2), ("rmsprop", {}, lambda t: t + 2),
-    ("rmsprop", {"momentum": 0.5, "centered": True}, lambda t: 3 * t + 2), ("adam", {}, lambda t: 2 * t + 2),
-    ("adamw", {}, lambda t: 2 * t + 2), ("adagrad", {}, lambda t: t + 2), ("nadam", {}, lambda t: 2 * t + 3)])
-def test_optimizer_state_counts_like_keras(optimizer, hyper, extra):
-    """SEMANTICS §8: Adam adds 2·T + 2 (m, v, iteration, learning_rate), SGD without momentum
-    2, RMSprop T + 2; Nadam keeps one more scalar, its momentum-schedule product."""
-    engine = engine_for("input 4\ndense 3 relu\nbatchnorm\ndense 2", optimizer, loss="mse", **hyper)
-    assert engine.optimizer_state() == []  # Keras builds its optimizer at the first step
-    x = np.ones((2, 4), np.float32)
-    engine.train_epoch(engine.prepare(x, np.zeros((2, 2))), np.arange(2), 2)
-    state = engine.optimizer_state()
-    trainable = 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2  # moving statistics are not trainable
-    assert sum(a.size for a in state) == extra(trainable)
-    assert state[0] == 1 and state[1] == pytest.approx(engine.config.hyper["learning_rate"])
 
 
 def test_weights_in_and_out():
@@ -352,10 +322,18 @@ def test_emitted_code_is_standalone_and_computes_what_the_engine_does(tmp_path):
         history.append(totals.loss_sum / totals.count)
     np.testing.assert_allclose(out["history"], history, rtol=1e-6)
     np.testing.assert_allclose(out["trained"], engine.predict(data, 32), rtol=1e-5, atol=1e-6)
-    # only what the spec uses: no other layers, optimizers, losses or activations
-    assert "class Conv2D" in source and "class Nadam" in source
-    for absent in ("class AvgPool2D", "class Dropout", "class Adam", "def mse", "def selu", "def huber"):
-        assert absent not in source
+    # only what the spec uses: no other layers, optimizers, losses or activations, so every
+    # definition is used (the entry points by the `__main__` block)
+    assert defined_but_unused(source) == set()
+
+
+def defined_but_unused(source):
+    """Top-level functions, classes and constants nothing in the module refers to."""
+    tree = ast.parse(source)
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+    return defined - {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def test_emitted_code_for_every_tutorial_spec_compiles():
@@ -366,6 +344,7 @@ def test_emitted_code_for_every_tutorial_spec_compiles():
         source = NumpyBackend().emit(spec, ms.check(spec))
         compile(source, str(path), "exec")
         assert imports(source) == ["numpy"]
+        assert defined_but_unused(source) == set(), path.stem
 
 
 HOSTILE = ['x"); import os #', "a'''b\"\"\"c", "line\nbreak\rreturn\u2028sep", "\\", "#", "é 模型"]

@@ -247,40 +247,15 @@ def test_when_graph_capture_is_unavailable_training_runs_step_by_step():
         np.testing.assert_array_equal(a, b)
 
 
-# -- dropout, optimizer state ------------------------------------------------------------------
+# -- dropout ------------------------------------------------------------------
 
 
-def test_dropout_is_active_only_in_training_and_reproducible():
-    text = "input 30\ndense 30 relu\ndropout 0.5\ndense 2\noptimizer sgd\nloss mse"
-    x = np.random.default_rng(0).normal(size=(16, 30)).astype(np.float32)
-    y = np.zeros((16, 2), np.float32)
-    a, b, c = (ms.build(text, backend="torch", device="cpu", seed=s) for s in (1, 1, 2))
-    off = ms.build(text.replace("dropout 0.5", "dropout 0.0"), backend="torch", device="cpu", seed=1)
-    np.testing.assert_array_equal(a.predict(x), off.predict(x))  # inference: identity
-    fit = dict(epochs=2, batch_size=4, verbose=0, shuffle=False)
-    ha, hb, hc, hoff = (m.fit(x, y, **fit).history["loss"] for m in (a, b, c, off))
-    assert ha == hb and ha != hc and ha != hoff
-    layer = a.native.layers.dropout.train()
-    h = torch.ones(1000, 30)
-    kept = layer(h)
-    assert set(kept.unique().tolist()) == {0.0, 2.0}  # inverted: kept values are scaled by 1/(1 - rate)
+def test_the_native_dropout_layer_is_inverted():
+    """Kept values are scaled by 1/(1 - rate); about `rate` of them are dropped. (That dropout
+    is the identity in inference and follows the model's seed is a conformance test.)"""
+    model = ms.build("input 30\ndense 30 relu\ndropout 0.5\ndense 2\noptimizer sgd\nloss mse", backend="torch",
+                     device="cpu", seed=1)
+    layer = model.native.layers.dropout.train()
+    kept = layer(torch.ones(1000, 30))
+    assert set(kept.unique().tolist()) == {0.0, 2.0}
     assert 0.45 < (kept == 0).float().mean() < 0.55
-
-
-@pytest.mark.parametrize("optimizer, extra", [
-    ("sgd", lambda t: 2), ("sgd momentum=0.9", lambda t: t + 2), ("rmsprop", lambda t: t + 2),
-    ("rmsprop momentum=0.5 centered=true", lambda t: 3 * t + 2), ("adam", lambda t: 2 * t + 2),
-    ("adamw", lambda t: 2 * t + 2), ("adagrad", lambda t: t + 2), ("nadam", lambda t: 2 * t + 3)])
-def test_optimizer_variables_count_as_keras_counts_them(optimizer, extra):
-    """SEMANTICS §8: Adam adds 2·T + 2, SGD without momentum 2, RMSprop T + 2 (Nadam one more
-    scalar); none before the first training step."""
-    model = ms.build(f"input 4\ndense 3 relu\nbatchnorm\ndense 2\noptimizer {optimizer}\nloss mse",
-                     backend="torch", device="cpu")
-    x, y = np.ones((2, 4), np.float32), np.zeros((2, 2), np.float32)
-    model.fit(x, y, epochs=0, verbose=0)
-    assert model.engine.optimizer_state() == []
-    model.fit(x, y, epochs=1, verbose=0)
-    state = model.engine.optimizer_state()
-    trainable = 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2
-    assert sum(a.size for a in state) == extra(trainable)
-    assert state[0].dtype == np.int64 and state[0] == 1

@@ -14,7 +14,14 @@ strict mode reports as a failure, until the marker is removed.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# tests/ itself, for the shared corpus (corpus.py) and the Keras reference (keras_reference.py),
+# when the suite runs on its own
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from modelspec import backends
 

@@ -15,7 +15,9 @@ layer is exercised), a dense head after it, SGD and MSE - and checks on `backend
   5. a save/load round trip: ms.load_model on the same backend gives the same weights and
      outputs, bit for bit;
   6. the backend's emitted program, run on its own where modelspec cannot be imported,
-     loaded with the same weights, reproduces the built model's outputs.
+     loaded with the same weights, holds them bit for bit under the same paths and model
+     name and reproduces the built model's outputs (1e-6 relative, and each value within
+     1e-6 of itself plus 1e-7).
 
 `run_model_test` does the same for a whole spec. Checks 4 to 6 run from weights moved off
 their initial values (`case_weights`), so that biases, gamma, beta and the moving
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import modelspec as ms
 from modelspec import backends, ir
@@ -53,6 +56,7 @@ FORWARD_RTOL = 1e-5
 LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-4
 STANDALONE_RTOL = 1e-6
+STANDALONE_ELEMENTWISE = dict(rtol=1e-6, atol=1e-7)  # each value too, as the emitters' own tests held it
 TRAINING = "optimizer sgd learning_rate=0.1\nloss mse"
 
 
@@ -175,6 +179,7 @@ def run_model_test(backend: str, spec: ir.Spec, expected_output_shape: tuple[int
     start = case_weights(spec, report)
     model.set_weights(start)
     reference.set_weights(start)
+    check_weights_in_and_out(what, report, model, start)
     predictions = check_forward(what, report, model, reference, x0, predict)
     if tmp_path is not None:
         check_round_trip(what, report, model, x0, tmp_path)
@@ -198,6 +203,19 @@ def check_counts(what: str, report: Any, weights: list[np.ndarray], layer_index:
         assert tuple(shape) == (None, *expected_output_shape), f"{what}: the checker's output shape"
         assert (params, non_trainable) == (expected_params, expected_non_trainable), f"{what}: the checker's counts"
     assert own == params, f"{what}: the backend holds {own} parameters, expected {params}"
+
+
+def check_weights_in_and_out(what: str, report: Any, model: Any, weights: list[np.ndarray]) -> None:
+    """get_weights after set_weights: the same bits, float32, C-contiguous, and copies (writing
+    to them leaves the model as it was)."""
+    got = model.get_weights()
+    assert len(got) == len(weights), f"{what}: get_weights' length"
+    for w, a, b in zip(report.weights, got, weights):
+        assert a.dtype == np.float32 and a.flags.c_contiguous, f"{what}: {w.path}'s array"
+        assert a.tobytes() == b.tobytes(), f"{what}: {w.path} after set_weights"
+    if got:
+        got[0][...] = 7
+        assert model.get_weights()[0].tobytes() == weights[0].tobytes(), f"{what}: get_weights returns a view"
 
 
 def check_forward(what: str, report: Any, model: Any, reference: Any, x0: np.ndarray, predict: bool) -> np.ndarray:
@@ -255,14 +273,23 @@ def check_round_trip(what: str, report: Any, model: Any, x0: np.ndarray, tmp_pat
 
 
 def check_standalone(what: str, report: Any, ran: dict[str, Any], predictions: np.ndarray) -> None:
-    """The emitted program's predictions, with the same weights; its weight paths and its own
-    initial weights where it exposes them."""
+    """The emitted program's model name and predictions, with the same weights; where it
+    exposes them, its weight paths, the weights it holds once loaded (the same bits: the
+    layouts round-trip exactly) and its own initial weights."""
+    assert str(ran["name"]) == report.spec.name, f"{what}: the program's model name"
+    if "loaded" in ran:
+        expected = case_weights(report.spec, report)
+        assert len(ran["loaded"]) == len(expected), f"{what}: the program's weights"
+        for w, got, ref in zip(report.weights, ran["loaded"], expected):
+            assert got.dtype == np.float32 and got.tobytes() == ref.tobytes(), f"{what}: the program's {w.path}"
     if "paths" in ran:
         assert list(ran["paths"]) == [w.path for w in report.weights], f"{what}: the program's weight paths"
     if "initial" in ran:
         for w, got, ref in zip(report.weights, ran["initial"], initial_weights(report.spec, report, SEED)):
             assert got.tobytes() == ref.tobytes(), f"{what}: the program's initial {w.path}"
     assert_close(ran["predictions"], predictions, STANDALONE_RTOL, f"{what}, the emitted program's predictions")
+    np.testing.assert_allclose(ran["predictions"], predictions, **STANDALONE_ELEMENTWISE,
+                               err_msg=f"{what}, the emitted program's predictions")
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +314,8 @@ def load(path, name):
 
 def run_numpy(program, weights, case, x):
     initial = {f"i{k}": w for k, w in enumerate(program.initial_weights(case["seed"]))}  # its own draw
-    return {"predictions": program.predict(program.build(weights), x), **initial}
+    return {"predictions": program.predict(program.build(weights), x), "name": np.array(program.MODEL_NAME),
+            **initial}
 
 
 def run_torch(program, weights, case, x):
@@ -298,7 +326,9 @@ def run_torch(program, weights, case, x):
     net.load_keras_weights({p: torch.from_numpy(w) for p, w in zip(case["paths"], weights)})
     with torch.no_grad():
         out = net.eval()(torch.from_numpy(x)).numpy()
-    return {"predictions": out, "paths": np.array(list(net.keras_weights()))}
+    loaded = {f"l{k}": w.numpy() for k, w in enumerate(net.keras_weights().values())}
+    return {"predictions": out, "paths": np.array(list(net.keras_weights())), "name": np.array(net.keras_name),
+            **loaded}
 
 
 def run_keras(program, weights, case, x):
@@ -308,7 +338,9 @@ def run_keras(program, weights, case, x):
     model = program.build_model()
     model.set_weights(weights)
     out = keras.ops.convert_to_numpy(model(x, training=False))
-    return {"predictions": out, "paths": np.array([w.path for w in model.weights])}
+    loaded = {f"l{k}": w for k, w in enumerate(model.get_weights())}
+    return {"predictions": out, "paths": np.array([w.path for w in model.weights]), "name": np.array(model.name),
+            **loaded}
 
 
 def main(backend, cases):
@@ -395,9 +427,10 @@ class Standalone:
         assert not error.exists(), f"the emitted {self.backend} program failed:\n{error.read_text()}"
         assert out_file.exists(), f"the {self.backend} driver wrote nothing for this case:\n{self.log()}"
         out = dict(np.load(out_file))
-        initial = sorted((k for k in out if k[0] == "i" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-        if initial:
-            out["initial"] = [out.pop(k) for k in initial]
+        for prefix, name in (("i", "initial"), ("l", "loaded")):
+            keys = sorted((k for k in out if k[0] == prefix and k[1:].isdigit()), key=lambda k: int(k[1:]))
+            if keys:
+                out[name] = [out.pop(k) for k in keys]
         return out
 
     def wait(self, timeout: float = 600) -> None:
@@ -425,3 +458,124 @@ def shared_directory(tmp_path_factory: Any, name: str) -> Path:
     base temporary directories, under one for the session)."""
     base = tmp_path_factory.getbasetemp()
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
+# ---------------------------------------------------------------------------------------
+# Whole training runs: Model.fit over several epochs of several batches
+
+
+# Elementwise tolerances (|got - ref| <= atol + rtol·|ref|), those of the per-backend parity
+# files these runs replace (tests/test_torch_parity.py, tests/test_keras_parity.py,
+# tests/test_torch_keras.py), the tighter one where they differed.
+FIT_PREDICT = dict(rtol=1e-5, atol=1e-6)    # before training
+FIT_HISTORY = dict(rtol=1e-4, atol=1e-7)    # each epoch's loss, metrics, validation figures
+FIT_EVALUATE = dict(rel=1e-4, abs=1e-6)     # Model.evaluate after training
+FIT_TRAINED = dict(rtol=1e-4, atol=1e-5)    # predictions after training
+FIT_WEIGHTS = dict(rtol=1e-3, atol=2e-5)    # weights after training, moving statistics included
+FIT_SLOTS = dict(rtol=1e-3, atol=1e-6)      # optimizer variables after training
+KERAS_FIT_HISTORY = dict(rtol=1e-4, atol=0.0)   # against a Keras model built by the tests
+KERAS_FIT_TRAINED = dict(rtol=1e-4, atol=1e-6)
+KERAS_FIT_WEIGHTS = dict(rtol=1e-3, atol=1e-5)
+KERAS_OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
+                    "nadam": "Nadam"}
+
+
+def labels(loss: str, out: tuple[int, ...], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Labels of the kind `loss` takes for outputs of shape `out` (the batch excluded)."""
+    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        ids = rng.integers(0, out[-1], size=(n, *out[:-1]))
+        return ids if loss.startswith("sparse") else np.eye(out[-1], dtype=np.float32)[ids]
+    if loss == "binary_crossentropy":
+        return (rng.random((n, *out)) < 0.5).astype(np.float32)
+    return rng.standard_normal((n, *out), dtype=np.float32)
+
+
+def fit_data(spec: ir.Spec, report: Any, n: int, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED + 4)
+    x = rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
+    return x, labels(loss, tuple(report.output_shape[1:]), n, rng)
+
+
+def fit_run(backend: str, spec: ir.Spec, n: int, fit: dict[str, Any], compile: dict[str, Any] | None) -> dict[str, Any]:
+    """Build on `backend` (the conformance seed), predict, fit, evaluate, predict again: what
+    each step gave, the weights and the optimizer's variables after it."""
+    model = ms.build(spec, backend=backend, seed=SEED)
+    if compile:
+        model.compile(**compile)
+    x, y = fit_data(spec, model.report, n, (compile or {}).get("loss") or loss_of(spec))
+    before = model.predict(x)
+    history = model.fit(x, y, verbose=0, **fit)
+    assert history.stopped is None, f"{backend}: {history.stopped}"
+    return {"before": before, "history": history.history, "evaluate": model.evaluate(x, y),
+            "after": model.predict(x), "weights": model.get_weights(),
+            "slots": model.engine.optimizer_state(), "paths": model.weight_paths}
+
+
+def keras_fit_run(spec: ir.Spec, n: int, fit: dict[str, Any]) -> dict[str, Any]:
+    """The same run in a Keras model the tests build from the IR (tests/keras_reference.py),
+    started from the same initial weights: an independent reference. No shuffling: Keras
+    draws its own order."""
+    import keras
+
+    import keras_reference as kr
+
+    assert not fit.get("shuffle"), "Keras shuffles in its own order"
+    report = ms.check(spec)
+    model = kr.model(spec)
+    model.set_weights(initial_weights(spec, report, SEED))
+    optimizer = getattr(keras.optimizers, KERAS_OPTIMIZERS[spec.optimizer.name])(**spec.optimizer.config())
+    model.compile(optimizer, spec.loss.name, metrics=list(spec.metrics))
+    x, y = fit_data(spec, report, n, spec.loss.name)
+    before = model.predict(x, verbose=0)
+    history = model.fit(x, y, verbose=0, **fit).history
+    return {"before": before, "history": history, "evaluate": model.evaluate(x, y, verbose=0, return_dict=True),
+            "after": model.predict(x, verbose=0), "weights": model.get_weights()}
+
+
+def run_fit_test(backend: str, spec: ir.Spec, *, n: int, batch_size: int, epochs: int = 3,
+                 validation_split: float = 0.0, shuffle: bool = False, compile: dict[str, Any] | None = None,
+                 reference: str = "numpy", cache: dict[str, Any] | None = None) -> None:
+    """`epochs` epochs of Model.fit on `backend` against the same run on `reference`: "numpy"
+    (the reference backend: predictions before, every epoch's history, evaluate, predictions
+    after, weights and optimizer variables after) or "keras" (a Keras model the tests build,
+    `keras_fit_run`: the same but the optimizer's variables). Both start from the conformance
+    seed's initial weights, which run_model_test holds bit-identical across backends."""
+    fit = dict(batch_size=batch_size, epochs=epochs, validation_split=validation_split, shuffle=shuffle)
+    if shuffle:
+        fit["seed"] = SEED + 1
+    key = f"{reference}|{spec_key(spec)}|{n}|{sorted(fit.items())}|{compile}"
+    if cache is not None and key in cache:
+        expected = cache[key]
+    elif reference == "keras":
+        assert compile is None
+        expected = keras_fit_run(spec, n, {k: v for k, v in fit.items() if k != "seed"})
+    else:
+        expected = fit_run("numpy", spec, n, fit, compile)
+    if cache is not None:
+        cache[key] = expected
+    got = fit_run(backend, spec, n, fit, compile)
+    what = f"{backend} against {reference}"
+    np.testing.assert_allclose(got["before"], expected["before"], **FIT_PREDICT, err_msg=f"{what}: predictions")
+    order = list if reference == "numpy" else sorted  # Keras orders its history as it pleases
+    assert order(got["history"]) == order(expected["history"]), f"{what}: history keys"
+    history_tol = KERAS_FIT_HISTORY if reference == "keras" else FIT_HISTORY
+    for name, values in expected["history"].items():
+        assert len(got["history"][name]) == epochs, f"{what}: {name} has one value per epoch"
+        np.testing.assert_allclose(got["history"][name], values, **history_tol, err_msg=f"{what}: history {name}")
+    assert order(got["evaluate"]) == order(expected["evaluate"]), f"{what}: evaluate's keys"
+    for name, value in expected["evaluate"].items():
+        assert got["evaluate"][name] == pytest.approx(value, **FIT_EVALUATE), f"{what}: evaluate {name}"
+    np.testing.assert_allclose(got["after"], expected["after"], **(KERAS_FIT_TRAINED if reference == "keras"
+                                                                   else FIT_TRAINED),
+                               err_msg=f"{what}: predictions after training")
+    paths = got["paths"]
+    assert len(got["weights"]) == len(expected["weights"]) == len(paths)
+    for path, ours, theirs in zip(paths, got["weights"], expected["weights"]):
+        np.testing.assert_allclose(ours, theirs, **(KERAS_FIT_WEIGHTS if reference == "keras" else FIT_WEIGHTS),
+                                   err_msg=f"{what}: {path} after training")
+    if reference == "numpy":
+        ours, theirs = got["slots"], expected["slots"]
+        assert [a.shape for a in ours] == [a.shape for a in theirs], f"{what}: optimizer variables' shapes"
+        assert [a.dtype for a in ours] == [a.dtype for a in theirs], f"{what}: optimizer variables' dtypes"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            np.testing.assert_allclose(a, b, **FIT_SLOTS, err_msg=f"{what}: optimizer variable {i}")

@@ -71,6 +71,10 @@ LAYERS = [
     case("conv2d 4 (3, 2) strides=(2, 1) l1=0.01 l2=0.01", IMG, (2, 4, 4), 52),
     case("conv2d 4 (2, 3) strides=(1, 2) padding=same sigmoid", (5, 6, 2), (5, 3, 4), 52),
     case("conv2d 3 1x1 l1 bias_init=ones", IMG, (5, 5, 3), 9),
+    # three input channels into a rectangular 'same' kernel with unequal strides, then
+    # flattened: the outputs match only if each kernel index and each flattened position
+    # lands where Keras puts it (channels last)
+    case("conv2d 2 (3, 2) padding=same strides=(2, 1)", (5, 4, 3), (3, 4, 2), 38),
     case("conv2d 2 1x2 stride=1x2", (4, 3, 1), (4, 1, 2), 6, id="onednn-one-column", marks=pytest.mark.notimpl(
         ["keras"], reason="TensorFlow's oneDNN kernel computes a conv2d of one input channel, strides (1, 2) and "
         "one output column wrongly (a new answer each call): the Keras backend refuses it", raises=SpecError)),
