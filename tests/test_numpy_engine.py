@@ -174,7 +174,7 @@ def test_labels_are_aligned_once_by_the_model_as_keras_aligns_them():
 
 
 def test_batchnorm_moving_statistics_use_the_biased_variance():
-    """SEMANTICS §2: moving = 0.99·moving + 0.01·batch statistic, variance biased (ddof=0)."""
+    """keras/src/layers/normalization/batch_normalization.py: moving = 0.99·moving + 0.01·batch statistic, variance biased (ddof=0)."""
     engine = engine_for("input 3\nbatchnorm\ndense 1", loss="mse")
     rng = np.random.default_rng(4)
     x, y = rng.normal(2.0, 3.0, size=(8, 3)).astype(np.float32), np.zeros((8, 1), np.float32)

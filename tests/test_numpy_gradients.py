@@ -193,7 +193,7 @@ def test_categorical_crossentropy_clipped_entries_get_no_gradient():
     y = onehot(np.array([0, 1]), 3)
     z = np.array([[1e-9, 0.5, 0.5], [0.2, 0.3, 0.5]])
     value, grad = K.categorical_crossentropy(y, z)
-    # -log(1e-7) caps the first sample's loss: SEMANTICS §3 quotes 8.2374 for p_true = 1e-9
+    # -log(1e-7) caps the first sample's loss: Keras 3.15.1 gives 8.2374 for p_true = 1e-9
     # with probabilities that sum to 1.
     assert value == pytest.approx((-np.log(1e-7) - np.log(0.3)) / 2, rel=1e-6)
     assert grad[0, 0] == 0
@@ -223,14 +223,14 @@ def test_huber(delta):
 
 
 def test_loss_values_against_formulas():
-    """Keras's reductions, from SEMANTICS §3, written out."""
+    """Keras's reductions (keras/src/losses/loss.py, sum_over_batch_size), written out."""
     y, z = np.array([[0.0, 1.0], [1.0, 1.0]]), np.array([[0.5, 0.2], [2.0, 1.0]])
     assert K.mse(y, z)[0] == pytest.approx(((0.25 + 0.64) / 2 + (1 + 0) / 2) / 2)
     assert K.mae(y, z)[0] == pytest.approx(((0.5 + 0.8) / 2 + 1 / 2) / 2)
     e = z - y  # huber delta=1: 0.5e² inside, |e| - 0.5 outside
     per = np.where(np.abs(e) <= 1, 0.5 * e ** 2, np.abs(e) - 0.5).mean(axis=1)
     assert K.huber(y, z)[0] == pytest.approx(per.mean())
-    # from logits: logsumexp - z_y; 25.0 is SEMANTICS's verified figure for [20, 0, -5], class 3
+    # from logits: logsumexp - z_y; 25.0 is Keras 3.15.1's figure for [20, 0, -5], class 3
     assert K.sparse_categorical_crossentropy(np.array([2]), np.array([[20.0, 0.0, -5.0]]), from_logits=True)[0] \
         == pytest.approx(25.0, rel=1e-9)
 

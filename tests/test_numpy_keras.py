@@ -233,7 +233,7 @@ def test_activation_values(name):
 
 
 def test_leaky_relu_slopes():
-    """The LeakyReLU layer's default is 0.3, the activation string's 0.2 (SEMANTICS §2)."""
+    """The LeakyReLU layer's default is 0.3, the activation string's 0.2 (keras/src/layers/activations/leaky_relu.py, keras/src/activations/activations.py)."""
     spec = ms.parse("input 2\nleaky_relu\ndense 2 leaky_relu")
     report = ms.check(spec)
     engine = NumpyEngine(spec, report)

@@ -1,5 +1,5 @@
 """The numpy backend's optimizers: three steps against each rule written out here (from
-SEMANTICS §6 and Keras's source), and against real Keras optimizers on the same gradients."""
+Keras's source, keras/src/optimizers/), and against real Keras optimizers on the same gradients."""
 
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def test_a_non_finite_step_stops_the_emitted_fit_before_its_update(tmp_path, cap
 
 
 def test_keras_initializers_in_the_emitted_module(tmp_path):
-    """Distributions of reset_parameters, from Keras's formulas (SEMANTICS §1)."""
+    """Distributions of reset_parameters, from Keras's formulas (keras/src/initializers/random_initializers.py)."""
     spec = ms.parse("input 400\ndense 300 he_normal\ndense 200 glorot_normal bias_init=ones\n"
                     "dense 100 lecun_uniform bias_init=random_uniform(minval=0.1, maxval=0.3)\n"
                     "dense 50 truncated_normal(mean=0.5, stddev=0.1)\ndense 60 orthogonal(gain=2.0)\ndense 10")

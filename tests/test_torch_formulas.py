@@ -1,5 +1,5 @@
 """The Keras-exact pieces of the torch backend (keras_ops), against Keras's formulas written
-out in NumPy float64 (SEMANTICS.md), and against real Keras where a number is Keras's own."""
+out in NumPy float64 (from Keras's source), and against real Keras where a number is Keras's own."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_rmsprop_puts_epsilon_inside_the_square_root():
         m = mu * m + lr * g / np.sqrt(v + eps)
         w = w - m
     np.testing.assert_allclose(run(K.RMSprop, learning_rate=lr, rho=rho, momentum=mu, epsilon=eps), w, rtol=1e-12)
-    # SEMANTICS §6: a first step with g = 1e-3 moves Keras by lr·2.24 (torch's rule: lr·3.16)
+    # keras/src/optimizers/rmsprop.py: a first step with g = 1e-3 moves Keras by lr·2.24 (torch's rule: lr·3.16)
     moved = W0[0] - run(K.RMSprop, steps=np.array([[1e-3, 0, 0]]), learning_rate=1.0)[0]
     assert moved == pytest.approx(1e-3 / math.sqrt(0.1 * 1e-6 + 1e-7), rel=1e-9) and round(moved, 2) == 2.24
 
@@ -184,7 +184,7 @@ def test_same_pooling_excludes_padding(size, k, s):
 
 
 def test_cross_entropy_from_logits_is_unclipped():
-    """SEMANTICS §3: logits [20, 0, -5], true class 3: Keras's TF backend reports 25.0."""
+    """Keras 3.15.1: logits [20, 0, -5], true class 3: Keras's TF backend reports 25.0."""
     logits = torch.tensor([[20.0, 0.0, -5.0]], dtype=torch.float64)
     assert K.softmax_cross_entropy(logits, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)).item() == \
         pytest.approx(25.0, rel=1e-9)

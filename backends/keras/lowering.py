@@ -157,7 +157,7 @@ def loss(name: str, delta: float | None = None) -> str | Call:
 
 
 def metric(name: str, kind: str) -> Call:
-    """A resolved metric (modelspec.model.resolve_metric did Keras's 'accuracy' rule), shown as `name`."""
+    """A resolved metric (modelspec.training.resolve_metric did Keras's 'accuracy' rule), shown as `name`."""
     return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={"name": name})
 
 

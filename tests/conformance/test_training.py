@@ -137,7 +137,7 @@ def test_fit(backend, run):
     ("rmsprop momentum=0.5 centered=true", lambda t: 3 * t + 2), ("adam", lambda t: 2 * t + 2),
     ("adamw", lambda t: 2 * t + 2), ("adagrad", lambda t: t + 2), ("nadam", lambda t: 2 * t + 3)])
 def test_optimizer_variables_count_as_keras_counts_them(backend, optimizer, extra):
-    """Keras's optimizer variables (SEMANTICS §8): the iteration count and the learning rate,
+    """Keras's optimizer variables (keras/src/optimizers/base_optimizer.py): the iteration count and the learning rate,
     then Adam's m and v per trainable weight (2·T + 2), SGD without momentum nothing more,
     RMSprop T + 2 (3·T + 2 with momentum, centered), Nadam one more scalar (its momentum
     schedule's product); none before the first training step. T counts trainable values
