@@ -199,8 +199,21 @@ def write(path: Path, data: str | bytes) -> None:
 
 
 def check_out(out: Path) -> None:
+    """The run folder is found unusable before any work, not after training."""
+    from ..fileio import writable_folder
+
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out}: exists and is not a folder")
+    if not writable_folder(out):
+        raise CommandError(f"--out {out}: cannot write there")
+
+
+def default_out(name: str) -> Path:
+    """runs/NAME, with the model's name made a safe folder name: a name is never a path."""
+    import re
+
+    safe = re.sub(r"[^\w.-]+", "_", name).strip(".") or "model"
+    return Path("runs") / safe
 
 
 def history_csv(history: dict[str, list[float]]) -> str:

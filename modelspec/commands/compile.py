@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import CommandError
+from . import CommandError, check_output
 
 HELP = "emit readable, standalone source code for a spec in one backend's framework"
 
@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnostics import SpecError
     from ..fileio import write_atomic
 
+    if args.output:
+        check_output(args.output, [args.spec])
     spec = parse(Path(args.spec))
     report = check(spec)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import CommandError
+from . import CommandError, check_output
 
 HELP = "turn a Keras Sequential model (.keras file or JSON config) into a spec"
 
@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import write_atomic
     from ..keras_import import ModelFileError, UnsupportedError, convert, read_config
 
+    if args.output:
+        check_output(args.output, [args.model])
     try:
         imported = convert(read_config(args.model), training=not args.layers_only)
     except ModelFileError as e:

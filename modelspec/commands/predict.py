@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import one_line
-from . import CommandError
+from . import CommandError, check_output
 from ._arguments import add_backend_arguments, positive_float, positive_int
 from ._output import console, print_json
 from ._runs import build, check_backend, load_spec, load_weights, trained_scale, write
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DataError, fit_input, infer_scale, load_inputs
 
+    if args.output:
+        check_output(args.output, [args.spec, args.weights, args.input], "--output")
     spec, report = load_spec(args.spec)
     check_backend(args.backend)
     try:

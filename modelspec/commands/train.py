@@ -8,7 +8,7 @@ import sys
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
 from ._output import console, metrics_table, print_json
 from ._runs import (
-    StopOnInterrupt, Trained, accuracy_key, build, check_backend, check_out, load_data, load_spec,
+    StopOnInterrupt, Trained, accuracy_key, build, check_backend, check_out, default_out, load_data, load_spec,
     prepare, train_and_save,
 )
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     spec, report = load_spec(args.spec)
     refuse_oversized(report, args.batch or (spec.fit and spec.fit.batch_size) or 32,
                      spec.optimizer or ir.Optimizer(name="rmsprop"))
-    out = Path(args.out or Path("runs") / spec.name)
+    out = Path(args.out) if args.out else default_out(spec.name)
     check_out(out)
     check_backend(args.backend)
     dataset = load_data(args)
