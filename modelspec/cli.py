@@ -41,15 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from .diagnostics import SpecError
+    from .diagnostics import Diagnostic, SpecError
 
+    json_mode = getattr(args, "json", False)
     try:
         return modules[args.command].run(args)
     except SpecError as e:
         print(e.render(), file=sys.stderr)
+        if json_mode:
+            _json_failure(e.diagnostics)
         return 1
     except CommandError as e:
         print(f"modelspec: error: {e}", file=sys.stderr)
+        if json_mode:
+            _json_failure([Diagnostic("error", str(e), code="command")])
         return e.code
     except KeyboardInterrupt:
         print("modelspec: interrupted", file=sys.stderr)
@@ -61,7 +66,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"modelspec: internal error: {type(e).__name__}: {e}\n"
               "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        if json_mode:
+            _json_failure([Diagnostic("error", f"internal error: {type(e).__name__}: {e}", code="internal")])
         return 1
+
+
+def _json_failure(diagnostics: list) -> None:
+    """With --json a failure is a JSON document on standard output too, in every command's shape."""
+    import json
+
+    try:
+        print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2))
+    except BrokenPipeError:  # the reader went away: nothing left to tell it
+        pass
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def test_check_json_has_exactly_the_documented_shape(tmp_path):
     spec = write(tmp_path, "model model1\ndense 512 relu he_normal in 784\ndense 64 relu he_normal\ndense 10 softmax\n")
     done = modelspec_cli("check", "--json", spec)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is True and [(f["file"], f["ok"], f["diagnostics"]) for f in doc["files"]] == [(str(spec), True, [])]
+    assert doc["files"][0]["report"] == {
         "model": "model1", "input_shape": [None, 784],
         "layers": [
             {"name": "dense", "kind": "dense", "output_shape": [None, 512], "params": 401920,
@@ -48,16 +50,44 @@ def test_check_json_has_exactly_the_documented_shape(tmp_path):
 
 def test_check_json_warnings_carry_their_position():
     done = modelspec_cli("check", "--json", "specs/model1.ms")
-    report = json.loads(done.stdout)
-    first = report["warnings"][0]
+    (file,) = json.loads(done.stdout)["files"]
+    assert file["report"]["warnings"] == file["diagnostics"]
+    first = file["diagnostics"][0]
     assert (first["severity"], first["file"], first["line"], first["column"], first["code"]) == (
         "warning", "specs/model1.ms", 4, 1, "composed-affine")
     assert first["hint"]
 
 
-def test_check_json_several_specs_is_a_list():
+def test_check_json_several_specs_is_the_same_shape():
     done = modelspec_cli("check", "--json", "specs/model1.ms", "specs/model_b.ms")
-    assert [r["total_params"] for r in json.loads(done.stdout)] == [435402, 221594]
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is True and [f["report"]["total_params"] for f in doc["files"]] == [435402, 221594]
+
+
+def test_check_json_reports_failures_in_the_same_document(tmp_path):
+    bad = write(tmp_path, "input 784\ndense 64 rleu\n", "bad.ms")
+    done = modelspec_cli("check", "--json", "specs/model1.ms", bad, str(tmp_path / "missing.ms"))
+    assert done.returncode == 1
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is False and [f["ok"] for f in doc["files"]] == [True, False, False]
+    error = doc["files"][1]["diagnostics"][0]
+    assert (error["severity"], error["file"], error["line"], error["column"], error["hint"]) == (
+        "error", str(bad), 2, 10, "did you mean 'relu'?")
+    assert doc["files"][1]["report"] is None
+    assert doc["files"][2]["diagnostics"][0]["message"] == "cannot read the spec: No such file or directory"
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "{bad}"], ["train", "specs/mnist.ms"], ["evaluate", "specs/digits.ms", "--weights", "{tmp}/none"],
+    ["predict", "specs/digits.ms", "--weights", "{tmp}/none", "--input", "{tmp}/none.npy"],
+    ["compare", "specs/digits_a.ms", "{bad}"], ["crosscheck", "{bad}"]])
+def test_every_json_command_reports_a_failure_as_json(tmp_path, args):
+    bad = write(tmp_path, "input 784\ndense 64 rleu\n", "bad.ms")
+    done = modelspec_cli(*[a.format(bad=bad, tmp=tmp_path) for a in args], "--json")
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is False and doc["diagnostics"][0]["severity"] == "error"
+    assert set(doc["diagnostics"][0]) >= {"file", "line", "column", "message", "hint"}
 
 
 def test_invalid_spec_exits_1_with_compiler_style_errors(tmp_path):

@@ -45,7 +45,7 @@ def test_random_spec_checks_as_keras_builds_it(index, monkeypatch):
 
 def test_check_json_command_on_the_spec_files(capsys):
     assert main(["check", "--json", *map(str, SPEC_FILES)]) == 0
-    reports = json.loads(capsys.readouterr().out)
+    reports = [f["report"] for f in json.loads(capsys.readouterr().out)["files"]]
     for path, report in zip(SPEC_FILES, reports):
         assert kr.ours(report) == kr.keras_report(kr.model(ms.parse(path))), path.name
 

@@ -30,8 +30,9 @@ def metrics_table(title: str, metrics: dict[str, float]) -> Any:
     return table
 
 
-def print_json(doc: Any) -> None:
-    print(json.dumps(finite(doc), indent=2))
+def print_json(doc: dict[str, Any], ok: bool = True) -> None:
+    """A command's one JSON document: `ok`, then what it reports."""
+    print(json.dumps(finite({"ok": ok, **doc}), indent=2))
 
 
 def finite(value: Any) -> Any:

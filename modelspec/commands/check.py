@@ -34,24 +34,26 @@ def run(args: argparse.Namespace) -> int:
     from .. import check, parse
     from ..diagnostics import SpecError
 
-    failed = False
-    reports = []
+    files = []
     for path in args.specs:
         try:
             report = check(parse(_as_path(path)), strict=args.strict)
         except SpecError as e:
-            print(e.render(), file=sys.stderr)
-            failed = True
+            if not args.json:
+                print(e.render(), file=sys.stderr)
+            files.append({"file": path, "ok": False, "report": None,
+                          "diagnostics": [d.to_dict() for d in e.diagnostics]})
             continue
-        if args.json:
-            reports.append(report.to_dict())
-            continue
-        print(report.summary(line_length=args.width, flops=True), end="")
-        for w in report.warnings:
-            print(w.render(report.spec.source), file=sys.stderr)
-    if args.json and reports:
-        print(json.dumps(reports[0] if len(args.specs) == 1 else reports, indent=2))
-    return 1 if failed else 0
+        files.append({"file": path, "ok": True, "report": report.to_dict(),
+                      "diagnostics": [w.to_dict() for w in report.warnings]})
+        if not args.json:
+            print(report.summary(line_length=args.width, flops=True), end="")
+            for w in report.warnings:
+                print(w.render(report.spec.source), file=sys.stderr)
+    ok = all(f["ok"] for f in files)
+    if args.json:  # one document, one shape, whatever the number of files and outcomes
+        print(json.dumps({"ok": ok, "files": files}, indent=2))
+    return 0 if ok else 1
 
 
 def _as_path(path: str):

@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     spec = parse(Path(args.spec))
     names = _backends(args.backends, registry)
     if len(names) < 2:
-        raise CommandError(f"crosscheck needs at least two backends; installed: {', '.join(names) or 'none'}")
+        given = f"--backends names only {names[0]}" if args.backends else f"only {', '.join(names) or 'none'} installed"
+        raise CommandError(f"crosscheck needs at least two backends; {given} (installed: "
+                           f"{', '.join(registry.installed()) or 'none'})")
     options = {"device": args.device} if args.device else {}
     try:
         result = crosscheck(spec, names, steps=args.steps, batch_size=args.batch, seed=args.seed,
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except registry.BackendError as e:
         raise CommandError(str(e)) from None
     if args.json:
-        doc = result.to_dict()
+        doc = {"ok": result.ok, **result.to_dict()}
         if args.explain:
             doc["explain"] = [{"topic": t, **per} for t, per in explain(spec, names)]
         print(json.dumps(doc, indent=2))

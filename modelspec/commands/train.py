@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     with StopOnInterrupt() as interrupt:
         trained = train_and_save(model, args.spec, arrays, args, out, interrupt, stream, data)
     if args.json:
-        print_json(trained.to_dict())
+        print_json(trained.to_dict(), ok=not (trained.stopped or trained.interrupted))
     else:
         _report(trained, len(arrays.x_test))
     if trained.interrupted:
