@@ -111,3 +111,15 @@ def test_a_model_too_large_to_train_is_refused_at_its_line_before_any_data_is_re
     assert first.startswith(f"{files / 'big.ms'}:{2 + sizes.count(chr(10)) + 1}:1: error: training this model needs at least ")
     assert "; this machine has " in first
     assert not (files / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "argument --seed: expected a whole number from 0 to 2**63 - 1; received '-1'"),
+    (["--seed", "99999999999999999999"], "argument --seed: expected a whole number from 0 to 2**63 - 1; "
+                                          "received '99999999999999999999'"),
+    (["--device", "tpu"], "argument --device: expected auto, cpu, cuda or cuda:N; received 'tpu'"),
+])
+def test_option_values_are_named_and_refused_as_usage_errors(args, message):
+    done = modelspec_cli("train", SPECS / "digits.ms", *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"modelspec train: error: {message}"

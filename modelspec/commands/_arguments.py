@@ -9,7 +9,7 @@ from typing import Any
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", "-b", default="numpy", help="numpy (default), torch or keras")
-    p.add_argument("--device", default="auto", metavar="DEVICE",
+    p.add_argument("--device", default="auto", metavar="DEVICE", type=device,
                    help="auto (default: the backend's choice), cpu or cuda")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document on standard output (progress goes to standard error)")
@@ -33,7 +33,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, metavar="N", help="batch size (default: the spec's, else 32)")
     p.add_argument("--validation", type=fraction, metavar="F",
                    help="validation fraction, the last samples of the training set (default: the spec's)")
-    p.add_argument("--seed", type=int, metavar="N",
+    p.add_argument("--seed", type=seed, metavar="N",
                    help="seed of the initial weights and the shuffling (default: 0 and the spec's fit seed)")
 
 
@@ -47,6 +47,19 @@ def natural(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < math.inf, "a positive number")
+
+
+def device(text: str) -> str:
+    import re
+
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N; received '{text}'")
+
+
+def seed(text: str) -> int:
+    # as a spec's seeds: Keras keeps seeds in an int64
+    return _number(text, int, lambda v: 0 <= v < 2**63, "a whole number from 0 to 2**63 - 1")
 
 
 def fraction(text: str) -> float:

@@ -161,7 +161,10 @@ def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Names
         interrupt.model = None
     interrupted = interrupt.requested
     stopped = None if interrupted else hist.stopped
-    data = {**data, "validation": hist.params.get("validation_split", 0.0)}
+    shuffle_seed = args.seed if args.seed is not None else (model.spec.fit and model.spec.fit.seed)
+    data = {**data, "validation": hist.params.get("validation_split", 0.0),
+            "batch_size": hist.params.get("batch_size"),
+            "seed": {"weights": model.seed, "shuffle": model.seed if shuffle_seed is None else shuffle_seed}}
     run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data)
     run.files = save_training(out, model, hist.history)
     run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
