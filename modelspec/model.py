@@ -362,9 +362,12 @@ class Model:
         logs = self._logs(run.config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
         history = run.history
         if totals.stopped_at is not None:
+            state = self.engine.optimizer_state()
+            never = not state or int(state[0]) == 0  # the iteration count: Keras builds it on the first step
+            kept = "the weights it started from were kept: no step was applied" if never else \
+                "the weights of the last good step were kept"
             history.stopped = (f"the loss became NaN or infinite at epoch {epoch + 1}, step "
-                               f"{totals.stopped_at + 1}; training stopped and the weights of the last "
-                               "good step were kept")
+                               f"{totals.stopped_at + 1}; training stopped and {kept}")
             if logs:
                 history.append(epoch, logs)
             if run.verbose:
