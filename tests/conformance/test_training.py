@@ -18,7 +18,8 @@ import pytest
 
 import modelspec as ms
 from corpus import VARIED
-from layer_test import run_fit_test, without_dropout
+from layer_test import run_fit_test
+from modelspec.crosscheck import without_dropout
 from modelspec.diagnostics import SpecError
 
 SPECS = Path(__file__).parents[2] / "specs"
