@@ -18,7 +18,7 @@ from .diagnostics import Diagnostic, Span, SpecError, did_you_mean, one_of, sort
 from .layers import LAYER_CLASSES
 from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
 from .nodes import HYPERPARAMETER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
-from .reader import KEYWORD_HINTS, KEYWORDS, LAYER_KEYWORDS, Reader, Skip, _pydantic_message, read_layer
+from .reader import KEYWORD_HINTS, KEYWORDS, LAYER_KEYWORDS, Reader, _Skip, _pydantic_message, read_layer
 from .syntax import Option, Statement, parse_statements
 
 # Limits that keep a runaway input from exhausting memory: ten times the largest spec the
@@ -167,7 +167,7 @@ class Builder:
         name_opt = r.take("name") if kw in LAYER_KEYWORDS else None
         try:
             result = handler(r)
-        except Skip:
+        except _Skip:
             if kw not in LAYER_KEYWORDS:
                 return
             result = None  # still a layer: its place and its `in` count, so no error follows from it
@@ -275,7 +275,7 @@ class Builder:
         name = r.choice(v, "optimizer", ir.OPTIMIZERS, OPTIMIZER_ALIASES)  # type: ignore[arg-type]
         r.no_more_positionals()
         if name is None:
-            raise Skip
+            raise _Skip
         allowed = tuple(ir.OPTIMIZER_DEFAULTS[name])
         hp: dict[str, Any] = {}
         for key, opt in list(r.options.items()):
@@ -302,7 +302,7 @@ class Builder:
         r.options = {}
         r.unknown_leftovers((), allowed)
         if any(v is None for v in hp.values()):
-            raise Skip
+            raise _Skip
         self.training["optimizer"] = (ir.Optimizer.construct_checked(name=name, span=r.st.span, **hp), r.st.span)
 
     def st_loss(self, r: Reader) -> None:
@@ -318,7 +318,7 @@ class Builder:
             if opt is not None:
                 delta = r.float_(opt.value, "delta", 0.0, low_open=True)
                 if delta is None:
-                    raise Skip
+                    raise _Skip
         r.unknown_leftovers((), ("delta",) if name == "huber" else ())
         if name is not None:
             self.training["loss"] = (ir.Loss.construct_checked(name=name, delta=delta, span=r.st.span), r.st.span)
@@ -364,5 +364,5 @@ class Builder:
                 fields[key] = r.seed(opt.value)
         r.unknown_leftovers((), ("batch", "epochs", "validation", "shuffle", "seed"))
         if any(v is None for v in fields.values()):
-            raise Skip
+            raise _Skip
         self.training["fit"] = (ir.Fit.construct_checked(span=r.st.span, **fields), r.st.span)

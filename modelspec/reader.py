@@ -46,7 +46,7 @@ def _canonical(word: str, names: Iterable[str], aliases: dict[str, str]) -> str 
     return word if word in names else None
 
 
-class Skip(Exception):
+class _Skip(Exception):
     """Raised inside a statement handler after an error was recorded: drop the statement."""
 
 
@@ -104,7 +104,7 @@ class Reader:
 
     def fail(self, message: str, span: Span | None = None, hint: str | None = None) -> None:
         self.error(message, span, hint)
-        raise Skip
+        raise _Skip
 
     # -- positionals ---------------------------------------------------------------------
 
@@ -378,7 +378,7 @@ def _plan(kind: str) -> tuple[tuple, tuple, tuple, tuple, str | None]:
 
 def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
     """The IR fields of a layer statement, read as its class declares (modelspec.layers.Arg);
-    None when an error was reported. Raises Skip when the statement cannot be read on."""
+    None when an error was reported. Raises _Skip when the statement cannot be read on."""
     positional, others, words, options, described = _plan(kind)
     fields: dict[str, Any] = {"kind": kind}
     ok = True

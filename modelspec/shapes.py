@@ -3,13 +3,16 @@ the IR's shape rules, the checker, the summary and the backends share."""
 
 from __future__ import annotations
 
+from .errors import ModelspecError
+
 Shape = tuple  # (None, d1, d2, ...): the batch axis first, as Keras prints it
 
 BYTES_PER_PARAM = 4  # float32
 
 
-class ShapeError(Exception):
-    """A layer cannot take the shape it is given: a message, and a hint where one helps."""
+class ShapeError(ModelspecError):
+    """A layer cannot take the shape it is given: a message, and a hint where one helps. The
+    checker reports it as a SpecError at the layer's line."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
