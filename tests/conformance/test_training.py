@@ -57,10 +57,9 @@ def spec_file_run(path: Path) -> Any:
 # the losses (and the output layer it expects) in turn; shuffled, with a validation split.
 OPTIMIZERS = ["sgd learning_rate=0.05", "sgd learning_rate=0.05 momentum=0.9",
               "sgd learning_rate=0.05 momentum=0.8 nesterov=true weight_decay=0.01", "rmsprop",
-              "rmsprop momentum=0.5 centered=true",
               "rmsprop rho=0.8 momentum=0.5 centered=true epsilon=1e-5 weight_decay=0.02",
               "adam learning_rate=0.01", "adam learning_rate=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-4 weight_decay=0.01",
-              "adamw learning_rate=0.01", "adamw learning_rate=0.01 weight_decay=0.05",
+              "adamw learning_rate=0.01",
               "adagrad learning_rate=0.05 initial_accumulator_value=0.2 epsilon=1e-5", "nadam learning_rate=0.01",
               "nadam learning_rate=0.01 beta_1=0.7 weight_decay=0.05"]
 HEADS = [("dense 4 softmax", "categorical_crossentropy", "accuracy"),
@@ -124,6 +123,8 @@ RUNS_CASES = (
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("run", RUNS_CASES)
 def test_fit(backend, run):
+    if run.reference == "keras" and backend == "keras":
+        pytest.skip("the Keras backend against Keras itself, to 2e-6: tests/test_keras_engine.py")
     run_fit_test(backend, run.spec(), n=run.n, batch_size=run.batch_size, validation_split=run.validation_split,
                  shuffle=run.shuffle, compile=run.compile, reference=run.reference, cache=RUNS)
 
