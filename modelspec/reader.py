@@ -15,9 +15,7 @@ from typing import Any, Iterable
 from . import ir
 from .diagnostics import Span, did_you_mean, one_of
 from .layers import LAYER_CLASSES, Arg, layer_args, snake_case
-from .nodes import (
-    ACTIVATION_ALIASES, HYPERPARAMETER_ALIASES, INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES,
-)
+from .nodes import ACTIVATION_ALIASES, INITIALIZER_ALIASES
 from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
 from .syntax import Call, Option, Statement, Value
 
