@@ -44,12 +44,14 @@ def run(args: argparse.Namespace) -> int:
             files.append({"file": path, "ok": False, "report": None,
                           "diagnostics": [d.to_dict() for d in e.diagnostics]})
             continue
-        files.append({"file": path, "ok": True, "report": report.to_dict(),
-                      "diagnostics": [w.to_dict() for w in report.warnings]})
-        if not args.json:
-            print(report.summary(line_length=args.width, flops=True), end="")
-            for w in report.warnings:
-                print(w.render(report.spec.source), file=sys.stderr)
+        if args.json:
+            files.append({"file": path, "ok": True, "report": report.to_dict(),
+                          "diagnostics": [w.to_dict() for w in report.warnings]})
+            continue
+        files.append({"ok": True})
+        print(report.summary(line_length=args.width, flops=True), end="")
+        for w in report.warnings:
+            print(w.render(report.spec.source), file=sys.stderr)
     ok = all(f["ok"] for f in files)
     if args.json:  # one document, one shape, whatever the number of files and outcomes
         print(json.dumps({"ok": ok, "files": files}, indent=2))
