@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     except ModelFileError as e:
         raise CommandError(str(e)) from None
     except UnsupportedError as e:
-        raise CommandError(f"{args.model}: {e}") from None
+        hint = "; --layers-only imports the layers without it" if str(e).startswith("compile()") else ""
+        raise CommandError(f"{args.model}: {e}{hint}") from None
     except SpecError as e:  # a config Keras would reject too, e.g. a window larger than its input
         raise CommandError(f"{args.model}: the model is not valid: {e.diagnostics[0].message}") from None
     for note in imported.notes:
