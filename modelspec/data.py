@@ -185,12 +185,24 @@ def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {one_line(e)}") from None
     except ValueError as e:
-        raise DataError(f"{path} is not a CSV file of numbers: {one_line(e)}") from None
+        raise DataError(_ragged(path) or f"{path} is not a CSV file of numbers: {one_line(e)}") from None
     if table.size == 0:
         raise DataError(f"{path} holds no rows of data")
     if header is not None and len(header) != table.shape[1]:
         raise DataError(f"{path}: the header names {len(header)} columns but the rows have {table.shape[1]}")
     return table, header
+
+
+def _ragged(path: Path) -> str | None:
+    """What is wrong with a CSV file whose rows have different numbers of columns, if they do."""
+    with open(path, encoding="utf-8-sig") as f:
+        widths = [(number, line.count(",") + 1) for number, line in enumerate(f, start=1) if line.strip()]
+    first = widths[0][1] if widths else 0
+    for number, width in widths:
+        if width != first:
+            return (f"{path}: line {number} has {width} columns, but line {widths[0][0]} has {first}; "
+                    "every row needs the same number of columns")
+    return None
 
 
 def _label_index(columns: int, header: list[str] | None, label_column: str | None, path: Path) -> int:
@@ -320,7 +332,7 @@ def _samples(x: Any, path: Any, what: str) -> np.ndarray:
         raise DataError(f"{path}: {what} has shape {tuple_text(x.shape)}; expected one sample per row")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: {what} holds NaN or infinite values")
+        raise DataError(f"{path}: NaN or infinite values in {what}")
     return x
 
 
@@ -360,7 +372,7 @@ def _split(name: str, x: Any, y: Any, scale: float, seed: int) -> Dataset:
 
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     if len(x) < 5:
-        raise DataError(f"{name} has {len(x)} samples; a 20% test split needs at least 5")
+        raise DataError(f"{name} has {len(x)} sample{'' if len(x) == 1 else 's'}; a 20% test split needs at least 5")
     try:  # stratified where every class can have a share in both parts
         parts = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y)
         how = "stratified"

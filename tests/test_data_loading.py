@@ -286,7 +286,7 @@ def test_csv_label_column_by_name_and_index(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("a,b\n1,x\n", "not a CSV file of numbers"),
     ("a,b,c\n1,2\n", "the header names 3 columns but the rows have 2"),
-    ("1,2\n1,2,3\n", "not a CSV file of numbers"),
+    ("1,2\n1,2,3\n", "line 2 has 3 columns, but line 1 has 2; every row needs the same number of columns"),
     ("a,b\n", "holds no rows"),
     ("1,0.5\n2,1\n3,0\n4,1\n5,0\n", r"the label column \(column 1\) holds 0.5"),
 ])
@@ -372,3 +372,17 @@ def test_load_inputs(tmp_path):
         data.load_inputs(tmp_path / "bad.npy", (2,))
     with pytest.raises(DataError, match="expected a .npy or a .csv file"):
         data.load_inputs(tmp_path / "x.txt", (2,))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("1,2,3\n4,5\n6,7,8\n", "{path}: line 2 has 2 columns, but line 1 has 3; every row needs the same number of columns"),
+    ("a,b,label\n1,2,0\n3,4,5,1\n", "{path}: line 3 has 4 columns, but line 1 has 3; every row needs the same number of columns"),
+    ("1,2,0\nnan,2,1\n" * 5, "{path}: NaN or infinite values in the samples"),
+    ("1,2,0\n", "{path} has 1 sample; a 20% test split needs at least 5"),
+])
+def test_a_bad_csv_is_described_in_its_own_terms(tmp_path, content, message):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(DataError) as caught:
+        data.load(str(path))
+    assert str(caught.value) == message.format(path=path)
