@@ -81,6 +81,9 @@ def read_config(path: str) -> dict[str, Any]:
     elif head.startswith(b"\x89HDF"):
         raise ModelFileError(f"{path} is an HDF5 (.h5) file; modelspec reads .keras files and JSON configs: "
                              "re-save the model with model.save('model.keras'), or write model.to_json() to a file")
+    elif str(path).endswith(".keras"):  # a .keras file is a zip archive, whatever else it holds
+        raise ModelFileError(f"{path} is not a .keras file: expected a zip archive (as model.save('model.keras') "
+                             f"writes); received a file starting with {head!r}")
     else:
         with open(path, "rb") as f:
             raw = f.read()

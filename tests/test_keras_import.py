@@ -205,19 +205,21 @@ def test_a_real_keras_model_with_an_lstm(tmp_path, capsys):
     assert "layer 1 of 2, 'lstm' (LSTM): modelspec has no LSTM layer" in capsys.readouterr().err
 
 
-BROKEN = {
-    "not_json": (b"this is not json", "it is not valid JSON"),
-    "json_list": (b"[1, 2]", "expected a Keras model's JSON config (an object); received list"),
-    "truncated_zip": (b"PK\x03\x04" + b"\x00" * 20, "is a damaged .keras file"),
-    "h5": (b"\x89HDF\r\n\x1a\n" + b"\x00" * 20, "is an HDF5 (.h5) file"),
-    "binary": (bytes(range(256)), "it is not valid JSON"),
+BROKEN = {  # (file name, content, message)
+    "not_json": ("model.json", b"this is not json", "it is not valid JSON"),
+    "json_list": ("model.json", b"[1, 2]", "expected a Keras model's JSON config (an object); received list"),
+    "truncated_zip": ("model.keras", b"PK\x03\x04" + b"\x00" * 20, "is a damaged .keras file"),
+    "h5": ("model.keras", b"\x89HDF\r\n\x1a\n" + b"\x00" * 20, "is an HDF5 (.h5) file"),
+    "binary": ("model.json", bytes(range(256)), "it is not valid JSON"),
+    "garbage_keras": ("model.keras", bytes(range(256)), "is not a .keras file: expected a zip archive"),
+    "json_as_keras": ("model.keras", b'{"class_name": "Sequential"}', "is not a .keras file: expected a zip archive"),
 }
 
 
 @pytest.mark.parametrize("case", BROKEN, ids=BROKEN)
 def test_a_broken_file_is_one_clear_line(case, tmp_path, capsys):
-    data, message = BROKEN[case]
-    path = tmp_path / "model.keras"
+    name, data, message = BROKEN[case]
+    path = tmp_path / name
     path.write_bytes(data)
     assert main(["import", str(path)]) == 1
     err = capsys.readouterr().err
