@@ -35,10 +35,12 @@ _LAYERS_LISTED = ", ".join(next(iter(cls.keywords())) if len(cls.keywords()) == 
 # Public entry point
 
 
-def parse(source: str | bytes | os.PathLike, *, name: str | None = None) -> ir.Spec:
-    """Parse a spec from text, bytes, or a path to a `.ms` file. Raises SpecError."""
+def parse(source: str | bytes | os.PathLike, *, name: str | None = None, file: str | None = None) -> ir.Spec:
+    """Parse a spec from text, bytes, or a path to a `.ms` file. Raises SpecError. `file`
+    names where text came from in diagnostics (`<stdin>`)."""
     text, path = _read(source)
     default_name = name or (Path(path).stem if path else "sequential")
+    path = path or file
     statements, diagnostics = parse_statements(text)
     builder = Builder(default_name, path)
     spec = builder.build(statements, complete=not diagnostics)

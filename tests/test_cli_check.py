@@ -154,3 +154,16 @@ def test_check_never_imports_a_framework():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_check_reads_standard_input_for_a_dash():
+    import subprocess
+    import sys
+
+    good = subprocess.run([sys.executable, "-m", "modelspec", "check", "-"], input="dense 10 softmax in 4\n",
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and 'Model: "sequential"' in good.stdout
+    bad = subprocess.run([sys.executable, "-m", "modelspec", "check", "-"], input="dense 0 in 4\n",
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[0] == "<stdin>:1:7: error: the number of units must be at least 1; received 0"

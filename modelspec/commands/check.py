@@ -10,7 +10,7 @@ HELP = "check a spec: every layer's output shape and parameters, as Keras's summ
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="a .ms file")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="a .ms file; - reads standard input")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("--width", type=_width, default=None, metavar="N",
@@ -33,11 +33,14 @@ def _width(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from .. import check, parse
     from ..diagnostics import SpecError
+    from ..parser import MAX_SPEC_BYTES
 
     files = []
     for path in args.specs:
         try:
-            report = check(parse(_as_path(path)), strict=args.strict)
+            spec = parse(sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), file="<stdin>") if path == "-" else \
+                parse(_as_path(path))
+            report = check(spec, strict=args.strict)
         except SpecError as e:
             if not args.json:
                 print(e.render(), file=sys.stderr)
