@@ -438,6 +438,20 @@ class Model:
             arrays.append(np.ascontiguousarray(arr, dtype=np.float32))
         self.engine.set_weights(arrays)
 
+    def _warn_if_trained_otherwise(self, path: Any, saved_json: str | None) -> None:
+        if not saved_json:
+            return
+        try:
+            saved = ir.Spec.model_validate_json(saved_json)
+        except ValueError:  # a file of another modelspec version: the weights' paths decide
+            return
+        changed = _differences(saved, self.spec)
+        if changed:
+            import warnings
+
+            warnings.warn(f"{path} was trained with another spec: {'; '.join(changed[:3])}"
+                          f"{'; ...' if len(changed) > 3 else ''}", SpecMismatch, stacklevel=3)
+
     def save(self, path: Any) -> None:
         """Weights and spec in one safetensors file (nothing in it can execute on load)."""
         from safetensors.numpy import save
@@ -451,14 +465,35 @@ class Model:
         write_atomic(path, save(tensors, metadata=metadata))
 
     def load_weights(self, path: Any) -> None:
-        """Weights from a file written by `save`; they must fit this model's spec."""
-        tensors, _ = read_weights_file(path)
+        """Weights from a file written by `save`; they must fit this model's spec. The model's
+        name is not part of the weights' meaning: a renamed model loads them. A layer that
+        differs from the spec the file was trained with (an activation, say) is a warning."""
+        tensors, metadata = read_weights_file(path)
+        by_layer = {name.partition("/")[2]: value for name, value in tensors.items()}
+        shapes = {w.path: w.shape for w in self.report.weights}
+        if all(tuple(getattr(by_layer.get(p.partition("/")[2]), "shape", ())) == shapes[p] for p in self.weight_paths):
+            tensors = {p: by_layer[p.partition("/")[2]] for p in self.weight_paths}
+        self._warn_if_trained_otherwise(path, metadata.get("spec"))
         missing = [p for p in self.weight_paths if p not in tensors]
         if missing:
             have = ", ".join(sorted(tensors)[:3]) or "no weights"
             raise ValueError(f"{path} does not fit this model: it has no {missing[0]} (it holds {have}"
                              f"{', ...' if len(tensors) > 3 else ''})")
         self.set_weights([tensors[p] for p in self.weight_paths])
+
+
+class SpecMismatch(UserWarning):
+    """Weights were trained with a spec whose layers differ from the model's."""
+
+
+def _differences(saved: ir.Spec, spec: ir.Spec) -> list[str]:
+    from .printer import layer_text
+
+    out = []
+    for index, (a, b) in enumerate(zip(saved.layers, spec.layers), start=1):
+        if a != b:
+            out.append(f"layer {index} was `{layer_text(a)}`, is `{layer_text(b)}`")
+    return out
 
 
 def read_weights_file(path: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:

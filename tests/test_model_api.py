@@ -308,3 +308,20 @@ def test_a_missing_framework_names_the_extra_to_install(monkeypatch):
                                            r"pip install 'modelspec\[torch\]'"):
         ms.build(SMALL, backend="torch")
     assert "torch" not in backends.installed()
+
+
+def test_weights_load_into_a_renamed_model_and_warn_about_a_changed_layer(tmp_path):
+    import warnings
+
+    trained = ms.build("model a\ndense 4 relu in 3\ndense 2 softmax", seed=1)
+    trained.save(tmp_path / "w.safetensors")
+    renamed = ms.build("model b\ndense 4 relu in 3\ndense 2 softmax", seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the name is not part of the weights' meaning: no warning
+        renamed.load_weights(tmp_path / "w.safetensors")
+    for ours, theirs in zip(renamed.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    changed = ms.build("model a\ndense 4 relu in 3\ndense 2 sigmoid", seed=2)
+    with pytest.warns(ms.model.SpecMismatch, match="was trained with another spec: layer 2 was `dense 2 softmax`, "
+                                                     "is `dense 2 sigmoid`"):
+        changed.load_weights(tmp_path / "w.safetensors")

@@ -86,10 +86,23 @@ def trained_scale(weights: str) -> float | None:
 
 
 def load_weights(model: Any, path: str) -> None:
+    """The weights into the model; a spec that differs from the one they were trained with
+    is one line of warning."""
+    import warnings
+
+    from ..model import SpecMismatch
+
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SpecMismatch)
+            model.load_weights(path)
     except ValueError as e:
         raise CommandError(one_line(e)) from None
+    for w in caught:
+        if issubclass(w.category, SpecMismatch):
+            print(f"modelspec: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 # ---------------------------------------------------------------------------------------
