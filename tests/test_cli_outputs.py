@@ -94,3 +94,27 @@ def test_fmt_writes_through_a_link_and_keeps_the_mode(work):
     assert (work / "link.ms").is_symlink()
     assert target.read_text() == "model link\ninput 4\ndense 10\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(work):
+    run = work / "run"
+    run.mkdir()
+    (run / ".modelspec-run.lock").write_text(str(os.getpid()))  # this test's process: alive
+    done = modelspec_cli("train", "spec.ms", "--epochs", "1", "--out", "run", cwd=work)
+    assert done.returncode == 1
+    assert done.stderr == (f"modelspec: error: --out run: another run (process {os.getpid()}) is writing there; "
+                           "wait for it, or choose another --out\n")
+    assert sorted(p.name for p in run.iterdir()) == [".modelspec-run.lock"]
+    (run / ".modelspec-run.lock").write_text("999999999")  # no such process
+    done = modelspec_cli("train", "spec.ms", "--epochs", "1", "--out", "run", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert not (run / ".modelspec-run.lock").exists() and (run / "weights.safetensors").exists()
+
+
+def test_a_new_run_leaves_no_file_of_the_old_one(work):
+    done = modelspec_cli("train", "spec.ms", "--epochs", "1", "--out", "run", cwd=work)
+    assert done.returncode == 0 and (work / "run" / "accuracy.png").exists()
+    (work / "plain.ms").write_text(SPEC.read_text().replace("metrics categorical_accuracy", ""))
+    done = modelspec_cli("train", "plain.ms", "--epochs", "1", "--out", "run", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert not (work / "run" / "accuracy.png").exists() and (work / "run" / "loss.png").exists()

@@ -20,6 +20,8 @@ from ._plots import curves_png
 
 WEIGHTS = "weights.safetensors"
 RUN = "run.json"
+RUN_FILES = ("weights.safetensors", "history.json", "history.csv", "loss.png", "accuracy.png", RUN)
+LOCK = ".modelspec-run.lock"
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,6 +204,8 @@ def save_training(out: Path, model: Any, history: dict[str, list[float]]) -> lis
         name = "loss.png" if key == "loss" else "accuracy.png"
         write(out / name, curves_png(history, key, label))
         files.append(name)
+    for stale in set(RUN_FILES) - set(files) - {RUN}:  # an earlier run's, which would mislead
+        (out / stale).unlink(missing_ok=True)
     return files
 
 
@@ -222,6 +226,56 @@ def check_out(out: Path) -> None:
         raise CommandError(f"--out {out}: exists and is not a folder")
     if not writable_folder(out):
         raise CommandError(f"--out {out}: cannot write there")
+
+
+class RunLock:
+    """One run at a time in a folder: a second `train` or `compare` into the same --out is
+    refused at once instead of mixing its files with the first's. A lock left by a run that
+    died (its process is gone) is taken over."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+
+    def __enter__(self) -> "RunLock":
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _lock_owner(self.path)
+                if pid is not None and _alive(pid):
+                    raise CommandError(f"--out {self.path.parent}: another run (process {pid}) is writing "
+                                       "there; wait for it, or choose another --out") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise CommandError(f"--out {self.path.parent}: cannot take its lock {self.path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_out(name: str) -> Path:

@@ -9,7 +9,7 @@ from ._arguments import add_backend_arguments, add_data_arguments, add_training_
 from ._output import console, console_on, finite, print_json
 from ._plots import comparison_png
 from ._runs import (
-    StopOnInterrupt, accuracy_key, build, check_backend, check_out, load_data, load_spec, prepare,
+    RunLock, StopOnInterrupt, accuracy_key, build, check_backend, check_out, load_data, load_spec, prepare,
     train_and_save, write,
 )
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     data = {"name": dataset.name, "test": len(arrays[0].x_test), "split": dataset.split,
             "scale": args.scale or dataset.scale}
     runs = []
-    with StopOnInterrupt() as interrupt:
+    with RunLock(out), StopOnInterrupt() as interrupt:
         for i, (path, model, xy, name) in enumerate(zip(args.specs, models, arrays, names)):
             console_on(stream).rule(f"{name} ({i + 1}/{len(models)}): {model.report.total_params:,} params")
             settings = copy.copy(args)

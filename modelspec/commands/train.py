@@ -8,8 +8,8 @@ import sys
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
 from ._output import console, metrics_table, print_json
 from ._runs import (
-    StopOnInterrupt, Trained, accuracy_key, build, check_backend, check_out, default_out, load_data, load_spec,
-    prepare, train_and_save,
+    RunLock, StopOnInterrupt, Trained, accuracy_key, build, check_backend, check_out, default_out, load_data,
+    load_spec, prepare, train_and_save,
 )
 
 HELP = "train a spec on a dataset (default: the digits), report test metrics, save weights, history and plots"
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     data = {"name": dataset.name, "train": len(arrays.x_train), "test": len(arrays.x_test),
             "split": dataset.split, "scale": args.scale or dataset.scale}
-    with StopOnInterrupt() as interrupt:
+    with RunLock(out), StopOnInterrupt() as interrupt:
         trained = train_and_save(model, args.spec, arrays, args, out, interrupt, stream, data)
     if args.json:
         print_json(trained.to_dict(), ok=not (trained.stopped or trained.interrupted))
