@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, sort_diagnostics
+from .layers import snake_case
 from .shapes import BYTES_PER_PARAM, Shape, ShapeError, fmt_shape, same_padding, window_output
 
 # re-exported: the backends and the summary read shapes through the checker's report
@@ -140,13 +140,7 @@ class Report:
 # Keras's naming
 
 
-def _snake(class_name: str) -> str:
-    """keras.src.utils.naming.to_snake_case: BatchNormalization -> batch_normalization."""
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
-
-
-_SNAKE = {cls.keras_class: _snake(cls.keras_class) for cls in ir.LAYER_CLASSES.values()}
+_SNAKE = {cls.keras_class: snake_case(cls.keras_class) for cls in ir.LAYER_CLASSES.values()}
 
 
 def layer_names(spec: ir.Spec) -> list[str]:

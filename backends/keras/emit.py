@@ -59,7 +59,7 @@ def _scope_note(spec: "ir.Spec") -> list[str]:
 def _names_to_write(spec: "ir.Spec", report: "Report") -> list[str | None]:
     """A layer's name is written when Keras, naming layers itself in a fresh session, would
     choose another: the user named it, or its auto name would collide with a user's name."""
-    from modelspec.checker import _snake
+    from modelspec.layers import snake_case
 
     counters: dict[str, int] = {}
     names: list[str | None] = []
@@ -67,7 +67,7 @@ def _names_to_write(spec: "ir.Spec", report: "Report") -> list[str | None]:
         if node.name is not None:
             names.append(node.name)
             continue
-        base = _snake(node.keras_class)
+        base = snake_case(node.keras_class)
         n = counters.get(base, 0)
         counters[base] = n + 1
         names.append(None if row.name == (base if n == 0 else f"{base}_{n}") else row.name)
