@@ -73,7 +73,8 @@ def _read(source: str | bytes | os.PathLike) -> tuple[str, str | None]:
 def _looks_like_path(source: str) -> bool:
     """A one-line string that names a file, or looks like a file name (`missing.ms`, `a/b`):
     spec text always has a statement keyword and no path separator outside quotes."""
-    if "\n" in source or ";" in source or len(source) >= 4096 or source.strip() != source or not source:
+    if "\n" in source or ";" in source or "\x00" in source or len(source) >= 4096 or source.strip() != source \
+            or not source:
         return False
     return _is_file(source) or (" " not in source and (source.endswith(".ms") or os.sep in source))
 

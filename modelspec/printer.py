@@ -164,9 +164,10 @@ def _comments(source: str) -> dict[int, tuple[str, bool]]:
 
 def _with_comments(lines: list[tuple[object, str]], source: str) -> str:
     comments = _comments(source)
+    blank = {n for n, line in enumerate(source.split("\n"), start=1) if not line.strip()}
     code_lines = sorted(span.line for span, _ in lines if span is not None)
     # each standalone comment belongs to the next line holding a statement we print
-    leading: dict[int, list[str]] = {}
+    leading: dict[int, list[tuple[int, str]]] = {}
     trailer: list[str] = []
     for number, (text, after_code) in sorted(comments.items()):
         if after_code:
@@ -175,17 +176,21 @@ def _with_comments(lines: list[tuple[object, str]], source: str) -> str:
         if k == len(code_lines):
             trailer.append(text)
         else:
-            leading.setdefault(code_lines[k], []).append(text)
+            leading.setdefault(code_lines[k], []).append((number, text))
     last_on_line: dict[int, int] = {}
     for index, (span, _) in enumerate(lines):
         if span is not None:
             last_on_line[span.line] = index
     # the comments above the first statement (a file's header) stay above the `model` and
     # `input` lines the printer adds when the source had none
-    out: list[str] = leading.pop(code_lines[0], []) if code_lines else []
+    out: list[str] = [text for _, text in leading.pop(code_lines[0], [])] if code_lines else []
     for index, (span, text) in enumerate(lines):
         if span is not None:
-            out.extend(leading.pop(span.line, []))
+            block = leading.pop(span.line, [])
+            first = block[0][0] if block else span.line
+            if out and out[-1] and first - 1 in blank:  # a blank line before it in the source stays
+                out.append("")
+            out.extend(t for _, t in block)
             trailing = comments.get(span.line)
             if trailing and trailing[1] and last_on_line[span.line] == index:
                 text = f"{text}  {trailing[0]}"

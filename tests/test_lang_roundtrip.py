@@ -66,12 +66,13 @@ dense 64   relu he_normal ; dense 10 softmax   # two on a line
 """
 
 
-def test_fmt_keeps_comments_in_place():
+def test_fmt_keeps_comments_and_blank_lines_in_place():
     spec = ms.parse(SOURCE_WITH_COMMENTS)
     assert to_text(spec, source=spec.source) == """\
 # a header comment
 model commented  # the name
 input 784
+
 # before the first layer
 dense 64 relu he_normal
 dense 10 softmax  # two on a line
