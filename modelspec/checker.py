@@ -18,11 +18,7 @@ from typing import Any
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, sort_diagnostics
 from .layers import snake_case
-from .shapes import BYTES_PER_PARAM, Shape, ShapeError, fmt_shape, same_padding, window_output
-
-# re-exported: the backends and the summary read shapes through the checker's report
-__all__ = ["BYTES_PER_PARAM", "LayerReport", "Report", "Shape", "Weight", "check", "fmt_shape",
-           "infer", "layer_names", "same_padding", "window_output"]
+from .shapes import BYTES_PER_PARAM, Shape, ShapeError
 
 
 @dataclass(frozen=True)

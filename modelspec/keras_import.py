@@ -23,7 +23,8 @@ import zipfile
 from typing import Any, Callable, NamedTuple
 
 from . import ir
-from .checker import Report, check, fmt_shape, layer_names
+from .checker import Report, check, layer_names
+from .shapes import fmt_shape
 from .errors import ModelspecError
 from .ir import INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
 from .parser import parse

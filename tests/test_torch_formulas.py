@@ -165,7 +165,7 @@ def reference_pool(x, k, s, pads, reduce):
 
 @pytest.mark.parametrize("size, k, s", [(5, (3, 3), (2, 2)), (6, (4, 4), (1, 1)), (7, (2, 3), (2, 1))])
 def test_same_pooling_excludes_padding(size, k, s):
-    from modelspec.checker import same_padding
+    from modelspec.shapes import same_padding
 
     x = np.random.default_rng(2).normal(size=(2, 3, size, size))
     top, bottom = same_padding(size, k[0], s[0])

@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass, field
 
 from modelspec import ir
-from modelspec.checker import Report, fmt_shape
+from modelspec.checker import Report
+from modelspec.shapes import fmt_shape
 from modelspec.training import label_kind, resolve_loss, resolve_metric
 
 from . import keras_ops

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelspec import ir
-from modelspec.checker import LayerReport, Report, same_padding
+from modelspec.checker import LayerReport, Report
+from modelspec.shapes import same_padding
 
 # Layers that run on NCHW tensors in torch, and layers that need Keras's channels-last order.
 NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d"})
