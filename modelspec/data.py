@@ -1,21 +1,24 @@
-"""Data for the command line: the digits scikit-learn ships, MNIST from local files, .npz, .csv.
+"""Data for the command line: what scikit-learn ships (the digits, the diabetes regression
+set), MNIST from local files, .npz, .csv.
 
-    ds = data.load("digits")                  # or "mnist", "path/to/file.npz", "path/to/file.csv"
-    arrays = data.prepare(ds, report, "categorical_crossentropy")
+    ds = data.load("digits")                  # or "mnist", "diabetes", "file.npz", "file.csv"
+    arrays = data.prepare(ds, report, "categorical_crossentropy", scale=1.0)
 
 Nothing is downloaded. `load` returns a `Dataset` of raw values (pixels as stored: 0-16
-for the digits, 0-255 for MNIST) with integer labels, split into train and test. Where
-the data has no test set (the digits, a single .npz pair, a .csv), the test set is a
-stratified 20% drawn with seed 0: the split sklearn.model_selection.train_test_split
-(test_size=0.2, stratify=y, random_state=0) makes, so every class keeps its share and
-every run is scored on the same samples (data too small for that, with a class of one
-sample or more classes than test samples, is split unstratified). The validation set is
-not made here: it is the tail of the training set that Model.fit takes, as Keras does.
+for the digits, 0-255 for MNIST) with its targets: integer class ids, or real values
+(float32) where a target is not a non-negative integer (regression). Where the data has no
+test set (the digits, a single .npz pair, a .csv), the test set is 20% drawn with seed 0,
+the split sklearn.model_selection.train_test_split(test_size=0.2, random_state=0) makes;
+class ids are stratified (stratify=y), so every class keeps its share and every run is
+scored on the same samples (data too small for that, with a class of one sample or more
+classes than test samples, is split unstratified). The validation set is not made here: it
+is the tail of the training set that Model.fit takes, as Keras does.
 
-`prepare` makes the arrays a model takes: pixels divided by `Dataset.scale` into [0, 1],
-samples reshaped to the spec's input when their size fits (8x8 to `input 64`, 28x28 to
-`input 28x28x1`), labels one-hot for categorical cross-entropy and integer ids for the
-sparse loss.
+`prepare` makes the arrays a model takes: samples divided by the scale the caller chose
+(1 where the spec scales its own input with `rescale` or `normalize`), reshaped to the
+spec's input when their size fits (8x8 to `input 64`, 28x28 to `input 28x28x1`); class
+ids one-hot for categorical cross-entropy and integer ids for the sparse loss, real
+targets as a float32 column per output unit.
 
 Every problem is a DataError with a one-line message naming the file and what was
 expected and received.
@@ -39,7 +42,7 @@ from .shapes import tuple_text
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-BUILTIN = ("digits", "mnist")
+BUILTIN = ("digits", "mnist", "diabetes")
 
 # Keras caches MNIST here ($KERAS_HOME, default ~/.keras, then datasets/).
 MNIST_NPZ = "mnist.npz"
@@ -58,19 +61,31 @@ class DataError(ModelspecError):
 
 @dataclass
 class Dataset:
-    """Raw samples (float32) and integer class ids (int64), split into train and test."""
+    """Raw samples (float32) and their targets, split into train and test: class ids (int64)
+    or real values (float32, regression)."""
 
     name: str  # "digits", "mnist", or the file's path
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    scale: float  # prepare divides samples by this to bring pixels into [0, 1]
+    scale: float  # what brings the samples into [0, 1] (pixels), for a spec that does not scale them itself
     split: str  # where the test set came from, in words
+    scale_why: str = ""  # where the scale comes from, in words
+
+    @property
+    def regression(self) -> bool:
+        """Real targets rather than class ids."""
+        return self.y_train.dtype.kind == "f"
 
     @property
     def classes(self) -> int:
         return int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The training samples' smallest and largest raw value."""
+        return float(self.x_train.min()), float(self.x_train.max())
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -79,7 +94,7 @@ class Dataset:
 
 @dataclass
 class Arrays:
-    """What Model.fit and evaluate take: scaled, reshaped samples and encoded labels."""
+    """What Model.fit and evaluate take: scaled, reshaped samples and encoded targets."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -93,10 +108,12 @@ class Arrays:
 
 def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, seed: int = SPLIT_SEED,
          label_column: str | None = None) -> Dataset:
-    """`digits`, `mnist` (from local files, see `find_mnist`), a .npz or a .csv file."""
+    """`digits`, `diabetes`, `mnist` (from local files, see `find_mnist`), a .npz or a .csv file."""
     name = os.fspath(name_or_path)
     if name == "digits":
         return load_digits(seed)
+    if name == "diabetes":
+        return load_diabetes(seed)
     if name == "mnist":
         return load_mnist(data_dir)
     path = Path(name)
@@ -106,7 +123,7 @@ def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
         close = difflib.get_close_matches(name, BUILTIN, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise DataError(f"unknown data '{name}': expected digits, mnist, a .npz file or a .csv file{hint}")
+        raise DataError(f"unknown data '{name}': expected digits, diabetes, mnist, a .npz file or a .csv file{hint}")
     if not path.is_file():
         raise DataError(f"{name}: no such file" if not path.exists() else f"{name} is not a file")
     if suffix == ".npz":
@@ -119,7 +136,20 @@ def load_digits(seed: int = SPLIT_SEED) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     digits = sk_digits()
-    return _split("digits", digits.images, digits.target, scale=16.0, seed=seed)
+    return _split("digits", digits.images, digits.target, scale=16.0, seed=seed,
+                  scale_why="the digits' pixels run from 0 to 16")
+
+
+def load_diabetes(seed: int = SPLIT_SEED) -> Dataset:
+    """scikit-learn's diabetes regression set: 442 patients, 10 features as measured (age in
+    years, sex as 1 or 2, body mass index, blood pressure, six blood serum values), and a real
+    target, a measure of disease progression a year later (25 to 346). The features are raw,
+    on very different scales: a spec standardises them with `normalize`."""
+    from sklearn.datasets import load_diabetes as sk_diabetes
+
+    data = sk_diabetes(scaled=False)
+    return _split("diabetes", data.data, data.target.astype(np.float32), scale=1.0, seed=seed,
+                  scale_why="the features as measured")
 
 
 def load_npz(path: Path, seed: int = SPLIT_SEED) -> Dataset:
@@ -141,16 +171,19 @@ def load_npz(path: Path, seed: int = SPLIT_SEED) -> Dataset:
         raise
     except Exception as e:  # a damaged zip or array raises any of several types
         raise DataError(f"{path} is not a valid .npz file: {one_line(e)}") from None
-    x, y = _samples(arrays["x_train"], path, "x_train"), _labels(arrays["y_train"], path, "y_train")
+    x, y = _samples(arrays["x_train"], path, "x_train"), _targets(arrays["y_train"], path, "y_train")
     _same_length(x, y, path, "x_train", "y_train")
     if "x_test" not in arrays:
-        return _split(os.fspath(path), x, y, scale=infer_scale(x), seed=seed)
-    xt, yt = _samples(arrays["x_test"], path, "x_test"), _labels(arrays["y_test"], path, "y_test")
+        return _split(os.fspath(path), x, y, *_inferred(x), seed=seed)
+    xt, yt = _samples(arrays["x_test"], path, "x_test"), _targets(arrays["y_test"], path, "y_test")
+    if xt.shape[1:] == x.shape[1:] and y.dtype != yt.dtype:  # class ids in one part, real values in the other
+        y, yt = y.astype(np.float32), yt.astype(np.float32)
     _same_length(xt, yt, path, "x_test", "y_test")
     if xt.shape[1:] != x.shape[1:]:
         raise DataError(f"{path}: x_train has samples of shape {tuple_text(x.shape[1:])} but x_test "
                         f"{tuple_text(xt.shape[1:])}")
-    return Dataset(os.fspath(path), x, y, xt, yt, scale=infer_scale(x), split="the file's own test set")
+    scale, why = _inferred(x)
+    return Dataset(os.fspath(path), x, y, xt, yt, scale=scale, split="the file's own test set", scale_why=why)
 
 
 def load_csv(path: Path, seed: int = SPLIT_SEED, label_column: str | None = None) -> Dataset:
@@ -161,9 +194,9 @@ def load_csv(path: Path, seed: int = SPLIT_SEED, label_column: str | None = None
     """
     table, header = read_csv(path)
     column = _label_index(table.shape[1], header, label_column, path)
-    y = _labels(table[:, column], path, f"the label column ({_column_name(column, header)})")
+    y = _targets(table[:, column], path, f"the label column ({_column_name(column, header)})")
     x = _samples(np.delete(table, column, axis=1), path, "the samples")
-    return _split(os.fspath(path), x, y, scale=infer_scale(x), seed=seed)
+    return _split(os.fspath(path), x, y, *_inferred(x), seed=seed)
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -289,7 +322,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
         ds = Dataset("mnist", arrays["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64),
                      arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64),
                      scale=255.0, split="MNIST's own test set")
-    ds.name, ds.scale = "mnist", 255.0
+    ds.name, ds.scale, ds.scale_why = "mnist", 255.0, "8-bit pixels, 0 to 255"
     return ds
 
 
@@ -336,21 +369,25 @@ def _samples(x: Any, path: Any, what: str) -> np.ndarray:
     return x
 
 
-def _labels(y: Any, path: Any, what: str) -> np.ndarray:
-    """Integer class ids; a (N, 1) column is squeezed and one-hot rows become their index."""
+def _targets(y: Any, path: Any, what: str) -> np.ndarray:
+    """Class ids (int64) where every value is a non-negative integer, else real values
+    (float32, regression). A (N, 1) column is squeezed and one-hot rows become their index;
+    real targets may have one column per output unit."""
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
-        raise DataError(f"{path}: {what} must hold class ids (integers); it has dtype {y.dtype}")
+        raise DataError(f"{path}: {what} must hold numbers (class ids or real values); it has dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
         y = y.argmax(axis=1)  # one-hot rows
-    if y.ndim != 1 or y.shape[0] == 0:
-        raise DataError(f"{path}: {what} has shape {tuple_text(y.shape)}; expected one class id per sample")
-    if not np.isfinite(y).all() or (y % 1 != 0).any() or (y < 0).any():
-        bad = y[~np.isfinite(y) | (y % 1 != 0) | (y < 0)][0]
-        raise DataError(f"{path}: {what} holds {bad:g}; expected class ids 0, 1, 2, ...")
-    return y.astype(np.int64)
+    if y.ndim not in (1, 2) or y.shape[0] == 0:
+        raise DataError(f"{path}: {what} has shape {tuple_text(y.shape)}; expected one target per sample "
+                        "(a class id or a real value), or one row of real values per sample")
+    if not np.isfinite(y).all():
+        raise DataError(f"{path}: NaN or infinite values in {what}")
+    if y.ndim == 1 and (y % 1 == 0).all() and (y >= 0).all():
+        return y.astype(np.int64)
+    return y.astype(np.float32)
 
 
 def _same_length(x: np.ndarray, y: np.ndarray, path: Any, x_name: str, y_name: str) -> None:
@@ -359,29 +396,41 @@ def _same_length(x: np.ndarray, y: np.ndarray, path: Any, x_name: str, y_name: s
 
 
 def infer_scale(x: np.ndarray) -> float:
-    """What to divide a file's samples by: 1 if they already lie in [0, 1] or hold negative
-    values (taken as normalised already), 255 for 8-bit pixels, else their maximum."""
+    """What to divide a file's samples by when the spec does not scale them itself: 1 if they
+    already lie in [0, 1] or hold negative values (taken as normalised already), else their
+    maximum, which brings them into [0, 1] (16 for the digits, 255 for 8-bit pixels that reach
+    white). A guess: a spec that starts with `rescale` or `normalize` needs none."""
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi <= 1:
         return 1.0
-    return 255.0 if hi <= 255 else hi
+    return hi
 
 
-def _split(name: str, x: Any, y: Any, scale: float, seed: int) -> Dataset:
+def _inferred(x: np.ndarray) -> tuple[float, str]:
+    """infer_scale(x) and why, in words."""
+    scale = infer_scale(x)
+    if scale == 1.0:
+        return scale, "inferred: the values lie in [0, 1] or are signed, taken as scaled already"
+    return scale, f"inferred: the largest value in the samples is {scale:g}"
+
+
+def _split(name: str, x: Any, y: Any, scale: float, scale_why: str, seed: int) -> Dataset:
     from sklearn.model_selection import train_test_split
 
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    x, y = np.asarray(x, np.float32), np.asarray(y)
     if len(x) < 5:
         raise DataError(f"{name} has {len(x)} sample{'' if len(x) == 1 else 's'}; a 20% test split needs at least 5")
-    try:  # stratified where every class can have a share in both parts
+    try:  # class ids: stratified where every class can have a share in both parts
+        if y.dtype.kind == "f":
+            raise ValueError("real targets have no classes to stratify")
         parts = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y)
-        how = "stratified"
-    except ValueError:  # a class of one sample, or more classes than test samples
+        how = "a stratified"
+    except ValueError:  # real targets, a class of one sample, or more classes than test samples
         parts = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed)
-        how = "unstratified"
+        how = "a random" if y.dtype.kind == "f" else "an unstratified"
     x_train, x_test, y_train, y_test = parts
     return Dataset(name, x_train, y_train, x_test, y_test, scale=scale,
-                   split=f"a {how} {TEST_FRACTION:.0%} test split (seed {seed})")
+                   split=f"{how} {TEST_FRACTION:.0%} test split (seed {seed})", scale_why=scale_why)
 
 
 # ---------------------------------------------------------------------------------------
@@ -389,14 +438,14 @@ def _split(name: str, x: Any, y: Any, scale: float, seed: int) -> Dataset:
 
 
 def prepare(ds: Dataset, report: Any, loss: str | None, scale: float | None = None) -> Arrays:
-    """Scaled, reshaped samples and labels encoded for `loss`, for a model with `report`'s
-    input and output shapes. `scale` overrides ds.scale."""
+    """Samples divided by `scale` (default ds.scale) and reshaped, targets encoded for `loss`,
+    for a model with `report`'s input and output shapes."""
     input_shape = tuple(report.input_shape[1:])
     units = report.output_shape[-1]
     scale = ds.scale if scale is None else scale
     x_train = fit_input(ds.x_train / np.float32(scale), input_shape, ds.name)
     x_test = fit_input(ds.x_test / np.float32(scale), input_shape, ds.name)
-    classes = ds.classes
+    classes = 0 if ds.regression else ds.classes
     return Arrays(x_train, encode_labels(ds.y_train, units, loss, classes, ds.name),
                   x_test, encode_labels(ds.y_test, units, loss, classes, ds.name))
 
@@ -414,11 +463,23 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], name: Any = "the data
 
 
 def encode_labels(y: np.ndarray, units: int, loss: str | None, classes: int, name: Any = "the data") -> np.ndarray:
-    """One-hot (float32) for categorical cross-entropy, ids (int64) for the sparse loss; a
-    two-class 0/1 column for other losses on a one-unit output."""
+    """Class ids: one-hot (float32) for categorical cross-entropy, ids (int64) for the sparse
+    loss; for the other losses a float32 column on a one-unit output (binary labels, or whole
+    numbers to regress on), else one-hot rows. Real targets (float y, `classes` 0): a float32
+    column per output unit, for any loss but the two that take class ids."""
     if loss is None:
         raise DataError("the spec has no loss: add a `loss` statement (e.g. `loss categorical_crossentropy`)")
-    if loss in CLASSIFICATION_LOSSES:
+    if y.dtype.kind == "f":
+        if loss in CLASSIFICATION_LOSSES:
+            raise DataError(f"{name} has real-valued targets (such as {_non_integer(y):g}), but {loss} takes "
+                            "class ids 0, 1, 2, ...; to regress on real values use loss mse, mae or huber "
+                            "with a linear output")
+        column = y[:, None] if y.ndim == 1 else y
+        if column.shape[1] != units:
+            raise DataError(f"{name} has {column.shape[1]} real target(s) per sample, but the model's output has "
+                            f"{units} unit(s); expected one unit per target")
+        return np.ascontiguousarray(column, np.float32)
+    if loss in CLASSIFICATION_LOSSES or units > 1:
         if classes > units:
             raise DataError(f"{name} has {classes} classes (labels 0 to {classes - 1}), but the model's output "
                             f"has {units} unit(s); expected one unit per class")
@@ -427,11 +488,19 @@ def encode_labels(y: np.ndarray, units: int, loss: str | None, classes: int, nam
         one_hot = np.zeros((len(y), units), np.float32)  # not np.eye(units): units² floats
         one_hot[np.arange(len(y)), y] = 1
         return one_hot
-    if units == 1 and classes <= 2:
-        return y.astype(np.float32)[:, None]
-    raise DataError(f"{loss} on {name}, which has {classes} classes: {loss} takes one output unit and "
-                    "labels 0 or 1; for class labels use categorical_crossentropy (one-hot) or "
-                    "sparse_categorical_crossentropy (integer ids) with a softmax output of one unit per class")
+    if loss == "binary_crossentropy" and classes > 2:
+        raise DataError(f"binary_crossentropy on {name}, which has {classes} classes: binary_crossentropy "
+                        "takes labels 0 or 1; for class labels use categorical_crossentropy (one-hot) or "
+                        "sparse_categorical_crossentropy (integer ids) with a softmax output of one unit "
+                        "per class")
+    return y.astype(np.float32)[:, None]
+
+
+def _non_integer(y: np.ndarray) -> float:
+    """A value of `y` that is not a class id (the first, if every one could be)."""
+    flat = y.ravel()
+    odd = flat[(flat % 1 != 0) | (flat < 0)]
+    return float(odd[0] if odd.size else flat[0])
 
 
 def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.ndarray:

@@ -452,16 +452,18 @@ class Model:
             warnings.warn(f"{path} was trained with another spec: {'; '.join(changed[:3])}"
                           f"{'; ...' if len(changed) > 3 else ''}", SpecMismatch, stacklevel=3)
 
-    def save(self, path: Any) -> None:
-        """Weights and spec in one safetensors file (nothing in it can execute on load)."""
+    def save(self, path: Any, metadata: dict[str, str] | None = None) -> None:
+        """Weights and spec in one safetensors file (nothing in it can execute on load);
+        `metadata` adds string entries to the file's header (`modelspec train` records how it
+        scaled the samples there)."""
         from safetensors.numpy import save
 
         from .version import __version__
         from .fileio import write_atomic
 
         tensors = dict(zip(self.weight_paths, self.get_weights()))
-        metadata = {"format": FORMAT, "spec": self.spec.model_dump_json(), "backend": self.backend.name,
-                    "modelspec": __version__}
+        metadata = {**(metadata or {}), "format": FORMAT, "spec": self.spec.model_dump_json(),
+                    "backend": self.backend.name, "modelspec": __version__}
         write_atomic(path, save(tensors, metadata=metadata))
 
     def load_weights(self, path: Any) -> None:

@@ -95,3 +95,16 @@ def test_cli_errors_are_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == "modelspec: error: unknown backend 'nump'; did you mean 'numpy'?"
+
+
+def test_the_table_never_cuts_a_layer_name_or_a_number(tmp_path):
+    """Output piped (80 columns): long layer names and every figure are shown whole."""
+    from corpus import modelspec_cli
+
+    body = "\n".join(["dense 16 relu\nbatchnorm"] * 11)
+    (tmp_path / "deep.ms").write_text(f"model deep\ninput 8x8\nflatten\n{body}\ndense 10 softmax\n"
+                                      "optimizer adam\nloss categorical_crossentropy\n")
+    done = modelspec_cli("crosscheck", tmp_path / "deep.ms", "--steps", 1)
+    assert done.returncode == 0, done.stderr
+    assert "│ batch_normalization_10 (batchnorm) │" in done.stdout
+    assert "…" not in done.stdout

@@ -247,7 +247,7 @@ def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match="nope.npz: no such file"):
         data.load(tmp_path / "nope.npz")
     (tmp_path / "d.txt").write_text("1,2")
-    with pytest.raises(DataError, match="expected digits, mnist, a .npz file or a .csv file"):
+    with pytest.raises(DataError, match="expected digits, diabetes, mnist, a .npz file or a .csv file"):
         data.load(tmp_path / "d.txt")
 
 
@@ -288,7 +288,6 @@ def test_csv_label_column_by_name_and_index(tmp_path):
     ("a,b,c\n1,2\n", "the header names 3 columns but the rows have 2"),
     ("1,2\n1,2,3\n", "line 2 has 3 columns, but line 1 has 2; every row needs the same number of columns"),
     ("a,b\n", "holds no rows"),
-    ("1,0.5\n2,1\n3,0\n4,1\n5,0\n", r"the label column \(column 1\) holds 0.5"),
 ])
 def test_bad_csv(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
@@ -336,8 +335,8 @@ def test_shape_mismatch_names_both_shapes():
 
 @pytest.mark.parametrize("spec, loss, message", [
     ("input 64; dense 8 softmax", "categorical_crossentropy", "10 classes .* output has 8 unit"),
-    ("input 64; dense 10 sigmoid", "binary_crossentropy", "binary_crossentropy on digits, which has 10 classes"),
-    ("input 64; dense 10", "mse", "mse on digits, which has 10 classes"),
+    ("input 64; dense 1 sigmoid", "binary_crossentropy", "binary_crossentropy on digits, which has 10 classes"),
+    ("input 64; dense 8", "mse", "10 classes .* output has 8 unit"),
     ("input 64; dense 10 softmax", None, "the spec has no loss"),
 ])
 def test_labels_that_do_not_fit_the_loss(spec, loss, message):
@@ -352,7 +351,44 @@ def test_binary_loss_on_two_classes_is_a_column_of_0_and_1(tmp_path):
     assert arrays.y_train.shape == (8, 1) and set(arrays.y_train[:, 0].tolist()) == {0.0, 1.0}
 
 
-@pytest.mark.parametrize("values, scale", [([0, 0.5, 1], 1.0), ([-1, 3], 1.0), ([0, 16], 255.0),
+def test_class_ids_on_other_losses_are_one_hot_rows_or_a_column_of_values():
+    ds = data.load("digits")
+    one_hot = data.prepare(ds, report("input 64; dense 10"), "mse")
+    np.testing.assert_array_equal(one_hot.y_train.argmax(axis=1), ds.y_train)
+    assert one_hot.y_train.sum() == len(ds.y_train)
+    column = data.prepare(ds, report("input 64; dense 1"), "mae")  # whole numbers to regress on
+    np.testing.assert_array_equal(column.y_train[:, 0], ds.y_train.astype(np.float32))
+
+
+def test_real_targets_from_csv_and_npz_are_kept_as_values(tmp_path):
+    rows = "\n".join(f"{i},{i * 0.5 - 1.25}" for i in range(20))
+    ds = data.load(_csv(tmp_path, "x,label\n" + rows))
+    assert ds.regression and ds.y_train.dtype == np.float32 and "a random 20% test split" in ds.split
+    arrays = data.prepare(ds, report("input 1; dense 1"), "mse", scale=1.0)
+    np.testing.assert_array_equal(arrays.y_train[:, 0], arrays.x_train[:, 0] * 0.5 - 1.25)
+    # two targets per sample from an .npz: one output unit per target
+    x = np.arange(30, dtype=np.float32).reshape(15, 2)
+    np.savez(tmp_path / "r.npz", x_train=x, y_train=x * 2 + 0.5)
+    arrays = data.prepare(data.load(tmp_path / "r.npz"), report("input 2; dense 2"), "huber", scale=1.0)
+    np.testing.assert_array_equal(arrays.y_train, arrays.x_train * 2 + 0.5)
+    with pytest.raises(DataError, match=r"2 real target\(s\) per sample, but the model's output has 1 unit"):
+        data.prepare(data.load(tmp_path / "r.npz"), report("input 2; dense 1"), "mse")
+    with pytest.raises(DataError, match=r"real-valued targets \(such as [0-9.]+\), but categorical_crossentropy "
+                                        "takes class ids .* use loss mse, mae or huber"):
+        data.prepare(data.load(tmp_path / "r.npz"), report("input 2; dense 2 softmax"), "categorical_crossentropy")
+
+
+def test_diabetes_is_sklearns_raw_regression_set():
+    from sklearn.datasets import load_diabetes
+
+    ds, sk = data.load("diabetes"), load_diabetes(scaled=False)
+    assert ds.regression and len(ds.x_train) + len(ds.x_test) == 442 and ds.sample_shape == (10,)
+    assert len(ds.x_test) == 89 and ds.scale == 1.0
+    np.testing.assert_allclose(sorted(np.concatenate([ds.y_train, ds.y_test])), sorted(sk.target))
+    assert ds.x_train[:, 1].min() == 1 and ds.x_train[:, 1].max() == 2  # sex as measured, not standardised
+
+
+@pytest.mark.parametrize("values, scale", [([0, 0.5, 1], 1.0), ([-1, 3], 1.0), ([0, 16], 16.0),
                                            ([0, 255], 255.0), ([0, 1000], 1000.0)])
 def test_infer_scale(values, scale):
     assert data.infer_scale(np.array(values, np.float32)) == scale

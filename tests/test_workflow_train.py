@@ -52,6 +52,7 @@ def test_train_digits_reaches_95_percent_on_the_test_set(trained):
     assert doc["model"] == "digits" and doc["backend"] == "numpy" and doc["params"] == 17226
     assert doc["data"] == {"name": "digits", "train": 1437, "test": 360, "validation": 0.2,
                            "split": "a stratified 20% test split (seed 0)", "scale": 16.0,
+                           "scaling": "the digits' pixels run from 0 to 16",
                            "batch_size": 32, "seed": {"weights": 0, "shuffle": 0}}
     assert doc["epochs"] == 20 and doc["stopped"] is None and doc["interrupted"] is False
 
@@ -107,7 +108,7 @@ def test_evaluate_gives_the_test_metrics_of_training(trained):
 def test_predict_probabilities_and_argmax(trained, tmp_path):
     doc, out = trained
     x_test, y_test = digits_test_split()
-    np.save(tmp_path / "x.npy", x_test)  # raw pixels 0-16: the run's scale is read from its run.json
+    np.save(tmp_path / "x.npy", x_test)  # raw pixels 0-16: the weights file records the run's scale
     done = modelspec_cli("predict", SPECS / "digits.ms", "--weights", out / "weights.safetensors",
                          "--input", tmp_path / "x.npy", "--output", tmp_path / "p.csv", "--json")
     assert done.returncode == 0, done.stderr
@@ -122,17 +123,34 @@ def test_predict_probabilities_and_argmax(trained, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 360 and [int(r["class"]) for r in rows] == classes.tolist()
 
-    # a CSV of flattened rows with a label column; weights away from their run.json need --scale
+    # a CSV of flattened rows with a label column; the weights file alone says how training scaled
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "weights.safetensors").write_bytes((out / "weights.safetensors").read_bytes())
     table = np.column_stack([y_test[:5], x_test[:5].reshape(5, 64)])
     header = "label," + ",".join(f"px{i}" for i in range(64))
     np.savetxt(tmp_path / "x.csv", table, delimiter=",", header=header, comments="", fmt="%g")
     done = modelspec_cli("predict", SPECS / "digits.ms", "-w", tmp_path / "w" / "weights.safetensors",
-                         "-i", tmp_path / "x.csv", "--scale", 16)
-    assert done.returncode == 0, done.stderr
+                         "-i", tmp_path / "x.csv")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     shown = [int(m.group(1)) for m in re.finditer(r"^│\s+\d+ │\s+(\d) │", done.stdout, re.M)]
     assert shown == classes[:5].tolist()
+
+
+def test_predict_warns_when_the_samples_are_not_scaled_as_in_training(trained, tmp_path):
+    """Digits divided by 16 already, for a model trained on raw 0-16 pixels: the answers would be
+    wrong without a sign, so predict and evaluate say so."""
+    doc, out = trained
+    x_test, _ = digits_test_split()
+    np.save(tmp_path / "x.npy", x_test / 16)
+    done = modelspec_cli("predict", SPECS / "digits.ms", "--weights", out / "weights.safetensors",
+                         "--input", tmp_path / "x.npy", "--json")
+    assert done.returncode == 0, done.stderr
+    assert ("x.npy holds values from 0 to 1, but the training samples ran from 0 to 16; give the samples as "
+            "training had them (raw, before any scaling)") in done.stderr
+    np.save(tmp_path / "x.npy", x_test)
+    done = modelspec_cli("predict", SPECS / "digits.ms", "--weights", out / "weights.safetensors",
+                         "--input", tmp_path / "x.npy", "--json")
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
 
 
 def test_compare_three_variants_on_one_plot(tmp_path):
@@ -173,20 +191,23 @@ def test_train_on_csv_and_npz_files(tmp_path):
     digits = load_digits()
     table = np.column_stack([digits.data, digits.target])  # 64 pixel columns, then the label
     np.savetxt(tmp_path / "digits.csv", table, delimiter=",", fmt="%g")
-    done = modelspec_cli("train", SPECS / "digits.ms", "--data", "digits.csv", "--scale", 16, "--epochs", 2,
+    done = modelspec_cli("train", SPECS / "digits.ms", "--data", "digits.csv", "--epochs", 2,
                          "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    # the last column is the label; 64 values per row reshape to the spec's 8x8; 1,797 rows split 1,437 + 360
+    # the last column is the label; 64 values per row reshape to the spec's 8x8; 1,797 rows split 1,437 + 360;
+    # the pixels are divided by their largest value, 16, as the built-in digits are
     assert doc["data"]["train"] == 1437 and doc["data"]["test"] == 360 and doc["data"]["scale"] == 16
+    assert doc["data"]["scaling"] == "inferred: the largest value in the samples is 16"
+    assert "Samples divided by 16 (inferred: the largest value in the samples is 16)" in done.stderr
     np.savez(tmp_path / "d.npz", x_train=digits.images[:1000], y_train=digits.target[:1000],
              x_test=digits.images[1000:], y_test=digits.target[1000:])
     done = modelspec_cli("train", SPECS / "digits_cnn.ms", "--data", "d.npz", "--epochs", 1, "--json",
                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    # 8x8 images into `input 8x8x1`, integer labels for the sparse loss, 0-16 scaled by 255 (documented)
-    assert doc["data"]["train"] == 1000 and doc["data"]["test"] == 797 and doc["data"]["scale"] == 255.0
+    # 8x8 images into `input 8x8x1`, integer labels for the sparse loss
+    assert doc["data"]["train"] == 1000 and doc["data"]["test"] == 797 and doc["data"]["scale"] == 16.0
     assert doc["data"]["split"] == "the file's own test set" and "accuracy" in doc["test"]
 
 

@@ -17,15 +17,16 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", metavar="DATA",
-                   help="digits (default: scikit-learn's 8x8 digits), mnist (local files), FILE.npz or FILE.csv")
+                   help="digits (default: scikit-learn's 8x8 digits), diabetes (scikit-learn's regression set), "
+                        "mnist (local files), FILE.npz or FILE.csv")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where to look for MNIST first (then $MODELSPEC_DATA, then ~/.keras/datasets)")
     p.add_argument("--label-column", metavar="NAME|INDEX",
                    help="a .csv file's label column (default: the one named 'label', else the last)")
     p.add_argument("--scale", type=positive_float, metavar="N",
-                   help="divide samples by N (default: 16 for digits, 255 for MNIST and 8-bit pixels, "
-                        "1 for values already in [0, 1]; evaluate: the training run's, from run.json "
-                        "beside the weights)")
+                   help="divide samples by N, for a spec without rescale or normalize (default: 16 for the "
+                        "digits, 255 for MNIST, a file's largest value, 1 for values in [0, 1] or signed; "
+                        "evaluate: as training did, recorded in the weights file)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

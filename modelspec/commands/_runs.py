@@ -20,7 +20,9 @@ from ._plots import curves_png
 
 WEIGHTS = "weights.safetensors"
 RUN = "run.json"
-RUN_FILES = ("weights.safetensors", "history.json", "history.csv", "loss.png", "accuracy.png", RUN)
+RUN_FILES = ("weights.safetensors", "history.json", "history.csv", "loss.png", "accuracy.png", "mse.png", "mae.png",
+             RUN)
+METRIC_LABELS = {"loss": "Loss", "mse": "Mean squared error", "mae": "Mean absolute error"}
 LOCK = ".modelspec-run.lock"
 
 
@@ -70,21 +72,99 @@ def load_data(args: argparse.Namespace) -> Any:
         raise CommandError(str(e)) from None
 
 
-def prepare(dataset: Any, spec: Any, report: Any, scale: float | None) -> Any:
+@dataclass(frozen=True)
+class Scaling:
+    """What the samples are divided by before the model sees them, and why, in words. A spec
+    whose input goes through `rescale` or `normalize` takes its samples raw (scale 1)."""
+
+    scale: float
+    why: str
+    guessed: bool = False  # predict's or evaluate's fallback, for weights that do not record training's
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "scaling": self.why}
+
+
+PREPROCESSING = ("rescale", "normalize")
+
+
+def scaling(spec: Any, given: float | None, default: float, default_why: str) -> Scaling:
+    """--scale if given, else `default`; raw samples for a spec that scales its own input,
+    where --scale would scale them twice and is refused."""
+    own = next((layer for layer in spec.layers if layer.kind in PREPROCESSING), None)
+    if own is not None:
+        where = f" at line {own.span.line}" if own.span is not None else ""
+        if given is not None:
+            raise CommandError(f"--scale {given:g}: the spec scales its own input (`{own.kind}`{where}), so "
+                               "the samples go in raw; drop --scale, or change the spec's scaling")
+        return Scaling(1.0, f"none: the spec's {own.kind}{where} scales the raw samples")
+    if given is not None:
+        return Scaling(given, "--scale")
+    return Scaling(default, default_why)
+
+
+def prepare(dataset: Any, spec: Any, report: Any, scale: Scaling) -> Any:
     from ..data import DataError, prepare as prepare_arrays
 
     try:
-        return prepare_arrays(dataset, report, spec.loss.name if spec.loss else None, scale)
+        return prepare_arrays(dataset, report, spec.loss.name if spec.loss else None, scale.scale)
     except DataError as e:
         raise CommandError(str(e)) from None
 
 
-def trained_scale(weights: str) -> float | None:
-    """The scale `modelspec train` recorded in the run.json beside the weights, if any."""
+INPUTS = "modelspec.inputs"  # the weights file's metadata entry: training's scale and raw value range
+
+
+def inputs_record(scale: Scaling, value_range: tuple[float, float]) -> dict[str, str]:
+    """The metadata `modelspec train` writes into the weights file: how the samples were
+    scaled and the range of the raw training values, so that predict and evaluate scale as
+    training did and notice data that was not."""
+    return {INPUTS: json.dumps({**scale.to_dict(), "min": value_range[0], "max": value_range[1]})}
+
+
+def recorded_inputs(weights: str) -> dict[str, Any]:
+    """What `inputs_record` wrote into a weights file; {} for a file without it."""
+    from safetensors import safe_open
+
     try:
-        return float(json.loads((Path(weights).parent / RUN).read_text())["data"]["scale"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        with safe_open(weights, "np") as f:
+            record = json.loads((f.metadata() or {}).get(INPUTS, "{}"))
+        return record if isinstance(record, dict) else {}
+    except Exception:  # an unreadable file: load_weights reports it, with its reason
+        return {}
+
+
+def trained_scaling(spec: Any, given: float | None, weights: str, fallback: float, fallback_why: str) -> Scaling:
+    """predict's and evaluate's scaling: as training scaled (recorded in the weights file),
+    else the fallback, a guess (`note_guess` says so once the weights have loaded)."""
+    record = recorded_inputs(weights)
+    if isinstance(record.get("scale"), (int, float)) and record["scale"] > 0:
+        return scaling(spec, given, float(record["scale"]), f"as in training ({record.get('scaling', '')})")
+    chosen = scaling(spec, given, fallback, fallback_why)
+    return Scaling(chosen.scale, chosen.why, guessed=chosen.why == fallback_why)
+
+
+def note_guess(scale: Scaling, weights: str) -> None:
+    if scale.guessed and scale.scale != 1:
+        print(f"modelspec: note: {weights} does not record how training scaled its samples; dividing them by "
+              f"{scale.scale:g} ({scale.why}); pass --scale N to choose", file=sys.stderr)
+
+
+def warn_if_out_of_range(weights: str, what: str, values: Any) -> None:
+    """One line of warning when the raw samples' range does not fit what training saw: samples
+    scaled already (digits divided by 16 for a model trained on 0-16) would otherwise give
+    wrong answers without a sign."""
+    record = recorded_inputs(weights)
+    if not all(isinstance(record.get(k), (int, float)) for k in ("min", "max")) or values.size == 0:
+        return
+    lo, hi, low, high = float(record["min"]), float(record["max"]), float(values.min()), float(values.max())
+    span = hi - lo
+    if span <= 0:
+        return
+    if low < lo - 0.1 * span or high > hi + 0.1 * span or high - low < 0.25 * span:
+        print(f"modelspec: warning: {what} holds values from {low:g} to {high:g}, but the training samples ran "
+              f"from {lo:g} to {hi:g}; give the samples as training had them (raw, before any scaling), or "
+              "the predictions are not the model's", file=sys.stderr)
 
 
 def load_weights(model: Any, path: str) -> None:
@@ -163,9 +243,9 @@ class Trained:
 
 
 def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Namespace, out: Path,
-                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any]) -> Trained:
-    """Fit (stoppable with Ctrl-C), save weights, history and plots, evaluate on the test set,
-    then write run.json. Files are written atomically, one at a time."""
+                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str]) -> Trained:
+    """Fit (stoppable with Ctrl-C), save weights (with `metadata`), history and plots, evaluate
+    on the test set, then write run.json. Files are written atomically, one at a time."""
     interrupt.model = model
     try:
         hist = model.fit(arrays.x_train, arrays.y_train, batch_size=args.batch, epochs=args.epochs,
@@ -181,28 +261,28 @@ def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Names
             "batch_size": hist.params.get("batch_size"),
             "seed": {"weights": model.seed, "shuffle": model.seed if shuffle_seed is None else shuffle_seed}}
     run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data)
-    run.files = save_training(out, model, hist.history)
+    run.files = save_training(out, model, hist.history, metadata)
     run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
     write(out / RUN, json.dumps(run.to_dict(), indent=2) + "\n")
     run.files.append(RUN)
     return run
 
 
-def save_training(out: Path, model: Any, history: dict[str, list[float]]) -> list[str]:
-    """Weights, history.json, history.csv and the loss and accuracy curves."""
+def save_training(out: Path, model: Any, history: dict[str, list[float]], metadata: dict[str, str]) -> list[str]:
+    """Weights (with `metadata` in the file), history.json, history.csv and the loss and metric curves."""
     try:
-        model.save(out / WEIGHTS)
+        model.save(out / WEIGHTS, metadata)
     except OSError as e:
         raise CommandError(f"cannot write {out / WEIGHTS}: {e.strerror or e}") from None
     files = [WEIGHTS]
     write(out / "history.json", json.dumps(finite(history), indent=2) + "\n")
     write(out / "history.csv", history_csv(history))
     files += ["history.json", "history.csv"]
-    for key, label in (("loss", "Loss"), (accuracy_key(history), "Accuracy")):
+    for key in ("loss", metric_key(history)):
         if key is None:
             continue
-        name = "loss.png" if key == "loss" else "accuracy.png"
-        write(out / name, curves_png(history, key, label))
+        name = "accuracy.png" if key == accuracy_key(history) else f"{key}.png"
+        write(out / name, curves_png(history, key, metric_label(key)))
         files.append(name)
     for stale in set(RUN_FILES) - set(files) - {RUN}:  # an earlier run's, which would mislead
         (out / stale).unlink(missing_ok=True)
@@ -300,3 +380,21 @@ def history_csv(history: dict[str, list[float]]) -> str:
 def accuracy_key(history: dict[str, Any]) -> str | None:
     """The first metric with 'acc' in its name (accuracy, categorical_accuracy, ...)."""
     return next((k for k in sorted(history) if "acc" in k and not k.startswith("val_")), None)
+
+
+def metric_key(history: dict[str, Any]) -> str | None:
+    """The metric a run reports besides its loss: an accuracy, else the first other (mae, mse)."""
+    return accuracy_key(history) or next(
+        (k for k in sorted(history) if k in METRIC_LABELS and k != "loss"), None)
+
+
+def report_metric(con: Any, metrics: dict[str, float]) -> None:
+    """The line under a test table: the accuracy as a percentage, or the regression metric."""
+    key = metric_key(metrics)
+    if key is not None:
+        value = metrics[key]
+        con.print(f"Test accuracy: {value:.2%}" if key == accuracy_key(metrics) else f"Test {metric_label(key).lower()}: {value:.4g}")
+
+
+def metric_label(key: str) -> str:
+    return "Accuracy" if "acc" in key else METRIC_LABELS.get(key, key)

@@ -9,8 +9,8 @@ from ._arguments import add_backend_arguments, add_data_arguments, add_training_
 from ._output import console, console_on, finite, print_json
 from ._plots import comparison_png
 from ._runs import (
-    RunLock, StopOnInterrupt, accuracy_key, build, check_backend, check_out, load_data, load_spec, prepare,
-    train_and_save, write,
+    RunLock, StopOnInterrupt, build, check_backend, check_out, inputs_record, load_data, load_spec, metric_key,
+    prepare, scaling, train_and_save, write,
 )
 
 HELP = "train several specs on the same data, split and seed; plot their validation losses together"
@@ -36,20 +36,21 @@ def run(args: argparse.Namespace) -> int:
     check_out(out)
     check_backend(args.backend)
     dataset = load_data(args)
-    arrays = [prepare(dataset, spec, report, args.scale) for spec, report in loaded]
+    scales = [scaling(spec, args.scale, dataset.scale, dataset.scale_why) for spec, _ in loaded]
+    arrays = [prepare(dataset, spec, report, scale) for (spec, report), scale in zip(loaded, scales)]
     models = [build(spec, args, args.seed) for spec, _ in loaded]
     names = _unique([m.name for m in models])
     stream = sys.stderr if args.json else sys.stdout
-    data = {"name": dataset.name, "test": len(arrays[0].x_test), "split": dataset.split,
-            "scale": args.scale or dataset.scale}
+    data = {"name": dataset.name, "test": len(arrays[0].x_test), "split": dataset.split}
     runs = []
     with RunLock(out), StopOnInterrupt() as interrupt:
-        for i, (path, model, xy, name) in enumerate(zip(args.specs, models, arrays, names)):
+        for i, (path, model, xy, name, scale) in enumerate(zip(args.specs, models, arrays, names, scales)):
             console_on(stream).rule(f"{name} ({i + 1}/{len(models)}): {model.report.total_params:,} params")
             settings = copy.copy(args)
             settings.validation = _validation(args, model.spec)
             runs.append(train_and_save(model, path, xy, settings, out / name, interrupt, stream,
-                                          {**data, "train": len(xy.x_train)}))
+                                       {**data, "train": len(xy.x_train), **scale.to_dict()},
+                                       inputs_record(scale, dataset.value_range)))
             if interrupt.requested:
                 break
     doc = _save(out, names, runs, data)
@@ -110,10 +111,12 @@ def _report(doc: dict, out) -> None:
 
     table = Table(title=f"Comparison on {doc['data']['name']} ({doc['data']['test']:,} test samples)",
                   title_justify="left")
-    for column in ("model", "params", "epochs", "val loss", "val acc", "test loss", "test acc"):
+    keys = {metric_key(m["history"]) for m in doc["models"]} - {None}
+    short = "acc" if all("acc" in k for k in keys) else keys.pop() if len(keys) == 1 else "metric"
+    for column in ("model", "params", "epochs", "val loss", f"val {short}", "test loss", f"test {short}"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in doc["models"]:
-        acc = accuracy_key(m["history"])
+        acc = metric_key(m["history"])
         table.add_row(m["name"], f"{m['params']:,}", str(m["epochs"]), last(m["history"], "val_loss"),
                       last(m["history"], f"val_{acc}" if acc else None), fmt(m["test"].get("loss")),
                       fmt(m["test"].get(acc) if acc else None))

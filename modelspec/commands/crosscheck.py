@@ -76,7 +76,7 @@ def _backends(option: str | None, registry) -> list[str]:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.2e}"
+    return "0" if x == 0 else f"{x:.2e}"
 
 
 def _print(result, explanation) -> None:
@@ -93,10 +93,11 @@ def _print(result, explanation) -> None:
         if not same:
             console.print(f"  [red]{name} does not hold the reference's initial weights[/]")
     table = Table(title=f"Forward, one batch: error against {ref} (relative to the layer's largest value)")
-    table.add_column("layer")
+    # layer names are never cut: the number columns are narrow, with two-line headers
+    table.add_column("layer", no_wrap=True, min_width=max((len(f"{l.name} ({l.kind})") for l in result.layers), default=5))
     for b in others:
-        table.add_column(f"{b} max abs", justify="right")
-        table.add_column(f"{b} max rel", justify="right")
+        table.add_column(f"{b}\nmax abs", justify="right", no_wrap=True, min_width=8)
+        table.add_column(f"{b}\nmax rel", justify="right", no_wrap=True, min_width=8)
     for layer in result.layers:
         cells = []
         for b in others:

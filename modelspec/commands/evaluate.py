@@ -9,7 +9,8 @@ from . import CommandError
 from ._arguments import add_backend_arguments, add_data_arguments, positive_int
 from ._output import console, metrics_table, print_json
 from ._runs import (
-    accuracy_key, build, check_backend, load_data, load_spec, load_weights, prepare, trained_scale,
+    build, check_backend, load_data, load_spec, load_weights, prepare, note_guess, report_metric, trained_scaling,
+    warn_if_out_of_range,
 )
 
 HELP = "evaluate trained weights on a dataset's test set (the same split train uses)"
@@ -27,21 +28,22 @@ def run(args: argparse.Namespace) -> int:
     spec, report = load_spec(args.spec)
     check_backend(args.backend)
     dataset = load_data(args)
-    arrays = prepare(dataset, spec, report, args.scale or trained_scale(args.weights))
+    scale = trained_scaling(spec, args.scale, args.weights, dataset.scale, dataset.scale_why)
+    arrays = prepare(dataset, spec, report, scale)
     model = build(spec, args)
     load_weights(model, args.weights)
+    note_guess(scale, args.weights)
+    warn_if_out_of_range(args.weights, f"the {dataset.name} test set", dataset.x_test)
     try:
         metrics = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
     except ValueError as e:
         raise CommandError(one_line(e)) from None
     if args.json:
         print_json({"model": model.name, "weights": args.weights, "backend": model.backend.name,
-                       "data": dataset.name, "samples": len(arrays.x_test), "metrics": metrics})
+                    "data": dataset.name, "samples": len(arrays.x_test), **scale.to_dict(), "metrics": metrics})
         return 0
     con = console()
     con.print(f"{model.name} with {args.weights}, on the {dataset.name} test set ({dataset.split})")
     con.print(metrics_table(f"Test set ({len(arrays.x_test):,} samples)", metrics))
-    acc = accuracy_key(metrics)
-    if acc is not None:
-        con.print(f"Test accuracy: {metrics[acc]:.2%}")
+    report_metric(con, metrics)
     return 0

@@ -8,8 +8,8 @@ import sys
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
 from ._output import console, metrics_table, print_json
 from ._runs import (
-    RunLock, StopOnInterrupt, Trained, accuracy_key, build, check_backend, check_out, default_out, load_data,
-    load_spec, prepare, train_and_save,
+    RunLock, StopOnInterrupt, Trained, build, check_backend, check_out, default_out, inputs_record,
+    load_data, load_spec, prepare, report_metric, scaling, train_and_save,
 )
 
 HELP = "train a spec on a dataset (default: the digits), report test metrics, save weights, history and plots"
@@ -38,16 +38,19 @@ def run(args: argparse.Namespace) -> int:
     check_out(out)
     check_backend(args.backend)
     dataset = load_data(args)
-    arrays = prepare(dataset, spec, report, args.scale)
+    scale = scaling(spec, args.scale, dataset.scale, dataset.scale_why)
+    arrays = prepare(dataset, spec, report, scale)
     model = build(spec, args, args.seed)
     stream = sys.stderr if args.json else sys.stdout
     if not args.json:
         model.summary()
-        sys.stdout.flush()
+    print(f"Samples divided by {scale.scale:g} ({scale.why})" if scale.scale != 1 else
+          f"Samples as given ({scale.why})", file=stream, flush=True)
     data = {"name": dataset.name, "train": len(arrays.x_train), "test": len(arrays.x_test),
-            "split": dataset.split, "scale": args.scale or dataset.scale}
+            "split": dataset.split, **scale.to_dict()}
     with RunLock(out), StopOnInterrupt() as interrupt:
-        trained = train_and_save(model, args.spec, arrays, args, out, interrupt, stream, data)
+        trained = train_and_save(model, args.spec, arrays, args, out, interrupt, stream, data,
+                                 inputs_record(scale, dataset.value_range))
     if args.json:
         print_json(trained.to_dict(), ok=not (trained.stopped or trained.interrupted))
     else:
@@ -62,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(trained: Trained, samples: int) -> None:
     con = console()
     con.print(metrics_table(f"Test set ({samples:,} samples)", trained.test))
-    acc = accuracy_key(trained.test)
-    if acc is not None:
-        con.print(f"Test accuracy: {trained.test[acc]:.2%}")
+    report_metric(con, trained.test)
     con.print(f"Saved in {trained.out}: {', '.join(f for f in trained.files if not f.endswith('.png'))}")
     plots = [str(trained.out / f) for f in trained.files if f.endswith(".png")]
     if plots:
