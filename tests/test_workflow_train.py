@@ -221,3 +221,36 @@ def test_a_loss_that_becomes_nan_saves_what_was_trained_and_exits_1(tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["stopped"].startswith("the loss became NaN or infinite at epoch 1")
     ms.load_model(tmp_path / "run" / "weights.safetensors")
+
+
+def test_regression_from_the_command_line(tmp_path):
+    """Real targets train with mse and report mae: the report, the plot of the metric, value
+    predictions; and lists of files stay one line, with no trailing space, when piped."""
+    from sklearn.datasets import load_diabetes
+
+    (tmp_path / "r.ms").write_text("model r\ninput 10\ndense 16 relu he_normal(seed=1)\ndense 1\n"
+                                   "optimizer adam lr=0.01\nloss mse\nmetrics mae\nfit epochs=3 validation=0.2\n")
+    out = "a_run_folder_whose_name_is_long_enough_to_need_a_wrap_at_eighty_columns"
+    done = modelspec_cli("train", "r.ms", "--data", "diabetes", "--out", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert not [line for line in lines if line.endswith(" ")]
+    assert f"Saved in {out}: weights.safetensors, history.json, history.csv, run.json" in lines
+    assert f"Plots: {out}/loss.png, {out}/mae.png" in lines
+    assert "Samples as given (the features as measured)" in lines
+    run = json.loads((tmp_path / out / "run.json").read_text())
+    assert sorted(run["history"]) == ["loss", "mae", "val_loss", "val_mae"]
+    assert f"Test mean absolute error: {run['test']['mae']:.4g}" in lines
+    assert_png(tmp_path / out / "mae.png")
+    # the model's values, one per row, as the library's predict gives them
+    x = load_diabetes(scaled=False).data[:4].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    done = modelspec_cli("predict", "r.ms", "-w", f"{out}/weights.safetensors", "-i", "x.npy", "-o", "p.csv",
+                         "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    values = [p["values"][0] for p in json.loads(done.stdout)["predictions"]]
+    np.testing.assert_allclose(values, ms.load_model(tmp_path / out / "weights.safetensors").predict(x)[:, 0],
+                               rtol=1e-6)
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "row,value" and len(rows) == 5
+    np.testing.assert_allclose([float(r.split(",")[1]) for r in rows[1:]], values, rtol=1e-6)

@@ -12,9 +12,11 @@ def console() -> Any:
 
 
 def console_on(stream: Any) -> Any:
+    """A rich console; lines of text are never broken (soft_wrap): a list of files or paths
+    stays one line, without the trailing spaces a wrap at 80 columns leaves when piped."""
     from rich.console import Console
 
-    return Console(file=stream, highlight=False)
+    return Console(file=stream, highlight=False, soft_wrap=True)
 
 
 def metrics_table(title: str, metrics: dict[str, float]) -> Any:
