@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
+import numpy as np
+
 import modelspec as ms
+from corpus import ROOT
 from modelspec import backends
 from modelspec.backends.numpy import NumpyBackend, NumpyEngine
 from modelspec.crosscheck import crosscheck, explain
@@ -60,26 +63,119 @@ def test_a_broken_backend_is_caught_at_its_first_wrong_layer(with_broken_backend
     result = crosscheck(ms.parse(SPEC), ["numpy", "broken"], steps=4, batch_size=8)
     layer, backend = result.first_divergence
     assert (layer.name, backend) == ("max_pooling2d", "broken")
-    assert result.layers[0].errors["broken"] == (0.0, 0.0)  # before the bug: identical
-    assert result.training_gap("broken") > 1e-4  # the learning rate shows from step 2 on
+    assert result.layers[0].errors["broken"] == result.layers[0].errors["numpy"]  # before the bug: identical
+    assert result.left_band_at("broken") == 2  # the learning rate shows from step 2 on
     assert result.losses["numpy"][0] == result.losses["broken"][0]  # step 1's loss precedes any update
     assert not result.ok
     assert "dropout rates were set to 0" in result.notes[0]
 
 
+# Subtle bugs, each planted in a copy of the numpy backend: crosscheck must see every one on a
+# calm spec and on a chaotic one (where float32 itself leaves float64 after a few steps), and
+# say where.
+CALM = """
+model calm
+input 8x8
+flatten
+dense 16 relu he_normal(seed=1)
+batchnorm
+dense 10 softmax
+optimizer adam lr=0.001
+loss categorical_crossentropy
+"""
+CHAOTIC = (ROOT / "specs" / "model_b.ms").read_text()  # RMSprop over three batchnorms: chaotic after step 1
+
+
+class _GradientOff(NumpyEngine):
+    """dense_1's kernel gradient 1e-5 too large (relative): the fifth trainable weight, after
+    dense's kernel and bias and batchnorm's gamma and beta, in both specs."""
+
+    def gradients(self, x, y):
+        out = super().gradients(x, y)
+        self.net.grads[4] *= np.float32(1 + 1e-5)
+        return out
+
+
+class _BatchnormEpsilon(NumpyEngine):
+    """batchnorm's epsilon 1e-4 instead of Keras's 1e-3."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for layer in self.net.layers:
+            if hasattr(layer, "epsilon"):
+                layer.epsilon = 1e-4
+
+
+class _EpsilonInsideTheRoot(NumpyEngine):
+    """Adam and RMSprop with ε inside the square root where Keras has it outside, and the
+    other way round: the step's denominator moves by about ε/(2√v) relative."""
+
+    def set_training(self, config):
+        super().set_training(config)
+        opt = self.optimizer
+        if hasattr(opt, "epsilon"):
+            opt.epsilon = opt.epsilon * 30  # the size of the change the misplaced ε makes on these specs
+
+
+def _planted(engine_class):
+    class Planted(NumpyBackend):
+        name = "planted"
+
+        def engine(self, spec, report, device=None, **options):
+            return engine_class(spec, report, **options)
+
+    return Planted
+
+
+@pytest.mark.parametrize("text", [CALM, CHAOTIC], ids=["calm", "chaotic"])
+@pytest.mark.parametrize("engine, where", [(_GradientOff, "gradient"), (_BatchnormEpsilon, "forward"),
+                                           (_EpsilonInsideTheRoot, "training")],
+                         ids=["gradient-1e-5", "batchnorm-epsilon", "optimizer-epsilon"])
+def test_subtle_bugs_are_caught_on_calm_and_chaotic_specs(monkeypatch, text, engine, where):
+    Planted = _planted(engine)
+    monkeypatch.setitem(sys.modules[__name__].__dict__, "Planted", Planted)
+    table = dict(backends.BUILTIN, planted=f"{__name__}:Planted")
+    monkeypatch.setattr(backends, "_entry_points", lambda: table)
+    spec = ms.parse(text)
+    result = crosscheck(spec, ["numpy", "planted"], steps=8, batch_size=16)
+    assert not result.ok
+    if where == "gradient":
+        layer, backend = result.first_gradient_divergence
+        assert backend == "planted" and layer.name == "dense_1"
+        assert result.first_divergence is None
+    elif where == "forward":
+        layer, backend = result.first_divergence
+        assert backend == "planted" and layer.kind == "batchnorm"
+    else:
+        assert result.first_divergence is None and result.first_gradient_divergence is None
+        assert result.left_band_at("planted") == 2  # the first step that follows an update
+    assert result.left_band_at("numpy") is None
+
+
 def test_keras_agrees_with_numpy_on_the_cli():
     pytest.importorskip("keras")
     out = subprocess.run([sys.executable, "-m", "modelspec", "crosscheck", "specs/digits_cnn.ms",
-                          "--backends", "numpy,keras", "--steps", "6", "--json", "--explain"],
+                          "--backends", "numpy,keras", "--steps", "6", "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["ok"] and doc["first_divergence"] is None
+    assert doc["ok"] and doc["first_divergence"] is None and doc["first_gradient_divergence"] is None
     assert doc["initial_weights_identical"] == {"numpy": True, "keras": True}
-    assert len(doc["training"]["losses"]["keras"]) == 6
-    assert doc["training"]["max_rel_gap"]["keras"] < 1e-4
-    assert all(row["errors"]["keras"]["max_rel"] < 1e-5 for row in doc["forward"])
-    assert {row["topic"] for row in doc["explain"]} >= {"batchnorm", "'same' padding", "optimizer"}
+    assert len(doc["training"]["losses"]["keras"]) == len(doc["training"]["float64"]) == 6
+    assert doc["training"]["left_band_at"] == {"numpy": None, "keras": None}
+    assert all(row["errors"]["keras"]["max_rel"] <= row["band"] for row in doc["forward"])
+    assert [row["layer"] for row in doc["gradients"]] == ["conv2d", "batch_normalization", "conv2d_1", "dense"]
+
+
+def test_explain_only_explains(tmp_path):
+    """--explain compares nothing, so a spec whose comparison would fail still exits 0."""
+    (tmp_path / "wild.ms").write_text("input 4\ndense 3 relu\ndense 2 softmax\noptimizer sgd lr=1e30\n"
+                                      "loss categorical_crossentropy\n")
+    out = subprocess.run([sys.executable, "-m", "modelspec", "crosscheck", str(tmp_path / "wild.ms"), "--json",
+                          "--explain"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] and "forward" not in doc and {row["topic"] for row in doc["explain"]} >= {"optimizer"}
 
 
 def test_explain_lists_only_what_the_spec_uses():
