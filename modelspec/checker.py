@@ -27,7 +27,11 @@ class Weight:
     shape: tuple[int, ...]
     trainable: bool
     initializer: ir.Initializer | None = field(default=None, compare=False, repr=False)
-    itemsize: int = field(default=BYTES_PER_PARAM, compare=False, repr=False)  # in Keras's variable
+    dtype: str = field(default="float32", compare=False, repr=False)  # Keras's variable's
+
+    @property
+    def itemsize(self) -> int:
+        return {"float32": BYTES_PER_PARAM, "int64": 8}[self.dtype]
 
     @property
     def size(self) -> int:
@@ -196,7 +200,7 @@ def infer(spec: ir.Spec) -> Report:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
         path = f"{spec.name}/{name}"
-        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.itemsize)
+        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
                    for w in layer.weights(shape)]
         layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
                                   layer.flops(shape, out), layer))

@@ -60,7 +60,7 @@ class WeightDecl(NamedTuple):
     shape: tuple[int, ...]
     initializer: Initializer
     trainable: bool = True
-    itemsize: int = 4  # bytes per value: float32, but for Normalization's int64 count
+    dtype: str = "float32"  # Keras's variable's: all float32 but Normalization's count
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class Normalize(LayerBase):
     def weights(self, shape: Shape) -> list[WeightDecl]:
         c = (shape[-1],)
         return [WeightDecl("mean", c, ZEROS, trainable=False), WeightDecl("variance", c, ONES, trainable=False),
-                WeightDecl("count", (), ZEROS, trainable=False, itemsize=8)]  # dtype "int": int64
+                WeightDecl("count", (), ZEROS, trainable=False, dtype="int64")]  # "int" is int64
 
 
 class Flatten(LayerBase):

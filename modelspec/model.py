@@ -467,6 +467,8 @@ class Model:
                 raise ValueError(f"{w.path} has shape {tuple_text(w.shape)}; received {tuple_text(arr.shape)}")
             if arr.dtype.kind not in "biuf":
                 raise ValueError(f"{w.path} must hold numbers; received dtype {arr.dtype}")
+            if w.dtype == "int64" and not np.array_equal(arr, np.round(arr)):  # Keras would truncate it
+                raise ValueError(f"{w.path} holds whole numbers (Keras's int64); received {arr.tolist()}")
             arrays.append(np.asarray(arr, dtype=np.float32, order="C"))  # ascontiguousarray makes a 0-d array 1-d
         self.engine.set_weights(arrays)
         self.adapted = True  # weights given are the normalize layers' statistics too
