@@ -32,8 +32,8 @@ class Arg:
     """How one layer option is written in a spec.
 
     `read` names how a value is read and printed (modelspec.parser reads, modelspec.printer
-    prints; both dispatch on it): int, float, seed, pair, padding2d, choice, activation,
-    initializer, flag, regularizer, keyword.
+    prints; both dispatch on it): int, float, fraction (a float also written as 1/255),
+    seed, pair, padding2d, choice, activation, initializer, flag, regularizer, keyword.
     """
 
     read: str
