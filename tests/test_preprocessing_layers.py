@@ -114,6 +114,20 @@ def test_adapt_is_keras_adapt(backend, text):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adapt_after_predicting(backend):
+    """Statistics set after a prediction are the ones the next prediction uses (Keras's
+    Normalization divides by copies of its variables, which a traced function would keep)."""
+    spec = ms.parse("input 3\nnormalize")
+    x = pixels((8, 3), seed=9)
+    model = ms.build(spec, backend=backend, seed=0)
+    np.testing.assert_array_equal(model.predict(x), x)  # mean 0, variance 1
+    model.adapt(x)
+    reference = kr.model(spec)
+    reference.layers[0].adapt(x)
+    np.testing.assert_allclose(model.predict(x), keras.ops.convert_to_numpy(reference(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_adapt_needs_a_normalize_layer():
     with pytest.raises(ValueError, match="adapt sets the statistics of normalize layers; this model has none"):
         ms.build("input 3\ndense 2", backend="numpy").adapt(np.zeros((4, 3)))
