@@ -27,10 +27,19 @@ class Weight:
     shape: tuple[int, ...]
     trainable: bool
     initializer: ir.Initializer | None = field(default=None, compare=False, repr=False)
+    dtype: str = field(default="float32", compare=False, repr=False)  # Keras's variable's
+
+    @property
+    def itemsize(self) -> int:
+        return {"float32": BYTES_PER_PARAM, "int64": 8}[self.dtype]
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def bytes(self) -> int:
+        return self.size * self.itemsize
 
 
 @dataclass
@@ -92,7 +101,11 @@ class Report:
 
     @property
     def bytes(self) -> int:
-        return self.total_params * BYTES_PER_PARAM
+        return sum(w.bytes for w in self.weights)
+
+    @property
+    def trainable_bytes(self) -> int:
+        return sum(w.bytes for w in self.weights if w.trainable)
 
     @property
     def flops(self) -> int:
@@ -179,6 +192,7 @@ def infer(spec: ir.Spec) -> Report:
 
     shape: Shape = (None, *spec.input_shape)
     layers: list[LayerReport] = []
+    weighted: tuple[str, ir.LayerBase] | None = None  # the first layer with weights
     for name, layer in zip(names, spec.layers):
         try:
             out = layer.output_shape(shape)
@@ -186,13 +200,27 @@ def infer(spec: ir.Spec) -> Report:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
         path = f"{spec.name}/{name}"
-        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer) for w in layer.weights(shape)]
+        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
+                   for w in layer.weights(shape)]
         layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
                                   layer.flops(shape, out), layer))
         shape = out
+        if layer.kind == "normalize" and weighted is not None:
+            errors.append(_normalize_after(layer, *weighted))
+        if weights and weighted is None and layer.kind != "normalize":
+            weighted = (name, layer)
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
     return Report(spec.name, (None, *spec.input_shape), layers, [], spec)
+
+
+def _normalize_after(layer: ir.LayerBase, name: str, weighted: ir.LayerBase) -> Diagnostic:
+    """A normalize layer after one with weights: its statistics come from the data that
+    reaches it before training (Model.adapt), which a weighted layer before it would change
+    with every step."""
+    where = f" at line {weighted.span.line}" if weighted.span else ""
+    return Diagnostic("error", f"normalize adapts to the data that reaches it before training; {name}{where} "
+                      "before it has weights", layer.span, hint=f"put normalize before {name}", code="normalize")
 
 
 def machine_memory() -> int | None:

@@ -298,7 +298,7 @@ def ulp_neighbours(weights: list[np.ndarray], ulps: Sequence[int]) -> list[list[
         rng = np.random.default_rng(1000 + k)
         sign = np.float32(2.0**-24 * n)
         out.append([(w * (1 + sign * rng.choice(np.array([-1, 1], w.dtype), w.shape))).astype(w.dtype)
-                    for w in weights])
+                    if w.dtype.kind == "f" else w for w in weights])  # (normalize's count is an integer)
     return out
 
 

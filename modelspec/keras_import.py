@@ -368,6 +368,29 @@ def _batchnorm(layer: _Layer) -> ir.LayerBase:
     return ir.BatchNorm(momentum=_tidy(layer.get("momentum", 0.99)), epsilon=_tidy(layer.get("epsilon", 1e-3)))
 
 
+def _number(layer: _Layer, key: str, default: float) -> float:
+    """A Rescaling option: one number, kept as Keras holds it (a float64, never rounded:
+    1/255 stays 1/255). Keras also takes a scale per channel, which a spec cannot hold."""
+    value = layer.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise layer.fail(f"{key}={value!r} cannot be expressed in a spec: rescale takes one finite number")
+    return float(value)
+
+
+def _rescaling(layer: _Layer) -> ir.LayerBase:
+    return ir.Rescale(scale=_number(layer, "scale", 1.0), offset=_number(layer, "offset", 0.0))
+
+
+def _normalization(layer: _Layer) -> ir.LayerBase:
+    # the axis is checked against the input's rank in _check_axes
+    layer.require("invert", False)
+    if layer.get("mean") is not None or layer.get("variance") is not None:
+        raise layer.fail("mean and variance passed to the constructor cannot be expressed in a spec (such a "
+                         "layer has no weights); a spec's normalize holds them as weights: build the layer "
+                         "without them and adapt it")
+    return ir.Normalize()
+
+
 def _leaky_relu(layer: _Layer) -> ir.LayerBase:
     slope = layer.get("negative_slope", layer.get("alpha", 0.3))
     return ir.LeakyReLU(negative_slope=_tidy(slope))
@@ -412,6 +435,8 @@ CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "Dropout": _dropout,
     "BatchNormalization": _batchnorm,
     "LeakyReLU": _leaky_relu,
+    "Rescaling": _rescaling,
+    "Normalization": _normalization,
     "Activation": _activation,
     "ReLU": _relu,
     "Softmax": _softmax,
@@ -433,16 +458,17 @@ def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], name
 
 
 def _check_axes(spec: ir.Spec, layers: list[dict[str, Any]]) -> None:
-    """BatchNormalization must normalize the last axis (tf.keras saved it as [3], say)."""
+    """BatchNormalization and Normalization must normalize the last axis (tf.keras saved it
+    as [3], say; Normalization(axis=None), one mean for everything, is saved as [])."""
     report = check(spec)
     for index, (row, entry) in enumerate(zip(report.layers, layers), start=1):
-        if row.kind != "batchnorm":
+        if row.kind not in ("batchnorm", "normalize"):
             continue
         axis = entry.get("config", {}).get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if axis not in (-1, len(row.input_shape) - 1):
+        if isinstance(axis, bool) or axis not in (-1, len(row.input_shape) - 1):
             raise _Layer(entry, index, len(layers)).fail(
-                f"axis={axis!r} cannot be expressed in a spec: batchnorm normalizes the last axis")
+                f"axis={axis!r} cannot be expressed in a spec: {row.kind} normalizes the last axis")
 
 
 # ---------------------------------------------------------------------------------------

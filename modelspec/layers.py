@@ -32,8 +32,8 @@ class Arg:
     """How one layer option is written in a spec.
 
     `read` names how a value is read and printed (modelspec.parser reads, modelspec.printer
-    prints; both dispatch on it): int, float, seed, pair, padding2d, choice, activation,
-    initializer, flag, regularizer, keyword.
+    prints; both dispatch on it): int, float, fraction (a float also written as 1/255),
+    seed, pair, padding2d, choice, activation, initializer, flag, regularizer, keyword.
     """
 
     read: str
@@ -60,6 +60,7 @@ class WeightDecl(NamedTuple):
     shape: tuple[int, ...]
     initializer: Initializer
     trainable: bool = True
+    dtype: str = "float32"  # Keras's variable's: all float32 but Normalization's count
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,6 +207,34 @@ class BatchNorm(LayerBase):
 # Layers without weights
 
 
+class Rescale(LayerBase):
+    """Keras's Rescaling: x * scale + offset, with scale and offset cast to the input's
+    float32 first (keras/src/layers/preprocessing/rescaling.py, `call`)."""
+
+    keras_class: ClassVar[str] = "Rescaling"
+    kind: Literal["rescale"] = "rescale"
+    scale: Annotated[float, Field(allow_inf_nan=False),
+                     Arg("fraction", "the scale", keys=("scale",), positional=True, needs="a scale",
+                         example="rescale 1/255", printed="positional")]
+    offset: Annotated[float, Field(allow_inf_nan=False), Arg("fraction", "the offset", keys=("offset",))] = 0.0
+
+
+class Normalize(LayerBase):
+    """Keras's Normalization(axis=-1): (x - mean) / max(sqrt(variance), epsilon()), one mean
+    and variance per last-axis index. Its weights, as Keras 3's `build` makes them when no
+    mean and variance are passed (keras/src/layers/preprocessing/normalization.py): mean
+    (zeros), variance (ones) and an int scalar `count` kept "for backwards compatibility",
+    none trainable; `adapt` sets mean and variance from data (modelspec.model.Model.adapt)."""
+
+    keras_class: ClassVar[str] = "Normalization"
+    kind: Literal["normalize"] = "normalize"
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        c = (shape[-1],)
+        return [WeightDecl("mean", c, ZEROS, trainable=False), WeightDecl("variance", c, ONES, trainable=False),
+                WeightDecl("count", (), ZEROS, trainable=False, dtype="int64")]  # "int" is int64
+
+
 class Flatten(LayerBase):
     keras_class: ClassVar[str] = "Flatten"
     kind: Literal["flatten"] = "flatten"
@@ -326,7 +355,7 @@ class LeakyReLU(LayerBase):
 # The registry
 
 LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
-               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU)
+               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize)
 LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
 # statement keyword -> class (every activation name is a keyword of Activation)
 LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}

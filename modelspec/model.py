@@ -205,6 +205,9 @@ class Model:
         self._config_key: Any = None
         self._trained = False
         self._shuffle_rng: np.random.Generator | None = None  # one stream across fit calls
+        # whether the normalize layers hold their statistics (adapted, or weights set or loaded):
+        # fit adapts them to its x first otherwise. modelspec.build's initial weights don't count.
+        self.adapted = not any(row.kind == "normalize" for row in report.layers)
 
     # -- basics --------------------------------------------------------------------------
 
@@ -307,6 +310,8 @@ class Model:
         if not 0 <= split < 1:
             raise ValueError(f"validation_split must be in [0, 1); received {split}")
         xs, ys, raw_shape = self._dataset(x, y)
+        if not self.adapted:  # as Keras users call norm.adapt(x_train) on all of it, before the split
+            self.adapt(xs)
         xs, ys, val = self._validation(xs, ys, split, validation_data)
         config = self._training_config(raw_shape)
         steps = -(-len(xs) // batch_size)
@@ -412,6 +417,33 @@ class Model:
         xs = check_x(x, self.spec.input_shape)
         return self.engine.predict(self.engine.prepare(xs, None), int(batch_size or DEFAULT_BATCH_SIZE))
 
+    # -- adapt ---------------------------------------------------------------------------
+
+    def adapt(self, x: Any) -> None:
+        """Set every normalize layer's mean and variance from `x`, as Keras's
+        Normalization.adapt does with a NumPy array (keras/src/layers/preprocessing/
+        normalization.py): np.mean and np.var (the population variance) over every axis but
+        the last, of the data that reaches the layer. The layers before a normalize have no
+        weights (the checker says so), so that data is x through the NumPy reference's
+        inference pass, the same on every backend. Keras's `count` stays as it is."""
+        from .backends.numpy.lowering import lower, make
+
+        kinds = [row.kind for row in self.report.layers]
+        if "normalize" not in kinds:
+            raise ValueError("adapt sets the statistics of normalize layers; this model has none")
+        last = len(kinds) - 1 - kinds[::-1].index("normalize")
+        z = check_x(x, self.spec.input_shape)
+        weights = self.get_weights()
+        first = 0  # the layer's first weight
+        for row, calls in lower(self.report).groups[:last + 1]:
+            if row.kind == "normalize":
+                axes = tuple(range(z.ndim - 1))
+                weights[first], weights[first + 1] = np.mean(z, axis=axes), np.var(z, axis=axes)
+            for call in calls:  # the next normalize sees this one's output, with its new statistics
+                z = make(call, weights, self.seed).forward(z, training=False)
+            first += len(row.weights)
+        self.set_weights(weights)
+
     # -- weights -------------------------------------------------------------------------
 
     def get_weights(self) -> list[np.ndarray]:
@@ -435,8 +467,11 @@ class Model:
                 raise ValueError(f"{w.path} has shape {tuple_text(w.shape)}; received {tuple_text(arr.shape)}")
             if arr.dtype.kind not in "biuf":
                 raise ValueError(f"{w.path} must hold numbers; received dtype {arr.dtype}")
-            arrays.append(np.ascontiguousarray(arr, dtype=np.float32))
+            if w.dtype == "int64" and not np.array_equal(arr, np.round(arr)):  # Keras would truncate it
+                raise ValueError(f"{w.path} holds whole numbers (Keras's int64); received {arr.tolist()}")
+            arrays.append(np.asarray(arr, dtype=np.float32, order="C"))  # ascontiguousarray makes a 0-d array 1-d
         self.engine.set_weights(arrays)
+        self.adapted = True  # weights given are the normalize layers' statistics too
 
     def _warn_if_trained_otherwise(self, path: Any, saved_json: str | None) -> None:
         if not saved_json:

@@ -27,6 +27,19 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
+def _fraction(x: float) -> str:
+    """`1/255` for a float that is exactly 1/n (as `rescale 1/255` reads) and shorter so
+    than as a decimal (0.5 stays 0.5); either way the text reads back to the same float."""
+    decimal = _num(x)
+    if x != 0 and abs(x) < 1:
+        n = abs(1 / x)
+        for text in (repr(float(round(n))), repr(round(n, 1))):
+            fraction = f"{'-' if x < 0 else ''}1/{text.removesuffix('.0')}"
+            if 1 / float(text) == abs(x) and len(fraction) < len(decimal):
+                return fraction
+    return decimal
+
+
 def _shape(dims: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in dims)
 
@@ -56,6 +69,8 @@ def _option(arg: Arg, value: Any) -> str:
         return f"(({top}, {bottom}), ({left}, {right}))"
     if arg.read == "float":
         return _num(value)
+    if arg.read == "fraction":
+        return _fraction(value)
     return str(value)
 
 

@@ -162,6 +162,24 @@ class Reader:
             return None
         return x
 
+    def fraction(self, v: Value, what: str) -> float | None:
+        """A number, or a fraction such as 1/255 or 1/127.5 (Keras users write scale=1./255),
+        divided in float64 as Python divides `1./255`."""
+        if v.type != "fraction":
+            if v.type not in ("int", "float") and not (v.type == "word" and v.value.lower() in NON_FINITE):
+                self.error(f"{what} must be a number or a fraction such as 1/255; received {v.describe()}", v.span)
+                return None
+            return self.float_(v, what)
+        top, bottom = v.value
+        if bottom == 0:
+            self.error(f"{what} divides by zero; received {v.describe()}", v.span)
+            return None
+        x = top / bottom
+        if not math.isfinite(x):
+            self.error(f"{what} must be a finite number; received {v.describe()}", v.span)
+            return None
+        return x
+
     def bool_(self, v: Value, what: str) -> bool | None:
         if v.type == "word" and v.value.lower() in ("true", "false", "yes", "no", "on", "off"):
             return v.value.lower() in ("true", "yes", "on")
@@ -385,6 +403,8 @@ def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
             fields[field] = r.kw
             continue
         opt = r.take(*arg.keys) if arg.keys else None
+        if opt is None and arg.read == "fraction" and not r.positionals and not words and r.words:
+            r.positionals.append(r.words.pop(0))  # `rescale abc`: a value that is not a number
         v = opt.value if opt else r.positional(arg.needs or arg.what.removeprefix("the "), arg.example,
                                                required=arg.needs is not None)
         ok &= v is None or _set(r, fields, field, arg, read_value(r, arg, v), opt or v)
@@ -420,6 +440,8 @@ def read_value(r: Reader, arg: Arg, v: Any) -> Any:
         return r.int_(v, arg.what, minimum=arg.minimum)
     if arg.read == "float":
         return r.float_(v, arg.what, arg.low, arg.high, arg.low_open, arg.high_open)
+    if arg.read == "fraction":
+        return r.fraction(v, arg.what)
     if arg.read == "seed":
         return r.seed(v)
     if arg.read == "pair":

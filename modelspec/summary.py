@@ -16,7 +16,7 @@ import shutil
 import unicodedata
 from typing import TYPE_CHECKING, Iterable
 
-from .shapes import BYTES_PER_PARAM, fmt_shape
+from .shapes import fmt_shape
 
 if TYPE_CHECKING:
     from .checker import Report
@@ -153,11 +153,12 @@ def render_summary(report: "Report", line_length: int | None = None, flops: bool
             for r in report.layers)
     trainable, non_trainable = report.trainable_params, report.non_trainable_params
     total = trainable + non_trainable + (optimizer_params or 0)
-    total_bytes = BYTES_PER_PARAM * (trainable + non_trainable) + optimizer_bytes
+    total_bytes = report.bytes + optimizer_bytes
+    trainable_bytes = report.trainable_bytes
     out = [f'Model: "{report.model}"', *render_table(rows, line_length),
            f" Total params: {total:,} ({readable_size(total_bytes)})",
-           f" Trainable params: {trainable:,} ({readable_size(BYTES_PER_PARAM * trainable)})",
-           f" Non-trainable params: {non_trainable:,} ({readable_size(BYTES_PER_PARAM * non_trainable)})"]
+           f" Trainable params: {trainable:,} ({readable_size(trainable_bytes)})",
+           f" Non-trainable params: {non_trainable:,} ({readable_size(report.bytes - trainable_bytes)})"]
     if optimizer_params:
         out.append(f" Optimizer params: {optimizer_params:,} ({readable_size(optimizer_bytes)})")
     if flops:

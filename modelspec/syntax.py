@@ -21,7 +21,8 @@ from .diagnostics import Diagnostic, Span
 
 @dataclass(slots=True)
 class Value:
-    """A literal: int, float, dims (28x28), word, string, or tuple of values."""
+    """A literal: int, float, fraction (1/255, as its (numerator, denominator) floats), dims
+    (28x28), word, string, or tuple of values."""
 
     type: str
     value: Any
@@ -95,7 +96,7 @@ def _shift(span: Span, lines: int) -> Span:
 _MAX_TEXT = 200  # a tuple's text, for messages: longer is cut
 
 _TERMINAL_NAMES = {
-    "INT": "a whole number", "FLOAT": "a number", "DIMS": "a shape such as 3x3",
+    "INT": "a whole number", "FLOAT": "a number", "FRACTION": "a fraction such as 1/255", "DIMS": "a shape such as 3x3",
     "WORD": "a word", "STRING": "a quoted string", "CALL_OPEN": "a call such as he_normal(seed=1)",
     "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "EQUAL": "'='", "_SEP": "the end of the statement",
     "$END": "the end of the statement",
@@ -117,6 +118,11 @@ class _Rules:
     def float(self, c):  # noqa: A003
         t = c[0]
         return Value("float", float(t), str(t), _tok_span(t))
+
+    def fraction(self, c):
+        t = c[0]
+        top, _, bottom = str(t).partition("/")
+        return Value("fraction", (float(top), float(bottom)), str(t), _tok_span(t))
 
     def dims(self, c):
         t = c[0]

@@ -54,10 +54,13 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.Activation(node.activation, **named)
     if isinstance(node, ir.ZeroPadding2D):
         return L.ZeroPadding2D(node.padding, **named)
+    if isinstance(node, ir.Rescale):
+        return L.Rescaling(node.scale, offset=node.offset, **named)
     if isinstance(node, ir.UpSampling2D):
         return L.UpSampling2D(node.size, interpolation="nearest", **named)
     simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D,
-              "globalmaxpool2d": L.GlobalMaxPooling2D, "prelu": L.PReLU}
+              "globalmaxpool2d": L.GlobalMaxPooling2D, "prelu": L.PReLU,
+              "normalize": L.Normalization}
     return simple[node.kind](**named)
 
 

@@ -108,6 +108,7 @@ class _Generator:
         self.avoid_framework_bugs = options.avoid_framework_bugs
         self.names = 0
         self.nonlinear = False  # whether the layer just drawn has a nonlinear activation
+        self.weighted = False  # a layer with weights so far: no normalize after it (it adapts to its input)
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
@@ -168,7 +169,8 @@ class _Generator:
     # -- layers ------------------------------------------------------------------------
 
     def layer(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-        kinds = ["dense", "batchnorm", "activation", "leaky_relu", "prelu"] + (["dropout"] if self.use_dropout else [])
+        kinds = ["dense", "batchnorm", "activation", "leaky_relu", "prelu", "rescale"] + (
+            ["dropout"] if self.use_dropout else []) + ([] if self.weighted else ["normalize"])
         if len(shape) == 3:
             kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "globalmaxpool2d",
                       "zeropadding2d", "zeropadding2d", "flatten"]
@@ -179,6 +181,7 @@ class _Generator:
         kind = self.r.choice(kinds)
         self.nonlinear = False
         text, shape = getattr(self, kind)(shape)
+        self.weighted = self.weighted or kind in ("dense", "conv2d", "batchnorm", "prelu")
         return text + self.name_option(), shape
 
     def dense(self, shape: tuple[int, ...], units: int | None = None, activation: str | None = None) -> tuple[str, tuple[int, ...]]:
@@ -286,6 +289,17 @@ class _Generator:
         if self.chance(0.3):
             text += f" {self.r.choice(('epsilon', 'eps'))}={self.r.choice((1e-5, 0.01, 1e-3))}"
         return text, shape
+
+    def rescale(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        # Keras's two usual ones (pixels to [0, 1] and to [-1, 1]) and plain factors; a
+        # well-conditioned spec keeps its values near 1
+        scale, offset = self.r.choice((("1/255", None), ("1/127.5", "-1"), ("0.5", None), ("-2", "0.25"))
+                                      if not self.well_conditioned else (("0.5", None), ("2", "-0.5")))
+        text = f"rescale scale={scale}" if self.chance(0.2) else f"rescale {scale}"
+        return text + (f" offset={offset}" if offset else ""), shape
+
+    def normalize(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return "normalize", shape
 
     def activation(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         choices = [a for a in LAYER_ACTIVATIONS if shape[-1] > 1 or a != "softmax"]

@@ -167,6 +167,19 @@ UNSUPPORTED = {
                    "layer 2 of 2, 'd' (Dense): the activation 'hard_sigmoid' is not one a spec can use"),
     "bn_axis": (sequential(("BatchNormalization", "bn", {"axis": 1})),
                 "layer 1 of 1, 'bn' (BatchNormalization): axis=1 cannot be expressed in a spec"),
+    "normalization_axis": (sequential(("Normalization", "n", {"axis": [1]})),
+                           "layer 1 of 1, 'n' (Normalization): axis=1 cannot be expressed in a spec: normalize "
+                           "normalizes the last axis"),
+    "normalization_no_axis": (sequential(("Normalization", "n", {"axis": []})),
+                              "layer 1 of 1, 'n' (Normalization): axis=[] cannot be expressed in a spec"),
+    "normalization_values": (sequential(("Normalization", "n", {"axis": [-1], "mean": 0.5, "variance": 2.0})),
+                             "layer 1 of 1, 'n' (Normalization): mean and variance passed to the constructor "
+                             "cannot be expressed in a spec"),
+    "normalization_invert": (sequential(("Normalization", "n", {"invert": True})),
+                             "layer 1 of 1, 'n' (Normalization): invert=True cannot be expressed in a spec"),
+    "rescaling_per_channel": (sequential(("Rescaling", "r", {"scale": [0.5, 2.0]})),
+                              "layer 1 of 1, 'r' (Rescaling): scale=[0.5, 2.0] cannot be expressed in a spec: "
+                              "rescale takes one finite number"),
     "bad_units": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": "many"})),
                   "layer 2 of 2, 'd' (Dense): its config is not valid: units:"),
     "schedule": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "Adam", "config": {
@@ -246,3 +259,18 @@ def test_layers_only_leaves_out_training(tmp_path, capsys):
     spec = ms.parse(capsys.readouterr().out)
     assert spec.optimizer is None and spec.loss is None and len(spec.layers) == 4
     np.testing.assert_equal(ms.check(spec).total_params, model.count_params())
+
+
+def test_rescaling_and_normalization_come_back_as_rescale_and_normalize():
+    """Keras's usual preprocessing head: its scale kept to the bit (1/255 prints as 1/255);
+    Normalization's last axis as -1 or, as tf.keras saved it, its index."""
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Rescaling(1 / 127.5, offset=-1), keras.layers.Normalization(),
+                              keras.layers.Flatten(), keras.layers.Dense(2)], name="m")
+    spec, _ = spec_from_config(json.loads(model.to_json()))
+    assert [layer.kind for layer in spec.layers] == ["rescale", "rescale", "normalize", "flatten", "dense"]
+    assert (spec.layers[0].scale, spec.layers[1].scale, spec.layers[1].offset) == (1 / 255, 1 / 127.5, -1.0)
+    assert "\nrescale 1/255\nrescale 1/127.5 offset=-1.0\nnormalize\n" in to_text(spec)
+    config = sequential(("Normalization", "n", {"axis": [3]}))
+    spec, _ = spec_from_config(config)
+    assert spec.layers[0] == ms.ir.Normalize(name="n")

@@ -133,6 +133,28 @@ def test_non_finite_number():
     assert d.message == "l2 must be a finite number; received '1e400'"
 
 
+@pytest.mark.parametrize("text, span, message", [
+    ("rescale 1/0", (2, 9, 2, 12), "the scale divides by zero; received '1/0'"),
+    ("rescale abc", (2, 9, 2, 12), "the scale must be a number or a fraction such as 1/255; received 'abc'"),
+    ("rescale 1/255 offset=x", (2, 22, 2, 23), "the offset must be a number or a fraction such as 1/255; received 'x'"),
+    ("rescale 1/0.0", (2, 9, 2, 14), "the scale divides by zero; received '1/0.0'"),
+    ("rescale inf", (2, 9, 2, 12), "the scale must be a finite number; received 'inf'"),
+    ("rescale 1/255/3", (2, 10, 2, 11), "unexpected character '/'"),
+    ("dense 1/2", (2, 7, 2, 10), "the number of units must be a whole number; received '1/2'"),
+])
+def test_fractions(text, span, message):
+    d = error(f"input 4\n{text}\n")
+    assert where(d) == span
+    assert d.message.startswith(message), d.message
+
+
+def test_missing_scale():
+    d = error("input 4\nrescale\n")
+    assert where(d) == (2, 1, 2, 8)
+    assert d.message == "rescale needs a scale; received nothing"
+    assert d.hint == "for example: rescale 1/255"
+
+
 # ---------------------------------------------------------------------------------------
 # Missing and misplaced pieces
 
@@ -281,6 +303,18 @@ def test_conv2d_needs_an_image(text, received, hint):
     assert where(d) == (2, 1, 2, 14)
     assert d.message == f"conv2d: conv2d needs an input of rank 3 (height, width, channels); received {received}"
     assert d.hint == hint
+
+
+@pytest.mark.parametrize("text, line, before", [
+    ("input 4\ndense 3\nnormalize\n", 3, "dense at line 2"),
+    ("input 4x4x1\nrescale 1/255\nconv2d 2 3x3\nflatten\nnormalize\n", 5, "conv2d at line 3"),
+    ("input 4\nnormalize\nbatchnorm name=bn\nrelu\nnormalize\n", 5, "bn at line 3"),
+])
+def test_normalize_after_a_layer_with_weights(text, line, before):
+    d = error(text)
+    assert where(d)[:2] == (line, 1)
+    assert d.message == f"normalize adapts to the data that reaches it before training; {before} before it has weights"
+    assert d.hint == f"put normalize before {before.split()[0]}"
 
 
 def test_pooling_after_flatten():

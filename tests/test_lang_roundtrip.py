@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 import modelspec as ms
@@ -53,6 +54,34 @@ def test_defaults_are_left_out_and_spellings_made_canonical():
                     "optimizer Adam lr=0.01\nloss mean_squared_error")
     assert to_text(spec) == ("model sequential\ninput 784\ndense 512\ndropout 0.5\nbatchnorm\nleaky_relu\n"
                              "optimizer adam learning_rate=0.01\nloss mse\n")
+
+
+@pytest.mark.parametrize("written, printed", [
+    ("rescale 1/255", "rescale 1/255"),
+    ("rescale scale=1/127.5 offset=-1", "rescale 1/127.5 offset=-1.0"),
+    ("rescale 0.00392156862745098", "rescale 1/255"),  # the same float
+    ("rescale 0.5 offset=0.25", "rescale 0.5 offset=1/4"),  # whichever is shorter
+    ("rescale -1/3", "rescale -1/3"),
+    ("rescale 1/3.0", "rescale 1/3"),
+    ("rescale 2/6", "rescale 1/3"),  # 2/6 is the float 1/3
+    ("rescale 3/7", "rescale 0.42857142857142855"),
+])
+def test_fractions_print_back_as_the_same_float(written, printed):
+    spec = ms.parse(f"input 4\n{written}")
+    text = to_text(spec)
+    assert text.splitlines()[-1] == printed
+    again = ms.parse(text).layers[0]
+    assert (again.scale, again.offset) == (spec.layers[0].scale, spec.layers[0].offset)  # bit for bit
+
+
+def test_every_float_scale_reads_back_bit_for_bit():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([1 / rng.integers(1, 10**6, 300), -1 / (rng.integers(1, 10**4, 300) + 0.5),
+                             rng.uniform(-3, 3, 300), rng.uniform(0, 1e-9, 100)])
+    for x in values.tolist():
+        spec = ms.parse(f"input 4\nrescale {x!r} offset={-x!r}")
+        again = ms.parse(to_text(spec)).layers[0]
+        assert (again.scale, again.offset) == (x, -x), to_text(spec)
 
 
 SOURCE_WITH_COMMENTS = """\

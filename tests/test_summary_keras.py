@@ -28,8 +28,19 @@ AWKWARD = {
         dense 2 name="éééééééééééééééééééééééééééééééééééééééééééééééééé"
     """,
 }
+# Normalization's count is an int64: 8 bytes in the totals, where every other weight has 4.
+PREPROCESSING = {
+    "rescale_normalize": """
+        input 28x28x3
+        rescale 1/127.5 offset=-1
+        normalize
+        normalize name=again
+        flatten
+        dense 10 softmax
+    """,
+}
 CASES = ([pytest.param(path, id=path.stem) for path in SPEC_FILES]
-         + [pytest.param(text, id=name) for name, text in {**VARIED, **AWKWARD}.items()])
+         + [pytest.param(text, id=name) for name, text in {**VARIED, **AWKWARD, **PREPROCESSING}.items()])
 
 # Keras 3.15's model.summary(line_length=76) for this model, captured once.
 MODEL1_WITH_BATCHNORM = "dense 512 in 784; dense 64 relu; batchnorm; dense 10 softmax"

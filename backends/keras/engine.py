@@ -202,6 +202,15 @@ class KerasEngine(Engine):
     def set_weights(self, weights: list[np.ndarray]) -> None:
         for variable, value in zip(self.native.weights, weights):
             variable.assign(value)
+        # Normalization divides by tensors that finalize_state copies from its variables (as
+        # its load_own_variables and adapt do, keras/src/layers/preprocessing/normalization.py),
+        # and a traced function holds the copies as constants: refresh both.
+        stale = [layer for layer in self.native.layers if isinstance(layer, keras.layers.Normalization)]
+        for layer in stale:
+            layer.finalize_state()
+        if stale:
+            self._functions.clear()
+            self.native.train_function = self.native.test_function = self.native.predict_function = None
 
     def optimizer_state(self) -> list[np.ndarray]:
         if self._optimizer is None or not self._optimizer.built:

@@ -124,10 +124,15 @@ class Lowering:
     def upsampling2d(self, layer: ir.UpSampling2D) -> tuple[tuple, dict]:
         return (tuple(layer.size),), {}  # interpolation='nearest', Keras's default
 
+    def rescale(self, layer: ir.Rescale) -> tuple[tuple, dict]:
+        return (layer.scale,), ({"offset": layer.offset} if layer.offset != 0 else {})
+
     def _no_args(self, layer: ir.LayerBase) -> tuple[tuple, dict]:
         return (), {}
 
-    flatten = globalavgpool2d = globalmaxpool2d = prelu = _no_args
+    # normalize: Normalization(axis=-1) without mean and variance, so that it has Keras's
+    # mean/variance/count weights, which adapt (or set_weights) fill
+    flatten = globalavgpool2d = globalmaxpool2d = prelu = normalize = _no_args
 
 _LOWERING = Lowering()
 

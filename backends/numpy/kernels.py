@@ -398,6 +398,37 @@ class PReLU(Layer):
             return dy * ((self.x > 0) + self.alpha * (self.x < 0))
 
 
+class Rescale(Layer):
+    """Keras's Rescaling: x * scale + offset, scale and offset cast to the input's dtype
+    first (keras/src/layers/preprocessing/rescaling.py)."""
+
+    def __init__(self, scale, offset=0.0):
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x, training=False):
+        self.factor = x.dtype.type(self.scale)
+        return x * self.factor + x.dtype.type(self.offset)
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.factor
+
+
+class Normalize(Layer):
+    """Keras's Normalization(axis=-1): (x - mean) / max(sqrt(variance), 1e-7), the floor
+    being keras.backend.epsilon() (keras/src/layers/preprocessing/normalization.py, `call`).
+    Mean and variance are constants to training: only adapt or set_weights change them."""
+
+    def __init__(self, mean, variance):
+        self.mean, self.variance = mean, variance
+
+    def forward(self, x, training=False):
+        self.scale = np.maximum(np.sqrt(self.variance), 1e-7)
+        return (x - self.mean) / self.scale
+
+    def backward(self, dy, need_dx=True):
+        return dy / self.scale
+
+
 def dropout_rng(seed, model_seed, index):
     """The masks of a dropout layer: fixed by its own seed, else by the model seed and the
     layer's index, else fresh."""

@@ -88,6 +88,12 @@ class Lowering:
     def prelu(self, layer: ir.PReLU, w: list[Weight], index: int) -> list[Call]:
         return [Call(K.PReLU, (w[0],))]
 
+    def rescale(self, layer: ir.Rescale, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Rescale, (layer.scale, layer.offset))]
+
+    def normalize(self, layer: ir.Normalize, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Normalize, (w[0], w[1]))]  # w[2], Keras's `count`, is never read
+
     def activation(self, layer: ir.Activation, w: list[Weight], index: int) -> list[Call]:
         return activation(layer.activation)
 

@@ -68,6 +68,31 @@ class BatchNorm(nn.Module):
         return x * scale.view(shape) + (self.beta - mean * scale).view(shape)
 
 
+class Normalization(nn.Module):
+    """Keras's Normalization(axis=-1) on one axis (1 for NCHW images): (x - mean) /
+    max(sqrt(variance), 1e-7), 1e-7 being keras.backend.epsilon(). Its buffers are Keras's
+    weights: mean (zeros), variance (ones) and count, a scalar Keras keeps for old saved
+    models and never reads (keras/src/layers/preprocessing/normalization.py)."""
+
+    def __init__(self, channels, axis=-1):
+        super().__init__()
+        self.axis = axis
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.ones(channels))
+        self.register_buffer("count", torch.zeros(()))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.mean.zero_()
+        self.variance.fill_(1.0)
+        self.count.zero_()
+
+    def forward(self, x):
+        shape = [-1 if d == self.axis % x.dim() else 1 for d in range(x.dim())]
+        scale = torch.clamp_min(torch.sqrt(self.variance), 1e-7)
+        return (x - self.mean.view(shape)) / scale.view(shape)
+
+
 class PReLU(nn.Module):
     """Keras's PReLU on channels-last inputs: relu(x) - alpha * relu(-x), one alpha per input
     unit (keras/src/layers/activations/prelu.py; torch's PReLU shares alpha across positions)."""

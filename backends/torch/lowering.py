@@ -200,6 +200,18 @@ class Lowering:
                    Weight("moving_mean", None, None, False), Weight("moving_variance", None, None, False))
         return Unit((MODULE,), module, weights)
 
+    def rescale(self, step: Step) -> Unit:
+        # the Python floats meet a float32 tensor, so torch casts them to float32, as Keras does
+        layer = step.layer
+        scaled = Call("torch.mul", (X, layer.scale))
+        return Unit((Call("torch.add", (scaled, layer.offset)) if layer.offset else scaled,))
+
+    def normalize(self, step: Step) -> Unit:
+        module = Call("Normalization", (step.report.input_shape[-1],), {"axis": 1} if step.nchw else {})
+        weights = (Weight("mean", None, None, False), Weight("variance", None, None, False),
+                   Weight("count", None, None, False))
+        return Unit((MODULE,), module, weights)
+
     def activation(self, step: Step) -> Unit:
         act = activation(step.activation, axis=step.channel_axis)
         return Unit(() if act is X else (act,))

@@ -120,6 +120,11 @@ LAYERS = [
     case("softmax", (3, 3, 4), (3, 3, 4), 0),
     case("leaky_relu", V, (5,), 0),
     case("leaky_relu 0.1", V, (5,), 0),
+    # rescale: Keras's two usual scales (pixels to [0, 1], and to [-1, 1] with an offset),
+    # a negative one, on vectors and images
+    case("rescale 1/255", V, (5,), 0),
+    case("rescale 1/127.5 offset=-1", IMG, (5, 5, 2), 0),
+    case("rescale -2 offset=0.25", (3, 4), (3, 4), 0),
     # names
     case('dense 3 name="ünï"', V, (3,), 18, id="non-ascii-layer-name", marks=pytest.mark.notimpl(
         ["keras"], reason="TensorFlow's name scopes take letters, digits and . _ - > only: the Keras backend "
@@ -180,12 +185,27 @@ TRAINING = {  # name: (the spec, output shape, params)
         f"{MLP3}\ndense 4 sigmoid\noptimizer sgd lr=0.1\nloss sparse_categorical_crossentropy\n"
         "metrics sparse_categorical_accuracy", (3, 4), 25 + 24),
 }
+# normalize adapts to the data that reaches it, so nothing with weights may come before it
+# (the stem of the layer cases): whole models instead. Training starts with fit's automatic
+# adapt, on the first batch; mean, variance and count (2·channels + 1 parameters, none
+# trainable) are compared after it as every weight is. After a max pooling, torch runs it
+# on NCHW tensors (channel axis 1); two in a row, the second adapts to the first's output.
+NORMALIZE = {  # name: (the spec, output shape, params, non-trainable)
+    "normalize": ("input 5\nnormalize\ndense 3", (3,), 11 + 18, 11),
+    "rescale-normalize-image": ("input 5x5x2\nrescale 1/255\nnormalize\nconv2d 3 3x3\nflatten\ndense 2",
+                                (2,), 5 + 57 + 56, 5),
+    "normalize-nchw": ("input 6x6x2\nmaxpool2d 2x2\nnormalize\nconv2d 2 3x3\nflatten\ndense 2", (2,),
+                       5 + 38 + 6, 5),
+    "normalize-twice-rank3": ("input 3x4\nnormalize\nnormalize name=again\ndense 2", (3, 2), 9 + 9 + 10, 18),
+}
+NORMALIZE_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, *_) in NORMALIZE.items()}
 TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, _, _) in TRAINING.items()}
 
 
 @pytest.fixture(scope="module")
 def standalone(backend, tmp_path_factory):
-    specs = [p.values[0].spec() for p in LAYERS] + list(SPECS.values()) + list(TRAINING_SPECS.values())
+    specs = [p.values[0].spec() for p in LAYERS] + list(SPECS.values()) + list(TRAINING_SPECS.values()) + list(
+        NORMALIZE_SPECS.values())
     runner = Standalone(backend, specs, shared_directory(tmp_path_factory, f"standalone-{backend}"))
     yield runner
     runner.close()
@@ -210,3 +230,10 @@ def test_spec(backend, name, standalone, tmp_path):
 def test_optimizer_and_loss(backend, name, standalone, tmp_path):
     _, output_shape, params = TRAINING[name]
     run_model_test(backend, TRAINING_SPECS[name], output_shape, params, standalone=standalone, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", NORMALIZE_SPECS)
+def test_normalize(backend, name, standalone, tmp_path):
+    _, output_shape, params, non_trainable = NORMALIZE[name]
+    run_model_test(backend, NORMALIZE_SPECS[name], output_shape, params, expected_non_trainable=non_trainable,
+                   standalone=standalone, tmp_path=tmp_path)
