@@ -62,6 +62,24 @@ def first_outside(gaps: Sequence[float], bands: Sequence[float]) -> int | None:
     return None
 
 
+def trajectory_verdict(truth: Sequence[float], members: Sequence[Sequence[float]], got: Sequence[float],
+                       floor: float = TRAINING_TOLERANCE) -> int | None:
+    """The first step (1-based) at which the losses `got` leave the noise band around the
+    float64 losses `truth`: NOISE_FACTOR times the float32 `members`' largest relative distance
+    so far, at least `floor`. None: the run agrees. (A run shorter than `truth` leaves the band
+    where it stops.)"""
+    def gaps(losses: Sequence[float]) -> list[float]:
+        t = np.asarray(truth, np.float64)
+        g = np.asarray(losses, np.float64)
+        n = min(len(g), len(t))
+        out = np.abs(g[:n] - t[:n]) / np.maximum(np.abs(t[:n]), 1e-12)
+        return [float(v) for v in out] + [float("inf")] * (len(t) - n)
+
+    noise = [max(step) for step in zip(*(gaps(m) for m in members))] if members else [0.0] * len(truth)
+    i = first_outside(gaps(got), noise_bands(noise, floor))
+    return None if i is None else i + 1
+
+
 def relative_error(got: Any, truth: Any, scale: float | None = None) -> tuple[float, float]:
     """(max |got - truth|, that relative to `scale`, by default max |truth|)."""
     got, truth = np.asarray(got), np.asarray(truth)
@@ -148,8 +166,8 @@ class CrossCheck:
 
     def left_band_at(self, backend: str) -> int | None:
         """The first step (1-based) where `backend` left the noise band, or None."""
-        i = first_outside(self.gaps(backend), self.bands)
-        return None if i is None else i + 1
+        return trajectory_verdict(self.float64, self.noise_runs, self.losses.get(backend, []),
+                                  self.training_tolerance)
 
     @property
     def calm_steps(self) -> int:

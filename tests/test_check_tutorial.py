@@ -48,6 +48,8 @@ FIGURES = {
                    batchnorm(16)[1], (None, 10)),
     # 28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 -> 1600 -> 10
     "cnn": (conv(3, 1, 32) + conv(3, 32, 64) + dense(5 * 5 * 64, 10),) * 2 + (0, (None, 10)),
+    # normalize of 10 features: Keras's mean and variance (10 each) and its count (1), none trainable
+    "diabetes": (21 + dense(10, 32) + dense(32, 1), dense(10, 32) + dense(32, 1), 21, (None, 1)),
 }
 FIGURES["digits_c"] = FIGURES["digits_b"]
 # regression cases found by differential fuzzing (tests/test_fuzz_crosscheck.py)
@@ -65,16 +67,17 @@ def test_figures(path):
     report = ms.check(ms.parse(path))
     assert (report.total_params, report.trainable_params, report.non_trainable_params) == (
         total, trainable, non_trainable)
-    assert report.bytes == 4 * total
+    int64 = sum(1 for layer in report.layers if layer.kind == "normalize")  # Keras's count: 8 bytes
+    assert report.bytes == 4 * total + 4 * int64
     assert report.output_shape == output_shape
     assert report.model == path.stem
 
 
 def test_model1_layer_by_layer():
-    report = ms.check(ms.parse("specs/model1.ms"))
-    assert [r.params for r in report.layers] == [401_920, 32_832, 650]
-    assert [r.output_shape for r in report.layers] == [(None, 512), (None, 64), (None, 10)]
-    assert [r.name for r in report.layers] == ["dense", "dense_1", "dense_2"]
+    report = ms.check(ms.parse("specs/model1.ms"))  # its rescale of raw pixels first: no weights
+    assert [r.params for r in report.layers] == [0, 401_920, 32_832, 650]
+    assert [r.output_shape for r in report.layers] == [(None, 784), (None, 512), (None, 64), (None, 10)]
+    assert [r.name for r in report.layers] == ["rescaling", "dense", "dense_1", "dense_2"]
     assert report.bytes == 1_741_608  # 1.66 MB: 1,741,608 / 1024**2
     assert report.flops == 2 * (784 * 512 + 512 * 64 + 64 * 10)
 
@@ -82,12 +85,12 @@ def test_model1_layer_by_layer():
 def test_model_b_names_and_weights():
     report = ms.check(ms.parse("specs/model_b.ms"))
     assert [r.name for r in report.layers] == [
-        "flatten", "dense", "batch_normalization", "dense_1", "batch_normalization_1", "dense_2",
+        "rescaling", "flatten", "dense", "batch_normalization", "dense_1", "batch_normalization_1", "dense_2",
         "batch_normalization_2", "dense_3", "dense_4"]
-    assert [w.path for w in report.layers[2].weights] == [
+    assert [w.path for w in report.layers[3].weights] == [
         "model_b/batch_normalization/gamma", "model_b/batch_normalization/beta",
         "model_b/batch_normalization/moving_mean", "model_b/batch_normalization/moving_variance"]
-    assert [w.trainable for w in report.layers[2].weights] == [True, True, False, False]
+    assert [w.trainable for w in report.layers[3].weights] == [True, True, False, False]
 
 
 def test_the_tutorial_one_liner():

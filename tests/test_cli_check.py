@@ -24,7 +24,7 @@ def test_check_prints_keras_summary_and_flops():
     assert done.stdout.startswith('Model: "model1"\n┏')
     assert " Total params: 435,402 (1.66 MB)\n" in done.stdout
     assert " FLOPs: 869,632 per sample" in done.stdout
-    assert "specs/model1.ms:4:1: warning: dense and dense_1 have no activation" in done.stderr
+    assert "specs/model1.ms:6:1: warning: dense and dense_1 have no activation" in done.stderr
 
 
 def test_check_json_has_exactly_the_documented_shape(tmp_path):
@@ -54,7 +54,7 @@ def test_check_json_warnings_carry_their_position():
     assert file["report"]["warnings"] == file["diagnostics"]
     first = file["diagnostics"][0]
     assert (first["severity"], first["file"], first["line"], first["column"], first["code"]) == (
-        "warning", "specs/model1.ms", 4, 1, "composed-affine")
+        "warning", "specs/model1.ms", 6, 1, "composed-affine")
     assert first["hint"]
 
 
@@ -116,7 +116,7 @@ def test_one_invalid_spec_among_several_still_checks_the_others(tmp_path):
 def test_strict_turns_warnings_into_errors(tmp_path):
     done = modelspec_cli("check", "--strict", "specs/model1.ms")
     assert done.returncode == 1
-    assert "specs/model1.ms:4:1: error: dense and dense_1 have no activation" in done.stderr
+    assert "specs/model1.ms:6:1: error: dense and dense_1 have no activation" in done.stderr
     assert "warning:" not in done.stderr
     clean = write(tmp_path, "dense 10 softmax in 4\n")
     assert modelspec_cli("check", "--strict", clean).returncode == 0

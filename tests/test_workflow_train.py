@@ -51,8 +51,8 @@ def test_train_digits_reaches_95_percent_on_the_test_set(trained):
     assert doc["test"]["categorical_accuracy"] >= 0.95
     assert doc["model"] == "digits" and doc["backend"] == "numpy" and doc["params"] == 17226
     assert doc["data"] == {"name": "digits", "train": 1437, "test": 360, "validation": 0.2,
-                           "split": "a stratified 20% test split (seed 0)", "scale": 16.0,
-                           "scaling": "the digits' pixels run from 0 to 16",
+                           "split": "a stratified 20% test split (seed 0)", "scale": 1.0,
+                           "scaling": "none: the spec's rescale at line 4 scales the raw samples",
                            "batch_size": 32, "seed": {"weights": 0, "shuffle": 0}}
     assert doc["epochs"] == 20 and doc["stopped"] is None and doc["interrupted"] is False
 
@@ -74,7 +74,7 @@ def test_train_writes_weights_history_and_plots(trained):
     # the weights reload, with the spec inside, and give the same test metrics
     model = ms.load_model(out / "weights.safetensors")
     x_test, y_test = digits_test_split()
-    metrics = model.evaluate(x_test / 16, np.eye(10)[y_test])
+    metrics = model.evaluate(x_test, np.eye(10)[y_test])  # raw pixels: the spec rescales them
     assert metrics["categorical_accuracy"] == pytest.approx(doc["test"]["categorical_accuracy"])
 
 
@@ -108,12 +108,12 @@ def test_evaluate_gives_the_test_metrics_of_training(trained):
 def test_predict_probabilities_and_argmax(trained, tmp_path):
     doc, out = trained
     x_test, y_test = digits_test_split()
-    np.save(tmp_path / "x.npy", x_test)  # raw pixels 0-16: the weights file records the run's scale
+    np.save(tmp_path / "x.npy", x_test)  # raw pixels 0-16, as the spec's rescale takes them
     done = modelspec_cli("predict", SPECS / "digits.ms", "--weights", out / "weights.safetensors",
                          "--input", tmp_path / "x.npy", "--output", tmp_path / "p.csv", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["rows"] == 360 and result["scale"] == 16.0
+    assert result["rows"] == 360 and result["scale"] == 1.0
     probs = np.array([p["probabilities"] for p in result["predictions"]])
     classes = np.array([p["class"] for p in result["predictions"]])
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -191,8 +191,10 @@ def test_train_on_csv_and_npz_files(tmp_path):
     digits = load_digits()
     table = np.column_stack([digits.data, digits.target])  # 64 pixel columns, then the label
     np.savetxt(tmp_path / "digits.csv", table, delimiter=",", fmt="%g")
-    done = modelspec_cli("train", SPECS / "digits.ms", "--data", "digits.csv", "--epochs", 2,
-                         "--json", cwd=tmp_path)
+    # a spec without its own rescale: the scale is inferred from the file
+    (tmp_path / "bare.ms").write_text("".join(line for line in (SPECS / "digits.ms").read_text().splitlines(True)
+                                              if not line.startswith("rescale")))
+    done = modelspec_cli("train", "bare.ms", "--data", "digits.csv", "--epochs", 2, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     # the last column is the label; 64 values per row reshape to the spec's 8x8; 1,797 rows split 1,437 + 360;
@@ -206,8 +208,13 @@ def test_train_on_csv_and_npz_files(tmp_path):
                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    # 8x8 images into `input 8x8x1`, integer labels for the sparse loss
-    assert doc["data"]["train"] == 1000 and doc["data"]["test"] == 797 and doc["data"]["scale"] == 16.0
+    # 8x8 images into `input 8x8x1`, integer labels for the sparse loss, raw pixels for the spec's rescale
+    assert doc["data"]["train"] == 1000 and doc["data"]["test"] == 797 and doc["data"]["scale"] == 1.0
+    done = modelspec_cli("train", SPECS / "digits_cnn.ms", "--data", "d.npz", "--epochs", 1, "--scale", 16,
+                         cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == ("modelspec: error: --scale 16: the spec scales its own input (`rescale` at line 4), "
+                           "so the samples go in raw; drop --scale, or change the spec's scaling\n")
     assert doc["data"]["split"] == "the file's own test set" and "accuracy" in doc["test"]
 
 
