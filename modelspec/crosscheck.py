@@ -68,16 +68,23 @@ def trajectory_verdict(truth: Sequence[float], members: Sequence[Sequence[float]
     float64 losses `truth`: NOISE_FACTOR times the float32 `members`' largest relative distance
     so far, at least `floor`. None: the run agrees. (A run shorter than `truth` leaves the band
     where it stops.)"""
-    def gaps(losses: Sequence[float]) -> list[float]:
-        t = np.asarray(truth, np.float64)
-        g = np.asarray(losses, np.float64)
-        n = min(len(g), len(t))
-        out = np.abs(g[:n] - t[:n]) / np.maximum(np.abs(t[:n]), 1e-12)
-        return [float(v) for v in out] + [float("inf")] * (len(t) - n)
-
-    noise = [max(step) for step in zip(*(gaps(m) for m in members))] if members else [0.0] * len(truth)
-    i = first_outside(gaps(got), noise_bands(noise, floor))
+    i = first_outside(loss_gaps(truth, got), noise_bands(trajectory_noise(truth, members), floor))
     return None if i is None else i + 1
+
+
+def loss_gaps(truth: Sequence[float], losses: Sequence[float]) -> list[float]:
+    """Each step's relative distance of `losses` from the float64 `truth`; a run that stopped
+    early is infinitely far at the steps it did not take."""
+    t, g = np.asarray(truth, np.float64), np.asarray(losses, np.float64)
+    n = min(len(g), len(t))
+    gaps = np.abs(g[:n] - t[:n]) / np.maximum(np.abs(t[:n]), 1e-12)
+    return [float(v) for v in gaps] + [float("inf")] * (len(t) - n)
+
+
+def trajectory_noise(truth: Sequence[float], members: Sequence[Sequence[float]]) -> list[float]:
+    """What float32 alone does, per step: the float32 members' largest distance from float64."""
+    runs = [loss_gaps(truth, m) for m in members]
+    return [max(step) for step in zip(*runs)] if runs else [0.0] * len(truth)
 
 
 def relative_error(got: Any, truth: Any, scale: float | None = None) -> tuple[float, float]:
@@ -140,20 +147,12 @@ class CrossCheck:
 
     def gaps(self, backend: str) -> list[float]:
         """Each step's relative distance of `backend`'s loss from float64's."""
-        return self._gaps(self.losses.get(backend, []))
-
-    def _gaps(self, losses: Sequence[float]) -> list[float]:
-        truth = np.asarray(self.float64, np.float64)
-        got = np.asarray(losses, np.float64)
-        n = min(len(got), len(truth))
-        gaps = list(np.abs(got[:n] - truth[:n]) / np.maximum(np.abs(truth[:n]), 1e-12))
-        return [float(g) for g in gaps] + [float("inf")] * (len(truth) - n)  # a run that stopped early
+        return loss_gaps(self.float64, self.losses.get(backend, []))
 
     @property
     def noise(self) -> list[float]:
         """What float32 alone does, per step: the float32 members' largest distance from float64."""
-        runs = [self._gaps(r) for r in self.noise_runs]
-        return [max(step) for step in zip(*runs)] if runs else [0.0] * len(self.float64)
+        return trajectory_noise(self.float64, self.noise_runs)
 
     @property
     def bands(self) -> list[float]:
