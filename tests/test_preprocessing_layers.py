@@ -175,3 +175,42 @@ def test_the_count_is_a_whole_number():
     model = ms.build("input 3\nnormalize", backend="numpy")
     with pytest.raises(ValueError, match=r"normalization/count holds whole numbers \(Keras's int64\); received 0.5"):
         model.set_weights([np.zeros(3), np.ones(3), np.float32(0.5)])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "keras"])
+def test_emitted_programs_adapt_as_fit_does(tmp_path, backend):
+    """A spec with normalize: the emitted program's training adapts the statistics to its x
+    before the first step, as modelspec's fit does, so the program and `modelspec train`
+    start from the same model (a rescale before it, and a second normalize after it)."""
+    import importlib.util
+
+    pytest.importorskip({"numpy": "numpy", "torch": "torch", "keras": "keras"}[backend])
+    text = "input 4x3\nrescale 1/8 offset=1\nnormalize\nnormalize\nflatten\ndense 2\nloss mse\nfit epochs=1"
+    spec = ms.parse(text)
+    x = pixels((40, 4, 3), seed=5)
+    model = ms.build(spec)
+    model.adapt(x)
+    expected = [w for w, path in zip(model.get_weights(), model.weight_paths) if "normalization" in path]
+    path = tmp_path / f"program_{backend}.py"
+    path.write_text(ms.backends.get(backend).emit(spec, ms.check(spec)))
+    loader = importlib.util.spec_from_file_location(f"adapt_program_{backend}", path)
+    program = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(program)
+    if backend == "numpy":
+        weights = program.initial_weights()
+        program.adapt_normalization(program.network(weights), x)
+    elif backend == "torch":
+        import torch
+
+        net = next(v for v in vars(program).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+                   and v.__module__ == program.__name__ and hasattr(v, "keras_weights"))()
+        program.adapt_normalization(net, torch.from_numpy(x))
+        weights = [w.numpy() for w in net.keras_weights().values()]
+    else:
+        net = program.build_model()
+        program.adapt_normalization(net, x)
+        weights = net.get_weights()
+    got = [np.asarray(w) for w in weights if np.ndim(w) == 1 and len(w) == 3]  # the two layers' mean, variance
+    assert len(got) == 4 == len([w for w in expected if np.ndim(w) == 1])
+    for g, e in zip(got, [w for w in expected if np.ndim(w) == 1]):
+        np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-6)

@@ -41,6 +41,8 @@ def program(spec: "ir.Spec", report: "Report") -> str:
     out += [f"{INDENT * 2}],", f"{INDENT * 2}name={lowering.literal(spec.name)},", f"{INDENT})"]
     out += _compile(spec)
     out += [f"{INDENT}return model"]
+    if any(layer.kind == "normalize" for layer in spec.layers):
+        out += ADAPT
     out += _train(spec)
     out += ["", "", 'if __name__ == "__main__":', f"{INDENT}build_model().summary()"]
     return "\n".join(out) + "\n"
@@ -109,7 +111,21 @@ def _train(spec: "ir.Spec") -> list[str]:
                 if getattr(fit, k) is not None]
     call = ", ".join(["x", "y"] + [f"{k}={lowering.literal(v)}" for k, v in settings])
     out = ["", "", "def train(model, x, y):", f'{INDENT}"""Train with the spec\'s `fit` settings."""']
+    if any(layer.kind == "normalize" for layer in spec.layers):
+        out.append(f"{INDENT}adapt_normalization(model, x)  # from all of x, before the split, as modelspec's fit")
     if fit.seed is not None:
         out.append(f"{INDENT}keras.utils.set_random_seed({fit.seed})")
     out.append(f"{INDENT}return model.fit({call})")
     return out
+
+
+# For a spec with `normalize`: its statistics are set from the training data before training,
+# as modelspec's Model.fit does (Model.adapt, which computes what Normalization.adapt does).
+ADAPT = '''
+
+def adapt_normalization(model, x):
+    """Each Normalization layer adapted to the data reaching it (the layers before it have no
+    weights), one after the other, as modelspec's fit does before the first step."""
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, layers.Normalization):
+            layer.adapt(keras.ops.convert_to_numpy(keras.Sequential(model.layers[:i])(x)) if i else x)'''.split("\n")

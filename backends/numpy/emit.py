@@ -72,10 +72,10 @@ def evaluate(net, x, y, batch_size=32):
     return list(sums / n)
 
 
-def fit(net, optimizer, x, y, {fit_args}, seed=SEED):
+{adapt_function}def fit(net, optimizer, x, y, {fit_args}, seed=SEED{adapt_arg}):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's running mean of the batch losses (penalties included)."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, {labels})
+    x, y = np.asarray(x, np.float32), np.asarray(y, {labels}){adapt_call}
     split = int(len(x) * (1 - validation_split))
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
     rng = np.random.default_rng(seed)
@@ -100,6 +100,26 @@ def fit(net, optimizer, x, y, {fit_args}, seed=SEED):
             history.setdefault(key, []).append(float(value))
         print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items())))
     return history'''
+
+
+# For a spec with `normalize`: its statistics are set from the training data before the first
+# step, as modelspec's Model.fit does (Model.adapt: np.mean and np.var over every axis but the
+# last, of the data reaching the layer, on all of x before the validation split).
+ADAPT_FUNCTION = '''def adapt_normalization(net, x):
+    """Each Normalize layer's mean and variance from x, as Keras's Normalization.adapt sets
+    them: np.mean and np.var over every axis but the last, of the data reaching the layer."""
+    z = np.asarray(x, np.float32)
+    for layer in net.layers:
+        if isinstance(layer, Normalize):
+            axes = tuple(range(z.ndim - 1))
+            layer.mean[...], layer.variance[...] = np.mean(z, axis=axes), np.var(z, axis=axes)
+        z = layer.forward(z)
+
+
+'''
+ADAPT_CALL = """
+    if adapt:  # the statistics from all of x, before the split, as modelspec's fit sets them
+        adapt_normalization(net, x)"""
 
 
 def render(value: Any) -> str:
@@ -253,9 +273,17 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
         "the loss reads the model's outputs"
     source = TRAINING.format(logits=logits, note=note, penalties=lowered.penalties, metric_table=metric_table,
                              loss_fn=fn.__name__, loss_args=loss_args, optimizer=opt_class.__name__,
-                             opt_args=opt_args, fit_args=fit_args, labels=labels)
+                             opt_args=opt_args, fit_args=fit_args, labels=labels,
+                             **_adapt_fields(any(layer.kind == "normalize" for layer in spec.layers)))
     roots = [K.Network, fn, opt_class] + [metric for _, metric in metrics]
     return source, roots
+
+
+def _adapt_fields(normalizes: bool) -> dict[str, str]:
+    """The template's adapt pieces: a function and fit's `adapt=True`, only where needed."""
+    if not normalizes:
+        return {"adapt_function": "", "adapt_arg": "", "adapt_call": ""}
+    return {"adapt_function": ADAPT_FUNCTION, "adapt_arg": ", adapt=True", "adapt_call": ADAPT_CALL}
 
 
 def _metric_kind(name: str, spec: ir.Spec, report: Report) -> str:

@@ -343,11 +343,11 @@ def evaluate(model, x, y, batch_size=32):
     return dict(zip(["loss"] + [name for name, _ in METRICS], (sums / len(x)).tolist()))
 
 
-def fit(model, x, y, {fit_arguments},
-        optimizer=None):
+{adapt_function}def fit(model, x, y, {fit_arguments},
+        optimizer=None{adapt_arg}):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's batch-size-weighted mean loss (penalties included) and metrics.
-    A step whose loss or gradients are not finite is not applied, and training stops there."""
+    A step whose loss or gradients are not finite is not applied, and training stops there."""{adapt_call}
     optimizer = optimizer or make_optimizer(model)
     split = int(len(x) * (1 - validation_split))
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
@@ -418,7 +418,42 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
         metric_table=", ".join(f"({name!r}, {fn})" for name, fn in metrics),
         optimizer=_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4),
         what=what, compute=_indent(compute, 4),
-        fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()))
+        fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()),
+        **({"adapt_function": ADAPT_FUNCTION, "adapt_arg": ", adapt=True", "adapt_call": ADAPT_CALL}
+           if any(layer.kind == "normalize" for layer in spec.layers)
+           else {"adapt_function": "", "adapt_arg": "", "adapt_call": ""}))
+
+
+# For a spec with `normalize`: its statistics are set from the training data before the first
+# step, as modelspec's Model.fit does (Model.adapt: the mean and population variance over every
+# axis but the layer's own, of the data reaching it, on all of x before the validation split).
+ADAPT_FUNCTION = '''@torch.no_grad()
+def adapt_normalization(model, x):
+    """Each Normalization's mean and variance from x, as Keras's Normalization.adapt sets them:
+    the mean and population variance over every axis but the layer's own, of the data reaching
+    it (summed in float64), one layer after the other."""
+    model.eval()
+    seen = []
+
+    def capture(module, args):
+        seen.append(args[0])
+
+    for module in model.modules():
+        if isinstance(module, Normalization):
+            seen.clear()
+            hook = module.register_forward_pre_hook(capture)
+            model(x)
+            hook.remove()
+            z = seen[0].double()
+            dims = [d for d in range(z.dim()) if d != module.axis % z.dim()]
+            module.mean.copy_(z.mean(dims))
+            module.variance.copy_(z.var(dims, unbiased=False))
+
+
+'''
+ADAPT_CALL = """
+    if adapt:  # the statistics from all of x, before the split, as modelspec's fit sets them
+        adapt_normalization(model, x)"""
 
 
 # Random labels of each kind (modelspec.training.label_kind), for the smoke run.
