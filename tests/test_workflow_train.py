@@ -52,7 +52,7 @@ def test_train_digits_reaches_95_percent_on_the_test_set(trained):
     assert doc["model"] == "digits" and doc["backend"] == "numpy" and doc["params"] == 17226
     assert doc["data"] == {"name": "digits", "train": 1437, "test": 360, "validation": 0.2,
                            "split": "a stratified 20% test split (seed 0)", "scale": 1.0,
-                           "scaling": "none: the spec's rescale at line 4 scales the raw samples",
+                           "scaling": "the spec's rescale at line 4 scales the raw samples",
                            "batch_size": 32, "seed": {"weights": 0, "shuffle": 0}}
     assert doc["epochs"] == 20 and doc["stopped"] is None and doc["interrupted"] is False
 

@@ -97,7 +97,7 @@ def scaling(spec: Any, given: float | None, default: float, default_why: str) ->
         if given is not None:
             raise CommandError(f"--scale {given:g}: the spec scales its own input (`{own.kind}`{where}), so "
                                "the samples go in raw; drop --scale, or change the spec's scaling")
-        return Scaling(1.0, f"none: the spec's {own.kind}{where} scales the raw samples")
+        return Scaling(1.0, f"the spec's {own.kind}{where} scales the raw samples")
     if given is not None:
         return Scaling(given, "--scale")
     return Scaling(default, default_why)
