@@ -242,3 +242,14 @@ def test_a_real_chaotic_model_agrees_within_float32s_own_spread():
     assert result.regime().startswith("chaotic after step")
     assert "rmsprop divides each gradient" in result.regime() and "ties in max pooling" in result.regime()
     assert result.advice().startswith("for a tight comparison use `optimizer sgd`")
+
+
+def test_one_backend_is_judged_on_its_own():
+    """Every backend is judged against float64, so one is enough (and no longer refused)."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-m", "modelspec", "crosscheck", "specs/digits_a.ms", "--backends", "torch",
+                          "--steps", "3", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] and doc["backends"] == ["torch"] and list(doc["training"]["losses"]) == ["torch"]
+    assert len(doc["training"]["float64"]) == 3 and doc["training"]["left_band_at"] == {"torch": None}
