@@ -261,3 +261,17 @@ def test_regression_from_the_command_line(tmp_path):
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "row,value" and len(rows) == 5
     np.testing.assert_allclose([float(r.split(",")[1]) for r in rows[1:]], values, rtol=1e-6)
+
+
+def test_compare_never_cuts_a_name_or_a_figure(tmp_path):
+    """Piped, the comparison table of two regression specs with long names keeps every name,
+    header and figure whole (wider than 80 columns if it must), and names the metric's columns."""
+    text = (SPECS / "diabetes.ms").read_text()
+    (tmp_path / "a.ms").write_text(text.replace("model diabetes", "model diabetes_with_a_long_name"))
+    (tmp_path / "b.ms").write_text(text.replace("model diabetes", "model diabetes_small")
+                                   .replace("dense 32 relu", "dense 8 relu"))
+    done = modelspec_cli("compare", "a.ms", "b.ms", "--data", "diabetes", "--epochs", 2, "--out", "cmp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert "│ diabetes_with_a_long_name │" in done.stdout and "│ diabetes_small " in done.stdout
+    assert re.search(r"┃ val mae ┃ test loss ┃ test mae ┃", done.stdout)

@@ -19,6 +19,18 @@ def console_on(stream: Any) -> Any:
     return Console(file=stream, highlight=False, soft_wrap=True)
 
 
+def print_table(con: Any, table: Any) -> None:
+    """A table at its natural width where the output is not a terminal (a pipe or a file has no
+    width to fit), so that no name or figure is cut to fit 80 columns."""
+    from rich.measure import Measurement
+
+    if not con.is_terminal:
+        needed = Measurement.get(con, con.options.update_width(10_000), table).maximum
+        if needed > con.width:
+            table.width = needed
+    con.print(table)
+
+
 def metrics_table(title: str, metrics: dict[str, float]) -> Any:
     from rich.table import Table
 

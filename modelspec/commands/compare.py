@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
-from ._output import console, console_on, finite, print_json
+from ._output import console, console_on, finite, print_json, print_table
 from ._plots import comparison_png
 from ._runs import (
     RunLock, StopOnInterrupt, build, check_backend, check_out, inputs_record, load_data, load_spec, metric_key,
@@ -100,10 +100,8 @@ def _save(out, names: list[str], runs: list, data: dict) -> dict:
 def _report(doc: dict, out) -> None:
     from rich.table import Table
 
-    from ..progress import format_value
-
     def fmt(value: float | None) -> str:  # None: NaN or infinite, or no such metric
-        return "-" if value is None else format_value(value)
+        return "-" if value is None else f"{value:.5g}"  # five figures: the table fits 80 columns
 
     def last(history: dict, key: str | None) -> str:
         values = history.get(key, []) if key else []
@@ -113,15 +111,19 @@ def _report(doc: dict, out) -> None:
                   title_justify="left")
     keys = {metric_key(m["history"]) for m in doc["models"]} - {None}
     short = "acc" if all("acc" in k for k in keys) else keys.pop() if len(keys) == 1 else "metric"
+    widest = max((len(m["name"]) for m in doc["models"]), default=5)
     for column in ("model", "params", "epochs", "val loss", f"val {short}", "test loss", f"test {short}"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        if column == "model":  # a name is never cut; figures are short
+            table.add_column(column, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for m in doc["models"]:
         acc = metric_key(m["history"])
         table.add_row(m["name"], f"{m['params']:,}", str(m["epochs"]), last(m["history"], "val_loss"),
                       last(m["history"], f"val_{acc}" if acc else None), fmt(m["test"].get("loss")),
                       fmt(m["test"].get(acc) if acc else None))
     con = console()
-    con.print(table)
+    print_table(con, table)
     drawn = sum(1 for values in doc["curves"]["series"].values() if values)
     con.print(f"Plot: {doc['plot']} ({drawn} curves of {doc['curves']['key']})")
     con.print(f"Runs: {', '.join(str(out / m['name']) for m in doc['models'])}")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from . import CommandError
+from ._output import console, print_table
 
 HELP = "judge backends on one spec against float64: per-layer forward outputs, gradients and training trajectories"
 
@@ -86,12 +87,6 @@ def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.2e}"
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
-
-
 def _layer_table(title: str, rows, backends: list[str], allowed: bool):
     """One row per layer: float32's own error, what a backend may have, each backend's error
     (red beyond it). Layer names are never cut: the number columns are narrow."""
@@ -113,19 +108,20 @@ def _layer_table(title: str, rows, backends: list[str], allowed: bool):
 def _print(result) -> None:
     from rich.table import Table
 
-    console = _console()
-    console.print(f'Crosscheck of "{result.spec.name}": {", ".join(result.backends)} against the numpy engine in '
+
+    con = console()
+    con.print(f'Crosscheck of "{result.spec.name}": {", ".join(result.backends)} against the numpy engine in '
                   f"float64, with float32's own error measured by the numpy engine in float32; batch "
                   f"{result.batch_size}, loss {result.loss}")
     for note in result.notes:
-        console.print(f"  note: {note}")
+        con.print(f"  note: {note}")
     for name, same in result.weights_identical.items():
         if not same:
-            console.print(f"  [red]{name} does not hold the reference's initial weights[/]")
-    console.print(_layer_table("Forward, one batch: relative error against float64", result.layers,
+            con.print(f"  [red]{name} does not hold the reference's initial weights[/]")
+    print_table(con, _layer_table("Forward, one batch: relative error against float64", result.layers,
                                result.backends, allowed=True))
     if result.gradients:
-        console.print(_layer_table("Gradients, one step of plain SGD: relative error against float64 "
+        print_table(con, _layer_table("Gradients, one step of plain SGD: relative error against float64 "
                                    "(allowed: 10x float32's own error at each element)", result.gradients,
                                    result.backends, allowed=False))
     steps = Table(title=f"Training: loss before each of {result.steps} steps", title_justify="left")
@@ -139,13 +135,13 @@ def _print(result) -> None:
             value = f"{result.losses[b][i]:.7f}" if i < len(result.losses[b]) else "-"
             cells.append(value if gaps[b][i] <= bands[i] else f"[bold red]{value}[/]")
         steps.add_row(str(i + 1), f"{result.float64[i]:.7f}", _fmt(noise[i]), _fmt(bands[i]), *cells)
-    console.print(steps)
-    console.print(f"Trajectory: {result.regime()}")
+    print_table(con, steps)
+    con.print(f"Trajectory: {result.regime()}")
     if result.advice():
-        console.print(f"  {result.advice()}")
+        con.print(f"  {result.advice()}")
     for b in result.backends:
-        console.print(f"{b}: {_verdict(result, b)}")
-    console.print("[bold green]OK[/]: every backend agrees with float64 as closely as float32 allows"
+        con.print(f"{b}: {_verdict(result, b)}")
+    con.print("[bold green]OK[/]: every backend agrees with float64 as closely as float32 allows"
                   if result.ok else "[bold red]FAILED[/]: a backend differs from float64 by more than float32 explains")
     sys.stdout.flush()
 
@@ -178,4 +174,4 @@ def _explain(rows, backends: list[str]) -> None:
         table.add_column(b)
     for topic, per in rows:
         table.add_row(topic, per["keras"], *(per[b] for b in shown))
-    _console().print(table)
+    console().print(table)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import one_line
 from . import CommandError, check_output
 from ._arguments import add_backend_arguments, positive_float, positive_int
-from ._output import console, print_json
+from ._output import console, print_json, print_table
 from ._runs import build, check_backend, load_spec, load_weights, note_guess, trained_scaling, warn_if_out_of_range, write
 
 HELP = "predict with trained weights: each row's class probabilities and most likely class, or its values"
@@ -100,7 +100,7 @@ def _values(args: argparse.Namespace, model, scale, out) -> int:
         table.add_column(name, justify="right", style="bold")
     for i, row in enumerate(out):
         table.add_row(str(i), *(f"{v:.5g}" for v in row))
-    console().print(table)
+    print_table(console(), table)
     return 0
 
 
@@ -121,4 +121,4 @@ def _table(probs, classes) -> None:
         if every:
             cells.append(" ".join(f"{v:.2f}" for v in row))
         table.add_row(*cells)
-    console().print(table)
+    print_table(console(), table)
