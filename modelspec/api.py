@@ -39,7 +39,7 @@ def build(spec: Any, backend: str = "numpy", seed: int = 0, **options: Any) -> "
     engine = be.engine(spec, report, seed=seed, **options)
     model = Model(spec, report, be, engine, seed)
     model.set_weights(initial_weights(spec, report, seed))
-    model.adapted = not any(row.kind == "normalize" for row in report.layers)  # Keras's initial 0 and 1 are not
+    model.adapted = not report.adapts  # Keras's initial 0 and 1 are not
     return model
 
 

@@ -88,6 +88,11 @@ class Report:
         return self.layers[-1].output_shape if self.layers else self.input_shape
 
     @property
+    def adapts(self) -> bool:
+        """Whether a layer's weights are statistics of the data (normalize), set by adapt."""
+        return any(row.layer.adapts for row in self.layers)
+
+    @property
     def total_params(self) -> int:
         return sum(layer.params for layer in self.layers)
 
@@ -205,22 +210,22 @@ def infer(spec: ir.Spec) -> Report:
         layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
                                   layer.flops(shape, out), layer))
         shape = out
-        if layer.kind == "normalize" and weighted is not None:
-            errors.append(_normalize_after(layer, *weighted))
-        if weights and weighted is None and layer.kind != "normalize":
+        if layer.adapts and weighted is not None:
+            errors.append(_adapts_after(layer, *weighted))
+        if weights and weighted is None and not layer.adapts:
             weighted = (name, layer)
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
     return Report(spec.name, (None, *spec.input_shape), layers, [], spec)
 
 
-def _normalize_after(layer: ir.LayerBase, name: str, weighted: ir.LayerBase) -> Diagnostic:
-    """A normalize layer after one with weights: its statistics come from the data that
-    reaches it before training (Model.adapt), which a weighted layer before it would change
-    with every step."""
+def _adapts_after(layer: ir.LayerBase, name: str, weighted: ir.LayerBase) -> Diagnostic:
+    """A layer that adapts (normalize) after one with weights: its statistics come from the
+    data that reaches it before training (Model.adapt), which a weighted layer before it would
+    change with every step."""
     where = f" at line {weighted.span.line}" if weighted.span else ""
-    return Diagnostic("error", f"normalize adapts to the data that reaches it before training; {name}{where} "
-                      "before it has weights", layer.span, hint=f"put normalize before {name}", code="normalize")
+    return Diagnostic("error", f"{layer.kind} adapts to the data that reaches it before training; {name}{where} "
+                      "before it has weights", layer.span, hint=f"put {layer.kind} before {name}", code=layer.kind)
 
 
 def machine_memory() -> int | None:

@@ -85,6 +85,12 @@ class LayerBase(Node):
     """What every layer kind has: a name, and the rules the checker asks of it."""
 
     keras_class: ClassVar[str]
+    # the layer brings raw samples to the model's scale itself (Rescaling, Normalization): the
+    # CLI then passes the data as it is, and refuses a --scale that would scale it twice
+    scales_input: ClassVar[bool] = False
+    # the layer's weights are statistics of the data that reaches it (Normalization): `adapt`
+    # computes them, and fit adapts such a layer once before training (modelspec.model)
+    adapts: ClassVar[bool] = False
     name: LayerName | None = None
 
     @classmethod
@@ -212,6 +218,7 @@ class Rescale(LayerBase):
     float32 first (keras/src/layers/preprocessing/rescaling.py, `call`)."""
 
     keras_class: ClassVar[str] = "Rescaling"
+    scales_input: ClassVar[bool] = True
     kind: Literal["rescale"] = "rescale"
     scale: Annotated[float, Field(allow_inf_nan=False),
                      Arg("fraction", "the scale", keys=("scale",), positional=True, needs="a scale",
@@ -227,12 +234,23 @@ class Normalize(LayerBase):
     none trainable; `adapt` sets mean and variance from data (modelspec.model.Model.adapt)."""
 
     keras_class: ClassVar[str] = "Normalization"
+    scales_input: ClassVar[bool] = True
+    adapts: ClassVar[bool] = True
     kind: Literal["normalize"] = "normalize"
 
     def weights(self, shape: Shape) -> list[WeightDecl]:
         c = (shape[-1],)
         return [WeightDecl("mean", c, ZEROS, trainable=False), WeightDecl("variance", c, ONES, trainable=False),
                 WeightDecl("count", (), ZEROS, trainable=False, dtype="int64")]  # "int" is int64
+
+    def adapt(self, z: Any, weights: list[Any]) -> list[Any]:
+        """The weights adapted to `z`, the data reaching the layer, as Keras's adapt does with a
+        NumPy array: np.mean and np.var (the population variance) over every axis but the
+        last; Keras's `count` stays as it is."""
+        import numpy as np
+
+        axes = tuple(range(z.ndim - 1))
+        return [np.mean(z, axis=axes), np.var(z, axis=axes), weights[2]]
 
 
 class Flatten(LayerBase):

@@ -207,7 +207,7 @@ class Model:
         self._shuffle_rng: np.random.Generator | None = None  # one stream across fit calls
         # whether the normalize layers hold their statistics (adapted, or weights set or loaded):
         # fit adapts them to its x first otherwise. modelspec.build's initial weights don't count.
-        self.adapted = not any(row.kind == "normalize" for row in report.layers)
+        self.adapted = not report.adapts
 
     # -- basics --------------------------------------------------------------------------
 
@@ -428,20 +428,19 @@ class Model:
         inference pass, the same on every backend. Keras's `count` stays as it is."""
         from .backends.numpy.lowering import lower, make
 
-        kinds = [row.kind for row in self.report.layers]
-        if "normalize" not in kinds:
+        adapting = [i for i, row in enumerate(self.report.layers) if row.layer.adapts]
+        if not adapting:
             raise ValueError("adapt sets the statistics of normalize layers; this model has none")
-        last = len(kinds) - 1 - kinds[::-1].index("normalize")
         z = check_x(x, self.spec.input_shape)
         weights = self.get_weights()
         first = 0  # the layer's first weight
-        for row, calls in lower(self.report).groups[:last + 1]:
-            if row.kind == "normalize":
-                axes = tuple(range(z.ndim - 1))
-                weights[first], weights[first + 1] = np.mean(z, axis=axes), np.var(z, axis=axes)
+        for row, calls in lower(self.report).groups[:adapting[-1] + 1]:
+            n = len(row.weights)
+            if row.layer.adapts:
+                weights[first:first + n] = row.layer.adapt(z, weights[first:first + n])
             for call in calls:  # the next normalize sees this one's output, with its new statistics
                 z = make(call, weights, self.seed).forward(z, training=False)
-            first += len(row.weights)
+            first += n
         self.set_weights(weights)
 
     # -- weights -------------------------------------------------------------------------

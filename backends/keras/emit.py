@@ -41,7 +41,7 @@ def program(spec: "ir.Spec", report: "Report") -> str:
     out += [f"{INDENT * 2}],", f"{INDENT * 2}name={lowering.literal(spec.name)},", f"{INDENT})"]
     out += _compile(spec)
     out += [f"{INDENT}return model"]
-    if any(layer.kind == "normalize" for layer in spec.layers):
+    if any(layer.adapts for layer in spec.layers):
         out += ADAPT
     out += _train(spec)
     out += ["", "", 'if __name__ == "__main__":', f"{INDENT}build_model().summary()"]
@@ -111,7 +111,7 @@ def _train(spec: "ir.Spec") -> list[str]:
                 if getattr(fit, k) is not None]
     call = ", ".join(["x", "y"] + [f"{k}={lowering.literal(v)}" for k, v in settings])
     out = ["", "", "def train(model, x, y):", f'{INDENT}"""Train with the spec\'s `fit` settings."""']
-    if any(layer.kind == "normalize" for layer in spec.layers):
+    if any(layer.adapts for layer in spec.layers):
         out.append(f"{INDENT}adapt_normalization(model, x)  # from all of x, before the split, as modelspec's fit")
     if fit.seed is not None:
         out.append(f"{INDENT}keras.utils.set_random_seed({fit.seed})")

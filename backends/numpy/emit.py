@@ -274,7 +274,7 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
     source = TRAINING.format(logits=logits, note=note, penalties=lowered.penalties, metric_table=metric_table,
                              loss_fn=fn.__name__, loss_args=loss_args, optimizer=opt_class.__name__,
                              opt_args=opt_args, fit_args=fit_args, labels=labels,
-                             **_adapt_fields(any(layer.kind == "normalize" for layer in spec.layers)))
+                             **_adapt_fields(any(layer.adapts for layer in spec.layers)))
     roots = [K.Network, fn, opt_class] + [metric for _, metric in metrics]
     return source, roots
 

@@ -420,7 +420,7 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
         what=what, compute=_indent(compute, 4),
         fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()),
         **({"adapt_function": ADAPT_FUNCTION, "adapt_arg": ", adapt=True", "adapt_call": ADAPT_CALL}
-           if any(layer.kind == "normalize" for layer in spec.layers)
+           if any(layer.adapts for layer in spec.layers)
            else {"adapt_function": "", "adapt_arg": "", "adapt_call": ""}))
 
 

@@ -85,13 +85,10 @@ class Scaling:
         return {"scale": self.scale, "scaling": self.why}
 
 
-PREPROCESSING = ("rescale", "normalize")
-
-
 def scaling(spec: Any, given: float | None, default: float, default_why: str) -> Scaling:
     """--scale if given, else `default`; raw samples for a spec that scales its own input,
     where --scale would scale them twice and is refused."""
-    own = next((layer for layer in spec.layers if layer.kind in PREPROCESSING), None)
+    own = next((layer for layer in spec.layers if layer.scales_input), None)
     if own is not None:
         where = f" at line {own.span.line}" if own.span is not None else ""
         if given is not None:
