@@ -52,6 +52,10 @@ class LayerReport:
     weights: list[Weight]
     flops: int
     layer: Any = field(repr=False)
+    # the rows it reads, as positions in Report.layers (-1: the model's input), and their names
+    sources: tuple[int, ...] = ()
+    inputs: tuple[str, ...] = ()
+    index: int = 0  # its place in spec.layers (the order it was written)
 
     @property
     def params(self) -> int:
@@ -69,7 +73,7 @@ class LayerReport:
         return {
             "name": self.name, "kind": self.kind, "output_shape": list(self.output_shape),
             "params": self.params, "trainable": self.trainable, "non_trainable": self.non_trainable,
-            "flops": self.flops,
+            "flops": self.flops, "inputs": list(self.inputs),
         }
 
 
@@ -86,6 +90,12 @@ class Report:
     @property
     def output_shape(self) -> Shape:
         return self.layers[-1].output_shape if self.layers else self.input_shape
+
+    @property
+    def functional(self) -> bool:
+        """Whether Keras builds the spec as a functional model (it is not a plain chain): its
+        summary then has an InputLayer row and a "Connected to" column."""
+        return not self.spec.is_chain
 
     @property
     def adapts(self) -> bool:
@@ -157,8 +167,12 @@ class Report:
 _SNAKE = {cls.keras_class: snake_case(cls.keras_class) for cls in ir.LAYER_CLASSES.values()}
 
 
+INPUT_LAYER = "input_layer"  # the name Keras gives a model's first Input in a fresh session
+
+
 def layer_names(spec: ir.Spec) -> list[str]:
-    """Keras's names for the spec's layers in a fresh session; auto names skip the user's."""
+    """Keras's names for the spec's layers (in spec order) in a fresh session; auto names skip
+    the user's."""
     taken = {layer.name for layer in spec.layers if layer.name}
     counters: dict[str, int] = {}
     names = []
@@ -195,28 +209,77 @@ def infer(spec: ir.Spec) -> Report:
                 hint=f"first used on line {first.line}" if first else None, code="names"))
         seen.setdefault(name, layer.span)
 
-    shape: Shape = (None, *spec.input_shape)
-    layers: list[LayerReport] = []
+    shapes: list[Shape] = []
+    rows: list[LayerReport] = []
     weighted: tuple[str, ir.LayerBase] | None = None  # the first layer with weights
-    for name, layer in zip(names, spec.layers):
+    prefix = "" if spec.connections else f"{spec.name}/"  # a functional model's weights have no model scope
+    input_shape: Shape = (None, *spec.input_shape)
+    for index, (name, layer) in enumerate(zip(names, spec.layers)):
+        sources = spec.sources(index)
+        ins = [input_shape if s < 0 else shapes[s] for s in sources]
         try:
-            out = layer.output_shape(shape)
+            out = layer.merge_shape(ins) if layer.merges else layer.output_shape(ins[0])
         except ShapeError as e:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
-        path = f"{spec.name}/{name}"
+        shape = ins[0]
+        path = f"{prefix}{name}"
         weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
                    for w in layer.weights(shape)]
-        layers.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
-                                  layer.flops(shape, out), layer))
-        shape = out
+        rows.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
+                                layer.flops(shape, out), layer, sources,
+                                tuple(INPUT_LAYER if s < 0 else names[s] for s in sources), index))
+        shapes.append(out)
         if layer.adapts and weighted is not None:
             errors.append(_adapts_after(layer, *weighted))
         if weights and weighted is None and not layer.adapts:
             weighted = (name, layer)
+    if not errors and spec.connections:
+        rows = _keras_order(spec, rows, errors)
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
-    return Report(spec.name, (None, *spec.input_shape), layers, [], spec)
+    return Report(spec.name, input_shape, rows, [], spec)
+
+
+def _keras_order(spec: ir.Spec, rows: list[LayerReport], errors: list[Diagnostic]) -> list[LayerReport]:
+    """The rows in the order of a Keras functional model's `layers` (keras/src/ops/function.py,
+    `_build_map`; keras/src/models/functional.py): by depth from the output, deepest first, ties
+    broken by the order a depth-first walk from the output first reaches them, each layer's
+    inputs in call order. Each row's `sources` become positions in that order. A layer whose
+    output never reaches the model's output is an error: Keras would leave it out."""
+    n = len(rows)
+    depth = [-1] * n
+    depth[-1] = 0
+    for i in range(n - 1, -1, -1):
+        if depth[i] < 0:
+            continue
+        for s in spec.sources(i):
+            if s >= 0 and depth[s] < depth[i] + 1:
+                depth[s] = depth[i] + 1
+    dead = [i for i in range(n) if depth[i] < 0]
+    for i in dead:
+        errors.append(Diagnostic(
+            "error", f"the output of {rows[i].name} is never used: it does not lead to the model's output "
+            f"({rows[-1].name}, the last layer)", rows[i].layer.span,
+            hint="merge it into the main path (add, concat, ...) or remove it", code="graph"))
+    if dead:
+        return rows
+    seen: dict[int, int] = {}
+    stack = [n - 1]
+    while stack:  # pre-order, marking at pop: the order a recursive walk reaches them
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen[i] = len(seen)
+        stack.extend(s for s in reversed(spec.sources(i)) if s >= 0)
+    order = sorted(range(n), key=lambda i: (-depth[i], seen[i]))
+    position = {i: p for p, i in enumerate(order)}
+    out = []
+    for i in order:
+        row = rows[i]
+        row.sources = tuple(-1 if s < 0 else position[s] for s in row.sources)
+        out.append(row)
+    return out
 
 
 def _adapts_after(layer: ir.LayerBase, name: str, weighted: ir.LayerBase) -> Diagnostic:

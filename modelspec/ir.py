@@ -98,9 +98,18 @@ class Fit(Node):
 
 
 class Spec(Node):
+    """A model: its input, its layers in the order they were written (blocks and repeats
+    expanded), what each layer reads, and how to train it.
+
+    `connections` holds, for each layer, the layers it reads as indices into `layers`, -1
+    standing for the model's input; it is empty for a plain chain, where each layer reads the
+    one before it. The output is the last layer's. (Several inputs would be -2, -3, ...;
+    several outputs a list of indices.)"""
+
     name: LayerName = "sequential"
     input_shape: tuple[PositiveInt, ...] = Field(min_length=1)
     layers: tuple[Layer, ...] = Field(min_length=1)
+    connections: tuple[tuple[int, ...], ...] = ()
     optimizer: Optimizer | None = None
     loss: Loss | None = None
     metrics: tuple[MetricName, ...] = ()
@@ -109,6 +118,32 @@ class Spec(Node):
     path: SkipJsonSchema[str | None] = Field(default=None, exclude=True, repr=False)
     source: SkipJsonSchema[str | None] = Field(default=None, exclude=True, repr=False)
     statement_spans: SkipJsonSchema[dict[str, Span]] = Field(default_factory=dict, exclude=True, repr=False)
+    # How a graph was written, for the emitters, `draw` and `fmt`: the block uses
+    # (modelspec.structure.BlockUse, in the order they begin) and the nested statements.
+    blocks: SkipJsonSchema[tuple[Any, ...]] = Field(default=(), exclude=True, repr=False)
+    syntax: SkipJsonSchema[tuple[Any, ...] | None] = Field(default=None, exclude=True, repr=False)
+
+    def check(self) -> None:
+        if not self.connections:
+            return
+        if len(self.connections) != len(self.layers):
+            raise ValueError(f"connections must list the inputs of each of the {len(self.layers)} layers; "
+                             f"received {len(self.connections)}")
+        for i, (layer, sources) in enumerate(zip(self.layers, self.connections)):
+            if not sources or any(not -1 <= s < i for s in sources):
+                raise ValueError(f"layer {i} must read the input (-1) or earlier layers; received {list(sources)}")
+            if layer.merges and len(sources) < 2:
+                raise ValueError(f"layer {i} ({layer.kind}) merges at least two inputs; received {list(sources)}")
+            if not layer.merges and len(sources) != 1:
+                raise ValueError(f"layer {i} ({layer.kind}) reads one input; received {list(sources)}")
+
+    def sources(self, index: int) -> tuple[int, ...]:
+        """The layers layer `index` reads (-1: the model's input)."""
+        return self.connections[index] if self.connections else (index - 1,)
+
+    @property
+    def is_chain(self) -> bool:
+        return not self.connections
 
     @property
     def has_training(self) -> bool:

@@ -22,7 +22,7 @@ from .nodes import (
     ACTIVATIONS, GLOROT_UNIFORM, INITIALIZERS, ZEROS, ActivationName, Initializer, LayerName, Node,
     Padding, Pair, PositiveInt, Regularizer, Seed,
 )
-from .shapes import Shape, need_image, window
+from .shapes import Shape, ShapeError, fmt_shape, need_image, window
 
 ONES = Initializer.model_construct(name="ones")
 
@@ -91,6 +91,8 @@ class LayerBase(Node):
     # the layer's weights are statistics of the data that reaches it (Normalization): `adapt`
     # computes them, and fit adapts such a layer once before training (modelspec.model)
     adapts: ClassVar[bool] = False
+    # the layer reads several tensors (a merge): the checker calls `merge_shape` with their shapes
+    merges: ClassVar[bool] = False
     name: LayerName | None = None
 
     @classmethod
@@ -370,10 +372,122 @@ class LeakyReLU(LayerBase):
 
 
 # ---------------------------------------------------------------------------------------
+# Merges: layers of several inputs (keras/src/layers/merging/)
+
+
+class _Merge(LayerBase):
+    """A layer that reads several tensors. Which ones is the spec's wiring (`add h`, `concat a b`),
+    not an option: `merge_shape` takes their shapes in order."""
+
+    merges: ClassVar[bool] = True
+    most_inputs: ClassVar[int | None] = None
+
+    def merge_shape(self, shapes: list[Shape]) -> Shape:
+        """Keras's `Merge.compute_output_shape` (base_merge.py): shapes aligned from the right,
+        new axes after the batch axis for the lower ranks, a 1 broadcasting; ShapeError otherwise."""
+        out = shapes[0]
+        for shape in shapes[1:]:
+            a, b = out[1:], shape[1:]
+            if len(a) < len(b):
+                a, b = b, a
+            b = (1,) * (len(a) - len(b)) + b
+            dims = []
+            for x, y in zip(a, b):
+                if x == y or y == 1:
+                    dims.append(x)
+                elif x == 1:
+                    dims.append(y)
+                else:
+                    raise ShapeError(f"{self.kind} needs inputs of shapes that broadcast together; received "
+                                     f"{fmt_shape(out)} and {fmt_shape(shape)}", hint=_projection_hint(out, shape))
+            out = (None, *dims)
+        return out
+
+
+def _projection_hint(a: Shape, b: Shape) -> str | None:
+    """How to bring a skip connection to the main path's shape: a 1x1 convolution (strided when
+    the images differ in size) or a dense layer."""
+    if len(a) != len(b):
+        return None
+    if len(a) == 4:
+        if a[1] % b[1] == 0 and a[2] % b[2] == 0 and a[1] // b[1] == a[2] // b[2]:
+            small, big = b, a
+        else:
+            small, big = a, b
+        stride = big[1] // small[1] if small[1] and big[1] % small[1] == 0 else 1
+        option = f" stride={stride}" if stride > 1 else ""
+        return (f"project one input to the other's shape, e.g. `skip = conv2d {small[3]} 1x1{option}` "
+                f"on the path of shape {fmt_shape(big)}")
+    if len(a) == 2:
+        return f"project one input with a dense layer, e.g. `dense {a[1]}` on the path of shape {fmt_shape(b)}"
+    return None
+
+
+class Add(_Merge):
+    keras_class: ClassVar[str] = "Add"
+    kind: Literal["add"] = "add"
+
+
+class Subtract(_Merge):
+    keras_class: ClassVar[str] = "Subtract"
+    kind: Literal["subtract"] = "subtract"
+    most_inputs: ClassVar[int | None] = 2
+
+
+class Multiply(_Merge):
+    keras_class: ClassVar[str] = "Multiply"
+    kind: Literal["multiply"] = "multiply"
+
+
+class Average(_Merge):
+    keras_class: ClassVar[str] = "Average"
+    kind: Literal["average"] = "average"
+
+
+class Maximum(_Merge):
+    keras_class: ClassVar[str] = "Maximum"
+    kind: Literal["maximum"] = "maximum"
+
+
+class Minimum(_Merge):
+    keras_class: ClassVar[str] = "Minimum"
+    kind: Literal["minimum"] = "minimum"
+
+
+class Concat(_Merge):
+    """Keras's Concatenate: equal ranks, equal dims but along `axis` (no broadcasting)."""
+
+    keras_class: ClassVar[str] = "Concatenate"
+    kind: Literal["concat"] = "concat"
+    axis: Annotated[int, Arg("int", "the axis", keys=("axis",), minimum=-(2**31))] = -1
+
+    def merge_shape(self, shapes: list[Shape]) -> Shape:
+        rank = len(shapes[0])
+        if any(len(s) != rank for s in shapes):
+            raise ShapeError("concat needs inputs of one rank; received " + ", ".join(map(fmt_shape, shapes)),
+                             hint="flatten the inputs first, or reshape one of them")
+        axis = self.axis + rank if self.axis < 0 else self.axis
+        if not 1 <= axis < rank:
+            raise ShapeError(f"concat's axis must be between 1 and {rank - 1} (or -{rank - 1} and -1) for inputs "
+                             f"of shape {fmt_shape(shapes[0])}; received {self.axis}",
+                             hint="axis=-1 (the default) joins the channels")
+        for shape in shapes[1:]:
+            if any(x != y for i, (x, y) in enumerate(zip(shapes[0], shape)) if i != axis and i):
+                raise ShapeError(f"concat needs inputs that match in every dimension but axis {self.axis}; received "
+                                 f"{fmt_shape(shapes[0])} and {fmt_shape(shape)}",
+                                 hint="bring the other dimensions to one size first (pooling, padding or strides)")
+        return (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
+
+
+MERGE_TYPES = (Add, Subtract, Multiply, Average, Maximum, Minimum, Concat)
+
+
+# ---------------------------------------------------------------------------------------
 # The registry
 
 LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
-               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize)
+               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize,
+               *MERGE_TYPES)
 LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
 # statement keyword -> class (every activation name is a keyword of Activation)
 LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}

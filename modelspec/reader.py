@@ -26,7 +26,7 @@ NON_FINITE = frozenset({"nan", "inf", "infinity"})  # read as words; named as nu
 
 LAYER_KEYWORDS = tuple(LAYER_KEYWORDS_TO_CLASS)
 TRAINING_KEYWORDS = ("optimizer", "loss", "metrics", "fit")
-KEYWORDS = ("model", "input") + LAYER_KEYWORDS + TRAINING_KEYWORDS
+KEYWORDS = ("model", "input") + LAYER_KEYWORDS + TRAINING_KEYWORDS + ("repeat", "block")
 # Keras's layer class names and auto names, and common spellings, mapped to our keyword,
 # for hints only.
 KEYWORD_HINTS = {
@@ -60,6 +60,10 @@ class Reader:
         self.options: dict[str, Option] = {}
         self.calls: list[Call] = []
         self.input_shape: tuple[tuple[int, ...] | None, Span] | None = None
+        # in a block's body: ids of the values a parameter put in (modelspec.structure.substitute),
+        # and which fields they set
+        self.substituted: dict[int, tuple[str, Any]] = {}
+        self.params_of: dict[str, str] = {}
         self._split()
 
     # -- classification -----------------------------------------------------------------
@@ -484,6 +488,10 @@ def _set(r: Reader, fields: dict[str, Any], field: str, arg: Arg, value: Any, no
     """Record a value that was read (False when it was not: its error is reported)."""
     if value is None:
         return False
+    if r.substituted:
+        found = r.substituted.get(id(node.value if isinstance(node, Option) else node))
+        if found is not None:
+            r.params_of[field] = found[0]
     if arg.once and field in fields:
         previous = fields[field]
         shown = previous.name if isinstance(previous, ir.Initializer) else previous

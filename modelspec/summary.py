@@ -24,12 +24,17 @@ if TYPE_CHECKING:
 POSITIONS = (0.45, 0.80, 1.0)
 HEADER = ("Layer (type)", "Output Shape", "Param #")
 JUSTIFY = ("left", "left", "right")
+# a functional model's table (keras/src/utils/summary_utils.py, when not "sequential-like")
+FUNCTIONAL_POSITIONS = (0.3, 0.56, 0.74, 1.0)
+FUNCTIONAL_HEADER = HEADER + ("Connected to",)
+FUNCTIONAL_JUSTIFY = JUSTIFY + ("left",)
 _WORD = re.compile(r"\s*\S+\s*")
 
 
-def keras_line_length() -> int:
-    """The width Keras uses for a Sequential summary on this terminal."""
-    return min(88, shutil.get_terminal_size().columns - 4)
+def keras_line_length(functional: bool = False) -> int:
+    """The width Keras uses for a summary on this terminal: 88 at most for three columns,
+    108 for four."""
+    return min(108 if functional else 88, shutil.get_terminal_size().columns - 4)
 
 
 def readable_size(nbytes: float) -> str:
@@ -60,10 +65,10 @@ def _crop(text: str, width: int) -> str:
     return "".join(out) + " " * (width - used)
 
 
-def _column_widths(line_length: int) -> list[int]:
-    """Content widths of the three columns, as rich lays out Keras's table."""
+def _column_widths(line_length: int, positions: tuple[float, ...] = POSITIONS) -> list[int]:
+    """Content widths of the columns, as rich lays out Keras's table."""
     widths, current = [], 0
-    for pos in POSITIONS:
+    for pos in positions:
         w = int(pos * line_length) - current
         if w < 4:
             raise ValueError("Insufficient console width to print summary.")
@@ -116,14 +121,16 @@ def _wrap(text: str, width: int, justify: str) -> list[str]:
     return lines
 
 
-def render_table(rows: Iterable[tuple[str, str, str]], line_length: int) -> list[str]:
-    widths = _column_widths(line_length)
+def render_table(rows: Iterable[tuple[str, ...]], line_length: int, functional: bool = False) -> list[str]:
+    positions, header, justify = ((FUNCTIONAL_POSITIONS, FUNCTIONAL_HEADER, FUNCTIONAL_JUSTIFY) if functional
+                                  else (POSITIONS, HEADER, JUSTIFY))
+    widths = _column_widths(line_length, positions)
 
     def rule(left: str, fill: str, mid: str, right: str) -> str:
         return left + mid.join(fill * (w + 2) for w in widths) + right
 
-    def row(cells: tuple[str, str, str], edge: str, header: bool = False) -> list[str]:
-        wrapped = [_wrap(c, w, j) for c, w, j in zip(cells, widths, JUSTIFY)]
+    def row(cells: tuple[str, ...], edge: str, header: bool = False) -> list[str]:
+        wrapped = [_wrap(c, w, j) for c, w, j in zip(cells, widths, justify)]
         height = max(len(w) for w in wrapped)
         if header:  # rich aligns a wrapped header to the bottom, body cells to the top
             wrapped = [[" " * width] * (height - len(w)) + w for w, width in zip(wrapped, widths)]
@@ -133,7 +140,7 @@ def render_table(rows: Iterable[tuple[str, str, str]], line_length: int) -> list
             out.append(edge + edge.join(f" {p} " for p in parts) + edge)
         return out
 
-    lines = [rule("┏", "━", "┳", "┓"), *row(HEADER, "┃", header=True), rule("┡", "━", "╇", "┩")]
+    lines = [rule("┏", "━", "┳", "┓"), *row(header, "┃", header=True), rule("┡", "━", "╇", "┩")]
     separator = rule("├", "─", "┼", "┤")
     first = True
     for cells in rows:
@@ -148,14 +155,23 @@ def render_table(rows: Iterable[tuple[str, str, str]], line_length: int) -> list
 def render_summary(report: "Report", line_length: int | None = None, flops: bool = False,
                    optimizer_params: int | None = None, optimizer_bytes: int = 0) -> str:
     """The text Keras's model.summary() prints for this model, plus modelspec's FLOPs line."""
-    line_length = line_length or keras_line_length()
-    rows = ((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}")
-            for r in report.layers)
+    functional = report.functional
+    line_length = line_length or keras_line_length(functional)
+    rows: Iterable[tuple[str, ...]]
+    if functional:
+        from .checker import INPUT_LAYER
+
+        rows = [(f"{INPUT_LAYER} (InputLayer)", fmt_shape(report.input_shape), "0", "-"),
+                *((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}",
+                   ", ".join(f"{name}[0][0]" for name in r.inputs)) for r in report.layers)]
+    else:
+        rows = ((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}")
+                for r in report.layers)
     trainable, non_trainable = report.trainable_params, report.non_trainable_params
     total = trainable + non_trainable + (optimizer_params or 0)
     total_bytes = report.bytes + optimizer_bytes
     trainable_bytes = report.trainable_bytes
-    out = [f'Model: "{report.model}"', *render_table(rows, line_length),
+    out = [f'Model: "{report.model}"', *render_table(rows, line_length, functional),
            f" Total params: {total:,} ({readable_size(total_bytes)})",
            f" Trainable params: {trainable:,} ({readable_size(trainable_bytes)})",
            f" Non-trainable params: {non_trainable:,} ({readable_size(report.bytes - trainable_bytes)})"]

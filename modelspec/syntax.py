@@ -71,11 +71,21 @@ class Statement:
     keyword: str
     keyword_span: Span
     args: list[Arg] = field(default_factory=list)
+    binding: tuple[str, Span] | None = None  # `h = dense 64`: the reference and its span
 
     @property
     def span(self) -> Span:
+        start = self.binding[1] if self.binding else self.keyword_span
         end = self.args[-1].span if self.args else self.keyword_span
-        return Span(self.keyword_span.line, self.keyword_span.column, end.end_line, end.end_column)
+        return Span(start.line, start.column, end.end_line, end.end_column)
+
+
+@dataclass(slots=True)
+class Brace:
+    """A `{` or `}` delimiting a body (repeat, block)."""
+
+    text: str
+    span: Span
 
 
 def _tok_span(tok: Any) -> Span:
@@ -98,7 +108,7 @@ _MAX_TEXT = 200  # a tuple's text, for messages: longer is cut
 _TERMINAL_NAMES = {
     "INT": "a whole number", "FLOAT": "a number", "FRACTION": "a fraction such as 1/255", "DIMS": "a shape such as 3x3",
     "WORD": "a word", "STRING": "a quoted string", "CALL_OPEN": "a call such as he_normal(seed=1)",
-    "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "EQUAL": "'='", "_SEP": "the end of the statement",
+    "LPAR": "'('", "RPAR": "')'", "OPEN": "'{'", "CLOSE": "'}'", "COMMA": "','", "EQUAL": "'='", "_SEP": "the end of the statement",
     "$END": "the end of the statement",
 }
 
@@ -160,12 +170,15 @@ class _Rules:
         text = str(head) + ", ".join(a.text for a in args) + ")"
         return Call(str(head)[:-1], args, span, text)
 
+    def binding(self, c):
+        return (str(c[0]), _tok_span(c[0]))
+
     def statement(self, c):
-        kw, args = c[0], c[1:]
-        return Statement(str(kw), _tok_span(kw), list(args))
+        binding, kw, args = c[0], c[1], c[2:]
+        return Statement(str(kw), _tok_span(kw), list(args), binding)
 
     def start(self, c):
-        return [s for s in c if s is not None]
+        return [s if isinstance(s, Statement) else Brace(str(s), _tok_span(s)) for s in c if s is not None]
 
 
 def _make_parser() -> Any:
@@ -211,8 +224,8 @@ def _unquote(text: str) -> str:
 # Driver
 
 
-def parse_statements(text: str) -> tuple[list[Statement], list[Diagnostic]]:
-    """All statements of `text`, and a syntax error for every line that has one."""
+def parse_statements(text: str) -> tuple[list[Statement | Brace], list[Diagnostic]]:
+    """All statements and braces of `text`, and a syntax error for every line that has one."""
     from lark.exceptions import UnexpectedInput
 
     parser = _lark()
@@ -220,7 +233,7 @@ def parse_statements(text: str) -> tuple[list[Statement], list[Diagnostic]]:
         return parser.parse(text), []
     except UnexpectedInput:
         pass
-    statements: list[Statement] = []
+    statements: list[Statement | Brace] = []
     errors: list[Diagnostic] = []
     for index, line in enumerate(text.split("\n")):
         if not line.strip():
@@ -236,9 +249,14 @@ def parse_statements(text: str) -> tuple[list[Statement], list[Diagnostic]]:
     return statements, errors
 
 
-def _shift_statement(st: Statement, lines: int) -> None:
+def _shift_statement(st: Statement | Brace, lines: int) -> None:
     if not lines:
         return
+    if isinstance(st, Brace):
+        st.span = _shift(st.span, lines)
+        return
+    if st.binding is not None:
+        st.binding = (st.binding[0], _shift(st.binding[1], lines))
     st.keyword_span = _shift(st.keyword_span, lines)
     for arg in st.args:
         _shift_arg(arg, lines)

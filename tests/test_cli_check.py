@@ -38,11 +38,11 @@ def test_check_json_has_exactly_the_documented_shape(tmp_path):
         "model": "model1", "input_shape": [None, 784],
         "layers": [
             {"name": "dense", "kind": "dense", "output_shape": [None, 512], "params": 401920,
-             "trainable": 401920, "non_trainable": 0, "flops": 802816},
+             "trainable": 401920, "non_trainable": 0, "flops": 802816, "inputs": ["input_layer"]},
             {"name": "dense_1", "kind": "dense", "output_shape": [None, 64], "params": 32832,
-             "trainable": 32832, "non_trainable": 0, "flops": 2 * 512 * 64},
+             "trainable": 32832, "non_trainable": 0, "flops": 2 * 512 * 64, "inputs": ["dense"]},
             {"name": "dense_2", "kind": "dense", "output_shape": [None, 10], "params": 650,
-             "trainable": 650, "non_trainable": 0, "flops": 2 * 64 * 10},
+             "trainable": 650, "non_trainable": 0, "flops": 2 * 64 * 10, "inputs": ["dense_1"]},
         ],
         "total_params": 435402, "trainable_params": 435402, "non_trainable_params": 0,
         "bytes": 1741608, "flops": 869632, "warnings": []}

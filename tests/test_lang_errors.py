@@ -463,4 +463,6 @@ def test_the_layer_count_is_limited():
     ms.parse("input 4\n" + "relu\n" * MAX_LAYERS)
     d = error("input 4\n" + "relu\n" * (MAX_LAYERS + 1))
     assert where(d)[:2] == (MAX_LAYERS + 2, 1)
-    assert d.message == f"the spec has {MAX_LAYERS + 1:,} layers; the limit is {MAX_LAYERS:,}"
+    assert d.message == f"the spec has more than {MAX_LAYERS:,} layers, the limit"
+    d = error("input 4\nrepeat 1000 {\n  repeat 1000 { relu }\n}")  # expansion stops at the limit
+    assert where(d)[:2] == (3, 17) and d.message == f"the spec has more than {MAX_LAYERS:,} layers, the limit"
