@@ -29,7 +29,23 @@ def _warn(message: str, layer: Any, hint: str | None = None, code: str = "advice
     return Diagnostic("warning", message, getattr(layer, "span", None), hint=hint, code=code)
 
 
+class _Rows(list):
+    """The report's rows with, for each, the one row that alone reads its output (None where
+    the output fans out, feeds a merge with others, or is the model's): computed once."""
+
+    def __init__(self, layers: list["LayerReport"]) -> None:
+        super().__init__(layers)
+        readers: list[list[int]] = [[] for _ in layers]
+        for j, row in enumerate(layers):
+            for i in set(row.sources):
+                if i >= 0:
+                    readers[i].append(j)
+        self.next = [r[0] if len(r) == 1 and layers[r[0]].sources == (i,) else None
+                     for i, r in enumerate(readers)]
+
+
 def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
+    layers = _Rows(layers)
     out: list[Diagnostic] = []
     for rule in (_composed_affine, _initializers, _softmax_placement, _dropout_placement,
                  _dense_on_images, _output_and_loss, _metrics_and_loss, _size):
@@ -37,15 +53,22 @@ def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
     return out
 
 
+def next_layer(layers: list["LayerReport"], i: int) -> int | None:
+    """The one layer that alone reads layer i's output (in a chain, the next one)."""
+    if not isinstance(layers, _Rows):
+        layers = _Rows(layers)
+    return layers.next[i]
+
+
 def activation_after(layers: list["LayerReport"], i: int) -> tuple[str, int]:
     """The nonlinearity that acts on layer i's output, and the index of the layer applying it."""
     own = getattr(layers[i].layer, "activation", "linear")
     if layers[i].kind in ("dense", "conv2d") and own != "linear":
         return own, i
-    j = i + 1
-    while j < len(layers) and layers[j].kind in TRANSPARENT:
-        j += 1
-    if j < len(layers):
+    j = next_layer(layers, i)
+    while j is not None and layers[j].kind in TRANSPARENT:
+        j = next_layer(layers, j)
+    if j is not None:
         if layers[j].kind == "activation":
             return layers[j].layer.activation, j
         if layers[j].kind in ("leaky_relu", "prelu"):
@@ -54,8 +77,10 @@ def activation_after(layers: list["LayerReport"], i: int) -> tuple[str, int]:
 
 
 def _composed_affine(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Diagnostic]:
-    for a, b in zip(layers, layers[1:]):
-        if a.kind == b.kind == "dense" and a.layer.activation == "linear":
+    for i, a in enumerate(layers):
+        j = next_layer(layers, i)  # only a layer that alone reads a's output composes with it
+        b = layers[j] if j is not None else None
+        if b is not None and a.kind == b.kind == "dense" and a.layer.activation == "linear":
             n_in, n_out = a.input_shape[-1], b.output_shape[-1]
             bias = a.layer.use_bias or b.layer.use_bias
             merged = n_in * n_out + (n_out if bias else 0)

@@ -204,9 +204,16 @@ def infer(spec: ir.Spec) -> Report:
     for name, layer in zip(names, spec.layers):
         if name in seen and layer.name:
             first = seen[name]
-            errors.append(Diagnostic(
-                "error", f"the layer name '{name}' is used twice; Keras needs unique names", layer.span,
-                hint=f"first used on line {first.line}" if first else None, code="names"))
+            if first is not None and first == layer.span:  # one statement of a block used more than once
+                errors.append(Diagnostic(
+                    "error", f"the layer name '{name}' is used twice: its block is used more than once, and Keras "
+                    "needs unique names", layer.span, code="names",
+                    hint="leave the name out (Keras names each use's layer), or make it a parameter of the block: "
+                         "name=NAME_PARAMETER"))
+            else:
+                errors.append(Diagnostic(
+                    "error", f"the layer name '{name}' is used twice; Keras needs unique names", layer.span,
+                    hint=f"first used on line {first.line}" if first else None, code="names"))
         seen.setdefault(name, layer.span)
 
     shapes: list[Shape] = []

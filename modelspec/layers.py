@@ -398,28 +398,26 @@ class _Merge(LayerBase):
                 elif x == 1:
                     dims.append(y)
                 else:
-                    raise ShapeError(f"{self.kind} needs inputs of shapes that broadcast together; received "
-                                     f"{fmt_shape(out)} and {fmt_shape(shape)}", hint=_projection_hint(out, shape))
+                    raise ShapeError(f"the shapes of its inputs, {fmt_shape(out)} and {fmt_shape(shape)}, do not "
+                                     "broadcast together (each dimension must be equal, or 1)",
+                                     hint=_projection_hint(out, shape))
             out = (None, *dims)
         return out
 
 
 def _projection_hint(a: Shape, b: Shape) -> str | None:
-    """How to bring a skip connection to the main path's shape: a 1x1 convolution (strided when
-    the images differ in size) or a dense layer."""
+    """How to bring the branch of shape `b` to the main path's shape `a`: a 1x1 convolution
+    (strided when its images are larger) or a dense layer."""
     if len(a) != len(b):
         return None
     if len(a) == 4:
-        if a[1] % b[1] == 0 and a[2] % b[2] == 0 and a[1] // b[1] == a[2] // b[2]:
-            small, big = b, a
-        else:
-            small, big = a, b
-        stride = big[1] // small[1] if small[1] and big[1] % small[1] == 0 else 1
+        if b[1] % a[1] or b[2] % a[2] or b[1] // a[1] != b[2] // a[2]:
+            return "bring both to one height and width first (strides, pooling or padding)"
+        stride = b[1] // a[1]
         option = f" stride={stride}" if stride > 1 else ""
-        return (f"project one input to the other's shape, e.g. `skip = conv2d {small[3]} 1x1{option}` "
-                f"on the path of shape {fmt_shape(big)}")
+        return f"project the branch of shape {fmt_shape(b)} with `conv2d {a[3]} 1x1{option}` to {fmt_shape(a)}"
     if len(a) == 2:
-        return f"project one input with a dense layer, e.g. `dense {a[1]}` on the path of shape {fmt_shape(b)}"
+        return f"project the branch of shape {fmt_shape(b)} with `dense {a[1]}` to {fmt_shape(a)}"
     return None
 
 
@@ -464,17 +462,18 @@ class Concat(_Merge):
     def merge_shape(self, shapes: list[Shape]) -> Shape:
         rank = len(shapes[0])
         if any(len(s) != rank for s in shapes):
-            raise ShapeError("concat needs inputs of one rank; received " + ", ".join(map(fmt_shape, shapes)),
+            raise ShapeError("its inputs must have one rank; received " + ", ".join(map(fmt_shape, shapes)),
                              hint="flatten the inputs first, or reshape one of them")
         axis = self.axis + rank if self.axis < 0 else self.axis
         if not 1 <= axis < rank:
-            raise ShapeError(f"concat's axis must be between 1 and {rank - 1} (or -{rank - 1} and -1) for inputs "
-                             f"of shape {fmt_shape(shapes[0])}; received {self.axis}",
-                             hint="axis=-1 (the default) joins the channels")
+            allowed = [str(a) for a in range(1, rank)] + [str(a) for a in range(-1, -rank, -1)]
+            raise ShapeError(f"the axis of inputs of shape {fmt_shape(shapes[0])} is {', '.join(allowed[:-1])} or "
+                             f"{allowed[-1]} (axis 0 is the batch); received {self.axis}",
+                             hint="axis=-1 (the default) joins the last axis, the channels of an image")
         for shape in shapes[1:]:
             if any(x != y for i, (x, y) in enumerate(zip(shapes[0], shape)) if i != axis and i):
-                raise ShapeError(f"concat needs inputs that match in every dimension but axis {self.axis}; received "
-                                 f"{fmt_shape(shapes[0])} and {fmt_shape(shape)}",
+                raise ShapeError(f"the shapes of its inputs, {fmt_shape(shapes[0])} and {fmt_shape(shape)}, differ "
+                                 f"outside axis {self.axis}, the one it joins",
                                  hint="bring the other dimensions to one size first (pooling, padding or strides)")
         return (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
 

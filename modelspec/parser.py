@@ -215,16 +215,17 @@ class Builder:
             return None
         return self.finish([s for s in statements if isinstance(s, Statement)])
 
-    def run(self, items: list[Item], scope: "Scope", uses: tuple[str, ...]) -> None:
+    def run(self, items: list[Item], scope: "Scope", uses: tuple[str, ...], inside: bool = False) -> None:
         """Read `items` in order: layers join the graph at `scope`; repeats and block uses expand.
-        `uses` names the blocks being expanded, innermost last (a block may not use itself)."""
+        `uses` names the blocks being expanded, innermost last (a block may not use itself);
+        `inside` says the items are a body."""
         scope.later.update(_bindings(items))
         for item in items:
             st = substitute(item.st, scope.values, scope.substituted)
             if st.keyword == "{":
                 continue  # a stray body, already reported
             if st.keyword == "block":
-                if uses or scope is not self.top_scope:
+                if inside:
                     self.error("a block is defined at the top level of the spec, not inside a body",
                                st.keyword_span, hint="move the definition out of the braces")
                 continue
@@ -235,7 +236,7 @@ class Builder:
             elif item.body is not None:
                 continue  # reported by nest
             else:
-                self.statement(st, scope, nested=bool(uses) or scope.nested)
+                self.statement(st, scope, nested=inside)
 
     def statement(self, st: Statement, scope: "Scope | None" = None, nested: bool = False) -> None:
         kw = st.keyword
@@ -372,7 +373,7 @@ class Builder:
                        hint="for example: repeat 3 { dense 64 relu }")
             return
         for _ in range(times or 1):  # with an error, the body is still read once, for its own errors
-            self.run(item.body, scope, uses)
+            self.run(item.body, scope, uses, inside=True)
 
     def define(self, item: Item) -> None:
         st = item.st
@@ -480,7 +481,7 @@ class Builder:
         self.uses.append(None)  # its place, so nested uses number after it
         inner = Scope({}, source, source, nested=True, values=values, parent_use=use_index,
                       substituted=scope.substituted)
-        self.run(block.item.body or [], inner, (*uses, block.name))
+        self.run(block.item.body or [], inner, (*uses, block.name), inside=True)
         arguments = tuple((p, values[p].text) for p in block.params)
         self.uses[use_index] = BlockUse(block.name, arguments, start, self.count, st.span, scope.parent_use,
                                         tuple(inner.params_of))
@@ -544,11 +545,11 @@ class Builder:
             r.error(f"invalid {r.kw}: {_pydantic_message(e)}", r.st.span)
 
     def finish(self, statements: list[Statement]) -> ir.Spec | None:
-        if self.first_layer_span is None:
+        if self.first_layer_span is None and self.ok:  # (after another error, it is that error's doing)
             end = statements[-1].span if statements else Span(1, 1, 1, 2)
             self.error("the spec has no layers; expected at least one, such as `dense 10 softmax`", end,
                        hint="a minimal spec: `dense 10 softmax in 784`")
-        elif self.input is None:
+        elif self.input is None and self.first_layer_span is not None:
             self.error("the model has no input shape; expected `input SHAPE` or `in SHAPE` on the first layer",
                        self.first_layer_span, hint="for example `input 784`, `input 28x28` or `dense 512 in 784`")
         if not self.ok:

@@ -108,15 +108,118 @@ def layer_text(layer: ir.LayerBase) -> str:
 def to_text(spec: ir.Spec, source: str | None = None) -> str:
     """The canonical text of `spec`. With the `source` it was parsed from, its comments are
     kept: a comment line stays above the statement that follows it, a trailing comment
-    stays on its statement's line."""
+    stays on its statement's line. A spec written with blocks, repeats or references keeps
+    them (`spec.syntax`); a graph built otherwise (an import) gets references of its own."""
     spans = spec.statement_spans
-    lines = [(spans.get("model"), f"model {_name(spec.name)}"),
-             (spans.get("input"), f"input {_shape(spec.input_shape)}")]
-    lines += [(layer.span, layer_text(layer)) for layer in spec.layers]
-    lines += [(node.span, text) for node, text in _training_lines(spec)]  # type: ignore[attr-defined]
+    head = [(spans.get("model"), f"model {_name(spec.name)}"),
+            (spans.get("input"), f"input {_shape(spec.input_shape)}")]
+    training = [(node.span, text) for node, text in _training_lines(spec)]  # type: ignore[attr-defined]
+    if spec.syntax is not None:
+        lines = _as_written(spec, head, training)
+    elif spec.connections:
+        lines = head + _with_references(spec) + training
+    else:
+        lines = head + [(layer.span, layer_text(layer)) for layer in spec.layers] + training
     if source is None:
         return "\n".join(text for _, text in lines) + "\n"
     return _with_comments(lines, source)
+
+
+def _refs_text(spec: ir.Spec, index: int, ref: Any) -> tuple[list[str], str]:
+    """The references layer `index` is written with: a merge's operands, or a `from=`."""
+    sources = spec.sources(index)
+    if spec.layers[index].merges:
+        if len(sources) == 2 and sources[0] == index - 1:
+            return [ref(sources[1])], ""
+        return [ref(s) for s in sources], ""
+    return [], ("" if sources[0] == index - 1 else f" from={ref(sources[0])}")
+
+
+def _with_layer_refs(text: str, refs: list[str], from_: str) -> str:
+    keyword, _, rest = text.partition(" ")
+    return " ".join([keyword, *refs, *([rest] if rest else [])]) + from_
+
+
+def _with_references(spec: ir.Spec) -> list[tuple[Any, str]]:
+    """A graph's layers with references named after the layers (Keras's names): bound where
+    a layer is read other than by the next one, as its first input."""
+    from .checker import layer_names
+
+    from .reader import KEYWORDS
+
+    names = layer_names(spec)
+    idents: dict[int, str] = {}
+    taken = {"in", *KEYWORDS}  # `conv2d = conv2d 8 3x3` would read badly: conv2d_out
+
+    def ref(i: int) -> str:
+        if i < 0:
+            return "in"
+        if i not in idents:
+            ident = re.sub(r"[^0-9A-Za-z_]", "_", names[i])
+            ident = ident if _IDENT.match(ident) else f"layer_{ident}"
+            base, n = (ident, 1) if ident not in taken else (f"{ident}_out", 2)
+            ident = base
+            while ident in taken:
+                ident, n = f"{base}_{n}", n + 1
+            taken.add(ident)
+            idents[i] = ident
+        return idents[i]
+
+    texts = []
+    for i, layer in enumerate(spec.layers):
+        refs, from_ = _refs_text(spec, i, ref)
+        texts.append(_with_layer_refs(layer_text(layer), refs, from_))
+    return [(layer.span, f"{idents[i]} = {text}" if i in idents else text)
+            for i, (layer, text) in enumerate(zip(spec.layers, texts))]
+
+
+def _as_written(spec: ir.Spec, head: list[tuple[Any, str]], training: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    """The statements as the source nests them: blocks and repeats with their bodies
+    indented, references and `from=` as written; layers outside blocks canonical, a block's
+    body as written (its parameters stand for values)."""
+    from .layers import LAYER_KEYWORDS
+    from .structure import BODY_KEYWORDS
+
+    layers = {}
+    for layer in spec.layers:  # the first layer a statement became (a repeat makes several)
+        if layer.span is not None:
+            layers.setdefault((layer.span.line, layer.span.column), layer)
+    training_by_kind = {text.split(" ", 1)[0]: (span, text) for span, text in training}
+    lines: list[tuple[Any, str]] = []
+    seen = set()
+
+    def words(st: Any) -> list[str]:
+        return [a.text for a in st.args]
+
+    def walk(items: list[Any], depth: int, in_block: bool) -> None:
+        pad = "  " * depth
+        for item in items:
+            st = item.st
+            bound = f"{st.binding[0]} = " if st.binding else ""
+            if st.keyword in ("model", "input") and not depth:
+                lines.append(next(line for line in head if line[1].startswith(st.keyword)))
+                seen.add(st.keyword)
+                continue
+            if st.keyword in training_by_kind and not depth:
+                lines.append(training_by_kind[st.keyword])
+                continue
+            layer = layers.get((st.span.line, st.span.column)) if not in_block else None
+            if st.keyword in LAYER_KEYWORDS and layer is not None:
+                refs = [a.text for a in st.args if getattr(a, "type", None) == "word"] if layer.merges else []
+                from_ = next((f" from={a.value.text}" for a in st.args if getattr(a, "key", None) == "from"), "")
+                text = _with_layer_refs(layer_text(layer), refs, from_)
+            else:
+                text = " ".join([st.keyword, *words(st)])
+            if item.body is not None or st.keyword in BODY_KEYWORDS:
+                lines.append((st.span, f"{pad}{bound}{text} {{"))
+                walk(item.body or [], depth + 1, in_block or st.keyword == "block")
+                lines.append((item.close, f"{pad}}}"))
+            else:
+                lines.append((st.span, f"{pad}{bound}{text}"))
+
+    walk(list(spec.syntax or ()), 0, False)
+    missing = [line for line in head if line[1].split(" ", 1)[0] not in seen]
+    return missing + lines
 
 
 def _training_lines(spec: ir.Spec) -> list[tuple[ir.Node, str]]:

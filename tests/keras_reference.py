@@ -58,16 +58,30 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.Rescaling(node.scale, offset=node.offset, **named)
     if isinstance(node, ir.UpSampling2D):
         return L.UpSampling2D(node.size, interpolation="nearest", **named)
+    if isinstance(node, ir.Concat):
+        return L.Concatenate(axis=node.axis, **named)
+    merges = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply, "average": L.Average,
+              "maximum": L.Maximum, "minimum": L.Minimum}
+    if node.kind in merges:
+        return merges[node.kind](**named)
     simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D,
               "globalmaxpool2d": L.GlobalMaxPooling2D, "prelu": L.PReLU,
               "normalize": L.Normalization}
     return simple[node.kind](**named)
 
 
-def model(spec: ir.Spec) -> keras.Sequential:
-    """The spec as a Keras Sequential model, built, in a fresh naming session."""
+def model(spec: ir.Spec) -> keras.Model:
+    """The spec as a Keras model, built, in a fresh naming session: a Sequential for a chain,
+    else a functional model whose layers are created and called in the spec's order."""
     keras.backend.clear_session(free_memory=False)  # names restart; skipping gc saves ~0.5 s
-    return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
+    if spec.is_chain:
+        return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
+    inputs = keras.Input(spec.input_shape)
+    outputs: list[Any] = []
+    for i, node in enumerate(spec.layers):
+        tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(i)]
+        outputs.append(layer(node)(tensors if node.merges else tensors[0]))
+    return keras.Model(inputs, outputs[-1], name=spec.name)
 
 
 def keras_report(model: keras.Model) -> dict:
@@ -77,7 +91,7 @@ def keras_report(model: keras.Model) -> dict:
 
     layers = [{"name": layer.name, "output_shape": list(layer.output.shape), "params": layer.count_params(),
                "trainable": count(layer.trainable_weights), "non_trainable": count(layer.non_trainable_weights)}
-              for layer in model.layers]
+              for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return {"model": model.name, "input_shape": [None, *model.input_shape[1:]], "layers": layers,
             "total_params": model.count_params(), "trainable_params": count(model.trainable_weights),
             "non_trainable_params": count(model.non_trainable_weights),
@@ -92,7 +106,7 @@ def ours(report: dict) -> dict:
 
 
 def classes_and_weights(model: keras.Model) -> tuple[list, list]:
-    return ([type(layer).__name__ for layer in model.layers],
+    return ([type(layer).__name__ for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)],
             [(w.path, tuple(w.shape), w.trainable) for w in model.weights])
 
 

@@ -111,6 +111,7 @@ class _Generator:
         self.max_image, self.max_channels = options.max_image, options.max_channels
         self.avoid_framework_bugs = options.avoid_framework_bugs
         self.names = 0
+        self.refs = 0  # references and blocks drawn so far, for fresh names
         self.nonlinear = False  # whether the layer just drawn has a nonlinear activation
         self.weighted = False  # a layer with weights so far: no normalize after it (it adapts to its input)
 
@@ -128,7 +129,11 @@ class _Generator:
         inline_input = self.chance(0.3)
         if not inline_input:
             lines.append(f"input {self.shape_text(shape)}")
-        for _ in range(r.randint(0, max_layers)):
+        for i in range(r.randint(0, max_layers)):
+            if (i or not inline_input) and self.chance(0.25):  # `in SHAPE` goes on a plain first layer
+                texts, shape = self.graph(shape)
+                lines += texts
+                continue
             text, shape = self.layer(shape)
             lines.append(text)
         text, shape = self.to_flat(shape)
@@ -319,6 +324,85 @@ class _Generator:
             return "leaky_relu", shape
         slope = r.choice((0.0, 0.01, 0.2, 0.3, 1.5))
         return (f"leaky_relu {slope}" if choice == 1 else f"leaky_relu negative_slope={slope}"), shape
+
+    # -- graphs --------------------------------------------------------------------------
+
+    MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concat")
+
+    def keeping(self, shape: tuple[int, ...], channels: int | None = None) -> tuple[str, tuple[int, ...]]:
+        """A layer that keeps the shape (to `channels` last-axis units, when given)."""
+        c = channels or shape[-1]
+        kinds = ["dense", "batchnorm", "activation"] if channels is None else ["dense"]
+        if len(shape) == 3:
+            kinds += ["conv2d"]
+        kind = self.r.choice(kinds)
+        if kind == "dense":
+            text, out = self.dense(shape, units=c)
+        elif kind == "conv2d":
+            act = self.r.choice(ACTIVATIONS) if self.chance(0.6) else None
+            if act == "softmax" and c == 1:
+                act = "sigmoid"
+            text, out = (f"conv2d {c} {self.pair((self.r.randint(1, 3), self.r.randint(1, 3)))} padding=same"
+                         + self.weighted_options(act, c)), (*shape[:2], c)
+        else:
+            text, out = getattr(self, kind)(shape)
+        self.weighted = self.weighted or kind in ("dense", "conv2d", "batchnorm")
+        return text, out
+
+    def ref(self) -> str:
+        self.refs += 1
+        return self.r.choice(("h", "skip", "a", "branch")) + str(self.refs)
+
+    def graph(self, shape: tuple[int, ...]) -> tuple[list[str], tuple[int, ...]]:
+        """A piece of graph: a residual merge, two branches from one tensor, a block used once
+        or twice, or a repeat; every merge kind, written in its different forms."""
+        r = self.r
+        form = r.choice(("residual", "branches", "block", "repeat"))
+        if form == "repeat":
+            body, out = self.keeping(shape)
+            times = r.randint(1, 3)
+            if self.chance(0.5):
+                return [f"repeat {times} {{ {body} }}"], out
+            return [f"repeat {times} {{", f"  {body}", "}"], out
+        if form == "block":
+            name = f"blk{self.refs + 1}"
+            self.refs += 1
+            merge = r.choice(("add", "multiply", "average", "maximum", "minimum"))
+            layer, _ = self.keeping(shape, channels=shape[-1])
+            first = layer.split(" ", 2)  # the units or filters become the parameter
+            body = " ".join([first[0], "n", *first[2:]])
+            act = r.choice(("relu", "tanh", "linear"))
+            lines = [f"block {name}(n, act={act}) {{", f"  {body}", f"  {merge} in", "  act", "}"]
+            for _ in range(r.randint(1, 2)):
+                lines.append(f"{name} {shape[-1]}" if self.chance(0.5) else f"{name} n={shape[-1]} act=sigmoid")
+            return lines, shape
+        source = self.ref()
+        head, out = self.keeping(shape)
+        lines = [f"{source} = {head}"]
+        merge = r.choice(self.MERGES)
+        if form == "residual":  # source, a path of one or two layers, then the merge of the two
+            channels = None if merge != "concat" else r.randint(1, 4)
+            path_shape = out
+            for _ in range(r.randint(1, 2)):
+                text, path_shape = self.keeping(path_shape, channels)
+                channels = None
+                lines.append(text)
+            if merge == "concat":
+                lines.append(f"concat {source}" if self.chance(0.5) else f"concat {source} axis=-1")
+                return lines, (*out[:-1], out[-1] + path_shape[-1])
+            lines.append(f"{merge} {source}")
+            return lines, out
+        # two branches read the source; the merge lists both (or three, the source too)
+        left, right = self.ref(), self.ref()
+        channels = (None, None) if merge != "concat" else (r.randint(1, 3), r.randint(1, 3))
+        a, a_shape = self.keeping(out, channels[0])
+        b, b_shape = self.keeping(out, channels[1])
+        lines += [f"{left} = {a} from={source}", f"{right} = {b} from={source}"]
+        operands = [left, right] + ([source] if merge not in ("subtract", "concat") and self.chance(0.3) else [])
+        r.shuffle(operands)
+        if merge == "concat":
+            return lines + [f"concat {' '.join(operands)}"], (*out[:-1], a_shape[-1] + b_shape[-1])
+        return lines + [f"{merge} {' '.join(operands)}"], out
 
     # -- options -----------------------------------------------------------------------
 
