@@ -347,11 +347,11 @@ class Builder:
                        hint="a layer can only read what comes before it")
             return None
         hint = did_you_mean(name, [*scope.refs, "in"])
-        known = ", ".join(f"'{n}'" for n in scope.refs) or "none yet"
         where = "this block" if scope.nested else "the spec"
-        self.error(f"unknown reference '{name}'; the references of {where} are 'in' and {known}" if scope.refs else
-                   f"unknown reference '{name}'; only 'in' is bound here", ref.span,
-                   hint=hint or "bind a layer's output first: `h = dense 64`")
+        known = ["in", *scope.refs]
+        listed = ", ".join(f"'{n}'" for n in known[:-1]) + f" and '{known[-1]}'" if len(known) > 1 else "only 'in'"
+        self.error(f"unknown reference '{name}'; the references of {where} here are {listed}", ref.span,
+                   hint=hint or "bind a layer's output first: `h = dense 64`, then `from=h`")
         return None
 
     def repeat(self, item: Item, scope: "Scope", uses: tuple[str, ...]) -> None:

@@ -149,6 +149,7 @@ SPEC_COUNTS = {  # name: (output shape, total params, non-trainable)
     "digits_b": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_c": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_cnn": ((10,), 160 + 64 + 4_640 + 330, 32),
+    "digits_resnet": ((10,), 80 + 4 * 584 + 2 * 32 + 144 + 1_168 + 136 + 1_160 + 330, 2 * 16),
     "mnist": ((10,), 435_402, 0),
     "model1": ((10,), 435_402, 0),
     "model_a": ((10,), 220_186, 0),
@@ -198,6 +199,39 @@ NORMALIZE = {  # name: (the spec, output shape, params, non-trainable)
                        5 + 38 + 6, 5),
     "normalize-twice-rank3": ("input 3x4\nnormalize\nnormalize name=again\ndense 2", (3, 2), 9 + 9 + 10, 18),
 }
+# Graphs: every merge kind, fan-out (one output read by several layers, once twice by one
+# merge), a block used twice, a repeat, a skip branch written before the main path (Keras
+# lists it after), Keras's rank broadcasting (new axes after the batch axis), concat on
+# another axis, normalize and batchnorm inside branches. `input 4; dense 5 relu l2=0.01`
+# has 25 parameters; a dense 5->5 30, a conv2d 3x3 2->2 38, 1x1 2->2 6.
+GRAPH_HEAD = "optimizer sgd lr=0.1\nloss mse"
+GRAPHS = {  # name: (the spec, output shape, params, non-trainable)
+    "add-residual": (f"{MLP}\nh = dense 5 tanh\ndense 5\nadd h\ndense 2", (2,), 25 + 30 + 30 + 12, 0),
+    "subtract": (f"{MLP}\na = dense 3\nb = dense 3 sigmoid from=in\nsubtract a b", (3,), 25 + 18 + 15, 0),
+    "multiply-three": (f"{MLP}\na = dense 3\nb = dense 3 tanh from=in\nc = dense 3 sigmoid from=in\nmultiply a b c",
+                       (3,), 25 + 18 + 15 + 15, 0),
+    "average-fan-out": (f"{MLP}\nh = relu\na = dense 5 from=h\nb = dense 5 from=h\naverage a b h\ndense 2",
+                        (2,), 25 + 30 + 30 + 12, 0),
+    "maximum-minimum": (f"{MLP}\na = dense 4\nb = dense 4 from=in\nm = maximum a b\nminimum b m a", (4,),
+                        25 + 24 + 20, 0),
+    "add-one-output-twice": (f"{MLP}\nh = dense 3\nadd h h", (3,), 25 + 18, 0),
+    "concat-images": ("input 4x4x2\na = conv2d 2 1x1 relu\nb = conv2d 2 3x3 padding=same from=in\n"
+                      "c = maxpool2d 3x3 stride=1 padding=same from=in\nconcat a b c\nflatten\ndense 2",
+                      (2,), 6 + 38 + 4 * 4 * 6 * 2 + 2, 0),
+    "concat-axis-1": ("input 3x4\na = dense 2\nb = dense 2 relu from=in\nconcat a b axis=1\nflatten\ndense 2",
+                      (2,), 10 + 10 + 6 * 2 * 2 + 2, 0),
+    "add-rank-broadcast": ("input 3x4\na = dense 4\nflatten from=in\ndense 4 tanh\nadd a\nflatten\ndense 2",
+                           (2,), 20 + 52 + 12 * 2 + 2, 0),
+    "skip-written-first": ("input 4\nskip = dense 3\ndense 6 relu from=in\ndense 3\nadd skip", (3,),
+                           15 + 30 + 21, 0),
+    "block-twice-repeat": (f"input 5x5x2\nblock res(f, act=relu) {{\n  conv2d f 3x3 act padding=same\n"
+                           f"  batchnorm\n  add in\n}}\nres 2\nrepeat 2 {{ res 2 act=tanh }}\nflatten\ndense 2",
+                           (2,), 3 * (38 + 8) + 50 * 2 + 2, 3 * 4),
+    "normalize-in-a-branch": ("input 5\nn = normalize\na = dense 3 from=in\ndense 3 from=n\nadd a", (3,),
+                              11 + 18 + 18, 11),
+}
+GRAPH_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}\n{GRAPH_HEAD}")
+               for name, (text, *_) in GRAPHS.items()}
 NORMALIZE_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, *_) in NORMALIZE.items()}
 TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, _, _) in TRAINING.items()}
 
@@ -205,7 +239,7 @@ TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for 
 @pytest.fixture(scope="module")
 def standalone(backend, tmp_path_factory):
     specs = [p.values[0].spec() for p in LAYERS] + list(SPECS.values()) + list(TRAINING_SPECS.values()) + list(
-        NORMALIZE_SPECS.values())
+        NORMALIZE_SPECS.values()) + list(GRAPH_SPECS.values())
     runner = Standalone(backend, specs, shared_directory(tmp_path_factory, f"standalone-{backend}"))
     yield runner
     runner.close()
@@ -236,4 +270,11 @@ def test_optimizer_and_loss(backend, name, standalone, tmp_path):
 def test_normalize(backend, name, standalone, tmp_path):
     _, output_shape, params, non_trainable = NORMALIZE[name]
     run_model_test(backend, NORMALIZE_SPECS[name], output_shape, params, expected_non_trainable=non_trainable,
+                   standalone=standalone, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", GRAPH_SPECS)
+def test_graph(backend, name, standalone, tmp_path):
+    _, output_shape, params, non_trainable = GRAPHS[name]
+    run_model_test(backend, GRAPH_SPECS[name], output_shape, params, expected_non_trainable=non_trainable,
                    standalone=standalone, tmp_path=tmp_path)
