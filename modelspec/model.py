@@ -505,10 +505,12 @@ class Model:
         name is not part of the weights' meaning: a renamed model loads them. A layer that
         differs from the spec the file was trained with (an activation, say) is a warning."""
         tensors, metadata = read_weights_file(path)
-        by_layer = {name.partition("/")[2]: value for name, value in tensors.items()}
-        shapes = {w.path: w.shape for w in self.report.weights}
-        if all(tuple(getattr(by_layer.get(p.partition("/")[2]), "shape", ())) == shapes[p] for p in self.weight_paths):
-            tensors = {p: by_layer[p.partition("/")[2]] for p in self.weight_paths}
+        if not self.report.functional:  # a Sequential's paths start with the model's name (a functional's do not)
+            by_layer = {name.partition("/")[2]: value for name, value in tensors.items()}
+            shapes = {w.path: w.shape for w in self.report.weights}
+            if all(tuple(getattr(by_layer.get(p.partition("/")[2]), "shape", ())) == shapes[p]
+                   for p in self.weight_paths):
+                tensors = {p: by_layer[p.partition("/")[2]] for p in self.weight_paths}
         self._warn_if_trained_otherwise(path, metadata.get("spec"))
         missing = [p for p in self.weight_paths if p not in tensors]
         if missing:
@@ -529,6 +531,8 @@ def _differences(saved: ir.Spec, spec: ir.Spec) -> list[str]:
     for index, (a, b) in enumerate(zip(saved.layers, spec.layers), start=1):
         if a != b:
             out.append(f"layer {index} was `{layer_text(a)}`, is `{layer_text(b)}`")
+    if saved.connections != spec.connections:
+        out.append("its layers were connected otherwise")
     return out
 
 
