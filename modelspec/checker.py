@@ -17,7 +17,7 @@ from typing import Any
 
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, sort_diagnostics
-from .layers import snake_case
+from .layers import INPUT_LAYER, snake_case
 from .shapes import BYTES_PER_PARAM, Shape, ShapeError
 
 
@@ -165,9 +165,6 @@ class Report:
 
 
 _SNAKE = {cls.keras_class: snake_case(cls.keras_class) for cls in ir.LAYER_CLASSES.values()}
-
-
-INPUT_LAYER = "input_layer"  # the name Keras gives a model's first Input in a fresh session
 
 
 def layer_names(spec: ir.Spec) -> list[str]:

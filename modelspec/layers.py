@@ -492,6 +492,9 @@ LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: c
 LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}
 
 
+INPUT_LAYER = "input_layer"  # the name Keras gives a model's first Input in a fresh session
+
+
 def snake_case(class_name: str) -> str:
     """keras.src.utils.naming.to_snake_case: BatchNormalization -> batch_normalization, the
     base of Keras's auto names."""

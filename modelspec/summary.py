@@ -16,6 +16,7 @@ import shutil
 import unicodedata
 from typing import TYPE_CHECKING, Iterable
 
+from .layers import INPUT_LAYER
 from .shapes import fmt_shape
 
 if TYPE_CHECKING:
@@ -159,8 +160,6 @@ def render_summary(report: "Report", line_length: int | None = None, flops: bool
     line_length = line_length or keras_line_length(functional)
     rows: Iterable[tuple[str, ...]]
     if functional:
-        from .checker import INPUT_LAYER
-
         rows = [(f"{INPUT_LAYER} (InputLayer)", fmt_shape(report.input_shape), "0", "-"),
                 *((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}",
                    ", ".join(f"{name}[0][0]" for name in r.inputs)) for r in report.layers)]
