@@ -128,14 +128,19 @@ class Diagram:
     frames: list[Frame]
 
 
-@functools.lru_cache(maxsize=4096)
 def text_width(text: str, size: float, bold: bool = False) -> float:
-    """The advance of `text` in DejaVu Sans at `size` (pt, here px), as the Agg renderer lays it."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextToPath
+    """The width of `text` in DejaVu Sans at `size` (pt, here px): the sum of its characters'
+    advances, which is what Agg lays out less kerning (a pixel or so), so the text fits."""
+    return sum(_advance(c, size, bold) for c in text)
 
-    prop = FontProperties(family=FONT, weight="bold" if bold else "normal", size=size)
-    return TextToPath().get_text_width_height_descent(text, prop, ismath=False)[0]
+
+@functools.lru_cache(maxsize=None)
+def _advance(char: str, size: float, bold: bool) -> float:
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    font = get_font(findfont(FontProperties(family=FONT, weight="bold" if bold else "normal")))
+    font.set_size(size, 72)  # the font object is shared: set its size for every glyph
+    return font.load_char(ord(char)).linearHoriAdvance / 65536  # 16.16 fixed point, unhinted
 
 
 def layout(report: Any) -> Diagram:
@@ -444,6 +449,7 @@ def to_png(d: Diagram, scale: float = 2.0) -> bytes:
     diagram that would pass MAX_PNG_SIDE pixels)."""
     import io
 
+    from matplotlib.collections import PatchCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, PathPatch, Polygon
     from matplotlib.path import Path
@@ -460,23 +466,27 @@ def to_png(d: Diagram, scale: float = 2.0) -> bytes:
         ax.text(x, y, s, fontsize=size, family=FONT, weight="bold" if bold else "normal", color=color,
                 ha=anchor, va="baseline")
 
+    def shapes(patches, **style):  # one collection: adding thousands of patches one by one is slow
+        ax.add_collection(PatchCollection(patches, match_original=False, **style), autolim=False)
+
     text(MARGIN, MARGIN + TITLE_SIZE, d.title, TITLE_SIZE, TEXT, bold=True)
+    shapes([FancyBboxPatch((f.x, f.y), f.w, f.h, boxstyle="round,pad=0,rounding_size=8") for f in d.frames],
+           facecolor=FRAME_FILL, edgecolor=FRAME_STROKE, linewidth=1.0, linestyle=(0, (5, 3)))
     for f in d.frames:
-        ax.add_patch(FancyBboxPatch((f.x, f.y), f.w, f.h, boxstyle="round,pad=0,rounding_size=8",
-                                    facecolor=FRAME_FILL, edgecolor=FRAME_STROKE, lw=1.0, linestyle=(0, (5, 3))))
         text(f.x + 8, f.y + 4 + LABEL_SIZE, f.label, LABEL_SIZE, FRAME_TEXT, bold=True)
+    lines = []
     for e in d.edges:
         vertices, codes = [], []
         for c in e.path:
-            points = list(zip(c[1::2], c[2::2]))
-            vertices += points
+            vertices += list(zip(c[1::2], c[2::2]))
             codes += {"M": [Path.MOVETO], "L": [Path.LINETO], "C": [Path.CURVE4] * 3}[c[0]]
-        ax.add_patch(PathPatch(Path(vertices, codes), fill=False, edgecolor=EDGE, lw=lw, capstyle="butt"))
-        ax.add_patch(Polygon(e.head, closed=True, facecolor=EDGE, edgecolor="none"))
+        lines.append(PathPatch(Path(vertices, codes)))
+    shapes(lines, facecolor="none", edgecolor=EDGE, linewidth=lw, capstyle="butt")
+    shapes([Polygon(e.head, closed=True) for e in d.edges], facecolor=EDGE, edgecolor="none")
+    for style, (fill, stroke) in STYLE.items():
+        shapes([FancyBboxPatch((b.x, b.y), b.w, b.h, boxstyle="round,pad=0,rounding_size=6")
+                for b in d.boxes if b.style == style], facecolor=fill, edgecolor=stroke, linewidth=lw)
     for b in d.boxes:
-        fill, stroke = STYLE[b.style]
-        ax.add_patch(FancyBboxPatch((b.x, b.y), b.w, b.h, boxstyle="round,pad=0,rounding_size=6",
-                                    facecolor=fill, edgecolor=stroke, lw=lw))
         text(b.cx, b.y + NAME_BASELINE, b.title, NAME_SIZE, TEXT, bold=True, anchor="center")
         text(b.cx, b.y + DETAIL_BASELINE, b.detail, DETAIL_SIZE, DETAIL, anchor="center")
     buf = io.BytesIO()
