@@ -23,6 +23,7 @@ by the checker: `modelspec check` never pays for matplotlib.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -121,8 +122,8 @@ class Frame:
 @dataclass
 class Diagram:
     title: str
-    width: float
-    height: float
+    width: int
+    height: int
     boxes: list[Box]
     edges: list[Edge]
     frames: list[Frame]
@@ -168,7 +169,8 @@ def layout(report: Any) -> Diagram:
     edges = [(s, t, k) for t in range(n) for k, s in enumerate(sources[t])]
     # an arrow spanning rows runs down a lane; the main path's own arrows stay in its column
     routed = [e for e in edges if rank[e[1]] - rank[e[0]] > 1 and not (e[1] in main and e[2] == 0)]
-    lane, route_lane = _lanes(nodes, main, rank, sources, routed)
+    written = {-1: -1, **{i: r.index for i, r in enumerate(rows)}}
+    lane, route_lane = _lanes(nodes, main, rank, sources, routed, written)
 
     last = max(rank.values())
     frames_of = _frame_spans(report, rank)
@@ -200,7 +202,8 @@ def layout(report: Any) -> Diagram:
     bottom = max(b.y + b.h for b in boxes.values())
     title = f"{report.model} · {report.total_params:,} params"
     width = max(right - left, text_width(title, TITLE_SIZE, True)) + 2 * MARGIN
-    return Diagram(title, width, bottom + MARGIN, [boxes[i] for i in nodes], arrows, frames)
+    # whole pixels: the PNG is exactly the SVG's size times its scale
+    return Diagram(title, math.ceil(width), math.ceil(bottom + MARGIN), [boxes[i] for i in nodes], arrows, frames)
 
 
 def _box(node: int, name: str, keras_class: str, shape: tuple, params: int | None, style: str) -> Box:
@@ -210,24 +213,34 @@ def _box(node: int, name: str, keras_class: str, shape: tuple, params: int | Non
     return b
 
 
-def _lanes(nodes: list[int], main: set[int], rank: dict, sources: dict, routed: list[tuple]
-           ) -> tuple[dict[int, int], dict[tuple, int]]:
-    """Lane 0 is the main path; every other layer (one row) and every routed arrow (the rows
-    it passes) gets the first lane right of it that is free over those rows, shortest span
-    first (a shorter skip nests inside a longer one, so they do not cross), a layer or an
-    arrow preferring the lane of the layer it comes from (a branch stays straight)."""
+def _lanes(nodes: list[int], main: set[int], rank: dict, sources: dict, routed: list[tuple],
+           written: dict[int, int]) -> tuple[dict[int, int], dict[tuple, int]]:
+    """Lane 0 is the main path. Every other layer (one row) and every routed arrow (the rows
+    it passes) gets the nearest lane right of it that is free over those rows, shortest span
+    first (a shorter skip nests inside a longer one, so they do not cross); a layer or an
+    arrow prefers the lane of the layer it comes from (a branch stays straight). A skip from
+    the main path back to it takes the left side instead where branch layers sit on its rows,
+    as an Inception-ResNet block is drawn: it would cross their arrows on the right. Ties go
+    in the order the spec writes the layers (`written`), so parallel branches read left to
+    right as written."""
     lane = {i: 0 for i in main}
     route_lane: dict[tuple, int] = {}
     busy: dict[int, set[int]] = {}
-    todo = [(1, rank[i], 0, i, i) for i in nodes if i not in main]
-    todo += [(rank[t] - rank[s] - 1, rank[s] + 1, 1, t, (s, t, k)) for s, t, k in routed]
+    branch_rows = {rank[i] for i in nodes if i not in main}
+    todo = [(1, rank[i], 0, (written[i], 0), i) for i in nodes if i not in main]
+    todo += [(rank[t] - rank[s] - 1, rank[s] + 1, 1, (written[t], k), (s, t, k)) for s, t, k in routed]
     for span, start, _, _, item in sorted(todo, key=lambda o: o[:4]):
-        rows = range(start, start + span)
-        origin = item[0] if isinstance(item, tuple) else sources[item][0]
-        preferred = lane.get(origin, 0)
-        choice = preferred if preferred > 0 and busy[preferred].isdisjoint(rows) else 1
-        while choice != preferred and not busy.setdefault(choice, set()).isdisjoint(rows):
-            choice += 1
+        rows = set(range(start, start + span))
+        if isinstance(item, tuple):
+            origin = item[0]
+            step = -1 if origin in main and item[1] in main and not branch_rows.isdisjoint(rows) else 1
+        else:
+            origin, step = sources[item][0], 1
+        choice = lane.get(origin, 0)
+        if choice == 0 or not busy[choice].isdisjoint(rows):
+            choice = step
+            while not busy.setdefault(choice, set()).isdisjoint(rows):
+                choice += step
         busy.setdefault(choice, set()).update(rows)
         if isinstance(item, tuple):
             route_lane[item] = choice
@@ -238,21 +251,25 @@ def _lanes(nodes: list[int], main: set[int], rank: dict, sources: dict, routed: 
 
 def _columns(boxes: dict[int, Box], lane: dict, route_lane: dict, rank: dict, routed: list,
              last: int, gaps: list[float]) -> tuple[dict[int, float], dict[tuple, float]]:
-    """The x of each box's centre and of each routed arrow's lane. Lane 0 is at x = 0; each
-    further lane is placed stretch by stretch (its occupants on consecutive rows share one x),
-    the row's gap right of whatever the lanes left of it hold on those rows."""
+    """The x of each box's centre and of each routed arrow's lane. Lane 0 is at x = 0; the
+    lanes on either side are placed outwards, stretch by stretch (a lane's occupants on
+    consecutive rows share one x), the row's gap beyond whatever the lanes nearer the main
+    path hold on those rows."""
     x_of = {i: 0.0 for i, l in lane.items() if l == 0}
     route_x: dict[tuple, float] = {}
-    right = [0.0] * (last + 1)  # the right edge of what lanes placed so far hold, per row
+    reach = {1: [0.0] * (last + 1), -1: [0.0] * (last + 1)}  # per side and row: how far out it is taken
     for i in x_of:
-        right[rank[i]] = max(right[rank[i]], boxes[i].w / 2)
+        for side in reach.values():
+            side[rank[i]] = max(side[rank[i]], boxes[i].w / 2)
     by_lane: dict[int, list] = {}
     for i, l in lane.items():
         if l:
             by_lane.setdefault(l, []).append((rank[i], rank[i], boxes[i].w / 2, i))
     for e in routed:
         by_lane.setdefault(route_lane[e], []).append((rank[e[0]] + 1, rank[e[1]] - 1, 0.0, e))
-    for l in sorted(by_lane):
+    for l in sorted(by_lane, key=abs):
+        sign = 1 if l > 0 else -1
+        taken = reach[sign]
         occupants = sorted(by_lane[l], key=lambda o: o[:2])
         stretches: list[list] = []
         for o in occupants:
@@ -262,14 +279,14 @@ def _columns(boxes: dict[int, Box], lane: dict, route_lane: dict, rank: dict, ro
                 stretches.append([o])
         for stretch in stretches:
             rows = range(min(o[0] for o in stretch), max(o[1] for o in stretch) + 1)
-            x = max(right[r] + gaps[r] for r in rows) + max(o[2] for o in stretch)
+            distance = max(taken[r] + gaps[r] for r in rows) + max(o[2] for o in stretch)
             for first, end, half, item in stretch:
                 if isinstance(item, tuple):
-                    route_x[item] = x
+                    route_x[item] = sign * distance
                 else:
-                    x_of[item] = x
+                    x_of[item] = sign * distance
                 for r in range(first, end + 1):
-                    right[r] = max(right[r], x + half)
+                    taken[r] = max(taken[r], distance + half)
     return x_of, route_x
 
 
@@ -389,15 +406,16 @@ def _frames(report: Any, boxes: dict[int, Box], arrows: list[Edge], routed: list
         inner = [f for k, f in built.items() if uses[k].parent == j]
         lefts = [boxes[p].x for p in members] + [f.x for f in inner]
         rights = [boxes[p].x + boxes[p].w for p in members] + [f.x + f.w for f in inner]
-        lefts += [route_x[e] for e in routed if e[1] in members and first <= rank[e[0]] + 1 and rank[e[1]] - 1 <= end]
-        rights += [route_x[e] for e in routed if e[1] in members and first <= rank[e[0]] + 1 and rank[e[1]] - 1 <= end]
+        lanes = [route_x[e] for e in routed if e[1] in members and first <= rank[e[0]] + 1 and rank[e[1]] - 1 <= end]
+        lefts += lanes
+        rights += lanes
         tops = [boxes[p].y for p in members] + [f.y for f in inner]
         bottoms = [boxes[p].y + BOX_H for p in members] + [f.y + f.h for f in inner]
         label = u.block + "(" + ", ".join(f"{p}={v}" for p, v in u.arguments) + ")"
         x0, x1 = min(lefts) - FRAME_PAD, max(rights) + FRAME_PAD
-        # the label must end before the first arrow that enters the frame's first row
+        # the label must end before the first arrow that comes into the frame's first row
         firsts = [p for p in members if rank[p] == first]
-        limit = min(x for p in firsts for x in entries.get(p, [boxes[p].cx])) - 6
+        limit = min([x for p in firsts for x in entries.get(p, [boxes[p].cx])] + lanes) - 6
         x0 = min(x0, limit - text_width(label, LABEL_SIZE, True) - 8)
         y0 = min(tops) - LABEL_H - FRAME_PAD
         y1 = max(bottoms) + FRAME_PAD
