@@ -164,7 +164,7 @@ def layout(report: Any) -> Diagram:
     boxes = {-1: _box(-1, "input_layer", "InputLayer", report.input_shape, None, "input")}
     for i, r in enumerate(rows):
         boxes[i] = _box(i, r.name, r.keras_class, r.output_shape, r.params,
-                        "merge" if getattr(r.layer, "merges", False) else "layer")
+                        "merge" if r.layer.merges else "layer")
 
     edges = [(s, t, k) for t in range(n) for k, s in enumerate(sources[t])]
     # an arrow spanning rows runs down a lane; the main path's own arrows stay in its column
@@ -199,7 +199,7 @@ def layout(report: Any) -> Diagram:
     for a in arrows:
         a.path = [(c[0], *(v + (dx if j % 2 == 0 else dy) for j, v in enumerate(c[1:]))) for c in a.path]
         a.head = tuple((x + dx, y + dy) for x, y in a.head)
-    bottom = max(b.y + b.h for b in boxes.values())
+    bottom = max([b.y + b.h for b in boxes.values()] + [f.y + f.h for f in frames])
     title = f"{report.model} · {report.total_params:,} params"
     width = max(right - left, text_width(title, TITLE_SIZE, True)) + 2 * MARGIN
     # whole pixels: the PNG is exactly the SVG's size times its scale
@@ -348,8 +348,7 @@ def _bend(x0: float, y0: float, x1: float, y1: float) -> tuple:
 
 def _frame_spans(report: Any, rank: dict) -> list[tuple[int, int, int, int]]:
     """(use, first row, last row, nesting depth within it) of each block use that holds a layer."""
-    spec = report.spec
-    uses = getattr(spec, "blocks", ()) or ()
+    uses = report.spec.blocks
     position = {r.index: p for p, r in enumerate(report.layers)}
     depth = [0] * len(uses)
     for j in reversed(range(len(uses))):  # a use comes after the use it sits in
@@ -430,7 +429,7 @@ def to_svg(d: Diagram) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{d.width:.0f}" height="{d.height:.0f}" '
            f'viewBox="0 0 {d.width:.0f} {d.height:.0f}" font-family={quoteattr(FONT_FAMILY)}>',
            f"<title>{escape(d.title)}</title>",
-           f'<rect width="100%" height="100%" fill="#ffffff"/>',
+           '<rect width="100%" height="100%" fill="#ffffff"/>',
            f'<text x="{MARGIN:.1f}" y="{MARGIN + TITLE_SIZE:.1f}" font-size="{TITLE_SIZE:g}" font-weight="bold" '
            f'fill="{TEXT}">{escape(d.title)}</text>']
     for f in d.frames:

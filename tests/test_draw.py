@@ -130,8 +130,24 @@ globalavgpool2d
 dense 10 softmax
 """
 
+# the last layers sit in a block inside a block: the frames end the drawing
+ENDS_IN_BLOCKS = """\
+input 8
+block head(n) {
+  h = dense n relu
+  dense n relu
+  add h
+  dense 2 softmax
+}
+block tail(n) {
+  dense n
+  head n
+}
+tail 4
+"""
+
 GRAPHS = {"tiny_resnet": TINY_RESNET, "mixed": MIXED, "resnet30": RESNET30, "branches": BRANCHES,
-          "inception_resnet": INCEPTION_RESNET}
+          "inception_resnet": INCEPTION_RESNET, "ends_in_blocks": ENDS_IN_BLOCKS}
 CHAINS = {**{p.stem: p for p in SPEC_FILES}, **VARIED}
 ALL = {**GRAPHS, **CHAINS}
 
@@ -181,16 +197,19 @@ def test_names_with_spaces_and_quotes_are_escaped():
 
 
 def frames_in(report):
-    return [(g.get("data-block"), g.find(f"{SVG}text").text) for g in svg_tree(report).findall(f".//{SVG}g[@class='block']")]
+    return [(g.get("data-block"), g.find(f"{SVG}text").text)
+            for g in svg_tree(report).findall(f".//{SVG}g[@class='block']")]
 
 
 def test_each_block_use_is_a_labelled_frame():
     assert frames_in(report_of(TINY_RESNET)) == [("residual", "residual(filters=8)")] * 2
-    assert frames_in(report_of(MIXED)) == [("stage", "stage(f=8)"), ("proj", "proj(f=8)"), ("inception", "inception(f=8)")]
+    assert frames_in(report_of(MIXED)) == [("stage", "stage(f=8)"), ("proj", "proj(f=8)"),
+                                           ("inception", "inception(f=8)")]
     assert frames_in(report_of(RESNET30)) == [("residual", "residual(filters=16)")] * 2 + \
         [("down", "down(filters=32)")] + [("residual", "residual(filters=32)")] * 2
     assert frames_in(report_of(BRANCHES)) == []
     assert frames_in(report_of(INCEPTION_RESNET)) == [("ir", "ir(f=4)")] * 2
+    assert frames_in(report_of(ENDS_IN_BLOCKS)) == [("tail", "tail(n=4)"), ("head", "head(n=4)")]
 
 
 def inside(inner, outer) -> bool:
@@ -263,6 +282,8 @@ def test_the_drawing_is_clean(name):
         for b in boxes[i + 1:]:
             assert not overlap(rect(a), rect(b), margin=8), (a.name, b.name)
         assert 0 <= a.x and a.x + a.w <= d.width and 0 <= a.y and a.y + a.h <= d.height
+    for f in d.frames:
+        assert 0 <= f.x and f.x + f.w <= d.width and 0 <= f.y and f.y + f.h <= d.height
     by_node = {b.node: b for b in boxes}
     for e in d.edges:
         s, t = by_node[e.source], by_node[e.target]
