@@ -185,9 +185,11 @@ def layout(report: Any) -> Diagram:
     arrows = _arrows(boxes, edges, rank, route_x, row_y)
     frames = _frames(report, boxes, arrows, routed, route_x, rank, frames_of)
 
-    # shift everything so the drawing starts at the margin, below the title
-    left = min([b.x for b in boxes.values()] + [f.x for f in frames])
-    right = max([b.x + b.w for b in boxes.values()] + [f.x + f.w for f in frames])
+    # shift everything so the drawing starts at the margin, below the title; lanes of arrows
+    # can lie beyond every box
+    lanes = list(route_x.values())
+    left = min([b.x for b in boxes.values()] + [f.x for f in frames] + lanes)
+    right = max([b.x + b.w for b in boxes.values()] + [f.x + f.w for f in frames] + lanes)
     top = min([b.y for b in boxes.values()] + [f.y for f in frames])
     dx, dy = MARGIN - left, MARGIN + TITLE_H - top
     for b in boxes.values():
