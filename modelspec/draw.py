@@ -4,8 +4,9 @@ output shape and parameter count, an arrow per connection, and a labelled frame 
 of each block use.
 
 The layout is layered, top to bottom. A layer's rank (its row) is the longest path to it from the
-input. The main path (from the output back to the input through each layer's first operand, the
-previous output for `add h`) is one straight column. Everything else, branch layers and
+input. The main path, a longest path (from the output back to the input through the operand of the
+highest rank, the first such: the previous output for `add h`), is one straight column with a box
+on every row. Everything else, branch layers and
 connections that skip rows, gets a vertical lane to the right of it: lanes are handed out shortest
 span first, so a short skip nests inside a longer one and their arrows do not cross, and a branch
 layer prefers the lane of the layer it reads, so a branch stays a straight column too. A lane's
@@ -159,7 +160,7 @@ def layout(report: Any) -> Diagram:
     m = n - 1
     while m != -1:
         main.add(m)
-        m = sources[m][0]
+        m = max(sources[m], key=lambda s: rank[s])  # the first operand of the highest rank
 
     boxes = {-1: _box(-1, "input_layer", "InputLayer", report.input_shape, None, "input")}
     for i, r in enumerate(rows):
@@ -167,8 +168,8 @@ def layout(report: Any) -> Diagram:
                         "merge" if r.layer.merges else "layer")
 
     edges = [(s, t, k) for t in range(n) for k, s in enumerate(sources[t])]
-    # an arrow spanning rows runs down a lane; the main path's own arrows stay in its column
-    routed = [e for e in edges if rank[e[1]] - rank[e[0]] > 1 and not (e[1] in main and e[2] == 0)]
+    # an arrow spanning rows runs down a lane (the main path's arrows span one row each)
+    routed = [e for e in edges if rank[e[1]] - rank[e[0]] > 1]
     written = {-1: -1, **{i: r.index for i, r in enumerate(rows)}}
     lane, route_lane = _lanes(nodes, main, rank, sources, routed, written)
 
@@ -238,12 +239,17 @@ def _lanes(nodes: list[int], main: set[int], rank: dict, sources: dict, routed: 
             step = -1 if origin in main and item[1] in main and not branch_rows.isdisjoint(rows) else 1
         else:
             origin, step = sources[item][0], 1
+        # in half rows (row r is 2r, the gap below it 2r + 1): an occupant holds its rows and the
+        # gaps above and below, where its arrows bend in and out; only what it comes from, right
+        # above it in the same lane, may share the gap above
+        cells = set(range(2 * start, 2 * (start + span) - 1))
+        below, above = {2 * (start + span) - 1}, {2 * start - 1}
         choice = lane.get(origin, 0)
-        if choice == 0 or not busy[choice].isdisjoint(rows):
+        if choice == 0 or not busy[choice].isdisjoint(cells | below):
             choice = step
-            while not busy.setdefault(choice, set()).isdisjoint(rows):
+            while not busy.setdefault(choice, set()).isdisjoint(cells | below | above):
                 choice += step
-        busy.setdefault(choice, set()).update(rows)
+        busy.setdefault(choice, set()).update(cells | below | above)
         if isinstance(item, tuple):
             route_lane[item] = choice
         else:

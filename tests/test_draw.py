@@ -309,14 +309,23 @@ def test_the_drawing_is_clean(name):
         for b in boxes:  # no arrow runs through a box
             r = (b.x + 1, b.y + 1, b.x + b.w - 1, b.y + b.h - 1)
             assert not any(r[0] < x < r[2] and r[1] < y < r[3] for x, y in line), (e.source, e.target, b.name)
-    # the main path (each layer's first operand, from the output back) is one straight column
+    # arrows that share a lane are a row apart at least, so one is never read as going on into the other
+    lanes = sorted((e.path[2][1], e.path[1][-1], e.path[2][2]) for e in d.edges if len(e.path) == 4)
+    for (x0, _, end), (x1, start, _) in zip(lanes, lanes[1:]):
+        assert x0 != x1 or start - end > BOX_H, (x0, end, start)
+    # a longest path from the input to the output is one straight column, a box on every row
+    rows = sorted({b.y for b in boxes})
+    depth = {-1: 0}
+    for i, r in enumerate(report.layers):
+        depth[i] = 1 + max(depth[s] for s in r.sources)
     main, m = [], len(report.layers) - 1
     while m != -1:
         main.append(by_node[m])
-        m = report.layers[m].sources[0]
+        m = max(report.layers[m].sources, key=depth.get)
     main.append(by_node[-1])
+    assert len(main) == len(rows) == depth[len(report.layers) - 1] + 1
     assert len({round(b.cx, 6) for b in main}) == 1
-    assert [b.y for b in main] == sorted((b.y for b in main), reverse=True)
+    assert [b.y for b in main] == rows[::-1]
 
 
 def crossings(d: Diagram) -> list[tuple]:
