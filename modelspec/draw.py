@@ -6,13 +6,14 @@ of each block use.
 The layout is layered, top to bottom. A layer's rank (its row) is the longest path to it from the
 input. The main path, a longest path (from the output back to the input through the operand of the
 highest rank, the first such: the previous output for `add h`), is one straight column with a box
-on every row. Everything else, branch layers and
-connections that skip rows, gets a vertical lane to the right of it: lanes are handed out shortest
-span first, so a short skip nests inside a longer one and their arrows do not cross, and a branch
-layer prefers the lane of the layer it reads, so a branch stays a straight column too. A lane's
-position is set row by row against what lies to its left, so a skip arrow runs close beside the
-block it skips instead of past the widest box of the whole model. Arrows leave a box at the middle
-of its bottom and enter a merge's top in the order their lanes lie, the main operand in the middle.
+on every row. Everything else, branch layers and arrows that skip rows, gets a vertical lane
+beside it, on the right: lanes are handed out shortest span first, so a short skip nests inside a
+longer one and their arrows do not cross, and a branch layer prefers the lane of the layer it
+reads, so a branch stays a straight column too (a skip from the main path back to it goes on the
+left where branch layers sit on its rows). A lane's position is set row by row against what lies
+nearer the main path, so a skip runs close beside the block it skips instead of past the widest
+box of the whole model. Arrows leave a box at the middle of its bottom and enter a merge's top in
+the order their lanes lie, the main operand in the middle.
 
 `layout` computes every shape in pixels; `to_svg` writes them as SVG text (no dependency) and
 `to_png` draws the same shapes with matplotlib's Agg renderer. Text is measured with the font
@@ -365,8 +366,8 @@ def _frame_spans(report: Any, rank: dict) -> list[tuple[int, int, int, int]]:
             depth[parent] = max(depth[parent], depth[j] + 1)
     out = []
     for j, u in enumerate(uses):
-        members = [position[i] for i in range(u.start, u.stop) if i in position]
-        if members:
+        members = [position[i] for i in range(u.start, u.stop)]
+        if members:  # a block with an empty body has no frame
             out.append((j, min(rank[p] for p in members), max(rank[p] for p in members), depth[j]))
     return out
 
@@ -409,7 +410,7 @@ def _frames(report: Any, boxes: dict[int, Box], arrows: list[Edge], routed: list
     # inner uses first (they come after the use they sit in)
     for j, first, end, depth in sorted(frames_of, key=lambda f: -f[0]):
         u = uses[j]
-        members = [position[i] for i in range(u.start, u.stop) if i in position]
+        members = [position[i] for i in range(u.start, u.stop)]
         inner = [f for k, f in built.items() if uses[k].parent == j]
         lefts = [boxes[p].x for p in members] + [f.x for f in inner]
         rights = [boxes[p].x + boxes[p].w for p in members] + [f.x + f.w for f in inner]
