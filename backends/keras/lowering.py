@@ -134,6 +134,12 @@ class Lowering:
     # mean/variance/count weights, which adapt (or set_weights) fill
     flatten = globalavgpool2d = globalmaxpool2d = prelu = normalize = _no_args
 
+    # merges (keras/src/layers/merging/): which tensors they read is the graph's, not an argument
+    add = subtract = multiply = average = maximum = minimum = _no_args
+
+    def concat(self, layer: ir.Concat) -> tuple[tuple, dict]:
+        return (), ({"axis": layer.axis} if layer.axis != -1 else {})
+
 _LOWERING = Lowering()
 
 
