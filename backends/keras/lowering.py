@@ -29,6 +29,13 @@ METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
 
 
 @dataclass(frozen=True)
+class Code:
+    """Python source written as it is: a variable or a function's parameter in emitted code."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Call:
     """`target(*args, **kwargs)`, where target is a dotted name under keras
     (`layers.Dense`, `keras.initializers.HeNormal`) and values may be Calls themselves."""
@@ -193,6 +200,8 @@ def literal(value: Any) -> str:
     if isinstance(value, Call):
         args = [literal(a) for a in value.args] + [f"{k}={literal(v)}" for k, v in value.kwargs.items()]
         return f"{value.target}({', '.join(args)})"
+    if isinstance(value, Code):
+        return value.text
     if isinstance(value, str):
         text = repr(value)  # always a valid literal; non-printable characters are escaped
         if text.startswith("'") and "'" not in value and '"' not in value:
