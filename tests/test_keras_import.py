@@ -191,8 +191,8 @@ UNSUPPORTED = {
     "smoothing": (sequential(("Flatten", "f", {}), DENSE, compile_config={"loss": {
         "class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}}),
         "compile(): CategoricalCrossentropy(label_smoothing=0.1) cannot be expressed in a spec"),
-    "functional": ({"class_name": "Functional", "config": {"layers": []}},
-                   "only Sequential models can be imported; this is a Functional model"),
+    "subclassed": ({"class_name": "MyModel", "config": {"layers": []}},
+                   "only Sequential and functional models can be imported; this is a MyModel model"),
     "unbuilt": ({"class_name": "Sequential", "config": {"name": "m", "layers": [{"class_name": "Dense", "config": {
         "units": 2}}]}}, "the model has no input shape (it was never built)"),
     "too_small": (sequential(("Conv2D", "c", {"filters": 1, "kernel_size": [9, 9]})), "the model is not valid: c:"),
