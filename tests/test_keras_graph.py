@@ -214,6 +214,23 @@ def by_hand(case: str) -> keras.Model:
     return keras.Model(inputs, build(inputs), name=spec.name)
 
 
+def functional(spec: ms.ir.Spec) -> keras.Model:
+    """The spec as a Keras functional model built from its IR with the tests' own Keras layers
+    (keras_reference.layer; a merge as its Keras class), in a fresh naming session."""
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input(spec.input_shape)
+    outputs: list = []
+    for index, node in enumerate(spec.layers):
+        tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(index)]
+        if node.merges:
+            options = {"axis": node.axis} if node.kind == "concat" else {}
+            layer = getattr(L, node.keras_class)(**options, **({"name": node.name} if node.name else {}))
+            outputs.append(layer(tensors))
+        else:
+            outputs.append(kr.layer(node)(tensors[0]))
+    return keras.Model(inputs, outputs[-1], name=spec.name)
+
+
 def random_weights(report, seed: int) -> list[np.ndarray]:
     """Weights that make every layer matter: moving variances and Normalization's variance
     positive, its count a whole number."""
@@ -321,10 +338,12 @@ def test_summary_equals_keras_for_the_engine_and_a_hand_written_model(case, engi
     monkeypatch.setenv("COLUMNS", "200")
     report, native, hand = engines[case].report, engines[case].engine.native, by_hand(case)
     assert report.functional and isinstance(native, keras.Model) and not isinstance(native, keras.Sequential)
+    from_ir = functional(engines[case].spec)
     for line_length in (76, 100, 130):
         ours = report.summary(line_length=line_length)
         assert ours == kr.summary(native, line_length)
         assert ours == kr.summary(hand, line_length)
+        assert ours == kr.summary(from_ir, line_length)
     names = [r.name for r in report.layers]
     assert [layer.name for layer in native.layers[1:]] == names == [layer.name for layer in hand.layers[1:]]
     paths = [w.path for w in report.weights]
