@@ -420,11 +420,26 @@ json.dump(results, open(sys.argv[2], "w"))
 '''
 
 
+# More programs: a block's output kept for later (its variable must not hide the function), a
+# block in a repeat, parameters and a block named as Python keywords, layer names that are no
+# Python names or are the program's own, a layer named inside a block used once.
+PROGRAMS = {
+    "kept_use": "input 4\nblock b(n) {\n  dense n relu\n  add in\n}\nh = b 4\nb 4\nadd h\nconcat in\n",
+    "repeat_block": "input 4\nblock b(n) {\n  dense n relu\n  add in\n}\nrepeat 3 {\n  b 4\n}\ndense 2\n",
+    "keywords": "input 4\nblock lambda(class, def=relu) {\n  dense class def\n  add in\n}\nlambda 4\n"
+                "lambda 4 def=tanh\n",
+    "odd_names": 'input 4\nx = dense 4 name=x\ninputs = dense 4 from=in name=inputs\nadd x\nh = dense 4 name="a-b"\n'
+                 'dense 4 name="1st"\nadd h\n',
+    "named_once": "input 4\nblock b(n) {\n  dense n relu name=inner\n  dense n\n  add in\n}\nb 4\ndense 2\n",
+}
+
+
 @pytest.fixture(scope="module")
 def programs(engines, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("graph_programs")
     cases, codes = [], {}
-    for index, (case, model) in enumerate(engines.items()):
+    built = {**engines, **{case: ms.build(ms.parse(text), backend="keras") for case, text in PROGRAMS.items()}}
+    for index, (case, model) in enumerate(built.items()):
         codes[case] = backends.get("keras").emit(model.spec, model.report)
         (tmp / f"p{index}.py").write_text(codes[case], encoding="utf-8")
         x = np.random.default_rng(index).normal(size=(6, *model.spec.input_shape)).astype(np.float32)
@@ -437,13 +452,13 @@ def programs(engines, tmp_path_factory):
                             capture_output=True, text=True, cwd=tmp, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-5000:]
     ran = json.loads((tmp / "out.json").read_text())
-    return codes, ran, {c["id"]: np.load(c["data"]) for c in cases}
+    return codes, ran, {c["id"]: np.load(c["data"]) for c in cases}, built
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_the_program_builds_the_engines_model(case, engines, programs):
-    codes, ran, data = programs
-    model, out = engines[case], ran[case]
+@pytest.mark.parametrize("case", [*CASES, *PROGRAMS])
+def test_the_program_builds_the_engines_model(case, programs):
+    codes, ran, data, built = programs
+    model, out = built[case], ran[case]
     assert out["layers"] == ["input_layer", *(r.name for r in model.report.layers)]
     assert out["paths"] == model.weight_paths
     assert out["summary"] == model.report.summary(line_length=100)
@@ -453,7 +468,7 @@ def test_the_program_builds_the_engines_model(case, engines, programs):
 
 
 def test_a_block_is_a_function_called_once_per_use(programs):
-    codes, _, _ = programs
+    codes = programs[0]
     code = codes["tiny_resnet"]
     assert code.count("def residual(inputs, filters):\n") == 1
     assert code.count("    x = residual(x, 8)\n") == 2
@@ -463,10 +478,13 @@ def test_a_block_is_a_function_called_once_per_use(programs):
     assert code.index("def unit(") < code.index("def residual(")  # defined before its caller
     assert "    x = unit(inputs, filters, (3, 3))\n" in code and "    x = layers.Activation(act)(x)\n" in code
     assert '    x = residual(x, 4, "relu")\n' in code and '    x = residual(x, 4, "tanh")\n' in code
+    assert "def lambda_(inputs, class_, def_):\n" in codes["keywords"]
+    assert "    b_2 = b(inputs, 4)\n    x = b(b_2, 4)\n" in codes["kept_use"]
+    assert codes["repeat_block"].count("def b(") == 1 and codes["repeat_block"].count(" = b(") == 3
 
 
 def test_names_are_written_only_where_keras_would_choose_others(programs):
-    codes, _, _ = programs
+    codes = programs[0]
     assert "name=" not in codes["skip_first"].split("def build_model")[1].split("keras.Model(")[0]
     assert 'layers.Dense(4, name="shortcut")(inputs)' in codes["named"]
     assert 'layers.Dense(4, name="head")(x)' in codes["named"]
@@ -475,7 +493,7 @@ def test_names_are_written_only_where_keras_would_choose_others(programs):
 def test_the_program_adapts_a_normalization_inside_a_graph(programs):
     """adapt_normalization gives the layer reading the input the statistics of x, as
     Normalization.adapt does: the mean and the population variance over the batch."""
-    _, ran, data = programs
+    _, ran, data, _ = programs
     mean, variance = ran["normalized"]["adapted"]
     x = data["normalized"]["x"].astype(np.float64)
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """`modelspec compile --backend keras`: the Keras 3 program a tutorial would write.
 
-The program imports keras only. It defines `build_model()` (the Sequential model,
+The program imports keras only. It defines `build_model()` (the Sequential model of a
+chain, or a graph's functional model with each block a function called once per use,
 compiled with the spec's optimizer, loss and metrics) and, when the spec has a `fit`
 statement, `train(model, x, y)` with those settings. Run on its own it prints the
 model's summary. Every string from the spec goes through `lowering.literal`, so no
@@ -151,7 +152,8 @@ def _graph_program(spec: "ir.Spec", report: "Report") -> str:
     called once per use. Layers are created in the order the spec writes them, so Keras's
     automatic names (in a fresh session) are the checker's; others are written."""
     graph = _Graph(spec, _names_to_write(spec, report))
-    body = graph.scope(graph.items(0, len(spec.layers), None), INDENT, "outputs = ")
+    names = {row.index: row.name for row in report.layers}
+    body = graph.scope(graph.items(0, len(spec.layers), None), INDENT, "outputs = ", names)
     out = _header(spec)
     for function in graph.emitted:
         out += function + ["", ""]
@@ -222,9 +224,10 @@ class _Graph:
                 i += 1
         return out
 
-    def scope(self, items: list[_Item], indent: str, last: str) -> list[str]:
+    def scope(self, items: list[_Item], indent: str, last: str, names: dict[int, str] | None = None) -> list[str]:
         """The lines of a scope: `x` carries an output read only by the next statement, any
-        other output gets a variable of its own; `last` prefixes the final one."""
+        other output gets a variable of its own, named after its layer (`names`, the checker's
+        names, where they are Python names) or else its kind; `last` prefixes the final one."""
         producer = {item.stop - 1: k for k, item in enumerate(items)}
         owner = {i: k for k, item in enumerate(items) for i in range(item.first, item.stop)}
         taken = set(RESERVED) | {code.text for item in items for code in _codes(item.call)}
@@ -235,7 +238,12 @@ class _Graph:
             if k == len(items) - 1 or readers == {k + 1}:
                 var.append("x")
                 continue
-            base = snake_case(self.spec.layers[item.first].keras_class) if item.use is None else item.call.target
+            if item.use is not None:
+                base = item.call.target
+            elif names is not None and _identifier(names[item.first]):
+                base = names[item.first]
+            else:
+                base = snake_case(self.spec.layers[item.first].keras_class)
             name, n = base, 1
             while name in taken:
                 n += 1
@@ -340,6 +348,11 @@ class _Graph:
             return {fields[path[1]]} if path[1] in fields else set()
         node = self.spec.layers[item.first]
         return {p for f, p in fields.items() if f not in item.call.kwargs and _plain(getattr(node, f)) == leaf}
+
+
+def _identifier(name: str) -> bool:
+    """An ASCII Python name (Python folds other names with NFKC: two could become one)."""
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
 
 
 def _python(param: str) -> str:
