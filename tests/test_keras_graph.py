@@ -365,14 +365,37 @@ def test_every_layer_output_equals_a_float64_reference(case, engines):
     np.testing.assert_allclose(model.predict(x), got[-1], rtol=1e-6, atol=1e-6)
 
 
-def test_a_graph_trains_on_keras():
-    """fit runs the functional model through the engine's own loop, and learns."""
-    model = ms.build(ms.parse(CASES["dense_skip"][0] + "dense 1\nloss mse\noptimizer adam lr=0.01\n"), backend="keras")
+TRAINED = {
+    "residual": TINY_RESNET.replace("16x16x3", "6x6x2").replace("residual 8\nresidual 8", "residual 8")
+    + "optimizer adam learning_rate=0.01\nloss categorical_crossentropy\nmetrics accuracy\n",
+    "every_merge": CASES["every_merge"][0] + "optimizer sgd learning_rate=0.05 momentum=0.9\nloss mse\nmetrics mae\n",
+}
+
+
+@pytest.mark.parametrize("case", TRAINED)
+def test_training_a_graph_matches_keras_fit(case):
+    """The engine's own training loop against model.fit of the model built from the IR by
+    hand, from the same weights: history, weights after, predictions."""
+    spec = ms.parse(TRAINED[case])
+    model = ms.build(spec, backend="keras", seed=3)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 32)).astype(np.float32)
-    y = x[:, :1] * 2
-    history = model.fit(x, y, batch_size=16, epochs=5, verbose=0).history
-    assert history["loss"][-1] < history["loss"][0] / 2
+    x = rng.normal(size=(50, *spec.input_shape)).astype(np.float32)
+    classes = model.report.output_shape[-1]
+    y = (np.eye(classes, dtype=np.float32)[rng.integers(0, classes, 50)] if spec.loss.name != "mse"
+         else rng.normal(size=(50, classes)).astype(np.float32))
+    ref = functional(spec)
+    ref.set_weights(model.get_weights())
+    opt = spec.optimizer
+    ref.compile(optimizer=getattr(keras.optimizers, {"adam": "Adam", "sgd": "SGD"}[opt.name])(
+        **{k: v for k, v in opt.config().items() if v is not None}), loss=spec.loss.name, metrics=list(spec.metrics))
+    got = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history
+    want = ref.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=2e-6, atol=1e-7, err_msg=key)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_weights_move_between_the_engine_and_a_hand_written_model(engines):
