@@ -274,7 +274,8 @@ def spec_text(spec: ir.Spec) -> str:
     taken = {"in"}
     names = layer_names(spec)
     for i in sorted({s for sources in written for s in sources if s >= 0}):
-        base = names[i] if re.fullmatch(r"[A-Za-z_]\w*", names[i]) else "h_" + re.sub(r"\W", "_", names[i])
+        base = re.sub(r"\W", "_", names[i], flags=re.ASCII)  # a reference is a word: letters, digits, _
+        base = base if re.match(r"[A-Za-z_]", base) else f"h_{base}"
         ref, k = base, 1
         while ref in taken:
             k += 1

@@ -371,3 +371,38 @@ def test_a_tf_keras_2_functional_config():
             layer("Add", "add", ["dense_1", "dense"])]}}
     spec, _ = spec_from_config(config)
     assert convert_text(spec) == "model old\ninput 5\ndense = dense 3 relu\ndense 3\nadd dense\n"
+
+
+def test_layer_names_that_are_no_references_become_references(monkeypatch):
+    """A reference is a word: other names are made into one (and 'in', the input, is never one);
+    the layers keep their Keras names, so the spec checks to Keras's own table."""
+    monkeypatch.setenv("COLUMNS", "200")
+    keras.backend.clear_session(free_memory=False)
+    L = keras.layers
+    inputs = keras.Input((8,))
+    a = L.Dense(4, name="block1.dense-a")(inputs)
+    b = L.Dense(4, name="in")(inputs)
+    x = L.Add(name="my add")([a, b])
+    x = L.Dense(3, name="3rd")(x)
+    model = keras.Model(inputs, L.Add()([x, L.Dense(3, name="relu")(b)]), name="odd")
+    from modelspec.keras_import import convert
+
+    imported = convert(json.loads(model.to_json()))
+    assert imported.text.splitlines()[2:] == [
+        'block1_dense_a = dense 4 name="block1.dense-a"', 'in_2 = dense 4 name="in" from=in',
+        'add block1_dense_a in_2 name="my add"', 'h_3rd = dense 3 name="3rd"', "relu = dense 3 name=relu from=in_2",
+        "add h_3rd relu"]
+    assert imported.report.summary(line_length=100) == kr.summary(model, 100)
+
+
+def test_a_functional_chain_imports_as_a_chain():
+    """A spec whose layers each read the one before is Keras's Sequential model: the same
+    layers and parameters, the weights in the same order (Sequential's paths have the model's
+    name in front)."""
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4)(inputs)), name="chain")
+    spec, _ = spec_from_config(json.loads(model.to_json()))
+    assert spec.is_chain and to_text(spec) == "model chain\ninput 8\ndense 4 name=dense_1\ndense 2\n"
+    report = ms.check(spec)
+    assert [w.path for w in report.weights] == [f"chain/{w.path}" for w in model.weights]
