@@ -186,7 +186,6 @@ class _Function:
     name: str
     params: list[str]  # the block's parameters it takes (as written; in Python, _python(p))
     values: dict[int, tuple]  # use -> the values it passes, in the order of params
-    lines: list[str]
 
 
 RESERVED = {"inputs", "outputs", "x", "keras", "layers", "model", "build_model", "train", "adapt_normalization"}
@@ -296,7 +295,7 @@ class _Graph:
                for _, items, w in per_use):
             return None
         order = [p for p, _ in first_use.arguments]
-        chosen: dict[tuple, str | None] = {}  # a leaf's place -> the parameter it is (None: a constant)
+        chosen: dict[tuple, str] = {}  # (item, a leaf's place) -> the parameter it is; others are constants
         values: dict[int, dict[str, Any]] = {u: {} for u in uses}
         for k, item in enumerate(first_items):
             for path, _ in _leaves(item.call):
@@ -329,7 +328,7 @@ class _Graph:
         lines = [f"def {name}({', '.join(['inputs', *map(_python, params)])}):",
                  *self.scope(template, INDENT, "return ")]
         self.emitted.append(lines)
-        return _Function(name, params, {u: tuple(values[u][p] for p in params) for u in uses}, lines)
+        return _Function(name, params, {u: tuple(values[u][p] for p in params) for u in uses})
 
     def _parameters(self, use: Any, item: _Item, path: tuple, leaf: Any) -> set[str]:
         """The block's parameters that may have set this leaf of an item of `use`: for a layer,
