@@ -1,11 +1,13 @@
-"""A Keras Sequential model as a spec: the library behind `modelspec import`.
+"""A Keras Sequential or functional model as a spec: the library behind `modelspec import`.
 
 Only the model's JSON configuration is read (config.json inside a .keras zip, or a file
 holding `model.to_json()`): nothing is deserialized or executed, and Keras need not be
 installed. Every layer must be expressible in the language; the first one that is not is
 named with its position, and so is any setting (a constraint, a learning-rate schedule)
 a spec cannot carry. Layer names are kept wherever modelspec would name the layer
-differently, so an imported spec checks to the same names, shapes and parameters.
+differently, so an imported spec checks to the same names, shapes and parameters. A
+functional model (one input, one output, each layer called once) becomes a spec with
+references: `h = dense 64`, `from=h`, `in`, `add a b`; blocks are not recovered.
 
     config = read_config("model.keras")
     imported = convert(config)       # .text, .spec, .report, .notes
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from typing import Any, Callable, NamedTuple
 
@@ -28,7 +31,7 @@ from .shapes import fmt_shape
 from .errors import ModelspecError
 from .ir import INITIALIZER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
 from .parser import parse
-from .printer import to_text
+from .printer import layer_text, to_text
 
 
 class ModelFileError(ModelspecError):
@@ -50,11 +53,11 @@ class Imported(NamedTuple):
 
 
 def convert(config: dict[str, Any], training: bool = True) -> Imported:
-    """The spec for a Sequential model's config, printed and checked as it will be read back.
+    """The spec for a model's config, printed and checked as it will be read back.
     Raises UnsupportedError for what a spec cannot express, SpecError for a model Keras would
     reject too (a window larger than its input, say)."""
     spec, notes = spec_from_config(config, training)
-    text = to_text(spec)
+    text = spec_text(spec)
     parsed = parse(text, name=spec.name)
     return Imported(text, parsed, check(parsed), notes)
 
@@ -103,17 +106,22 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.Spec, list[str]]:
-    """(IR spec, notes) for a Sequential model's config, as saved by Keras 3 or tf.keras 2.
-    Raises UnsupportedError naming the first thing a spec cannot express."""
+    """(IR spec, notes) for a Sequential or functional model's config, as saved by Keras 3 or
+    tf.keras 2. Raises UnsupportedError naming the first thing a spec cannot express."""
     notes: list[str] = []
     kind = config.get("class_name", "Sequential" if "layers" in config else None)
     body = config.get("config", config) if "class_name" in config else config
-    if kind != "Sequential":
-        raise UnsupportedError(f"only Sequential models can be imported; this is a {kind or 'unknown'} model")
+    if kind not in ("Sequential", *FUNCTIONAL):
+        raise UnsupportedError(f"only Sequential and functional models can be imported; this is a "
+                               f"{kind or 'unknown'} model")
     if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
         raise UnsupportedError("the config has no list of layers")
     entries = body["layers"]
-    input_shape = _input_shape(body, entries)
+    connections: tuple[tuple[int, ...], ...] = ()
+    if kind in FUNCTIONAL:
+        input_shape, entries, connections = _functional(body, entries)
+    else:
+        input_shape = _input_shape(body, entries)
     layers = [e for e in entries if isinstance(e, dict) and e.get("class_name") != "InputLayer"]
     if not layers:
         raise UnsupportedError("the model has no layers")
@@ -129,11 +137,171 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
     try:
         names = [e.get("config", {}).get("name") if isinstance(e.get("config"), dict) else None for e in layers]
         nodes = _keep_names(name, input_shape, nodes, names)
-        spec = ir.Spec(name=name, input_shape=input_shape, layers=tuple(nodes), **fields)
+        spec = ir.Spec(name=name, input_shape=input_shape, layers=tuple(nodes), connections=connections, **fields)
     except ValueError as e:
         raise UnsupportedError(f"the model cannot be a spec: {_reason(e)}") from None
     _check_axes(spec, layers)
     return spec, notes
+
+
+# ---------------------------------------------------------------------------------------
+# A functional model's graph (keras/src/models/functional.py: get_config, functional_from_config)
+
+FUNCTIONAL = ("Functional", "Model")
+
+
+def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ...], list[Any], tuple]:
+    """(input shape, the layers' entries in an order a spec can write them, what each reads
+    as spec connections) for a functional model's config: one input, one output, each layer
+    called once."""
+    for key, what in (("input_layers", "inputs"), ("output_layers", "outputs")):
+        ends = _history_list(body.get(key))
+        if len(ends) != 1:
+            raise UnsupportedError(f"the model has {len(ends)} {what}; a spec has one input and one output")
+    ((input_name, _, _),), ((output_name, _, _),) = (_history_list(body["input_layers"]),
+                                                      _history_list(body["output_layers"]))
+    by_name: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise UnsupportedError("the config's list of layers holds something that is not a layer")
+        name = entry.get("name") or (entry.get("config") or {}).get("name")
+        by_name[str(name)] = entry
+    if by_name.get(input_name, {}).get("class_name") != "InputLayer":
+        raise UnsupportedError(f"the model's input {input_name!r} is not an InputLayer")
+    reads: dict[str, list[str]] = {}
+    for name, entry in by_name.items():
+        if entry.get("class_name") == "InputLayer":
+            continue
+        nodes = entry.get("inbound_nodes") or []
+        if len(nodes) != 1:
+            raise UnsupportedError(
+                f"the layer '{name}' ({entry.get('class_name')}) is called {len(nodes)} times; a spec's layers are "
+                "each called once (a shared layer cannot be expressed)" if nodes else
+                f"the layer '{name}' ({entry.get('class_name')}) is never called")
+        reads[name] = []
+        for source, node_index, tensor_index in _inbound(nodes[0]):
+            if source not in by_name:
+                raise UnsupportedError(f"the layer '{name}' reads '{source}', which the model does not hold")
+            if node_index or tensor_index:  # the second call of a shared layer, or a second output
+                raise UnsupportedError(f"the layer '{name}' reads call {node_index} of '{source}'; a spec's layers "
+                                       "are each called once (a shared layer cannot be expressed)")
+            if by_name[source].get("class_name") == "InputLayer" and source != input_name:
+                raise UnsupportedError("the model has 2 inputs; a spec has one input and one output")
+            reads[name].append(source)
+    if output_name not in reads:
+        raise UnsupportedError("the model's output is its input; a spec has at least one layer")
+    order = _written_order(reads, input_name, output_name)
+    position = {name: i for i, name in enumerate(order)}
+    connections = tuple(tuple(-1 if s == input_name else position[s] for s in reads[name]) for name in order)
+    chain = all(c == (i - 1,) for i, c in enumerate(connections))
+    shape = _input_shape({}, [by_name[input_name]])
+    return shape, [by_name[name] for name in order], () if chain else connections
+
+
+def _history_list(value: Any) -> list[tuple[str, int, int]]:
+    """`input_layers`/`output_layers`: [name, node, tensor], or a list of them."""
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == 3 for v in value):
+        raise UnsupportedError(f"the config's model inputs or outputs are not understood: {value!r}")
+    return [(str(v[0]), v[1], v[2]) for v in value]
+
+
+def _inbound(node: Any) -> list[tuple[str, int, int]]:
+    """The (layer, node, tensor) each input of one call comes from, in call order: Keras 3
+    writes the call's args with each tensor's keras_history; tf.keras 2 a list of
+    [layer, node, tensor, kwargs]."""
+    if isinstance(node, dict):
+        found: list[tuple[str, int, int]] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+                name, node_index, tensor_index = value["config"]["keras_history"]
+                found.append((str(name), node_index, tensor_index))
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    walk(v)
+
+        walk(node.get("args", []))
+        return found
+    if isinstance(node, list):
+        return [(str(v[0]), v[1], v[2]) for v in node]
+    raise UnsupportedError(f"a layer's call is not understood: {node!r}")
+
+
+def _written_order(reads: dict[str, list[str]], input_name: str, output_name: str) -> list[str]:
+    """The layers in an order that has each after what it reads, and as close to the order
+    they were created as their Keras names tell (dense before dense_1), so that few names need
+    writing; the output last. Every layer must lead to the output."""
+    used: set[str] = set()
+    stack = [output_name]
+    while stack:
+        name = stack.pop()
+        if name not in used and name != input_name:
+            used.add(name)
+            stack.extend(reads[name])
+    unused = [name for name in reads if name not in used]
+    if unused:
+        raise UnsupportedError(f"the layer '{unused[0]}' does not lead to the model's output")
+
+    def created(name: str) -> tuple[int, int]:
+        base, _, n = name.rpartition("_")
+        return (int(n), 0) if base and n.isdigit() else (0, 0)
+
+    order: list[str] = []
+    done = {input_name}
+    waiting = [name for name in reads if name != output_name]
+    while waiting:
+        ready = [name for name in waiting if all(s in done for s in reads[name])]
+        name = min(ready, key=lambda n: (created(n), waiting.index(n)))
+        order.append(name)
+        done.add(name)
+        waiting.remove(name)
+    return order + [output_name]
+
+
+def spec_text(spec: ir.Spec) -> str:
+    """The spec's text: the canonical printer's for a chain; for a graph, each layer on its
+    line with the references it needs (`NAME = ` where a later layer reads it other than as
+    its previous output, `from=NAME` or `from=in`, a merge's operands)."""
+    text = to_text(spec)
+    if spec.is_chain:
+        return text
+    lines = text.splitlines()
+    n = len(spec.layers)
+    written = [_written_sources(spec, j) for j in range(n)]
+    refs: dict[int, str] = {-1: "in"}
+    taken = {"in"}
+    names = layer_names(spec)
+    for i in sorted({s for sources in written for s in sources if s >= 0}):
+        base = re.sub(r"\W", "_", names[i], flags=re.ASCII)  # a reference is a word: letters, digits, _
+        base = base if re.match(r"[A-Za-z_]", base) else f"h_{base}"
+        ref, k = base, 1
+        while ref in taken:
+            k += 1
+            ref = f"{base}_{k}"
+        taken.add(ref)
+        refs[i] = ref
+    body = []
+    for j, layer in enumerate(spec.layers):
+        keyword, _, rest = layer_text(layer).partition(" ")
+        operands = [refs[s] for s in written[j]]
+        if layer.merges:
+            words = [keyword, *operands, rest]
+        else:
+            words = [keyword, rest, *(f"from={ref}" for ref in operands)]
+        statement = " ".join(w for w in words if w)
+        body.append(f"{refs[j]} = {statement}" if j in refs else statement)
+    return "\n".join(lines[:2] + body + lines[2 + n:]) + "\n"
+
+
+def _written_sources(spec: ir.Spec, j: int) -> tuple[int, ...]:
+    """The sources layer j names in the text: none where it reads the previous output; a
+    merge of [previous, h] names h only (`add h`)."""
+    sources = spec.sources(j)
+    if spec.layers[j].merges:
+        return sources[1:] if len(sources) == 2 and sources[0] == j - 1 else sources
+    return () if sources[0] == j - 1 else sources
 
 
 def _input_shape(body: dict[str, Any], entries: list[Any]) -> tuple[int, ...]:
@@ -420,6 +588,13 @@ def _elu(layer: _Layer) -> ir.LayerBase:
     return ir.Activation(activation="elu")
 
 
+def _concatenate(layer: _Layer) -> ir.LayerBase:
+    axis = layer.get("axis", -1)
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise layer.fail(f"axis={axis!r} is not an axis")
+    return ir.Concat(axis=axis)
+
+
 # Keras class name -> its converter: importing a new layer kind is one entry here.
 CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "Dense": _dense,
@@ -441,6 +616,8 @@ CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "ReLU": _relu,
     "Softmax": _softmax,
     "ELU": _elu,
+    **{cls.keras_class: (lambda cls: lambda layer: cls())(cls) for cls in ir.MERGE_TYPES if cls is not ir.Concat},
+    "Concatenate": _concatenate,
 }
 
 
@@ -461,7 +638,8 @@ def _check_axes(spec: ir.Spec, layers: list[dict[str, Any]]) -> None:
     """BatchNormalization and Normalization must normalize the last axis (tf.keras saved it
     as [3], say; Normalization(axis=None), one mean for everything, is saved as [])."""
     report = check(spec)
-    for index, (row, entry) in enumerate(zip(report.layers, layers), start=1):
+    for row in report.layers:
+        index, entry = row.index + 1, layers[row.index]  # layers are in spec order
         if row.kind not in ("batchnorm", "normalize"):
             continue
         axis = entry.get("config", {}).get("axis", -1)

@@ -93,6 +93,8 @@ def _column_widths(line_length: int, positions: tuple[float, ...] = POSITIONS) -
 
 def _wrap(text: str, width: int, justify: str) -> list[str]:
     """rich's Text.wrap with overflow='ellipsis': break at spaces, cut long words with '…'."""
+    if width <= 0:  # a column the table's borders squeezed to nothing: rich leaves it empty
+        return [""]
     breaks, offset = [], 0
     for m in _WORD.finditer(text):
         start, word = m.start(), m.group(0)

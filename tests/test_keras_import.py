@@ -191,8 +191,8 @@ UNSUPPORTED = {
     "smoothing": (sequential(("Flatten", "f", {}), DENSE, compile_config={"loss": {
         "class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}}),
         "compile(): CategoricalCrossentropy(label_smoothing=0.1) cannot be expressed in a spec"),
-    "functional": ({"class_name": "Functional", "config": {"layers": []}},
-                   "only Sequential models can be imported; this is a Functional model"),
+    "subclassed": ({"class_name": "MyModel", "config": {"layers": []}},
+                   "only Sequential and functional models can be imported; this is a MyModel model"),
     "unbuilt": ({"class_name": "Sequential", "config": {"name": "m", "layers": [{"class_name": "Dense", "config": {
         "units": 2}}]}}, "the model has no input shape (it was never built)"),
     "too_small": (sequential(("Conv2D", "c", {"filters": 1, "kernel_size": [9, 9]})), "the model is not valid: c:"),
@@ -276,3 +276,133 @@ def test_rescaling_and_normalization_come_back_as_rescale_and_normalize():
     config = sequential(("Normalization", "n", {"axis": [3]}))
     spec, _ = spec_from_config(config)
     assert spec.layers[0] == ms.ir.Normalize(name="n")
+
+
+# ---------------------------------------------------------------------------------------
+# Functional models
+
+GRAPH_SOURCES = {
+    "residual_block": """
+        model residual_block
+        input 8x8x3
+        conv2d 4 3x3 relu padding=same
+        block residual(filters) {
+          conv2d filters 3x3 relu padding=same
+          conv2d filters 3x3 padding=same
+          batchnorm momentum=0.9
+          add in
+          relu
+        }
+        residual 4
+        residual 4
+        globalavgpool2d
+        dropout 0.25 seed=3
+        dense 3 softmax
+        optimizer sgd learning_rate=0.05 momentum=0.9
+        loss categorical_crossentropy
+        metrics accuracy
+    """,
+    "branches_and_merges": """
+        model branches_and_merges
+        input 6
+        a = dense 4 relu
+        b = dense 4 from=in name=shortcut
+        c = dense 4 tanh from=in
+        concat a b c
+    """,
+    "merge_of_the_input": """
+        model merge_of_the_input
+        input 4
+        dense 4 relu
+        dense 4
+        subtract in
+        n = dense 4
+        multiply n n
+    """,
+}
+
+
+@pytest.mark.parametrize("source", GRAPH_SOURCES.values(), ids=GRAPH_SOURCES.keys())
+def test_a_functional_model_comes_back_as_its_spec(source, tmp_path):
+    from test_keras_graph import functional
+
+    spec = ms.parse(source)
+    model = functional(spec)
+    imported, _ = spec_from_config(json.loads(model.to_json()))
+    assert imported.connections == spec.connections
+    assert layers_only(imported) == layers_only(spec)
+    report = ms.check(ms.parse(convert_text(imported)))
+    assert [(r.name, r.keras_class, r.output_shape, r.params) for r in report.layers] == keras_rows(model)[1:]
+    assert [w.path for w in report.weights] == [w.path for w in model.weights]
+
+
+def convert_text(spec: ms.ir.Spec) -> str:
+    from modelspec.keras_import import spec_text
+
+    return spec_text(spec)
+
+
+def test_a_saved_functional_model_brings_its_training_settings(tmp_path, capsys):
+    from test_keras_graph import functional
+
+    spec = ms.parse(GRAPH_SOURCES["residual_block"])
+    model = functional(spec)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.save(tmp_path / "m.keras")
+    assert main(["import", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.ms")]) == 0
+    imported = ms.parse(tmp_path / "m.ms")
+    assert imported.connections == spec.connections and layers_only(imported) == layers_only(spec)
+    assert (imported.optimizer, imported.loss, imported.metrics) == (spec.optimizer, spec.loss, spec.metrics)
+
+
+def test_a_tf_keras_2_functional_config():
+    """tf.keras 2 wrote each call's inputs as [layer, node, tensor, kwargs] lists and the input
+    and output as lists of such triples."""
+    def layer(cls, name, inbound, **config):
+        return {"class_name": cls, "name": name, "config": {"name": name, **config},
+                "inbound_nodes": [[[source, 0, 0, {}] for source in inbound]] if inbound else []}
+
+    config = {"class_name": "Functional", "keras_version": "2.15.0", "config": {
+        "name": "old", "input_layers": [["input_1", 0, 0]], "output_layers": [["add", 0, 0]], "layers": [
+            layer("InputLayer", "input_1", [], batch_input_shape=[None, 5], dtype="float32"),
+            layer("Dense", "dense", ["input_1"], units=3, activation="relu"),
+            layer("Dense", "dense_1", ["dense"], units=3),
+            layer("Add", "add", ["dense_1", "dense"])]}}
+    spec, _ = spec_from_config(config)
+    assert convert_text(spec) == "model old\ninput 5\ndense = dense 3 relu\ndense 3\nadd dense\n"
+
+
+def test_layer_names_that_are_no_references_become_references(monkeypatch):
+    """A reference is a word: other names are made into one (and 'in', the input, is never one);
+    the layers keep their Keras names, so the spec checks to Keras's own table."""
+    monkeypatch.setenv("COLUMNS", "200")
+    keras.backend.clear_session(free_memory=False)
+    L = keras.layers
+    inputs = keras.Input((8,))
+    a = L.Dense(4, name="block1.dense-a")(inputs)
+    b = L.Dense(4, name="in")(inputs)
+    x = L.Add(name="my add")([a, b])
+    x = L.Dense(3, name="3rd")(x)
+    model = keras.Model(inputs, L.Add()([x, L.Dense(3, name="relu")(b)]), name="odd")
+    from modelspec.keras_import import convert
+
+    imported = convert(json.loads(model.to_json()))
+    assert imported.text.splitlines()[2:] == [
+        'block1_dense_a = dense 4 name="block1.dense-a"', 'in_2 = dense 4 name="in" from=in',
+        'add block1_dense_a in_2 name="my add"', 'h_3rd = dense 3 name="3rd"', "relu = dense 3 name=relu from=in_2",
+        "add h_3rd relu"]
+    assert imported.report.summary(line_length=100) == kr.summary(model, 100)
+
+
+def test_a_functional_chain_imports_as_a_chain():
+    """A spec whose layers each read the one before is Keras's Sequential model: the same
+    layers and parameters, the weights in the same order (Sequential's paths have the model's
+    name in front)."""
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4)(inputs)), name="chain")
+    spec, _ = spec_from_config(json.loads(model.to_json()))
+    assert spec.is_chain and to_text(spec) == "model chain\ninput 8\ndense 4 name=dense_1\ndense 2\n"
+    report = ms.check(spec)
+    assert [w.path for w in report.weights] == [f"chain/{w.path}" for w in model.weights]

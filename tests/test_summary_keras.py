@@ -116,3 +116,54 @@ def test_narrowest_summary():
     assert report.summary(line_length=16).startswith('Model: "model1"\n┏')
     with pytest.raises(ValueError, match="Insufficient console width"):
         report.summary(line_length=15)
+
+
+# Graphs: the InputLayer row and the "Connected to" column, whose cells wrap one input a line
+GRAPHS = {
+    "inception": """
+        input 8x8x3
+        a = conv2d 4 1x1 relu padding=same
+        b = conv2d 4 3x3 relu padding=same from=in
+        c = maxpool2d 3x3 stride=1 padding=same from=in
+        concat a b c
+    """,
+    "long_names": """
+        input 6
+        first = dense 4 name=a_rather_long_layer_name_for_the_connected_to_column
+        second = dense 4 from=in name="a name with spaces"
+        third = dense 4 tanh from=in
+        average first second third
+        dense 2
+    """,
+    "rank_broadcast": """
+        input 4x4x3
+        x = conv2d 5 1x1
+        globalavgpool2d
+        dense 5
+        add x
+    """,
+}
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("source", GRAPHS.values(), ids=GRAPHS.keys())
+def test_graph_summary_equals_keras_at_every_width(source, monkeypatch):
+    """A functional model's table, from the narrowest Keras draws to a wide one."""
+    pytest.importorskip("keras")
+    import keras_reference as kr
+    from test_keras_graph import functional
+
+    monkeypatch.setenv("COLUMNS", "200")
+    spec = ms.parse(source)
+    report, model = ms.check(spec), functional(spec)
+
+    def table(summary, n):  # too narrow for four columns: Keras's ValueError, and ours
+        try:
+            return summary(n)
+        except ValueError as e:
+            return str(e)
+
+    differ = [n for n in range(16, 121)
+              if table(lambda n: report.summary(line_length=n), n) != table(lambda n: kr.summary(model, n), n)]
+    assert differ == []
+    assert table(lambda n: report.summary(line_length=n), 20) == "Insufficient console width to print summary."

@@ -1,4 +1,5 @@
-"""The Keras backend: a spec as a keras.Sequential, in Keras 3's own semantics.
+"""The Keras backend: a spec as a keras.Sequential (a chain) or a functional keras.Model (a
+graph), in Keras 3's own semantics.
 
     model = ms.build(spec, backend="keras")    # model.native is the keras.Model
     modelspec compile spec.ms --backend keras  # the Keras program a tutorial would write

@@ -1,4 +1,5 @@
-"""The Keras engine: the spec as a keras.Sequential, trained by Keras's own pieces.
+"""The Keras engine: the spec as a keras.Sequential (a chain) or a functional model, trained
+by Keras's own pieces.
 
 Keras is the reference semantics, so the arithmetic is Keras's: the model's forward pass,
 `model.compute_loss` (the compiled loss plus every regularization penalty), Keras's
@@ -68,17 +69,31 @@ if ON_TENSORFLOW:
 
 
 def build_model(spec: Any, report: Any, seed: int) -> Any:
-    """The spec as a built keras.Sequential, layers named as the checker names them.
+    """The spec as a built Keras model, layers named as the checker names them: a
+    keras.Sequential for a chain, else the functional model `keras.Model(inputs, outputs)`,
+    its layers created in the order they were written (Keras then lists them in its own order,
+    which the checker's report.layers follows).
 
     A dropout layer without a seed gets one derived from `seed`, so that an engine's masks
     depend on its seed only, never on Keras's global random state."""
+    names = {row.index: row.name for row in report.layers}
     built = []
-    for index, (node, row) in enumerate(zip(spec.layers, report.layers)):
-        call = lowering.layer(node, row.name)
+    for index, node in enumerate(spec.layers):
+        call = lowering.layer(node, names[index])
         if node.kind == "dropout" and node.seed is None:
             call = replace(call, kwargs={**call.kwargs, "seed": (seed * 1_000_003 + index) % 2**31})
         built.append(lowering.make(call, keras))
-    return keras.Sequential([keras.Input(shape=tuple(spec.input_shape)), *built], name=spec.name)
+    if spec.is_chain:
+        return keras.Sequential([keras.Input(shape=tuple(spec.input_shape)), *built], name=spec.name)
+    from modelspec.checker import INPUT_LAYER
+
+    # named as in a fresh session, whatever this session has named before
+    inputs = keras.Input(shape=tuple(spec.input_shape), name=INPUT_LAYER)
+    outputs: list[Any] = []
+    for index, (node, layer) in enumerate(zip(spec.layers, built)):
+        tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(index)]
+        outputs.append(layer(tensors if node.merges else tensors[0]))
+    return keras.Model(inputs, outputs[-1], name=spec.name)
 
 
 @dataclass
@@ -187,8 +202,9 @@ class KerasEngine(Engine):
         """Every layer's output in inference mode, through a functional view of the model."""
         with self._device:
             if "layers" not in self._functions:
-                self._functions["layers"] = keras.Model(self.native.inputs[0],
-                                                        [layer.output for layer in self.native.layers])
+                # a functional model's layers start with its InputLayer, which has no row
+                rows = [layer for layer in self.native.layers if not isinstance(layer, keras.layers.InputLayer)]
+                self._functions["layers"] = keras.Model(self.native.inputs[0], [layer.output for layer in rows])
             outputs = self._functions["layers"](x, training=False)
         if not isinstance(outputs, (list, tuple)):  # Keras returns a one-layer model's output bare
             outputs = [outputs]

@@ -29,6 +29,13 @@ METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
 
 
 @dataclass(frozen=True)
+class Code:
+    """Python source written as it is: a variable or a function's parameter in emitted code."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Call:
     """`target(*args, **kwargs)`, where target is a dotted name under keras
     (`layers.Dense`, `keras.initializers.HeNormal`) and values may be Calls themselves."""
@@ -134,6 +141,12 @@ class Lowering:
     # mean/variance/count weights, which adapt (or set_weights) fill
     flatten = globalavgpool2d = globalmaxpool2d = prelu = normalize = _no_args
 
+    # merges (keras/src/layers/merging/): which tensors they read is the graph's, not an argument
+    add = subtract = multiply = average = maximum = minimum = _no_args
+
+    def concat(self, layer: ir.Concat) -> tuple[tuple, dict]:
+        return (), ({"axis": layer.axis} if layer.axis != -1 else {})
+
 _LOWERING = Lowering()
 
 
@@ -187,6 +200,8 @@ def literal(value: Any) -> str:
     if isinstance(value, Call):
         args = [literal(a) for a in value.args] + [f"{k}={literal(v)}" for k, v in value.kwargs.items()]
         return f"{value.target}({', '.join(args)})"
+    if isinstance(value, Code):
+        return value.text
     if isinstance(value, str):
         text = repr(value)  # always a valid literal; non-printable characters are escaped
         if text.startswith("'") and "'" not in value and '"' not in value:

@@ -1,4 +1,5 @@
-"""`modelspec import MODEL.keras|CONFIG.json [-o spec.ms]`: a Keras Sequential model as a spec.
+"""`modelspec import MODEL.keras|CONFIG.json [-o spec.ms]`: a Keras Sequential or functional
+model as a spec.
 
 The conversion is modelspec.keras_import's; this module is the command line around it.
 """
@@ -10,7 +11,7 @@ import sys
 
 from . import CommandError, check_output
 
-HELP = "turn a Keras Sequential model (.keras file or JSON config) into a spec"
+HELP = "turn a Keras Sequential or functional model (.keras file or JSON config) into a spec"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
