@@ -192,3 +192,138 @@ def test_gradients_equal_keras(name):
     assert len(ours) == len(theirs)
     for a, b, w in zip(ours, theirs, [w for w in m.report.weights if w.trainable]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=w.path)
+
+
+def test_layer_outputs_follow_keras_layer_order():
+    """Every layer's output, channels-last, in report.layers's order (crosscheck compares them
+    row by row): as Keras's own layers give them."""
+    m = torch_model("channel_mix")
+    k = keras_model(parse(SPECS["channel_mix"]))
+    k.set_weights(m.get_weights())
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 4)).astype(np.float32)
+    probe = keras.Model(k.inputs, [layer.output for layer in k.layers[1:]])
+    theirs = probe.predict(x, verbose=0)
+    ours = m.engine.layer_outputs(x)
+    assert [layer.name for layer in k.layers[1:]] == [row.name for row in m.report.layers]
+    for a, b, row in zip(ours, theirs, m.report.layers):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=row.name)
+
+
+# ---------------------------------------------------------------------------------------
+# The emitted program
+
+# a block whose two uses differ in constructor values only (input channels, filters, rate):
+# one class, with those values as its constructor's parameters
+WIDEN = """model widen
+input 8x8x3
+block unit(f, r=0.0) {
+  s = conv2d f 1x1 from=in
+  conv2d f 3x3 relu padding=same from=in
+  dropout r
+  add s
+}
+unit 4
+unit 6 r=0.25
+flatten
+dense 2
+"""
+
+# a block using a block, and a repeat
+NESTED = """model nested
+input 10
+block pair(u) {
+  h = dense u tanh
+  dense u from=in
+  maximum h
+}
+block stage(u) {
+  pair u
+  pair u
+  concat in
+}
+stage 6
+repeat 2 {
+  stage 4
+}
+dense 3 softmax
+"""
+
+EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED}
+
+
+def load(source: str, path):
+    """The generated module, imported from a file."""
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def emitted(text: str, tmp_path):
+    """The emitted program's model class, and the live model with random weights."""
+    spec = parse(text)
+    source = TorchBackend().emit(spec, ms.check(spec))
+    module = load(source, tmp_path / f"{spec.name}.py")
+    cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+           and getattr(v, "keras_name", None) == spec.name][0]
+    return source, cls
+
+
+@pytest.mark.parametrize("name", list(EMITTED))
+def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
+    source, cls = emitted(EMITTED[name], tmp_path)
+    net = cls()
+    live = ms.build(EMITTED[name], backend="torch", device="cpu")
+    live.set_weights(weights(live.report, 6, tied=name in TIED))
+    net.load_keras_weights(dict(zip(live.weight_paths, live.get_weights())))
+    for path, value in net.keras_weights().items():  # every weight, found by its Keras path
+        assert value.numpy().tobytes() == live.get_weights()[live.weight_paths.index(path)].tobytes(), path
+    x = np.random.default_rng(7).normal(size=(3, *live.report.input_shape[1:])).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(torch.from_numpy(x)).numpy(), live.predict(x), rtol=1e-6, atol=1e-7)
+    # and the gradients, in training mode (no dropout: a rate of 0 or none)
+    if "dropout" not in EMITTED[name]:
+        probe = np.random.default_rng(8).normal(size=(3, *live.report.output_shape[1:])).astype(np.float32)
+        (net.train()(torch.from_numpy(x)) * torch.from_numpy(probe)).sum().backward()
+        grads = {path: t.grad for path, t, _ in net.keras_layout() if t.grad is not None}
+        expected = torch_gradients(live, x, probe)
+        trainable = [w.path for w in live.report.weights if w.trainable]
+        assert sorted(grads) == sorted(trainable)
+        for path, g in zip(trainable, expected):
+            layout = dict((p, l) for p, _, l in net.keras_layout())[path]
+            g_torch = grads[path]
+            g_keras = g_torch.T if layout == "dense" else g_torch.permute(2, 3, 1, 0) if layout == "conv" else g_torch
+            np.testing.assert_allclose(g_keras.numpy(), g, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_a_block_is_one_class_used_once_per_use(tmp_path):
+    """tiny_resnet's residual block: one class, two instances; no layer of it unrolled in the model."""
+    source, cls = emitted(TINY_RESNET, tmp_path)
+    assert len(re.findall(r"^class Residual\(nn\.Module\):", source, re.M)) == 1
+    assert re.findall(r"self\.(\w+) = Residual\(filters=8\)", source) == ["residual", "residual_2"]
+    assert source.count("nn.Conv2d(") == 3  # the stem's, and the block's two
+    assert "add = batch_normalization + x" in source
+    net = cls()
+    assert [type(m).__name__ for m in (net.residual, net.residual_2)] == ["Residual", "Residual"]
+
+
+def test_uses_that_differ_in_values_share_a_class_with_those_values_as_parameters(tmp_path):
+    source, _ = emitted(WIDEN, tmp_path)
+    assert len(re.findall(r"^class Unit\(", source, re.M)) == 1
+    assert "def __init__(self, f, r, in_channels):" in source
+    assert "self.unit = Unit(f=4, r=0.0, in_channels=3)" in source
+    assert "self.unit_2 = Unit(f=6, r=0.25, in_channels=4)" in source
+
+
+def test_merges_read_as_keras_writes_them(tmp_path):
+    source, _ = emitted(MERGES, tmp_path)
+    for line in ["add = dense_1 + dense_2 + dense_3", "subtract = dense_1 - dense_2",
+                 "multiply = dense_1 * dense_2 * dense_3", "average = (dense_1 + dense_2 + dense_3) / 3",
+                 "maximum = keras_maximum(keras_maximum(dense_1, dense_2), dense_3)",
+                 "minimum = keras_minimum(keras_minimum(dense_1, dense_2), dense_3)"]:
+        assert line in source
+    source, _ = emitted(BROADCAST, tmp_path)
+    assert "add = dense_2.unsqueeze(1) + dense" in source  # (B, 4) as (B, 1, 4), not (1, B, 4)
+    source, _ = emitted(INCEPTION, tmp_path)
+    assert "torch.cat((conv2d_2, conv2d_3), dim=2)" in source  # Keras's axis 1 (H) of NHWC is NCHW's 2

@@ -18,7 +18,9 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelspec import ir
 from modelspec.checker import Report
@@ -26,8 +28,8 @@ from modelspec.shapes import fmt_shape
 from modelspec.training import label_kind, resolve_loss, resolve_metric
 
 from . import keras_ops
-from .lowering import LAYOUTS, SELF, Unit, activation, calls, literal, units
-from .plan import Plan, Step, class_name, plan
+from .lowering import LAYOUTS, OPERATORS, SELF, X, Call, Unit, activation, calls, graph_units, literal, units
+from .plan import GLOBALS, Node, Plan, Step, class_name, identifier, plan
 
 LOSSES = {  # (loss, from logits) -> the keras_ops function, or torch's own when it is Keras's
     ("categorical_crossentropy", True): "softmax_cross_entropy",
@@ -269,13 +271,16 @@ PENALTY = '''    def penalty(self):
 '''
 
 
-def _forward_body(spec: ir.Spec, out: Lines) -> str:
-    """The input check, then every layer's lines; the last one returns its value."""
+def _forward_body(spec: ir.Spec, out: Lines, graph: list[str] | None = None) -> str:
+    """The input check, then every layer's lines; the last one returns its value. `graph`: a
+    functional spec's lines, which end in their return."""
     shape_text = ", ".join(map(str, spec.input_shape))
     lines = ["if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
              f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
              "                     f\"received {x.dtype} {tuple(x.shape)}\")", *out.forward]
-    if lines[-1].startswith("x = ") and "#" not in lines[-1]:
+    if graph is not None:
+        lines += graph
+    elif lines[-1].startswith("x = ") and "#" not in lines[-1]:
         lines[-1] = "return " + lines[-1][len("x = "):]
     else:
         lines.append("return x")
@@ -294,8 +299,8 @@ def _conversions(layouts: set[str], to_torch: bool) -> str:
     return _indent(lines, 12) + "\n" if lines else ""
 
 
-def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str) -> str:
-    body = _forward_body(spec, out)
+def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str, graph: list[str] | None = None) -> str:
+    body = _forward_body(spec, out, graph)
     if p.output_activation:
         forward = LOGITS.format(activation=p.output_activation, body=body,
                                 output=literal(activation(p.output_activation), x="self.logits(x)"))
@@ -474,14 +479,18 @@ def _labels_example(spec: ir.Spec, report: Report) -> str:
 
 def emit(spec: ir.Spec, report: Report) -> str:
     p, out = plan(spec, report), Lines()
-    for _, step, unit in units(p):
-        out.add(step, unit)
     trains = spec.loss is not None
     defined = set(_definitions()) | {"F", "nn", "torch", "math", "METRICS", "fit", "evaluate", "compute_loss",
                                      "make_optimizer", "batch_sums"}
     cls = class_name(spec.name, defined)
+    blocks, graph = [], None
+    if p.nodes is None:
+        for _, step, unit in units(p):
+            out.add(step, unit)
+    else:
+        blocks, graph = _emit_graph(spec, p, out, defined | {cls})
     training = _training(spec, report, p, out) if trains else ""
-    class_source = _class(spec, report, p, out, cls)
+    class_source = "\n\n\n".join([*blocks, _class(spec, report, p, out, cls, graph)])
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
         training_note=", in the layers as in the loss, penalties and optimizer" if trains else "",
@@ -501,3 +510,272 @@ def emit(spec: ir.Spec, report: Report) -> str:
     if not any("F." in part for part in body):
         header = header.replace("import torch.nn.functional as F\n", "")
     return "\n\n\n".join(part for part in [header.rstrip("\n"), *body] if part) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Graphs: a forward pass of named values; each block a small nn.Module class used once per use
+
+BLOCK = '''class {cls}(nn.Module):
+    """A block of the spec, used {uses}."""
+
+    def __init__(self{params}):
+        super().__init__(){init}
+
+    def forward(self, {inputs}):
+{body}'''
+
+
+@dataclass
+class Owner:
+    """The values one forward pass computes (the model's, or a block use's): `nodes` are
+    positions in Plan.nodes, `names` the variable (and attribute) name of every value it reads
+    or makes, `inputs` the values it reads from outside."""
+
+    nodes: list[int]
+    names: dict[int, str]
+    inputs: list[int] = field(default_factory=list)
+
+
+def _local_base(node: Node) -> str:
+    """A block's own name for a layer: its Keras name without the counter (conv2d_3 -> conv2d)."""
+    return re.sub(r"_\d+$", "", node.name) if node.step else node.name
+
+
+def _uses(spec: ir.Spec, p: Plan) -> list[tuple[Any, Owner]]:
+    """Each outermost block use with the nodes it computes: its layers, and the layout switches
+    only its layers read. Nested uses stay inside their outer use's class."""
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(p.nodes):
+        for j in node.inputs:
+            readers.setdefault(j, []).append(i)
+    readers.setdefault(len(p.nodes) - 1, []).append(len(p.nodes))  # the model's output
+    out = []
+    for use in spec.blocks:
+        if use.parent is not None:
+            continue
+        inside = {i for i, n in enumerate(p.nodes) if n.step and use.start <= n.step.report.index < use.stop}
+        inside |= {i for i, n in enumerate(p.nodes) if n.step is None and n.inputs[0] in inside
+                   and all(r in inside for r in readers[i])}
+        # a layout switch belongs where its value is made: the block's input's stays outside,
+        # so that uses reading the input in either layout can share a class
+        nodes = sorted(inside)
+        inputs = list(dict.fromkeys(j for i in nodes for j in p.nodes[i].inputs if j not in inside))
+        taken: set[str] = {"x", *GLOBALS}
+        names = {j: "x" if k == 0 else identifier(f"x{k}", taken) for k, j in enumerate(inputs)}
+        for i in nodes:
+            node = p.nodes[i]
+            base = f"{names[node.inputs[0]]}_{node.permute}" if node.step is None else _local_base(node)
+            names[i] = identifier(base, taken)
+        out.append((use, Owner(nodes, names, inputs)))
+    return out
+
+
+def _argument_value(text: str) -> Any:
+    """A block argument's text as the lowering's values hold it: 8, 0.5, (3, 3), 'relu'."""
+    if re.fullmatch(r"\d+(x\d+)+", text):
+        return tuple(int(v) for v in text.split("x"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class _Slot:
+    """A constructor value a block class takes as a parameter."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """The constant numbers (and tuples of them) in a module's constructor call, by position."""
+    if isinstance(value, Call):
+        return [leaf for k, v in [*enumerate(value.args), *value.kwargs.items()] for leaf in _leaves(v, (*path, k))]
+    if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
+        return [(path, value)]
+    return []
+
+
+def _replace(value: Any, slots: dict[tuple, str], path: tuple = ()) -> Any:
+    if isinstance(value, Call):
+        args = tuple(_replace(v, slots, (*path, k)) for k, v in enumerate(value.args))
+        kwargs = {k: _replace(v, slots, (*path, k)) for k, v in value.kwargs.items()}
+        return Call(value.target, args, kwargs, value.note)
+    return _Slot(slots[path]) if path in slots else value
+
+
+def _skeleton(value: Any) -> Any:
+    """A constructor call with its numbers taken out: uses whose skeletons agree share a class."""
+    if isinstance(value, Call):
+        return (value.target, tuple(_skeleton(v) for v in value.args),
+                tuple((k, _skeleton(v)) for k, v in value.kwargs.items()))
+    return "#" if isinstance(value, (int, float, tuple)) and not isinstance(value, bool) else repr(value)
+
+
+def _node_line(name: str, inputs: list[str], node: Node, unit: Unit, attr: str) -> list[str]:
+    """The forward lines of one value: `name = expression` (a layer of several calls takes
+    its input, then its own value, in turn)."""
+    lines = []
+    for k, expr in enumerate(unit.forward or (X,)):
+        x: Any = tuple(inputs) if node.step and node.step.layer.merges else (inputs[0] if k == 0 else name)
+        lines.append(_commented(f"{name} = {literal(expr, x=x, attr=attr)}", getattr(expr, "note", ""), 8))
+    return lines
+
+
+def _return(lines: list[str], name: str) -> list[str]:
+    if lines and lines[-1].startswith(f"{name} = ") and "#" not in lines[-1] and "\n" not in lines[-1]:
+        return [*lines[:-1], "return " + lines[-1][len(f"{name} = "):]]
+    return [*lines, f"return {name}"]
+
+
+def _slot_literal(value: Any) -> str:
+    """literal() with a block's constructor parameters printed as their names."""
+    if isinstance(value, _Slot):
+        return value.name
+    if isinstance(value, Call):
+        args = [_slot_literal(a) for a in value.args] + [f"{k}={_slot_literal(v)}" for k, v in value.kwargs.items()]
+        return f"{value.target}({', '.join(args)})"
+    return literal(value)
+
+
+def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[list[str], list[str]]:
+    """The block classes and the model's forward body lines of a functional spec; the model's
+    __init__, reset, weights and penalty lines go to `out`."""
+    units_of = dict(enumerate(u for _, u in graph_units(p)))
+    for unit in units_of.values():
+        for call in (c for e in (unit.module, *unit.forward) for c in calls(e)):
+            if "." not in call.target and call.target != SELF and call.target not in OPERATORS:
+                out.helpers.add(call.target)
+    uses = _uses(spec, p)
+    owner_of = {i: k for k, (_, owner) in enumerate(uses) for i in owner.nodes}
+    output_of = {owner.nodes[-1]: k for k, (_, owner) in enumerate(uses)}
+    top_taken = {n.name for i, n in enumerate(p.nodes) if n.step and i not in owner_of} | {"x", *GLOBALS}
+    use_attrs = [identifier(use.block, top_taken) for use, _ in uses]
+    names = {-1: "x"}
+    for i, node in enumerate(p.nodes):
+        if i in output_of:
+            names[i] = use_attrs[output_of[i]]
+        elif node.step is None and i not in owner_of:  # named after the value it switches
+            names[i] = identifier(f"{names[node.inputs[0]]}_{node.permute}", top_taken)
+        else:
+            names[i] = node.name
+
+    # group the uses whose classes would be the same but for constructor numbers
+    groups: dict[Any, list[int]] = {}
+    for k, (use, owner) in enumerate(uses):
+        lines = [line for i in owner.nodes
+                 for line in _node_line(owner.names[i], [owner.names[j] for j in p.nodes[i].inputs], p.nodes[i],
+                                        units_of[i], owner.names[i])]
+        key = (use.block, len(owner.inputs), tuple(lines),
+               tuple((owner.names[i], _skeleton(units_of[i].module)) for i in owner.nodes if units_of[i].module))
+        groups.setdefault(key, []).append(k)
+
+    classes: list[str] = []
+    ctor: dict[int, str] = {}  # use -> its constructor call
+    class_taken = set(defined)
+    for key, members in groups.items():
+        first_use, first = uses[members[0]]
+        cls = base = class_name(first_use.block)
+        n = 2
+        while cls in class_taken:  # a second class of one block: its uses differ in structure
+            cls, n = f"{base}{n}", n + 1
+        class_taken.add(cls)
+        params: dict[str, list[Any]] = {}  # constructor parameter -> its value per use
+        slots: dict[int, dict[tuple, str]] = {}
+        param_taken: set[str] = {"self"}
+        for i in (i for i in first.nodes if units_of[i].module):
+            position = first.nodes.index(i)
+            values = [_leaves(units_of[uses[k][1].nodes[position]].module) for k in members]
+            spec_index = p.nodes[i].step.report.index
+            setting = [param for index, pairs in first_use.params_of if index == spec_index for _, param in pairs]
+            slots[i] = {}
+            for leaf, (path, _) in enumerate(values[0]):
+                per_use = [v[leaf][1] for v in values]
+                # a block parameter whose value it is in every use: first one setting this
+                # layer's fields, then any (BatchNorm's channels are the filters set before it)
+                candidates = [*setting, *(param for param, _ in first_use.arguments)]
+                name = next((param for param in candidates
+                             if all(_argument_value(dict(uses[k][0].arguments)[param]) == v
+                                    for k, v in zip(members, per_use))), None)
+                if name is None and len(set(map(repr, per_use))) > 1:  # a value the uses differ in
+                    target = resolve_target(units_of[i].module.target)
+                    label = path[-1] if isinstance(path[-1], str) else _positional(target, path[-1])
+                    name = next((n for n, v in params.items() if repr(v) == repr(per_use)), None)
+                    if name is None:
+                        name = label if label not in params else f"{first.names[i]}_{label}"
+                if name is not None:
+                    params.setdefault(name, per_use)
+                    slots[i][path] = name
+        block_params = [param for param, _ in first_use.arguments]
+        params = dict(sorted(params.items(), key=lambda kv: block_params.index(kv[0]) if kv[0] in block_params
+                             else len(block_params)))  # the block's own parameters first, in its order
+        param_names = {n: identifier(n, param_taken) for n in params}
+        init = []
+        for i in first.nodes:
+            module = units_of[i].module
+            if module:
+                renamed = {path: param_names[n] for path, n in slots[i].items()}
+                init.append(_commented(f"self.{first.names[i]} = {_slot_literal(_replace(module, renamed))}",
+                                       module.note, 8))
+        body = [line for i in first.nodes
+                for line in _node_line(first.names[i], [first.names[j] for j in p.nodes[i].inputs], p.nodes[i],
+                                       units_of[i], first.names[i])]
+        classes.append(BLOCK.format(
+            cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"),
+            params="".join(f", {param_names[n]}" for n in params), init="\n" + _indent(init, 8) if init else "",
+            inputs=", ".join(first.names[j] for j in first.inputs),
+            body=_indent(_return(body, first.names[first.nodes[-1]]), 8)))
+        for n_use, k in enumerate(members):
+            ctor[k] = f"{cls}(" + ", ".join(f"{param_names[n]}={literal(v[n_use])}" for n, v in params.items()) + ")"
+
+    forward: list[str] = []
+    for i, node in enumerate(p.nodes):
+        unit = units_of[i]
+        k = owner_of.get(i)
+        if k is None:
+            attr = node.name
+            if unit.module:
+                out.init.append(_commented(f"self.{attr} = {literal(unit.module)}", unit.module.note, 8))
+            forward += _node_line(names[i], [names[j] for j in node.inputs], node, unit, attr)
+        else:
+            attr = f"{use_attrs[k]}.{uses[k][1].names[i]}"
+            if i in output_of:
+                out.init.append(f"self.{use_attrs[k]} = {ctor[k]}")
+                forward.append(f"{names[i]} = self.{use_attrs[k]}("
+                               + ", ".join(names[j] for j in uses[k][1].inputs) + ")")
+        _weights(out, attr, node, unit)
+    return classes, _return(forward, names[len(p.nodes) - 1])
+
+
+def _positional(target: Any, index: int) -> str:
+    try:
+        params = [n for n in inspect.signature(target).parameters if n != "self"]
+        return params[index]
+    except (TypeError, ValueError, IndexError):
+        return f"arg{index}"
+
+
+def resolve_target(target: str) -> Any:
+    from torch import nn
+
+    return getattr(nn, target[3:]) if target.startswith("nn.") else getattr(keras_ops, target, None)
+
+
+def _weights(out: Lines, attr: str, node: Node, unit: Unit) -> None:
+    """A layer's reset, keras_layout and penalty lines, its module at self.<attr>."""
+    if any(w.initializer is None for w in unit.weights):
+        out.reset.append(f"self.{attr}.reset_parameters()")
+    for weight, keras in zip(unit.weights, node.step.report.weights if node.step else ()):
+        tensor = f"self.{attr}.{weight.tensor}"
+        if weight.initializer is not None:
+            out.reset.append(initializer(tensor, weight.initializer, keras.shape, out.helpers))
+        out.weights.append(_entry(keras.path, tensor, weight.layout))
+        out.layouts.add(weight.layout)
+    if unit.penalty:
+        kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
+        if l1:
+            out.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
+        if l2:
+            out.penalty.append(f"{l2!r} * {kernel}.square().sum()")

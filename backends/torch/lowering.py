@@ -250,10 +250,10 @@ class Lowering:
         return Unit((Call("/", (_fold(step, "+"), len(step.input_ranks))),))
 
     def maximum(self, step: Step) -> Unit:
-        return Unit((_fold(step, "maximum"),))
+        return Unit((_fold(step, "keras_maximum"),))
 
     def minimum(self, step: Step) -> Unit:
-        return Unit((_fold(step, "minimum"),))
+        return Unit((_fold(step, "keras_minimum"),))
 
     def concat(self, step: Step) -> Unit:
         axis = step.layer.axis

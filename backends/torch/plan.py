@@ -18,12 +18,17 @@ from modelspec import ir
 from modelspec.checker import LayerReport, Report
 from modelspec.shapes import same_padding
 
+from . import keras_ops
+
 # Layers that run on NCHW tensors in torch, and layers that need Keras's channels-last order.
 NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d"})
 CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu"})  # prelu: alpha is (h, w, c)
 # Names a layer attribute must not take: nn.Module's own, and the generated class's methods.
 RESERVED = frozenset({"logits", "forward", "penalty", "reset_parameters", "load_keras_weights", "keras_weights",
                       "keras_layout", "keras_name", "input_shape", "training", "layers", "output_activation"})
+# Names a graph's values must not take: they are local variables of the emitted forward pass,
+# which calls the module's globals (torch, F, nn, math, the pieces copied from keras_ops).
+GLOBALS = frozenset(name for name in vars(keras_ops) if not name.startswith("_"))
 # A softmax or sigmoid on the last layer is split off: Keras's TensorFlow backend computes
 # the matching cross-entropy from the values before it.
 SPLIT_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
@@ -149,7 +154,7 @@ def graph_plan(report: Report) -> Plan:
     layout its producer left it. A layer switches an input only when it needs the other layout
     (NCHW_KINDS, CHANNELS_LAST_KINDS, a merge of inputs in both); each switched value is made
     once, just before its first reader, and shared by the readers after it."""
-    taken: set[str] = {"x"}
+    taken: set[str] = {"x", *GLOBALS}
     steps: list[Step] = []
     nodes: list[Node] = []
     position: dict[int, int] = {-1: -1}  # report row -> node holding its value
