@@ -527,47 +527,101 @@ BLOCK = '''class {cls}(nn.Module):
 
 @dataclass
 class Owner:
-    """The values one forward pass computes (the model's, or a block use's): `nodes` are
-    positions in Plan.nodes, `names` the variable (and attribute) name of every value it reads
-    or makes, `inputs` the values it reads from outside."""
+    """One forward pass of the emitted program: the model's (use None) or a block use's. It
+    computes its `nodes` (positions in Plan.nodes) and calls its `children` (uses of blocks
+    within it), in the order the spec writes them; `inputs` are the values it reads from
+    outside, `names` the local name of every value it reads or makes (and of each child, by
+    its index in spec.blocks)."""
 
-    nodes: list[int]
-    names: dict[int, str]
+    use: Any
+    nodes: list[int] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)
     inputs: list[int] = field(default_factory=list)
+    names: dict[Any, str] = field(default_factory=dict)
+    items: list[tuple[str, int]] = field(default_factory=list)  # ('node', i) or ('use', k), in order
 
 
-def _local_base(node: Node) -> str:
-    """A block's own name for a layer: its Keras name without the counter (conv2d_3 -> conv2d)."""
-    return re.sub(r"_\d+$", "", node.name) if node.step else node.name
-
-
-def _uses(spec: ir.Spec, p: Plan) -> list[tuple[Any, Owner]]:
-    """Each outermost block use with the nodes it computes: its layers, and the layout switches
-    only its layers read. Nested uses stay inside their outer use's class."""
+def _owners(spec: ir.Spec, p: Plan) -> tuple[Owner, list[Owner]]:
+    """The model's forward pass and each block use's. A layout switch belongs to the innermost
+    use holding its value and all its readers: the switch of a block's input stays outside, so
+    that uses reading their input in either layout can share a class."""
+    last = len(p.nodes) - 1
     readers: dict[int, list[int]] = {}
     for i, node in enumerate(p.nodes):
         for j in node.inputs:
             readers.setdefault(j, []).append(i)
-    readers.setdefault(len(p.nodes) - 1, []).append(len(p.nodes))  # the model's output
-    out = []
-    for use in spec.blocks:
-        if use.parent is not None:
+    uses = spec.blocks
+
+    def innermost(index: int) -> int | None:  # the innermost use holding spec layer `index`
+        found = None
+        for k, use in enumerate(uses):
+            if use.start <= index < use.stop:
+                found = k  # later uses that hold it are nested deeper
+        return found
+
+    def within(k: int | None, index: int) -> bool:
+        return k is None or uses[k].start <= index < uses[k].stop
+
+    def position(i: int) -> float:  # where a value is written: its layer's line, a switch just before its reader
+        node = p.nodes[i]
+        if node.step:
+            return node.step.report.index
+        return min((position(r) for r in readers.get(i, [])), default=len(spec.layers)) - 0.5
+
+    owner_of: dict[int, int | None] = {}
+    for i, node in enumerate(p.nodes):
+        if node.step:
+            owner_of[i] = innermost(node.step.report.index)
             continue
-        inside = {i for i, n in enumerate(p.nodes) if n.step and use.start <= n.step.report.index < use.stop}
-        inside |= {i for i, n in enumerate(p.nodes) if n.step is None and n.inputs[0] in inside
-                   and all(r in inside for r in readers[i])}
-        # a layout switch belongs where its value is made: the block's input's stays outside,
-        # so that uses reading the input in either layout can share a class
-        nodes = sorted(inside)
-        inputs = list(dict.fromkeys(j for i in nodes for j in p.nodes[i].inputs if j not in inside))
+        k = owner_of.get(node.inputs[0]) if node.inputs[0] >= 0 else None
+        while k is not None and (i == last or not all(within(k, p.nodes[r].step.report.index) for r in readers[i])):
+            k = uses[k].parent
+        owner_of[i] = k
+    top, blocks = Owner(None), [Owner(use) for use in uses]
+    for i, k in owner_of.items():
+        (top if k is None else blocks[k]).nodes.append(i)
+    for k, use in enumerate(uses):
+        (top if use.parent is None else blocks[use.parent]).children.append(k)
+
+    def subtree(k: int) -> set[int]:
+        return {i for i, o in owner_of.items() if o is not None and (o == k or _descends(uses, o, k))}
+
+    outputs = {}
+    for k, use in enumerate(uses):
+        inside = subtree(k)
+        outputs[k] = max(inside, key=position)
+        blocks[k].inputs = list(dict.fromkeys(j for i in sorted(inside) for j in p.nodes[i].inputs if j not in inside))
+    for owner in (top, *blocks):
+        items = [(position(i), "node", i) for i in owner.nodes] + [(position(outputs[k]), "use", k)
+                                                                    for k in owner.children]
+        owner.items = [(kind, i) for _, kind, i in sorted(items)]
         taken: set[str] = {"x", *GLOBALS}
-        names = {j: "x" if k == 0 else identifier(f"x{k}", taken) for k, j in enumerate(inputs)}
-        for i in nodes:
-            node = p.nodes[i]
-            base = f"{names[node.inputs[0]]}_{node.permute}" if node.step is None else _local_base(node)
-            names[i] = identifier(base, taken)
-        out.append((use, Owner(nodes, names, inputs)))
-    return out
+        owner.names = {-1: "x"} if owner.use is None else {}
+        for n, j in enumerate(owner.inputs):
+            owner.names[j] = "x" if n == 0 else identifier(f"x{n}", taken)
+        for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
+            if kind == "use":
+                owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
+            elif p.nodes[i].step is None:
+                owner.names[i] = identifier(f"{owner.names[p.nodes[i].inputs[0]]}_{p.nodes[i].permute}", taken)
+            elif owner.use is None:
+                owner.names[i] = identifier(p.nodes[i].name, taken)
+            else:
+                owner.names[i] = identifier(_local_base(p.nodes[i]), taken)
+    return top, blocks
+
+
+def _local_base(node: Node) -> str:
+    """A block's own name for a layer: its Keras name without the counter (conv2d_3 -> conv2d)."""
+    return re.sub(r"_\d+$", "", node.name)
+
+
+def _descends(uses: Any, k: int, ancestor: int) -> bool:
+    while uses[k].parent is not None:
+        k = uses[k].parent
+        if k == ancestor:
+            return True
+    return False
 
 
 def _argument_value(text: str) -> Any:
@@ -640,6 +694,27 @@ def _slot_literal(value: Any) -> str:
     return literal(value)
 
 
+def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, Call],
+            blocks: list[Owner]) -> tuple[list, list[str]]:
+    """An owner's constructor entries ((attribute, Call), for its layers' modules and its
+    children's classes) and its forward lines, the last one returning its value."""
+    init, lines = [], []
+    names = owner.names
+    for kind, i in owner.items:
+        if kind == "use":
+            attr = names["use", i]
+            child = ctors[i]
+            init.append((attr, child))
+            lines.append(f"{attr} = self.{attr}(" + ", ".join(names[j] for j in blocks[i].inputs) + ")")
+            continue
+        node, unit = p.nodes[i], units_of[i]
+        if unit.module:
+            init.append((names[i], unit.module))
+        lines += _node_line(names[i], [names[j] for j in node.inputs], node, unit, names[i])
+    output = owner.items[-1]
+    return init, _return(lines, names["use", output[1]] if output[0] == "use" else names[output[1]])
+
+
 def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[list[str], list[str]]:
     """The block classes and the model's forward body lines of a functional spec; the model's
     __init__, reset, weights and penalty lines go to `out`."""
@@ -648,105 +723,101 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
         for call in (c for e in (unit.module, *unit.forward) for c in calls(e)):
             if "." not in call.target and call.target != SELF and call.target not in OPERATORS:
                 out.helpers.add(call.target)
-    uses = _uses(spec, p)
-    owner_of = {i: k for k, (_, owner) in enumerate(uses) for i in owner.nodes}
-    output_of = {owner.nodes[-1]: k for k, (_, owner) in enumerate(uses)}
-    top_taken = {n.name for i, n in enumerate(p.nodes) if n.step and i not in owner_of} | {"x", *GLOBALS}
-    use_attrs = [identifier(use.block, top_taken) for use, _ in uses]
-    names = {-1: "x"}
-    for i, node in enumerate(p.nodes):
-        if i in output_of:
-            names[i] = use_attrs[output_of[i]]
-        elif node.step is None and i not in owner_of:  # named after the value it switches
-            names[i] = identifier(f"{names[node.inputs[0]]}_{node.permute}", top_taken)
-        else:
-            names[i] = node.name
+    top, blocks = _owners(spec, p)
 
-    # group the uses whose classes would be the same but for constructor numbers
-    groups: dict[Any, list[int]] = {}
-    for k, (use, owner) in enumerate(uses):
-        lines = [line for i in owner.nodes
-                 for line in _node_line(owner.names[i], [owner.names[j] for j in p.nodes[i].inputs], p.nodes[i],
-                                        units_of[i], owner.names[i])]
-        key = (use.block, len(owner.inputs), tuple(lines),
-               tuple((owner.names[i], _skeleton(units_of[i].module)) for i in owner.nodes if units_of[i].module))
-        groups.setdefault(key, []).append(k)
-
-    classes: list[str] = []
-    ctor: dict[int, str] = {}  # use -> its constructor call
+    # innermost uses first: a class's constructor builds its children's classes
+    classes: list[tuple[int, str]] = []  # (first use, source), the innermost blocks first
+    ctors: dict[int, Call] = {}
     class_taken = set(defined)
-    for key, members in groups.items():
-        first_use, first = uses[members[0]]
-        cls = base = class_name(first_use.block)
-        n = 2
-        while cls in class_taken:  # a second class of one block: its uses differ in structure
-            cls, n = f"{base}{n}", n + 1
-        class_taken.add(cls)
-        params: dict[str, list[Any]] = {}  # constructor parameter -> its value per use
-        slots: dict[int, dict[tuple, str]] = {}
-        param_taken: set[str] = {"self"}
-        for i in (i for i in first.nodes if units_of[i].module):
-            position = first.nodes.index(i)
-            values = [_leaves(units_of[uses[k][1].nodes[position]].module) for k in members]
-            spec_index = p.nodes[i].step.report.index
-            setting = [param for index, pairs in first_use.params_of if index == spec_index for _, param in pairs]
-            slots[i] = {}
-            for leaf, (path, _) in enumerate(values[0]):
-                per_use = [v[leaf][1] for v in values]
-                # a block parameter whose value it is in every use: first one setting this
-                # layer's fields, then any (BatchNorm's channels are the filters set before it)
-                candidates = [*setting, *(param for param, _ in first_use.arguments)]
-                name = next((param for param in candidates
-                             if all(_argument_value(dict(uses[k][0].arguments)[param]) == v
-                                    for k, v in zip(members, per_use))), None)
-                if name is None and len(set(map(repr, per_use))) > 1:  # a value the uses differ in
-                    target = resolve_target(units_of[i].module.target)
-                    label = path[-1] if isinstance(path[-1], str) else _positional(target, path[-1])
-                    name = next((n for n, v in params.items() if repr(v) == repr(per_use)), None)
-                    if name is None:
-                        name = label if label not in params else f"{first.names[i]}_{label}"
-                if name is not None:
-                    params.setdefault(name, per_use)
-                    slots[i][path] = name
-        block_params = [param for param, _ in first_use.arguments]
-        params = dict(sorted(params.items(), key=lambda kv: block_params.index(kv[0]) if kv[0] in block_params
-                             else len(block_params)))  # the block's own parameters first, in its order
-        param_names = {n: identifier(n, param_taken) for n in params}
-        init = []
-        for i in first.nodes:
-            module = units_of[i].module
-            if module:
-                renamed = {path: param_names[n] for path, n in slots[i].items()}
-                init.append(_commented(f"self.{first.names[i]} = {_slot_literal(_replace(module, renamed))}",
-                                       module.note, 8))
-        body = [line for i in first.nodes
-                for line in _node_line(first.names[i], [first.names[j] for j in p.nodes[i].inputs], p.nodes[i],
-                                       units_of[i], first.names[i])]
-        classes.append(BLOCK.format(
-            cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"),
-            params="".join(f", {param_names[n]}" for n in params), init="\n" + _indent(init, 8) if init else "",
-            inputs=", ".join(first.names[j] for j in first.inputs),
-            body=_indent(_return(body, first.names[first.nodes[-1]]), 8)))
-        for n_use, k in enumerate(members):
-            ctor[k] = f"{cls}(" + ", ".join(f"{param_names[n]}={literal(v[n_use])}" for n, v in params.items()) + ")"
+    rendered = {}
+    depth = {k: sum(1 for _ in _ancestors(spec.blocks, k)) for k in range(len(blocks))}
+    for level in sorted(set(depth.values()), reverse=True):
+        groups: dict[Any, list[int]] = {}
+        for k in (k for k in range(len(blocks)) if depth[k] == level):
+            init, lines = rendered[k] = _render(blocks[k], p, units_of, ctors, blocks)
+            key = (spec.blocks[k].block, len(blocks[k].inputs), tuple(lines),
+                   tuple((attr, _skeleton(call)) for attr, call in init))
+            groups.setdefault(key, []).append(k)
+        for members in groups.values():
+            source, calls_of = _block_class(spec, p, members, rendered, blocks, class_taken)
+            classes.append((members[0], source))
+            ctors.update(calls_of)
 
-    forward: list[str] = []
+    init, forward = _render(top, p, units_of, ctors, blocks)
+    out.init += [_commented(f"self.{attr} = {literal(call)}", call.note, 8) for attr, call in init]
+    paths: dict[int, str] = {}  # the module attribute path of each node's layer
+
+    def place(owner: Owner, prefix: str) -> None:
+        for kind, i in owner.items:
+            if kind == "use":
+                place(blocks[i], f"{prefix}{owner.names['use', i]}.")
+            else:
+                paths[i] = prefix + owner.names[i]
+
+    place(top, "")
     for i, node in enumerate(p.nodes):
-        unit = units_of[i]
-        k = owner_of.get(i)
-        if k is None:
-            attr = node.name
-            if unit.module:
-                out.init.append(_commented(f"self.{attr} = {literal(unit.module)}", unit.module.note, 8))
-            forward += _node_line(names[i], [names[j] for j in node.inputs], node, unit, attr)
-        else:
-            attr = f"{use_attrs[k]}.{uses[k][1].names[i]}"
-            if i in output_of:
-                out.init.append(f"self.{use_attrs[k]} = {ctor[k]}")
-                forward.append(f"{names[i]} = self.{use_attrs[k]}("
-                               + ", ".join(names[j] for j in uses[k][1].inputs) + ")")
-        _weights(out, attr, node, unit)
-    return classes, _return(forward, names[len(p.nodes) - 1])
+        _weights(out, paths[i], node, units_of[i])
+    return [source for _, source in classes], forward
+
+
+def _ancestors(uses: Any, k: int):
+    while uses[k].parent is not None:
+        k = uses[k].parent
+        yield k
+
+
+def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blocks: list[Owner],
+                 class_taken: set[str]) -> tuple[str, dict[int, Call]]:
+    """The class of block uses whose code is the same but for constructor values: those that
+    differ between the uses, or that are the value of a block parameter in every use, become
+    the constructor's parameters (named after the block's parameter, or the argument's)."""
+    uses = spec.blocks
+    first_use = uses[members[0]]
+    cls = base = class_name(first_use.block)
+    n = 2
+    while cls in class_taken:  # a second class of one block: its uses differ in structure
+        cls, n = f"{base}{n}", n + 1
+    class_taken.add(cls)
+    first_init, body = rendered[members[0]]
+    params: dict[str, list[Any]] = {}  # constructor parameter -> its value per use
+    slots: list[dict[tuple, str]] = []
+    for entry, (attr, call) in enumerate(first_init):
+        values = [_leaves(rendered[k][0][entry][1]) for k in members]
+        layer = next((i for i in blocks[members[0]].nodes if blocks[members[0]].names.get(i) == attr), None)
+        spec_index = p.nodes[layer].step.report.index if layer is not None else None
+        setting = [param for index, pairs in first_use.params_of if index == spec_index for _, param in pairs]
+        slots.append({})
+        for leaf, (path, _) in enumerate(values[0]):
+            per_use = [v[leaf][1] for v in values]
+            # a block parameter whose value it is in every use: first one setting this
+            # layer's fields, then any (BatchNorm's channels are the filters set before it)
+            candidates = [*setting, *(param for param, _ in first_use.arguments)]
+            name = next((param for param in candidates
+                         if all(_argument_value(dict(uses[k].arguments)[param]) == v
+                                for k, v in zip(members, per_use))), None)
+            if name is None and len(set(map(repr, per_use))) > 1:  # a value the uses differ in
+                label = path[-1] if isinstance(path[-1], str) else _positional(resolve_target(call.target), path[-1])
+                name = next((n for n, v in params.items() if repr(v) == repr(per_use)), None)
+                if name is None:
+                    name = label if label not in params else f"{attr}_{label}"
+            if name is not None:
+                params.setdefault(name, per_use)
+                slots[-1][path] = name
+    block_params = [param for param, _ in first_use.arguments]
+    params = dict(sorted(params.items(), key=lambda kv: block_params.index(kv[0]) if kv[0] in block_params
+                         else len(block_params)))  # the block's own parameters first, in its order
+    param_taken: set[str] = {"self"}
+    param_names = {n: identifier(n, param_taken) for n in params}
+    init = [_commented(f"self.{attr} = "
+                       + _slot_literal(_replace(call, {path: param_names[n] for path, n in slots[e].items()})),
+                       call.note, 8) for e, (attr, call) in enumerate(first_init)]
+    inputs = ", ".join(blocks[members[0]].names[j] for j in blocks[members[0]].inputs)
+    source = BLOCK.format(
+        cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"),
+        params="".join(f", {param_names[n]}" for n in params), init="\n" + _indent(init, 8) if init else "",
+        inputs=inputs, body=_indent(body, 8))
+    calls_of = {k: Call(cls, (), {param_names[n]: v[m] for n, v in params.items()}) for m, k in enumerate(members)}
+    return source, calls_of
 
 
 def _positional(target: Any, index: int) -> str:
