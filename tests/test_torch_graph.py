@@ -356,3 +356,65 @@ def test_two_training_steps_equal_keras_fit(name, sync_free):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     for a, b, w in zip(m.get_weights(), k.get_weights(), m.report.weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=w.path)
+
+
+def test_a_nested_block_is_built_by_its_parent_class(tmp_path):
+    source, cls = emitted(NESTED, tmp_path)
+    assert len(re.findall(r"^class Pair\(nn\.Module\):", source, re.M)) == 1
+    assert len(re.findall(r"^class Stage\(nn\.Module\):", source, re.M)) == 1
+    assert "self.pair = Pair(u=u, in_features=in_features)" in source
+    assert re.findall(r"self\.stage\w* = Stage\(.*\)", source) == [
+        "self.stage = Stage(u=6, in_features=10)", "self.stage_2 = Stage(u=4, in_features=16)",
+        "self.stage_3 = Stage(u=4, in_features=20)"]
+    assert source.count("nn.Linear(") == 3  # Pair's two, and the model's output layer
+
+
+# Runs the emitted module where only torch can be imported (-I -S, torch's folder alone on the
+# path): it loads Keras-layout weights by path, predicts, and trains with its own fit.
+DRIVER = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+try:
+    import modelspec
+except ImportError:
+    pass
+else:
+    raise SystemExit("modelspec must not be importable here")
+import torch
+import model as generated
+inputs = torch.load(sys.argv[3], weights_only=True)
+net = generated.TinyResnet()
+net.load_keras_weights(inputs["weights"])
+out = {"predict": net.eval()(inputs["x"]).detach()}
+history = generated.fit(net, inputs["x"], inputs["y"], epochs=2, batch_size=4, shuffle=False)
+out["loss"] = torch.tensor(history["loss"])
+out.update(net.keras_weights())
+torch.save(out, sys.argv[4])
+"""
+
+
+def test_the_emitted_program_trains_without_modelspec_as_the_engine(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = TINY_RESNET + "optimizer sgd learning_rate=0.1 momentum=0.9\nloss categorical_crossentropy\n"
+    spec = parse(text)
+    (tmp_path / "model.py").write_text(TorchBackend().emit(spec, ms.check(spec)), encoding="utf-8")
+    live = ms.build(text, backend="torch", device="cpu")
+    live.set_weights(weights(live.report, 11))
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(8, 16, 16, 3)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]
+    torch.save({"weights": {p: torch.from_numpy(w) for p, w in zip(live.weight_paths, live.get_weights())},
+                "x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "in.pt")
+    site = str(Path(torch.__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", DRIVER, str(tmp_path), site, str(tmp_path / "in.pt"),
+                           str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    np.testing.assert_allclose(out["predict"].numpy(), live.predict(x), rtol=1e-6, atol=1e-7)
+    history = live.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(out["loss"].numpy(), history["loss"], rtol=1e-5)
+    for path, w in zip(live.weight_paths, live.get_weights()):
+        np.testing.assert_allclose(out[path].numpy(), w, rtol=1e-4, atol=1e-6, err_msg=path)
