@@ -66,6 +66,11 @@ class Lines:
                 self.helpers.add(call.target)
         if unit.module:
             self.init.append(_commented(f"self.{attr} = {literal(unit.module)}", unit.module.note, 8))
+        self.add_weights(attr, step, unit)
+        self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
+
+    def add_weights(self, attr: str, step: Step | None, unit: Unit) -> None:
+        """A layer's reset, keras_layout and penalty lines, its module at self.<attr>."""
         if any(w.initializer is None for w in unit.weights):
             self.reset.append(f"self.{attr}.reset_parameters()")
         for weight, keras in zip(unit.weights, step.report.weights if step else ()):
@@ -80,7 +85,6 @@ class Lines:
                 self.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
             if l2:
                 self.penalty.append(f"{l2!r} * {kernel}.square().sum()")
-        self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
 
 
 def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str]) -> str:
@@ -584,7 +588,7 @@ def _owners(spec: ir.Spec, p: Plan) -> tuple[Owner, list[Owner]]:
         (top if use.parent is None else blocks[use.parent]).children.append(k)
 
     def subtree(k: int) -> set[int]:
-        return {i for i, o in owner_of.items() if o is not None and (o == k or _descends(uses, o, k))}
+        return {i for i, o in owner_of.items() if o is not None and (o == k or k in _ancestors(uses, o))}
 
     outputs = {}
     for k, use in enumerate(uses):
@@ -614,14 +618,6 @@ def _owners(spec: ir.Spec, p: Plan) -> tuple[Owner, list[Owner]]:
 def _local_base(node: Node) -> str:
     """A block's own name for a layer: its Keras name without the counter (conv2d_3 -> conv2d)."""
     return re.sub(r"_\d+$", "", node.name)
-
-
-def _descends(uses: Any, k: int, ancestor: int) -> bool:
-    while uses[k].parent is not None:
-        k = uses[k].parent
-        if k == ancestor:
-            return True
-    return False
 
 
 def _argument_value(text: str) -> Any:
@@ -756,11 +752,12 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
 
     place(top, "")
     for i, node in enumerate(p.nodes):
-        _weights(out, paths[i], node, units_of[i])
+        out.add_weights(paths[i], node.step, units_of[i])
     return [source for _, source in classes], forward
 
 
 def _ancestors(uses: Any, k: int):
+    """The uses enclosing use `k`, innermost first."""
     while uses[k].parent is not None:
         k = uses[k].parent
         yield k
@@ -832,21 +829,3 @@ def resolve_target(target: str) -> Any:
     from torch import nn
 
     return getattr(nn, target[3:]) if target.startswith("nn.") else getattr(keras_ops, target, None)
-
-
-def _weights(out: Lines, attr: str, node: Node, unit: Unit) -> None:
-    """A layer's reset, keras_layout and penalty lines, its module at self.<attr>."""
-    if any(w.initializer is None for w in unit.weights):
-        out.reset.append(f"self.{attr}.reset_parameters()")
-    for weight, keras in zip(unit.weights, node.step.report.weights if node.step else ()):
-        tensor = f"self.{attr}.{weight.tensor}"
-        if weight.initializer is not None:
-            out.reset.append(initializer(tensor, weight.initializer, keras.shape, out.helpers))
-        out.weights.append(_entry(keras.path, tensor, weight.layout))
-        out.layouts.add(weight.layout)
-    if unit.penalty:
-        kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
-        if l1:
-            out.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
-        if l2:
-            out.penalty.append(f"{l2!r} * {kernel}.square().sum()")

@@ -162,7 +162,7 @@ def graph_plan(report: Report) -> Plan:
     rank: dict[int, int] = {-1: len(report.input_shape)}
     switched: dict[tuple[int, bool], int] = {}  # (node, to NCHW) -> the node holding the switch
 
-    def switch(node: int, to: bool, before: str | None) -> int:
+    def switch(node: int, to: bool) -> int:
         if rank[node] != 4 or nchw[node] == to:
             return node
         if (node, to) not in switched:
@@ -184,7 +184,7 @@ def graph_plan(report: Report) -> Plan:
             want = merge_layout([(nchw[i], rank[i]) for i in inputs])
         else:
             want = nchw[inputs[0]] and rank[inputs[0]] == 4
-        inputs = [switch(i, want, layer.kind) for i in inputs]
+        inputs = [switch(i, want) for i in inputs]
         act = getattr(layer, "activation", None)
         step = Step(layer, rep, identifier(rep.name, taken), want, None, None if act == "linear" else act,
                     tuple(rank[i] for i in inputs))
@@ -201,5 +201,5 @@ def graph_plan(report: Report) -> Plan:
         nodes[-1] = Node(nodes[-1].name, steps[-1], nodes[-1].inputs)
     final = nchw[len(nodes) - 1]
     if final:
-        switch(len(nodes) - 1, False, None)
+        switch(len(nodes) - 1, False)
     return Plan(steps, output_activation, final_permute=final, nodes=tuple(nodes))
