@@ -104,7 +104,16 @@ globalmaxpool2d
 dense 3 softmax
 """
 
-SPECS = {"tiny_resnet": TINY_RESNET, "inception": INCEPTION, "merges": MERGES, "ties": TIES,
+# an image output: the last layer's value is NCHW in torch, and its softmax is split off
+IMAGE_OUT = """model image_out
+input 6x6x2
+a = conv2d 3 3x3 padding=same
+b = conv2d 3 1x1 from=in
+subtract a
+softmax
+"""
+
+SPECS = {"image_out": IMAGE_OUT, "tiny_resnet": TINY_RESNET, "inception": INCEPTION, "merges": MERGES, "ties": TIES,
          "broadcast": BROADCAST, "channel_mix": CHANNEL_MIX}
 
 MERGE_CLASSES = {"add": "Add", "subtract": "Subtract", "multiply": "Multiply", "average": "Average",

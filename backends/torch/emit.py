@@ -28,7 +28,7 @@ from modelspec.shapes import fmt_shape
 from modelspec.training import label_kind, resolve_loss, resolve_metric
 
 from . import keras_ops
-from .lowering import LAYOUTS, OPERATORS, SELF, X, Call, Unit, activation, calls, graph_units, literal, units
+from .lowering import LAYOUTS, OPERATORS, SELF, Call, Unit, activation, calls, graph_units, literal, units
 from .plan import GLOBALS, Node, Plan, Step, class_name, identifier, plan
 
 LOSSES = {  # (loss, from logits) -> the keras_ops function, or torch's own when it is Keras's
@@ -545,7 +545,7 @@ class Owner:
     items: list[tuple[str, int]] = field(default_factory=list)  # ('node', i) or ('use', k), in order
 
 
-def _owners(spec: ir.Spec, p: Plan) -> tuple[Owner, list[Owner]]:
+def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, list[Owner]]:
     """The model's forward pass and each block use's. A layout switch belongs to the innermost
     use holding its value and all its readers: the switch of a block's input stays outside, so
     that uses reading their input in either layout can share a class."""
@@ -606,6 +606,8 @@ def _owners(spec: ir.Spec, p: Plan) -> tuple[Owner, list[Owner]]:
         for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
             if kind == "use":
                 owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
+            elif not units_of[i].forward:  # a layer that computes nothing (its activation is the output's)
+                owner.names[i] = owner.names[p.nodes[i].inputs[0]]
             elif p.nodes[i].step is None:
                 owner.names[i] = identifier(f"{owner.names[p.nodes[i].inputs[0]]}_{p.nodes[i].permute}", taken)
             elif owner.use is None:
@@ -668,7 +670,7 @@ def _node_line(name: str, inputs: list[str], node: Node, unit: Unit, attr: str) 
     """The forward lines of one value: `name = expression` (a layer of several calls takes
     its input, then its own value, in turn)."""
     lines = []
-    for k, expr in enumerate(unit.forward or (X,)):
+    for k, expr in enumerate(unit.forward):
         x: Any = tuple(inputs) if node.step and node.step.layer.merges else (inputs[0] if k == 0 else name)
         lines.append(_commented(f"{name} = {literal(expr, x=x, attr=attr)}", getattr(expr, "note", ""), 8))
     return lines
@@ -704,6 +706,8 @@ def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, C
             lines.append(f"{attr} = self.{attr}(" + ", ".join(names[j] for j in blocks[i].inputs) + ")")
             continue
         node, unit = p.nodes[i], units_of[i]
+        if not unit.forward:  # nothing to compute: named as its input (_owners)
+            continue
         if unit.module:
             init.append((names[i], unit.module))
         lines += _node_line(names[i], [names[j] for j in node.inputs], node, unit, names[i])
@@ -719,7 +723,7 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
         for call in (c for e in (unit.module, *unit.forward) for c in calls(e)):
             if "." not in call.target and call.target != SELF and call.target not in OPERATORS:
                 out.helpers.add(call.target)
-    top, blocks = _owners(spec, p)
+    top, blocks = _owners(spec, p, units_of)
 
     # innermost uses first: a class's constructor builds its children's classes
     classes: list[tuple[int, str]] = []  # (first use, source), the innermost blocks first
