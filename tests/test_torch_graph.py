@@ -427,3 +427,16 @@ def test_the_emitted_program_trains_without_modelspec_as_the_engine(tmp_path):
     np.testing.assert_allclose(out["loss"].numpy(), history["loss"], rtol=1e-5)
     for path, w in zip(live.weight_paths, live.get_weights()):
         np.testing.assert_allclose(out[path].numpy(), w, rtol=1e-4, atol=1e-6, err_msg=path)
+
+
+@pytest.mark.parametrize("name", list(EMITTED))
+def test_the_emitted_graph_reads_like_hand_written_code(name):
+    from test_torch_emit import ALLOWED_IMPORTS, defined_but_unused, imports
+
+    spec = parse(EMITTED[name])
+    source = TorchBackend().emit(spec, ms.check(spec))
+    lines = source.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert imports(source) <= ALLOWED_IMPORTS and defined_but_unused(source) == set()
+    assert not re.search(r"\blambda\b|(?<![.\w])(exec|eval)\(", source)
+    assert source.endswith("\n") and not any(line != line.rstrip() for line in lines)

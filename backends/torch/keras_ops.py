@@ -34,7 +34,8 @@ def keras_maximum(a, b):
 
 
 def keras_minimum(a, b):
-    """Keras's Minimum of two tensors: on ties the whole gradient goes to the first (x where x <= y)."""
+    """Keras's Minimum of two tensors: on ties the whole gradient goes to the first, as
+    TensorFlow's Minimum gradient (x where x <= y) gives it."""
     return torch.where(a <= b, a, b)
 
 
