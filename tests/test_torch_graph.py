@@ -51,13 +51,13 @@ flatten
 dense 5
 """
 
-# every elementwise merge of three branches, a fan-out of `h` into five readers
+# every elementwise merge of three branches, a fan-out of `h` into several readers, penalties
 MERGES = """model merges
 input 6
 h = dense 8 tanh
-a = dense 8 from=h
+a = dense 8 from=h l2=0.01
 b = dense 8 relu from=h
-c = dense 8 from=in
+c = dense 8 from=in l1=0.01
 s = add a b c
 d = subtract a b
 m = multiply a b c
