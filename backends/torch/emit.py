@@ -3,7 +3,9 @@
 The generated module imports torch (and math) only. It holds an nn.Module subclass named
 after the model, with one line per layer in `__init__` and in the forward pass, Keras's
 initializers, a map of Keras's weight paths and layouts, and - when the spec has a
-training section - the loss, penalties, optimizer and a Keras-like `fit`. Where Keras
+training section - the loss, penalties, optimizer and a Keras-like `fit`. A graph's forward
+pass names each value (`add = batch_normalization + x`), and each block of the spec is a
+small nn.Module class, built once per use with the values its uses differ in. Where Keras
 and torch differ, the Keras-exact pieces are copied from keras_ops.py, the very code
 the live backend runs.
 

@@ -1,6 +1,8 @@
 """The torch backend's layout decisions: Python names for the layers, where the tensor
 switches between Keras's NHWC and torch's NCHW, the 'same' padding of each window, and
-which activation is split off as the output activation.
+which activation is split off as the output activation. A chain is a list of steps; a
+graph (a functional spec) a list of nodes, each value of its forward pass in Keras's layer
+order, the layout switches among them.
 
 lowering.py turns each `Step` into a `Unit`, which the live builder and the code emitter
 both read, so the module built in memory and the module written to a file cannot
