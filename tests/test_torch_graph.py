@@ -257,7 +257,21 @@ repeat 2 {
 dense 3 softmax
 """
 
-EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED}
+# a block reading its input in both layouts (a conv's NCHW, a dense's channels-last)
+TWO_LAYOUTS = """model two_layouts
+input 5x5x3
+block mix(f) {
+  a = conv2d f 1x1
+  dense f from=in
+  add a
+}
+mix 4
+mix 4
+globalavgpool2d
+dense 2
+"""
+
+EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED, "two_layouts": TWO_LAYOUTS}
 
 
 def load(source: str, path):

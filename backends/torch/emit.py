@@ -574,6 +574,12 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
             return node.step.report.index
         return min((position(r) for r in readers.get(i, [])), default=len(spec.layers)) - 0.5
 
+    def nchw(i: int) -> bool:  # whether a value is an NCHW image
+        node = p.nodes[i] if i >= 0 else None
+        if node is None or node.step is None:
+            return node is not None and node.permute == "nchw"
+        return node.step.nchw and len(node.step.report.output_shape) == 4
+
     owner_of: dict[int, int | None] = {}
     for i, node in enumerate(p.nodes):
         if node.step:
@@ -596,15 +602,16 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
     for k, use in enumerate(uses):
         inside = subtree(k)
         outputs[k] = max(inside, key=position)
-        blocks[k].inputs = list(dict.fromkeys(j for i in sorted(inside) for j in p.nodes[i].inputs if j not in inside))
+        inputs = dict.fromkeys(j for i in sorted(inside) for j in p.nodes[i].inputs if j not in inside)
+        blocks[k].inputs = sorted(inputs, key=nchw)  # the block's input, then its NCHW copy, if both are read
     for owner in (top, *blocks):
         items = [(position(i), "node", i) for i in owner.nodes] + [(position(outputs[k]), "use", k)
                                                                     for k in owner.children]
         owner.items = [(kind, i) for _, kind, i in sorted(items)]
-        taken: set[str] = {"x", *GLOBALS}
+        taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
         owner.names = {-1: "x"} if owner.use is None else {}
-        for n, j in enumerate(owner.inputs):
-            owner.names[j] = "x" if n == 0 else identifier(f"x{n}", taken)
+        for j in owner.inputs:
+            owner.names[j] = identifier("x_nchw" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
         for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
             if kind == "use":
                 owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
@@ -737,7 +744,7 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
         groups: dict[Any, list[int]] = {}
         for k in (k for k in range(len(blocks)) if depth[k] == level):
             init, lines = rendered[k] = _render(blocks[k], p, units_of, ctors, blocks)
-            key = (spec.blocks[k].block, len(blocks[k].inputs), tuple(lines),
+            key = (spec.blocks[k].block, tuple(blocks[k].names[j] for j in blocks[k].inputs), tuple(lines),
                    tuple((attr, _skeleton(call)) for attr, call in init))
             groups.setdefault(key, []).append(k)
         for members in groups.values():
