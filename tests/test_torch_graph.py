@@ -454,3 +454,19 @@ def test_the_emitted_graph_reads_like_hand_written_code(name):
     assert imports(source) <= ALLOWED_IMPORTS and defined_but_unused(source) == set()
     assert not re.search(r"\blambda\b|(?<![.\w])(exec|eval)\(", source)
     assert source.endswith("\n") and not any(line != line.rstrip() for line in lines)
+
+
+def test_the_live_module_keeps_a_value_only_while_it_is_read():
+    """tiny_resnet's forward pass: each block's input is read by its first conv and its add, and
+    dropped after the add; at the end only the output is held."""
+    m = torch_model("tiny_resnet")
+    module = m.native.eval()
+    names = list(module.layers)
+    x = torch.from_numpy(np.random.default_rng(13).normal(size=(2, 16, 16, 3)).astype(np.float32))
+    with torch.no_grad():
+        kept = module.values(x, keep=True)
+        dropped = module.values(x)
+    assert [n for n, v in zip(names, dropped) if v is not None] == [names[-1]]
+    assert torch.equal(dropped[-1], kept[-1])
+    assert names[:3] == ["x_nchw", "conv2d", "conv2d_1"] and names.index("add") > names.index("conv2d_1")
+    assert module.drop[names.index("add")] == [names.index("batch_normalization"), names.index("conv2d")]
