@@ -806,7 +806,7 @@ def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blo
                          if all(_argument_value(dict(uses[k].arguments)[param]) == v
                                 for k, v in zip(members, per_use))), None)
             if name is None and len(set(map(repr, per_use))) > 1:  # a value the uses differ in
-                label = path[-1] if isinstance(path[-1], str) else _positional(resolve_target(call.target), path[-1])
+                label = path[-1] if isinstance(path[-1], str) else _positional(_module_class(call.target), path[-1])
                 name = next((n for n, v in params.items() if repr(v) == repr(per_use)), None)
                 if name is None:
                     name = label if label not in params else f"{attr}_{label}"
@@ -831,6 +831,7 @@ def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blo
 
 
 def _positional(target: Any, index: int) -> str:
+    """The name of a constructor's positional parameter `index` (nn.Conv2d's 0: in_channels)."""
     try:
         params = [n for n in inspect.signature(target).parameters if n != "self"]
         return params[index]
@@ -838,7 +839,8 @@ def _positional(target: Any, index: int) -> str:
         return f"arg{index}"
 
 
-def resolve_target(target: str) -> Any:
+def _module_class(target: str) -> Any:
+    """The class a module's constructor call names (its parameters name a block's arguments)."""
     from torch import nn
 
     return getattr(nn, target[3:]) if target.startswith("nn.") else getattr(keras_ops, target, None)

@@ -1,10 +1,11 @@
 """The spec as torch, held as data: one method per layer kind.
 
 `Lowering().<kind>(step)` returns a `Unit`: the module the layer owns (a `Call`), its forward
-pass as expressions of `X` (the layer's input; a merge's of `Operand(i)`, its inputs), its weights in Keras's order with their
-layouts and initializers, and its kernel penalty. `build` makes the live nn.Module from a
-unit, `emit` prints it as source; neither has code of its own for any kind, so the module
-`ms.build` runs and the program `modelspec compile` writes cannot drift apart.
+pass as expressions of `X` (the layer's input; a merge's of `Operand(i)`, its inputs), its
+weights in Keras's order with their layouts and initializers, and its kernel penalty.
+`build` makes the live nn.Module from a unit, `emit` prints it as source; neither has code
+of its own for any kind, so the module `ms.build` runs and the program `modelspec compile`
+writes cannot drift apart.
 
 Adding a layer kind is adding its method to `Lowering` (and its Keras-exact piece to
 keras_ops.py when torch has none). Layout decisions (NHWC/NCHW switches, 'same' pads, the
