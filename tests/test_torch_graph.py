@@ -271,7 +271,24 @@ globalavgpool2d
 dense 2
 """
 
-EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED, "two_layouts": TWO_LAYOUTS}
+# a block of no weights, used alone and inside another block
+WEIGHTLESS = """model weightless
+input 4
+block act() {
+  h = relu
+  tanh from=in
+  add h
+}
+block outer(u) {
+  dense u
+  act
+}
+outer 4
+act
+dense 2
+"""
+
+EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED, "two_layouts": TWO_LAYOUTS, "weightless": WEIGHTLESS}
 
 
 def load(source: str, path):
@@ -390,6 +407,10 @@ def test_a_nested_block_is_built_by_its_parent_class(tmp_path):
         "self.stage = Stage(u=6, in_features=10)", "self.stage_2 = Stage(u=4, in_features=16)",
         "self.stage_3 = Stage(u=4, in_features=20)"]
     assert source.count("nn.Linear(") == 3  # Pair's two, and the model's output layer
+    assert "        self.pair.reset_parameters()\n        self.pair_2.reset_parameters()\n" in source
+    source, _ = emitted(WEIGHTLESS, tmp_path)  # one class, used in a block and on its own
+    assert len(re.findall(r"^class Act\(nn\.Module\):", source, re.M)) == 1
+    assert "self.act.reset_parameters()" not in source  # it has nothing to reset
 
 
 # Runs the emitted module where only torch can be imported (-I -S, torch's folder alone on the

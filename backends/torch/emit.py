@@ -71,15 +71,13 @@ class Lines:
         self.add_weights(attr, step, unit)
         self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
 
-    def add_weights(self, attr: str, step: Step | None, unit: Unit) -> None:
-        """A layer's reset, keras_layout and penalty lines, its module at self.<attr>."""
-        if any(w.initializer is None for w in unit.weights):
-            self.reset.append(f"self.{attr}.reset_parameters()")
+    def add_weights(self, attr: str, step: Step | None, unit: Unit, reset: bool = True) -> None:
+        """A layer's reset (unless not `reset`), keras_layout and penalty lines, its module at
+        self.<attr>."""
+        if reset:
+            self.reset += self.resets(attr, step, unit)
         for weight, keras in zip(unit.weights, step.report.weights if step else ()):
-            tensor = f"self.{attr}.{weight.tensor}"
-            if weight.initializer is not None:
-                self.reset.append(initializer(tensor, weight.initializer, keras.shape, self.helpers))
-            self.weights.append(_entry(keras.path, tensor, weight.layout))
+            self.weights.append(_entry(keras.path, f"self.{attr}.{weight.tensor}", weight.layout))
             self.layouts.add(weight.layout)
         if unit.penalty:
             kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
@@ -87,6 +85,15 @@ class Lines:
                 self.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
             if l2:
                 self.penalty.append(f"{l2!r} * {kernel}.square().sum()")
+
+
+    def resets(self, attr: str, step: Step | None, unit: Unit) -> list[str]:
+        """A layer's lines of reset_parameters, its module at self.<attr>."""
+        lines = [f"self.{attr}.reset_parameters()"] if any(w.initializer is None for w in unit.weights) else []
+        for weight, keras in zip(unit.weights, step.report.weights if step else ()):
+            if weight.initializer is not None:
+                lines.append(initializer(f"self.{attr}.{weight.tensor}", weight.initializer, keras.shape, self.helpers))
+        return lines
 
 
 def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str]) -> str:
@@ -521,13 +528,17 @@ def emit(spec: ir.Spec, report: Report) -> str:
 # ---------------------------------------------------------------------------------------
 # Graphs: a forward pass of named values; each block a small nn.Module class used once per use
 
+# A block's class: its docstring, then __init__ and reset_parameters where it has modules and
+# weights, then forward.
 BLOCK = '''class {cls}(nn.Module):
-    """A block of the spec, used {uses}."""
-
-    def __init__(self{params}):
-        super().__init__(){init}
-
-    def forward(self, {inputs}):
+    """A block of the spec, used {uses}."""'''
+INIT = '''    def __init__(self{params}):
+        super().__init__()
+{lines}'''
+RESET = '''    @torch.no_grad()
+    def reset_parameters(self):
+{lines}'''
+FORWARD_BLOCK = '''    def forward(self, {inputs}):
 {body}'''
 
 
@@ -701,17 +712,20 @@ def _slot_literal(value: Any) -> str:
     return literal(value)
 
 
-def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, Call],
-            blocks: list[Owner]) -> tuple[list, list[str]]:
+def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, Call], resetting: set[int],
+            blocks: list[Owner], out: Lines) -> tuple[list, list[str], list[str]]:
     """An owner's constructor entries ((attribute, Call), for its layers' modules and its
-    children's classes) and its forward lines, the last one returning its value."""
-    init, lines = [], []
+    children's classes), its forward lines, the last one returning its value, and its lines
+    of reset_parameters (a child resets its own weights)."""
+    init, lines, reset = [], [], []
     names = owner.names
     for kind, i in owner.items:
         if kind == "use":
             attr = names["use", i]
             child = ctors[i]
             init.append((attr, child))
+            if i in resetting:  # its class has weights to reset
+                reset.append(f"self.{attr}.reset_parameters()")
             lines.append(f"{attr} = self.{attr}(" + ", ".join(names[j] for j in blocks[i].inputs) + ")")
             continue
         node, unit = p.nodes[i], units_of[i]
@@ -719,9 +733,10 @@ def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, C
             continue
         if unit.module:
             init.append((names[i], unit.module))
+        reset += out.resets(names[i], node.step, unit)
         lines += _node_line(names[i], [names[j] for j in node.inputs], node, unit, names[i])
     output = owner.items[-1]
-    return init, _return(lines, names["use", output[1]] if output[0] == "use" else names[output[1]])
+    return init, _return(lines, names["use", output[1]] if output[0] == "use" else names[output[1]]), reset
 
 
 def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[list[str], list[str]]:
@@ -734,25 +749,31 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
                 out.helpers.add(call.target)
     top, blocks = _owners(spec, p, units_of)
 
-    # innermost uses first: a class's constructor builds its children's classes
-    classes: list[tuple[int, str]] = []  # (first use, source), the innermost blocks first
+    # the uses with no block in them first: a class's constructor builds its children's classes
+    classes: list[tuple[int, str]] = []  # (first use, source), a class after those it builds
     ctors: dict[int, Call] = {}
+    resetting: set[int] = set()  # the uses whose class has a reset_parameters
     class_taken = set(defined)
     rendered = {}
-    depth = {k: sum(1 for _ in _ancestors(spec.blocks, k)) for k in range(len(blocks))}
-    for level in sorted(set(depth.values()), reverse=True):
+    height: dict[int, int] = {}  # 0 for a use with no block in it, 1 + its children's most otherwise
+    for k in reversed(range(len(blocks))):  # a child comes after its parent in spec.blocks
+        height[k] = 1 + max((height[c] for c in blocks[k].children), default=-1)
+    for level in sorted(set(height.values())):
         groups: dict[Any, list[int]] = {}
-        for k in (k for k in range(len(blocks)) if depth[k] == level):
-            init, lines = rendered[k] = _render(blocks[k], p, units_of, ctors, blocks)
+        for k in (k for k in range(len(blocks)) if height[k] == level):
+            init, lines, reset = rendered[k] = _render(blocks[k], p, units_of, ctors, resetting, blocks, out)
             key = (spec.blocks[k].block, tuple(blocks[k].names[j] for j in blocks[k].inputs), tuple(lines),
+                   tuple(reset),
                    tuple((attr, _skeleton(call)) for attr, call in init))
             groups.setdefault(key, []).append(k)
         for members in groups.values():
             source, calls_of = _block_class(spec, p, members, rendered, blocks, class_taken)
             classes.append((members[0], source))
             ctors.update(calls_of)
+            if rendered[members[0]][2]:
+                resetting.update(members)
 
-    init, forward = _render(top, p, units_of, ctors, blocks)
+    init, forward, out.reset = _render(top, p, units_of, ctors, resetting, blocks, out)
     out.init += [_commented(f"self.{attr} = {literal(call)}", call.note, 8) for attr, call in init]
     paths: dict[int, str] = {}  # the module attribute path of each node's layer
 
@@ -765,7 +786,7 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
 
     place(top, "")
     for i, node in enumerate(p.nodes):
-        out.add_weights(paths[i], node.step, units_of[i])
+        out.add_weights(paths[i], node.step, units_of[i], reset=False)
     return [source for _, source in classes], forward
 
 
@@ -788,7 +809,7 @@ def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blo
     while cls in class_taken:  # a second class of one block: its uses differ in structure
         cls, n = f"{base}{n}", n + 1
     class_taken.add(cls)
-    first_init, body = rendered[members[0]]
+    first_init, body, reset = rendered[members[0]]
     params: dict[str, list[Any]] = {}  # constructor parameter -> its value per use
     slots: list[dict[tuple, str]] = []
     for entry, (attr, call) in enumerate(first_init):
@@ -822,10 +843,12 @@ def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blo
                        + _slot_literal(_replace(call, {path: param_names[n] for path, n in slots[e].items()})),
                        call.note, 8) for e, (attr, call) in enumerate(first_init)]
     inputs = ", ".join(blocks[members[0]].names[j] for j in blocks[members[0]].inputs)
-    source = BLOCK.format(
-        cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"),
-        params="".join(f", {param_names[n]}" for n in params), init="\n" + _indent(init, 8) if init else "",
-        inputs=inputs, body=_indent(body, 8))
+    parts = [BLOCK.format(cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"))]
+    if init:
+        parts.append(INIT.format(params="".join(f", {param_names[n]}" for n in params), lines=_indent(init, 8)))
+    if reset:
+        parts.append(RESET.format(lines=_indent(reset, 8)))
+    source = "\n\n".join([*parts, FORWARD_BLOCK.format(inputs=inputs, body=_indent(body, 8))])
     calls_of = {k: Call(cls, (), {param_names[n]: v[m] for n, v in params.items()}) for m, k in enumerate(members)}
     return source, calls_of
 
