@@ -569,12 +569,9 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
             readers.setdefault(j, []).append(i)
     uses = spec.blocks
 
-    def innermost(index: int) -> int | None:  # the innermost use holding spec layer `index`
-        found = None
-        for k, use in enumerate(uses):
-            if use.start <= index < use.stop:
-                found = k  # later uses that hold it are nested deeper
-        return found
+    innermost: list[int | None] = [None] * len(spec.layers)  # the innermost use holding each spec layer
+    for k, use in enumerate(uses):  # a use nested in another comes after it
+        innermost[use.start:use.stop] = [k] * (use.stop - use.start)
 
     def within(k: int | None, index: int) -> bool:
         return k is None or uses[k].start <= index < uses[k].stop
@@ -594,7 +591,7 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
     owner_of: dict[int, int | None] = {}
     for i, node in enumerate(p.nodes):
         if node.step:
-            owner_of[i] = innermost(node.step.report.index)
+            owner_of[i] = innermost[node.step.report.index]
             continue
         k = owner_of.get(node.inputs[0]) if node.inputs[0] >= 0 else None
         while k is not None and (i == last or not all(within(k, p.nodes[r].step.report.index) for r in readers[i])):
@@ -606,12 +603,13 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
     for k, use in enumerate(uses):
         (top if use.parent is None else blocks[use.parent]).children.append(k)
 
-    def subtree(k: int) -> set[int]:
-        return {i for i, o in owner_of.items() if o is not None and (o == k or k in _ancestors(uses, o))}
-
+    subtree: list[set[int]] = [set() for _ in uses]  # the nodes of each use, its children's included
+    for i, k in owner_of.items():
+        while k is not None:
+            subtree[k].add(i)
+            k = uses[k].parent
     outputs = {}
-    for k, use in enumerate(uses):
-        inside = subtree(k)
+    for k, inside in enumerate(subtree):
         outputs[k] = max(inside, key=position)
         inputs = dict.fromkeys(j for i in sorted(inside) for j in p.nodes[i].inputs if j not in inside)
         blocks[k].inputs = sorted(inputs, key=nchw)  # the block's input, then its NCHW copy, if both are read
@@ -788,13 +786,6 @@ def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[
     for i, node in enumerate(p.nodes):
         out.add_weights(paths[i], node.step, units_of[i], reset=False)
     return [source for _, source in classes], forward
-
-
-def _ancestors(uses: Any, k: int):
-    """The uses enclosing use `k`, innermost first."""
-    while uses[k].parent is not None:
-        k = uses[k].parent
-        yield k
 
 
 def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blocks: list[Owner],
