@@ -828,7 +828,7 @@ def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blo
     block_params = [param for param, _ in first_use.arguments]
     params = dict(sorted(params.items(), key=lambda kv: block_params.index(kv[0]) if kv[0] in block_params
                          else len(block_params)))  # the block's own parameters first, in its order
-    param_taken: set[str] = {"self"}
+    param_taken: set[str] = {"self", *GLOBALS}  # nn.Linear(...) must still find nn
     param_names = {n: identifier(n, param_taken) for n in params}
     init = [_commented(f"self.{attr} = "
                        + _slot_literal(_replace(call, {path: param_names[n] for path, n in slots[e].items()})),
