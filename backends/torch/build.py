@@ -9,9 +9,10 @@ values are not drawn here: the common Model sets the weights it drew in NumPy.
 from __future__ import annotations
 
 import functools
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,9 @@ from modelspec import ir
 from modelspec.checker import Report
 
 from . import keras_ops
-from .lowering import LAYOUTS, MODULE, SELF, Call, Layout, Unit, X, activation, literal, units
-from .plan import Step, plan
+from .lowering import (LAYOUTS, MODULE, SELF, Call, Layout, Operand, Unit, X, activation, graph_units, literal,
+                       units)
+from .plan import Plan, Step, plan
 
 # ---------------------------------------------------------------------------------------
 # Modules
@@ -77,10 +79,13 @@ class SpecModule(nn.Module):
         self.keras_name = name
         self.input_shape = input_shape
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def check(self, x: torch.Tensor) -> None:
         if x.shape[1:] != self.input_shape or x.dtype != torch.float32:
             shape = ", ".join(map(str, self.input_shape))
             raise ValueError(f"expected float32 inputs of shape (batch, {shape}); received {x.dtype} {tuple(x.shape)}")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
         return self.layers(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +94,48 @@ class SpecModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.keras_name!r}"
+
+
+class Merge(nn.Module):
+    """A merge layer: one expression of its inputs (lowering.py's Operands)."""
+
+    def __init__(self, forward: Callable, description: str) -> None:
+        super().__init__()
+        self.function, self.description = forward, description
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.function(xs, None)
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
+class GraphModule(SpecModule):
+    """A functional spec in torch: `layers` holds a module per value of the forward pass
+    (each layer, each layout switch), run in Keras's layer order, each reading the values
+    `inputs` names (-1 the model's input); a value is dropped after its last reader."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", inputs: list[tuple[int, ...]], output: Callable | None,
+                 name: str, input_shape: tuple[int, ...]) -> None:
+        super().__init__(OrderedDict(), output, name, input_shape)
+        self.layers = nn.ModuleDict(layers)
+        self.inputs = inputs
+        last_reader = {j: i for i, sources in enumerate(inputs) for j in sources}
+        self.drop = [[j for j in sources if last_reader[j] == i and j >= 0] for i, sources in enumerate(inputs)]
+
+    def values(self, x: torch.Tensor, keep: bool = False) -> list[torch.Tensor | None]:
+        """Every value of the forward pass; those no longer read are None unless `keep`."""
+        out: list[torch.Tensor | None] = []
+        for module, sources, drop in zip(self.layers.values(), self.inputs, self.drop):
+            out.append(module(*(x if j < 0 else out[j] for j in sources)))
+            if not keep:
+                for j in drop:
+                    out[j] = None
+        return out
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return self.values(x)[-1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,6 +201,24 @@ def function(expr: Call) -> Callable[[torch.Tensor, nn.Module | None], torch.Ten
     return lambda x, m: fn(*before, f(x, m), *after, **kwargs)
 
 
+BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def operands_function(expr: Any) -> Callable[[tuple[torch.Tensor, ...], nn.Module | None], Any]:
+    """A merge's expression as a function of (its inputs, module); constants bound now."""
+    if isinstance(expr, Operand):
+        i = expr.i
+        return lambda xs, m: xs[i]
+    if isinstance(expr, tuple):
+        parts = [operands_function(v) for v in expr]
+        return lambda xs, m: tuple(f(xs, m) for f in parts)
+    if isinstance(expr, Call):
+        fn = BINARY.get(expr.target) or resolve(expr.target)
+        args, kwargs = [operands_function(a) for a in expr.args], expr.kwargs
+        return lambda xs, m: fn(*(a(xs, m) for a in args), **kwargs)
+    return lambda xs, m: expr
+
+
 class Builder:
     """Makes each layer's Unit (lowering.py) into live modules, in the plan's order."""
 
@@ -165,6 +230,8 @@ class Builder:
 
     def build(self) -> Built:
         p = plan(self.spec, self.report)
+        if p.nodes is not None:
+            return self.graph(p)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         taken = {s.attr for s in p.steps}
         for name, step, unit in units(p):
@@ -172,6 +239,16 @@ class Builder:
         output = activation(p.output_activation)
         module = SpecModule(layers, None if output is X else functools.partial(function(output), m=None),
                             self.spec.name, tuple(self.spec.input_shape))
+        return Built(module, self.weights, self.penalties)
+
+    def graph(self, p: Plan) -> Built:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for node, unit in graph_units(p):
+            layers[node.name] = self.layer(unit, node.step)
+        output = activation(p.output_activation)
+        module = GraphModule(layers, [node.inputs for node in p.nodes],
+                             None if output is X else functools.partial(function(output), m=None),
+                             self.spec.name, tuple(self.spec.input_shape))
         return Built(module, self.weights, self.penalties)
 
     def layer(self, unit: Unit, step: Step | None = None) -> nn.Module:
@@ -182,6 +259,9 @@ class Builder:
             self.penalties.append((getattr(module, unit.weights[0].tensor), *unit.penalty))
         if unit.forward == (MODULE,):
             return module  # the layer is its module's call
+        if step is not None and step.layer.merges:
+            return Merge(operands_function(unit.forward[0]),
+                         literal(unit.forward[0], x=tuple(f"x{i}" for i in range(len(step.input_ranks)))))
         return Layer(module, [function(e) for e in unit.forward],
                      "; ".join(literal(e, attr="module") for e in unit.forward) or "x")
 

@@ -3,7 +3,9 @@
 The generated module imports torch (and math) only. It holds an nn.Module subclass named
 after the model, with one line per layer in `__init__` and in the forward pass, Keras's
 initializers, a map of Keras's weight paths and layouts, and - when the spec has a
-training section - the loss, penalties, optimizer and a Keras-like `fit`. Where Keras
+training section - the loss, penalties, optimizer and a Keras-like `fit`. A graph's forward
+pass names each value (`add = batch_normalization + x`), and each block of the spec is a
+small nn.Module class, built once per use with the values its uses differ in. Where Keras
 and torch differ, the Keras-exact pieces are copied from keras_ops.py, the very code
 the live backend runs.
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelspec import ir
 from modelspec.checker import Report
@@ -26,8 +30,8 @@ from modelspec.shapes import fmt_shape
 from modelspec.training import label_kind, resolve_loss, resolve_metric
 
 from . import keras_ops
-from .lowering import LAYOUTS, SELF, Unit, activation, calls, literal, units
-from .plan import Plan, Step, class_name, plan
+from .lowering import LAYOUTS, OPERATORS, SELF, Call, Unit, activation, calls, graph_units, literal, units
+from .plan import GLOBALS, Node, Plan, Step, class_name, identifier, plan
 
 LOSSES = {  # (loss, from logits) -> the keras_ops function, or torch's own when it is Keras's
     ("categorical_crossentropy", True): "softmax_cross_entropy",
@@ -64,13 +68,16 @@ class Lines:
                 self.helpers.add(call.target)
         if unit.module:
             self.init.append(_commented(f"self.{attr} = {literal(unit.module)}", unit.module.note, 8))
-        if any(w.initializer is None for w in unit.weights):
-            self.reset.append(f"self.{attr}.reset_parameters()")
+        self.add_weights(attr, step, unit)
+        self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
+
+    def add_weights(self, attr: str, step: Step | None, unit: Unit, reset: bool = True) -> None:
+        """A layer's reset (unless not `reset`), keras_layout and penalty lines, its module at
+        self.<attr>."""
+        if reset:
+            self.reset += self.resets(attr, step, unit)
         for weight, keras in zip(unit.weights, step.report.weights if step else ()):
-            tensor = f"self.{attr}.{weight.tensor}"
-            if weight.initializer is not None:
-                self.reset.append(initializer(tensor, weight.initializer, keras.shape, self.helpers))
-            self.weights.append(_entry(keras.path, tensor, weight.layout))
+            self.weights.append(_entry(keras.path, f"self.{attr}.{weight.tensor}", weight.layout))
             self.layouts.add(weight.layout)
         if unit.penalty:
             kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
@@ -78,7 +85,15 @@ class Lines:
                 self.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
             if l2:
                 self.penalty.append(f"{l2!r} * {kernel}.square().sum()")
-        self.forward += [_commented(f"x = {literal(e, attr=attr)}", e.note, 8) for e in unit.forward]
+
+
+    def resets(self, attr: str, step: Step | None, unit: Unit) -> list[str]:
+        """A layer's lines of reset_parameters, its module at self.<attr>."""
+        lines = [f"self.{attr}.reset_parameters()"] if any(w.initializer is None for w in unit.weights) else []
+        for weight, keras in zip(unit.weights, step.report.weights if step else ()):
+            if weight.initializer is not None:
+                lines.append(initializer(f"self.{attr}.{weight.tensor}", weight.initializer, keras.shape, self.helpers))
+        return lines
 
 
 def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str]) -> str:
@@ -269,13 +284,16 @@ PENALTY = '''    def penalty(self):
 '''
 
 
-def _forward_body(spec: ir.Spec, out: Lines) -> str:
-    """The input check, then every layer's lines; the last one returns its value."""
+def _forward_body(spec: ir.Spec, out: Lines, graph: list[str] | None = None) -> str:
+    """The input check, then every layer's lines; the last one returns its value. `graph`: a
+    functional spec's lines, which end in their return."""
     shape_text = ", ".join(map(str, spec.input_shape))
     lines = ["if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
              f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
              "                     f\"received {x.dtype} {tuple(x.shape)}\")", *out.forward]
-    if lines[-1].startswith("x = ") and "#" not in lines[-1]:
+    if graph is not None:
+        lines += graph
+    elif lines[-1].startswith("x = ") and "#" not in lines[-1]:
         lines[-1] = "return " + lines[-1][len("x = "):]
     else:
         lines.append("return x")
@@ -294,8 +312,8 @@ def _conversions(layouts: set[str], to_torch: bool) -> str:
     return _indent(lines, 12) + "\n" if lines else ""
 
 
-def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str) -> str:
-    body = _forward_body(spec, out)
+def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str, graph: list[str] | None = None) -> str:
+    body = _forward_body(spec, out, graph)
     if p.output_activation:
         forward = LOGITS.format(activation=p.output_activation, body=body,
                                 output=literal(activation(p.output_activation), x="self.logits(x)"))
@@ -474,14 +492,18 @@ def _labels_example(spec: ir.Spec, report: Report) -> str:
 
 def emit(spec: ir.Spec, report: Report) -> str:
     p, out = plan(spec, report), Lines()
-    for _, step, unit in units(p):
-        out.add(step, unit)
     trains = spec.loss is not None
     defined = set(_definitions()) | {"F", "nn", "torch", "math", "METRICS", "fit", "evaluate", "compute_loss",
                                      "make_optimizer", "batch_sums"}
     cls = class_name(spec.name, defined)
+    blocks, graph = [], None
+    if p.nodes is None:
+        for _, step, unit in units(p):
+            out.add(step, unit)
+    else:
+        blocks, graph = _emit_graph(spec, p, out, defined | {cls})
     training = _training(spec, report, p, out) if trains else ""
-    class_source = _class(spec, report, p, out, cls)
+    class_source = "\n\n\n".join([*blocks, _class(spec, report, p, out, cls, graph)])
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
         training_note=", in the layers as in the loss, penalties and optimizer" if trains else "",
@@ -501,3 +523,338 @@ def emit(spec: ir.Spec, report: Report) -> str:
     if not any("F." in part for part in body):
         header = header.replace("import torch.nn.functional as F\n", "")
     return "\n\n\n".join(part for part in [header.rstrip("\n"), *body] if part) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Graphs: a forward pass of named values; each block a small nn.Module class used once per use
+
+# A block's class: its docstring, then __init__ and reset_parameters where it has modules and
+# weights, then forward.
+BLOCK = '''class {cls}(nn.Module):
+    """A block of the spec, used {uses}."""'''
+INIT = '''    def __init__(self{params}):
+        super().__init__()
+{lines}'''
+RESET = '''    @torch.no_grad()
+    def reset_parameters(self):
+{lines}'''
+FORWARD_BLOCK = '''    def forward(self, {inputs}):
+{body}'''
+
+
+@dataclass
+class Owner:
+    """One forward pass of the emitted program: the model's (use None) or a block use's. It
+    computes its `nodes` (positions in Plan.nodes) and calls its `children` (uses of blocks
+    within it), in the order the spec writes them; `inputs` are the values it reads from
+    outside, `names` the local name of every value it reads or makes (and of each child, by
+    its index in spec.blocks)."""
+
+    use: Any
+    nodes: list[int] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    names: dict[Any, str] = field(default_factory=dict)
+    items: list[tuple[str, int]] = field(default_factory=list)  # ('node', i) or ('use', k), in order
+
+
+def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, list[Owner]]:
+    """The model's forward pass and each block use's. A layout switch belongs to the innermost
+    use holding its value and all its readers: the switch of a block's input stays outside, so
+    that uses reading their input in either layout can share a class."""
+    last = len(p.nodes) - 1
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(p.nodes):
+        for j in node.inputs:
+            readers.setdefault(j, []).append(i)
+    uses = spec.blocks
+
+    innermost: list[int | None] = [None] * len(spec.layers)  # the innermost use holding each spec layer
+    for k, use in enumerate(uses):  # a use nested in another comes after it
+        innermost[use.start:use.stop] = [k] * (use.stop - use.start)
+
+    def within(k: int | None, index: int) -> bool:
+        return k is None or uses[k].start <= index < uses[k].stop
+
+    def position(i: int) -> float:  # where a value is written: its layer's line, a switch just before its reader
+        node = p.nodes[i]
+        if node.step:
+            return node.step.report.index
+        return min((position(r) for r in readers.get(i, [])), default=len(spec.layers)) - 0.5
+
+    def nchw(i: int) -> bool:  # whether a value is an NCHW image
+        node = p.nodes[i] if i >= 0 else None
+        if node is None or node.step is None:
+            return node is not None and node.permute == "nchw"
+        return node.step.nchw and len(node.step.report.output_shape) == 4
+
+    owner_of: dict[int, int | None] = {}
+    for i, node in enumerate(p.nodes):
+        if node.step:
+            owner_of[i] = innermost[node.step.report.index]
+            continue
+        k = owner_of.get(node.inputs[0]) if node.inputs[0] >= 0 else None
+        while k is not None and (i == last or not all(within(k, p.nodes[r].step.report.index) for r in readers[i])):
+            k = uses[k].parent
+        owner_of[i] = k
+    top, blocks = Owner(None), [Owner(use) for use in uses]
+    for i, k in owner_of.items():
+        (top if k is None else blocks[k]).nodes.append(i)
+    for k, use in enumerate(uses):
+        (top if use.parent is None else blocks[use.parent]).children.append(k)
+
+    subtree: list[set[int]] = [set() for _ in uses]  # the nodes of each use, its children's included
+    for i, k in owner_of.items():
+        while k is not None:
+            subtree[k].add(i)
+            k = uses[k].parent
+    outputs = {}
+    for k, inside in enumerate(subtree):
+        outputs[k] = max(inside, key=position)
+        inputs = dict.fromkeys(j for i in sorted(inside) for j in p.nodes[i].inputs if j not in inside)
+        blocks[k].inputs = sorted(inputs, key=nchw)  # the block's input, then its NCHW copy, if both are read
+    for owner in (top, *blocks):
+        items = [(position(i), "node", i) for i in owner.nodes] + [(position(outputs[k]), "use", k)
+                                                                    for k in owner.children]
+        owner.items = [(kind, i) for _, kind, i in sorted(items)]
+        taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
+        owner.names = {-1: "x"} if owner.use is None else {}
+        for j in owner.inputs:
+            owner.names[j] = identifier("x_nchw" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
+        for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
+            if kind == "use":
+                owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
+            elif not units_of[i].forward:  # a layer that computes nothing (its activation is the output's)
+                owner.names[i] = owner.names[p.nodes[i].inputs[0]]
+            elif p.nodes[i].step is None:
+                owner.names[i] = identifier(f"{owner.names[p.nodes[i].inputs[0]]}_{p.nodes[i].permute}", taken)
+            elif owner.use is None:
+                owner.names[i] = identifier(p.nodes[i].name, taken)
+            else:
+                owner.names[i] = identifier(_local_base(p.nodes[i]), taken)
+    return top, blocks
+
+
+def _local_base(node: Node) -> str:
+    """A block's own name for a layer: its Keras name without the counter (conv2d_3 -> conv2d)."""
+    return re.sub(r"_\d+$", "", node.name)
+
+
+def _argument_value(text: str) -> Any:
+    """A block argument's text as the lowering's values hold it: 8, 0.5, (3, 3), 'relu'."""
+    if re.fullmatch(r"\d+(x\d+)+", text):
+        return tuple(int(v) for v in text.split("x"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class _Slot:
+    """A constructor value a block class takes as a parameter."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """The constant numbers (and tuples of them) in a module's constructor call, by position."""
+    if isinstance(value, Call):
+        return [leaf for k, v in [*enumerate(value.args), *value.kwargs.items()] for leaf in _leaves(v, (*path, k))]
+    if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
+        return [(path, value)]
+    return []
+
+
+def _replace(value: Any, slots: dict[tuple, str], path: tuple = ()) -> Any:
+    if isinstance(value, Call):
+        args = tuple(_replace(v, slots, (*path, k)) for k, v in enumerate(value.args))
+        kwargs = {k: _replace(v, slots, (*path, k)) for k, v in value.kwargs.items()}
+        return Call(value.target, args, kwargs, value.note)
+    return _Slot(slots[path]) if path in slots else value
+
+
+def _skeleton(value: Any) -> Any:
+    """A constructor call with its numbers taken out: uses whose skeletons agree share a class."""
+    if isinstance(value, Call):
+        return (value.target, tuple(_skeleton(v) for v in value.args),
+                tuple((k, _skeleton(v)) for k, v in value.kwargs.items()))
+    return "#" if isinstance(value, (int, float, tuple)) and not isinstance(value, bool) else repr(value)
+
+
+def _node_line(name: str, inputs: list[str], node: Node, unit: Unit, attr: str) -> list[str]:
+    """The forward lines of one value: `name = expression` (a layer of several calls takes
+    its input, then its own value, in turn)."""
+    lines = []
+    for k, expr in enumerate(unit.forward):
+        x: Any = tuple(inputs) if node.step and node.step.layer.merges else (inputs[0] if k == 0 else name)
+        lines.append(_commented(f"{name} = {literal(expr, x=x, attr=attr)}", getattr(expr, "note", ""), 8))
+    return lines
+
+
+def _return(lines: list[str], name: str) -> list[str]:
+    if lines and lines[-1].startswith(f"{name} = ") and "#" not in lines[-1] and "\n" not in lines[-1]:
+        return [*lines[:-1], "return " + lines[-1][len(f"{name} = "):]]
+    return [*lines, f"return {name}"]
+
+
+def _slot_literal(value: Any) -> str:
+    """literal() with a block's constructor parameters printed as their names."""
+    if isinstance(value, _Slot):
+        return value.name
+    if isinstance(value, Call):
+        args = [_slot_literal(a) for a in value.args] + [f"{k}={_slot_literal(v)}" for k, v in value.kwargs.items()]
+        return f"{value.target}({', '.join(args)})"
+    return literal(value)
+
+
+def _render(owner: Owner, p: Plan, units_of: dict[int, Unit], ctors: dict[int, Call], resetting: set[int],
+            blocks: list[Owner], out: Lines) -> tuple[list, list[str], list[str]]:
+    """An owner's constructor entries ((attribute, Call), for its layers' modules and its
+    children's classes), its forward lines, the last one returning its value, and its lines
+    of reset_parameters (a child resets its own weights)."""
+    init, lines, reset = [], [], []
+    names = owner.names
+    for kind, i in owner.items:
+        if kind == "use":
+            attr = names["use", i]
+            child = ctors[i]
+            init.append((attr, child))
+            if i in resetting:  # its class has weights to reset
+                reset.append(f"self.{attr}.reset_parameters()")
+            lines.append(f"{attr} = self.{attr}(" + ", ".join(names[j] for j in blocks[i].inputs) + ")")
+            continue
+        node, unit = p.nodes[i], units_of[i]
+        if not unit.forward:  # nothing to compute: named as its input (_owners)
+            continue
+        if unit.module:
+            init.append((names[i], unit.module))
+        reset += out.resets(names[i], node.step, unit)
+        lines += _node_line(names[i], [names[j] for j in node.inputs], node, unit, names[i])
+    output = owner.items[-1]
+    return init, _return(lines, names["use", output[1]] if output[0] == "use" else names[output[1]]), reset
+
+
+def _emit_graph(spec: ir.Spec, p: Plan, out: Lines, defined: set[str]) -> tuple[list[str], list[str]]:
+    """The block classes and the model's forward body lines of a functional spec; the model's
+    __init__, reset, weights and penalty lines go to `out`."""
+    units_of = dict(enumerate(u for _, u in graph_units(p)))
+    for unit in units_of.values():
+        for call in (c for e in (unit.module, *unit.forward) for c in calls(e)):
+            if "." not in call.target and call.target != SELF and call.target not in OPERATORS:
+                out.helpers.add(call.target)
+    top, blocks = _owners(spec, p, units_of)
+
+    # the uses with no block in them first: a class's constructor builds its children's classes
+    classes: list[tuple[int, str]] = []  # (first use, source), a class after those it builds
+    ctors: dict[int, Call] = {}
+    resetting: set[int] = set()  # the uses whose class has a reset_parameters
+    class_taken = set(defined)
+    rendered = {}
+    height: dict[int, int] = {}  # 0 for a use with no block in it, 1 + its children's most otherwise
+    for k in reversed(range(len(blocks))):  # a child comes after its parent in spec.blocks
+        height[k] = 1 + max((height[c] for c in blocks[k].children), default=-1)
+    for level in sorted(set(height.values())):
+        groups: dict[Any, list[int]] = {}
+        for k in (k for k in range(len(blocks)) if height[k] == level):
+            init, lines, reset = rendered[k] = _render(blocks[k], p, units_of, ctors, resetting, blocks, out)
+            key = (spec.blocks[k].block, tuple(blocks[k].names[j] for j in blocks[k].inputs), tuple(lines),
+                   tuple(reset),
+                   tuple((attr, _skeleton(call)) for attr, call in init))
+            groups.setdefault(key, []).append(k)
+        for members in groups.values():
+            source, calls_of = _block_class(spec, p, members, rendered, blocks, class_taken)
+            classes.append((members[0], source))
+            ctors.update(calls_of)
+            if rendered[members[0]][2]:
+                resetting.update(members)
+
+    init, forward, out.reset = _render(top, p, units_of, ctors, resetting, blocks, out)
+    out.init += [_commented(f"self.{attr} = {literal(call)}", call.note, 8) for attr, call in init]
+    paths: dict[int, str] = {}  # the module attribute path of each node's layer
+
+    def place(owner: Owner, prefix: str) -> None:
+        for kind, i in owner.items:
+            if kind == "use":
+                place(blocks[i], f"{prefix}{owner.names['use', i]}.")
+            else:
+                paths[i] = prefix + owner.names[i]
+
+    place(top, "")
+    for i, node in enumerate(p.nodes):
+        out.add_weights(paths[i], node.step, units_of[i], reset=False)
+    return [source for _, source in classes], forward
+
+
+def _block_class(spec: ir.Spec, p: Plan, members: list[int], rendered: dict, blocks: list[Owner],
+                 class_taken: set[str]) -> tuple[str, dict[int, Call]]:
+    """The class of block uses whose code is the same but for constructor values: those that
+    differ between the uses, or that are the value of a block parameter in every use, become
+    the constructor's parameters (named after the block's parameter, or the argument's)."""
+    uses = spec.blocks
+    first_use = uses[members[0]]
+    cls = base = class_name(first_use.block)
+    n = 2
+    while cls in class_taken:  # a second class of one block: its uses differ in structure
+        cls, n = f"{base}{n}", n + 1
+    class_taken.add(cls)
+    first_init, body, reset = rendered[members[0]]
+    params: dict[str, list[Any]] = {}  # constructor parameter -> its value per use
+    slots: list[dict[tuple, str]] = []
+    for entry, (attr, call) in enumerate(first_init):
+        values = [_leaves(rendered[k][0][entry][1]) for k in members]
+        layer = next((i for i in blocks[members[0]].nodes if blocks[members[0]].names.get(i) == attr), None)
+        spec_index = p.nodes[layer].step.report.index if layer is not None else None
+        setting = [param for index, pairs in first_use.params_of if index == spec_index for _, param in pairs]
+        slots.append({})
+        for leaf, (path, _) in enumerate(values[0]):
+            per_use = [v[leaf][1] for v in values]
+            # a block parameter whose value it is in every use: first one setting this
+            # layer's fields, then any (BatchNorm's channels are the filters set before it)
+            candidates = [*setting, *(param for param, _ in first_use.arguments)]
+            name = next((param for param in candidates
+                         if all(_argument_value(dict(uses[k].arguments)[param]) == v
+                                for k, v in zip(members, per_use))), None)
+            if name is None and len(set(map(repr, per_use))) > 1:  # a value the uses differ in
+                label = path[-1] if isinstance(path[-1], str) else _positional(_module_class(call.target), path[-1])
+                name = next((n for n, v in params.items() if repr(v) == repr(per_use)), None)
+                if name is None:
+                    name = label if label not in params else f"{attr}_{label}"
+            if name is not None:
+                params.setdefault(name, per_use)
+                slots[-1][path] = name
+    block_params = [param for param, _ in first_use.arguments]
+    params = dict(sorted(params.items(), key=lambda kv: block_params.index(kv[0]) if kv[0] in block_params
+                         else len(block_params)))  # the block's own parameters first, in its order
+    param_taken: set[str] = {"self", *GLOBALS}  # nn.Linear(...) must still find nn
+    param_names = {n: identifier(n, param_taken) for n in params}
+    init = [_commented(f"self.{attr} = "
+                       + _slot_literal(_replace(call, {path: param_names[n] for path, n in slots[e].items()})),
+                       call.note, 8) for e, (attr, call) in enumerate(first_init)]
+    inputs = ", ".join(blocks[members[0]].names[j] for j in blocks[members[0]].inputs)
+    parts = [BLOCK.format(cls=cls, uses={1: "once", 2: "twice"}.get(len(members), f"{len(members)} times"))]
+    if init:
+        parts.append(INIT.format(params="".join(f", {param_names[n]}" for n in params), lines=_indent(init, 8)))
+    if reset:
+        parts.append(RESET.format(lines=_indent(reset, 8)))
+    source = "\n\n".join([*parts, FORWARD_BLOCK.format(inputs=inputs, body=_indent(body, 8))])
+    calls_of = {k: Call(cls, (), {param_names[n]: v[m] for n, v in params.items()}) for m, k in enumerate(members)}
+    return source, calls_of
+
+
+def _positional(target: Any, index: int) -> str:
+    """The name of a constructor's positional parameter `index` (nn.Conv2d's 0: in_channels)."""
+    try:
+        params = [n for n in inspect.signature(target).parameters if n != "self"]
+        return params[index]
+    except (TypeError, ValueError, IndexError):
+        return f"arg{index}"
+
+
+def _module_class(target: str) -> Any:
+    """The class a module's constructor call names (its parameters name a block's arguments)."""
+    from torch import nn
+
+    return getattr(nn, target[3:]) if target.startswith("nn.") else getattr(keras_ops, target, None)

@@ -387,20 +387,27 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every spec layer's output in inference mode, channels-last as in Keras (the
-        layout switches the module inserts are not layers of the spec)."""
+        """Every layer's output in inference mode, in report.layers's order, channels-last as
+        in Keras (the layout switches the module inserts are not layers of the spec)."""
         from .plan import plan
 
         self.native.eval()
-        steps = plan(self.spec, self.report).steps
+        p = plan(self.spec, self.report)
+        steps = p.steps
         modules = dict(self.native.layers.named_children())
         out: list[np.ndarray] = []
         with on_device(self.device):
             z = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
-            for step in steps:
-                if step.permute:
-                    z = z.permute(0, 3, 1, 2) if step.permute == "nchw" else z.permute(0, 2, 3, 1)
-                z = modules[step.attr](z)
+            if p.nodes is None:
+                outputs = []
+                for step in steps:
+                    if step.permute:
+                        z = z.permute(0, 3, 1, 2) if step.permute == "nchw" else z.permute(0, 2, 3, 1)
+                    z = modules[step.attr](z)
+                    outputs.append(z)
+            else:  # a graph: its layers' values, in Keras's layer order (report.layers)
+                outputs = [v for node, v in zip(p.nodes, self.native.values(z, keep=True)) if node.step]
+            for step, z in zip(steps, outputs):
                 shown = z.permute(0, 2, 3, 1) if step.nchw and z.dim() == 4 else z
                 out.append(shown.cpu().numpy().astype(np.float32))
         if self.native.output_activation is not None:

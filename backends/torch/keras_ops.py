@@ -26,6 +26,19 @@ def selu(x):
     return torch.where(x == 0, 1.0507009873554805 * x, F.selu(x))
 
 
+def keras_maximum(a, b):
+    """Keras's Maximum of two tensors: on ties the gradient goes whole to the first, as
+    TensorFlow's Maximum gradient (math_grad.py: x where x >= y) gives it; torch.maximum
+    splits it 0.5/0.5."""
+    return torch.where(a >= b, a, b)
+
+
+def keras_minimum(a, b):
+    """Keras's Minimum of two tensors: on ties the whole gradient goes to the first, as
+    TensorFlow's Minimum gradient (x where x <= y) gives it."""
+    return torch.where(a <= b, a, b)
+
+
 # ---------------------------------------------------------------------------------------
 # Layers
 

@@ -1,10 +1,11 @@
 """The spec as torch, held as data: one method per layer kind.
 
 `Lowering().<kind>(step)` returns a `Unit`: the module the layer owns (a `Call`), its forward
-pass as expressions of `X` (the layer's input), its weights in Keras's order with their
-layouts and initializers, and its kernel penalty. `build` makes the live nn.Module from a
-unit, `emit` prints it as source; neither has code of its own for any kind, so the module
-`ms.build` runs and the program `modelspec compile` writes cannot drift apart.
+pass as expressions of `X` (the layer's input; a merge's of `Operand(i)`, its inputs), its
+weights in Keras's order with their layouts and initializers, and its kernel penalty.
+`build` makes the live nn.Module from a unit, `emit` prints it as source; neither has code
+of its own for any kind, so the module `ms.build` runs and the program `modelspec compile`
+writes cannot drift apart.
 
 Adding a layer kind is adding its method to `Lowering` (and its Keras-exact piece to
 keras_ops.py when torch has none). Layout decisions (NHWC/NCHW switches, 'same' pads, the
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 
 from modelspec import ir
 
-from .plan import Plan, Step, symmetric
+from .plan import Node, Plan, Step, symmetric
 
 
 class _Input:
@@ -32,6 +33,20 @@ class _Input:
 
 X = _Input()  # the tensor a forward expression transforms
 SELF = "self"  # the target that stands for the layer's own module
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A merge's input number `i`: its forward expression reads several tensors."""
+
+    i: int
+
+    def __repr__(self) -> str:
+        return f"X{self.i}"
+
+
+# Calls with these targets print as operators: `a + b`, each with its precedence.
+OPERATORS = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +235,55 @@ class Lowering:
         note = "Keras's LeakyReLU layer (torch's default slope is 0.01)"
         return Unit((Call("F.leaky_relu", (X, step.layer.negative_slope), note=note),))
 
+    # Merges (keras/src/layers/merging/): one expression of the inputs, Operand(0), Operand(1)...,
+    # folded left to right as Keras's _merge_function folds them.
+
+    def add(self, step: Step) -> Unit:
+        return Unit((_fold(step, "+"),))
+
+    def subtract(self, step: Step) -> Unit:
+        return Unit((_fold(step, "-"),))
+
+    def multiply(self, step: Step) -> Unit:
+        return Unit((_fold(step, "*"),))
+
+    def average(self, step: Step) -> Unit:
+        return Unit((Call("/", (_fold(step, "+"), len(step.input_ranks))),))
+
+    def maximum(self, step: Step) -> Unit:
+        return Unit((_fold(step, "keras_maximum"),))
+
+    def minimum(self, step: Step) -> Unit:
+        return Unit((_fold(step, "keras_minimum"),))
+
+    def concat(self, step: Step) -> Unit:
+        axis = step.layer.axis
+        if step.nchw:  # Keras's axis counts NHWC axes: N, H, W, C are 0, 2, 3, 1 in NCHW
+            axis = (0, 2, 3, 1)[axis % 4]
+        return Unit((Call("torch.cat", (_operands(step),), {"dim": axis}),))
+
+
+def _operands(step: Step) -> tuple[Any, ...]:
+    """The merge's inputs, each of lower rank given new axes right after the batch axis, as
+    Keras's Merge.call does (base_merge.py: expand_dims(x, axis=1) until the ranks agree;
+    torch's own broadcasting would align the batch axis with another one)."""
+    top = max(step.input_ranks)
+    out = []
+    for i, rank in enumerate(step.input_ranks):
+        operand: Any = Operand(i)
+        for _ in range(top - rank):
+            operand = Call(".unsqueeze", (operand, 1))
+        out.append(operand)
+    return tuple(out)
+
+
+def _fold(step: Step, op: str) -> Any:
+    """op(op(x0, x1), x2)...: an operator, or a keras_ops function of two tensors."""
+    first, *rest = _operands(step)
+    for operand in rest:
+        first = Call(op, (first, operand))
+    return first
+
 
 
 def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
@@ -234,15 +298,37 @@ def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
         yield "to_nhwc", None, Unit((permute("nhwc"),))
 
 
+def graph_units(p: Plan) -> Iterator[tuple[Node, Unit]]:
+    """A graph's nodes (plan.Node) in order, each with its unit: a layer's, or a layout switch."""
+    lowering = Lowering()
+    for i, node in enumerate(p.nodes):
+        if node.step is None:  # the note names its first reader (none: the model's output)
+            before = next((n.step.layer.kind for n in p.nodes[i + 1:] if n.step and i in n.inputs), None)
+            yield node, Unit((permute(node.permute, before),))
+        else:
+            yield node, getattr(lowering, node.step.layer.kind)(node.step)
+
+
 # ---------------------------------------------------------------------------------------
 # Printing and walking calls
 
 
 def literal(value: Any, x: str = "x", attr: str = "") -> str:
-    """Python source for a value; `X` prints as `x`, `SELF` as `self.<attr>`. Strings go
-    through repr(): text from a spec can never end a literal or start a statement."""
+    """Python source for a value; `X` prints as `x`, `Operand(i)` as `x[i]` (x a list of names),
+    `SELF` as `self.<attr>`. Strings go through repr(): text from a spec can never end a literal
+    or start a statement."""
     if value is X:
         return x
+    if isinstance(value, Operand):
+        return x[value.i]
+    if isinstance(value, Call) and value.target in OPERATORS:
+        (a, b), rank = value.args, OPERATORS[value.target]
+        left, right = literal(a, x, attr), literal(b, x, attr)
+        if isinstance(a, Call) and OPERATORS.get(a.target, 3) < rank:
+            left = f"({left})"
+        if isinstance(b, Call) and OPERATORS.get(b.target, 3) <= rank:
+            right = f"({right})"
+        return f"{left} {value.target} {right}"
     if isinstance(value, Call):
         first, *rest = value.args or (None,)
         if value.target.startswith("."):
@@ -251,6 +337,8 @@ def literal(value: Any, x: str = "x", attr: str = "") -> str:
         return f"{target}({_arguments(value.args, value.kwargs, x, attr)})"
     if isinstance(value, float) and math.isinf(value):
         return "math.inf" if value > 0 else "-math.inf"
+    if isinstance(value, tuple) and any(isinstance(v, (Call, Operand, _Input)) for v in value):
+        return "(" + ", ".join(literal(v, x, attr) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, (tuple, list, str, bool, int, float)) or value is None:
         return repr(tuple(value) if isinstance(value, tuple) else value)
     raise TypeError(f"no literal for {type(value).__name__}")
@@ -265,4 +353,7 @@ def calls(value: Any):
     if isinstance(value, Call):
         yield value
         for v in (*value.args, *value.kwargs.values()):
+            yield from calls(v)
+    elif isinstance(value, tuple):
+        for v in value:
             yield from calls(v)

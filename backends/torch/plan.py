@@ -1,6 +1,8 @@
 """The torch backend's layout decisions: Python names for the layers, where the tensor
 switches between Keras's NHWC and torch's NCHW, the 'same' padding of each window, and
-which activation is split off as the output activation.
+which activation is split off as the output activation. A chain is a list of steps; a
+graph (a functional spec) a list of nodes, each value of its forward pass in Keras's layer
+order, the layout switches among them.
 
 lowering.py turns each `Step` into a `Unit`, which the live builder and the code emitter
 both read, so the module built in memory and the module written to a file cannot
@@ -18,12 +20,17 @@ from modelspec import ir
 from modelspec.checker import LayerReport, Report
 from modelspec.shapes import same_padding
 
+from . import keras_ops
+
 # Layers that run on NCHW tensors in torch, and layers that need Keras's channels-last order.
 NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d"})
 CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu"})  # prelu: alpha is (h, w, c)
 # Names a layer attribute must not take: nn.Module's own, and the generated class's methods.
 RESERVED = frozenset({"logits", "forward", "penalty", "reset_parameters", "load_keras_weights", "keras_weights",
                       "keras_layout", "keras_name", "input_shape", "training", "layers", "output_activation"})
+# Names a graph's values must not take: they are local variables of the emitted forward pass,
+# which calls the module's globals (torch, F, nn, math, the pieces copied from keras_ops).
+GLOBALS = frozenset(name for name in vars(keras_ops) if not name.startswith("_"))
 # A softmax or sigmoid on the last layer is split off: Keras's TensorFlow backend computes
 # the matching cross-entropy from the values before it.
 SPLIT_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
@@ -39,6 +46,7 @@ class Step:
     nchw: bool  # it runs on an NCHW tensor
     permute: str | None  # 'nchw' or 'nhwc': convert the tensor before this layer
     activation: str | None  # the activation it applies (None: linear, or split off as the output's)
+    input_ranks: tuple[int, ...] = ()  # a merge's: the rank of each input, batch axis included
 
     @property
     def channel_axis(self) -> int:
@@ -65,10 +73,23 @@ def symmetric(pads: tuple[int, int, int, int]) -> bool:
 
 
 @dataclass(frozen=True)
+class Node:
+    """One value of a graph's forward pass: a layer's output (`step`), or a layout switch
+    ('nchw' or 'nhwc') of another value (`permute`, step None). `inputs` are positions in
+    Plan.nodes, -1 the model's input; `name` is its variable name."""
+
+    name: str
+    step: Step | None
+    inputs: tuple[int, ...]
+    permute: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     steps: list[Step]
     output_activation: str | None  # softmax or sigmoid: the last layer's, applied after `logits`
     final_permute: bool  # the last layer leaves an NCHW tensor: back to NHWC before the output
+    nodes: tuple[Node, ...] | None = None  # a graph's values in order (None: a chain, `steps` in turn)
 
 
 def identifier(name: str, taken: set[str], reserved: frozenset[str] = RESERVED) -> str:
@@ -99,6 +120,8 @@ def class_name(model_name: str, taken: set[str] = frozenset()) -> str:
 
 
 def plan(spec: ir.Spec, report: Report) -> Plan:
+    if report.functional:
+        return graph_plan(report)
     taken: set[str] = set()
     steps: list[Step] = []
     nchw = False
@@ -119,3 +142,66 @@ def plan(spec: ir.Spec, report: Report) -> Plan:
         output_activation = last.activation
         steps[-1] = Step(last.layer, last.report, last.attr, last.nchw, last.permute, None)
     return Plan(steps, output_activation, final_permute=nchw)
+
+
+def merge_layout(step_inputs: list[tuple[bool, int]]) -> bool:
+    """Whether a merge runs on NCHW tensors, given its inputs' (nchw, rank): only when all are
+    images and one already is NCHW (then concat's axis is translated); otherwise channels-last,
+    where Keras's rank broadcasting (new axes after the batch axis) applies as written."""
+    return all(rank == 4 for _, rank in step_inputs) and any(nchw for nchw, _ in step_inputs)
+
+
+def graph_plan(report: Report) -> Plan:
+    """A functional model's plan: its rows in Keras's order (report.layers), each value in the
+    layout its producer left it. A layer switches an input only when it needs the other layout
+    (NCHW_KINDS, CHANNELS_LAST_KINDS, a merge of inputs in both); each switched value is made
+    once, just before its first reader, and shared by the readers after it."""
+    taken: set[str] = {"x", *GLOBALS}
+    steps: list[Step] = []
+    nodes: list[Node] = []
+    position: dict[int, int] = {-1: -1}  # report row -> node holding its value
+    nchw: dict[int, bool] = {-1: False}  # node -> whether its value is NCHW
+    rank: dict[int, int] = {-1: len(report.input_shape)}
+    switched: dict[tuple[int, bool], int] = {}  # (node, to NCHW) -> the node holding the switch
+
+    def switch(node: int, to: bool) -> int:
+        if rank[node] != 4 or nchw[node] == to:
+            return node
+        if (node, to) not in switched:
+            source = nodes[node].name if node >= 0 else "x"
+            name = identifier(f"{source}_{'nchw' if to else 'nhwc'}", taken)
+            nodes.append(Node(name, None, (node,), "nchw" if to else "nhwc"))
+            nchw[len(nodes) - 1], rank[len(nodes) - 1] = to, 4
+            switched[node, to] = len(nodes) - 1
+        return switched[node, to]
+
+    for row, rep in enumerate(report.layers):
+        layer = rep.layer
+        inputs = [position[s] for s in rep.sources]
+        if layer.kind in NCHW_KINDS:
+            want = True
+        elif layer.kind in CHANNELS_LAST_KINDS:
+            want = False
+        elif layer.merges:
+            want = merge_layout([(nchw[i], rank[i]) for i in inputs])
+        else:
+            want = nchw[inputs[0]] and rank[inputs[0]] == 4
+        inputs = [switch(i, want) for i in inputs]
+        act = getattr(layer, "activation", None)
+        step = Step(layer, rep, identifier(rep.name, taken), want, None, None if act == "linear" else act,
+                    tuple(rank[i] for i in inputs))
+        steps.append(step)
+        nodes.append(Node(step.attr, step, tuple(inputs)))
+        position[row] = len(nodes) - 1
+        rank[len(nodes) - 1] = len(rep.output_shape)
+        nchw[len(nodes) - 1] = want and len(rep.output_shape) == 4
+    output_activation = None
+    last = steps[-1]
+    if last.activation in SPLIT_ACTIVATIONS:
+        output_activation = last.activation
+        steps[-1] = Step(last.layer, last.report, last.attr, last.nchw, None, None, last.input_ranks)
+        nodes[-1] = Node(nodes[-1].name, steps[-1], nodes[-1].inputs)
+    final = nchw[len(nodes) - 1]
+    if final:
+        switch(len(nodes) - 1, False)
+    return Plan(steps, output_activation, final_permute=final, nodes=tuple(nodes))
