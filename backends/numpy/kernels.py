@@ -1000,7 +1000,7 @@ class Graph(Network):
         self.sources = sources
         self.merging = [getattr(layer, "merges", False) for layer in layers]
         self.reach = []  # whether a weight lies at or behind layer k
-        for layer, reads in zip(layers, sources):
+        for layer, reads in zip(layers, sources, strict=True):
             self.reach.append(bool(layer.params) or any(self.reach[s] for s in reads if s >= 0))
         # The loss reads the last layer's output, or with from_logits the head's input.
         self.loss_input = sources[-1][0] if from_logits else len(layers) - 1

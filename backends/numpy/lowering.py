@@ -158,7 +158,7 @@ def lower(report: Report) -> Lowered:
         # The group's first call reads its rows' outputs, the others the call before; a
         # group of no calls (`activation linear`) passes its one input on.
         reads = tuple(outputs[s] if s >= 0 else -1 for s in layer_report.sources)
-        sources += [reads] + [(position + k,) for k in range(len(calls) - 1)]
+        sources += [reads] + [(position + k,) for k in range(len(calls) - 1)] if calls else []
         outputs.append(position + len(calls) - 1 if calls else reads[0])
         position += len(calls)
     if not report.functional:
