@@ -1,25 +1,30 @@
-"""One training epoch of the tutorial's MNIST MLP and of a small CNN, in each backend and by hand.
+"""One training epoch of the tutorial's MNIST MLP, a small CNN and a residual CNN, in each backend and by hand.
 
-    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|all] [--rounds 7] [--only torch,numpy]
+    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|resnet|all] [--rounds 7] [--only torch,numpy]
                                                [--threads N] [--keras-fit N] [--verify] [--markdown]
 
 Models (float32 throughout, MNIST-like random images, one-hot labels that are a learnable
 function of the pixels; see data()):
 
-- mlp: specs/mnist.ms, 784-512-64-10, RMSprop(learning_rate=0.001, momentum=0.5),
+- mlp: specs/mnist.ms, rescale 1/255 (the samples are raw pixels, 0-255), 784-512-64-10,
+  RMSprop(learning_rate=0.001, momentum=0.5),
   categorical cross-entropy on the softmax's logits, categorical accuracy, batch 512, on
   60,000 samples.
 - cnn: benchmarks/cnn.ms, conv2d 16 3x3 relu, maxpool 2x2, conv2d 32 3x3 relu, maxpool 2x2,
   flatten, dense 10 softmax; Adam(learning_rate=0.001), the same loss and metric, batch
   128, on 8,000 28x28x1 samples (one epoch of every contender in well under a minute on 2
   cores).
+- resnet: benchmarks/resnet.ms, a graph: conv2d 8 3x3 relu 'same', two residual blocks
+  (conv2d relu, conv2d, batchnorm, add the block's input, relu), globalavgpool2d, dense 10
+  softmax; Adam(learning_rate=0.001), the same loss, accuracy, batch 64, on 3,072 16x16x3
+  samples whose labels global pooling can see (data()). No Keras contenders.
 
 Per framework there is a hand-written contender doing the same math as modelspec's backend
 (Keras's optimizer rules, softmax cross-entropy from the logits, Keras's accounting of the
 epoch's loss and accuracy) and the backend itself:
 
 - numpy: a plain hand-written loop (the MLP's comes from the old tests/test_numpy_speed.py;
-  the CNN's uses sliding_window_view/tensordot) against the numpy backend;
+  the CNNs' use sliding_window_view/tensordot) against the numpy backend;
 - torch: a careful loop (data as tensors, batches gathered by index, the Keras optimizer as
   in-place updates; the CNN channels-first) against the torch backend on the CPU;
 - keras: the tutorial's model.fit against the Keras backend.
@@ -68,9 +73,10 @@ class Bench:
     classes: int
     batch: int
     pooled_labels: bool = False  # labels from what global pooling keeps (see data())
+    raw_pixels: bool = False  # the spec starts with `rescale 1/255`: samples in [0, 255) (see data())
 
 
-MLP = Bench("mlp", ROOT / "specs" / "mnist.ms", 60_000, (784,), 10, 512)
+MLP = Bench("mlp", ROOT / "specs" / "mnist.ms", 60_000, (784,), 10, 512, raw_pixels=True)
 CNN = Bench("cnn", ROOT / "benchmarks" / "cnn.ms", 8_000, (28, 28, 1), 10, 128)
 RESNET = Bench("resnet", ROOT / "benchmarks" / "resnet.ms", 3_072, (16, 16, 3), 10, 64, pooled_labels=True)
 BENCHES = {b.name: b for b in (MLP, CNN, RESNET)}
@@ -106,7 +112,9 @@ def data(bench: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     functions of its pixels, so that the models learn within an epoch (the MLP reaches about
     60% accuracy) and the agreement epoch compares real training. With pooled_labels they
     are functions of each channel's mean and mean square (standardized) instead: the
-    resnet's global average pooling keeps nothing of where a pixel is."""
+    resnet's global average pooling keeps nothing of where a pixel is. With raw_pixels the
+    values are scaled to [0, 255), MNIST's raw range, which the spec's `rescale 1/255` (and
+    each hand-written contender's first step) brings back."""
     rng = np.random.default_rng(seed)
     shape = (bench.samples, *bench.shape)
     x = np.where(rng.random(shape, dtype=np.float32) < 0.2, rng.random(shape, dtype=np.float32), np.float32(0))
@@ -116,6 +124,8 @@ def data(bench: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         flat = flat / flat.std(0)
     projection = rng.standard_normal((flat.shape[1], bench.classes)).astype(np.float32)
     labels = ((flat - flat.mean(0)) @ projection).argmax(1)
+    if bench.raw_pixels:
+        x *= 255
     return x, np.eye(bench.classes, dtype=np.float32)[labels]
 
 
@@ -154,14 +164,15 @@ def modelspec_epoch(bench: Bench, backend: str, x: np.ndarray, y: np.ndarray, we
 
 
 def plain_mlp_epoch(x, y, weights, state, order, batch=MLP.batch, lr=1e-3, rho=0.9, momentum=0.5, eps=1e-7):
-    """The epoch written the obvious way: forward, softmax cross-entropy from the logits,
+    """The epoch written the obvious way: the pixels rescaled by 1/255 (in float32, as Keras's
+    Rescaling casts its scale), forward, softmax cross-entropy from the logits,
     backward (no input gradient for the first layer), Keras's RMSprop with momentum
     (epsilon inside the square root, the lr-scaled steps accumulate), in float32."""
     w1, b1, w2, b2, w3, b3 = weights
     total, correct = 0.0, 0
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
-        xb, yb, n = x[idx], y[idx], len(idx)
+        xb, yb, n = x[idx] * np.float32(1 / 255), y[idx], len(idx)
         h1 = xb @ w1 + b1
         a2 = h1 @ w2 + b2
         h2 = np.maximum(a2, 0)
@@ -232,7 +243,7 @@ def torch_mlp_hand_written(x, y, weights) -> Epoch:
         loss_sum = correct = 0.0
         for start in range(0, len(order), MLP.batch):
             idx = order[start:start + MLP.batch]
-            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
+            xb, yb = xt.index_select(0, idx) * (1 / 255), yt.index_select(0, idx)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             model.zero_grad(set_to_none=True)
@@ -260,8 +271,9 @@ def keras_mlp_model():
     from modelspec.backends.keras.engine import keras  # keras, without TensorFlow's start-up chatter
 
     layers = keras.layers
-    model = keras.Sequential([keras.Input(shape=(784,)), layers.Dense(512), layers.Dense(64, activation="relu"),
-                              layers.Dense(10, activation="softmax")], name="mnist")
+    model = keras.Sequential([keras.Input(shape=(784,)), layers.Rescaling(1 / 255), layers.Dense(512),
+                              layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax")],
+                             name="mnist")
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=0.001, momentum=0.5),
                   loss="categorical_crossentropy", metrics=["categorical_accuracy"])
     return model
@@ -686,6 +698,9 @@ def keras_whole_fits(bench: Bench, x: np.ndarray, y: np.ndarray, epochs: int, ro
     Keras's data pipeline and callbacks)."""
     import modelspec as ms
 
+    if bench not in (MLP, CNN):
+        print(f"\n{bench.name}: no hand-written Keras model to time whole fits against")
+        return
     model = ms.build(bench.spec, backend="keras")
     native = keras_mlp_model() if bench is MLP else keras_cnn_model()
     fits = {"keras, modelspec Model.fit": lambda: model.fit(x, y, batch_size=bench.batch, epochs=epochs,
