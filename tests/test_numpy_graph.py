@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import modelspec as ms
-from modelspec.backends.numpy import NumpyEngine
+from modelspec import ir
+from modelspec.backends.numpy import NumpyBackend, NumpyEngine
 from modelspec.backends.numpy import kernels as K
 from modelspec.backends.numpy.emit import emit
 from modelspec.training import LossConfig, TrainConfig, loss_from_logits
@@ -24,6 +25,10 @@ from modelspec.training import LossConfig, TrainConfig, loss_from_logits
 from test_numpy_gradients import numeric_gradient, rand
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def test_every_layer_kind_has_a_lowering():
+    assert NumpyBackend.layer_kinds == set(ir.LAYER_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------
