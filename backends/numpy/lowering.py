@@ -155,8 +155,8 @@ def lower(report: Report) -> Lowered:
         if reg is not None and (reg.l1 or reg.l2):
             penalties.append((position, reg.l1, reg.l2))  # the layer's first call holds the kernel
         groups.append((layer_report, calls))
-        # The group's first call reads its rows' outputs, the others the call before; a
-        # group of no calls (`activation linear`) passes its one input on.
+        # A group's first call reads the outputs of its row's sources, each other call the
+        # one before; a group of no calls (`linear`) passes its one input on.
         reads = tuple(outputs[s] if s >= 0 else -1 for s in layer_report.sources)
         sources += [reads] + [(position + k,) for k in range(len(calls) - 1)] if calls else []
         outputs.append(position + len(calls) - 1 if calls else reads[0])
