@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import keyword
 import sys
 from dataclasses import dataclass
 from types import FunctionType
@@ -54,7 +55,7 @@ def loss(y, z):
 
 
 def network(weights, seed=SEED):
-    return Network(build(weights, seed), loss, FROM_LOGITS, PENALTIES)
+    return {network}
 
 
 def make_optimizer():
@@ -120,6 +121,23 @@ ADAPT_FUNCTION = '''def adapt_normalization(net, x):
 ADAPT_CALL = """
     if adapt:  # the statistics from all of x, before the split, as modelspec's fit sets them
         adapt_normalization(net, x)"""
+
+
+CHAIN_PREDICT = '''def predict(layers, x, batch_size=32):
+    """Keras's predict: inference mode (no dropout, batchnorm's moving statistics), in batches."""
+    x = np.asarray(x, np.float32)
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        h = x[i:i + batch_size]
+        for layer in layers:
+            h = layer.forward(h)
+        outputs.append(h)
+    return np.concatenate(outputs)'''
+
+GRAPH_PREDICT = '''def predict(layers, x, batch_size=32):
+    """Keras's predict: inference mode (no dropout, batchnorm's moving statistics), in batches."""
+    x = np.asarray(x, np.float32)
+    return np.concatenate([forward(layers, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])'''
 
 
 def render(value: Any) -> str:
@@ -229,7 +247,8 @@ def _build(lowered: Lowered) -> str:
     lines = []
     for report, calls in lowered.groups:
         shape = shapes.fmt_shape(report.output_shape)
-        lines.append(f"        # {report.name!r} ({report.keras_class}): output {shape}")
+        reads = f", reads {', '.join(map(repr, report.inputs))}" if lowered.sources is not None else ""
+        lines.append(f"        # {report.name!r} ({report.keras_class}): output {shape}{reads}")
         lines += [f"        {render(call)}," for call in calls]
     body = "\n".join(lines)
     return f'''def build(weights, seed=SEED):
@@ -237,6 +256,49 @@ def _build(lowered: Lowered) -> str:
     return [
 {body}
     ]'''
+
+
+def _value_names(lowered: Lowered) -> list[str]:
+    """A variable per report row, named after its layer (Keras's names are identifiers; any
+    other is replaced, so spec text never becomes code)."""
+    taken = {"x", "layers", "np"}
+    names = []
+    for k, (report, _) in enumerate(lowered.groups):
+        name = report.name
+        if not name.isidentifier() or keyword.iskeyword(name) or name in taken:
+            name = f"layer_{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _graph(lowered: Lowered) -> str:
+    """A functional model's wiring: SOURCES for the training network's backward pass, and
+    forward(), the same graph written out with each value named after its layer."""
+    names = _value_names(lowered)
+    value = {-1: "x"}  # position in build()'s list -> the variable holding its output
+    rows, lines, position = [], [], 0
+    for (report, calls), name in zip(lowered.groups, names):
+        for k in range(position, position + len(calls)):
+            rows.append(f"    {lowered.sources[k]!r},  # {k}: {report.name!r}")
+            reads = [value[s] for s in lowered.sources[k]]
+            arg = f"[{', '.join(reads)}]" if getattr(calls[k - position].fn, "merges", False) else reads[0]
+            lines.append(f"    {name} = layers[{k}].forward({arg})")
+            value[k] = name
+        position += len(calls)
+    table = "\n".join(rows)
+    body = "\n".join(lines)
+    output = value[lowered.outputs[-1]]
+    return f'''# What each layer of build() reads: positions in its list, -1 the model's input.
+SOURCES = [
+{table}
+]
+
+
+def forward(layers, x):
+    """The graph in inference mode, in Keras's layer order; each value is named after its layer."""
+{body}
+    return {output}'''
 
 
 # Random labels of each kind (modelspec.training.label_kind), for the smoke run.
@@ -271,11 +333,14 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
     fit_args = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
     note = "the output ends in softmax/sigmoid: the loss reads the values before it" if logits else \
         "the loss reads the model's outputs"
+    network = ("Network(build(weights, seed), loss, FROM_LOGITS, PENALTIES)" if lowered.sources is None
+               else "Graph(build(weights, seed), loss, FROM_LOGITS, PENALTIES, SOURCES)")
     source = TRAINING.format(logits=logits, note=note, penalties=lowered.penalties, metric_table=metric_table,
+                             network=network,
                              loss_fn=fn.__name__, loss_args=loss_args, optimizer=opt_class.__name__,
                              opt_args=opt_args, fit_args=fit_args, labels=labels,
                              **_adapt_fields(any(layer.adapts for layer in spec.layers)))
-    roots = [K.Network, fn, opt_class] + [metric for _, metric in metrics]
+    roots = [K.Network if lowered.sources is None else K.Graph, fn, opt_class] + [metric for _, metric in metrics]
     return source, roots
 
 
@@ -302,16 +367,9 @@ def emit(spec: ir.Spec, report: Report) -> str:
     lowered = lower(report)
     init_source, roots = _initial_weights(report)
     roots += [root for call in lowered.calls for root in _roots(call)]
-    parts = [init_source, _build(lowered), '''def predict(layers, x, batch_size=32):
-    """Keras's predict: inference mode (no dropout, batchnorm's moving statistics), in batches."""
-    x = np.asarray(x, np.float32)
-    outputs = []
-    for i in range(0, len(x), batch_size):
-        h = x[i:i + batch_size]
-        for layer in layers:
-            h = layer.forward(h)
-        outputs.append(h)
-    return np.concatenate(outputs)''']
+    parts = [init_source, _build(lowered), CHAIN_PREDICT]
+    if lowered.sources is not None:
+        parts[2:] = [_graph(lowered), GRAPH_PREDICT]
     training = spec.has_training
     if training:
         source, more = _training(spec, report, lowered)

@@ -58,7 +58,7 @@ class NumpyEngine(Engine):
         self._drawn = False  # weights are drawn on first use unless set_weights comes first
         self.lowered = lower(report)
         self.layers: list[K.Layer] = [make(call, self.weights, self.seed) for call in self.lowered.calls]
-        self.net = K.Network(self.layers, penalties=self.lowered.penalties)
+        self.net = self._network()
         self.native = self.net
         self.optimizer: K.Optimizer | None = None
         self._batch: np.ndarray | None = None  # the epoch's gather buffer
@@ -70,12 +70,16 @@ class NumpyEngine(Engine):
             raise ValueError(f"{loss.name} from logits needs a model whose output layer ends in "
                              "softmax or sigmoid")
         fn, options = loss_function(loss.name, loss.from_logits, loss.delta)
-        self.net = K.Network(self.layers, functools.partial(fn, **options), loss.from_logits,
-                             self.lowered.penalties)
+        self.net = self._network(functools.partial(fn, **options), loss.from_logits)
         self.native = self.net
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
         self.optimizer = OPTIMIZERS[config.optimizer](**config.hyper)
         self.config = config
+
+    def _network(self, loss: Any = None, from_logits: bool = False) -> K.Network:
+        if self.lowered.sources is None:
+            return K.Network(self.layers, loss, from_logits, self.lowered.penalties)
+        return K.Graph(self.layers, loss, from_logits, self.lowered.penalties, self.lowered.sources)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -158,8 +162,11 @@ class NumpyEngine(Engine):
 
     @_quiet
     def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        """Each spec layer's output in inference mode (a layer may be several kernel layers)."""
+        """Each report row's output in inference mode (a row may be several kernel layers)."""
         self._ensure_weights()
+        if self.lowered.outputs is not None:
+            values = self.net.run(np.asarray(x, dtype=self.dtype), len(self.layers))
+            return [np.array(values[k], dtype=self.dtype) for k in self.lowered.outputs]
         z, outputs, position = np.asarray(x, dtype=self.dtype), [], 0
         for _, calls in self.lowered.groups:
             for layer in self.layers[position:position + len(calls)]:

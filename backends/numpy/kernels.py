@@ -508,6 +508,148 @@ class BatchNorm(Layer):
 
 
 # ---------------------------------------------------------------------------------------
+# Merges (keras/src/layers/merging/): forward(xs, training) takes the list of inputs and
+# backward(dy) returns one gradient per input. The elementwise ones fold left to right, as
+# each _merge_function does: ((x1 + x2) + x3).
+
+
+def expand_ranks(xs):
+    """Keras's rank rule (base_merge.py, `call`): a lower-rank input gets new axes right
+    after the batch axis, then shapes broadcast as NumPy's do (a dim of 1 stretches)."""
+    rank = max(x.ndim for x in xs)
+    return [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
+
+
+def unbroadcast(dx, shape):
+    """A gradient of the merged shape back to an input's `shape`: summed over the axes its
+    dims of 1 (or its missing axes after the batch axis) were stretched along."""
+    expanded = shape[:1] + (1,) * (dx.ndim - len(shape)) + shape[1:]
+    axes = tuple(i for i, (a, b) in enumerate(zip(expanded, dx.shape)) if a == 1 and b != 1)
+    if axes:
+        dx = dx.sum(axis=axes, keepdims=True)
+    return dx.reshape(shape)
+
+
+class Merge(Layer):
+    """An elementwise merge: `merge` folds the rank-expanded inputs, `grads_of` gives each
+    one's gradient at the merged shape, summed back to its own shape here."""
+
+    merges = True
+
+    def forward(self, xs, training=False):
+        self.shapes = [x.shape for x in xs]
+        return self.merge(expand_ranks(xs))
+
+    def backward(self, dy, need_dx=True):
+        return [unbroadcast(dx, shape) for dx, shape in zip(self.grads_of(dy), self.shapes)]
+
+
+class Add(Merge):
+    def merge(self, xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return y
+
+    def grads_of(self, dy):
+        return [dy] * len(self.shapes)
+
+
+class Subtract(Merge):
+    def merge(self, xs):
+        return xs[0] - xs[1]
+
+    def grads_of(self, dy):
+        return [dy, -dy]
+
+
+class Average(Merge):
+    """(x1 + ... + xn) / n: a division, as Keras writes it (average.py)."""
+
+    def merge(self, xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return y / len(xs)
+
+    def grads_of(self, dy):
+        return [dy / len(self.shapes)] * len(self.shapes)
+
+
+class Multiply(Merge):
+    """The product folded left to right; the gradient runs the fold backward, as the chain
+    of TensorFlow's Mul gradients does: input k gets dy·x_(k+1)·...·x_n times x_1·...·x_(k-1)."""
+
+    def merge(self, xs):
+        self.xs, self.partials = xs, [xs[0]]
+        for x in xs[1:]:
+            self.partials.append(self.partials[-1] * x)
+        return self.partials[-1]
+
+    def grads_of(self, dy):
+        g, grads = dy, []
+        for k in range(len(self.xs) - 1, 0, -1):
+            grads.append(g * self.partials[k - 1])
+            g = g * self.xs[k]
+        return [g, *reversed(grads)]
+
+
+class Maximum(Merge):
+    """The elementwise maximum folded left to right. TensorFlow's gradient of maximum(a, b)
+    goes to a where a >= b (math_grad.py, _MaximumGrad): on ties the earlier input takes all."""
+
+    def merge(self, xs):
+        self.xs, self.partials = xs, [xs[0]]
+        for x in xs[1:]:
+            self.partials.append(self.pick(self.partials[-1], x))
+        return self.partials[-1]
+
+    @staticmethod
+    def pick(a, b):
+        return np.maximum(a, b)
+
+    @staticmethod
+    def left(a, b):
+        return a >= b
+
+    def grads_of(self, dy):
+        g, grads = dy, []
+        for k in range(len(self.xs) - 1, 0, -1):
+            left = self.left(self.partials[k - 1], self.xs[k])
+            grads.append(np.where(left, 0, g))
+            g = np.where(left, g, 0)
+        return [g, *reversed(grads)]
+
+
+class Minimum(Maximum):
+    """The elementwise minimum; the gradient goes to a where a <= b (_MinimumGrad)."""
+
+    @staticmethod
+    def pick(a, b):
+        return np.minimum(a, b)
+
+    @staticmethod
+    def left(a, b):
+        return a <= b
+
+
+class Concatenate(Layer):
+    """Inputs joined along `axis` (batch axis first, as Keras counts it); no broadcasting."""
+
+    merges = True
+
+    def __init__(self, axis=-1):
+        self.axis = axis
+
+    def forward(self, xs, training=False):
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return np.concatenate(xs, axis=self.axis)
+
+    def backward(self, dy, need_dx=True):
+        return np.split(dy, np.cumsum(self.sizes[:-1]), axis=self.axis)
+
+
+# ---------------------------------------------------------------------------------------
 # Losses: loss(y_true, y_pred) -> (batch loss, d loss / d y_pred). The batch loss is
 # Keras's sum_over_batch_size: the per-sample losses (each reduced over the last axis)
 # summed and divided by their number. With from_logits, y_pred holds the values before
@@ -844,3 +986,63 @@ class Network:
         for layer in self.layers:
             layer.update_moving()
         optimizer.step(self.params, self.grads)
+
+
+class Graph(Network):
+    """Layers wired as a graph (a functional model): sources[k] are the positions of the
+    layers that layer k reads, -1 the model's input, every source before its reader; a
+    merge (`merges`) reads the list. The forward pass runs in order, the backward pass in
+    reverse: the gradients of an output that several layers read are summed, and a layer
+    from which no weight can be reached is never run backward."""
+
+    def __init__(self, layers, loss=None, from_logits=False, penalties=(), sources=()):
+        super().__init__(layers, loss, from_logits, penalties)
+        self.sources = sources
+        self.merging = [getattr(layer, "merges", False) for layer in layers]
+        self.reach = []  # whether a weight lies at or behind layer k
+        for layer, reads in zip(layers, sources, strict=True):
+            self.reach.append(bool(layer.params) or any(self.reach[s] for s in reads if s >= 0))
+        # The loss reads the last layer's output, or with from_logits the head's input.
+        self.loss_input = sources[-1][0] if from_logits else len(layers) - 1
+
+    def run(self, x, stop, training=False):
+        """Every output of layers[:stop], by position; the list's extra last slot holds the
+        input, so position -1 reads it."""
+        values = [None] * len(self.layers) + [x]
+        for k in range(stop):
+            reads = self.sources[k]
+            z = [values[s] for s in reads] if self.merging[k] else values[reads[0]]
+            values[k] = self.layers[k].forward(z, training)
+        return values
+
+    def forward(self, x, training=False):
+        return self.run(x, len(self.layers), training)[len(self.layers) - 1]
+
+    def evaluate(self, x, y, training=False):
+        z = self.run(x, len(self.body), training)[self.loss_input]
+        outputs = z if self.head is None else self.head.forward(z)
+        loss, dz = self.loss(y, z)
+        return loss + self.penalty(), outputs, dz
+
+    def gradients(self, x, y):
+        loss, outputs, dz = self.evaluate(x, y, training=True)
+        d = [None] * len(self.layers) + [None]  # the gradient of each output, as the values are kept
+        d[self.loss_input] = dz
+        for k in range(len(self.body) - 1, -1, -1):
+            dy, d[k] = d[k], None
+            if dy is None or not self.reach[k]:
+                continue
+            reads = self.sources[k]
+            need = [s >= 0 and self.reach[s] for s in reads]
+            dx = self.layers[k].backward(dy, need_dx=any(need))
+            if not any(need):
+                continue
+            for s, g, needed in zip(reads, dx if self.merging[k] else [dx], need):
+                if needed:
+                    d[s] = g if d[s] is None else d[s] + g  # fan-out: the readers' gradients add up
+        for kernel, grad, l1, l2 in self.penalties:
+            if l1:
+                grad += l1 * np.sign(kernel)
+            if l2:
+                grad += (2 * l2) * kernel
+        return loss, outputs

@@ -37,6 +37,10 @@ class Call:
 class Lowered:
     groups: list[tuple[LayerReport, list[Call]]]  # each spec layer and the kernel layers it became
     penalties: list[tuple[int, float, float]]  # (position in `calls` of a kernel's layer, l1, l2)
+    # A graph's wiring: for each of `calls`, the positions of the calls it reads (-1 = the
+    # model's input); None for a chain, where each reads the one before.
+    sources: list[tuple[int, ...]] | None = None
+    outputs: list[int] | None = None  # a graph's position of each group's output (-1 = the input)
 
     @property
     def calls(self) -> list[Call]:
@@ -100,6 +104,27 @@ class Lowering:
     def leaky_relu(self, layer: ir.LeakyReLU, w: list[Weight], index: int) -> list[Call]:
         return activation("leaky_relu", negative_slope=layer.negative_slope)
 
+    def add(self, layer: ir.Add, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Add)]
+
+    def subtract(self, layer: ir.Subtract, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Subtract)]
+
+    def multiply(self, layer: ir.Multiply, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Multiply)]
+
+    def average(self, layer: ir.Average, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Average)]
+
+    def maximum(self, layer: ir.Maximum, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Maximum)]
+
+    def minimum(self, layer: ir.Minimum, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Minimum)]
+
+    def concat(self, layer: ir.Concat, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Concatenate, (layer.axis,))]
+
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
               "adagrad": K.Adagrad, "nadam": K.Nadam}
@@ -120,6 +145,8 @@ def loss_function(name: str, from_logits: bool = False, delta: float = 1.0) -> t
 def lower(report: Report) -> Lowered:
     lowering, groups, penalties = Lowering(), [], []
     position = count = 0
+    sources: list[tuple[int, ...]] = []
+    outputs: list[int] = []
     for index, layer_report in enumerate(report.layers):
         weights = [Weight(count + i) for i in range(len(layer_report.weights))]
         count += len(weights)
@@ -128,8 +155,15 @@ def lower(report: Report) -> Lowered:
         if reg is not None and (reg.l1 or reg.l2):
             penalties.append((position, reg.l1, reg.l2))  # the layer's first call holds the kernel
         groups.append((layer_report, calls))
+        # A group's first call reads the outputs of its row's sources, each other call the
+        # one before; a group of no calls (`linear`) passes its one input on.
+        reads = tuple(outputs[s] if s >= 0 else -1 for s in layer_report.sources)
+        sources += [reads] + [(position + k,) for k in range(len(calls) - 1)] if calls else []
+        outputs.append(position + len(calls) - 1 if calls else reads[0])
         position += len(calls)
-    return Lowered(groups, penalties)
+    if not report.functional:
+        return Lowered(groups, penalties)
+    return Lowered(groups, penalties, sources, outputs)
 
 
 def make(value: Any, weights: list[Any], seed: int | None) -> Any:
