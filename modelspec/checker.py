@@ -215,7 +215,8 @@ def infer(spec: ir.Spec) -> Report:
 
     shapes: list[Shape] = []
     rows: list[LayerReport] = []
-    weighted: tuple[str, ir.LayerBase] | None = None  # the first layer with weights
+    # per layer, a layer with weights on a path to it (itself included): a normalize may have none before it
+    weighted: list[tuple[str, ir.LayerBase] | None] = []
     prefix = "" if spec.connections else f"{spec.name}/"  # a functional model's weights have no model scope
     input_shape: Shape = (None, *spec.input_shape)
     for index, (name, layer) in enumerate(zip(names, spec.layers)):
@@ -234,10 +235,10 @@ def infer(spec: ir.Spec) -> Report:
                                 layer.flops(shape, out), layer, sources,
                                 tuple(INPUT_LAYER if s < 0 else names[s] for s in sources), index))
         shapes.append(out)
-        if layer.adapts and weighted is not None:
-            errors.append(_adapts_after(layer, *weighted))
-        if weights and weighted is None and not layer.adapts:
-            weighted = (name, layer)
+        before = next((weighted[s] for s in sources if s >= 0 and weighted[s] is not None), None)
+        if layer.adapts and before is not None:
+            errors.append(_adapts_after(layer, *before))
+        weighted.append(before or ((name, layer) if weights and not layer.adapts else None))
     if not errors and spec.connections:
         rows = _keras_order(spec, rows, errors)
     if errors:

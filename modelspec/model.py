@@ -431,15 +431,22 @@ class Model:
         adapting = [i for i, row in enumerate(self.report.layers) if row.layer.adapts]
         if not adapting:
             raise ValueError("adapt sets the statistics of normalize layers; this model has none")
-        z = check_x(x, self.spec.input_shape)
+        lowered = lower(self.report)
+        # each kernel layer's inputs by position (-1: the model's input); a chain's read the one before
+        sources = lowered.sources or [(k - 1,) for k in range(len(lowered.calls))]
+        values = {-1: check_x(x, self.spec.input_shape)}
         weights = self.get_weights()
-        first = 0  # the layer's first weight
-        for row, calls in lower(self.report).groups[:adapting[-1] + 1]:
+        first = position = 0  # the row's first weight, its first kernel layer
+        for row, calls in lowered.groups[:adapting[-1] + 1]:
             n = len(row.weights)
             if row.layer.adapts:
-                weights[first:first + n] = row.layer.adapt(z, weights[first:first + n])
-            for call in calls:  # the next normalize sees this one's output, with its new statistics
-                z = make(call, weights, self.seed).forward(z, training=False)
+                weights[first:first + n] = row.layer.adapt(values[sources[position][0]], weights[first:first + n])
+            for call in calls:  # a later normalize sees this one's output, with its new statistics
+                layer = make(call, weights, self.seed)
+                reads = sources[position]
+                z = [values[s] for s in reads] if getattr(layer, "merges", False) else values[reads[0]]
+                values[position] = layer.forward(z, training=False)
+                position += 1
             first += n
         self.set_weights(weights)
 

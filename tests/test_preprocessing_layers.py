@@ -88,6 +88,8 @@ ADAPT = [
     "input 5\nnormalize\ndense 2",
     "input 4x5\nrescale 1/127.5 offset=-1\nnormalize\nnormalize\nflatten\ndense 3",
     "input 4x4x2\nflatten\nnormalize\ndropout 0.5\nrelu\nnormalize\ndense 2",
+    # a graph: each normalize adapts to what reaches it along its own path, in Keras's order
+    "input 5\nn = normalize\nh = dense 5 relu\nm = normalize from=n\nk = normalize from=in\nj = relu\nadd h m j",
 ]
 
 
@@ -101,10 +103,13 @@ def test_adapt_is_keras_adapt(backend, text):
     x = pixels((40, *spec.input_shape), seed=3)
     reference = kr.model(spec)
     expected = []
-    for index, layer in enumerate(reference.layers):
+    for layer in reference.layers:
         if isinstance(layer, keras.layers.Normalization):
-            before = keras.Sequential([keras.Input(spec.input_shape), *reference.layers[:index]])
-            layer.adapt(keras.ops.convert_to_numpy(before(x, training=False)) if index else x)
+            if layer.input is reference.inputs[0]:
+                layer.adapt(x)
+            else:  # the model up to the layer's input, its earlier normalizations adapted already
+                before = keras.Model(reference.inputs, layer.input)
+                layer.adapt(keras.ops.convert_to_numpy(before(x, training=False)))
             expected += [np.asarray(layer.adapt_mean.value), np.asarray(layer.adapt_variance.value)]
     model = ms.build(spec, backend=backend, seed=0)
     model.adapt(x)
@@ -178,14 +183,19 @@ def test_the_count_is_a_whole_number():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "keras"])
-def test_emitted_programs_adapt_as_fit_does(tmp_path, backend):
+@pytest.mark.parametrize("text", [
+    "input 4x3\nrescale 1/8 offset=1\nnormalize\nnormalize\nflatten\ndense 2\nloss mse\nfit epochs=1",
+    "input 4x3\nr = rescale 1/8 offset=1\nn = normalize from=in\nrelu\nnormalize\nadd r\nflatten\ndense 2\n"
+    "loss mse\nfit epochs=1",
+], ids=["chain", "graph"])
+def test_emitted_programs_adapt_as_fit_does(tmp_path, backend, text):
     """A spec with normalize: the emitted program's training adapts the statistics to its x
     before the first step, as modelspec's fit does, so the program and `modelspec train`
-    start from the same model (a rescale before it, and a second normalize after it)."""
+    start from the same model (a rescale before it, and a second normalize after it; in a
+    graph, each on its own path)."""
     import importlib.util
 
     pytest.importorskip({"numpy": "numpy", "torch": "torch", "keras": "keras"}[backend])
-    text = "input 4x3\nrescale 1/8 offset=1\nnormalize\nnormalize\nflatten\ndense 2\nloss mse\nfit epochs=1"
     spec = ms.parse(text)
     x = pixels((40, 4, 3), seed=5)
     model = ms.build(spec)
@@ -193,7 +203,7 @@ def test_emitted_programs_adapt_as_fit_does(tmp_path, backend):
     expected = [w for w, path in zip(model.get_weights(), model.weight_paths) if "normalization" in path]
     path = tmp_path / f"program_{backend}.py"
     path.write_text(ms.backends.get(backend).emit(spec, ms.check(spec)))
-    loader = importlib.util.spec_from_file_location(f"adapt_program_{backend}", path)
+    loader = importlib.util.spec_from_file_location(f"adapt_program_{backend}_{len(text)}", path)
     program = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(program)
     if backend == "numpy":

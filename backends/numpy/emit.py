@@ -109,12 +109,15 @@ def evaluate(net, x, y, batch_size=32):
 ADAPT_FUNCTION = '''def adapt_normalization(net, x):
     """Each Normalize layer's mean and variance from x, as Keras's Normalization.adapt sets
     them: np.mean and np.var over every axis but the last, of the data reaching the layer."""
-    z = np.asarray(x, np.float32)
-    for layer in net.layers:
+    values = {-1: np.asarray(x, np.float32)}  # each layer's output; -1 is the input
+    sources = getattr(net, "sources", None) or [(k - 1,) for k in range(len(net.layers))]
+    for k, layer in enumerate(net.layers):
+        reads = sources[k]
+        z = [values[s] for s in reads] if getattr(layer, "merges", False) else values[reads[0]]
         if isinstance(layer, Normalize):
             axes = tuple(range(z.ndim - 1))
             layer.mean[...], layer.variance[...] = np.mean(z, axis=axes), np.var(z, axis=axes)
-        z = layer.forward(z)
+        values[k] = layer.forward(z)
 
 
 '''
