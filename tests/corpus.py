@@ -9,6 +9,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_FILES = sorted((ROOT / "specs").glob("*.ms"))
 SPEC_IDS = [p.stem for p in SPEC_FILES]
 
+# The graphs issue's example: a residual block used twice (tests of every backend, draw and the language)
+TINY_RESNET = """\
+model tiny_resnet
+input 16x16x3
+conv2d 8 3x3 relu padding=same
+
+block residual(filters) {
+  conv2d filters 3x3 relu padding=same
+  conv2d filters 3x3 padding=same
+  batchnorm
+  add in
+  relu
+}
+
+residual 8
+residual 8
+globalavgpool2d
+dense 10 softmax
+"""
+
 VARIED = {
     "every_layer": """
         model every_layer

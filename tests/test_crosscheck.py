@@ -244,6 +244,18 @@ def test_a_real_chaotic_model_agrees_within_float32s_own_spread():
     assert result.advice().startswith("for a tight comparison use `optimizer sgd`")
 
 
+def test_a_residual_network_with_its_own_settings_agrees_within_float32s_own_spread():
+    """specs/digits_resnet.ms as written (Adam, batchnorm, merges, a concat with a max pool):
+    chaotic in float32, so the conformance suite trains it with SGD (tests/conformance/
+    test_training.py, CHAOTIC); here every backend, every layer, every gradient and its own
+    training are judged against float64."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    result = crosscheck(ms.parse("specs/digits_resnet.ms"), ["numpy", "torch", "keras"], steps=12)
+    assert result.ok, result.to_dict()
+    assert [row.name for row in result.layers][:3] == ["rescaling", "conv2d", "conv2d_1"]
+
+
 def test_one_backend_is_judged_on_its_own():
     """Every backend is judged against float64, so one is enough (and no longer refused)."""
     pytest.importorskip("torch")

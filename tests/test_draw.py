@@ -14,30 +14,12 @@ import zlib
 import pytest
 
 import modelspec as ms
-from corpus import ROOT, SPEC_FILES, VARIED, modelspec_cli
+from corpus import ROOT, SPEC_FILES, TINY_RESNET, VARIED, modelspec_cli
 from modelspec.draw import BOX_H, FRAME_PAD, HGAP, VGAP, Diagram, layout, to_png, to_svg
 from modelspec.shapes import fmt_shape
 
 SVG = "{http://www.w3.org/2000/svg}"
 
-TINY_RESNET = """\
-model tiny_resnet
-input 16x16x3
-conv2d 8 3x3 relu padding=same
-
-block residual(filters) {
-  conv2d filters 3x3 relu padding=same
-  conv2d filters 3x3 padding=same
-  batchnorm
-  add in
-  relu
-}
-
-residual 8
-residual 8
-globalavgpool2d
-dense 10 softmax
-"""
 
 # a projection shortcut, an inception-style branch, blocks inside a block, a skip outside blocks
 MIXED = """\

@@ -50,7 +50,8 @@ for case in cases:
     data = np.load(case["data"])
     weights = [data[f"w{i}"] for i in range(len(model.weights))]
     model.set_weights(weights)
-    out = {"name": model.name, "layers": [layer.name for layer in model.layers],
+    out = {"name": model.name, "layers": [layer.name for layer in model.layers
+                                          if not isinstance(layer, keras.layers.InputLayer)],
            "paths": [w.path for w in model.weights],
            "predictions": keras.ops.convert_to_numpy(model(data["x"], training=False)).tolist()}
     out["configs"] = [layer.get_config() for layer in model.layers]

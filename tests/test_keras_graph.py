@@ -29,28 +29,13 @@ pytest.importorskip("keras")
 import keras  # noqa: E402
 
 import keras_reference as kr  # noqa: E402
+from corpus import TINY_RESNET
 
 pytestmark = [pytest.mark.keras,
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # Keras's own, on NumPy 2
 
 L = keras.layers
 
-TINY_RESNET = """\
-model tiny_resnet
-input 16x16x3
-conv2d 8 3x3 relu padding=same
-block residual(filters) {
-  conv2d filters 3x3 relu padding=same
-  conv2d filters 3x3 padding=same
-  batchnorm
-  add in
-  relu
-}
-residual 8
-residual 8
-globalavgpool2d
-dense 10 softmax
-"""
 
 # A block using another, a parameter as a layer of its own (`act`), two uses that differ in it.
 NESTED = """\

@@ -35,9 +35,8 @@ SOURCES = ({p.stem: p for p in SPEC_FILES} | VARIED
            | {f"random_{i}": t for i, t in enumerate(specgen.spec_texts(100, seed=7, portable_names=False))})
 
 
-def keras_model(spec: ms.ir.Spec, compiled: bool = False) -> keras.Sequential:
-    keras.backend.clear_session(free_memory=False)
-    model = keras.Sequential([keras.Input(spec.input_shape), *(kr.layer(n) for n in spec.layers)], name=spec.name)
+def keras_model(spec: ms.ir.Spec, compiled: bool = False) -> keras.Model:
+    model = kr.model(spec)  # a Sequential, or a functional model for a graph
     if compiled:
         opt = spec.optimizer or ms.ir.Optimizer(name="rmsprop")
         hyper = {k: v for k, v in opt.config().items() if v is not None}
@@ -47,14 +46,20 @@ def keras_model(spec: ms.ir.Spec, compiled: bool = False) -> keras.Sequential:
 
 
 def layers_only(spec: ms.ir.Spec) -> dict:
-    """The spec's architecture, pool strides equal to the pool size written as Keras's default."""
+    """The spec's architecture in Keras's layer order (an import may write a graph's layers in
+    another order), each layer under its Keras name and with what it reads; pool strides equal
+    to the pool size written as Keras's default."""
+    report = ms.check(spec)
+    layers = [row.layer.model_copy(update={"name": row.name}) for row in report.layers]
     layers = [layer.model_copy(update={"strides": None}) if layer.kind in ("maxpool2d", "avgpool2d")
-              and layer.strides == layer.pool_size else layer for layer in spec.layers]
-    return {"name": spec.name, "input_shape": spec.input_shape, "layers": [layer.model_dump() for layer in layers]}
+              and layer.strides == layer.pool_size else layer for layer in layers]
+    return {"name": spec.name, "input_shape": spec.input_shape, "layers": [layer.model_dump() for layer in layers],
+            "sources": [row.sources for row in report.layers]}
 
 
 def keras_rows(model: keras.Model) -> list[tuple]:
-    return [(layer.name, type(layer).__name__, tuple(layer.output.shape), layer.count_params()) for layer in model.layers]
+    return [(layer.name, type(layer).__name__, tuple(layer.output.shape), layer.count_params()) for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)]
 
 
 @pytest.mark.parametrize("source", SOURCES.values(), ids=SOURCES.keys())
@@ -332,7 +337,7 @@ def test_a_functional_model_comes_back_as_its_spec(source, tmp_path):
     assert imported.connections == spec.connections
     assert layers_only(imported) == layers_only(spec)
     report = ms.check(ms.parse(convert_text(imported)))
-    assert [(r.name, r.keras_class, r.output_shape, r.params) for r in report.layers] == keras_rows(model)[1:]
+    assert [(r.name, r.keras_class, r.output_shape, r.params) for r in report.layers] == keras_rows(model)
     assert [w.path for w in report.weights] == [w.path for w in model.weights]
 
 

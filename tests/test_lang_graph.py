@@ -16,24 +16,7 @@ import modelspec as ms
 from modelspec.cli import main
 from modelspec.diagnostics import SpecError
 from modelspec.printer import to_text
-
-TINY_RESNET = """model tiny_resnet
-input 16x16x3
-conv2d 8 3x3 relu padding=same
-
-block residual(filters) {
-  conv2d filters 3x3 relu padding=same
-  conv2d filters 3x3 padding=same
-  batchnorm
-  add in
-  relu
-}
-
-residual 8
-residual 8
-globalavgpool2d
-dense 10 softmax
-"""
+from corpus import TINY_RESNET
 
 
 def names_and_sources(text: str) -> list[tuple[str, tuple[str, ...]]]:

@@ -19,24 +19,10 @@ import keras_reference  # noqa: E402
 
 import modelspec as ms  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
+from corpus import TINY_RESNET
 
 pytestmark = pytest.mark.torch
 
-TINY_RESNET = """model tiny_resnet
-input 16x16x3
-conv2d 8 3x3 relu padding=same
-block residual(filters) {
-  conv2d filters 3x3 relu padding=same
-  conv2d filters 3x3 padding=same
-  batchnorm
-  add in
-  relu
-}
-residual 8
-residual 8
-globalavgpool2d
-dense 10 softmax
-"""
 
 INCEPTION = """model inception
 input 9x9x3

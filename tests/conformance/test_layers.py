@@ -224,8 +224,8 @@ GRAPHS = {  # name: (the spec, output shape, params, non-trainable)
                            (2,), 20 + 52 + 12 * 2 + 2, 0),
     "skip-written-first": ("input 4\nskip = dense 3\ndense 6 relu from=in\ndense 3\nadd skip", (3,),
                            15 + 30 + 21, 0),
-    "block-twice-repeat": (f"input 5x5x2\nblock res(f, act=relu) {{\n  conv2d f 3x3 act padding=same\n"
-                           f"  batchnorm\n  add in\n}}\nres 2\nrepeat 2 {{ res 2 act=tanh }}\nflatten\ndense 2",
+    "block-twice-repeat": ("input 5x5x2\nblock res(f, act=relu) {\n  conv2d f 3x3 act padding=same\n"
+                           "  batchnorm\n  add in\n}\nres 2\nrepeat 2 { res 2 act=tanh }\nflatten\ndense 2",
                            (2,), 3 * (38 + 8) + 50 * 2 + 2, 3 * 4),
     "normalize-in-a-branch": ("input 5\nn = normalize\na = dense 3 from=in\ndense 3 from=n\nadd a", (3,),
                               11 + 18 + 18, 11),

@@ -41,14 +41,23 @@ class Run:
         return without_dropout(ms.parse(self.text))
 
 
+# Specs whose training is chaotic in float32 after a few steps: near-ties in a max pool go the
+# way rounding favours, so float32 itself leaves float64 (`modelspec crosscheck` says when). A
+# tolerance fixed in advance can judge only the steps before: these train on one batch per
+# epoch (three steps), and tests/test_crosscheck.py judges longer runs against float64.
+CHAOTIC = {"digits_resnet"}  # float32 itself moves 7.3e-2 from float64 in 20 steps (crosscheck)
+
+
 def spec_file_run(path: Path) -> Any:
     """A tutorial spec, dropout off, with its own settings (a bare one: RMSprop on categorical
     cross-entropy), shuffled, with the validation split its fit statement asks for."""
     spec = ms.parse(path)
     fit = spec.fit or ms.ir.Fit()
-    run = Run(path.read_text(encoding="utf-8"), n=24 if spec.name == "cnn" else 48,
+    compile = BARE if spec.loss is None else None
+    n = 20 if spec.name in CHAOTIC else 24 if spec.name == "cnn" else 48
+    run = Run(path.read_text(encoding="utf-8"), n=n,
               batch_size=min(fit.batch_size or 32, 16), validation_split=fit.validation_split or 0.0, shuffle=True,
-              compile=BARE if spec.loss is None else None)
+              compile=compile)
     return pytest.param(run, id=path.stem)
 
 
