@@ -352,9 +352,9 @@ def _gradient_rows(report: Report, grads: dict[str, list[np.ndarray]], members: 
         worst = max(float(noise[i].max(initial=0.0)) for i in indices)
         if worst <= ILL_CONDITIONED * scale and row.kind != "batchnorm":
             # an element whose rounding the float32 runs happened to get nearly exact is judged
-            # by a tenth of the layer's largest float32 error at least: a few runs estimate each
+            # by a quarter of the layer's largest float32 error at least: a few runs estimate each
             # element's noise, and over thousands of elements some estimates are lucky
-            least = 0.1 * worst
+            least = 0.25 * worst
         else:
             # a gradient that is mostly cancellation (a batchnorm's gamma and beta under another
             # batchnorm have a true gradient of 0), or batchnorm's own: each framework's fused
