@@ -50,12 +50,12 @@ FIGURES = {
     "cnn": (conv(3, 1, 32) + conv(3, 32, 64) + dense(5 * 5 * 64, 10),) * 2 + (0, (None, 10)),
     # normalize of 10 features: Keras's mean and variance (10 each) and its count (1), none trainable
     "diabetes": (21 + dense(10, 32) + dense(32, 1), dense(10, 32) + dense(32, 1), 21, (None, 1)),
-    # the stem, the block's two convs and batchnorm twice, the 1x1 projection and its 3x3 path to
-    # 4x4x16, the 8 + 8 + 16 channels of the concat, the classifier
-    "digits_resnet": (conv(3, 1, 8) + 2 * (2 * conv(3, 8, 8) + sum(batchnorm(8))) + conv(1, 8, 16) + conv(3, 8, 16)
-                      + conv(1, 16, 8) + conv(3, 16, 8) + dense(32, 10),
-                      conv(3, 1, 8) + 2 * (2 * conv(3, 8, 8) + batchnorm(8)[0]) + conv(1, 8, 16) + conv(3, 8, 16)
-                      + conv(1, 16, 8) + conv(3, 16, 8) + dense(32, 10),
+    # the stem, the block's two convs (the second without a bias) and batchnorm twice, the 1x1
+    # projection and its 3x3 path to 4x4x16, the 8 + 8 + 16 channels of the concat, the classifier
+    "digits_resnet": (conv(3, 1, 8) + 2 * (2 * conv(3, 8, 8) - 8 + sum(batchnorm(8))) + conv(1, 8, 16)
+                      + conv(3, 8, 16) + conv(1, 16, 8) + conv(3, 16, 8) + dense(32, 10),
+                      conv(3, 1, 8) + 2 * (2 * conv(3, 8, 8) - 8 + batchnorm(8)[0]) + conv(1, 8, 16)
+                      + conv(3, 8, 16) + conv(1, 16, 8) + conv(3, 16, 8) + dense(32, 10),
                       2 * batchnorm(8)[1], (None, 10)),
 }
 FIGURES["digits_c"] = FIGURES["digits_b"]
