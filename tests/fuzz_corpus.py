@@ -16,8 +16,6 @@ import os
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 import specgen
 
 DEFAULT_SEED = 7

@@ -145,8 +145,9 @@ class _Generator:
             lines[first] += f" in {self.shape_text(self.first_shape)}"
         if training:
             lines += self.training(task)
-        sep = "; " if self.chance(0.15) else "\n"
-        return sep.join(lines) + "\n"
+        if self.chance(0.15):  # one line: a body in braces as `{ dense n; add in }`
+            return "; ".join(line.strip() for line in lines).replace("{; ", "{ ").replace("; }", " }") + "\n"
+        return "\n".join(lines) + "\n"
 
     def model_name(self) -> str:
         return self.r.choice(["m", "net", "tiny_cnn", "Model_7"] + ([] if self.portable else ['"my model"', '"ünï"']))
