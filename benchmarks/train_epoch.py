@@ -423,6 +423,38 @@ def numpy_cnn_backend(x, y, weights) -> Epoch:
 # PyTorch
 
 
+def torch_image_epochs(model, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """The hand-written PyTorch epoch of an image model: the data channels-first once, batches
+    gathered by index_select, cross-entropy on the logits, Keras's Adam in place."""
+    import torch
+    import torch.nn.functional as F
+
+    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
+    rng = np.random.default_rng(0)
+    step = 0
+
+    def epoch(order: np.ndarray | None) -> Result:
+        nonlocal step
+        order = torch.from_numpy(rng.permutation(len(x)) if order is None else order)
+        loss_sum = correct = 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            step += 1
+            with torch.no_grad():
+                torch_adam(slots, step)
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
+        return loss_sum / len(order), correct / len(order)
+
+    return epoch
+
+
 def torch_adam(slots, t: int, lr=1e-3, beta_1=0.9, beta_2=0.999, eps=1e-7) -> None:
     """Keras's Adam on every parameter, in place: m and v move toward g and g² by lerp,
     epsilon is added to the uncorrected sqrt(v) (torch's own adds it to the corrected one)."""
@@ -438,7 +470,6 @@ def torch_cnn_hand_written(x, y, weights) -> Epoch:
     """The CNN channels-first, as torch code is written: the dataset converted to NCHW once,
     the dense layer's rows permuted once from Keras's channels-last flatten order."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(),
@@ -449,30 +480,7 @@ def torch_cnn_hand_written(x, y, weights) -> Epoch:
         for param, value in zip(model.parameters(), [k1.transpose(3, 2, 0, 1), b1, k2.transpose(3, 2, 0, 1), b2,
                                                      dense.T, b3]):
             param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
-    slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
-    rng = np.random.default_rng(0)
-    step = 0
-
-    def epoch(order: np.ndarray | None) -> Result:
-        nonlocal step
-        order = torch.from_numpy(rng.permutation(len(x)) if order is None else order)
-        loss_sum = correct = 0.0
-        for start in range(0, len(order), CNN.batch):
-            idx = order[start:start + CNN.batch]
-            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            step += 1
-            with torch.no_grad():
-                torch_adam(slots, step)
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
-        return loss_sum / len(order), correct / len(order)
-
-    return epoch
+    return torch_image_epochs(model, x, y, CNN.batch)
 
 
 @contender(CNN, BACKEND["torch"])
@@ -658,30 +666,7 @@ def torch_resnet_hand_written(x, y, weights) -> Epoch:
         for block, first in zip(model.blocks, (8, 16)):
             block["bn"].running_mean.copy_(torch.from_numpy(weights[first]))
             block["bn"].running_var.copy_(torch.from_numpy(weights[first + 1]))
-    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
-    slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
-    rng = np.random.default_rng(0)
-    step = 0
-
-    def epoch(order: np.ndarray | None) -> Result:
-        nonlocal step
-        order = torch.from_numpy(rng.permutation(len(x)) if order is None else order)
-        loss_sum = correct = 0.0
-        for start in range(0, len(order), RESNET.batch):
-            idx = order[start:start + RESNET.batch]
-            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            step += 1
-            with torch.no_grad():
-                torch_adam(slots, step)
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
-        return loss_sum / len(order), correct / len(order)
-
-    return epoch
+    return torch_image_epochs(model, x, y, RESNET.batch)
 
 
 @contender(RESNET, BACKEND["torch"])

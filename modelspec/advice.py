@@ -53,21 +53,14 @@ def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
     return out
 
 
-def next_layer(layers: list["LayerReport"], i: int) -> int | None:
-    """The one layer that alone reads layer i's output (in a chain, the next one)."""
-    if not isinstance(layers, _Rows):
-        layers = _Rows(layers)
-    return layers.next[i]
-
-
-def activation_after(layers: list["LayerReport"], i: int) -> tuple[str, int]:
+def activation_after(layers: "_Rows", i: int) -> tuple[str, int]:
     """The nonlinearity that acts on layer i's output, and the index of the layer applying it."""
     own = getattr(layers[i].layer, "activation", "linear")
     if layers[i].kind in ("dense", "conv2d") and own != "linear":
         return own, i
-    j = next_layer(layers, i)
+    j = layers.next[i]
     while j is not None and layers[j].kind in TRANSPARENT:
-        j = next_layer(layers, j)
+        j = layers.next[j]
     if j is not None:
         if layers[j].kind == "activation":
             return layers[j].layer.activation, j
@@ -76,9 +69,9 @@ def activation_after(layers: list["LayerReport"], i: int) -> tuple[str, int]:
     return "linear", i
 
 
-def _composed_affine(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Diagnostic]:
+def _composed_affine(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
     for i, a in enumerate(layers):
-        j = next_layer(layers, i)  # only a layer that alone reads a's output composes with it
+        j = layers.next[i]  # only a layer that alone reads a's output composes with it
         b = layers[j] if j is not None else None
         if b is not None and a.kind == b.kind == "dense" and a.layer.activation == "linear":
             n_in, n_out = a.input_shape[-1], b.output_shape[-1]
@@ -97,7 +90,7 @@ def _composed_affine(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Dia
                 code="composed-affine")
 
 
-def _initializers(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Diagnostic]:
+def _initializers(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
     for i, rep in enumerate(layers):
         if rep.kind not in ("dense", "conv2d"):
             continue

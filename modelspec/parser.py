@@ -230,7 +230,7 @@ class Builder:
                                st.keyword_span, hint="move the definition out of the braces")
                 continue
             if st.keyword == "repeat":
-                self.repeat(item, scope, uses)
+                self.repeat(st, item, scope, uses)
             elif st.keyword in self.blocks and st.keyword not in LAYER_KEYWORDS_TO_CLASS:
                 self.use(st, item, scope, uses)
             elif item.body is not None:
@@ -238,10 +238,10 @@ class Builder:
             else:
                 self.statement(st, scope, nested=inside)
 
-    def statement(self, st: Statement, scope: "Scope | None" = None, nested: bool = False) -> None:
+    def statement(self, st: Statement, scope: "Scope", nested: bool) -> None:
+        """A statement that is not a body: a layer joins the graph at `scope`; the others (top
+        level only, not `nested` in a body) set the model, its input or its training."""
         kw = st.keyword
-        if scope is None:
-            scope = self.top_scope
         handler: Callable[[Reader], Any] | None
         if kw in LAYER_KEYWORDS:
             handler = functools.partial(read_layer, kind=LAYER_KEYWORDS_TO_CLASS[kw].model_fields["kind"].default)
@@ -354,8 +354,9 @@ class Builder:
                    hint=hint or "bind a layer's output first: `h = dense 64`, then `from=h`")
         return None
 
-    def repeat(self, item: Item, scope: "Scope", uses: tuple[str, ...]) -> None:
-        st = substitute(item.st, scope.values, scope.substituted)
+    def repeat(self, st: Statement, item: Item, scope: "Scope", uses: tuple[str, ...]) -> None:
+        """`repeat N { ... }`: the body read N times in the same scope (`st` is the statement
+        with the enclosing block's parameters set: N may be one)."""
         r = Reader(self, st)
         r.substituted = scope.substituted
         try:
@@ -498,8 +499,7 @@ class Builder:
         scope.refs[name] = index
 
     def add_layer(self, r: Reader, fields: dict[str, Any] | None, name_opt: Option | None,
-                  sources: tuple[int, ...] | None = None, scope: "Scope | None" = None) -> None:
-        scope = scope or self.top_scope
+                  sources: tuple[int, ...] | None, scope: "Scope") -> None:
         index = self.count
         self.count += 1
         if self.count > MAX_LAYERS:

@@ -39,13 +39,17 @@ def program(spec: "ir.Spec", report: "Report") -> str:
     for node, name in zip(spec.layers, _names_to_write(spec, report)):
         out += _lines(INDENT * 3, "", lowering.layer(node, name))
     out += [f"{INDENT * 2}],", f"{INDENT * 2}name={lowering.literal(spec.name)},", f"{INDENT})"]
-    out += _compile(spec)
-    out += [f"{INDENT}return model"]
+    return "\n".join(out + _ending(spec)) + "\n"
+
+
+def _ending(spec: "ir.Spec") -> list[str]:
+    """What follows the model's construction in `build_model`: compile and return it; then the
+    adapt function where a layer adapts, `train`, and the script's entry point."""
+    out = [*_compile(spec), f"{INDENT}return model"]
     if any(layer.adapts for layer in spec.layers):
         out += ADAPT
     out += _train(spec)
-    out += ["", "", 'if __name__ == "__main__":', f"{INDENT}build_model().summary()"]
-    return "\n".join(out) + "\n"
+    return out + ["", "", 'if __name__ == "__main__":', f"{INDENT}build_model().summary()"]
 
 
 def _header(spec: "ir.Spec") -> list[str]:
@@ -136,10 +140,14 @@ ADAPT = '''
 
 def adapt_normalization(model, x):
     """Each Normalization layer adapted to the data reaching it (the layers before it have no
-    weights), one after the other, as modelspec's fit does before the first step."""
-    for i, layer in enumerate(model.layers):
+    weights), one after the other in the model's order, as modelspec's fit does before the
+    first step."""
+    for layer in model.layers:
         if isinstance(layer, layers.Normalization):
-            layer.adapt(keras.ops.convert_to_numpy(keras.Sequential(model.layers[:i])(x)) if i else x)'''.split("\n")
+            reaching = x
+            if layer.input is not model.inputs[0]:  # the model up to the layer, adapted so far
+                reaching = keras.ops.convert_to_numpy(keras.Model(model.inputs, layer.input)(x))
+            layer.adapt(reaching)'''.split("\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,13 +170,7 @@ def _graph_program(spec: "ir.Spec", report: "Report") -> str:
             f"{INDENT}inputs = keras.Input(shape={lowering.literal(tuple(spec.input_shape))})",
             *body,
             f"{INDENT}model = keras.Model(inputs, outputs, name={lowering.literal(spec.name)})"]
-    out += _compile(spec)
-    out += [f"{INDENT}return model"]
-    if any(layer.adapts for layer in spec.layers):
-        out += ADAPT_GRAPH
-    out += _train(spec)
-    out += ["", "", 'if __name__ == "__main__":', f"{INDENT}build_model().summary()"]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _ending(spec)) + "\n"
 
 
 @dataclass
@@ -404,16 +406,3 @@ def _statement(indent: str, target: str, call: Any, suffix: str) -> list[str]:
         return [line]
     args = [lowering.literal(a) for a in call.args] + [f"{k}={lowering.literal(v)}" for k, v in call.kwargs.items()]
     return [f"{indent}{target}{call.target}(", *(f"{indent}{INDENT}{a}," for a in args), f"{indent}){suffix}"]
-
-
-# For a graph: each Normalization layer adapted to what reaches it, through the model's own
-# layers before it (which have no weights), as modelspec's Model.adapt does.
-ADAPT_GRAPH = '''
-
-def adapt_normalization(model, x):
-    """Each Normalization layer adapted to the data reaching it (the layers before it have no
-    weights), one after the other, as modelspec's fit does before the first step."""
-    for layer in model.layers:
-        if isinstance(layer, layers.Normalization):
-            reaching = keras.Model(model.inputs, layer.input)(x) if layer.input is not model.inputs[0] else x
-            layer.adapt(keras.ops.convert_to_numpy(reaching))'''.split("\n")

@@ -974,12 +974,16 @@ class Network:
         loss, outputs, dy = self.evaluate(x, y, training=True)
         for i in range(len(self.body) - 1, self.first - 1, -1):
             dy = self.body[i].backward(dy, need_dx=i > self.first)
+        self.penalty_gradients()
+        return loss, outputs
+
+    def penalty_gradients(self):
+        """Each regularized kernel's penalty gradient, added to its loss gradient."""
         for kernel, grad, l1, l2 in self.penalties:
             if l1:
                 grad += l1 * np.sign(kernel)
             if l2:
                 grad += (2 * l2) * kernel
-        return loss, outputs
 
     def apply(self, optimizer):
         """The step's updates, once its loss and gradients are known to be finite."""
@@ -1040,9 +1044,5 @@ class Graph(Network):
             for s, g, needed in zip(reads, dx if self.merging[k] else [dx], need):
                 if needed:
                     d[s] = g if d[s] is None else d[s] + g  # fan-out: the readers' gradients add up
-        for kernel, grad, l1, l2 in self.penalties:
-            if l1:
-                grad += l1 * np.sign(kernel)
-            if l2:
-                grad += (2 * l2) * kernel
+        self.penalty_gradients()
         return loss, outputs
