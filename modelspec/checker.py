@@ -56,6 +56,10 @@ class LayerReport:
     sources: tuple[int, ...] = ()
     inputs: tuple[str, ...] = ()
     index: int = 0  # its place in spec.layers (the order it was written)
+    # it reads a tensor that carries embedding's mask (mask_zero: the input's ids that are not 0),
+    # and its output carries it on (modelspec.layers.LayerBase.mask)
+    mask_in: bool = False
+    masked: bool = False
 
     @property
     def params(self) -> int:
@@ -219,6 +223,10 @@ def infer(spec: ir.Spec) -> Report:
     weighted: list[tuple[str, ir.LayerBase] | None] = []
     prefix = "" if spec.connections else f"{spec.name}/"  # a functional model's weights have no model scope
     input_shape: Shape = (None, *spec.input_shape)
+    # per layer (and, at -1, the input): its output holds integer ids, carries embedding's mask
+    ids: list[bool] = [spec.input_dtype == "int32"]
+    masks: list[bool] = [False]
+    ids, masks = _LastIsInput(ids), _LastIsInput(masks)
     for index, (name, layer) in enumerate(zip(names, spec.layers)):
         sources = spec.sources(index)
         ins = [input_shape if s < 0 else shapes[s] for s in sources]
@@ -227,23 +235,73 @@ def infer(spec: ir.Spec) -> Report:
         except ShapeError as e:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
+        reads_ids = any(ids[s] for s in sources)
+        if reads_ids != layer.reads_ids:
+            errors.append(_dtype_error(spec, name, layer, reads_ids))
+            break
+        mask_in, masked = _mask(name, layer, ins[0], [masks[s] for s in sources], errors)
         shape = ins[0]
         path = f"{prefix}{name}"
         weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
                    for w in layer.weights(shape)]
         rows.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
                                 layer.flops(shape, out), layer, sources,
-                                tuple(INPUT_LAYER if s < 0 else names[s] for s in sources), index))
+                                tuple(INPUT_LAYER if s < 0 else names[s] for s in sources), index, mask_in, masked))
         shapes.append(out)
+        ids.append(False)
+        masks.append(masked)
         before = next((weighted[s] for s in sources if s >= 0 and weighted[s] is not None), None)
         if layer.adapts and before is not None:
             errors.append(_adapts_after(layer, *before))
         weighted.append(before or ((name, layer) if weights and not layer.adapts else None))
+    if not errors and rows[-1].masked:
+        errors.append(Diagnostic(
+            "error", f"the model's output ({rows[-1].name}) carries the mask of embedding ... mask_zero, so Keras "
+            "would average the loss over the unmasked steps only; modelspec does not train such a model yet",
+            rows[-1].layer.span, code="mask",
+            hint="end with a pooling layer (globalavgpool1d averages the unmasked steps), or drop mask_zero"))
     if not errors and spec.connections:
         rows = _keras_order(spec, rows, errors)
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
     return Report(spec.name, input_shape, rows, [], spec)
+
+
+class _LastIsInput(list):
+    """A per-layer list whose index -1 is the model's input (stored first): `sources` use -1."""
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return super().__getitem__(0 if i < 0 else i + 1)
+
+
+def _dtype_error(spec: ir.Spec, name: str, layer: ir.LayerBase, reads_ids: bool) -> Diagnostic:
+    """A layer that reads token ids but is not an embedding, or an embedding that reads numbers."""
+    if reads_ids:
+        return Diagnostic("error", f"{name} reads the model's integer input (token ids, `input ... int`); only "
+                          "embedding reads ids", layer.span, code="dtype",
+                          hint="begin with `embedding VOCAB DIM`, or declare a float input: "
+                               f"`input {'x'.join(map(str, spec.input_shape))}`")
+    return Diagnostic("error", f"{name} reads integer ids (token ids), but its input holds numbers (float32)",
+                      layer.span, code="dtype",
+                      hint=f"declare integer inputs: `input {'x'.join(map(str, spec.input_shape))} int`, and put "
+                           "embedding first")
+
+
+def _mask(name: str, layer: ir.LayerBase, shape: Shape, masks: list[bool],
+          errors: list[Diagnostic]) -> tuple[bool, bool]:
+    """(whether the layer reads embedding's mask, whether its output carries it), as Keras's
+    compute_mask: a merge's output is masked when all its inputs are (keras/src/layers/merging/
+    base_merge.py ORs the masks and gives None when one is missing; Concatenate's mask along
+    the last axis is then all true). Every mask is the input's ids that are not 0."""
+    rule = layer.mask
+    joins_steps = layer.kind == "concat" and layer.axis % len(shape) != len(shape) - 1  # type: ignore[attr-defined]
+    if any(masks) and (rule == "refuse" or joins_steps):
+        errors.append(Diagnostic(
+            "error", f"{name} reads the mask of embedding ... mask_zero, and modelspec does not compute "
+                     f"{'a mask joined along the steps' if joins_steps else 'its masked values'} yet",
+            layer.span, code="mask", hint="drop mask_zero, or put this layer where no mask reaches it"))
+    mask_in = all(masks)
+    return mask_in, rule == "make" or (mask_in and rule == "keep")
 
 
 def _keras_order(spec: ir.Spec, rows: list[LayerReport], errors: list[Diagnostic]) -> list[LayerReport]:

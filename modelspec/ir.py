@@ -21,7 +21,7 @@ from .layers import *  # noqa: F401,F403 - the layer kinds are part of the IR
 from .layers import LAYER_TYPES
 from .nodes import *  # noqa: F401,F403
 from .nodes import (
-    OPTIMIZER_DEFAULTS, LayerName, LossName, MetricName, Node, OptimizerName, PositiveInt, Seed, _finite,
+    OPTIMIZER_DEFAULTS, InputDtype, LayerName, LossName, MetricName, Node, OptimizerName, PositiveInt, Seed, _finite,
 )
 
 Layer = Annotated[Union[LAYER_TYPES], Field(discriminator="kind")]
@@ -108,6 +108,7 @@ class Spec(Node):
 
     name: LayerName = "sequential"
     input_shape: tuple[PositiveInt, ...] = Field(min_length=1)
+    input_dtype: InputDtype = "float32"  # `input 20 int`: token ids, Keras's Input(dtype="int32")
     layers: tuple[Layer, ...] = Field(min_length=1)
     connections: tuple[tuple[int, ...], ...] = ()
     optimizer: Optimizer | None = None

@@ -20,11 +20,12 @@ from pydantic import Field
 
 from .nodes import (
     ACTIVATIONS, GLOROT_UNIFORM, INITIALIZERS, ZEROS, ActivationName, Initializer, LayerName, Node,
-    Padding, Pair, PositiveInt, Regularizer, Seed,
+    Padding, Padding1D, Pair, PositiveInt, Regularizer, Seed,
 )
-from .shapes import Shape, ShapeError, fmt_shape, need_image, window
+from .shapes import Shape, ShapeError, fmt_shape, need_image, need_sequence, window, window1d
 
 ONES = Initializer.model_construct(name="ones")
+UNIFORM = Initializer.model_construct(name="random_uniform")  # Keras's 'uniform': U(-0.05, 0.05)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Arg:
     minimum: int = 1  # for int and pair
     once: bool = False  # a second value is an error, not an override
     printed: str = "option"  # positional (always), positional? (unless default), option, word, keyword
+    word_value: Any = False  # what a flag's bare word sets it to: `nobias` False, `mask_zero` True
     print_key: str | None = None  # the key printed, when not keys[0]
 
 
@@ -93,6 +95,13 @@ class LayerBase(Node):
     adapts: ClassVar[bool] = False
     # the layer reads several tensors (a merge): the checker calls `merge_shape` with their shapes
     merges: ClassVar[bool] = False
+    # the layer reads integer ids (embedding): the only kind that may read an `input ... int`
+    reads_ids: ClassVar[bool] = False
+    # what it does with the mask of `embedding ... mask_zero` (Keras's supports_masking and
+    # compute_mask): "keep" passes it on, "consume" reads it (its output has none), "drop" loses
+    # it (Keras warns), "refuse" is a kind whose masked numbers no backend implements yet;
+    # "make" is embedding's with mask_zero
+    mask: ClassVar[str] = "drop"
     name: LayerName | None = None
 
     @classmethod
@@ -131,6 +140,7 @@ def _kernel_and_bias(layer: Any, kernel_shape: tuple[int, ...], units: int) -> l
 
 class Dense(LayerBase):
     keras_class: ClassVar[str] = "Dense"
+    mask: ClassVar[str] = "keep"
     kind: Literal["dense"] = "dense"
     units: Annotated[PositiveInt, Arg("int", "the number of units", keys=("units",), positional=True,
                                       needs="a number of units", example="dense 64 relu",
@@ -190,6 +200,7 @@ class PReLU(LayerBase):
     initialised to zeros (keras/src/layers/activations/prelu.py)."""
 
     keras_class: ClassVar[str] = "PReLU"
+    mask: ClassVar[str] = "keep"
     kind: Literal["prelu"] = "prelu"
 
     def weights(self, shape: Shape) -> list[WeightDecl]:
@@ -198,6 +209,7 @@ class PReLU(LayerBase):
 
 class BatchNorm(LayerBase):
     keras_class: ClassVar[str] = "BatchNormalization"
+    mask: ClassVar[str] = "refuse"  # Keras computes its statistics over the unmasked steps
     kind: Literal["batchnorm"] = "batchnorm"
     momentum: Annotated[float, Field(ge=0.0, le=1.0),
                         Arg("float", "momentum", keys=("momentum",), low=0.0, high=1.0)] = 0.99
@@ -220,6 +232,7 @@ class Rescale(LayerBase):
     float32 first (keras/src/layers/preprocessing/rescaling.py, `call`)."""
 
     keras_class: ClassVar[str] = "Rescaling"
+    mask: ClassVar[str] = "keep"
     scales_input: ClassVar[bool] = True
     kind: Literal["rescale"] = "rescale"
     scale: Annotated[float, Field(allow_inf_nan=False),
@@ -236,6 +249,7 @@ class Normalize(LayerBase):
     none trainable; `adapt` sets mean and variance from data (modelspec.model.Model.adapt)."""
 
     keras_class: ClassVar[str] = "Normalization"
+    mask: ClassVar[str] = "keep"
     scales_input: ClassVar[bool] = True
     adapts: ClassVar[bool] = True
     kind: Literal["normalize"] = "normalize"
@@ -265,6 +279,7 @@ class Flatten(LayerBase):
 
 class Dropout(LayerBase):
     keras_class: ClassVar[str] = "Dropout"
+    mask: ClassVar[str] = "keep"
     kind: Literal["dropout"] = "dropout"
     rate: Annotated[float, Field(ge=0.0, le=1.0),
                     Arg("float", "the dropout rate", keys=("rate",), positional=True,
@@ -348,6 +363,7 @@ class Activation(LayerBase):
     """`relu`, `softmax`, ... as a layer of its own (Keras's `Activation`)."""
 
     keras_class: ClassVar[str] = "Activation"
+    mask: ClassVar[str] = "keep"
     kind: Literal["activation"] = "activation"
     activation: Annotated[ActivationName, Arg("keyword", printed="keyword")]
 
@@ -364,11 +380,177 @@ class LeakyReLU(LayerBase):
     """Keras's LeakyReLU layer, whose default slope is 0.3 (the activation string's is 0.2)."""
 
     keras_class: ClassVar[str] = "LeakyReLU"
+    mask: ClassVar[str] = "keep"
     kind: Literal["leaky_relu"] = "leaky_relu"
     negative_slope: Annotated[float, Field(ge=0.0),
                               Arg("float", "the negative slope", keys=("negative_slope", "alpha", "slope"),
                                   positional=True, example="leaky_relu 0.3", low=0.0,
                                   printed="positional?")] = 0.3
+
+
+# ---------------------------------------------------------------------------------------
+# Sequences: (batch, steps, features), token ids
+
+
+class Embedding(LayerBase):
+    """Keras's Embedding: each integer id's row of `embeddings` (keras/src/layers/core/embedding.py).
+    With mask_zero the ids that are 0 are masked for the layers after it; row 0 is an ordinary,
+    trainable row."""
+
+    keras_class: ClassVar[str] = "Embedding"
+    kind: Literal["embedding"] = "embedding"
+    reads_ids: ClassVar[bool] = True
+    input_dim: Annotated[PositiveInt, Arg("int", "the vocabulary size", keys=("input_dim", "vocab"), positional=True,
+                                          needs="a vocabulary size and a dimension",
+                                          example="embedding 1000 16", printed="positional")]
+    output_dim: Annotated[PositiveInt, Arg("int", "the embedding dimension", keys=("output_dim", "dim"),
+                                           positional=True, needs="an embedding dimension",
+                                           example="embedding 1000 16", printed="positional")]
+    mask_zero: Annotated[bool, Arg("flag", "mask_zero", keys=("mask_zero",), words=("mask_zero",),
+                                   word_value=True, printed="word")] = False
+    embeddings_initializer: Annotated[Initializer, Arg(
+        "initializer", "embeddings_initializer", keys=("embeddings_initializer", "init"),
+        words=INITIALIZERS, once=True, printed="word")] = UNIFORM
+    embeddings_regularizer: RegularizerOpt = None
+
+    @property
+    def mask(self) -> str:  # type: ignore[override]
+        return "make" if self.mask_zero else "drop"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (*shape, self.output_dim)
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        return [WeightDecl("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)]
+
+
+class Conv1D(LayerBase):
+    """Keras's Conv1D, channels last: kernel (K, in, filters) (keras/src/layers/convolutional/base_conv.py)."""
+
+    keras_class: ClassVar[str] = "Conv1D"
+    kind: Literal["conv1d"] = "conv1d"
+    filters: Annotated[PositiveInt, Arg("int", "the number of filters", positional=True,
+                                        needs="a number of filters and a kernel size",
+                                        example="conv1d 32 3 relu", printed="positional")]
+    kernel_size: Annotated[PositiveInt, Arg("int", "the kernel size", positional=True, needs="a kernel size",
+                                            example="conv1d 32 3 relu", printed="positional")]
+    strides: Annotated[PositiveInt, Arg("int", "the stride", keys=("stride", "strides"))] = 1
+    padding: Annotated[Padding1D, Arg("choice", "padding", keys=("padding",), words=("valid", "same", "causal"))] = "valid"
+    dilation_rate: Annotated[PositiveInt, Arg("int", "the dilation rate",
+                                              keys=("dilation", "dilation_rate"))] = 1
+    activation: ActivationOpt = "linear"
+    kernel_initializer: KernelInitOpt = GLOROT_UNIFORM
+    use_bias: UseBiasOpt = True
+    kernel_regularizer: RegularizerOpt = None
+    bias_initializer: BiasInitOpt = ZEROS
+
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+        if self.strides > 1 and self.dilation_rate > 1:  # keras/src/layers/convolutional/base_conv.py
+            raise ValueError(f"a stride above 1 cannot go with a dilation above 1, as in Keras; received "
+                             f"stride={self.strides} and dilation={self.dilation_rate}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (None, window1d(self.kind, shape, self.kernel_size, self.strides, self.padding,
+                               self.dilation_rate), self.filters)
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        return _kernel_and_bias(self, (self.kernel_size, shape[2], self.filters), self.filters)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * self.kernel_size * shape[2] * self.filters * out[1]
+
+
+class _Pool1D(LayerBase):
+    pool_size: Annotated[PositiveInt, Arg("int", "the pool size", keys=("pool_size",), positional=True,
+                                          printed="positional")] = 2
+    strides: Annotated[PositiveInt | None, Arg("int", "the stride", keys=("stride", "strides"))] = None
+    padding: PaddingOpt = "valid"
+
+    @property
+    def resolved_strides(self) -> int:
+        return self.strides or self.pool_size
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (None, window1d(self.kind, shape, self.pool_size, self.resolved_strides, self.padding), shape[2])
+
+
+class MaxPool1D(_Pool1D):
+    keras_class: ClassVar[str] = "MaxPooling1D"
+    kind: Literal["maxpool1d"] = "maxpool1d"
+
+
+class AvgPool1D(_Pool1D):
+    keras_class: ClassVar[str] = "AveragePooling1D"
+    kind: Literal["avgpool1d"] = "avgpool1d"
+
+
+class _GlobalPool1D(LayerBase):
+    def output_shape(self, shape: Shape) -> Shape:
+        need_sequence(self.kind, shape)
+        return (None, shape[2])
+
+
+class GlobalAvgPool1D(_GlobalPool1D):
+    """With a mask, the mean of the unmasked steps (keras/src/layers/pooling/global_average_pooling1d.py)."""
+
+    keras_class: ClassVar[str] = "GlobalAveragePooling1D"
+    kind: Literal["globalavgpool1d"] = "globalavgpool1d"
+    mask: ClassVar[str] = "consume"
+
+
+class GlobalMaxPool1D(_GlobalPool1D):
+    keras_class: ClassVar[str] = "GlobalMaxPooling1D"
+    kind: Literal["globalmaxpool1d"] = "globalmaxpool1d"
+
+
+class LayerNorm(LayerBase):
+    """Keras's LayerNormalization over the last axis, gamma then beta (keras/src/layers/normalization/
+    layer_normalization.py): per sample and position, the biased variance."""
+
+    keras_class: ClassVar[str] = "LayerNormalization"
+    kind: Literal["layernorm"] = "layernorm"
+    mask: ClassVar[str] = "keep"
+    epsilon: Annotated[float, Field(gt=0.0),
+                       Arg("float", "epsilon", keys=("epsilon", "eps"), low=0.0, low_open=True)] = 1e-3
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        c = (shape[-1],)
+        return [WeightDecl("gamma", c, ONES), WeightDecl("beta", c, ZEROS)]
+
+
+class Reshape(LayerBase):
+    """Keras's Reshape: the same values in row-major order; one dimension may be -1, the one
+    that makes the sizes agree (keras/src/layers/reshaping/reshape.py)."""
+
+    keras_class: ClassVar[str] = "Reshape"
+    kind: Literal["reshape"] = "reshape"
+    target_shape: Annotated[tuple[int, ...], Arg("target_shape", "the target shape", keys=("target_shape",),
+                                                 positional=True, needs="a target shape",
+                                                 example="reshape 28x28x1", printed="positional")]
+
+    def check(self) -> None:
+        if not self.target_shape or any(d == 0 or d < -1 for d in self.target_shape):
+            raise ValueError(f"every dimension of the target shape must be at least 1, or -1; received "
+                             f"{self.target_shape}")
+        if self.target_shape.count(-1) > 1:
+            raise ValueError(f"only one dimension of the target shape may be -1; received {self.target_shape}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        size = math.prod(shape[1:])
+        known = math.prod(d for d in self.target_shape if d != -1)
+        target = "x".join(map(str, self.target_shape))
+        if -1 in self.target_shape:
+            if size % known:
+                raise ShapeError(f"its input {fmt_shape(shape)} has {size:,} values, which {target} cannot hold: "
+                                 f"{size:,} is not a multiple of {known:,}",
+                                 hint="choose dimensions whose product divides the input's size")
+            return (None, *(size // known if d == -1 else d for d in self.target_shape))
+        if size != known:
+            raise ShapeError(f"its input {fmt_shape(shape)} has {size:,} values, but the target shape {target} has "
+                             f"{known:,}", hint="the product of the dimensions must stay the same; -1 in one "
+                             "dimension makes it fit")
+        return (None, *self.target_shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,6 +562,7 @@ class _Merge(LayerBase):
     not an option: `merge_shape` takes their shapes in order."""
 
     merges: ClassVar[bool] = True
+    mask: ClassVar[str] = "keep"
     most_inputs: ClassVar[int | None] = None
 
     def merge_shape(self, shapes: list[Shape]) -> Shape:
@@ -486,6 +669,7 @@ MERGE_TYPES = (Add, Subtract, Multiply, Average, Maximum, Minimum, Concat)
 
 LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
                GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize,
+               Embedding, Conv1D, MaxPool1D, AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, LayerNorm, Reshape,
                *MERGE_TYPES)
 LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
 # statement keyword -> class (every activation name is a keyword of Activation)

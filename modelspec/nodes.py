@@ -79,7 +79,8 @@ INITIALIZER_ALIASES = {
     "HeUniform": "he_uniform", "LecunNormal": "lecun_normal", "LecunUniform": "lecun_uniform",
     "Zeros": "zeros", "Ones": "ones", "RandomNormal": "random_normal",
     "RandomUniform": "random_uniform", "TruncatedNormal": "truncated_normal",
-    "Orthogonal": "orthogonal", "xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
+    "Orthogonal": "orthogonal", "uniform": "random_uniform", "normal": "random_normal",
+    "xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
 }
 OPTIMIZER_ALIASES = {"SGD": "sgd", "RMSprop": "rmsprop", "Adam": "adam", "AdamW": "adamw",
                      "Adagrad": "adagrad", "Nadam": "nadam"}
@@ -92,6 +93,8 @@ ACTIVATION_ALIASES = {"silu": "swish", "none": "linear"}
 HYPERPARAMETER_ALIASES = {"lr": "learning_rate"}
 
 Padding = Literal["valid", "same"]
+Padding1D = Literal["valid", "same", "causal"]
+InputDtype = Literal["float32", "int32"]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]  # Keras keeps seeds in an int64
 PositiveInt = Annotated[int, Field(ge=1)]
 Pair = tuple[PositiveInt, PositiveInt]

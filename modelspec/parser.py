@@ -177,6 +177,7 @@ class Builder:
         self.path = path
         self.model_name: tuple[str, Span] | None = None
         self.input: tuple[tuple[int, ...] | None, Span] | None = None  # None shape: invalid, reported
+        self.input_dtype = "float32"
         self.layers: list[Any] = []
         self.first_layer_span: Span | None = None
         self.training: dict[str, tuple[Any, Span]] = {}
@@ -529,6 +530,7 @@ class Builder:
                         hint=f"remove one of them (the `input` statement is on line {self.input[1].line})")
             else:
                 self.input = (shape, span)
+                self.input_dtype = r.input_dtype
         if self.first_layer_span is None:
             self.first_layer_span = r.st.span
         if fields is None:
@@ -566,8 +568,8 @@ class Builder:
             graph = {} if self.chain else {"connections": tuple(self.connections)}
             if self.uses or _written_as_graph(self.items):
                 graph.update(blocks=tuple(self.uses), syntax=tuple(self.items))
-            return ir.Spec.construct_checked(name=name, input_shape=self.input[0], layers=tuple(self.layers),  # type: ignore[index]
-                                            statement_spans=spans, **graph, **training)
+            return ir.Spec.construct_checked(name=name, input_shape=self.input[0], input_dtype=self.input_dtype,  # type: ignore[index]
+                                            layers=tuple(self.layers), statement_spans=spans, **graph, **training)
         except ValueError as e:
             self.error(f"invalid spec: {_pydantic_message(e)}", None)
             return None
@@ -605,7 +607,10 @@ class Builder:
         v = r.positional("a shape", "input 784, input 28x28 or input (28, 28)")
         shape = r.shape(v) if v else None
         r.no_more_positionals()
-        r.unknown_leftovers()
+        for w in [w for w in r.words if w.value in ("int", "float")]:  # `input 20 int`: token ids
+            r.words.remove(w)
+            self.input_dtype = "int32" if w.value == "int" else "float32"
+        r.unknown_leftovers(("int", "float"), words_described="int (token ids) or float (the default)")
         self.input = (shape, r.st.span)
 
     # -- training ------------------------------------------------------------------------

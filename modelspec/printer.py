@@ -62,6 +62,8 @@ def _option(arg: Arg, value: Any) -> str:
         return _init(value)
     if arg.read == "pair":
         return _shape(value) if arg.printed == "positional" else _stride(value)
+    if arg.read == "target_shape":
+        return _shape(value)
     if arg.read == "padding2d":
         (top, bottom), (left, right) = value
         if top == bottom and left == right:
@@ -112,7 +114,7 @@ def to_text(spec: ir.Spec, source: str | None = None) -> str:
     them (`spec.syntax`); a graph built otherwise (an import) gets references of its own."""
     spans = spec.statement_spans
     head = [(spans.get("model"), f"model {_name(spec.name)}"),
-            (spans.get("input"), f"input {_shape(spec.input_shape)}")]
+            (spans.get("input"), f"input {_shape(spec.input_shape)}" + (" int" if spec.input_dtype == "int32" else ""))]
     training = [(node.span, text) for node, text in _training_lines(spec)]  # type: ignore[attr-defined]
     if spec.syntax is not None:
         lines = _as_written(spec, head, training)

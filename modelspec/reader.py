@@ -60,6 +60,7 @@ class Reader:
         self.options: dict[str, Option] = {}
         self.calls: list[Call] = []
         self.input_shape: tuple[tuple[int, ...] | None, Span] | None = None
+        self.input_dtype = "float32"
         # in a block's body: ids of the values a parameter put in (modelspec.structure.substitute),
         # and which fields they set
         self.substituted: dict[int, tuple[str, Any]] = {}
@@ -93,6 +94,10 @@ class Reader:
                 self.input_shape = (shape, _join(a.span, got.span if got else a.span))
                 if got is not None:
                     i += 1
+                    after = args[i + 1] if i + 1 < len(args) else None
+                    if isinstance(after, Value) and after.type == "word" and after.value == "int":
+                        self.input_dtype = "int32"  # `embedding 1000 16 in 20 int`
+                        i += 1
             elif a.type == "word":
                 self.words.append(a)
             else:
@@ -199,7 +204,8 @@ class Reader:
             return None
         return seed
 
-    def shape(self, v: Value) -> tuple[int, ...] | None:
+    def shape(self, v: Value, free: bool = False) -> tuple[int, ...] | None:
+        """`784`, `28x28` or `(28, 28)`; with `free`, one dimension may be -1 (Keras's Reshape)."""
         if v.type == "int":
             dims = (v.value,)
         elif v.type == "dims":
@@ -212,8 +218,13 @@ class Reader:
         if dims is None or any(d is None for d in dims):
             self.error(f"a dimension of {v.describe()} is too large", v.span)
             return None
-        if any(d < 1 for d in dims):
-            self.error(f"every dimension of a shape must be at least 1; received {v.describe()}", v.span)
+        if free and dims.count(-1) > 1:
+            self.error(f"only one dimension may be -1 (the one that makes the sizes agree); received "
+                       f"{v.describe()}", v.span)
+            return None
+        if any(d < 1 and not (free and d == -1) for d in dims):
+            self.error(f"every dimension of a shape must be at least 1{', or -1' if free else ''}; received "
+                       f"{v.describe()}", v.span)
             return None
         return tuple(dims)
 
@@ -430,8 +441,8 @@ def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
         opt = r.take(*arg.keys) if arg.keys and r.options else None
         if opt is not None:
             value = read_value(r, arg, opt.value)
-            if arg.read == "flag" and value is not None:
-                value = value and fields.get(field, True)  # nobias and use_bias=true: no bias
+            if arg.read == "flag" and value is not None and field in fields:
+                value = fields[field]  # nobias and use_bias=true: no bias; the word wins
             ok &= _set(r, fields, field, arg, value, opt)
     if r.options or r.words or r.calls:
         r.unknown_leftovers(words, options, words_described=described)
@@ -452,6 +463,8 @@ def read_value(r: Reader, arg: Arg, v: Any) -> Any:
         return r.pair(v, arg.what)
     if arg.read == "padding2d":
         return r.padding2d(v, arg.what)
+    if arg.read == "target_shape":
+        return r.shape(v, free=True)
     if arg.read == "choice":
         return r.choice(v, arg.what, arg.words)
     if arg.read == "activation":
@@ -471,7 +484,7 @@ def read_value(r: Reader, arg: Arg, v: Any) -> Any:
 def _word_value(arg: Arg, word: Value) -> Any:
     """What a bare word sets the option to, or None when the word is not this option's."""
     if arg.read == "flag":
-        return False if word.value in arg.words else None  # `nobias`
+        return arg.word_value if word.value in arg.words else None  # `nobias`, `mask_zero`
     found = _canonical(word.value, arg.words, _WORD_ALIASES.get(arg.read, {}))
     if found is not None and arg.read == "initializer":
         return ir.Initializer.construct_checked(name=found, span=word.span)

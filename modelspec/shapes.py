@@ -74,3 +74,40 @@ def window(kind: str, shape: Shape, size: tuple[int, int], strides: tuple[int, i
                 "use padding=same, a smaller window, or a larger input")
         out.append(o)
     return out[0], out[1]
+
+
+def need_sequence(kind: str, shape: Shape) -> None:
+    """Raise ShapeError unless `shape` is (batch, steps, features)."""
+    if len(shape) != 3:
+        if len(shape) == 2:
+            hint = (f"a sequence is (steps, features): `reshape {shape[1]}x1` makes one of {shape[1]} steps, "
+                    "or start from `embedding` on token ids")
+        elif len(shape) == 4:
+            hint = f"an image is not a sequence: `reshape {shape[1]}x{shape[2] * shape[3]}` makes one of its rows"
+        else:
+            hint = None
+        raise ShapeError(f"{kind} needs an input of rank 2 (steps, features); received {fmt_shape(shape)}", hint)
+
+
+def causal_padding(k: int, dilation: int) -> tuple[int, int]:
+    """Keras's 'causal' padding of a 1-D convolution: every zero before the sequence."""
+    return dilation * (k - 1), 0
+
+
+def window1d(kind: str, shape: Shape, k: int, s: int, padding: str, dilation: int = 1) -> int:
+    """The output length of a 1-D window (convolution or pooling) over a sequence
+    (keras/src/ops/operation_utils.py, compute_conv_output_shape / compute_pooling_output_shape)."""
+    need_sequence(kind, shape)
+    n, span = shape[1], dilation * (k - 1) + 1
+    out = window_output(n + (span - 1 if padding == "causal" else 0), span, s,
+                        "valid" if padding == "causal" else padding)
+    if out < 1:
+        raise ShapeError(f"{kind}'s window of {span} steps is longer than its input {fmt_shape(shape)} "
+                         f"({n} steps); the output would have none",
+                         "use padding=same, a smaller window, or a longer sequence")
+    return out
+
+
+def same_padding_dilated(n: int, k: int, s: int, dilation: int = 1) -> tuple[int, int]:
+    """'same' padding (before, after) of a dilated window: the extra zero goes after."""
+    return same_padding(n, dilation * (k - 1) + 1, s)
