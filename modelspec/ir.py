@@ -143,6 +143,14 @@ class Spec(Node):
         return self.connections[index] if self.connections else (index - 1,)
 
     @property
+    def id_limit(self) -> int | None:
+        """For integer inputs, the smallest vocabulary of the embeddings that read them: every
+        id must lie in [0, id_limit). None for float inputs."""
+        if self.input_dtype != "int32":
+            return None
+        return min((getattr(layer, "input_dim") for layer in self.layers if layer.reads_ids), default=None)
+
+    @property
     def is_chain(self) -> bool:
         return not self.connections
 

@@ -96,3 +96,9 @@ def synthetic_labels(loss: str, output_shape: tuple[int, ...], n: int, rng: np.r
     if kind == "binary":
         return (rng.random((n, *out)) < 0.5).astype(np.float32)
     return rng.normal(size=(n, *out)).astype(np.float32)
+
+
+def synthetic_ids(spec: Any, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples of token ids for a spec with integer inputs: int32, uniform over the whole
+    vocabulary (0 included, so that mask_zero masks some steps)."""
+    return rng.integers(0, spec.id_limit, size=(n, *spec.input_shape)).astype(np.int32)
