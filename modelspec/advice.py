@@ -23,6 +23,7 @@ HE = frozenset({"he_normal", "he_uniform"})
 LECUN = frozenset({"lecun_normal", "lecun_uniform"})
 TRANSPARENT = frozenset({"batchnorm", "dropout"})  # between a weighted layer and its activation
 HUGE_BYTES = 2 * 1024**3
+WEIGHTED = frozenset({"dense", "conv2d", "conv1d"})  # the kinds with a kernel and an activation
 
 
 def _warn(message: str, layer: Any, hint: str | None = None, code: str = "advice") -> Diagnostic:
@@ -48,7 +49,7 @@ def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
     layers = _Rows(layers)
     out: list[Diagnostic] = []
     for rule in (_composed_affine, _initializers, _softmax_placement, _dropout_placement,
-                 _dense_on_images, _output_and_loss, _metrics_and_loss, _size):
+                 _dense_on_images, _mask_dropped, _output_and_loss, _metrics_and_loss, _size):
         out.extend(rule(spec, layers))
     return out
 
@@ -56,7 +57,7 @@ def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
 def activation_after(layers: "_Rows", i: int) -> tuple[str, int]:
     """The nonlinearity that acts on layer i's output, and the index of the layer applying it."""
     own = getattr(layers[i].layer, "activation", "linear")
-    if layers[i].kind in ("dense", "conv2d") and own != "linear":
+    if layers[i].kind in WEIGHTED and own != "linear":
         return own, i
     j = layers.next[i]
     while j is not None and layers[j].kind in TRANSPARENT:
@@ -67,6 +68,19 @@ def activation_after(layers: "_Rows", i: int) -> tuple[str, int]:
         if layers[j].kind in ("leaky_relu", "prelu"):
             return layers[j].kind, j
     return "linear", i
+
+
+def _mask_dropped(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
+    """A layer that loses embedding's mask (Keras warns that it "does not support masking"): from
+    there on the padding steps (id 0) count as data."""
+    for rep in layers:
+        if rep.mask_in and rep.layer.mask == "drop":
+            source = next(r for r in layers if r.kind == "embedding" and r.masked)
+            yield _warn(f"{rep.name} drops the mask of {source.name} (mask_zero): from here on the steps whose id is "
+                        f"0 count as data, as in Keras (which warns the same)", rep.layer,
+                        hint="pool with globalavgpool1d (it averages the unmasked steps), or drop mask_zero if "
+                             "id 0 is an ordinary token", code="mask")
+            return
 
 
 def _composed_affine(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
@@ -92,7 +106,7 @@ def _composed_affine(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
 
 def _initializers(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
     for i, rep in enumerate(layers):
-        if rep.kind not in ("dense", "conv2d"):
+        if rep.kind not in WEIGHTED:
             continue
         act, _ = activation_after(layers, i)
         init = rep.layer.kernel_initializer.name
@@ -129,7 +143,7 @@ def output_activation(layers: list["LayerReport"]) -> str:
         return rep.layer.activation
     if rep.kind == "leaky_relu":
         return "leaky_relu"
-    if rep.kind in ("dense", "conv2d"):
+    if rep.kind in WEIGHTED:
         return rep.layer.activation
     return "linear"
 

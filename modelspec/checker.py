@@ -224,20 +224,18 @@ def infer(spec: ir.Spec) -> Report:
     prefix = "" if spec.connections else f"{spec.name}/"  # a functional model's weights have no model scope
     input_shape: Shape = (None, *spec.input_shape)
     # per layer (and, at -1, the input): its output holds integer ids, carries embedding's mask
-    ids: list[bool] = [spec.input_dtype == "int32"]
-    masks: list[bool] = [False]
-    ids, masks = _LastIsInput(ids), _LastIsInput(masks)
+    ids, masks = _LastIsInput([spec.input_dtype == "int32"]), _LastIsInput([False])
     for index, (name, layer) in enumerate(zip(names, spec.layers)):
         sources = spec.sources(index)
         ins = [input_shape if s < 0 else shapes[s] for s in sources]
+        reads_ids = any(ids[s] for s in sources)
+        if reads_ids != layer.reads_ids:
+            errors.append(_dtype_error(spec, name, layer, reads_ids))
+            break
         try:
             out = layer.merge_shape(ins) if layer.merges else layer.output_shape(ins[0])
         except ShapeError as e:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
-            break
-        reads_ids = any(ids[s] for s in sources)
-        if reads_ids != layer.reads_ids:
-            errors.append(_dtype_error(spec, name, layer, reads_ids))
             break
         mask_in, masked = _mask(name, layer, ins[0], [masks[s] for s in sources], errors)
         shape = ins[0]

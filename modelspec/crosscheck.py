@@ -30,7 +30,7 @@ import numpy as np
 
 from . import ir
 from .checker import Report, check
-from .training import synthetic_labels
+from .training import synthetic_ids, synthetic_labels
 
 FORWARD_TOLERANCE = 1e-5  # the floors: where float32 itself stays closer to float64 than this
 GRADIENT_TOLERANCE = 1e-6  # relative to the layer's largest gradient, element by element
@@ -270,9 +270,12 @@ def default_loss(spec: ir.Spec) -> str:
 
 
 def synthetic_data(report: Report, loss: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs in [0, 1) and labels that fit the loss."""
+    """Inputs in [0, 1) (token ids over the whole vocabulary, for integer inputs) and labels that
+    fit the loss."""
     rng = np.random.default_rng(seed)
-    x = rng.random((n, *report.input_shape[1:]), dtype=np.float32)
+    spec = report.spec
+    x = synthetic_ids(spec, n, rng) if spec.input_dtype == "int32" else rng.random((n, *report.input_shape[1:]),
+                                                                                  dtype=np.float32)
     return x, synthetic_labels(loss, report.output_shape[1:], n, rng)
 
 
@@ -469,13 +472,39 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "(kh, kw, in, out), NHWC",
         "torch": "(out, in, kh, kw) = kernel.permute(3, 2, 0, 1), NCHW",
     }),
+    ("conv1d", lambda s: any(l.kind == "conv1d" for l in s.layers), {
+        "keras": "kernel (k, in, out) on (batch, steps, channels); 'same' puts the extra zero on the right, "
+                 "'causal' every zero on the left",
+        "numpy": "the same layout and pads, windows with the dilation's gaps",
+        "torch": "F.conv1d with weight = kernel.permute(2, 1, 0) on (batch, channels, steps), after an explicit "
+                 "F.pad(left, right) (torch's padding= is symmetric)",
+    }),
+    ("embedding", lambda s: any(l.kind == "embedding" for l in s.layers), {
+        "keras": "Embedding: U(-0.05, 0.05) rows; mask_zero masks the ids 0 for the layers after it, row 0 "
+                 "stays an ordinary, trainable row",
+        "numpy": "the rows indexed by the ids; the gradient added into the rows used (np.add.at)",
+        "torch": "the same rows loaded into an embedding without padding_idx (which would zero and freeze row "
+                 "0); the mask is the ids != 0, kept beside the values",
+    }),
+    ("masked mean", lambda s: any(l.kind == "globalavgpool1d" for l in s.layers)
+        and any(getattr(l, "mask_zero", False) for l in s.layers), {
+        "keras": "GlobalAveragePooling1D with a mask: Σ mask·x / Σ mask over the steps",
+        "numpy": "the same quotient, the mask from the input's ids",
+        "torch": "the same quotient (torch has no masks)",
+    }),
+    ("layernorm epsilon", lambda s: any(l.kind == "layernorm" for l in s.layers), {
+        "keras": "LayerNormalization(epsilon=0.001) over the last axis, biased variance",
+        "numpy": "the same",
+        "torch": "eps passed explicitly (nn.LayerNorm's default is 1e-5)",
+    }),
     ("'same' padding", lambda s: any(getattr(l, "padding", "valid") == "same" for l in s.layers), {
         "keras": "TF's rule: total = max((⌈n/s⌉-1)·s + k - n, 0), the extra pixel at the bottom/right",
         "numpy": "the same asymmetric pads",
         "torch": "F.pad(left, right, top, bottom) then padding=0 (torch's symmetric padding differs "
                  "when the total is odd)",
     }),
-    ("average pooling divisor", lambda s: any(l.kind == "avgpool2d" and l.padding == "same" for l in s.layers), {
+    ("average pooling divisor", lambda s: any(l.kind in ("avgpool2d", "avgpool1d") and l.padding == "same"
+                                              for l in s.layers), {
         "keras": "padded cells excluded from the divisor",
         "numpy": "sum of the window ÷ the number of real cells",
         "torch": "zero-padded sum ÷ a pooled ones-mask (count_include_pad=True would be wrong)",
@@ -493,7 +522,9 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the same two slopes",
         "torch": "negative_slope passed explicitly (nn.LeakyReLU's default is 0.01)",
     }),
-    ("L1/L2 penalties", lambda s: any(getattr(l, "kernel_regularizer", None) for l in s.layers), {
+    ("L1/L2 penalties", lambda s: any(getattr(l, "kernel_regularizer", None) or getattr(l, "embeddings_regularizer",
+                                                                                          None)
+                                      for l in s.layers), {
         "keras": "kernel_regularizer=L1L2: l1·Σ|w| + l2·Σw² added to the loss and to history['loss']",
         "numpy": "the same term added to the loss; gradient l1·sign(w) + 2·l2·w",
         "torch": "an explicit loss term, not weight_decay (which is (wd/2)·Σw², coupled, and not reported)",

@@ -100,5 +100,9 @@ def synthetic_labels(loss: str, output_shape: tuple[int, ...], n: int, rng: np.r
 
 def synthetic_ids(spec: Any, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` samples of token ids for a spec with integer inputs: int32, uniform over the whole
-    vocabulary (0 included, so that mask_zero masks some steps)."""
-    return rng.integers(0, spec.id_limit, size=(n, *spec.input_shape)).astype(np.int32)
+    vocabulary (0 included, so that mask_zero masks some steps), but no sample all zeros
+    (Keras's masked mean of no step is NaN)."""
+    ids = rng.integers(0, spec.id_limit, size=(n, *spec.input_shape)).astype(np.int32)
+    flat = ids.reshape(n, -1)
+    flat[~flat.any(axis=1), 0] = 1
+    return ids

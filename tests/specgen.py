@@ -114,6 +114,8 @@ class _Generator:
         self.refs = 0  # references and blocks drawn so far, for fresh names
         self.nonlinear = False  # whether the layer just drawn has a nonlinear activation
         self.weighted = False  # a layer with weights so far: no normalize after it (it adapts to its input)
+        self.tokens = False  # the input is token ids (`input T int`)
+        self.masked = False  # the last output carries embedding's mask (mask_zero)
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
@@ -128,9 +130,12 @@ class _Generator:
             lines.append(f"model {self.model_name()}")
         inline_input = self.chance(0.3)
         if not inline_input:
-            lines.append(f"input {self.shape_text(shape)}")
+            lines.append(f"input {self.shape_text(shape)}" + (" int" if self.tokens else ""))
+        if self.tokens:  # token ids: an embedding reads them first
+            text, shape = self.embedding(shape)
+            lines.append(text)
         for i in range(r.randint(0, max_layers)):
-            if (i or not inline_input) and self.chance(0.25):  # `in SHAPE` goes on a plain first layer
+            if (i or not inline_input or self.tokens) and self.chance(0.25):  # `in SHAPE` goes on a plain first layer
                 texts, shape = self.graph(shape)
                 lines += texts
                 continue
@@ -142,7 +147,7 @@ class _Generator:
         lines += self.head(task, training)
         if inline_input:
             first = lines.index(next(line for line in lines if not line.startswith("model ")))
-            lines[first] += f" in {self.shape_text(self.first_shape)}"
+            lines[first] += f" in {self.shape_text(self.first_shape)}" + (" int" if self.tokens else "")
         if training:
             lines += self.training(task)
         if self.chance(0.15):  # one line: a body in braces as `{ dense n; add in }`
@@ -154,8 +159,11 @@ class _Generator:
 
     def input_shape(self) -> tuple[int, ...]:
         r = self.r
-        kind = r.choice(("flat", "image", "image", "matrix"))
-        if kind == "flat":
+        kind = r.choice(("flat", "image", "image", "matrix", "tokens"))
+        self.tokens = kind == "tokens"
+        if kind == "tokens":
+            shape = (r.randint(4, 10),)
+        elif kind == "flat":
             shape = (r.randint(1, 8),)
         elif kind == "matrix":
             shape = (r.randint(1, 5), r.randint(1, 6))
@@ -178,9 +186,17 @@ class _Generator:
 
     # -- layers ------------------------------------------------------------------------
 
+    # the kinds that pass embedding's mask on (Keras's supports_masking); the others drop it,
+    # but batchnorm and normalize refuse it (modelspec.layers.LayerBase.mask)
+    KEEP_MASK = ("dense", "batchnorm", "activation", "leaky_relu", "prelu", "rescale", "dropout", "layernorm",
+                 "normalize")
+
     def layer(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-        kinds = ["dense", "batchnorm", "activation", "leaky_relu", "prelu", "rescale"] + (
-            ["dropout"] if self.use_dropout else []) + ([] if self.weighted else ["normalize"])
+        kinds = ["dense", "activation", "leaky_relu", "prelu", "rescale", "layernorm", "reshape"] + (
+            ["dropout"] if self.use_dropout else []) + ([] if self.weighted or self.masked else ["normalize"]) + (
+            [] if self.masked else ["batchnorm"])
+        if len(shape) == 2:
+            kinds += ["conv1d", "conv1d", "conv1d", "maxpool1d", "avgpool1d", "globalavgpool1d", "globalmaxpool1d"]
         if len(shape) == 3:
             kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "globalmaxpool2d",
                       "zeropadding2d", "zeropadding2d", "flatten"]
@@ -191,8 +207,95 @@ class _Generator:
         kind = self.r.choice(kinds)
         self.nonlinear = False
         text, shape = getattr(self, kind)(shape)
-        self.weighted = self.weighted or kind in ("dense", "conv2d", "batchnorm", "prelu")
+        self.weighted = self.weighted or kind in ("dense", "conv2d", "conv1d", "batchnorm", "prelu", "layernorm")
+        self.masked = self.masked and kind in self.KEEP_MASK
         return text + self.name_option(), shape
+
+    def embedding(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        vocab, dim = r.randint(5, 30), r.randint(1, 6)
+        text = f"embedding {vocab} {dim}" if self.chance(0.8) else f"embedding input_dim={vocab} output_dim={dim}"
+        parts = []
+        self.masked = self.chance(0.5)
+        if self.masked:
+            parts.append("mask_zero" if self.chance(0.8) else "mask_zero=true")
+        if self.chance(0.4):
+            parts.append(self.initializer())
+        if self.chance(0.2):
+            parts.append(r.choice(("l1", "l2", f"l2={_num(r.uniform(0.0001, 0.05))}")))
+        r.shuffle(parts)
+        self.weighted = True
+        return text + "".join(" " + p for p in parts) + self.name_option(), (*shape, dim)
+
+    def conv1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        steps, _ = shape
+        filters = r.randint(1, 4)
+        padding = r.choice(("valid", "same", "causal"))
+        stride = r.randint(1, 2) if self.chance(0.4) else 1
+        dilation = r.randint(1, 2) if stride == 1 and self.chance(0.3) else 1
+        limit = 3 if padding != "valid" else min(3, (steps - 1) // dilation + 1)
+        kernel = r.randint(1, limit)
+        text = f"conv1d {filters} {kernel}"
+        if stride > 1:
+            text += f" {r.choice(('stride', 'strides'))}={stride}"
+        if dilation > 1:
+            text += f" {r.choice(('dilation', 'dilation_rate'))}={dilation}"
+        if padding != "valid" or self.chance(0.1):
+            text += f" padding={padding}" if self.chance(0.7) else f" {padding}"
+        activation = r.choice(ACTIVATIONS) if self.chance(0.7) else None
+        if activation == "softmax" and filters == 1:
+            activation = "sigmoid"
+        self.nonlinear = activation not in (None, "linear")
+        span = dilation * (kernel - 1) + 1
+        out = -(-steps // stride) if padding != "valid" else (steps - span) // stride + 1
+        return text + self.weighted_options(activation, filters), (out, filters)
+
+    def pool1d(self, kind: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        steps, c = shape
+        padding = r.choice(("valid", "same"))
+        size = r.randint(1, 3 if padding == "same" else min(3, steps))
+        stride = r.randint(1, 2) if self.chance(0.5) else None
+        text = kind
+        if size != 2 or self.chance(0.5):
+            text += f" {size}" if self.chance(0.8) else f" pool_size={size}"
+        if stride is not None:
+            text += f" stride={stride}"
+        if padding == "same":
+            text += " padding=same"
+        return text, (self.window(steps, size, stride or size, padding), c)
+
+    def maxpool1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.pool1d("maxpool1d", shape)
+
+    def avgpool1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.pool1d("avgpool1d", shape)
+
+    def globalavgpool1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return "globalavgpool1d", (shape[-1],)
+
+    def globalmaxpool1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return "globalmaxpool1d", (shape[-1],)
+
+    def layernorm(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        if self.chance(0.3):
+            return f"layernorm {self.r.choice(('epsilon', 'eps'))}={self.r.choice((1e-5, 0.01, 1e-3))}", shape
+        return "layernorm", shape
+
+    def reshape(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        """Into (steps, features) or flat, one dimension sometimes written -1."""
+        r = self.r
+        size = 1
+        for d in shape:
+            size *= d
+        rows = r.choice([d for d in range(1, min(size, 10) + 1) if size % d == 0])
+        target = (rows, size // rows) if self.chance(0.8) else (size,)
+        dims = [str(d) for d in target]
+        if self.chance(0.4):
+            dims[r.randrange(len(dims))] = "-1"
+        written = "x".join(dims) if len(dims) > 1 and self.chance(0.8) else f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+        return f"reshape {written}", target
 
     def dense(self, shape: tuple[int, ...], units: int | None = None, activation: str | None = None) -> tuple[str, tuple[int, ...]]:
         units = units or self.r.randint(1, 8)
@@ -333,7 +436,7 @@ class _Generator:
     def keeping(self, shape: tuple[int, ...], channels: int | None = None) -> tuple[str, tuple[int, ...]]:
         """A layer that keeps the shape (to `channels` last-axis units, when given)."""
         c = channels or shape[-1]
-        kinds = ["dense", "batchnorm", "activation"] if channels is None else ["dense"]
+        kinds = ["dense", "activation"] + ([] if self.masked else ["batchnorm"]) if channels is None else ["dense"]
         if len(shape) == 3:
             kinds += ["conv2d"]
         kind = self.r.choice(kinds)
@@ -466,8 +569,11 @@ class _Generator:
     def to_flat(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         if len(shape) == 1:
             return "", shape
+        self.masked = False
         if len(shape) == 3 and self.chance(0.4):
             return self.globalavgpool2d(shape)
+        if len(shape) == 2 and self.chance(0.5):
+            return self.globalavgpool1d(shape) if self.chance(0.5) else self.globalmaxpool1d(shape)
         return self.flatten(shape)
 
     def head(self, task: str, training: bool) -> list[str]:

@@ -47,7 +47,7 @@ import modelspec as ms
 from modelspec import backends, ir
 from modelspec.crosscheck import default_loss, trajectory_verdict, ulp_neighbours
 from modelspec.initializers import initial_weights
-from modelspec.training import synthetic_labels
+from modelspec.training import synthetic_ids, synthetic_labels
 
 BATCH = 4
 STEPS = 2
@@ -97,11 +97,18 @@ def case_weights(spec: ir.Spec, report: Any) -> list[np.ndarray]:
 
 def case_data(spec: ir.Spec, report: Any, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x0, x, y): one batch for the forward checks, then `steps` batches to train on."""
-    x0 = np.random.default_rng(SEED + 2).standard_normal((BATCH, *spec.input_shape), dtype=np.float32)
+    x0 = inputs(spec, BATCH, np.random.default_rng(SEED + 2))
     rng = np.random.default_rng(SEED + 3)
     n = BATCH * steps
-    x = rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
+    x = inputs(spec, n, rng)
     return x0, x, synthetic_labels(loss_of(spec), report.output_shape[1:], n, rng)
+
+
+def inputs(spec: ir.Spec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples: N(0, 1) numbers, or token ids over the whole vocabulary for integer inputs."""
+    if spec.input_dtype == "int32":
+        return synthetic_ids(spec, n, rng)
+    return rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,7 +525,7 @@ def labels(loss: str, out: tuple[int, ...], n: int, rng: np.random.Generator) ->
 
 def fit_data(spec: ir.Spec, report: Any, n: int, loss: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(SEED + 4)
-    x = rng.standard_normal((n, *spec.input_shape), dtype=np.float32)
+    x = inputs(spec, n, rng)
     return x, labels(loss, tuple(report.output_shape[1:]), n, rng)
 
 

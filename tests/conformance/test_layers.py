@@ -39,6 +39,7 @@ def case(layer, input_shape, output_shape, params, *, marks=(), id=None, **optio
 
 
 V, IMG = (5,), (5, 5, 2)  # the usual inputs: 5 features; a 5x5 image with 2 channels
+SEQ = (6, 3)  # a sequence of 6 steps of 3 features
 
 LAYERS = [
     # dense: every activation, each with another initializer (seeded, with arguments), and
@@ -125,6 +126,36 @@ LAYERS = [
     case("rescale 1/255", V, (5,), 0),
     case("rescale 1/127.5 offset=-1", IMG, (5, 5, 2), 0),
     case("rescale -2 offset=0.25", (3, 4), (3, 4), 0),
+    # conv1d: valid/same/causal, odd and even kernels ('same' pads the extra zero after),
+    # strides, dilations, activation, bias, penalties; on (steps, features) sequences
+    case("conv1d 4 3", SEQ, (4, 4), 40),
+    case("conv1d 4 3 padding=same relu he_uniform(seed=1)", SEQ, (6, 4), 40),
+    case("conv1d 4 4 padding=same", SEQ, (6, 4), 52),
+    case("conv1d 2 3 padding=causal dilation=2 tanh l2=0.01", SEQ, (6, 2), 20),
+    case("conv1d 2 2 stride=2 padding=same nobias", SEQ, (3, 2), 12),
+    case("conv1d 3 3 strides=2", SEQ, (2, 3), 30),
+    case("conv1d 2 2 dilation=2 l1=0.01", SEQ, (4, 2), 14),
+    case("conv1d 2 3 stride=3 padding=causal sigmoid", SEQ, (2, 2), 20),
+    # 1-D pooling: the default pool of 2, valid/same, strides, the 'same' average's divisor
+    case("maxpool1d", SEQ, (3, 3), 0),
+    case("maxpool1d 3 stride=2 padding=same", SEQ, (3, 3), 0),
+    case("maxpool1d 2 stride=1", SEQ, (5, 3), 0),
+    case("avgpool1d", SEQ, (3, 3), 0),
+    case("avgpool1d 3 stride=2 padding=same", SEQ, (3, 3), 0),
+    case("avgpool1d 4 strides=1 padding=same", SEQ, (6, 3), 0),
+    case("avgpool1d 3", SEQ, (2, 3), 0),
+    case("globalavgpool1d", SEQ, (3,), 0),
+    case("globalmaxpool1d", SEQ, (3,), 0),
+    # layernorm: over the last axis of vectors, sequences and images; gamma and beta
+    case("layernorm", SEQ, (6, 3), 6),
+    case("layernorm epsilon=0.1", V, (5,), 10),
+    case("layernorm", IMG, (5, 5, 2), 4, id="layernorm-image"),
+    # reshape: row-major, one -1 resolved, an image into rows, anything flat
+    case("reshape 3x6", SEQ, (3, 6), 0),
+    case("reshape -1x2", SEQ, (9, 2), 0),
+    case("reshape 2x-1", IMG, (2, 25), 0),
+    case("reshape 50", IMG, (50,), 0),
+    case("reshape 5x1", V, (5, 1), 0),
     # names
     case('dense 3 name="ünï"', V, (3,), 18, id="non-ascii-layer-name", marks=pytest.mark.notimpl(
         ["keras"], reason="TensorFlow's name scopes take letters, digits and . _ - > only: the Keras backend "
@@ -230,6 +261,28 @@ GRAPHS = {  # name: (the spec, output shape, params, non-trainable)
     "normalize-in-a-branch": ("input 5\nn = normalize\na = dense 3 from=in\ndense 3 from=n\nadd a", (3,),
                               11 + 18 + 18, 11),
 }
+# Sequences of token ids (`input ... int`): an embedding reads them first, so whole models.
+# Its mask (mask_zero) passes through layernorm, dense and a merge of masked inputs to the
+# masked mean of globalavgpool1d; conv1d drops it. An embedding of V ids into D has V·D
+# parameters; a conv1d k·in·filters + filters.
+SEQUENCES = {  # name: (the spec, output shape, params, non-trainable)
+    "embedding": ("input 6 int\nembedding 10 3\nflatten\ndense 2", (2,), 30 + 38, 0),
+    "embedding-mask-average": ("input 6 int\nembedding 10 4 mask_zero he_uniform(seed=2)\nglobalavgpool1d\ndense 2",
+                               (2,), 40 + 10, 0),
+    "embedding-penalties-conv1d": ("input 6 int\nembedding 10 3 l1=0.01 l2=0.02\nconv1d 2 3 padding=causal relu\n"
+                                   "globalmaxpool1d\ndense 2", (2,), 30 + 20 + 6, 0),
+    "mask-through-layernorm-dense-add": ("input 6 int\ne = embedding 12 4 mask_zero\nlayernorm\nh = dense 4 relu\n"
+                                         "add e\nglobalavgpool1d\ndense 2", (2,), 48 + 8 + 20 + 10, 0),
+    "mask-dropped-by-conv1d": ("input 6 int\nembedding 10 4 mask_zero\nconv1d 3 2 padding=same\nglobalavgpool1d\n"
+                               "dense 2", (2,), 40 + 27 + 8, 0),
+    "embedding-of-a-grid": ("input 3x4 int\nembedding 10 2\nreshape 3x8\nconv1d 2 2\nflatten\ndense 2", (2,),
+                            20 + 34 + 10, 0),
+    "rows-as-a-sequence": ("input 8x8\nconv1d 4 3 relu\nmaxpool1d\nlayernorm\nglobalavgpool1d\ndense 3 softmax",
+                           (3,), 100 + 8 + 15, 0),
+    "reshape-into-conv1d": ("input 12\nreshape -1x3\nconv1d 2 2 stride=2\nflatten\ndense 2", (2,), 14 + 10, 0),
+}
+SEQUENCE_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}\n{GRAPH_HEAD}")
+                  for name, (text, *_) in SEQUENCES.items()}
 GRAPH_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}\n{GRAPH_HEAD}")
                for name, (text, *_) in GRAPHS.items()}
 NORMALIZE_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for name, (text, *_) in NORMALIZE.items()}
@@ -239,7 +292,7 @@ TRAINING_SPECS = {name: ms.parse(f"model {name.replace('-', '_')}\n{text}") for 
 @pytest.fixture(scope="module")
 def standalone(backend, tmp_path_factory):
     specs = [p.values[0].spec() for p in LAYERS] + list(SPECS.values()) + list(TRAINING_SPECS.values()) + list(
-        NORMALIZE_SPECS.values()) + list(GRAPH_SPECS.values())
+        NORMALIZE_SPECS.values()) + list(GRAPH_SPECS.values()) + list(SEQUENCE_SPECS.values())
     runner = Standalone(backend, specs, shared_directory(tmp_path_factory, f"standalone-{backend}"))
     yield runner
     runner.close()
@@ -277,4 +330,11 @@ def test_normalize(backend, name, standalone, tmp_path):
 def test_graph(backend, name, standalone, tmp_path):
     _, output_shape, params, non_trainable = GRAPHS[name]
     run_model_test(backend, GRAPH_SPECS[name], output_shape, params, expected_non_trainable=non_trainable,
+                   standalone=standalone, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_SPECS)
+def test_sequence(backend, name, standalone, tmp_path):
+    _, output_shape, params, non_trainable = SEQUENCES[name]
+    run_model_test(backend, SEQUENCE_SPECS[name], output_shape, params, expected_non_trainable=non_trainable,
                    standalone=standalone, tmp_path=tmp_path)
