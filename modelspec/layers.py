@@ -167,10 +167,11 @@ class Dense(LayerBase):
 class Conv2D(LayerBase):
     keras_class: ClassVar[str] = "Conv2D"
     kind: Literal["conv2d"] = "conv2d"
-    filters: Annotated[PositiveInt, Arg("int", "the number of filters", positional=True,
+    filters: Annotated[PositiveInt, Arg("int", "the number of filters", keys=("filters",), positional=True,
                                         needs="a number of filters and a kernel size",
                                         example="conv2d 32 3x3 relu", printed="positional")]
-    kernel_size: Annotated[Pair, Arg("pair", "the kernel size", positional=True, needs="a kernel size",
+    kernel_size: Annotated[Pair, Arg("pair", "the kernel size", keys=("kernel_size",), positional=True,
+                                     needs="a kernel size",
                                      example="conv2d 32 3x3 relu", printed="positional")]
     strides: Annotated[Pair, Arg("pair", "the stride", keys=("stride", "strides"))] = (1, 1)
     padding: PaddingOpt = "valid"
@@ -429,10 +430,11 @@ class Conv1D(LayerBase):
 
     keras_class: ClassVar[str] = "Conv1D"
     kind: Literal["conv1d"] = "conv1d"
-    filters: Annotated[PositiveInt, Arg("int", "the number of filters", positional=True,
+    filters: Annotated[PositiveInt, Arg("int", "the number of filters", keys=("filters",), positional=True,
                                         needs="a number of filters and a kernel size",
                                         example="conv1d 32 3 relu", printed="positional")]
-    kernel_size: Annotated[PositiveInt, Arg("int", "the kernel size", positional=True, needs="a kernel size",
+    kernel_size: Annotated[PositiveInt, Arg("int", "the kernel size", keys=("kernel_size",), positional=True,
+                                            needs="a kernel size",
                                             example="conv1d 32 3 relu", printed="positional")]
     strides: Annotated[PositiveInt, Arg("int", "the stride", keys=("stride", "strides"))] = 1
     padding: Annotated[Padding1D, Arg("choice", "padding", keys=("padding",), words=("valid", "same", "causal"))] = "valid"

@@ -91,6 +91,42 @@ VARIED = {
         loss mse
         metrics acc
     """,
+    "text_classifier": """
+        model text_classifier
+        input 24 int
+        embedding input_dim=200 output_dim=8 mask_zero he_uniform(seed=2) l2=0.001
+        layernorm eps=0.01
+        dense 8 relu
+        globalavgpool1d name=masked_mean
+        dense 3 softmax
+        optimizer adam lr=0.005
+        loss sparse_categorical_crossentropy
+        metrics accuracy
+    """,
+    "sequence_windows": """
+        embedding 50 4 in 30 int
+        conv1d 6 5 strides=2 padding=causal relu he_normal l1=0.001
+        conv1d filters=4 kernel_size=3 dilation_rate=2 padding=same nobias
+        maxpool1d pool_size=3 stride=1 padding=same
+        avgpool1d 2
+        reshape (-1, 2)
+        globalmaxpool1d
+        dense 2 softmax
+        optimizer sgd lr=0.1
+        loss categorical_crossentropy
+    """,
+    "rows_reshaped": """
+        input 64
+        reshape 8x-1
+        conv1d 4 3 padding=valid
+        layernorm
+        flatten
+        reshape 6x4x1
+        conv2d 2 3x3 padding=same
+        globalmaxpool2d
+        dense 1
+        loss mse
+    """,
 }
 
 
