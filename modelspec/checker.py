@@ -154,6 +154,7 @@ class Report:
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
+            "input_dtype": self.spec.input_dtype,
             "layers": [layer.to_dict() for layer in self.layers],
             "total_params": self.total_params,
             "trainable_params": self.trainable_params,

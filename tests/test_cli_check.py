@@ -35,7 +35,7 @@ def test_check_json_has_exactly_the_documented_shape(tmp_path):
     doc = json.loads(done.stdout)
     assert doc["ok"] is True and [(f["file"], f["ok"], f["diagnostics"]) for f in doc["files"]] == [(str(spec), True, [])]
     assert doc["files"][0]["report"] == {
-        "model": "model1", "input_shape": [None, 784],
+        "model": "model1", "input_shape": [None, 784], "input_dtype": "float32",
         "layers": [
             {"name": "dense", "kind": "dense", "output_shape": [None, 512], "params": 401920,
              "trainable": 401920, "non_trainable": 0, "flops": 802816, "inputs": ["input_layer"]},
