@@ -13,7 +13,7 @@ import pytest
 import numpy as np
 
 import modelspec as ms
-from corpus import ROOT
+from corpus import ROOT, VARIED
 from modelspec import backends
 from modelspec.backends.numpy import NumpyBackend, NumpyEngine
 from modelspec.crosscheck import crosscheck, explain
@@ -254,6 +254,20 @@ def test_a_residual_network_with_its_own_settings_agrees_within_float32s_own_spr
     result = crosscheck(ms.parse("specs/digits_resnet.ms"), ["numpy", "torch", "keras"], steps=12)
     assert result.ok, result.to_dict()
     assert [row.name for row in result.layers][:3] == ["rescaling", "conv2d", "conv2d_1"]
+
+
+def test_sequences_on_token_ids_agree_within_float32s_own_spread():
+    """specs/digits_tokens.ms as written (embedding, conv1d, pooling) and a text classifier whose
+    embedding masks the ids 0 for a layernorm, a dense layer and the masked mean: every backend,
+    layer, gradient (the embedding's sparse one included) and training step against float64."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    result = crosscheck(ms.parse("specs/digits_tokens.ms"), ["numpy", "torch", "keras"], steps=8)
+    assert result.ok, result.to_dict()
+    assert result.layers[0].name == "embedding" and result.gradients[0].name.startswith("embedding")
+    result = crosscheck(ms.parse(VARIED["text_classifier"]), ["numpy", "torch", "keras"], steps=8)
+    assert result.ok, result.to_dict()
+    assert [row.name for row in result.layers][-2:] == ["masked_mean", "dense_1"]
 
 
 def test_one_backend_is_judged_on_its_own():
