@@ -182,10 +182,11 @@ def test_masked_global_average_gradient():
 
 def test_embedding_sparse_gradient_with_repeated_ids():
     """The table's gradient by finite differences: a repeated id sums its uses, an unused
-    row gets exactly zero, and the buffer is rewritten (not accumulated) at each backward."""
+    row gets exactly zero, a negative id's row (counted from the end) gets its share, and the
+    buffer is rewritten (not accumulated) at each backward."""
     table = rand(6, 3, seed=2)
     layer = K.Embedding(table)
-    ids = np.array([[1, 4, 1, 1], [4, 0, 1, 5]])
+    ids = np.array([[1, 4, 1, 1], [4, 0, 1, -1]])
     r = rand(2, 4, 3, seed=7)
     layer.forward(ids, True)
     assert layer.backward(r * 5, need_dx=False) is None
@@ -195,6 +196,7 @@ def test_embedding_sparse_gradient_with_repeated_ids():
     np.testing.assert_allclose(layer.grads[0], numeric, rtol=1e-6, atol=1e-8)
     assert not layer.grads[0][[2, 3]].any()
     np.testing.assert_allclose(layer.grads[0][1], r[0, 0] + r[0, 2] + r[0, 3] + r[1, 2])
+    np.testing.assert_allclose(layer.grads[0][5], r[1, 3])
 
 
 # ---------------------------------------------------------------------------------------

@@ -515,8 +515,9 @@ class Embedding(Layer):
     """Each id's row of `embeddings` (keras/src/layers/core/embedding.py). Ids that are not
     integers are truncated toward zero first, as Keras casts them to int32; negative ids
     count from the end, as TensorFlow's gather does on the CPU. The gradient is sparse: only
-    the rows used receive one, summed over every use (np.add.at, as the IndexedSlices that
-    TensorFlow gives the optimizer, which Keras's update then densifies)."""
+    the rows used receive one, each the sum over its uses (TensorFlow's IndexedSlices, which
+    Keras's optimizer update densifies). The sum is one bincount over (row, column) cells,
+    accumulated in float64: several times faster than np.add.at, and no less exact."""
 
     def __init__(self, embeddings):
         self.embeddings = embeddings
@@ -531,8 +532,12 @@ class Embedding(Layer):
 
     def backward(self, dy, need_dx=True):
         grad = self.grads[0]
-        grad.fill(0)
-        np.add.at(grad, self.ids.reshape(-1), dy.reshape(-1, grad.shape[1]))
+        rows, width = grad.shape
+        flat = self.ids.reshape(-1).astype(np.intp)
+        if flat.size and flat.min() < 0:
+            flat = flat % rows  # the row that forward's negative id read
+        cells = (flat[:, None] * width + np.arange(width)).reshape(-1)
+        grad[...] = np.bincount(cells, dy.reshape(-1), minlength=grad.size).reshape(rows, width)
         return None  # ids have no gradient
 
 
@@ -586,8 +591,8 @@ class Conv1D(Layer):
         s, d = self.strides, self.dilation_rate
         dy2 = dy.reshape(-1, f)
         np.matmul(self.cols.T, dy2, out=self.grads[0].reshape(-1, f))
-        if self.bias is not None:
-            np.sum(dy2, axis=0, out=self.grads[1])
+        if self.bias is not None:  # a product with ones: BLAS sums the rows far faster than np.sum
+            np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.grads[1])
         if not need_dx:
             return None
         dcols = (dy2 @ self.kernel.reshape(-1, f).T).reshape(len(dy), self.out, k, c)
