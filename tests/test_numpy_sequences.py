@@ -385,6 +385,43 @@ dense 3 softmax
 """
 
 
+@pytest.mark.keras
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_graph_with_a_masked_average_matches_keras():
+    """In a graph, the masked mean reads the embedding's output and the model's ids, beside a
+    branch (conv1d, then the global max) that drops the mask."""
+    keras, tf = keras_modules()
+    keras.backend.clear_session()
+    spec, report, engine = engine_for(GRAPH)
+    assert [row.mask_in for row in report.layers] == [False, True, True, False, False, False]
+    L = keras.layers
+    ids = keras.Input((12,), dtype="int32")
+    e = L.Embedding(30, 4, mask_zero=True)(ids)
+    a = L.GlobalAveragePooling1D()(e)
+    c = L.Conv1D(4, 3, padding="same")(e)
+    b = L.GlobalMaxPooling1D()(c)
+    out = L.Dense(3, activation="softmax")(L.Concatenate()([a, b]))
+    model = keras.Model(ids, out)
+    by_name = {layer.name: layer for layer in model.layers}
+    weights = engine.get_weights()
+    # Keras's order of a functional model's layers is the report's (embedding, conv1d, dense)
+    model.set_weights(weights)
+    every = keras.Model(ids, [by_name[row.name].output for row in report.layers])
+    x = synthetic_ids(spec, 8, np.random.default_rng(3))
+    for ours, theirs, row in zip(engine.layer_outputs(x), every(x), report.layers):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=2e-5, atol=2e-6, err_msg=row.name)
+    y = np.random.default_rng(4).integers(0, 3, 8)
+    with tf.GradientTape() as tape:
+        expected_loss = keras.losses.SparseCategoricalCrossentropy()(y, model(x, training=True))
+    expected = tape.gradient(expected_loss, model.trainable_weights)
+    data = engine.prepare(x, y)
+    loss, _ = engine.gradients(data.x, data.y)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
+    for ours, theirs, variable in zip(engine.net.grads, expected, model.trainable_weights):
+        np.testing.assert_allclose(ours, tf.convert_to_tensor(theirs).numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=variable.path)
+
+
 @pytest.mark.parametrize("text", [MASKED, SEQUENCE, GRAPH], ids=["masked", "sequence", "graph"])
 def test_emitted_program_computes_what_the_engine_computes_on_ids(text):
     spec, report, engine = engine_for(text)
