@@ -352,6 +352,22 @@ def test_whole_network_gradients_with_embedding_penalties_in_float64(text):
         np.testing.assert_allclose(a, numeric_gradient(f, p), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ids_stay_integers_in_an_engine_of_either_float_dtype(dtype):
+    """Prepared ids are int32 (floats truncated toward zero, as Keras's Embedding casts them),
+    never the engine's float dtype; the outputs are in the engine's dtype."""
+    spec, report, engine = engine_for(MASKED, dtype=dtype)
+    ids = synthetic_ids(spec, 6, np.random.default_rng(0))
+    for given in (ids, ids.astype(np.int64), ids + 0.7):
+        data = engine.prepare(given, None)
+        assert data.x.dtype == np.int32
+        np.testing.assert_array_equal(data.x, ids)
+        assert engine.predict(data, 4).dtype == dtype
+    outputs = engine.layer_outputs(ids.astype(np.float32))  # as a float32 caller would pass them
+    assert all(o.dtype == dtype for o in outputs)
+    np.testing.assert_array_equal(outputs[0], engine.get_weights()[0][ids])
+
+
 def test_model_api_trains_a_step_on_int_ids():
     text = MASKED + "loss sparse_categorical_crossentropy\noptimizer adam\n"
     model = ms.build(text, backend="numpy", seed=1)
