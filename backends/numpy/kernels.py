@@ -6,7 +6,7 @@ differs, keras/src/backend/tensorflow/nn.py). The code is dtype-generic: constan
 Python scalars, which NumPy never lets widen an array, so float32 in gives float32 out
 (the tests also run it in float64 for finite differences).
 
-Everything here uses only NumPy (and the checker's pure `same_padding`): the emitter
+Everything here uses only NumPy (and the checker's pure padding functions): the emitter
 copies the source of exactly the pieces a spec uses into standalone generated code, so
 keep each definition self-contained, free of annotations and of other imports.
 """
