@@ -76,7 +76,7 @@ def evaluate(net, x, y, batch_size=32):
 {adapt_function}def fit(net, optimizer, x, y, {fit_args}, seed=SEED{adapt_arg}):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's running mean of the batch losses (penalties included)."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, {labels}){adapt_call}
+    x, y = np.asarray(x, INPUT_DTYPE), np.asarray(y, {labels}){adapt_call}
     split = int(len(x) * (1 - validation_split))
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
     rng = np.random.default_rng(seed)
@@ -109,11 +109,13 @@ def evaluate(net, x, y, batch_size=32):
 ADAPT_FUNCTION = '''def adapt_normalization(net, x):
     """Each Normalize layer's mean and variance from x, as Keras's Normalization.adapt sets
     them: np.mean and np.var over every axis but the last, of the data reaching the layer."""
-    values = {-1: np.asarray(x, np.float32)}  # each layer's output; -1 is the input
+    values = {-1: np.asarray(x, INPUT_DTYPE)}  # each layer's output; -1 is the input
     sources = getattr(net, "sources", None) or [(k - 1,) for k in range(len(net.layers))]
     for k, layer in enumerate(net.layers):
         reads = sources[k]
         z = [values[s] for s in reads] if getattr(layer, "merges", False) else values[reads[0]]
+        if getattr(layer, "masked", False):  # a masked average reads the ids (mask: ids != 0)
+            layer.ids = values[-1]
         if isinstance(layer, Normalize):
             axes = tuple(range(z.ndim - 1))
             layer.mean[...], layer.variance[...] = np.mean(z, axis=axes), np.var(z, axis=axes)
@@ -128,18 +130,20 @@ ADAPT_CALL = """
 
 CHAIN_PREDICT = '''def predict(layers, x, batch_size=32):
     """Keras's predict: inference mode (no dropout, batchnorm's moving statistics), in batches."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, INPUT_DTYPE)
     outputs = []
     for i in range(0, len(x), batch_size):
         h = x[i:i + batch_size]
         for layer in layers:
+            if getattr(layer, "masked", False):  # a masked average reads the ids (mask: ids != 0)
+                layer.ids = x[i:i + batch_size]
             h = layer.forward(h)
         outputs.append(h)
     return np.concatenate(outputs)'''
 
 GRAPH_PREDICT = '''def predict(layers, x, batch_size=32):
     """Keras's predict: inference mode (no dropout, batchnorm's moving statistics), in batches."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, INPUT_DTYPE)
     return np.concatenate([forward(layers, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])'''
 
 
@@ -275,6 +279,11 @@ def _value_names(lowered: Lowered) -> list[str]:
     return names
 
 
+def _reads_ids(call: Call) -> bool:
+    """Whether the kernel layer a call makes reads the model's ids (a masked global average)."""
+    return call.fn is K.GlobalAvgPool1D and bool(call.args) and bool(call.args[0])
+
+
 def _graph(lowered: Lowered) -> str:
     """A functional model's wiring: SOURCES for the training network's backward pass, and
     forward(), the same graph written out with each value named after its layer."""
@@ -286,6 +295,8 @@ def _graph(lowered: Lowered) -> str:
             rows.append(f"    {lowered.sources[k]!r},  # {k}: {report.name!r}")
             reads = [value[s] for s in lowered.sources[k]]
             arg = f"[{', '.join(reads)}]" if getattr(calls[k - position].fn, "merges", False) else reads[0]
+            if _reads_ids(calls[k - position]):
+                lines.append(f"    layers[{k}].ids = x  # its mask: the ids that are not 0")
             lines.append(f"    {name} = layers[{k}].forward({arg})")
             value[k] = name
         position += len(calls)
@@ -379,9 +390,11 @@ def emit(spec: ir.Spec, report: Report) -> str:
         parts.append(source)
         roots += more
     seed = spec.fit.seed if spec.fit is not None and spec.fit.seed is not None else 0
+    ints = spec.input_dtype == "int32"
     header = HEADER.format(training=TRAINING_NOTE if training else "")
     constants = (f"MODEL_NAME = {spec.name!r}\n"
                  f"INPUT_SHAPE = {tuple(spec.input_shape)!r}\n"
+                 f"INPUT_DTYPE = np.{'int32' if ints else 'float32'}\n"
                  f"SEED = {seed!r}  # draws the initial weights and the dropout masks")
     main = ['if __name__ == "__main__":',
             "    # A smoke run on random data of the model's shapes.",
@@ -389,6 +402,10 @@ def emit(spec: ir.Spec, report: Report) -> str:
             "    rng = np.random.default_rng(SEED)",
             "    n = 64",
             "    x = rng.standard_normal((n, *INPUT_SHAPE), dtype=np.float32)"]
+    if ints:  # token ids, 0 (masked by mask_zero) included, but never a sample of zeros only
+        limit = spec.id_limit or 1
+        main[-1:] = [f"    x = rng.integers(0, {limit}, (n, *INPUT_SHAPE)).astype(np.int32)",
+                     f"    x.reshape(n, -1)[:, 0] = {min(1, limit - 1)}"]
     if training:
         main += [f"    y = {_labels_example(spec, report)}",
                  "    net = network(weights)",

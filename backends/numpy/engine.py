@@ -3,7 +3,8 @@
 One step (Keras's train_step): forward in training mode, the batch loss plus every weight
 penalty computed from the weights before the update, the backward pass, then batchnorm's
 moving statistics and the optimizer step, unless the loss or a gradient is not finite.
-Arrays are float32 throughout (a float64 engine exists only for gradient checks).
+Arrays are float32 throughout (a float64 engine exists only for gradient checks), except
+the ids of an `input ... int` spec, which stay int32 (`input_array`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .lowering import METRICS, OPTIMIZERS, loss_function, lower, make
 
 @dataclass
 class Dataset:
-    """A prepared dataset: x in the engine's dtype, labels aligned with the model's output."""
+    """A prepared dataset: x in the engine's dtype (int32 ids for an integer input), labels
+    aligned with the model's output."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -89,7 +91,15 @@ class NumpyEngine(Engine):
         if y is not None:
             y = np.asarray(y)
             y = y.astype(np.int64 if y.dtype.kind in "iu" else self.dtype, copy=False)
-        return Dataset(np.asarray(x, dtype=self.dtype), y)
+        return Dataset(self.input_array(x), y)
+
+    def input_array(self, x: Any) -> np.ndarray:
+        """x as the first layer reads it: the engine's float dtype, or for an integer input
+        int32 ids, floats truncated toward zero as Keras's Embedding casts them (no copy
+        when x already is)."""
+        if self.spec.input_dtype == "int32":
+            return np.ascontiguousarray(x, dtype=np.int32)
+        return np.asarray(x, dtype=self.dtype)
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -164,10 +174,12 @@ class NumpyEngine(Engine):
     def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
         """Each report row's output in inference mode (a row may be several kernel layers)."""
         self._ensure_weights()
+        x = self.input_array(x)
         if self.lowered.outputs is not None:
-            values = self.net.run(np.asarray(x, dtype=self.dtype), len(self.layers))
+            values = self.net.run(x, len(self.layers))
             return [np.array(values[k], dtype=self.dtype) for k in self.lowered.outputs]
-        z, outputs, position = np.asarray(x, dtype=self.dtype), [], 0
+        self.net.feed(x)
+        z, outputs, position = x, [], 0
         for _, calls in self.lowered.groups:
             for layer in self.layers[position:position + len(calls)]:
                 z = layer.forward(z, False)

@@ -6,14 +6,14 @@ differs, keras/src/backend/tensorflow/nn.py). The code is dtype-generic: constan
 Python scalars, which NumPy never lets widen an array, so float32 in gives float32 out
 (the tests also run it in float64 for finite differences).
 
-Everything here uses only NumPy (and the checker's pure `same_padding`): the emitter
+Everything here uses only NumPy (and the checker's pure padding functions): the emitter
 copies the source of exactly the pieces a spec uses into standalone generated code, so
 keep each definition self-contained, free of annotations and of other imports.
 """
 
 import numpy as np
 
-from modelspec.shapes import same_padding
+from modelspec.shapes import causal_padding, same_padding, same_padding_dilated
 
 EPSILON = 1e-7  # keras.backend.epsilon(): how far probabilities are clipped from 0 and 1
 
@@ -508,6 +508,210 @@ class BatchNorm(Layer):
 
 
 # ---------------------------------------------------------------------------------------
+# Sequences: (batch, steps, channels) tensors, and the integer ids an embedding reads.
+
+
+class Embedding(Layer):
+    """Each id's row of `embeddings` (keras/src/layers/core/embedding.py). Ids that are not
+    integers are truncated toward zero first, as Keras casts them to int32; negative ids
+    count from the end, as TensorFlow's gather does on the CPU. The gradient is sparse: only
+    the rows used receive one, each the sum over its uses (TensorFlow's IndexedSlices, which
+    Keras's optimizer update densifies). The sum is one bincount over (row, column) cells,
+    accumulated in float64: several times faster than np.add.at, and no less exact."""
+
+    def __init__(self, embeddings):
+        self.embeddings = embeddings
+        self.params = [embeddings]
+        self.grads = [np.zeros(embeddings.shape, embeddings.dtype)]
+
+    def forward(self, x, training=False):
+        if x.dtype.kind not in "iu":
+            x = x.astype(np.int32)
+        self.ids = x
+        return np.take(self.embeddings, x, axis=0)
+
+    def backward(self, dy, need_dx=True):
+        grad = self.grads[0]
+        rows, width = grad.shape
+        flat = self.ids.reshape(-1).astype(np.intp)
+        if flat.size and flat.min() < 0:
+            flat = flat % rows  # the row that forward's negative id read
+        cells = (flat[:, None] * width + np.arange(width)).reshape(-1)
+        grad[...] = np.bincount(cells, dy.reshape(-1), minlength=grad.size).reshape(rows, width)
+        return None  # ids have no gradient
+
+
+def pad1d(x, before, after, value=0):
+    """x (n, steps, c) with `before` and `after` cells of `value` around its steps."""
+    if before == after == 0:
+        return x
+    return np.pad(x, ((0, 0), (before, after), (0, 0)), constant_values=value)
+
+
+def padding1d(padding, n, k, s, d=1):
+    """The (before, after) pads of a 1-D window of k taps d apart, stride s, over n steps:
+    Keras's 'same' puts the extra cell after, 'causal' puts every pad before
+    (keras/src/backend/tensorflow/nn.py, conv with padding='causal')."""
+    if padding == "same":
+        return same_padding_dilated(n, k, s, d)
+    if padding == "causal":
+        return causal_padding(k, d)
+    return 0, 0
+
+
+class Conv1D(Layer):
+    """Channels-last 1-D convolution, kernel (k, in, out): y[b,t,f] = bias[f] +
+    Σ_j Σ_c xpad[b, t·s + j·d, c]·kernel[j,c,f], one matmul over the im2col matrix."""
+
+    def __init__(self, kernel, bias=None, strides=1, padding="valid", dilation_rate=1):
+        self.kernel, self.bias = kernel, bias
+        self.strides, self.padding, self.dilation_rate = strides, padding, dilation_rate
+        self.params = [kernel] if bias is None else [kernel, bias]
+        self.grads = [np.zeros(p.shape, p.dtype) for p in self.params]
+
+    def forward(self, x, training=False):
+        k, c, f = self.kernel.shape
+        s, d = self.strides, self.dilation_rate
+        self.pads = padding1d(self.padding, x.shape[1], k, s, d)
+        xp = np.ascontiguousarray(pad1d(x, *self.pads))
+        self.x_shape, self.xp_shape = x.shape, xp.shape
+        out = (xp.shape[1] - d * (k - 1) - 1) // s + 1
+        sb, st, sc = xp.strides
+        windows = np.lib.stride_tricks.as_strided(xp, (len(xp), out, k, c), (sb, st * s, st * d, sc),
+                                                  writeable=False)
+        self.out = out
+        self.cols = windows.reshape(-1, k * c)  # the one copy: the im2col matrix
+        y = self.cols @ self.kernel.reshape(-1, f)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(len(x), out, f)
+
+    def backward(self, dy, need_dx=True):
+        k, c, f = self.kernel.shape
+        s, d = self.strides, self.dilation_rate
+        dy2 = dy.reshape(-1, f)
+        np.matmul(self.cols.T, dy2, out=self.grads[0].reshape(-1, f))
+        if self.bias is not None:  # a product with ones: BLAS sums the rows far faster than np.sum
+            np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.grads[1])
+        if not need_dx:
+            return None
+        dcols = (dy2 @ self.kernel.reshape(-1, f).T).reshape(len(dy), self.out, k, c)
+        dxp = np.zeros(self.xp_shape, dy.dtype)
+        for j in range(k):  # a loop over the taps, never over steps
+            dxp[:, j * d:j * d + s * (self.out - 1) + 1:s] += dcols[:, :, j]
+        before = self.pads[0]
+        return dxp[:, before:before + self.x_shape[1]]
+
+
+class MaxPool1D(MaxPool2D):
+    """MaxPool2D over (steps, 1): 'same' pads with -inf, the gradient goes to the first max
+    of each window (TensorFlow's MaxPoolGrad)."""
+
+    def __init__(self, pool_size=2, strides=None, padding="valid"):
+        super().__init__((pool_size, 1), (strides or pool_size, 1), padding)
+
+    def forward(self, x, training=False):
+        return super().forward(x[:, :, None, :], training)[:, :, 0, :]
+
+    def backward(self, dy, need_dx=True):
+        return super().backward(dy[:, :, None, :], need_dx)[:, :, 0, :]
+
+
+class AvgPool1D(AvgPool2D):
+    """AvgPool2D over (steps, 1): with 'same', the divisor is the number of real cells."""
+
+    def __init__(self, pool_size=2, strides=None, padding="valid"):
+        super().__init__((pool_size, 1), (strides or pool_size, 1), padding)
+
+    def forward(self, x, training=False):
+        return super().forward(x[:, :, None, :], training)[:, :, 0, :]
+
+    def backward(self, dy, need_dx=True):
+        return super().backward(dy[:, :, None, :], need_dx)[:, :, 0, :]
+
+
+class GlobalAvgPool1D(Layer):
+    """The mean over the steps. With `masked`, the mean of the steps whose id is not 0:
+    Σ_t mask·x / Σ_t mask, masked steps replaced by 0 first (keras/src/layers/pooling/
+    global_average_pooling1d.py); a sample with every step masked gives NaN, as in Keras.
+    The network sets `ids` (the model's input) before each forward pass."""
+
+    def __init__(self, masked=False):
+        self.masked = masked
+        self.ids = None
+
+    def forward(self, x, training=False):
+        self.x_shape = x.shape
+        if not self.masked:
+            return x.mean(axis=1)
+        self.mask = (self.ids != 0)[:, :, None]
+        self.count = self.mask.sum(axis=1).astype(x.dtype)  # (n, 1)
+        return np.where(self.mask, x, 0).sum(axis=1) / self.count
+
+    def backward(self, dy, need_dx=True):
+        if not self.masked:
+            return np.broadcast_to((dy / self.x_shape[1])[:, None, :], self.x_shape)
+        return np.where(self.mask, (dy / self.count)[:, None, :], 0)
+
+
+class GlobalMaxPool1D(Layer):
+    """The maximum over the steps; ties share the gradient equally (TensorFlow's reduce_max
+    gradient, tensorflow/python/ops/math_grad.py, _MinOrMaxGrad). It ignores a mask, as Keras does."""
+
+    def forward(self, x, training=False):
+        self.x, self.y = x, x.max(axis=1)
+        return self.y
+
+    def backward(self, dy, need_dx=True):
+        hit = self.x == self.y[:, None, :]
+        return hit * (dy / hit.sum(axis=1))[:, None, :]
+
+
+class LayerNorm(Layer):
+    """Normalizes each sample's last axis with its own mean and biased variance, computed as
+    Keras computes it: x·inv + (beta - mean·inv), inv = gamma·rsqrt(variance + epsilon)
+    (keras/src/ops/nn.py, _layer_normalization; tf.nn.moments)."""
+
+    def __init__(self, gamma, beta, epsilon=1e-3):
+        self.gamma, self.beta, self.epsilon = gamma, beta, epsilon
+        self.params = [gamma, beta]
+        self.grads = [np.zeros(gamma.shape, gamma.dtype), np.zeros(beta.shape, beta.dtype)]
+
+    def forward(self, x, training=False):
+        mean = x.mean(axis=-1, keepdims=True)
+        variance = np.square(x - mean).mean(axis=-1, keepdims=True)
+        self.inv_std = 1 / np.sqrt(variance + self.epsilon)
+        self.x_hat = (x - mean) * self.inv_std
+        inv = self.inv_std * self.gamma
+        return x * inv + (self.beta - mean * inv)
+
+    def backward(self, dy, need_dx=True):
+        d = dy.shape[-1]
+        dy2, x_hat = dy.reshape(-1, d), self.x_hat.reshape(-1, d)
+        np.sum(dy2 * x_hat, axis=0, out=self.grads[0])
+        np.sum(dy2, axis=0, out=self.grads[1])
+        if not need_dx:
+            return None
+        g = dy * self.gamma
+        return (self.inv_std / d) * (d * g - g.sum(axis=-1, keepdims=True)
+                                     - self.x_hat * (g * self.x_hat).sum(axis=-1, keepdims=True))
+
+
+class Reshape(Layer):
+    """The same values in row-major order under a new shape (one -1 allowed), batch axis kept."""
+
+    def __init__(self, target_shape):
+        self.target_shape = target_shape
+
+    def forward(self, x, training=False):
+        self.x_shape = x.shape
+        return x.reshape(len(x), *self.target_shape)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self.x_shape)
+
+
+# ---------------------------------------------------------------------------------------
 # Merges (keras/src/layers/merging/): forward(xs, training) takes the list of inputs and
 # backward(dy) returns one gradient per input. The elementwise ones fold left to right, as
 # each _merge_function does: ((x1 + x2) + x3).
@@ -933,10 +1137,12 @@ class Network:
     """Layers with their loss. With from_logits, the loss reads the values before the output
     activation (Keras's TensorFlow rule), which still runs for the metrics. penalties are
     (layer position, l1, l2) of each regularized kernel: l1·Σ|w| + l2·Σw², from the current
-    weights, added to the batch loss unscaled."""
+    weights, added to the batch loss unscaled. A layer with `masked` (a global average over
+    embedding's mask) reads the model's input, the ids, which each pass hands it (`feed`)."""
 
     def __init__(self, layers, loss=None, from_logits=False, penalties=()):
         self.layers, self.loss = layers, loss
+        self.id_readers = [layer for layer in layers if getattr(layer, "masked", False)]
         self.body = layers[:-1] if from_logits else layers
         self.head = layers[-1] if from_logits else None
         self.penalties = [(layers[i].params[0], layers[i].grads[0], l1, l2) for i, l1, l2 in penalties]
@@ -945,7 +1151,13 @@ class Network:
         with_params = [i for i, layer in enumerate(self.body) if layer.params]
         self.first = with_params[0] if with_params else len(self.body)  # backward stops here
 
+    def feed(self, x):
+        """Hand the model's input to the layers that read its ids (the mask is ids != 0)."""
+        for layer in self.id_readers:
+            layer.ids = x
+
     def forward(self, x, training=False):
+        self.feed(x)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -961,6 +1173,7 @@ class Network:
 
     def evaluate(self, x, y, training=False):
         """(batch loss with penalties, outputs, d data loss / d the loss's input)."""
+        self.feed(x)
         z = x
         for layer in self.body:
             z = layer.forward(z, training)
@@ -1012,6 +1225,7 @@ class Graph(Network):
     def run(self, x, stop, training=False):
         """Every output of layers[:stop], by position; the list's extra last slot holds the
         input, so position -1 reads it."""
+        self.feed(x)
         values = [None] * len(self.layers) + [x]
         for k in range(stop):
             reads = self.sources[k]

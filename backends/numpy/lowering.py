@@ -104,6 +104,33 @@ class Lowering:
     def leaky_relu(self, layer: ir.LeakyReLU, w: list[Weight], index: int) -> list[Call]:
         return activation("leaky_relu", negative_slope=layer.negative_slope)
 
+    def embedding(self, layer: ir.Embedding, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Embedding, (w[0],))]
+
+    def conv1d(self, layer: ir.Conv1D, w: list[Weight], index: int) -> list[Call]:
+        conv = Call(K.Conv1D, (w[0], w[1] if layer.use_bias else None, layer.strides, layer.padding,
+                               layer.dilation_rate))
+        return [conv, *activation(layer.activation)]
+
+    def maxpool1d(self, layer: ir.MaxPool1D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.MaxPool1D, (layer.pool_size, layer.resolved_strides, layer.padding))]
+
+    def avgpool1d(self, layer: ir.AvgPool1D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.AvgPool1D, (layer.pool_size, layer.resolved_strides, layer.padding))]
+
+    def globalavgpool1d(self, layer: ir.GlobalAvgPool1D, w: list[Weight], index: int,
+                        mask_in: bool = False) -> list[Call]:
+        return [Call(K.GlobalAvgPool1D, (True,) if mask_in else ())]
+
+    def globalmaxpool1d(self, layer: ir.GlobalMaxPool1D, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.GlobalMaxPool1D)]
+
+    def layernorm(self, layer: ir.LayerNorm, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.LayerNorm, (w[0], w[1]), (("epsilon", layer.epsilon),))]
+
+    def reshape(self, layer: ir.Reshape, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Reshape, (tuple(layer.target_shape),))]
+
     def add(self, layer: ir.Add, w: list[Weight], index: int) -> list[Call]:
         return [Call(K.Add)]
 
@@ -150,10 +177,16 @@ def lower(report: Report) -> Lowered:
     for index, layer_report in enumerate(report.layers):
         weights = [Weight(count + i) for i in range(len(layer_report.weights))]
         count += len(weights)
-        calls = getattr(lowering, layer_report.kind)(layer_report.layer, weights, index)
-        reg = getattr(layer_report.layer, "kernel_regularizer", None)
+        method = getattr(lowering, layer_report.kind)
+        if layer_report.mask_in and layer_report.layer.mask == "consume":  # its numbers use the mask
+            calls = method(layer_report.layer, weights, index, mask_in=True)
+        else:
+            calls = method(layer_report.layer, weights, index)
+        # the layer's first call holds the regularized weight: a kernel, or the embeddings
+        reg = getattr(layer_report.layer, "kernel_regularizer", None) or \
+            getattr(layer_report.layer, "embeddings_regularizer", None)
         if reg is not None and (reg.l1 or reg.l2):
-            penalties.append((position, reg.l1, reg.l2))  # the layer's first call holds the kernel
+            penalties.append((position, reg.l1, reg.l2))
         groups.append((layer_report, calls))
         # A group's first call reads the outputs of its row's sources, each other call the
         # one before; a group of no calls (`linear`) passes its one input on.
