@@ -103,7 +103,7 @@ def synthetic_ids(spec: Any, n: int, rng: np.random.Generator) -> np.ndarray:
     vocabulary (0 included, so that mask_zero masks some steps), but no sample all zeros
     (Keras's masked mean of no step is NaN)."""
     ids = rng.integers(0, spec.id_limit, size=(n, *spec.input_shape)).astype(np.int32)
-    flat = ids.reshape(n, -1)  # a view: the row's first id becomes 1
     if n:
+        flat = ids.reshape(n, -1)  # a view: a row's first id becomes 1
         flat[~flat.any(axis=1), 0] = 1
     return ids
