@@ -240,3 +240,31 @@ def test_the_digits_tokens_spec_reads_the_digits_as_ids():
     assert spec.input_dtype == "int32" and spec.input_shape == (64,) and spec.id_limit == 17
     arrays = data.prepare(data.load("digits"), ms.check(spec), spec.loss.name)
     assert arrays.x_train.dtype == np.int32 and arrays.x_train.max() == 16
+
+
+# ---------------------------------------------------------------------------------------
+# The tokens benchmark's hand-written loops do Keras's math (benchmarks/train_epoch.py)
+
+
+def test_the_tokens_benchmarks_hand_written_loops_train_as_keras_does():
+    import sys
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_epoch as te
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from modelspec.backends.keras.engine import keras
+
+    x, y = te.data(te.TOKENS)
+    x, y = x[:96], y[:96]  # three steps: the ids repeat within a batch, so Adam's sparse rule matters
+    weights = te.initial_weights(te.TOKENS)
+    order = np.random.default_rng(1).permutation(len(x))
+    keras_epoch = te.CONTENDERS["tokens"][te.HAND["keras"]](x, y, weights)
+    expected, accuracy = keras_epoch(order)
+    for name in (te.HAND["numpy"], te.HAND["torch"]):
+        loss, acc = te.CONTENDERS["tokens"][name](x, y, weights)(order)
+        assert loss == pytest.approx(expected, rel=2e-6), name
+        assert acc == pytest.approx(accuracy, rel=1e-6)  # Keras keeps it in float32
+    keras.backend.clear_session()
