@@ -213,9 +213,10 @@ def _one_line_error(done) -> str:
     return done.stderr
 
 
-def test_cli_train_names_the_bad_id(files):
-    err = _one_line_error(modelspec_cli("train", files / "tok.ms", "--data", files / "bad.npz",
-                                        "--out", files / "out", cwd=files))
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_cli_train_and_evaluate_name_the_bad_id(files, command):
+    extra = ["--out", files / "out"] if command == "train" else ["--weights", files / "none.safetensors"]
+    err = _one_line_error(modelspec_cli(command, files / "tok.ms", "--data", files / "bad.npz", *extra, cwd=files))
     assert err == (f"modelspec: error: {files / 'bad.npz'} holds the id 12 at sample 13, step 5; expected ids in "
                    "[0, 10), the embedding's vocabulary of 10\n")
     assert not (files / "out").exists()
