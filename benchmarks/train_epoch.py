@@ -1,6 +1,6 @@
 """One training epoch of the tutorial's MNIST MLP, a small CNN and a residual CNN, in each backend and by hand.
 
-    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|resnet|all] [--rounds 7] [--only torch,numpy]
+    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|resnet|tokens|all] [--rounds 7] [--only torch,numpy]
                                                [--threads N] [--keras-fit N] [--verify] [--markdown]
 
 Models (float32 throughout, MNIST-like random images, one-hot labels that are a learnable
@@ -18,6 +18,10 @@ function of the pixels; see data()):
   (conv2d relu, conv2d, batchnorm, add the block's input, relu), globalavgpool2d, dense 10
   softmax; Adam(learning_rate=0.001), the same loss, accuracy, batch 64, on 3,072 16x16x3
   samples whose labels global pooling can see (data()). No Keras contenders.
+- tokens: benchmarks/tokens.ms, specs/digits_tokens.ms with one-hot labels: the 8x8 digits
+  as 64 token ids (pixel intensities 0-16), embedding 17 4, conv1d 16 9 relu, maxpool1d 2,
+  flatten, dense 10 softmax; Adam(learning_rate=0.005), categorical cross-entropy, batch 32,
+  on scikit-learn's 1,797 digits twice over (3,594 samples, int32).
 
 Per framework there is a hand-written contender doing the same math as modelspec's backend
 (Keras's optimizer rules, softmax cross-entropy from the logits, Keras's accounting of the
@@ -74,12 +78,14 @@ class Bench:
     batch: int
     pooled_labels: bool = False  # labels from what global pooling keeps (see data())
     raw_pixels: bool = False  # the spec starts with `rescale 1/255`: samples in [0, 255) (see data())
+    digits_tokens: bool = False  # scikit-learn's digits as token ids, repeated (see data())
 
 
 MLP = Bench("mlp", ROOT / "specs" / "mnist.ms", 60_000, (784,), 10, 512, raw_pixels=True)
 CNN = Bench("cnn", ROOT / "benchmarks" / "cnn.ms", 8_000, (28, 28, 1), 10, 128)
 RESNET = Bench("resnet", ROOT / "benchmarks" / "resnet.ms", 3_072, (16, 16, 3), 10, 64, pooled_labels=True)
-BENCHES = {b.name: b for b in (MLP, CNN, RESNET)}
+TOKENS = Bench("tokens", ROOT / "benchmarks" / "tokens.ms", 2 * 1_797, (64,), 10, 32, digits_tokens=True)
+BENCHES = {b.name: b for b in (MLP, CNN, RESNET, TOKENS)}
 
 # Rows, by framework: the hand-written one and modelspec's backend.
 HAND = {"numpy": "numpy, hand-written loop", "torch": "torch, hand-written loop",
@@ -114,7 +120,17 @@ def data(bench: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     are functions of each channel's mean and mean square (standardized) instead: the
     resnet's global average pooling keeps nothing of where a pixel is. With raw_pixels the
     values are scaled to [0, 255), MNIST's raw range, which the spec's `rescale 1/255` (and
-    each hand-written contender's first step) brings back."""
+    each hand-written contender's first step) brings back. With digits_tokens: scikit-learn's
+    digits, their pixel intensities as int32 token ids, repeated to `samples`, and their
+    labels one-hot."""
+    if bench.digits_tokens:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        repeats = -(-bench.samples // len(digits.target))
+        x = np.tile(digits.data.astype(np.int32), (repeats, 1))[:bench.samples]
+        labels = np.tile(digits.target, repeats)[:bench.samples]
+        return x, np.eye(bench.classes, dtype=np.float32)[labels]
     rng = np.random.default_rng(seed)
     shape = (bench.samples, *bench.shape)
     x = np.where(rng.random(shape, dtype=np.float32) < 0.2, rng.random(shape, dtype=np.float32), np.float32(0))
@@ -130,11 +146,13 @@ def data(bench: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def initial_weights(bench: Bench) -> list[np.ndarray]:
-    """The spec's initial weights as modelspec draws them (Keras's layouts): every contender
-    starts from these."""
+    """The spec's initial weights as modelspec draws them (Keras's layouts, what ms.build
+    sets with seed 0): every contender starts from these, whether a backend runs the spec or not."""
     import modelspec as ms
+    from modelspec.initializers import initial_weights as drawn
 
-    return ms.build(bench.spec, backend="numpy").get_weights()
+    spec = ms.parse(bench.spec)
+    return drawn(spec, ms.check(spec), 0)
 
 
 def modelspec_epoch(bench: Bench, backend: str, x: np.ndarray, y: np.ndarray, weights: list[np.ndarray],
@@ -424,19 +442,27 @@ def numpy_cnn_backend(x, y, weights) -> Epoch:
 
 
 def torch_image_epochs(model, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
-    """The hand-written PyTorch epoch of an image model: the data channels-first once, batches
-    gathered by index_select, cross-entropy on the logits, Keras's Adam in place."""
+    """The hand-written PyTorch epoch of an image model: the data channels-first once (then
+    torch_epochs)."""
+    import torch
+
+    return torch_epochs(model, torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y, batch)
+
+
+def torch_epochs(model, xt, y: np.ndarray, batch: int, lr: float = 1e-3, adam=None) -> Epoch:
+    """The hand-written PyTorch epoch: the data as tensors, batches gathered by index_select,
+    cross-entropy on the logits, Keras's Adam in place (torch_adam, or `adam`)."""
     import torch
     import torch.nn.functional as F
 
-    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    yt = torch.from_numpy(y)
     slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
     rng = np.random.default_rng(0)
     step = 0
 
     def epoch(order: np.ndarray | None) -> Result:
         nonlocal step
-        order = torch.from_numpy(rng.permutation(len(x)) if order is None else order)
+        order = torch.from_numpy(rng.permutation(len(xt)) if order is None else order)
         loss_sum = correct = 0.0
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
@@ -447,7 +473,7 @@ def torch_image_epochs(model, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch
             loss.backward()
             step += 1
             with torch.no_grad():
-                torch_adam(slots, step)
+                (adam or torch_adam)(slots, step, lr)
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
         return loss_sum / len(order), correct / len(order)
@@ -675,6 +701,173 @@ def torch_resnet_backend(x, y, weights) -> Epoch:
 
 
 # =======================================================================================
+# The digits as tokens: embedding, conv1d, max pooling
+# ---------------------------------------------------------------------------------------
+# NumPy
+
+
+def plain_tokens_epoch(x, y, weights, adam, order, batch=TOKENS.batch):
+    """The model written out: the embedding as a row lookup, the valid conv1d as one matrix
+    product over the (step, window) im2col matrix, max pooling of pairs (the first of a tie
+    takes the gradient, as TensorFlow's), flatten in (step, channel) order as Keras does;
+    the embedding's gradient summed per id with bincount, and Keras's Adam on it (see
+    IdsAdam: the second moment takes the sum of the squared rows per id)."""
+    table, kernel, c_bias, w, b = weights
+    k, d, f = kernel.shape
+    vocab = table.shape[0]
+    kernel2d = kernel.reshape(k * d, f)  # a view: Adam's in-place steps reach it
+    total, correct = 0.0, 0
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        ids, yb, n = x[idx], y[idx], len(idx)
+        e = table[ids]  # n, T, d
+        steps = ids.shape[1] - k + 1
+        cols = np.lib.stride_tricks.sliding_window_view(e, k, axis=1)  # n, steps, d, k
+        cols = np.ascontiguousarray(cols.transpose(0, 1, 3, 2)).reshape(n * steps, k * d)
+        a = (cols @ kernel2d + c_bias).reshape(n, steps, f)
+        h = np.maximum(a, 0)
+        even, odd = h[:, 0:2 * (steps // 2):2], h[:, 1:2 * (steps // 2):2]
+        first = even >= odd
+        pooled = np.where(first, even, odd)  # n, steps // 2, f
+        flat = pooled.reshape(n, -1)
+        z = flat @ w + b
+        shifted = z - z.max(1, keepdims=True)
+        ez = np.exp(shifted)
+        p = ez / ez.sum(1, keepdims=True)
+        total += float(-(yb * (shifted - np.log(ez.sum(1, keepdims=True)))).sum() / n) * n
+        correct += int((p.argmax(1) == yb.argmax(1)).sum())
+        dz = (p - yb) / n
+        dw, db = flat.T @ dz, dz.sum(0)
+        dpooled = (dz @ w.T).reshape(pooled.shape)
+        dh = np.zeros_like(h)
+        dh[:, 0:2 * (steps // 2):2] = np.where(first, dpooled, 0)
+        dh[:, 1:2 * (steps // 2):2] = np.where(first, 0, dpooled)
+        da = (dh * (a > 0)).reshape(n * steps, f)
+        dkernel, dc_bias = (cols.T @ da).reshape(k, d, f), da.sum(0)
+        dcols = (da @ kernel2d.T).reshape(n, steps, k, d)
+        de = np.zeros_like(e)
+        for j in range(k):
+            de[:, j:j + steps] += dcols[:, :, j]
+        flat_ids, flat_de = ids.reshape(-1), de.reshape(-1, d)
+        dtable = np.stack([np.bincount(flat_ids, flat_de[:, c], vocab) for c in range(d)], 1).astype(np.float32)
+        squares = np.stack([np.bincount(flat_ids, flat_de[:, c] ** 2, vocab) for c in range(d)], 1).astype(np.float32)
+        adam.step((dtable, dkernel, dc_bias, dw, db), {0: squares})
+    return total / len(order), correct / len(order)
+
+
+class IdsAdam(NumpyAdam):
+    """Keras's Adam where an embedding's gradient is TensorFlow's IndexedSlices, one row per
+    occurrence of an id: the first moment moves toward the rows summed per id (ops.subtract
+    densifies them, keras/src/backend/tensorflow/sparse.py, elementwise_binary_union), but
+    ops.square squares each row before they are summed (elementwise_unary), so the second
+    moment moves toward the sum of the squared rows, not the square of their sum
+    (keras/src/optimizers/adam.py, update_step). `squares` holds those sums by weight index."""
+
+    def step(self, grads, squares=None):
+        self.t += 1
+        f = np.float32
+        alpha = self.lr * np.sqrt(1 - f(self.b2) ** f(self.t)) / (1 - f(self.b1) ** f(self.t))
+        for i, (p, g, m, v) in enumerate(zip(self.params, grads, self.m, self.v)):
+            m += (g - m) * (1 - self.b1)
+            v += ((g * g if i not in (squares or {}) else squares[i]) - v) * (1 - self.b2)
+            p -= m * alpha / (np.sqrt(v) + self.eps)
+
+
+@contender(TOKENS, HAND["numpy"])
+def numpy_tokens_hand_written(x, y, weights) -> Epoch:
+    weights = [w.copy() for w in weights]
+    adam = IdsAdam(weights, lr=0.005)
+    rng = np.random.default_rng(0)
+    return lambda order: plain_tokens_epoch(x, y, weights, adam, rng.permutation(len(x)) if order is None else order)
+
+
+@contender(TOKENS, BACKEND["numpy"])
+def numpy_tokens_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(TOKENS, "numpy", x, y, weights)
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch
+
+
+@contender(TOKENS, HAND["torch"])
+def torch_tokens_hand_written(x, y, weights) -> Epoch:
+    """The model as torch code is written: nn.Embedding, nn.Conv1d channels-first (the
+    embedded batch transposed to (N, C, T)), F.max_pool1d, flatten, nn.Linear, whose rows are
+    permuted once from Keras's (step, channel) flatten order to torch's (channel, step); the
+    ids as int64 once."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(17, 4, sparse=True)  # its grad: one row per occurrence
+            self.conv = nn.Conv1d(4, 16, 9)
+            self.dense = nn.Linear(28 * 16, 10)
+
+        def forward(self, ids):
+            h = self.embedding(ids).transpose(1, 2)
+            h = F.max_pool1d(F.relu(self.conv(h)), 2)
+            return self.dense(h.flatten(1))
+
+    model = Tokens()
+    table, kernel, c_bias, w, b = weights
+    dense = w.reshape(28, 16, 10).transpose(1, 0, 2).reshape(448, 10)  # rows (t, c) -> (c, t)
+    with torch.no_grad():
+        for param, value in zip(model.parameters(), [table, kernel.transpose(2, 1, 0), c_bias, dense.T, b]):
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    return torch_epochs(model, torch.from_numpy(x.astype(np.int64)), y, TOKENS.batch, lr=0.005, adam=torch_ids_adam)
+
+
+def torch_ids_adam(slots, t: int, lr=1e-3, beta_1=0.9, beta_2=0.999, eps=1e-7) -> None:
+    """torch_adam, with Keras's rule for an embedding's gradient (see IdsAdam): the sparse
+    gradient's rows summed per id for the first moment, their squares summed for the second."""
+    import torch
+
+    alpha = lr * (1 - beta_2 ** t) ** 0.5 / (1 - beta_1 ** t)
+    for p, m, v in slots:
+        g = p.grad
+        if g.is_sparse:
+            ids, rows = g._indices()[0], g._values()  # uncoalesced: one row per occurrence
+            g, squares = g.to_dense(), torch.zeros_like(v).index_add_(0, ids, rows * rows)
+        else:
+            squares = g * g
+        m.lerp_(g, 1 - beta_1)
+        v.lerp_(squares, 1 - beta_2)
+        p.addcdiv_(m, v.sqrt().add_(eps), value=-alpha)
+
+
+@contender(TOKENS, BACKEND["torch"])
+def torch_tokens_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(TOKENS, "torch", x, y, weights, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# Keras
+
+
+@contender(TOKENS, HAND["keras"])
+def keras_tokens_hand_written(x, y, weights) -> Epoch:
+    """benchmarks/tokens.ms as one writes it in Keras, trained with model.fit."""
+    from modelspec.backends.keras.engine import keras
+
+    layers = keras.layers
+    model = keras.Sequential([keras.Input(shape=(64,), dtype="int32"), layers.Embedding(17, 4),
+                              layers.Conv1D(16, 9, activation="relu"), layers.MaxPooling1D(2), layers.Flatten(),
+                              layers.Dense(10, activation="softmax")], name="bench_tokens")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.005), loss="categorical_crossentropy",
+                  metrics=["categorical_accuracy"])
+    model.set_weights(weights)
+    return keras_fit_epoch(model, x, y, TOKENS.batch)
+
+
+@contender(TOKENS, BACKEND["keras"])
+def keras_tokens_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(TOKENS, "keras", x, y, weights)
+
+# =======================================================================================
 
 
 def keras_whole_fits(bench: Bench, x: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> None:
@@ -814,7 +1007,9 @@ TARGETS = {"mlp": [(BACKEND["numpy"], HAND["numpy"], 1.10, "issue 3"),
                    (BACKEND["torch"], HAND["torch"], 1.05, "issue 5"),
                    (BACKEND["keras"], HAND["keras"], 1.05, "issue 6")],
            "resnet": [(BACKEND["numpy"], HAND["numpy"], 1.20, "issue 13"),
-                      (BACKEND["torch"], HAND["torch"], 1.05, "issue 13")]}
+                      (BACKEND["torch"], HAND["torch"], 1.05, "issue 13")],
+           "tokens": [(BACKEND["numpy"], HAND["numpy"], 1.10, "issue 14"),
+                      (BACKEND["torch"], HAND["torch"], 1.05, "issue 14")]}
 
 
 def targets(bench: Bench, times: dict[str, list[float]], markdown: bool) -> list[str]:

@@ -16,9 +16,17 @@ is the tail of the training set that Model.fit takes, as Keras does.
 
 `prepare` makes the arrays a model takes: samples divided by the scale the caller chose
 (1 where the spec scales its own input with `rescale` or `normalize`), reshaped to the
-spec's input when their size fits (8x8 to `input 64`, 28x28 to `input 28x28x1`); class
-ids one-hot for categorical cross-entropy and integer ids for the sparse loss, real
-targets as a float32 column per output unit.
+spec's input when their size fits (8x8 to `input 64`, 28x28 to `input 28x28x1`; the
+digits' 8x8 images are already the 8 rows of 8 values that `input 8x8` reads as a
+sequence); class ids one-hot for categorical cross-entropy and integer ids for the sparse
+loss, real targets as a float32 column per output unit. A spec with integer inputs (`input
+64 int`, token ids for an embedding) takes the samples unscaled, as int32, each a whole
+number in [0, vocabulary) or a DataError naming the first that is not, where it is in the
+data's own order (the digits' pixel intensities, 0 to 16, are such ids).
+
+Samples keep their numbers as stored: a .npz's integer arrays stay integers, a .csv whose
+sample values are all whole numbers is read as integers, anything else is float32; so ids
+beyond float32's 2**24 stay exact.
 
 Every problem is a DataError with a one-line message naming the file and what was
 expected and received.
@@ -61,8 +69,10 @@ class DataError(ModelspecError):
 
 @dataclass
 class Dataset:
-    """Raw samples (float32) and their targets, split into train and test: class ids (int64)
-    or real values (float32, regression)."""
+    """Raw samples (float32, or an integer dtype for integer data, see `_samples`) and their
+    targets, split into train and test: class ids (int64) or real values (float32,
+    regression). `train_rows` and `test_rows` are the samples' positions in the data as
+    loaded, where the test set was split off here (None where the data brought its own)."""
 
     name: str  # "digits", "mnist", or the file's path
     x_train: np.ndarray
@@ -72,6 +82,8 @@ class Dataset:
     scale: float  # what brings the samples into [0, 1] (pixels), for a spec that does not scale them itself
     split: str  # where the test set came from, in words
     scale_why: str = ""  # where the scale comes from, in words
+    train_rows: np.ndarray | None = None
+    test_rows: np.ndarray | None = None
 
     @property
     def regression(self) -> bool:
@@ -195,8 +207,16 @@ def load_csv(path: Path, seed: int = SPLIT_SEED, label_column: str | None = None
     table, header = read_csv(path)
     column = _label_index(table.shape[1], header, label_column, path)
     y = _targets(table[:, column], path, f"the label column ({_column_name(column, header)})")
-    x = _samples(np.delete(table, column, axis=1), path, "the samples")
+    x = _samples(_whole(np.delete(table, column, axis=1)), path, "the samples")
     return _split(os.fspath(path), x, y, *_inferred(x), seed=seed)
+
+
+def _whole(table: np.ndarray) -> np.ndarray:
+    """A CSV table (float64) as int64 where every value is a whole number within float64's
+    exact integers, so that integer columns stay integer; else as it is."""
+    if np.isfinite(table).all() and (table % 1 == 0).all() and (np.abs(table) <= 2**53).all():
+        return table.astype(np.int64)
+    return table
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -358,11 +378,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _samples(x: Any, path: Any, what: str) -> np.ndarray:
+    """Samples as float32, or, for integer data, in their own integer dtype (native byte
+    order; booleans as uint8): integers are kept exact for integer inputs, and as small as
+    stored (MNIST's uint8)."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: {what} must hold numbers; it has dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
         raise DataError(f"{path}: {what} has shape {tuple_text(x.shape)}; expected one sample per row")
+    if x.dtype.kind in "biu":
+        return x.astype(np.uint8 if x.dtype.kind == "b" else x.dtype.newbyteorder("="), copy=False)
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{path}: NaN or infinite values in {what}")
@@ -417,20 +442,24 @@ def _inferred(x: np.ndarray) -> tuple[float, str]:
 def _split(name: str, x: Any, y: Any, scale: float, scale_why: str, seed: int) -> Dataset:
     from sklearn.model_selection import train_test_split
 
-    x, y = np.asarray(x, np.float32), np.asarray(y)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32)
     if len(x) < 5:
         raise DataError(f"{name} has {len(x)} sample{'' if len(x) == 1 else 's'}; a 20% test split needs at least 5")
+    rows = np.arange(len(x))  # split alongside (the same indices split every array), for messages
     try:  # class ids: stratified where every class can have a share in both parts
         if y.dtype.kind == "f":
             raise ValueError("real targets have no classes to stratify")
-        parts = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y)
+        parts = train_test_split(x, y, rows, test_size=TEST_FRACTION, random_state=seed, stratify=y)
         how = "a stratified"
     except ValueError:  # real targets, a class of one sample, or more classes than test samples
-        parts = train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed)
+        parts = train_test_split(x, y, rows, test_size=TEST_FRACTION, random_state=seed)
         how = "a random" if y.dtype.kind == "f" else "an unstratified"
-    x_train, x_test, y_train, y_test = parts
+    x_train, x_test, y_train, y_test, train_rows, test_rows = parts
     return Dataset(name, x_train, y_train, x_test, y_test, scale=scale,
-                   split=f"{how} {TEST_FRACTION:.0%} test split (seed {seed})", scale_why=scale_why)
+                   split=f"{how} {TEST_FRACTION:.0%} test split (seed {seed})", scale_why=scale_why,
+                   train_rows=train_rows, test_rows=test_rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,20 +472,45 @@ def prepare(ds: Dataset, report: Any, loss: str | None, scale: float | None = No
     input_shape = tuple(report.input_shape[1:])
     units = report.output_shape[-1]
     scale = ds.scale if scale is None else scale
-    x_train = fit_input(ds.x_train / np.float32(scale), input_shape, ds.name)
-    x_test = fit_input(ds.x_test / np.float32(scale), input_shape, ds.name)
+    if report.spec.input_dtype == "int32":
+        x_train, x_test = token_ids(ds, report.spec)
+    else:
+        x_train = fit_input(ds.x_train.astype(np.float32, copy=False) / np.float32(scale), input_shape, ds.name)
+        x_test = fit_input(ds.x_test.astype(np.float32, copy=False) / np.float32(scale), input_shape, ds.name)
     classes = 0 if ds.regression else ds.classes
     return Arrays(x_train, encode_labels(ds.y_train, units, loss, classes, ds.name),
                   x_test, encode_labels(ds.y_test, units, loss, classes, ds.name))
 
 
-def fit_input(x: np.ndarray, input_shape: tuple[int, ...], name: Any = "the data") -> np.ndarray:
-    """x as (N, *input_shape), reshaping samples whose size is the input's size."""
+def token_ids(ds: Dataset, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test samples as the int32 token ids of a spec with integer inputs:
+    unscaled, reshaped to the input, every one checked (model.check_ids) in the data's own
+    order, so that a bad id's sample is the one the user finds at that place in the file."""
+    from .model import check_ids
+
+    shape = tuple(spec.input_shape)
+    x_train, x_test = (fit_input(x, shape, ds.name, dtype=None) for x in (ds.x_train, ds.x_test))
+    try:
+        if ds.train_rows is None or ds.test_rows is None:  # the data's own test set
+            return check_ids(x_train, spec.id_limit, f"{ds.name}'s x_train"), \
+                check_ids(x_test, spec.id_limit, f"{ds.name}'s x_test")
+        every = np.empty((len(x_train) + len(x_test), *shape), np.result_type(x_train, x_test))
+        every[ds.train_rows], every[ds.test_rows] = x_train, x_test
+        every = check_ids(every, spec.id_limit, ds.name)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return every[ds.train_rows], every[ds.test_rows]
+
+
+def fit_input(x: np.ndarray, input_shape: tuple[int, ...], name: Any = "the data",
+              dtype: Any = np.float32) -> np.ndarray:
+    """x as (N, *input_shape) of `dtype` (None: x's own), reshaping samples whose size is the
+    input's size."""
     if tuple(x.shape[1:]) == input_shape:
-        return np.ascontiguousarray(x, np.float32)
+        return np.ascontiguousarray(x, dtype)
     size = math.prod(input_shape)
     if math.prod(x.shape[1:]) == size:
-        return np.ascontiguousarray(x.reshape((len(x), *input_shape)), np.float32)
+        return np.ascontiguousarray(x.reshape((len(x), *input_shape)), dtype)
     raise DataError(f"{name} has samples of shape {tuple_text(x.shape[1:])} ({math.prod(x.shape[1:]):,} values), "
                     f"but the spec's input is {tuple_text((None, *input_shape))} ({size:,} values); "
                     "the shapes must match, or hold the same number of values")
@@ -517,6 +571,7 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.nda
         names = [h.lower() for h in header or []]
         if "label" in names:
             x = np.delete(x, names.index("label"), axis=1)
+        x = _whole(x)
     else:
         try:
             x = np.load(path, allow_pickle=False)
@@ -525,3 +580,18 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.nda
     if x.ndim == 1 or (tuple(x.shape) == tuple(input_shape) and len(input_shape) > 1):
         x = x[None]
     return _samples(x, path, "the samples")
+
+
+def model_input(raw: np.ndarray, spec: Any, scale: float, name: Any = "the data") -> np.ndarray:
+    """Raw samples (load_inputs) as the spec's model takes them: divided by `scale` and
+    reshaped to its input as float32, or, for integer inputs, unscaled int32 token ids, each
+    checked (model.check_ids)."""
+    shape = tuple(spec.input_shape)
+    if spec.input_dtype != "int32":
+        return fit_input(raw.astype(np.float32, copy=False) / np.float32(scale), shape, name)
+    from .model import check_ids
+
+    try:
+        return check_ids(fit_input(raw, shape, name, dtype=None), spec.id_limit, str(name))
+    except ValueError as e:
+        raise DataError(str(e)) from None

@@ -86,8 +86,11 @@ def _as_loss(value: Any) -> ir.Loss:
 # Input checks: every problem is a ValueError that names what was expected and received
 
 
-def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
-    """x as float32 with shape (N, *input_shape), or a ValueError."""
+def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x", dtype: str = "float32",
+            id_limit: int | None = None) -> np.ndarray:
+    """x with shape (N, *input_shape), or a ValueError: float32 for a float input; for an
+    integer input (`dtype` "int32", token ids) int32 whole numbers, each in [0, id_limit)
+    (see `check_ids`)."""
     try:
         arr = np.asarray(x)
     except Exception as e:  # ragged lists and the like
@@ -103,6 +106,8 @@ def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray
                          f"{tuple_text(expected)}{hint}")
     if arr.shape[0] == 0:
         raise ValueError(f"{what} is empty: expected at least one sample of shape {tuple_text(expected)}")
+    if dtype == "int32":
+        return check_ids(arr, id_limit, what)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -110,6 +115,46 @@ def check_x(x: Any, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray
         raise ValueError(f"{what} holds {count} NaN or infinite value(s), the first at index "
                          f"{tuple(int(i) for i in bad)}; expected finite numbers")
     return arr
+
+
+INT32_LIMIT = 2**31  # Keras's Input(dtype="int32"): ids beyond it do not exist
+
+
+def check_ids(arr: np.ndarray, id_limit: int | None, what: str = "x") -> np.ndarray:
+    """Token ids (N, ...) as C-contiguous int32, or a ValueError naming the first bad value
+    (in sample order, then step order), its sample and step, and the valid range: ids are
+    whole numbers (integers, or floats without a fraction) in [0, id_limit), the smallest
+    vocabulary of the embeddings that read them. Keras does not check them alike on every
+    device: Embedding.call is ops.take, whose TensorFlow version wraps a negative id around
+    the table (keras/src/backend/tensorflow/numpy.py, take: fix_negative_indices) and whose
+    gather raises for an id past it on the CPU but returns zeros on a GPU (tf.gather's
+    documentation); torch's embedding raises. So ids are refused here, before any step."""
+    limit = INT32_LIMIT if id_limit is None else id_limit
+    valid = f"[0, {limit})" + ("" if id_limit is None else f", the embedding's vocabulary of {id_limit}")
+    if arr.dtype.kind == "f":
+        whole = np.isfinite(arr) & (np.mod(arr, 1) == 0)  # NaN and inf are not whole
+        if not whole.all():
+            raise ValueError(f"{what} holds {_value(arr, ~whole)} at {_position(~whole)}; the model's input is "
+                             f"integer token ids: expected whole numbers in {valid}")
+    bad = (arr < 0) | (arr >= limit)
+    if bad.any():
+        raise ValueError(f"{what} holds the id {_value(arr, bad)} at {_position(bad)}; expected ids in {valid}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _value(arr: np.ndarray, bad: np.ndarray) -> str:
+    value = arr.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+    return f"{int(value)}" if arr.dtype.kind in "biu" or (np.isfinite(value) and value % 1 == 0) else f"{value:g}"
+
+
+def _position(bad: np.ndarray) -> str:
+    """Where the first True of `bad` (N, ...) is, in words: "sample 3, step 5" for sequences,
+    "sample 3, position (1, 2)" for ids of more axes."""
+    index = np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape)
+    sample, rest = int(index[0]), tuple(int(i) for i in index[1:])
+    if len(rest) == 1:
+        return f"sample {sample}, step {rest[0]}"
+    return f"sample {sample}, position {rest}"
 
 
 def check_y(y: Any, n: int, out_shape: tuple[Any, ...], loss: str, what: str = "y") -> np.ndarray:
@@ -286,9 +331,13 @@ class Model:
 
     # -- fit / evaluate / predict -----------------------------------------------------------
 
+    def _check_x(self, x: Any, what: str = "x") -> np.ndarray:
+        """x as the model takes it: float32, or int32 token ids checked against the vocabulary."""
+        return check_x(x, self.spec.input_shape, what, self.spec.input_dtype, self.spec.id_limit)
+
     def _dataset(self, x: Any, y: Any, what: str = "") -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         loss = self._require_loss()
-        xs = check_x(x, self.spec.input_shape, f"{what}x")
+        xs = self._check_x(x, f"{what}x")
         raw_shape = tuple(np.shape(y))
         ys = check_y(y, len(xs), self.output_shape, loss.name, f"{what}y")
         return xs, ys, raw_shape
@@ -414,7 +463,7 @@ class Model:
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's outputs in inference mode, float32, batch by batch (32 by default)."""
-        xs = check_x(x, self.spec.input_shape)
+        xs = self._check_x(x)
         return self.engine.predict(self.engine.prepare(xs, None), int(batch_size or DEFAULT_BATCH_SIZE))
 
     # -- adapt ---------------------------------------------------------------------------
@@ -434,7 +483,7 @@ class Model:
         lowered = lower(self.report)
         # each kernel layer's inputs by position (-1: the model's input); a chain's read the one before
         sources = lowered.sources or [(k - 1,) for k in range(len(lowered.calls))]
-        values = {-1: check_x(x, self.spec.input_shape)}
+        values = {-1: self._check_x(x)}
         weights = self.get_weights()
         first = position = 0  # the row's first weight, its first kernel layer
         for row, calls in lowered.groups[:adapting[-1] + 1]:

@@ -87,7 +87,15 @@ class Scaling:
 
 def scaling(spec: Any, given: float | None, default: float, default_why: str) -> Scaling:
     """--scale if given, else `default`; raw samples for a spec that scales its own input,
-    where --scale would scale them twice and is refused."""
+    where --scale would scale them twice and is refused, and for a spec whose input is
+    integer token ids, which are never scaled (--scale is refused there too)."""
+    if spec.input_dtype == "int32":
+        span = spec.statement_spans.get("input")
+        where = f" at line {span.line}" if span is not None else ""
+        if given is not None:
+            raise CommandError(f"--scale {given:g}: the spec's input is integer token ids (`input ... int`{where}), "
+                               "which are never scaled; drop --scale")
+        return Scaling(1.0, f"integer token ids (the spec's input{where}), never scaled")
     own = next((layer for layer in spec.layers if layer.scales_input), None)
     if own is not None:
         where = f" at line {own.span.line}" if own.span is not None else ""

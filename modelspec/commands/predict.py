@@ -30,9 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..data import DataError, fit_input, infer_scale, load_inputs
+    from ..data import DataError, infer_scale, load_inputs, model_input
 
     if args.output:
         check_output(args.output, [args.spec, args.weights, args.input], "--output")
@@ -42,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
         raw = load_inputs(args.input, spec.input_shape)
         scale = trained_scaling(spec, args.scale, args.weights, infer_scale(raw),
                                 "inferred from these samples' largest value")
-        x = fit_input(raw / np.float32(scale.scale), spec.input_shape, args.input)
+        x = model_input(raw, spec, scale.scale, args.input)
     except DataError as e:
         raise CommandError(str(e)) from None
     model = build(spec, args)
     load_weights(model, args.weights)
     note_guess(scale, args.weights)
-    warn_if_out_of_range(args.weights, args.input, raw)
+    if spec.input_dtype != "int32":  # token ids are checked against the vocabulary instead
+        warn_if_out_of_range(args.weights, args.input, raw)
     try:
         out = model.predict(x, batch_size=args.batch)
     except ValueError as e:
