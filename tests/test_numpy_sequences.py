@@ -454,3 +454,31 @@ def test_emitted_program_computes_what_the_engine_computes_on_ids(text):
     assert net.gradients(data.x, data.y)[0] == engine.gradients(data.x, data.y)[0]
     for theirs, ours in zip(net.grads, engine.net.grads):
         np.testing.assert_array_equal(theirs, ours)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "adagrad", "nadam", "adamw", "sgd"])
+@pytest.mark.parametrize("penalty", ["", " l2=0.01"], ids=["sparse", "penalized"])
+def test_optimizers_update_an_embedding_as_keras_does(optimizer, penalty):
+    """Keras squares the embedding's sparse gradient row by row before the rows of one id are
+    summed (Adam's v takes Σ g², not (Σ g)²); a penalty makes the gradient dense, and the usual
+    rule returns. Three steps of fit in both, from the same weights, on ids that repeat."""
+    keras, _ = keras_modules()
+    keras.backend.clear_session()
+    text = f"input 6 int\nembedding 5 3{penalty}\nflatten\ndense 2 softmax\noptimizer {optimizer} lr=0.05\n" \
+           "loss sparse_categorical_crossentropy\n"
+    model = ms.build(text, backend="numpy", seed=4)
+    reference = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(
+        5, 3, embeddings_regularizer=keras.regularizers.L2(0.01) if penalty else None), keras.layers.Flatten(),
+        keras.layers.Dense(2, activation="softmax")])
+    reference.set_weights(model.get_weights())
+    keras_optimizer = {"adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "Nadam",
+                       "adamw": "AdamW", "sgd": "SGD"}[optimizer]
+    reference.compile(getattr(keras.optimizers, keras_optimizer)(learning_rate=0.05),
+                      "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 5, (24, 6)).astype(np.int32), rng.integers(0, 2, 24)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    reference.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for ours, theirs in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)

@@ -517,12 +517,19 @@ class Embedding(Layer):
     count from the end, as TensorFlow's gather does on the CPU. The gradient is sparse: only
     the rows used receive one, each the sum over its uses (TensorFlow's IndexedSlices, which
     Keras's optimizer update densifies). The sum is one bincount over (row, column) cells,
-    accumulated in float64: several times faster than np.add.at, and no less exact."""
+    accumulated in float64: several times faster than np.add.at, and no less exact.
+
+    While the gradient stays sparse (no penalty adds a dense term to it), Keras's optimizers
+    square it before the rows of one id are summed: `ops.square` is elementwise on the
+    IndexedSlices (keras/src/backend/tensorflow/sparse.py, elementwise_unary), so Adam's v,
+    RMSprop's and Adagrad's accumulators take Σ g², not (Σ g)², per row. `squares` holds that
+    sum for the optimizer (Optimizer.square)."""
 
     def __init__(self, embeddings):
         self.embeddings = embeddings
         self.params = [embeddings]
         self.grads = [np.zeros(embeddings.shape, embeddings.dtype)]
+        self.squares = [np.zeros(embeddings.shape, embeddings.dtype)]  # None once a penalty makes it dense
 
     def forward(self, x, training=False):
         if x.dtype.kind not in "iu":
@@ -538,6 +545,9 @@ class Embedding(Layer):
             flat = flat % rows  # the row that forward's negative id read
         cells = (flat[:, None] * width + np.arange(width)).reshape(-1)
         grad[...] = np.bincount(cells, dy.reshape(-1), minlength=grad.size).reshape(rows, width)
+        if self.squares[0] is not None:
+            self.squares[0][...] = np.bincount(cells, np.square(dy).reshape(-1),
+                                               minlength=grad.size).reshape(rows, width)
         return None  # ids have no gradient
 
 
@@ -963,10 +973,13 @@ class Optimizer:
         self.iterations = 0
         self.built = False
 
-    def step(self, params, grads):
+    def step(self, params, grads, squares=None):
+        """`squares`: for each weight, None, or the sum of its gradient's squared parts where the
+        gradient is sparse (Embedding.squares), which the optimizers that square it take."""
         if not self.built:
             self.build(params)
             self.built = True
+        self.squares = squares or [None] * len(params)
         lr = self.learning_rate
         for i, (p, g) in enumerate(zip(params, grads)):
             if self.weight_decay:
@@ -977,6 +990,16 @@ class Optimizer:
     def slots(self):
         """The slot arrays in the order Keras creates its optimizer variables."""
         return []
+
+    def square(self, i, g, out=None):
+        """Keras's ops.square of weight i's gradient: a sparse one's parts squared, then summed."""
+        sq = self.squares[i]
+        if sq is None:
+            return np.square(g, out=out)
+        if out is None:
+            return sq.copy()
+        out[...] = sq
+        return out
 
 
 class SGD(Optimizer):
@@ -1018,7 +1041,7 @@ class RMSprop(Optimizer):
     def update(self, i, p, g, lr):
         v, s = self.velocities[i], self.scratch[i]
         v *= self.rho
-        np.square(g, out=s)
+        self.square(i, g, out=s)
         s *= 1 - self.rho
         v += s
         if self.centered:
@@ -1061,7 +1084,7 @@ class Adam(Optimizer):
         np.subtract(g, m, out=s)
         s *= 1 - self.beta_1
         m += s
-        np.square(g, out=s)
+        self.square(i, g, out=s)
         s -= v
         s *= 1 - self.beta_2
         v += s
@@ -1089,7 +1112,7 @@ class Adagrad(Optimizer):
 
     def update(self, i, p, g, lr):
         acc = self.accumulators[i]
-        acc += np.square(g)
+        acc += self.square(i, g)
         p -= np.multiply(g, lr) / np.sqrt(acc + self.epsilon)
 
     def slots(self):
@@ -1108,19 +1131,19 @@ class Nadam(Optimizer):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
 
-    def step(self, params, grads):
+    def step(self, params, grads, squares=None):
         f = params[0].dtype.type if params else float  # Keras's scalars are in the weights' dtype
         t, self.b1, self.b2 = f(self.iterations + 1), f(self.beta_1), f(self.beta_2)
         self.u_t = self.b1 * (1 - 0.5 * f(0.96) ** t)
         self.u_next = self.b1 * (1 - 0.5 * f(0.96) ** (t + 1))
         self.u_product = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)  # Π u_1..u_t
         self.beta_2_power = self.b2 ** t
-        super().step(params, grads)
+        super().step(params, grads, squares)
 
     def update(self, i, p, g, lr):
         m, v = self.m[i], self.v[i]
         m += (g - m) * (1 - self.b1)
-        v += (np.square(g) - v) * (1 - self.b2)
+        v += (self.square(i, g) - v) * (1 - self.b2)
         m_hat = m * self.u_next / (1 - self.u_product * self.u_next) + g * (1 - self.u_t) / (1 - self.u_product)
         v_hat = v / (1 - self.beta_2_power)
         p -= m_hat * lr / (np.sqrt(v_hat) + self.epsilon)
@@ -1146,8 +1169,12 @@ class Network:
         self.body = layers[:-1] if from_logits else layers
         self.head = layers[-1] if from_logits else None
         self.penalties = [(layers[i].params[0], layers[i].grads[0], l1, l2) for i, l1, l2 in penalties]
+        for i, _, _ in penalties:  # a penalty's gradient is dense: so is the sum (Embedding.squares)
+            if hasattr(layers[i], "squares"):
+                layers[i].squares = [None]
         self.params = [p for layer in layers for p in layer.params]
         self.grads = [g for layer in layers for g in layer.grads]
+        self.squares = [sq for layer in layers for sq in getattr(layer, "squares", [None] * len(layer.params))]
         with_params = [i for i, layer in enumerate(self.body) if layer.params]
         self.first = with_params[0] if with_params else len(self.body)  # backward stops here
 
@@ -1202,7 +1229,7 @@ class Network:
         """The step's updates, once its loss and gradients are known to be finite."""
         for layer in self.layers:
             layer.update_moving()
-        optimizer.step(self.params, self.grads)
+        optimizer.step(self.params, self.grads, self.squares)
 
 
 class Graph(Network):
