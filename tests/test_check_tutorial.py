@@ -59,6 +59,8 @@ FIGURES = {
                       2 * batchnorm(8)[1], (None, 10)),
 }
 FIGURES["digits_c"] = FIGURES["digits_b"]
+# 64 ids -> 17x4 embedding -> 56x16 (a window of 9, valid) -> 28x16 -> 448 -> 10
+FIGURES["digits_tokens"] = (17 * 4 + (9 * 4 * 16 + 16) + dense(28 * 16, 10),) * 2 + (0, (None, 10))
 # regression cases found by differential fuzzing (tests/test_fuzz_crosscheck.py)
 FIGURES["regression_one_layer"] = (dense(8, 4),) * 2 + (0, (None, 4))
 FIGURES["regression_selu_at_zero"] = (dense(3, 7) + dense(7, 3),) * 2 + (0, (None, 3))
