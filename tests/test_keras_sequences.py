@@ -377,3 +377,136 @@ def test_the_program_writes_every_option():
                  "layers.GlobalMaxPooling1D(),"]:
         assert line in code, line
     assert "strides=2," in code and 'padding="causal",' in code
+
+
+# ---------------------------------------------------------------------------------------
+# modelspec import: Keras models with these layers back to specs of Keras's own numbers
+
+
+def every_option_by_hand() -> keras.Model:
+    keras.backend.clear_session(free_memory=False)
+    return keras.Sequential([
+        keras.Input((30,), dtype="int32"),
+        L.Embedding(50, 4, mask_zero=True, embeddings_initializer=keras.initializers.HeUniform(seed=2),
+                    embeddings_regularizer=keras.regularizers.L2(0.001)),
+        L.LayerNormalization(epsilon=0.01),
+        L.Conv1D(6, 5, strides=2, padding="causal", activation="relu", kernel_regularizer=keras.regularizers.L1(1e-3)),
+        L.Conv1D(4, 3, dilation_rate=2, padding="same", use_bias=False),
+        L.MaxPooling1D(3, strides=1, padding="same"),
+        L.AveragePooling1D(2),
+        L.Reshape((-1, 2)),
+        L.GlobalMaxPooling1D(),
+        L.Dense(2, activation="softmax"),
+    ], name="every_option")
+
+
+IMPORTED = {
+    "every_option": every_option_by_hand,
+    **{f"{case}_sequential": (lambda case: lambda: hand_model(case, False))(case) for case in EXAMPLES},
+    **{f"{case}_functional": (lambda case: lambda: hand_model(case, True))(case) for case in EXAMPLES},
+}
+
+
+@pytest.mark.parametrize("case", IMPORTED)
+def test_a_keras_model_imports_to_a_spec_of_its_numbers(case, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    hand = IMPORTED[case]()
+    imported = convert(json.loads(hand.to_json()))
+    uses_ids = keras.backend.standardize_dtype(hand.inputs[0].dtype) == "int32"
+    assert imported.spec.input_dtype == ("int32" if uses_ids else "float32")
+    assert [(r.name, r.keras_class, r.output_shape, r.params) for r in imported.report.layers] == rows(hand)
+    assert [(w.path, w.shape) for w in imported.report.weights] == [(w.path, tuple(w.shape)) for w in hand.weights]
+    assert imported.report.summary(line_length=100) == kr.summary(hand, 100)
+    # Keras's weights in the imported model give Keras's predictions
+    rng = np.random.default_rng(5)
+    hand.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in hand.get_weights()])
+    model = ms.build(imported.spec, backend="keras")
+    model.set_weights(hand.get_weights())
+    spec = imported.spec
+    x = (rng.integers(0, spec.id_limit, (4, *spec.input_shape)) if uses_ids
+         else rng.normal(size=(4, *spec.input_shape)).astype(np.float32))
+    np.testing.assert_allclose(model.predict(x), hand.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_every_option_comes_back_as_written():
+    imported = convert(json.loads(every_option_by_hand().to_json()))
+    assert imported.text == (
+        "model every_option\ninput 30 int\nembedding 50 4 mask_zero he_uniform(seed=2) l2=0.001\n"
+        "layernorm epsilon=0.01\nconv1d 6 5 stride=2 padding=causal relu l1=0.001\n"
+        "conv1d 4 3 padding=same dilation=2 nobias\nmaxpool1d 3 stride=1 padding=same\navgpool1d 2\n"
+        "reshape -1x2\nglobalmaxpool1d\ndense 2 softmax\n")
+
+
+def test_a_saved_model_imports_on_the_command_line(tmp_path, capsys):
+    hand = hand_model("text_cnn", False)
+    hand.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hand.save(tmp_path / "m.keras")
+    assert main(["import", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.ms")]) == 0
+    text = (tmp_path / "m.ms").read_text()
+    assert text.startswith("model sequential\ninput 40 int\nembedding 500 8\nconv1d 16 5 relu\nmaxpool1d 2\n")
+    assert ms.check(ms.parse(tmp_path / "m.ms")).summary(line_length=90) == kr.summary(hand, 90)
+
+
+def test_an_input_built_from_a_shape_is_read_as_ids():
+    """A Sequential built with build((None, 20)) has a float32 input, which its Embedding casts
+    to int32 (keras/src/layers/core/embedding.py): the spec's input is `int`, with a note."""
+    keras.backend.clear_session(free_memory=False)
+    hand = keras.Sequential([L.Embedding(100, 4), L.GlobalAveragePooling1D(), L.Dense(1)])
+    hand.build((None, 20))
+    assert hand.get_config()["layers"][0]["config"]["dtype"] == "float32"
+    imported = convert(json.loads(hand.to_json()))
+    assert imported.text.splitlines()[1] == "input 20 int"
+    assert any("casts to int32" in note for note in imported.notes)
+    assert imported.report.total_params == hand.count_params()
+
+
+def config_of(*layers, dtype="float32", shape=(12, 4)) -> dict:
+    keras.backend.clear_session(free_memory=False)
+    return json.loads(keras.Sequential([keras.Input(shape, dtype=dtype), *layers]).to_json())
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: config_of(L.LayerNormalization(axis=1)), "axis=1 cannot be expressed in a spec: layernorm normalizes "
+                                                      "the last axis"),
+    (lambda: config_of(L.LayerNormalization(axis=[1, 2])), "axis=[1, 2] cannot be expressed"),
+    (lambda: config_of(L.LayerNormalization(center=False)), "center=False cannot be expressed"),
+    (lambda: config_of(L.LayerNormalization(scale=False)), "scale=False cannot be expressed"),
+    (lambda: config_of(L.LayerNormalization(gamma_initializer="zeros")), "gamma_initializer=zeros cannot be "
+                                                                          "expressed in a spec (it must be ones)"),
+    (lambda: config_of(L.LayerNormalization(beta_regularizer="l2")), "beta_regularizer"),
+    (lambda: config_of(L.Conv1D(4, 3, groups=2)), "groups=2 cannot be expressed"),
+    (lambda: config_of(L.Conv1D(4, 3, data_format="channels_first")), "data_format='channels_first'"),
+    (lambda: config_of(L.Conv1D(4, 3, bias_regularizer="l2")), "bias_regularizer"),
+    (lambda: config_of(L.MaxPooling1D(2, data_format="channels_first")), "data_format='channels_first'"),
+    (lambda: config_of(L.GlobalAveragePooling1D(keepdims=True)), "keepdims=True cannot be expressed"),
+    (lambda: config_of(L.GlobalMaxPooling1D(data_format="channels_first")), "data_format='channels_first'"),
+    (lambda: config_of(L.Embedding(10, 2, embeddings_constraint="non_neg"), dtype="int32", shape=(5,)),
+     "embeddings_constraint"),
+    (lambda: config_of(L.Embedding(10, 2, activity_regularizer="l2"), dtype="int32", shape=(5,)),
+     "activity_regularizer"),
+    (lambda: config_of(L.Dense(2), dtype="bool"), "the model's input has dtype bool"),
+    (lambda: config_of(L.Dense(2), dtype="int32"), "dense reads the model's integer input"),
+])
+def test_what_a_spec_cannot_hold_is_named(build, message, tmp_path, capsys):
+    config = build()
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    assert main(["import", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    if "integer input" not in message:  # the checker's own diagnostic takes a few lines
+        assert err.count("\n") == 1
+
+
+def test_a_tf_keras_2_config_imports():
+    """tf.keras 2 saved 1-D sizes as ints or lists, an Embedding's input_length, a layer
+    normalization's axis as its index ([2] for (None, T, C))."""
+    hand = every_option_by_hand()
+    config = json.loads(hand.to_json())
+    layers = config["config"]["layers"]
+    layers[1]["config"]["input_length"] = 30
+    layers[2]["config"]["axis"] = [2]
+    layers[3]["config"].update(kernel_size=5, strides=2, dilation_rate=1)
+    layers[5]["config"].update(pool_size=3, strides=1)
+    imported = convert(config)
+    assert imported.text == convert(json.loads(hand.to_json())).text
+    assert imported.report.total_params == hand.count_params()
