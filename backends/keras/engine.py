@@ -274,7 +274,9 @@ class KerasEngine(Engine):
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         grads = tape.gradient(loss, trainable)
         # g * 0 is 0 for every finite g and NaN otherwise: one sum tells whether all are finite.
-        # An embedding's gradient is sparse (tf.IndexedSlices: the rows its ids picked), as in fit().
+        # An embedding's gradient is sparse (tf.IndexedSlices: a row per id read), as in fit(), and
+        # so is the optimizer's update of it: Adam's second moment sums each occurrence's square
+        # (keras/src/backend/tensorflow/optimizer.py, assign_add of IndexedSlices).
         probe = tf.add_n([loss * 0.0] + [tf.reduce_sum(_dense_part(g) * 0.0) for g in grads if g is not None])
         finite = tf.math.is_finite(probe)
 
