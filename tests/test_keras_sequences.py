@@ -327,6 +327,20 @@ def test_training_matches_keras_fit(case):
     assert not np.allclose(model.get_weights()[0], initial[0])  # the embedding trained
 
 
+def test_adam_updates_an_embedding_from_its_sparse_gradient():
+    """An id read twice in a batch: Keras's Adam (on TensorFlow, as fit runs it) adds each
+    occurrence's gradient to the first moment but each occurrence's square to the second,
+    v = (1-b2)·Σ g_i², not (1-b2)·(Σ g_i)² (keras/src/backend/tensorflow/optimizer.py)."""
+    spec = ms.parse("input 2 int; embedding 3 1 zeros; flatten; dense 1 nobias ones; optimizer adam lr=0.1; loss mse")
+    model = ms.build(spec, backend="keras")
+    model.fit(np.array([[1, 1]]), np.array([[1.0]]), batch_size=1, epochs=1, shuffle=False, verbose=0)
+    g = -2.0 * (1.0 - 0.0)  # d(1 - p)²/dp at p = 0, once per step of the sequence (kernel of ones)
+    m, v = 0.1 * (g + g), 0.001 * (g * g + g * g)
+    alpha = 0.1 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    np.testing.assert_allclose(model.get_weights()[0][:, 0], [0.0, -alpha * m / (math.sqrt(v) + 1e-7), 0.0],
+                               rtol=2e-5)  # float32's 1 - 0.999 is 0.00099998713; (Σ g)² would give 0.1
+
+
 # ---------------------------------------------------------------------------------------
 # The emitted program
 
