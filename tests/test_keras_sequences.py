@@ -339,6 +339,13 @@ def test_adam_updates_an_embedding_from_its_sparse_gradient():
     alpha = 0.1 * math.sqrt(1 - 0.999) / (1 - 0.9)
     np.testing.assert_allclose(model.get_weights()[0][:, 0], [0.0, -alpha * m / (math.sqrt(v) + 1e-7), 0.0],
                                rtol=2e-5)  # float32's 1 - 0.999 is 0.00099998713; (Σ g)² would give 0.1
+    # a penalty on the embedding makes its gradient dense (the penalty's is): then (Σ g)², as elsewhere
+    spec = ms.parse("input 2 int; embedding 3 1 zeros l2=0.001; flatten; dense 1 nobias ones; optimizer adam lr=0.1; "
+                    "loss mse")
+    model = ms.build(spec, backend="keras")
+    model.fit(np.array([[1, 1]]), np.array([[1.0]]), batch_size=1, epochs=1, shuffle=False, verbose=0)
+    v = 0.001 * (g + g) ** 2
+    np.testing.assert_allclose(model.get_weights()[0][1, 0], -alpha * m / (math.sqrt(v) + 1e-7), rtol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------
