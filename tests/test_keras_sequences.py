@@ -291,6 +291,9 @@ def test_ids_reach_the_model_as_int32():
     ids = np.array([[2**24 + 1, 0, 1, 2, 3]], np.int32)
     assert engine.layer_outputs(ids)[0][0, 0, 0] == 7.0
     assert engine.predict(engine.prepare(ids, None), 1)[0, 0, 0] == 7.0
+    model = ms.build(spec, backend="keras")
+    model.set_weights([w])
+    assert model.predict(ids.astype(np.int64))[0, 0, 0] == 7.0  # through the Model's own checks
 
 
 TRAINED = {
