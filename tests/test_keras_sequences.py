@@ -23,7 +23,7 @@ import modelspec as ms
 from modelspec import backends
 from modelspec.cli import main
 from modelspec.diagnostics import SpecError
-from modelspec.keras_import import UnsupportedError, convert, spec_from_config
+from modelspec.keras_import import convert
 
 pytest.importorskip("keras")
 import keras  # noqa: E402
