@@ -119,9 +119,10 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
     entries = body["layers"]
     connections: tuple[tuple[int, ...], ...] = ()
     if kind in FUNCTIONAL:
-        input_shape, entries, connections = _functional(body, entries)
+        input_shape, input_entry, entries, connections = _functional(body, entries)
     else:
         input_shape = _input_shape(body, entries)
+        input_entry = entries[0] if entries and isinstance(entries[0], dict) else None
     layers = [e for e in entries if isinstance(e, dict) and e.get("class_name") != "InputLayer"]
     if not layers:
         raise UnsupportedError("the model has no layers")
@@ -129,6 +130,7 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
     for index, entry in enumerate(layers, start=1):
         layer = _Layer(entry, index, len(layers))
         nodes.append(layer.convert())
+    input_dtype = _input_dtype(input_entry, nodes, connections, notes)
     name = str(body.get("name") or "sequential")
     fields: dict[str, Any] = {}
     compile_config = config.get("compile_config") if training else None
@@ -137,7 +139,8 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
     try:
         names = [e.get("config", {}).get("name") if isinstance(e.get("config"), dict) else None for e in layers]
         nodes = _keep_names(name, input_shape, nodes, names)
-        spec = ir.Spec(name=name, input_shape=input_shape, layers=tuple(nodes), connections=connections, **fields)
+        spec = ir.Spec(name=name, input_shape=input_shape, input_dtype=input_dtype, layers=tuple(nodes),
+                       connections=connections, **fields)
     except ValueError as e:
         raise UnsupportedError(f"the model cannot be a spec: {_reason(e)}") from None
     _check_axes(spec, layers)
@@ -150,10 +153,10 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
 FUNCTIONAL = ("Functional", "Model")
 
 
-def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ...], list[Any], tuple]:
-    """(input shape, the layers' entries in an order a spec can write them, what each reads
-    as spec connections) for a functional model's config: one input, one output, each layer
-    called once."""
+def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ...], Any, list[Any], tuple]:
+    """(input shape, the InputLayer's entry, the layers' entries in an order a spec can write
+    them, what each reads as spec connections) for a functional model's config: one input,
+    one output, each layer called once."""
     for key, what in (("input_layers", "inputs"), ("output_layers", "outputs")):
         ends = _history_list(body.get(key))
         if len(ends) != 1:
@@ -195,7 +198,7 @@ def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ..
     connections = tuple(tuple(-1 if s == input_name else position[s] for s in reads[name]) for name in order)
     chain = all(c == (i - 1,) for i, c in enumerate(connections))
     shape = _input_shape({}, [by_name[input_name]])
-    return shape, [by_name[name] for name in order], () if chain else connections
+    return shape, by_name[input_name], [by_name[name] for name in order], () if chain else connections
 
 
 def _history_list(value: Any) -> list[tuple[str, int, int]]:
@@ -320,6 +323,33 @@ def _input_shape(body: dict[str, Any], entries: list[Any]) -> tuple[int, ...]:
     return tuple(dims)
 
 
+# keras.Input dtypes a spec's `input ... int` takes: Keras's Embedding casts any of them to
+# int32 (keras/src/layers/core/embedding.py, call), which is what the spec feeds it
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _input_dtype(entry: Any, nodes: list[ir.LayerBase], connections: tuple, notes: list[str]) -> str:
+    """The spec's input dtype: int32 for an InputLayer of integers; float32 for one of floats,
+    except where only embeddings read it (a Sequential built without keras.Input, from its
+    input shape, has a float32 input, which Keras's Embedding casts to int32 ids)."""
+    c = entry.get("config", {}) if isinstance(entry, dict) and entry.get("class_name") == "InputLayer" else {}
+    dtype = c.get("dtype") if isinstance(c, dict) else None
+    if isinstance(dtype, dict):  # a dtype policy
+        dtype = (dtype.get("config") or {}).get("name")
+    dtype = dtype or "float32"
+    if dtype in INT_DTYPES:
+        return "int32"
+    if dtype not in ("float16", "bfloat16", "float32", "float64"):
+        raise UnsupportedError(f"the model's input has dtype {dtype}; a spec's input holds numbers (float32) or "
+                               "integer ids (int32)")
+    readers = [node for i, node in enumerate(nodes) if -1 in (connections[i] if connections else (i - 1,))]
+    if readers and all(node.reads_ids for node in readers):
+        notes.append(f"the model's input is {dtype}, which its embedding casts to int32 ids; the spec's input "
+                     "is `int`")
+        return "int32"
+    return "float32"
+
+
 def _reason(e: Exception) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):  # pydantic: the field and what was wrong with it
@@ -390,6 +420,17 @@ class _Layer:
         if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
             return (value[0], value[1])
         raise self.fail(f"{key}={value!r} is not a pair of sizes")
+
+    def single(self, key: str) -> int | None:
+        """A 1-D size: Keras 3 saves `[3]`, tf.keras 2 `[3]` or `3`."""
+        value = self.c.get(key)
+        if value is None:
+            return None
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{key}={value!r} is not a size")
+        return value
 
     def activation(self, key: str = "activation") -> str:
         value = self.c.get(key, "linear")
@@ -595,6 +636,71 @@ def _concatenate(layer: _Layer) -> ir.LayerBase:
     return ir.Concat(axis=axis)
 
 
+# Sequences (keras/src/layers/core/embedding.py, convolutional/conv1d.py, pooling/, normalization/
+# layer_normalization.py, reshaping/reshape.py: each get_config)
+
+
+def _embedding(layer: _Layer) -> ir.LayerBase:
+    for key in ("activity_regularizer", "embeddings_constraint", "quantization_config", "lora_rank"):
+        layer.require(key, None)
+    layer.require("sparse", False)
+    # input_length (tf.keras 2) only restated the input's length; Keras 3 drops it too
+    return ir.Embedding(input_dim=layer.get("input_dim"), output_dim=layer.get("output_dim"),
+                        mask_zero=bool(layer.get("mask_zero", False)),
+                        embeddings_initializer=layer.initializer("embeddings_initializer", "uniform"),
+                        embeddings_regularizer=layer.regularizer("embeddings_regularizer"))
+
+
+def _conv1d(layer: _Layer) -> ir.LayerBase:
+    layer.channels_last()
+    layer.require("groups", 1)
+    layer.require("padding", "valid", "same", "causal")
+    return ir.Conv1D(filters=layer.get("filters"), kernel_size=layer.single("kernel_size"),
+                     strides=layer.single("strides") or 1, dilation_rate=layer.single("dilation_rate") or 1,
+                     padding=layer.get("padding", "valid"), **layer.weighted())
+
+
+def _pool1d(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
+    def convert(layer: _Layer) -> ir.LayerBase:
+        layer.channels_last()
+        layer.require("padding", "valid", "same")
+        size, strides = layer.single("pool_size") or 2, layer.single("strides")
+        # Keras saves strides=None as the pool size; the spec leaves them out the same way
+        return cls(pool_size=size, strides=None if strides == size else strides,
+                   padding=layer.get("padding", "valid"))
+
+    return convert
+
+
+def _global_pool1d(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
+    def convert(layer: _Layer) -> ir.LayerBase:
+        layer.channels_last()
+        layer.require("keepdims", False)
+        return cls()
+
+    return convert
+
+
+def _layer_normalization(layer: _Layer) -> ir.LayerBase:
+    # the axis is checked against the input's rank in _check_axes
+    for key, default in (("center", True), ("scale", True), ("rms_scaling", False)):
+        layer.require(key, default)
+    for key, default in (("beta_initializer", "zeros"), ("gamma_initializer", "ones")):
+        init = layer.initializer(key, default)
+        if init.name != default:
+            raise layer.fail(f"{key}={init.name} cannot be expressed in a spec (it must be {default})")
+    for key in ("beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint"):
+        layer.require(key, None)
+    return ir.LayerNorm(epsilon=_tidy(layer.get("epsilon", 1e-3)))
+
+
+def _reshape(layer: _Layer) -> ir.LayerBase:
+    target = layer.get("target_shape")
+    if not isinstance(target, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in target):
+        raise layer.fail(f"target_shape={target!r} is not a list of sizes")
+    return ir.Reshape(target_shape=tuple(target))
+
+
 # Keras class name -> its converter: importing a new layer kind is one entry here.
 CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "Dense": _dense,
@@ -618,6 +724,14 @@ CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "ELU": _elu,
     **{cls.keras_class: (lambda cls: lambda layer: cls())(cls) for cls in ir.MERGE_TYPES if cls is not ir.Concat},
     "Concatenate": _concatenate,
+    "Embedding": _embedding,
+    "Conv1D": _conv1d,
+    "MaxPooling1D": _pool1d(ir.MaxPool1D),
+    "AveragePooling1D": _pool1d(ir.AvgPool1D),
+    "GlobalAveragePooling1D": _global_pool1d(ir.GlobalAvgPool1D),
+    "GlobalMaxPooling1D": _global_pool1d(ir.GlobalMaxPool1D),
+    "LayerNormalization": _layer_normalization,
+    "Reshape": _reshape,
 }
 
 
@@ -635,12 +749,13 @@ def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], name
 
 
 def _check_axes(spec: ir.Spec, layers: list[dict[str, Any]]) -> None:
-    """BatchNormalization and Normalization must normalize the last axis (tf.keras saved it
-    as [3], say; Normalization(axis=None), one mean for everything, is saved as [])."""
+    """BatchNormalization, Normalization and LayerNormalization must normalize the last axis
+    (tf.keras saved it as [3], say; Normalization(axis=None), one mean for everything, is
+    saved as []; LayerNormalization over several axes as a longer list)."""
     report = check(spec)
     for row in report.layers:
         index, entry = row.index + 1, layers[row.index]  # layers are in spec order
-        if row.kind not in ("batchnorm", "normalize"):
+        if row.kind not in ("batchnorm", "normalize", "layernorm"):
             continue
         axis = entry.get("config", {}).get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis

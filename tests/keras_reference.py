@@ -58,6 +58,25 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.Rescaling(node.scale, offset=node.offset, **named)
     if isinstance(node, ir.UpSampling2D):
         return L.UpSampling2D(node.size, interpolation="nearest", **named)
+    if isinstance(node, ir.Embedding):
+        reg = node.embeddings_regularizer
+        return L.Embedding(node.input_dim, node.output_dim, mask_zero=node.mask_zero,
+                           embeddings_initializer=initializer(node.embeddings_initializer),
+                           embeddings_regularizer=keras.regularizers.L1L2(reg.l1, reg.l2) if reg else None, **named)
+    if isinstance(node, ir.Conv1D):
+        reg = node.kernel_regularizer
+        return L.Conv1D(node.filters, node.kernel_size, strides=node.strides, padding=node.padding,
+                        dilation_rate=node.dilation_rate, activation=node.activation, use_bias=node.use_bias,
+                        kernel_initializer=initializer(node.kernel_initializer),
+                        bias_initializer=initializer(node.bias_initializer),
+                        kernel_regularizer=keras.regularizers.L1L2(reg.l1, reg.l2) if reg else None, **named)
+    if isinstance(node, (ir.MaxPool1D, ir.AvgPool1D)):
+        cls = L.MaxPooling1D if isinstance(node, ir.MaxPool1D) else L.AveragePooling1D
+        return cls(node.pool_size, strides=node.strides, padding=node.padding, **named)
+    if isinstance(node, ir.LayerNorm):
+        return L.LayerNormalization(epsilon=node.epsilon, **named)
+    if isinstance(node, ir.Reshape):
+        return L.Reshape(node.target_shape, **named)
     if isinstance(node, ir.Concat):
         return L.Concatenate(axis=node.axis, **named)
     merges = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply, "average": L.Average,
@@ -65,7 +84,8 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
     if node.kind in merges:
         return merges[node.kind](**named)
     simple = {"flatten": L.Flatten, "globalavgpool2d": L.GlobalAveragePooling2D,
-              "globalmaxpool2d": L.GlobalMaxPooling2D, "prelu": L.PReLU,
+              "globalmaxpool2d": L.GlobalMaxPooling2D, "globalavgpool1d": L.GlobalAveragePooling1D,
+              "globalmaxpool1d": L.GlobalMaxPooling1D, "prelu": L.PReLU,
               "normalize": L.Normalization}
     return simple[node.kind](**named)
 
@@ -74,9 +94,12 @@ def model(spec: ir.Spec) -> keras.Model:
     """The spec as a Keras model, built, in a fresh naming session: a Sequential for a chain,
     else a functional model whose layers are created and called in the spec's order."""
     keras.backend.clear_session(free_memory=False)  # names restart; skipping gc saves ~0.5 s
+    # token ids (`input 20 int`) are int32, as keras.Input(dtype="int32") declares them
+    dtype = spec.input_dtype
     if spec.is_chain:
-        return keras.Sequential([keras.Input(spec.input_shape), *(layer(n) for n in spec.layers)], name=spec.name)
-    inputs = keras.Input(spec.input_shape)
+        return keras.Sequential([keras.Input(spec.input_shape, dtype=dtype), *(layer(n) for n in spec.layers)],
+                                name=spec.name)
+    inputs = keras.Input(spec.input_shape, dtype=dtype)
     outputs: list[Any] = []
     for i, node in enumerate(spec.layers):
         tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(i)]
@@ -92,7 +115,8 @@ def keras_report(model: keras.Model) -> dict:
     layers = [{"name": layer.name, "output_shape": list(layer.output.shape), "params": layer.count_params(),
                "trainable": count(layer.trainable_weights), "non_trainable": count(layer.non_trainable_weights)}
               for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return {"model": model.name, "input_shape": [None, *model.input_shape[1:]], "layers": layers,
+    return {"model": model.name, "input_shape": [None, *model.input_shape[1:]],
+            "input_dtype": keras.backend.standardize_dtype(model.inputs[0].dtype), "layers": layers,
             "total_params": model.count_params(), "trainable_params": count(model.trainable_weights),
             "non_trainable_params": count(model.non_trainable_weights),
             "bytes": sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)}
@@ -100,7 +124,7 @@ def keras_report(model: keras.Model) -> dict:
 
 def ours(report: dict) -> dict:
     """The same fields of a `modelspec check --json` report."""
-    keys = ("model", "input_shape", "total_params", "trainable_params", "non_trainable_params", "bytes")
+    keys = ("model", "input_shape", "input_dtype", "total_params", "trainable_params", "non_trainable_params", "bytes")
     layer_keys = ("name", "output_shape", "params", "trainable", "non_trainable")
     return {**{k: report[k] for k in keys}, "layers": [{k: row[k] for k in layer_keys} for row in report["layers"]]}
 

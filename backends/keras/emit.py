@@ -35,7 +35,7 @@ def program(spec: "ir.Spec", report: "Report") -> str:
            f'{INDENT}"""The model, compiled with the spec\'s training settings."""',
            f"{INDENT}model = keras.Sequential(",
            f"{INDENT * 2}[",
-           f"{INDENT * 3}keras.Input(shape={lowering.literal(tuple(spec.input_shape))}),"]
+           f"{INDENT * 3}{lowering.literal(lowering.model_input(spec))},"]
     for node, name in zip(spec.layers, _names_to_write(spec, report)):
         out += _lines(INDENT * 3, "", lowering.layer(node, name))
     out += [f"{INDENT * 2}],", f"{INDENT * 2}name={lowering.literal(spec.name)},", f"{INDENT})"]
@@ -167,7 +167,7 @@ def _graph_program(spec: "ir.Spec", report: "Report") -> str:
         out += function + ["", ""]
     out += ["def build_model():",
             f'{INDENT}"""The model, compiled with the spec\'s training settings."""',
-            f"{INDENT}inputs = keras.Input(shape={lowering.literal(tuple(spec.input_shape))})",
+            f"{INDENT}inputs = {lowering.literal(lowering.model_input(spec))}",
             *body,
             f"{INDENT}model = keras.Model(inputs, outputs, name={lowering.literal(spec.name)})"]
     return "\n".join(out + _ending(spec)) + "\n"

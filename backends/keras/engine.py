@@ -84,11 +84,11 @@ def build_model(spec: Any, report: Any, seed: int) -> Any:
             call = replace(call, kwargs={**call.kwargs, "seed": (seed * 1_000_003 + index) % 2**31})
         built.append(lowering.make(call, keras))
     if spec.is_chain:
-        return keras.Sequential([keras.Input(shape=tuple(spec.input_shape)), *built], name=spec.name)
+        return keras.Sequential([lowering.make(lowering.model_input(spec), keras), *built], name=spec.name)
     from modelspec.checker import INPUT_LAYER
 
     # named as in a fresh session, whatever this session has named before
-    inputs = keras.Input(shape=tuple(spec.input_shape), name=INPUT_LAYER)
+    inputs = lowering.make(lowering.model_input(spec, INPUT_LAYER), keras)
     outputs: list[Any] = []
     for index, (node, layer) in enumerate(zip(spec.layers, built)):
         tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(index)]
@@ -106,6 +106,7 @@ class _Data:
 class KerasEngine(Engine):
     def __init__(self, spec: Any, report: Any, seed: int = 0, device: str = "auto") -> None:
         self._device = _device_scope(device)
+        self._ids = spec.input_dtype == "int32"  # token ids reach the model as int32, as keras.Input says
         with self._device:
             self.native = build_model(spec, report, seed)
         self._optimizer: Any = None
@@ -126,7 +127,15 @@ class KerasEngine(Engine):
         self._functions = {}  # traced with the old optimizer and metrics
         self.config = config
 
+    def _x(self, x: np.ndarray) -> np.ndarray:
+        """x in the model's input dtype: token ids as int32, the dtype of its keras.Input (one
+        dtype, so one trace of each tf.function); anything else as it comes."""
+        if self._ids and np.asarray(x).dtype != np.int32:
+            return np.asarray(x).astype(np.int32)
+        return x
+
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> _Data:
+        x = self._x(x)
         if not ON_TENSORFLOW:
             return _Data(x, y, len(x))
         with self._device:
@@ -205,7 +214,7 @@ class KerasEngine(Engine):
                 # a functional model's layers start with its InputLayer, which has no row
                 rows = [layer for layer in self.native.layers if not isinstance(layer, keras.layers.InputLayer)]
                 self._functions["layers"] = keras.Model(self.native.inputs[0], [layer.output for layer in rows])
-            outputs = self._functions["layers"](x, training=False)
+            outputs = self._functions["layers"](self._x(x), training=False)
         if not isinstance(outputs, (list, tuple)):  # Keras returns a one-layer model's output bare
             outputs = [outputs]
         return [_numpy(o).astype(np.float32) for o in outputs]
@@ -264,8 +273,11 @@ class KerasEngine(Engine):
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         grads = tape.gradient(loss, trainable)
-        # g * 0 is 0 for every finite g and NaN otherwise: one sum tells whether all are finite
-        probe = tf.add_n([loss * 0.0] + [tf.reduce_sum(g * 0.0) for g in grads if g is not None])
+        # g * 0 is 0 for every finite g and NaN otherwise: one sum tells whether all are finite.
+        # An embedding's gradient is sparse (tf.IndexedSlices: a row per id read), as in fit(), and
+        # so is the optimizer's update of it: Adam's second moment sums each occurrence's square
+        # (keras/src/backend/tensorflow/optimizer.py, assign_add of IndexedSlices).
+        probe = tf.add_n([loss * 0.0] + [tf.reduce_sum(_dense_part(g) * 0.0) for g in grads if g is not None])
         finite = tf.math.is_finite(probe)
 
         def apply() -> Any:
@@ -332,6 +344,11 @@ class KerasEngine(Engine):
             for v, value in zip(self._eager_variables, before):
                 v.assign(value)
         return logs["loss"], [len(idx) * logs[m.name] for m in self._metrics], applied
+
+
+def _dense_part(grad: Any) -> Any:
+    """The values of a gradient: a sparse one's rows (tf.IndexedSlices.values), else itself."""
+    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
 def _numpy(tensor: Any) -> np.ndarray:

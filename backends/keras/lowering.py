@@ -68,7 +68,7 @@ def regularizer(reg: ir.Regularizer) -> Call:
     return Call("keras.regularizers.L1L2", kwargs={"l1": reg.l1, "l2": reg.l2})
 
 
-def _weighted(layer: ir.Dense | ir.Conv2D) -> dict[str, Any]:
+def _weighted(layer: ir.Dense | ir.Conv2D | ir.Conv1D) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if layer.activation != "linear":
         kwargs["activation"] = layer.activation
@@ -147,6 +147,51 @@ class Lowering:
     def concat(self, layer: ir.Concat) -> tuple[tuple, dict]:
         return (), ({"axis": layer.axis} if layer.axis != -1 else {})
 
+    # sequences: (batch, steps, features), channels last as Keras's default data_format
+
+    def embedding(self, layer: ir.Embedding) -> tuple[tuple, dict]:
+        kwargs: dict[str, Any] = {}
+        if layer.embeddings_initializer != ir.UNIFORM:  # Keras's default 'uniform' is U(-0.05, 0.05)
+            kwargs["embeddings_initializer"] = initializer(layer.embeddings_initializer)
+        if layer.embeddings_regularizer is not None:
+            kwargs["embeddings_regularizer"] = regularizer(layer.embeddings_regularizer)
+        if layer.mask_zero:
+            kwargs["mask_zero"] = True
+        return (layer.input_dim, layer.output_dim), kwargs
+
+    def conv1d(self, layer: ir.Conv1D) -> tuple[tuple, dict]:
+        kwargs: dict[str, Any] = {}
+        if layer.strides != 1:
+            kwargs["strides"] = layer.strides
+        if layer.padding != "valid":
+            kwargs["padding"] = layer.padding
+        if layer.dilation_rate != 1:
+            kwargs["dilation_rate"] = layer.dilation_rate
+        return (layer.filters, layer.kernel_size), {**kwargs, **_weighted(layer)}
+
+    def _pool1d(self, layer: ir.MaxPool1D | ir.AvgPool1D) -> tuple[tuple, dict]:
+        # the pool size is always written: AveragePooling1D has no default for it
+        # (keras/src/layers/pooling/average_pooling1d.py), MaxPooling1D's is 2
+        kwargs: dict[str, Any] = {}
+        if layer.strides is not None:
+            kwargs["strides"] = layer.strides
+        if layer.padding != "valid":
+            kwargs["padding"] = layer.padding
+        return (layer.pool_size,), kwargs
+
+    maxpool1d = avgpool1d = _pool1d
+
+    # GlobalAveragePooling1D averages the unmasked steps by itself when a mask reaches it
+    globalavgpool1d = globalmaxpool1d = _no_args
+
+    def layernorm(self, layer: ir.LayerNorm) -> tuple[tuple, dict]:
+        # axis=-1, center and scale: Keras's defaults, the only ones a spec has
+        default = ir.LayerNorm.model_fields["epsilon"].default
+        return (), ({"epsilon": layer.epsilon} if layer.epsilon != default else {})
+
+    def reshape(self, layer: ir.Reshape) -> tuple[tuple, dict]:
+        return (tuple(layer.target_shape),), {}
+
 _LOWERING = Lowering()
 
 
@@ -156,6 +201,16 @@ def layer(node: ir.LayerBase, name: str | None = None) -> Call:
     if name is not None:
         kwargs["name"] = name
     return Call(f"layers.{node.keras_class}", args, kwargs)
+
+
+def model_input(spec: ir.Spec, name: str | None = None) -> Call:
+    """`keras.Input(shape=(20,), dtype="int32")`: the dtype is written for token ids only."""
+    kwargs: dict[str, Any] = {"shape": tuple(spec.input_shape)}
+    if spec.input_dtype != "float32":
+        kwargs["dtype"] = spec.input_dtype
+    if name is not None:
+        kwargs["name"] = name
+    return Call("keras.Input", kwargs=kwargs)
 
 
 # ---------------------------------------------------------------------------------------
