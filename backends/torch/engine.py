@@ -30,6 +30,7 @@ from modelspec.checker import Report
 
 from . import keras_ops as K
 from .build import build
+from .lowering import PERMUTES
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
               "nadam": K.Nadam}
@@ -190,8 +191,14 @@ class TorchEngine(Engine):
 
     # -- data ----------------------------------------------------------------------------
 
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        """x on the device: float32, or the ids of `input ... int` as int64 (the Model has checked
+        them; a float id is truncated toward 0, as Keras's Embedding casts it)."""
+        dtype = np.int64 if self.spec.input_dtype == "int32" else np.float32
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=dtype)).to(self.device)
+
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> Data:
-        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        xt = self.inputs(x)
         yt = None
         if y is not None:
             y = np.asarray(y)
@@ -397,21 +404,23 @@ class TorchEngine(Engine):
         modules = dict(self.native.layers.named_children())
         out: list[np.ndarray] = []
         with on_device(self.device):
-            z = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+            z = self.inputs(x)
             if p.nodes is None:
                 outputs = []
                 for step in steps:
                     if step.permute:
-                        z = z.permute(0, 3, 1, 2) if step.permute == "nchw" else z.permute(0, 2, 3, 1)
+                        z = z.permute(*PERMUTES[step.permute][0])
                     z = modules[step.attr](z)
                     outputs.append(z)
             else:  # a graph: its layers' values, in Keras's layer order (report.layers)
                 outputs = [v for node, v in zip(p.nodes, self.native.values(z, keep=True)) if node.step]
             for step, z in zip(steps, outputs):
-                shown = z.permute(0, 2, 3, 1) if step.nchw and z.dim() == 4 else z
+                shown = z
+                if step.nchw and z.dim() in (3, 4):  # back to Keras's channels-last
+                    shown = z.permute(0, 2, 3, 1) if z.dim() == 4 else z.permute(0, 2, 1)
                 out.append(shown.cpu().numpy().astype(np.float32))
         if self.native.output_activation is not None:
-            out[-1] = self.native(torch.as_tensor(np.asarray(x, np.float32), device=self.device)).cpu().numpy()
+            out[-1] = self.native(self.inputs(x)).cpu().numpy()
         return out
 
     # -- weights -------------------------------------------------------------------------
