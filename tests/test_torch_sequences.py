@@ -332,6 +332,7 @@ def load(source: str, path):
 def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
     spec = ms.parse(EMITTED[name])
     source = TorchBackend().emit(spec, ms.check(spec))
+    assert max(map(len, source.splitlines())) <= 100 and "lambda" not in source
     module = load(source, tmp_path / f"{name}.py")
     cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and getattr(v, "keras_name", None) == spec.name][0]
