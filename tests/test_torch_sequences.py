@@ -216,6 +216,10 @@ def test_masked_global_average_equals_keras(text):
     np.testing.assert_allclose(m.predict(x)[1:], plain.predict(x)[1:], rtol=1e-5, atol=1e-6)  # no zero ids
 
 
+def test_a_masked_pooling_in_a_block_equals_keras():
+    same_as_keras(BLOCK)
+
+
 def test_a_fully_masked_row_averages_to_nan_as_in_keras():
     text = "input 4 int\nembedding 6 2 mask_zero\nglobalavgpool1d"
     m = ms.build(text, backend="torch", device="cpu")
@@ -310,6 +314,22 @@ def test_training_on_ids_equals_keras_fit(sync_free):
 # ---------------------------------------------------------------------------------------
 # The emitted program
 
+# a masked pooling inside a block: the block's class takes the ids besides its input
+BLOCK = """model blocky
+input 9 int
+block head(u) {
+  d = dense u relu
+  add in d
+  globalavgpool1d
+}
+e = embedding 12 4 mask_zero
+c = conv1d 4 3 padding=same
+g = globalmaxpool1d
+head 4 from=e
+concat g
+dense 2
+"""
+
 EMITTED = {
     "tokens": TOKENS,
     "masked": "input 7 int\nembedding 10 3 mask_zero\nlayernorm epsilon=0.01\nglobalavgpool1d\ndense 2 sigmoid",
@@ -317,6 +337,7 @@ EMITTED = {
                "conv1d 3 3 padding=causal dilation=2\navgpool1d 2 padding=same\nreshape -1\ndense 2",
     "graph": "input 9 int\ne = embedding 12 4 mask_zero\nc = conv1d 4 3 padding=same from=e\nadd e c\n"
              "g = globalavgpool1d\nglobalmaxpool1d from=c\nconcat g\ndense 2",
+    "block": BLOCK,
 }
 
 
@@ -333,6 +354,8 @@ def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
     spec = ms.parse(EMITTED[name])
     source = TorchBackend().emit(spec, ms.check(spec))
     assert max(map(len, source.splitlines())) <= 100 and "lambda" not in source
+    if name == "block":
+        assert "def forward(self, x, ids):" in source and "masked_mean(add, ids, dim=1)" in source
     module = load(source, tmp_path / f"{name}.py")
     cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and getattr(v, "keras_name", None) == spec.name][0]

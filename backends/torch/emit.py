@@ -631,7 +631,10 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
         taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
         owner.names = {-1: "x"} if owner.use is None else {}
         for j in owner.inputs:
-            owner.names[j] = identifier(f"x_{layout(j)}" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
+            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (a masked pooling's mask)
+                owner.names[j] = identifier("ids", taken)
+            else:
+                owner.names[j] = identifier(f"x_{layout(j)}" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
         for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
             if kind == "use":
                 owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
