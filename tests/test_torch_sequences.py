@@ -387,3 +387,13 @@ def test_the_emitted_token_program_trains_on_its_own(tmp_path):
     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Epoch 2/2" in done.stdout and done.stdout.strip().endswith("(64, 3)")
+
+
+def test_the_finiteness_check_of_a_step_sees_every_value():
+    from modelspec.backends.torch.engine import _finite
+
+    big = torch.full((4,), 3e38)  # finite values whose sum overflows
+    assert _finite(big) and _finite(torch.tensor([1.0, -2.0]))
+    assert not _finite(torch.tensor([1.0, float("nan")]))
+    assert not _finite(torch.tensor([float("inf"), -float("inf")]))  # a sum of NaN
+    assert not _finite(torch.tensor([3e38, 3e38, float("inf")]))

@@ -105,6 +105,12 @@ def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return flat
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every value of `t` is finite, in one fast pass: a sum of finite values is finite
+    unless it overflows, which the elementwise check then settles (isfinite is the slow pass)."""
+    return math.isfinite(t.sum().item()) or bool(t.isfinite().all())
+
+
 @contextlib.contextmanager
 def on_device(device: torch.device):
     """Work on `device` in float32 as Keras computes it on a CPU: on CUDA, that device is the
@@ -260,7 +266,7 @@ class TorchEngine(Engine):
             grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
             self.flat.grad = torch.cat([g.reshape(-1) for g in grads])
         value = loss.item()
-        applied = math.isfinite(value) and (self.flat is None or bool(self.flat.grad.isfinite().all()))
+        applied = math.isfinite(value) and (self.flat is None or _finite(self.flat.grad))
         if applied:
             if self.flat is not None:  # (a model with no trainable weight has nothing to update)
                 self.optimizer.apply_gradients()
