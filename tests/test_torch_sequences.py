@@ -65,8 +65,13 @@ def keras_model(spec: ms.Spec):
 
 
 def random_weights(report, seed: int) -> list[np.ndarray]:
+    """Random weights of every shape, the moving variances positive."""
     rng = np.random.default_rng(seed)
-    return [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in report.weights]
+    out = []
+    for w in report.weights:
+        value = rng.normal(0, 0.5, w.shape)
+        out.append((np.abs(value) + 0.5 if w.path.endswith("variance") else value).astype(np.float32))
+    return out
 
 
 def inputs(spec: ms.Spec, n: int, seed: int) -> np.ndarray:
@@ -162,6 +167,16 @@ def test_pools_after_a_convolution_keep_torchs_layout_and_equal_keras():
                          "avgpool1d 3 stride=2 padding=same\nglobalmaxpool1d\ndense 2")
     # one switch to (batch, channels, steps) for the whole stack, as a hand-written model has
     assert [name for name in dict(m.engine.native.layers.named_children()) if name.startswith("to_")] == ["to_nct"]
+
+
+@pytest.mark.parametrize("text", [
+    "input 9x3\nconv1d 4 3\nbatchnorm\nsoftmax\nmaxpool1d 2\nflatten\ndense 2",
+    "input 9x3\na = conv1d 4 3 padding=same\nb = conv1d 2 1 from=in\nconcat a b\nconv1d 3 2\nflatten\ndense 2",
+    "input 9x3\na = conv1d 4 3 padding=same\nb = conv1d 4 1 from=in\nadd a b\nconv1d 3 2\nflatten\ndense 2",
+])
+def test_layers_between_convolutions_read_torchs_layout(text):
+    # batchnorm's axis, softmax's and concat's on (batch, channels, steps): Keras's channels axis
+    same_as_keras(text)
 
 
 @pytest.mark.parametrize("pool", ["globalavgpool1d", "globalmaxpool1d"])
