@@ -246,6 +246,10 @@ def test_a_fully_masked_row_averages_to_nan_as_in_keras():
     np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6)
 
 
+def test_an_embedding_of_a_grid_of_ids_feeds_an_image_layer():
+    same_as_keras("input 4x5 int\nembedding 7 3\nconv2d 2 2x2\nflatten\ndense 2")
+
+
 def test_the_issues_token_model_equals_keras():
     same_as_keras("input 40 int\nembedding 500 8\nconv1d 16 5 relu\nmaxpool1d 2\n"
                   "conv1d 16 3 padding=same relu\nglobalmaxpool1d\ndense 3 softmax", n=6)
