@@ -250,7 +250,7 @@ class Lowering:
         # mask is the model's ids that are not 0, which a masked pooling reads itself.
         layer = step.layer
         reg = layer.embeddings_regularizer
-        note = "Keras's Embedding; the ids that are 0 are its mask" if layer.mask_zero else ""
+        note = "mask_zero as Keras's: row 0 trains (no padding_idx)" if layer.mask_zero else ""
         module = Call("nn.Embedding", (layer.input_dim, layer.output_dim), note=note)
         return Unit((MODULE,), module, (Weight("weight", None, layer.embeddings_initializer),),
                     (reg.l1, reg.l2) if reg is not None and (reg.l1 or reg.l2) else None)
@@ -293,7 +293,8 @@ class Lowering:
         if pads[0] == pads[1]:
             return Unit((Call("F.avg_pool1d", (X, k, s), {"padding": pads[0], "count_include_pad": False},
                               note="'same': padding is not averaged"),))
-        return Unit((Call("avg_pool1d_same", (X, k, s, pads)),))  # keras_ops's: the odd step after, not averaged
+        # keras_ops's: torch cannot pad one side more, nor leave the padding out of an average then
+        return Unit((Call("avg_pool1d_same", (X, k, s, pads), note="'same', the odd step after"),))
 
     def globalavgpool1d(self, step: Step) -> Unit:
         dim = 2 if step.nchw else 1
