@@ -1,8 +1,10 @@
 """The torch Engine: the numbers of fit, evaluate and predict for a built spec, on CPU or CUDA.
 
 The dataset is moved to the device once (`prepare`) and batches are gathered there by
-index. On the CPU a step is the plain loop a careful engineer writes: forward, loss with
-penalties, backward, check, update. On CUDA nothing in a step waits for the host: the
+index. The trainable weights share one buffer, and so do their gradients, so that the
+check and the update are a few operations however many weights there are. On the CPU a step
+is the plain loop a careful engineer writes: forward, loss with penalties, backward, check,
+update. On CUDA nothing in a step waits for the host: the
 loss and metric sums accumulate on the device, a non-finite loss or gradient clears a
 sticky `live` flag that masks off its update and every later one (the weights, optimizer
 variables and moving statistics of the last good step are kept), and the sums are read
