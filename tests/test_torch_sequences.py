@@ -255,6 +255,24 @@ def test_the_issues_token_model_equals_keras():
                   "conv1d 16 3 padding=same relu\nglobalmaxpool1d\ndense 3 softmax", n=6)
 
 
+@pytest.mark.parametrize("text", [
+    "input 10 int\nembedding 9 3 mask_zero\ndense 4\nglobalavgpool1d\ndense 2 softmax",
+    "input 10 int\nembedding 9 3\nconv1d 4 3\nmaxpool1d 2\nconv1d 2 2 padding=causal",
+])
+def test_layer_outputs_are_keras_layers_outputs(text):
+    # what the crosscheck compares layer by layer: channels-last, one per row, the masked chain's too
+    m = ms.build(text, backend="torch", device="cpu")
+    m.set_weights(random_weights(m.report, 3))
+    k = keras_model(m.spec)
+    k.set_weights(m.get_weights())
+    every = keras.Model(k.inputs, [layer.output for layer in k.layers[1:]])
+    x = inputs(m.spec, 3, 4)
+    ours, theirs = m.engine.layer_outputs(x), every.predict(x, verbose=0)
+    assert len(ours) == len(theirs) == len(m.report.layers)
+    for a, b, row in zip(ours, theirs, m.report.layers):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=row.name)
+
+
 def test_integer_ids_reach_the_embedding_as_int64():
     m = ms.build("input 5 int\nembedding 9 2\nglobalavgpool1d", backend="torch", device="cpu")
     data = m.engine.prepare(np.array([[1, 2, 3, 4, 8]], np.int32), None)
