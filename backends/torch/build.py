@@ -69,20 +69,23 @@ class Dropout(nn.Module):
 
 class SpecModule(nn.Module):
     """A spec in torch: `logits(x)` runs every layer but a final softmax or sigmoid,
-    `forward(x)` the whole model. Inputs and outputs are channels-last, as in Keras."""
+    `forward(x)` the whole model. Inputs and outputs are channels-last, as in Keras; the
+    inputs of `input ... int` are integer ids (int64 or int32)."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", output: Callable | None, name: str,
-                 input_shape: tuple[int, ...]) -> None:
+                 input_shape: tuple[int, ...], ids: bool = False) -> None:
         super().__init__()
         self.layers = nn.Sequential(layers)
         self.output_activation = output
         self.keras_name = name
         self.input_shape = input_shape
+        self.dtypes = (torch.int64, torch.int32) if ids else (torch.float32,)
 
     def check(self, x: torch.Tensor) -> None:
-        if x.shape[1:] != self.input_shape or x.dtype != torch.float32:
+        if x.shape[1:] != self.input_shape or x.dtype not in self.dtypes:
             shape = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"expected float32 inputs of shape (batch, {shape}); received {x.dtype} {tuple(x.shape)}")
+            what = "integer ids (int64 or int32)" if self.dtypes[0] == torch.int64 else "float32 inputs"
+            raise ValueError(f"expected {what} of shape (batch, {shape}); received {x.dtype} {tuple(x.shape)}")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         self.check(x)
@@ -116,8 +119,8 @@ class GraphModule(SpecModule):
     `inputs` names (-1 the model's input); a value is dropped after its last reader."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", inputs: list[tuple[int, ...]], output: Callable | None,
-                 name: str, input_shape: tuple[int, ...]) -> None:
-        super().__init__(OrderedDict(), output, name, input_shape)
+                 name: str, input_shape: tuple[int, ...], ids: bool = False) -> None:
+        super().__init__(OrderedDict(), output, name, input_shape, ids)
         self.layers = nn.ModuleDict(layers)
         self.inputs = inputs
         last_reader = {j: i for i, sources in enumerate(inputs) for j in sources}
@@ -238,7 +241,7 @@ class Builder:
             layers[name if step else _free(name, taken)] = self.layer(unit, step)
         output = activation(p.output_activation)
         module = SpecModule(layers, None if output is X else functools.partial(function(output), m=None),
-                            self.spec.name, tuple(self.spec.input_shape))
+                            self.spec.name, tuple(self.spec.input_shape), self.spec.input_dtype == "int32")
         return Built(module, self.weights, self.penalties)
 
     def graph(self, p: Plan) -> Built:
@@ -248,7 +251,7 @@ class Builder:
         output = activation(p.output_activation)
         module = GraphModule(layers, [node.inputs for node in p.nodes],
                              None if output is X else functools.partial(function(output), m=None),
-                             self.spec.name, tuple(self.spec.input_shape))
+                             self.spec.name, tuple(self.spec.input_shape), self.spec.input_dtype == "int32")
         return Built(module, self.weights, self.penalties)
 
     def layer(self, unit: Unit, step: Step | None = None) -> nn.Module:
@@ -259,9 +262,10 @@ class Builder:
             self.penalties.append((getattr(module, unit.weights[0].tensor), *unit.penalty))
         if unit.forward == (MODULE,):
             return module  # the layer is its module's call
-        if step is not None and step.layer.merges:
+        if step is not None and step.operands:  # a masked pooling's second operand: the model's ids
+            n = len(step.input_ranks) + step.reads_mask
             return Merge(operands_function(unit.forward[0]),
-                         literal(unit.forward[0], x=tuple(f"x{i}" for i in range(len(step.input_ranks)))))
+                         literal(unit.forward[0], x=tuple(f"x{i}" for i in range(n))))
         return Layer(module, [function(e) for e in unit.forward],
                      "; ".join(literal(e, attr="module") for e in unit.forward) or "x")
 

@@ -211,7 +211,7 @@ Its numbers are Keras 3's (TensorFlow backend): Keras's initializers and weight 
 torch's defaults differ{training_note}.
 
     model = {cls}()
-    outputs = model(x)  # x: float32, shape (batch, {input_shape}){fit_note}
+    outputs = model(x)  # x: {input_kind}, shape (batch, {input_shape}){fit_note}
 
 modelspec's weights (Model.save writes a safetensors file keyed by Keras's weight paths)
 load with `model.load_keras_weights(safetensors.torch.load_file(path))`.
@@ -245,7 +245,8 @@ CLASS = '''class {cls}(nn.Module):
 
 {penalty}    def keras_layout(self):
         """(Keras weight path, tensor, layout) in Keras's order. Keras keeps dense kernels as
-        (in, out) and conv kernels as (kh, kw, in, out); torch as (out, in), (out, in, kh, kw)."""
+        (in, out) and conv kernels as (kh, kw, in, out) or (k, in, out); torch as (out, in),
+        (out, in, kh, kw), (out, in, k)."""
         return [
 {entries}
         ]
@@ -288,9 +289,13 @@ def _forward_body(spec: ir.Spec, out: Lines, graph: list[str] | None = None) -> 
     """The input check, then every layer's lines; the last one returns its value. `graph`: a
     functional spec's lines, which end in their return."""
     shape_text = ", ".join(map(str, spec.input_shape))
-    lines = ["if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
-             f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \"",
-             "                     f\"received {x.dtype} {tuple(x.shape)}\")", *out.forward]
+    if spec.input_dtype == "int32":  # token ids: nn.Embedding takes int64 or int32
+        lines = ["if x.shape[1:] != self.input_shape or x.dtype not in (torch.int64, torch.int32):",
+                 f"    raise ValueError(f\"expected integer ids of shape (batch, {shape_text}); \""]
+    else:
+        lines = ["if x.shape[1:] != self.input_shape or x.dtype != torch.float32:",
+                 f"    raise ValueError(f\"expected float32 inputs of shape (batch, {shape_text}); \""]
+    lines += ["                     f\"received {x.dtype} {tuple(x.shape)}\")", *out.forward]
     if graph is not None:
         lines += graph
     elif lines[-1].startswith("x = ") and "#" not in lines[-1]:
@@ -506,12 +511,14 @@ def emit(spec: ir.Spec, report: Report) -> str:
     class_source = "\n\n\n".join([*blocks, _class(spec, report, p, out, cls, graph)])
     header = HEADER.format(
         cls=cls, input_shape=", ".join(map(str, spec.input_shape)),
+        input_kind=f"integer token ids in [0, {spec.id_limit})" if spec.input_dtype == "int32" else "float32",
         training_note=", in the layers as in the loss, penalties and optimizer" if trains else "",
         fit_note="\n    history = fit(model, x, y)  # the spec's training settings, as Keras's fit" if trains else "")
     main = ['if __name__ == "__main__":',
             "    # A smoke run on random data of the model's shapes.",
             f"    model, n = {cls}(), 64",
-            f"    x = torch.randn(n, {', '.join(map(str, spec.input_shape))})"]
+            f"    x = torch.randint(0, {spec.id_limit}, (n, {', '.join(map(str, spec.input_shape))}))"
+            if spec.input_dtype == "int32" else f"    x = torch.randn(n, {', '.join(map(str, spec.input_shape))})"]
     if trains:
         main += [f"    y = {_labels_example(spec, report)}",
                  "    fit(model, x, y, epochs=2, validation_split=0.0)"]
@@ -582,11 +589,15 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
             return node.step.report.index
         return min((position(r) for r in readers.get(i, [])), default=len(spec.layers)) - 0.5
 
-    def nchw(i: int) -> bool:  # whether a value is an NCHW image
+    def nchw(i: int) -> bool:  # whether a value is channels-first (an NCHW image, an NCT sequence)
         node = p.nodes[i] if i >= 0 else None
         if node is None or node.step is None:
-            return node is not None and node.permute == "nchw"
-        return node.step.nchw and len(node.step.report.output_shape) == 4
+            return node is not None and node.permute in ("nchw", "nct")
+        return node.step.nchw and len(node.step.report.output_shape) in (3, 4)
+
+    def layout(i: int) -> str:  # a channels-first value's layout, for its name
+        node = p.nodes[i]
+        return node.permute if node.step is None else "nct" if len(node.step.report.output_shape) == 3 else "nchw"
 
     owner_of: dict[int, int | None] = {}
     for i, node in enumerate(p.nodes):
@@ -620,7 +631,10 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
         taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
         owner.names = {-1: "x"} if owner.use is None else {}
         for j in owner.inputs:
-            owner.names[j] = identifier("x_nchw" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
+            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (a masked pooling's mask)
+                owner.names[j] = identifier("ids", taken)
+            else:
+                owner.names[j] = identifier(f"x_{layout(j)}" if len(owner.inputs) > 1 and nchw(j) else "x", taken)
         for kind, i in owner.items:  # names in the spec's order: the first conv2d is conv2d
             if kind == "use":
                 owner.names[("use", i)] = owner.names[outputs[i]] = identifier(uses[i].block, taken)
@@ -689,7 +703,7 @@ def _node_line(name: str, inputs: list[str], node: Node, unit: Unit, attr: str) 
     its input, then its own value, in turn)."""
     lines = []
     for k, expr in enumerate(unit.forward):
-        x: Any = tuple(inputs) if node.step and node.step.layer.merges else (inputs[0] if k == 0 else name)
+        x: Any = tuple(inputs) if node.step and node.step.operands else (inputs[0] if k == 0 else name)
         lines.append(_commented(f"{name} = {literal(expr, x=x, attr=attr)}", getattr(expr, "note", ""), 8))
     return lines
 

@@ -1,8 +1,10 @@
 """The torch Engine: the numbers of fit, evaluate and predict for a built spec, on CPU or CUDA.
 
 The dataset is moved to the device once (`prepare`) and batches are gathered there by
-index. On the CPU a step is the plain loop a careful engineer writes: forward, loss with
-penalties, backward, check, update. On CUDA nothing in a step waits for the host: the
+index. The trainable weights share one buffer, and so do their gradients, so that the
+check and the update are a few operations however many weights there are. On the CPU a step
+is the plain loop a careful engineer writes: forward, loss with penalties, backward, check,
+update. On CUDA nothing in a step waits for the host: the
 loss and metric sums accumulate on the device, a non-finite loss or gradient clears a
 sticky `live` flag that masks off its update and every later one (the weights, optimizer
 variables and moving statistics of the last good step are kept), and the sums are read
@@ -30,6 +32,7 @@ from modelspec.checker import Report
 
 from . import keras_ops as K
 from .build import build
+from .lowering import PERMUTES
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
               "nadam": K.Nadam}
@@ -104,6 +107,12 @@ def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return flat
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every value of `t` is finite, in one fast pass: a sum of finite values is finite
+    unless it overflows, which the elementwise check then settles (isfinite is the slow pass)."""
+    return math.isfinite(t.sum().item()) or bool(t.isfinite().all())
+
+
 @contextlib.contextmanager
 def on_device(device: torch.device):
     """Work on `device` in float32 as Keras computes it on a CPU: on CUDA, that device is the
@@ -152,9 +161,10 @@ class TorchEngine(Engine):
         self.cuda_graphs = bool(cuda_graphs) and self.sync_free
         self.params = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if trainable]
         self.moving = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if not trainable]
-        # On CUDA every trainable weight lives in one buffer (and the moving statistics in
-        # another), so an update or a masked restore is a handful of kernels, not one per weight.
-        self.flat = _flatten(self.params) if self.sync_free else None
+        # Every trainable weight lives in one buffer (on CUDA the moving statistics in another),
+        # so an update, a finiteness check or a masked restore is a handful of operations, not
+        # a handful per weight: on the CPU those would cost a small model a tenth of its step.
+        self.flat = _flatten(self.params)
         self.flat_moving = _flatten(self.moving) if self.sync_free else None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
@@ -190,8 +200,14 @@ class TorchEngine(Engine):
 
     # -- data ----------------------------------------------------------------------------
 
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        """x on the device: float32, or the ids of `input ... int` as int64 (the Model has checked
+        them; a float id is truncated toward 0, as Keras's Embedding casts it)."""
+        dtype = np.int64 if self.spec.input_dtype == "int32" else np.float32
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=dtype)).to(self.device)
+
     def prepare(self, x: np.ndarray, y: np.ndarray | None) -> Data:
-        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        xt = self.inputs(x)
         yt = None
         if y is not None:
             y = np.asarray(y)
@@ -245,27 +261,22 @@ class TorchEngine(Engine):
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
         loss, out = self._loss(xb, yb)
-        for p in self.params:
-            p.grad = None
-        loss.backward()
+        if self.flat is not None:
+            # the gradients in one buffer, as the weights: a weight the loss does not reach
+            # (before a dropout of rate 1) gets zeros, which leave it unchanged under every
+            # optimizer's rule from zero state
+            grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
+            self.flat.grad = torch.cat([g.reshape(-1) for g in grads])
         value = loss.item()
-        applied = math.isfinite(value) and self._grads_finite()
+        applied = math.isfinite(value) and (self.flat is None or _finite(self.flat.grad))
         if applied:
-            self.optimizer.apply_gradients()
+            if self.flat is not None:  # (a model with no trainable weight has nothing to update)
+                self.optimizer.apply_gradients()
         else:
             with torch.no_grad():
                 for t, s in zip(self.moving, saved):
                     t.copy_(s)
         return value, self._metric_sums(out, yb).tolist() if self.metric_fns else [], applied
-
-    def _grads_finite(self) -> bool:
-        # a weight the loss does not reach (before a dropout of rate 1) has no gradient, and
-        # the optimizer leaves it alone, as Keras's does
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):  # one fast pass
-            return True
-        # an infinite norm may be the overflow of finite gradients: look at each value
-        return all(bool(torch.isfinite(g).all()) for g in grads)
 
     # -- training: CUDA (sync-free) ------------------------------------------------------
 
@@ -397,21 +408,23 @@ class TorchEngine(Engine):
         modules = dict(self.native.layers.named_children())
         out: list[np.ndarray] = []
         with on_device(self.device):
-            z = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+            z = self.inputs(x)
             if p.nodes is None:
                 outputs = []
                 for step in steps:
                     if step.permute:
-                        z = z.permute(0, 3, 1, 2) if step.permute == "nchw" else z.permute(0, 2, 3, 1)
+                        z = z.permute(*PERMUTES[step.permute][0])
                     z = modules[step.attr](z)
                     outputs.append(z)
             else:  # a graph: its layers' values, in Keras's layer order (report.layers)
                 outputs = [v for node, v in zip(p.nodes, self.native.values(z, keep=True)) if node.step]
             for step, z in zip(steps, outputs):
-                shown = z.permute(0, 2, 3, 1) if step.nchw and z.dim() == 4 else z
+                shown = z
+                if step.nchw and z.dim() in (3, 4):  # back to Keras's channels-last
+                    shown = z.permute(0, 2, 3, 1) if z.dim() == 4 else z.permute(0, 2, 1)
                 out.append(shown.cpu().numpy().astype(np.float32))
         if self.native.output_activation is not None:
-            out[-1] = self.native(torch.as_tensor(np.asarray(x, np.float32), device=self.device)).cpu().numpy()
+            out[-1] = self.native(self.inputs(x)).cpu().numpy()
         return out
 
     # -- weights -------------------------------------------------------------------------

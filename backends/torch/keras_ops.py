@@ -131,6 +131,26 @@ def avg_pool2d_same(x, kernel_size, stride, pads):
     return sums / counts
 
 
+def avg_pool1d_same(x, kernel_size, stride, pads):
+    """Keras's AveragePooling1D(padding='same') on (batch, channels, steps): the padding cells
+    (the odd one after) are left out of each average, the divisor being the number of real
+    steps in the window (torch's avg_pool1d pads both sides alike and has no divisor_override)."""
+    ones = torch.ones_like(x[:1, :1])
+    sums = F.avg_pool1d(F.pad(x, pads), kernel_size, stride)
+    counts = F.avg_pool1d(F.pad(ones, pads), kernel_size, stride)
+    return sums / counts
+
+
+def masked_mean(x, ids, dim=1):
+    """Keras's GlobalAveragePooling1D with embedding's mask (the ids that are not 0): the mean
+    over the unmasked steps, sum(mask * x) / sum(mask) (keras/src/layers/pooling/
+    global_average_pooling1d.py); a row of masked steps only is 0 / 0, NaN, as in Keras.
+    `dim` is the steps axis: 1 for (batch, steps, channels), 2 for (batch, channels, steps)."""
+    mask = (ids != 0).to(x.dtype)
+    mask = mask.unsqueeze(-1) if dim == 1 else mask.unsqueeze(1)
+    return (x * mask).sum(dim) / mask.sum(dim)
+
+
 def truncated_normal_(tensor, mean=0.0, stddev=0.05):
     """Keras's TruncatedNormal: values beyond two stddevs are drawn again. (torch's
     trunc_normal_ takes absolute bounds, which default to -2 and 2.)"""

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from modelspec import ir
 
-from .plan import Node, Plan, Step, symmetric
+from .plan import TO_LAST, Node, Plan, Step, symmetric
 
 
 class _Input:
@@ -91,7 +91,8 @@ class Layout:
 
 
 LAYOUTS = {"dense": Layout((1, 0), (1, 0), "(in, out)", "(out, in)"),
-           "conv": Layout((2, 3, 1, 0), (3, 2, 0, 1), "(kh, kw, in, out)", "(out, in, kh, kw)")}
+           "conv": Layout((2, 3, 1, 0), (3, 2, 0, 1), "(kh, kw, in, out)", "(out, in, kh, kw)"),
+           "conv1d": Layout((2, 1, 0), (2, 1, 0), "(k, in, out)", "(out, in, k)")}
 
 
 def activation(name: str | None, x: Any = X, axis: int = -1) -> Any:
@@ -108,13 +109,19 @@ def activation(name: str | None, x: Any = X, axis: int = -1) -> Any:
                  "relu6": "F.relu6"}[name], (x,))
 
 
+PERMUTES = {"nchw": ((0, 3, 1, 2), "Keras's NHWC to torch's NCHW"),
+            "nct": ((0, 2, 1), "Keras's (batch, steps, channels) to torch's (batch, channels, steps)"),
+            "nhwc": ((0, 2, 3, 1), "NHWC"), "ntc": ((0, 2, 1), "(batch, steps, channels)")}
+
+
 def permute(to: str, before: str | None = None) -> Call:
-    """The switch to NCHW ('nchw') or back to NHWC ('nhwc') before the layer of kind
-    `before` (None: after the last layer)."""
-    if to == "nchw":
-        return Call(".permute", (X, 0, 3, 1, 2), note="Keras's NHWC to torch's NCHW")
-    note = f"back to NHWC: Keras's {before} reads channels last" if before else "back to Keras's NHWC"
-    return Call(".permute", (X, 0, 2, 3, 1), note=note)
+    """The switch to channels-first ('nchw' for images, 'nct' for sequences) or back to
+    channels-last ('nhwc', 'ntc') before the layer of kind `before` (None: after the last layer)."""
+    axes, what = PERMUTES[to]
+    if to in ("nchw", "nct"):
+        return Call(".permute", (X, *axes), note=what)
+    note = f"back to {what}: Keras's {before} reads channels last" if before else f"back to Keras's {what}"
+    return Call(".permute", (X, *axes), note=note)
 
 
 def _kernel(step: Step, module: Call, layout: str, forward: tuple[Call, ...]) -> Unit:
@@ -235,6 +242,83 @@ class Lowering:
         note = "Keras's LeakyReLU layer (torch's default slope is 0.01)"
         return Unit((Call("F.leaky_relu", (X, step.layer.negative_slope), note=note),))
 
+    # Sequences: channels-first (N, C, T) between convolutions and pools, as torch's conv1d reads
+    # them; Keras's 'same' and 'causal' pads (Step.pads1d) where torch's symmetric padding differs.
+
+    def embedding(self, step: Step) -> Unit:
+        # No padding_idx even with mask_zero: Keras's row 0 is an ordinary trainable row; the
+        # mask is the model's ids that are not 0, which a masked pooling reads itself.
+        layer = step.layer
+        reg = layer.embeddings_regularizer
+        note = "mask_zero as Keras's: row 0 trains (no padding_idx)" if layer.mask_zero else ""
+        module = Call("nn.Embedding", (layer.input_dim, layer.output_dim), note=note)
+        return Unit((MODULE,), module, (Weight("weight", None, layer.embeddings_initializer),),
+                    (reg.l1, reg.l2) if reg is not None and (reg.l1 or reg.l2) else None)
+
+    def conv1d(self, step: Step) -> Unit:
+        layer, pads = step.layer, step.pads1d
+        kwargs: dict[str, Any] = {"kernel_size": layer.kernel_size}
+        if layer.strides != 1:
+            kwargs["stride"] = layer.strides
+        if layer.dilation_rate != 1:
+            kwargs["dilation"] = layer.dilation_rate
+        even = pads is not None and pads[0] == pads[1]
+        if even:
+            kwargs["padding"] = pads[0]
+        if not layer.use_bias:
+            kwargs["bias"] = False
+        module = Call("nn.Conv1d", (step.report.input_shape[-1], layer.filters), kwargs, "'same'" if even else "")
+        pad = ()
+        if pads is not None and not even:
+            note = ("'causal' as in Keras: every zero before the sequence" if layer.padding == "causal"
+                    else "'same' as in Keras: the odd zero goes after")
+            pad = (Call("F.pad", (X, pads), note=note),)
+        return _kernel(step, module, "conv1d", (*pad, activation(step.activation, MODULE, axis=step.channel_axis)))
+
+    def maxpool1d(self, step: Step) -> Unit:
+        layer, pads = step.layer, step.pads1d
+        k, s = layer.pool_size, layer.resolved_strides
+        if pads is None:
+            return Unit((Call("F.max_pool1d", (X, k, s)),))
+        if pads[0] == pads[1]:  # torch pads with -inf, which never wins the max
+            return Unit((Call("F.max_pool1d", (X, k, s), {"padding": pads[0]}, note="'same'"),))
+        padded = Call("F.pad", (X, pads), {"value": -math.inf})
+        return Unit((Call("F.max_pool1d", (padded, k, s), note="'same', the odd step after"),))
+
+    def avgpool1d(self, step: Step) -> Unit:
+        layer, pads = step.layer, step.pads1d
+        k, s = layer.pool_size, layer.resolved_strides
+        if pads is None:
+            return Unit((Call("F.avg_pool1d", (X, k, s)),))
+        if pads[0] == pads[1]:
+            return Unit((Call("F.avg_pool1d", (X, k, s), {"padding": pads[0], "count_include_pad": False},
+                              note="'same': padding is not averaged"),))
+        # keras_ops's: torch cannot pad one side more, nor leave the padding out of an average then
+        return Unit((Call("avg_pool1d_same", (X, k, s, pads), note="'same', the odd step after"),))
+
+    def globalavgpool1d(self, step: Step) -> Unit:
+        dim = 2 if step.nchw else 1
+        if step.reads_mask:  # Operand(1) is the model's ids
+            return Unit((Call("masked_mean", (Operand(0), Operand(1)), {"dim": dim}),))
+        return Unit((Call(".mean", (X,), {"dim": dim}),))
+
+    def globalmaxpool1d(self, step: Step) -> Unit:
+        # amax shares the gradient among tied maxima, as TensorFlow's reduce_max does
+        return Unit((Call(".amax", (X,), {"dim": 2 if step.nchw else 1}),))
+
+    def layernorm(self, step: Step) -> Unit:
+        # torch's default eps is 1e-5; Keras's 1e-3 (keras/src/layers/normalization/layer_normalization.py)
+        module = Call("nn.LayerNorm", (step.report.input_shape[-1],), {"eps": step.layer.epsilon})
+        return Unit((MODULE,), module, (Weight("weight", None, None), Weight("bias", None, None)))
+
+    def reshape(self, step: Step) -> Unit:
+        # row-major on Keras's channels-last layout, as Keras's Reshape (plan.py switches back to it)
+        shape = tuple(step.report.output_shape[1:])
+        flat = X if len(step.report.input_shape) == 2 else Call(".flatten", (X, 1))
+        if len(shape) == 1:
+            return Unit(() if flat is X else (flat,))
+        return Unit((Call(".unflatten", (flat, 1, shape)),))
+
     # Merges (keras/src/layers/merging/): one expression of the inputs, Operand(0), Operand(1)...,
     # folded left to right as Keras's _merge_function folds them.
 
@@ -258,8 +342,8 @@ class Lowering:
 
     def concat(self, step: Step) -> Unit:
         axis = step.layer.axis
-        if step.nchw:  # Keras's axis counts NHWC axes: N, H, W, C are 0, 2, 3, 1 in NCHW
-            axis = (0, 2, 3, 1)[axis % 4]
+        if step.nchw:  # Keras's axis counts channels-last axes: N, H, W, C are 0, 2, 3, 1 in NCHW
+            axis = (0, 2, 3, 1)[axis % 4] if step.input_ranks[0] == 4 else (0, 2, 1)[axis % 3]
         return Unit((Call("torch.cat", (_operands(step),), {"dim": axis}),))
 
 
@@ -288,14 +372,15 @@ def _fold(step: Step, op: str) -> Any:
 
 def units(p: Plan) -> Iterator[tuple[str, Step | None, Unit]]:
     """(name, step, unit) of every layer in order, with the plan's layout switches between
-    them (step None, named `to_nchw` or `to_nhwc`)."""
+    them (step None, named `to_nchw`, `to_nct`, `to_nhwc` or `to_ntc`)."""
     lowering = Lowering()
     for step in p.steps:
         if step.permute:
             yield f"to_{step.permute}", None, Unit((permute(step.permute, step.layer.kind),))
         yield step.attr, step, getattr(lowering, step.layer.kind)(step)
     if p.final_permute:
-        yield "to_nhwc", None, Unit((permute("nhwc"),))
+        to = TO_LAST[len(p.steps[-1].report.output_shape)]
+        yield f"to_{to}", None, Unit((permute(to),))
 
 
 def graph_units(p: Plan) -> Iterator[tuple[Node, Unit]]:

@@ -18,13 +18,22 @@ from typing import Any
 
 from modelspec import ir
 from modelspec.checker import LayerReport, Report
-from modelspec.shapes import same_padding
+from modelspec.shapes import causal_padding, same_padding, same_padding_dilated
 
 from . import keras_ops
 
-# Layers that run on NCHW tensors in torch, and layers that need Keras's channels-last order.
-NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d"})
-CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu"})  # prelu: alpha is (h, w, c)
+# Layers that run on channels-first tensors in torch (images NCHW, sequences NCT, as torch's
+# convolutions and pools read them), and layers that need Keras's channels-last order. Between
+# two of the first, a tensor stays channels-first: a conv1d stack permutes once, as a
+# hand-written torch model does.
+NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d", "conv1d", "maxpool1d", "avgpool1d"})
+# prelu: alpha is (h, w, c); layernorm: the last axis; reshape: row-major on Keras's layout
+CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu", "layernorm", "reshape"})
+# The ranks (batch included) whose tensors have a channels-first layout: images and sequences.
+SPATIAL_RANKS = (3, 4)
+# The layout switches: to channels-first and back, by rank.
+TO_FIRST = {4: "nchw", 3: "nct"}
+TO_LAST = {4: "nhwc", 3: "ntc"}
 # Names a layer attribute must not take: nn.Module's own, and the generated class's methods.
 RESERVED = frozenset({"logits", "forward", "penalty", "reset_parameters", "load_keras_weights", "keras_weights",
                       "keras_layout", "keras_name", "input_shape", "training", "layers", "output_activation"})
@@ -49,6 +58,18 @@ class Step:
     input_ranks: tuple[int, ...] = ()  # a merge's: the rank of each input, batch axis included
 
     @property
+    def reads_mask(self) -> bool:
+        """It computes with embedding's mask (the model's ids that are not 0): in this issue only
+        a global average pooling of masked steps (Keras's GlobalAveragePooling1D with a mask)."""
+        return self.report.mask_in and self.layer.kind == "globalavgpool1d"
+
+    @property
+    def operands(self) -> bool:
+        """Its forward expression reads several tensors (lowering's Operands): a merge's inputs,
+        or a masked pooling's input and the model's ids."""
+        return self.layer.merges or self.reads_mask
+
+    @property
     def channel_axis(self) -> int:
         return 1 if self.nchw else -1
 
@@ -65,6 +86,20 @@ class Step:
         left, right = same_padding(w, size[1], strides[1])
         return left, right, top, bottom
 
+    @property
+    def pads1d(self) -> tuple[int, int] | None:
+        """F.pad's (left, right) of a 1-D window, Keras's (keras/src/ops/operation_utils.py): 'same'
+        puts the odd step after, 'causal' every zero before; None when nothing is padded."""
+        layer = self.layer
+        if layer.padding == "valid":
+            return None
+        k, dilation = (layer.kernel_size, layer.dilation_rate) if layer.kind == "conv1d" else (layer.pool_size, 1)
+        if layer.padding == "causal":
+            return causal_padding(k, dilation) if k > 1 else None
+        strides = layer.strides if layer.kind == "conv1d" else layer.resolved_strides
+        pads = same_padding_dilated(self.report.input_shape[1], k, strides, dilation)
+        return pads if any(pads) else None  # the windows fit: 'same' is 'valid' here
+
 
 def symmetric(pads: tuple[int, int, int, int]) -> bool:
     """Whether a 'same' window pads both sides alike (then torch's own padding argument does)."""
@@ -75,8 +110,8 @@ def symmetric(pads: tuple[int, int, int, int]) -> bool:
 @dataclass(frozen=True)
 class Node:
     """One value of a graph's forward pass: a layer's output (`step`), or a layout switch
-    ('nchw' or 'nhwc') of another value (`permute`, step None). `inputs` are positions in
-    Plan.nodes, -1 the model's input; `name` is its variable name."""
+    ('nchw', 'nct', 'nhwc' or 'ntc') of another value (`permute`, step None). `inputs` are
+    positions in Plan.nodes, -1 the model's input; `name` is its variable name."""
 
     name: str
     step: Step | None
@@ -88,7 +123,7 @@ class Node:
 class Plan:
     steps: list[Step]
     output_activation: str | None  # softmax or sigmoid: the last layer's, applied after `logits`
-    final_permute: bool  # the last layer leaves an NCHW tensor: back to NHWC before the output
+    final_permute: bool  # the last layer leaves a channels-first tensor: back to channels-last before the output
     nodes: tuple[Node, ...] | None = None  # a graph's values in order (None: a chain, `steps` in turn)
 
 
@@ -120,21 +155,24 @@ def class_name(model_name: str, taken: set[str] = frozenset()) -> str:
 
 
 def plan(spec: ir.Spec, report: Report) -> Plan:
-    if report.functional:
+    """A chain's plan (a graph's: graph_plan). A chain whose layer reads embedding's mask is
+    planned as a graph: that layer reads the model's ids besides its input."""
+    if report.functional or any(row.mask_in and row.kind == "globalavgpool1d" for row in report.layers):
         return graph_plan(report)
     taken: set[str] = set()
     steps: list[Step] = []
     nchw = False
     for layer, rep in zip(spec.layers, report.layers):
         permute = None
+        rank = len(rep.input_shape)
         if layer.kind in NCHW_KINDS and not nchw:
-            permute, nchw = "nchw", True
+            permute, nchw = TO_FIRST[rank], True
         elif layer.kind in CHANNELS_LAST_KINDS and nchw:
-            permute, nchw = "nhwc", False
+            permute, nchw = TO_LAST[rank], False
         act = getattr(layer, "activation", None)
         steps.append(Step(layer, rep, identifier(rep.name, taken), nchw, permute,
                           None if act == "linear" else act))
-        if len(rep.output_shape) < 4:  # no height and width left (a global pooling): no layout
+        if len(rep.output_shape) not in SPATIAL_RANKS:  # no steps or pixels left (a global pooling): no layout
             nchw = False
     last = steps[-1]
     output_activation = None
@@ -145,10 +183,12 @@ def plan(spec: ir.Spec, report: Report) -> Plan:
 
 
 def merge_layout(step_inputs: list[tuple[bool, int]]) -> bool:
-    """Whether a merge runs on NCHW tensors, given its inputs' (nchw, rank): only when all are
-    images and one already is NCHW (then concat's axis is translated); otherwise channels-last,
-    where Keras's rank broadcasting (new axes after the batch axis) applies as written."""
-    return all(rank == 4 for _, rank in step_inputs) and any(nchw for nchw, _ in step_inputs)
+    """Whether a merge runs on channels-first tensors, given its inputs' (nchw, rank): only when
+    all are images, or all sequences, and one already is channels-first (then concat's axis is
+    translated); otherwise channels-last, where Keras's rank broadcasting (new axes after the
+    batch axis) applies as written."""
+    ranks = {rank for _, rank in step_inputs}
+    return len(ranks) == 1 and ranks <= set(SPATIAL_RANKS) and any(nchw for nchw, _ in step_inputs)
 
 
 def graph_plan(report: Report) -> Plan:
@@ -165,13 +205,14 @@ def graph_plan(report: Report) -> Plan:
     switched: dict[tuple[int, bool], int] = {}  # (node, to NCHW) -> the node holding the switch
 
     def switch(node: int, to: bool) -> int:
-        if rank[node] != 4 or nchw[node] == to:
+        if rank[node] not in SPATIAL_RANKS or nchw[node] == to:
             return node
         if (node, to) not in switched:
             source = nodes[node].name if node >= 0 else "x"
-            name = identifier(f"{source}_{'nchw' if to else 'nhwc'}", taken)
-            nodes.append(Node(name, None, (node,), "nchw" if to else "nhwc"))
-            nchw[len(nodes) - 1], rank[len(nodes) - 1] = to, 4
+            layout = (TO_FIRST if to else TO_LAST)[rank[node]]
+            name = identifier(f"{source}_{layout}", taken)
+            nodes.append(Node(name, None, (node,), layout))
+            nchw[len(nodes) - 1], rank[len(nodes) - 1] = to, rank[node]
             switched[node, to] = len(nodes) - 1
         return switched[node, to]
 
@@ -185,16 +226,17 @@ def graph_plan(report: Report) -> Plan:
         elif layer.merges:
             want = merge_layout([(nchw[i], rank[i]) for i in inputs])
         else:
-            want = nchw[inputs[0]] and rank[inputs[0]] == 4
+            want = nchw[inputs[0]] and rank[inputs[0]] in SPATIAL_RANKS
         inputs = [switch(i, want) for i in inputs]
         act = getattr(layer, "activation", None)
         step = Step(layer, rep, identifier(rep.name, taken), want, None, None if act == "linear" else act,
                     tuple(rank[i] for i in inputs))
         steps.append(step)
-        nodes.append(Node(step.attr, step, tuple(inputs)))
+        # a masked pooling reads the model's ids (-1) too: its mask is the ids that are not 0
+        nodes.append(Node(step.attr, step, (*inputs, -1) if step.reads_mask else tuple(inputs)))
         position[row] = len(nodes) - 1
         rank[len(nodes) - 1] = len(rep.output_shape)
-        nchw[len(nodes) - 1] = want and len(rep.output_shape) == 4
+        nchw[len(nodes) - 1] = want and len(rep.output_shape) in SPATIAL_RANKS
     output_activation = None
     last = steps[-1]
     if last.activation in SPLIT_ACTIVATIONS:
