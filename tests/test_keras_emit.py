@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import modelspec as ms
+from modelspec.training import synthetic_ids
 from corpus import SPEC_FILES, VARIED
 from modelspec import backends
 from modelspec.cli import main
@@ -149,7 +150,8 @@ def programs(tmp_path_factory):
         # a spec the Keras backend refuses is still emitted; its weights come from NumPy
         model = ms.build(spec, backend="keras" if runs_in_keras(spec) else "numpy", seed=index)
         rng = np.random.default_rng(index)
-        x = rng.normal(size=(40, *spec.input_shape)).astype(np.float32)
+        x = (synthetic_ids(spec, 40, rng) if spec.input_dtype == "int32"
+             else rng.normal(size=(40, *spec.input_shape)).astype(np.float32))
         train = trainable_in_keras(spec)
         arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
         arrays["x"] = x

@@ -51,7 +51,7 @@ def layers_only(spec: ms.ir.Spec) -> dict:
     to the pool size written as Keras's default."""
     report = ms.check(spec)
     layers = [row.layer.model_copy(update={"name": row.name}) for row in report.layers]
-    layers = [layer.model_copy(update={"strides": None}) if layer.kind in ("maxpool2d", "avgpool2d")
+    layers = [layer.model_copy(update={"strides": None}) if layer.kind in ("maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d")
               and layer.strides == layer.pool_size else layer for layer in layers]
     return {"name": spec.name, "input_shape": spec.input_shape, "layers": [layer.model_dump() for layer in layers],
             "sources": [row.sources for row in report.layers]}
