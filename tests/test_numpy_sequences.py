@@ -459,7 +459,8 @@ def test_emitted_program_computes_what_the_engine_computes_on_ids(text):
 @pytest.mark.keras
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "adagrad", "nadam", "adamw", "sgd"])
 @pytest.mark.parametrize("penalty", ["", " l2=0.01"], ids=["sparse", "penalized"])
-def test_optimizers_update_an_embedding_as_keras_does(optimizer, penalty):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_optimizers_update_an_embedding_as_keras_does(optimizer, penalty, backend):
     """Keras squares the embedding's sparse gradient row by row before the rows of one id are
     summed (Adam's v takes Σ g², not (Σ g)²); a penalty makes the gradient dense, and the usual
     rule returns. Three steps of fit in both, from the same weights, on ids that repeat."""
@@ -467,7 +468,9 @@ def test_optimizers_update_an_embedding_as_keras_does(optimizer, penalty):
     keras.backend.clear_session()
     text = f"input 6 int\nembedding 5 3{penalty}\nflatten\ndense 2 softmax\noptimizer {optimizer} lr=0.05\n" \
            "loss sparse_categorical_crossentropy\n"
-    model = ms.build(text, backend="numpy", seed=4)
+    if backend == "torch":
+        pytest.importorskip("torch")
+    model = ms.build(text, backend=backend, seed=4)
     reference = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(
         5, 3, embeddings_regularizer=keras.regularizers.L2(0.01) if penalty else None), keras.layers.Flatten(),
         keras.layers.Dense(2, activation="softmax")])

@@ -434,3 +434,33 @@ def test_the_finiteness_check_of_a_step_sees_every_value():
     assert not _finite(torch.tensor([1.0, float("nan")]))
     assert not _finite(torch.tensor([float("inf"), -float("inf")]))  # a sum of NaN
     assert not _finite(torch.tensor([3e38, 3e38, float("inf")]))
+
+
+@pytest.mark.keras
+def test_the_emitted_programs_adam_updates_an_embedding_as_keras_does(tmp_path):
+    """The emitted program's fit squares the embedding's gradient by occurrence, as Keras's
+    Adam does (keep_sparse_squares): its weights after three steps are Keras's."""
+    keras = pytest.importorskip("keras")
+    keras.backend.clear_session()
+    text = "model tokens\ninput 6 int\nembedding 5 3\nflatten\ndense 2 softmax\noptimizer adam lr=0.05\n" \
+           "loss sparse_categorical_crossentropy\nfit batch=8 shuffle=false\n"
+    spec = ms.parse(text)
+    path = tmp_path / "program.py"
+    path.write_text(TorchBackend().emit(spec, ms.check(spec)))
+    loader = importlib.util.spec_from_file_location("program", path)
+    program = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(program)
+    model = program.Tokens()
+    weights = ms.build(spec, backend="numpy", seed=4).get_weights()
+    paths = [path for path, _, _ in model.keras_layout()]
+    model.load_keras_weights(dict(zip(paths, weights)))
+    reference = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(5, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    reference.set_weights(weights)
+    reference.compile(keras.optimizers.Adam(learning_rate=0.05), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 5, (24, 6)), rng.integers(0, 2, 24)
+    program.fit(model, torch.as_tensor(x), torch.as_tensor(y))
+    reference.fit(x.astype(np.int32), y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for path, theirs in zip(paths, reference.get_weights()):
+        np.testing.assert_allclose(model.keras_weights()[path].numpy(), theirs, rtol=2e-5, atol=2e-6, err_msg=path)

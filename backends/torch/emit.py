@@ -371,7 +371,7 @@ def evaluate(model, x, y, batch_size=32):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's batch-size-weighted mean loss (penalties included) and metrics.
     A step whose loss or gradients are not finite is not applied, and training stops there."""{adapt_call}
-    optimizer = optimizer or make_optimizer(model)
+    optimizer = optimizer or make_optimizer(model){sparse_squares}
     split = int(len(x) * (1 - validation_split))
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
     names = ["loss"] + [name for name, _ in METRICS]
@@ -433,6 +433,10 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
     # the hyperparameters that differ from the class's defaults, which are Keras's
     defaults = ir.OPTIMIZER_DEFAULTS["adam" if optimizer.name == "adamw" else optimizer.name]
     opt_args = "".join(f", {k}={v!r}" for k, v in optimizer.config().items() if v != defaults[k])
+    embeddings = [layer for layer in spec.layers if layer.kind == "embedding"]
+    squares = optimizer.name != "sgd" and embeddings and not any(e.embeddings_regularizer for e in embeddings)
+    if squares:
+        out.helpers.add("keep_sparse_squares")
     fit = spec.fit or ir.Fit()
     fit_defaults = {"epochs": fit.epochs if fit.epochs is not None else 1, "batch_size": fit.batch_size or 32,
                     "validation_split": fit.validation_split or 0.0,
@@ -442,6 +446,9 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
         optimizer=_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4),
         what=what, compute=_indent(compute, 4),
         fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()),
+        sparse_squares="\n    # Keras squares an embedding's gradient row by row before summing each id's rows\n"
+                       "    keep_sparse_squares(optimizer, [m for m in model.modules() if isinstance(m, nn.Embedding)])"
+        if squares else "",
         **({"adapt_function": ADAPT_FUNCTION, "adapt_arg": ", adapt=True", "adapt_call": ADAPT_CALL}
            if any(layer.adapts for layer in spec.layers)
            else {"adapt_function": "", "adapt_arg": "", "adapt_call": ""}))

@@ -165,6 +165,15 @@ class TorchEngine(Engine):
         # so an update, a finiteness check or a masked restore is a handful of operations, not
         # a handful per weight: on the CPU those would cost a small model a tenth of its step.
         self.flat = _flatten(self.params)
+        # each unpenalized embedding's ids and output in the current training forward pass:
+        # Keras's optimizers square its sparse gradient by occurrence (K.KerasOptimizer.squares)
+        self.taps: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
+        penalized = {id(kernel) for kernel, *_ in self.penalties}
+        for module in self.native.modules():
+            if isinstance(module, torch.nn.Embedding) and id(module.weight) not in penalized:
+                offset = next(sum(p.numel() for p in self.params[:i]) for i, p in enumerate(self.params)
+                              if p is module.weight)
+                module.register_forward_hook(self._tap(offset, module.weight))
         self.flat_moving = _flatten(self.moving) if self.sync_free else None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
@@ -172,6 +181,28 @@ class TorchEngine(Engine):
             # `live` is cleared by a non-finite step (and during warm-up): it masks every later update
             self.live = torch.ones((), dtype=torch.bool, device=self.device)
             self.stopped_at = torch.full((), -1, dtype=torch.int64, device=self.device)
+
+    def _tap(self, offset: int, weight: torch.Tensor) -> Callable:
+        def hook(module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if torch.is_grad_enabled() and output.requires_grad:
+                self.taps.append((inputs[0], output, offset, weight))
+        return hook
+
+    def _gradient(self, loss: torch.Tensor) -> torch.Tensor:
+        """The gradients of every trainable weight in one buffer, as the weights; a weight the
+        loss does not reach (before a dropout of rate 1) gets zeros, which leave it unchanged
+        under every optimizer's rule from zero state. With embeddings, also the squares Keras's
+        optimizers take for their sparse gradients."""
+        taps, self.taps = self.taps, []
+        grads = torch.autograd.grad(loss, [*self.params, *(out for _, out, _, _ in taps)], materialize_grads=True)
+        flat = torch.cat([g.reshape(-1) for g in grads[:len(self.params)]])
+        if taps:
+            squares = flat.square()
+            for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):]):
+                rows = torch.zeros_like(weight).index_add_(0, ids.reshape(-1), dy.reshape(-1, weight.shape[1]).square())
+                squares[offset:offset + weight.numel()] = rows.reshape(-1)
+            self.optimizer.squares = {self.flat: squares}
+        return flat
 
     # -- training settings ---------------------------------------------------------------
 
@@ -260,13 +291,10 @@ class TorchEngine(Engine):
     def step(self, data: Data, idx: torch.Tensor) -> tuple[float, list[float], bool]:
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
+        self.taps = []  # (a forward pass with gradients that no step followed leaves none)
         loss, out = self._loss(xb, yb)
         if self.flat is not None:
-            # the gradients in one buffer, as the weights: a weight the loss does not reach
-            # (before a dropout of rate 1) gets zeros, which leave it unchanged under every
-            # optimizer's rule from zero state
-            grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
-            self.flat.grad = torch.cat([g.reshape(-1) for g in grads])
+            self.flat.grad = self._gradient(loss)
         value = loss.item()
         applied = math.isfinite(value) and (self.flat is None or _finite(self.flat.grad))
         if applied:
@@ -290,11 +318,9 @@ class TorchEngine(Engine):
             idx = data.order[start:]
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         torch._foreach_copy_(self.backup, self.masked)
+        self.taps = []  # (a forward pass with gradients that no step followed leaves none)
         loss, out = self._loss(xb, yb)
-        # a weight the loss does not reach (before a dropout of rate 1) gets a zero gradient,
-        # which leaves it unchanged under every optimizer's rule from zero state
-        grads = torch.autograd.grad(loss, self.params, materialize_grads=True)
-        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        flat_grad = self._gradient(loss)
         finite = torch.isfinite(flat_grad).all() & torch.isfinite(loss)
         ok = finite & self.live
         self.flat.grad = flat_grad

@@ -230,6 +230,16 @@ class KerasOptimizer(torch.optim.Optimizer):
         first = self.param_groups[0]["params"][0]
         self.dtype = first.dtype  # Keras computes step-dependent factors in the weights' dtype
         self.iterations = torch.zeros((), dtype=torch.int64, device=first.device)
+        # param -> what Keras's ops.square gives for its gradient where that differs from
+        # grad²: an embedding's gradient is sparse (TensorFlow's IndexedSlices, one row per id
+        # read), squared row by row before one id's rows are summed, so Adam's v takes Σ g²
+        # (keras/src/backend/tensorflow/sparse.py, elementwise_unary)
+        self.squares = {}
+
+    def square(self, param, grad):
+        """Keras's ops.square of `param`'s gradient (see `squares`)."""
+        sq = self.squares.get(param)
+        return grad.square() if sq is None else sq
 
     def slot(self, param, name, initial=0.0):
         """A per-parameter variable (momentum, velocity...), created on first use."""
@@ -261,6 +271,18 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     def update(self, param, grad, t, group):
         raise NotImplementedError
+
+
+def keep_sparse_squares(optimizer, embeddings):
+    """Give `optimizer` what Keras's optimizers square for each of `embeddings` (nn.Embedding
+    modules without a penalty, whose gradient Keras keeps sparse): each training step's
+    gradient rows squared one by one, then summed per id (KerasOptimizer.squares)."""
+    def hook(module, inputs, output):
+        if output.requires_grad:
+            ids = inputs[0].reshape(-1)
+            output.register_hook(lambda dy: optimizer.squares.__setitem__(
+                module.weight, torch.zeros_like(module.weight).index_add_(0, ids, dy.reshape(len(ids), -1).square())))
+    return [module.register_forward_hook(hook) for module in embeddings]
 
 
 class SGD(KerasOptimizer):
@@ -295,7 +317,10 @@ class RMSprop(KerasOptimizer):
     def update(self, param, grad, t, group):
         rho, momentum = group["rho"], group["momentum"]
         velocity = self.slot(param, "velocity")
-        velocity.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        if param in self.squares:
+            velocity.mul_(rho).add_(self.squares[param], alpha=1 - rho)
+        else:
+            velocity.mul_(rho).addcmul_(grad, grad, value=1 - rho)
         if group["centered"]:
             average = self.slot(param, "average_gradient")
             average.mul_(rho).add_(grad, alpha=1 - rho)
@@ -326,7 +351,7 @@ class Adam(KerasOptimizer):
         alpha = group["learning_rate"] * torch.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
         m, v = self.slot(param, "momentum"), self.slot(param, "velocity")
         m.add_((grad - m) * (1 - beta_1))
-        v.add_((grad.square() - v) * (1 - beta_2))
+        v.add_((self.square(param, grad) - v) * (1 - beta_2))
         param.sub_((m * alpha).div_(v.sqrt().add_(group["epsilon"])))
 
 
@@ -355,7 +380,7 @@ class Nadam(KerasOptimizer):
         u_next = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
         m, v = self.slot(param, "momentum"), self.slot(param, "velocity")
         m.add_((grad - m) * (1 - beta_1))
-        v.add_((grad.square() - v) * (1 - beta_2))
+        v.add_((self.square(param, grad) - v) * (1 - beta_2))
         m_hat = u_next * m / (1 - self.u_product * u_next) + (1 - u_t) * grad / (1 - self.u_product)
         v_hat = v / (1 - beta_2 ** t)
         param.sub_((m_hat * group["learning_rate"]).div_(v_hat.sqrt_().add_(group["epsilon"])))
@@ -372,7 +397,10 @@ class Adagrad(KerasOptimizer):
 
     def update(self, param, grad, t, group):
         accumulator = self.slot(param, "accumulator", group["initial_accumulator_value"])
-        accumulator.addcmul_(grad, grad)
+        if param in self.squares:
+            accumulator.add_(self.squares[param])
+        else:
+            accumulator.addcmul_(grad, grad)
         param.sub_((grad * group["learning_rate"]).div_((accumulator + group["epsilon"]).sqrt_()))
 
 
