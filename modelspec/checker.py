@@ -18,7 +18,7 @@ from typing import Any
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, sort_diagnostics
 from .layers import INPUT_LAYER, snake_case
-from .shapes import BYTES_PER_PARAM, Shape, ShapeError
+from .shapes import BYTES_PER_PARAM, Shape, ShapeError, fmt_shape
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class LayerReport:
     # and its output carries it on (modelspec.layers.LayerBase.mask)
     mask_in: bool = False
     masked: bool = False
+    mask_input: str | None = None  # in a functional model, the mask operation a consumer reads (Report.mask_ops)
 
     @property
     def params(self) -> int:
@@ -90,6 +91,9 @@ class Report:
     layers: list[LayerReport]
     warnings: list[Diagnostic]
     spec: ir.Spec = field(repr=False)
+    # a functional model's mask operations, which Keras's summary lists among its layers:
+    # (the position among the rows it comes before, its summary row: name (class), shape, params, inputs)
+    mask_ops: list[tuple[int, tuple[str, str, str, str]]] = field(default_factory=list)
 
     @property
     def output_shape(self) -> Shape:
@@ -238,7 +242,7 @@ def infer(spec: ir.Spec) -> Report:
         except ShapeError as e:
             errors.append(Diagnostic("error", f"{name}: {e.message}", layer.span, hint=e.hint, code="shape"))
             break
-        mask_in, masked = _mask(name, layer, ins[0], [masks[s] for s in sources], errors)
+        mask_in, masked = _mask(name, layer, [masks[s] for s in sources], errors)
         shape = ins[0]
         path = f"{prefix}{name}"
         weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
@@ -263,7 +267,10 @@ def infer(spec: ir.Spec) -> Report:
         rows = _keras_order(spec, rows, errors)
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
-    return Report(spec.name, input_shape, rows, [], spec)
+    report = Report(spec.name, input_shape, rows, [], spec)
+    if spec.connections and any(row.mask_in and row.layer.mask == "consume" for row in rows):
+        report.mask_ops = _mask_ops(spec, rows)
+    return report
 
 
 class _LastIsInput(list):
@@ -286,21 +293,90 @@ def _dtype_error(spec: ir.Spec, name: str, layer: ir.LayerBase, reads_ids: bool)
                            "embedding first")
 
 
-def _mask(name: str, layer: ir.LayerBase, shape: Shape, masks: list[bool],
+def _mask(name: str, layer: ir.LayerBase, masks: list[bool],
           errors: list[Diagnostic]) -> tuple[bool, bool]:
     """(whether the layer reads embedding's mask, whether its output carries it), as Keras's
     compute_mask: a merge's output is masked when all its inputs are (keras/src/layers/merging/
     base_merge.py ORs the masks and gives None when one is missing; Concatenate's mask along
     the last axis is then all true). Every mask is the input's ids that are not 0."""
     rule = layer.mask
-    joins_steps = layer.kind == "concat" and layer.axis % len(shape) != len(shape) - 1  # type: ignore[attr-defined]
-    if any(masks) and (rule == "refuse" or joins_steps):
+    # Keras's Concatenate builds its mask from several operations (keras/src/layers/merging/
+    # concatenate.py, compute_mask) whose names and summary rows modelspec does not reproduce yet
+    joins = layer.kind == "concat"
+    if any(masks) and (rule == "refuse" or joins):
         errors.append(Diagnostic(
             "error", f"{name} reads the mask of embedding ... mask_zero, and modelspec does not compute "
-                     f"{'a mask joined along the steps' if joins_steps else 'its masked values'} yet",
+                     f"{'the mask of a concat' if joins else 'its masked values'} yet",
             layer.span, code="mask", hint="drop mask_zero, or put this layer where no mask reaches it"))
     mask_in = all(masks)
     return mask_in, rule == "make" or (mask_in and rule == "keep")
+
+
+def _mask_ops(spec: ir.Spec, rows: list[LayerReport]) -> list[tuple[int, tuple[str, str, str, str]]]:
+    """The mask's operations in a functional model, where Keras's summary lists them: each
+    `embedding ... mask_zero` makes `not_equal(ids, 0)` (keras/src/layers/core/embedding.py,
+    compute_mask), each merge of masked inputs ORs their masks pairwise (keras/src/layers/
+    merging/base_merge.py), and a layer that consumes the mask reads it as a second input.
+    Named in the order Keras creates them; listed, where a consumer reads them, in Keras's
+    functional order over layers and operations together (as `_keras_order`)."""
+    n = len(spec.layers)
+    by_index = {row.index: row for row in rows}
+    sources: list[list[int]] = [list(spec.sources(i)) for i in range(n)]  # nodes: layers, then operations
+    ops: list[tuple[str, str, Shape, list[int]]] = []  # (name, class, shape, sources)
+    creation: list[int] = []  # every node in the order Keras creates it
+    mask_of: dict[int, int] = {}  # layer -> the node whose output is its mask
+    counters: dict[str, int] = {}
+
+    def make(base: str, cls: str, reads: list[int]) -> int:
+        k = counters.get(base, 0)
+        counters[base] = k + 1
+        ops.append((base if k == 0 else f"{base}_{k}", cls, (None, *spec.input_shape), reads))
+        creation.append(n + len(ops) - 1)
+        return n + len(ops) - 1
+
+    for i, layer in enumerate(spec.layers):
+        row = by_index[i]
+        if row.mask_in and layer.mask == "consume":
+            sources[i].append(mask_of[sources[i][0]])
+        creation.append(i)
+        if layer.mask == "make" and row.masked:
+            mask_of[i] = make("not_equal", "NotEqual", [-1])
+        elif row.masked and layer.merges:
+            mask = mask_of[sources[i][0]]
+            for s in sources[i][1:]:
+                mask = make("logical_or", "LogicalOr", [mask, mask_of[s]])
+            mask_of[i] = mask
+        elif row.masked:
+            mask_of[i] = mask_of[sources[i][0]]
+    nodes = sources + [reads for *_, reads in ops]
+    depth = [-1] * len(nodes)
+    depth[n - 1] = 0
+    for k in reversed(creation):
+        if depth[k] >= 0:
+            for s in nodes[k]:
+                if s >= 0:
+                    depth[s] = max(depth[s], depth[k] + 1)
+    seen: dict[int, int] = {}
+    stack = [n - 1]
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen[k] = len(seen)
+            stack.extend(s for s in reversed(nodes[k]) if s >= 0)
+    order = sorted(seen, key=lambda k: (-depth[k], seen[k]))
+    name = {row.index: row.name for row in rows} | {n + j: op[0] for j, op in enumerate(ops)}
+    for i in range(n):
+        if len(sources[i]) > len(spec.sources(i)):
+            by_index[i].mask_input = name[sources[i][-1]]
+    out, layers_before = [], 0
+    for k in order:
+        if k < n:
+            layers_before += 1
+            continue
+        op_name, cls, shape, reads = ops[k - n]
+        out.append((layers_before, (f"{op_name} ({cls})", fmt_shape(shape), "0",
+                                    ", ".join(f"{INPUT_LAYER if s < 0 else name[s]}[0][0]" for s in reads))))
+    return out
 
 
 def _keras_order(spec: ir.Spec, rows: list[LayerReport], errors: list[Diagnostic]) -> list[LayerReport]:

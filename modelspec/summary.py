@@ -162,9 +162,12 @@ def render_summary(report: "Report", line_length: int | None = None, flops: bool
     line_length = line_length or keras_line_length(functional)
     rows: Iterable[tuple[str, ...]]
     if functional:
-        rows = [(f"{INPUT_LAYER} (InputLayer)", fmt_shape(report.input_shape), "0", "-"),
-                *((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}",
-                   ", ".join(f"{name}[0][0]" for name in r.inputs)) for r in report.layers)]
+        layers = [(f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}",
+                   ", ".join(f"{name}[0][0]" for name in (*r.inputs, *([r.mask_input] if r.mask_input else []))))
+                  for r in report.layers]
+        for position, op in reversed(report.mask_ops):  # the mask's operations, where Keras lists them
+            layers.insert(position, op)
+        rows = [(f"{INPUT_LAYER} (InputLayer)", fmt_shape(report.input_shape), "0", "-"), *layers]
     else:
         rows = ((f"{r.name} ({r.keras_class})", fmt_shape(r.output_shape), f"{r.params:,}")
                 for r in report.layers)
