@@ -483,7 +483,7 @@ class _Generator:
         source = self.ref()
         head, out = self.keeping(shape)
         lines = [f"{source} = {head}"]
-        merge = r.choice(self.MERGES)
+        merge = r.choice(self.MERGES[:-1] if self.masked else self.MERGES)  # (no concat of masked tensors yet)
         if form == "residual":  # source, a path of one or two layers, then the merge of the two
             channels = None if merge != "concat" else r.randint(1, 4)
             path_shape = out

@@ -136,7 +136,9 @@ ERRORS = [
     ("input 20 int\nembedding 100 8 mask_zero\nbatchnorm\nglobalavgpool1d\ndense 2", (3, 1),
      "batch_normalization reads the mask of embedding", "drop mask_zero"),
     ("input 6 int\ne = embedding 9 2 mask_zero\nf = dense 2\nconcat e f axis=1\nglobalavgpool1d\ndense 2", (4, 1),
-     "a mask joined along the steps", None),
+     "the mask of a concat", None),
+    ("input 6 int\ne = embedding 9 2 mask_zero\nf = dense 2\nconcat e f\nglobalavgpool1d\ndense 2", (4, 1),
+     "the mask of a concat", None),
     ("input 20 integer\nembedding 10 2", (1, 10), "unknown word 'integer' in input", "'int'"),
     ("input 20 int\nlayernorm epsilon=0\nflatten", (2, 19), "epsilon", None),
 ]
