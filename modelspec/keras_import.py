@@ -151,6 +151,9 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
 # A functional model's graph (keras/src/models/functional.py: get_config, functional_from_config)
 
 FUNCTIONAL = ("Functional", "Model")
+# The operations of an embedding's mask in a functional model's config (not_equal(ids, 0), the OR
+# of merged masks), which a consumer such as GlobalAveragePooling1D reads as its `mask=`
+MASK_OPERATIONS = ("NotEqual", "LogicalOr")
 
 
 def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ...], Any, list[Any], tuple]:
@@ -167,6 +170,8 @@ def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ..
     for entry in entries:
         if not isinstance(entry, dict):
             raise UnsupportedError("the config's list of layers holds something that is not a layer")
+        if entry.get("class_name") in MASK_OPERATIONS:  # the spec's mask_zero and merges remake them
+            continue
         name = entry.get("name") or (entry.get("config") or {}).get("name")
         by_name[str(name)] = entry
     if by_name.get(input_name, {}).get("class_name") != "InputLayer":

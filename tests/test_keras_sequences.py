@@ -558,3 +558,15 @@ def test_a_tf_keras_2_config_imports():
     imported = convert(config)
     assert imported.text == convert(json.loads(hand.to_json())).text
     assert imported.report.total_params == hand.count_params()
+
+
+@pytest.mark.parametrize("text", MASKED_GRAPHS)
+def test_a_masked_graph_imports_without_its_mask_operations(text, monkeypatch):
+    """A functional config lists the mask's operations (NotEqual, LogicalOr) as entries; the
+    spec's mask_zero and merges remake them, so the import leaves them out and checks to
+    Keras's own summary."""
+    monkeypatch.setenv("COLUMNS", "200")
+    keras.backend.clear_session(free_memory=False)
+    model = kr.model(ms.parse(text))
+    spec = convert(json.loads(model.to_json())).spec
+    assert ms.check(spec).summary(line_length=108) == kr.summary(model, 108)
