@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 import modelspec as ms  # noqa: E402
 from corpus import ROOT, SPEC_FILES, SPEC_IDS, VARIED, modelspec_cli  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
+from modelspec.training import synthetic_ids  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -120,7 +121,9 @@ def test_every_varied_spec_emits_a_module_that_predicts_as_the_backend(spec, tmp
     net.load_keras_weights(dict(zip(live.weight_paths, live.get_weights())))
     for path, value in net.keras_weights().items():  # the layouts round-trip exactly
         assert value.numpy().tobytes() == live.get_weights()[live.weight_paths.index(path)].tobytes()
-    x = np.random.default_rng(1).normal(size=(9, *spec.input_shape)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    x = (synthetic_ids(spec, 9, rng) if spec.input_dtype == "int32"
+         else rng.normal(size=(9, *spec.input_shape)).astype(np.float32))
     with torch.no_grad():
         np.testing.assert_allclose(net.eval()(torch.from_numpy(x)).numpy(), live.predict(x), rtol=1e-6, atol=1e-7)
 

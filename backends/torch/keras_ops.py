@@ -280,8 +280,12 @@ def keep_sparse_squares(optimizer, embeddings):
     def hook(module, inputs, output):
         if output.requires_grad:
             ids = inputs[0].reshape(-1)
-            output.register_hook(lambda dy: optimizer.squares.__setitem__(
-                module.weight, torch.zeros_like(module.weight).index_add_(0, ids, dy.reshape(len(ids), -1).square())))
+
+            def keep(dy):
+                rows = dy.reshape(len(ids), -1).square()
+                squares = torch.zeros_like(module.weight).index_add_(0, ids, rows)
+                optimizer.squares[module.weight] = squares
+            output.register_hook(keep)
     return [module.register_forward_hook(hook) for module in embeddings]
 
 
