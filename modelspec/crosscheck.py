@@ -353,7 +353,7 @@ def _gradient_rows(report: Report, grads: dict[str, list[np.ndarray]], members: 
         scale = max(float(np.abs(truth[i]).max(initial=0.0)) for i in indices)
         noise = {i: np.max([np.abs(m[i] - truth[i]) for m in members], axis=0) for i in indices}
         worst = max(float(noise[i].max(initial=0.0)) for i in indices)
-        if worst <= ILL_CONDITIONED * scale and row.kind != "batchnorm":
+        if worst <= ILL_CONDITIONED * scale and row.kind not in ("batchnorm", "conv2d", "conv1d"):
             # an element whose rounding the float32 runs happened to get nearly exact is judged
             # by a quarter of the layer's largest float32 error at least: a few runs estimate each
             # element's noise, and over thousands of elements some estimates are lucky
@@ -362,7 +362,10 @@ def _gradient_rows(report: Report, grads: dict[str, list[np.ndarray]], members: 
             # a gradient that is mostly cancellation (a batchnorm's gamma and beta under another
             # batchnorm have a true gradient of 0), or batchnorm's own: each framework's fused
             # backward (TF's FusedBatchNormGradV3, torch's native_batch_norm_backward) sums
-            # differently from numpy's formula, so only the layer's whole error is judged
+            # differently from numpy's formula, so only the layer's whole error is judged; so is
+            # a convolution's kernel, each element a sum over batch x positions that TF's oneDNN
+            # backprop-filter blocks in its own order (6x numpy's float32 error on one element of
+            # a fuzzed 3x3 'ones' kernel, 2.7e-5 relative, while no element exceeds the layer's)
             least = worst
         allowed = {i: NOISE_FACTOR * np.maximum(noise[i], least) + floor * scale for i in indices}
         errors, excess = {}, {}

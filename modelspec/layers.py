@@ -619,6 +619,9 @@ class Subtract(_Merge):
 
 class Multiply(_Merge):
     keras_class: ClassVar[str] = "Multiply"
+    # with a mask Keras replaces the masked steps before it merges (keras/src/layers/merging/
+    # base_merge.py, _apply_merge_op_and_or_mask; multiply.py), which no backend computes yet
+    mask: ClassVar[str] = "refuse"
     kind: Literal["multiply"] = "multiply"
 
 
@@ -629,11 +632,17 @@ class Average(_Merge):
 
 class Maximum(_Merge):
     keras_class: ClassVar[str] = "Maximum"
+    # with a mask Keras replaces the masked steps before it merges (keras/src/layers/merging/
+    # base_merge.py, _apply_merge_op_and_or_mask; multiply.py), which no backend computes yet
+    mask: ClassVar[str] = "refuse"
     kind: Literal["maximum"] = "maximum"
 
 
 class Minimum(_Merge):
     keras_class: ClassVar[str] = "Minimum"
+    # with a mask Keras replaces the masked steps before it merges (keras/src/layers/merging/
+    # base_merge.py, _apply_merge_op_and_or_mask; multiply.py), which no backend computes yet
+    mask: ClassVar[str] = "refuse"
     kind: Literal["minimum"] = "minimum"
 
 

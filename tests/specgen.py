@@ -471,7 +471,7 @@ class _Generator:
         if form == "block":
             name = f"blk{self.refs + 1}"
             self.refs += 1
-            merge = r.choice(("add", "multiply", "average", "maximum", "minimum"))
+            merge = r.choice(("add", "average") if self.masked else ("add", "multiply", "average", "maximum", "minimum"))
             layer, _ = self.keeping(shape, channels=shape[-1])
             first = layer.split(" ", 2)  # the units or filters become the parameter
             body = " ".join([first[0], "n", *first[2:]])
@@ -483,7 +483,8 @@ class _Generator:
         source = self.ref()
         head, out = self.keeping(shape)
         lines = [f"{source} = {head}"]
-        merge = r.choice(self.MERGES[:-1] if self.masked else self.MERGES)  # (no concat of masked tensors yet)
+        # no concat, maximum, minimum or multiply of masked tensors (refused: modelspec.layers)
+        merge = r.choice(("add", "subtract", "average") if self.masked else self.MERGES)
         if form == "residual":  # source, a path of one or two layers, then the merge of the two
             channels = None if merge != "concat" else r.randint(1, 4)
             path_shape = out

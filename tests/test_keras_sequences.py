@@ -163,7 +163,7 @@ MASKED_GRAPHS = [
     "e = embedding 20 3 mask_zero from=in; globalavgpool1d; add g; dense 2",
     # the masked mean feeds two branches; a merge of a masked and an unmasked tensor carries no mask
     "input 8 int; e = embedding 20 3 mask_zero; p = globalavgpool1d; f = embedding 20 3 from=in; "
-    "multiply e f; globalavgpool1d; add p; dense 2",
+    "average e f; globalavgpool1d; add p; dense 2",
 ]
 
 
