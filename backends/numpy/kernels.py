@@ -613,9 +613,8 @@ class Conv1D(Layer):
         return dxp[:, before:before + self.x_shape[1]]
 
 
-class MaxPool1D(MaxPool2D):
-    """MaxPool2D over (steps, 1): 'same' pads with -inf, the gradient goes to the first max
-    of each window (TensorFlow's MaxPoolGrad)."""
+class _OverSteps:
+    """A 2-D pool run over (steps, 1): a sequence is an image one column wide."""
 
     def __init__(self, pool_size=2, strides=None, padding="valid"):
         super().__init__((pool_size, 1), (strides or pool_size, 1), padding)
@@ -627,17 +626,12 @@ class MaxPool1D(MaxPool2D):
         return super().backward(dy[:, :, None, :], need_dx)[:, :, 0, :]
 
 
-class AvgPool1D(AvgPool2D):
-    """AvgPool2D over (steps, 1): with 'same', the divisor is the number of real cells."""
+class MaxPool1D(_OverSteps, MaxPool2D):
+    """'same' pads with -inf, the gradient goes to the first max of each window (TensorFlow's MaxPoolGrad)."""
 
-    def __init__(self, pool_size=2, strides=None, padding="valid"):
-        super().__init__((pool_size, 1), (strides or pool_size, 1), padding)
 
-    def forward(self, x, training=False):
-        return super().forward(x[:, :, None, :], training)[:, :, 0, :]
-
-    def backward(self, dy, need_dx=True):
-        return super().backward(dy[:, :, None, :], need_dx)[:, :, 0, :]
+class AvgPool1D(_OverSteps, AvgPool2D):
+    """With 'same', the divisor is the number of real cells."""
 
 
 class GlobalAvgPool1D(Layer):
