@@ -89,11 +89,6 @@ def need_sequence(kind: str, shape: Shape) -> None:
         raise ShapeError(f"{kind} needs an input of rank 2 (steps, features); received {fmt_shape(shape)}", hint)
 
 
-def causal_padding(k: int, dilation: int) -> tuple[int, int]:
-    """Keras's 'causal' padding of a 1-D convolution: every zero before the sequence."""
-    return dilation * (k - 1), 0
-
-
 def window1d(kind: str, shape: Shape, k: int, s: int, padding: str, dilation: int = 1) -> int:
     """The output length of a 1-D window (convolution or pooling) over a sequence
     (keras/src/ops/operation_utils.py, compute_conv_output_shape / compute_pooling_output_shape)."""
@@ -108,6 +103,14 @@ def window1d(kind: str, shape: Shape, k: int, s: int, padding: str, dilation: in
     return out
 
 
-def same_padding_dilated(n: int, k: int, s: int, dilation: int = 1) -> tuple[int, int]:
-    """'same' padding (before, after) of a dilated window: the extra zero goes after."""
-    return same_padding(n, dilation * (k - 1) + 1, s)
+
+def pads1d(padding: str, n: int, k: int, s: int, dilation: int = 1) -> tuple[int, int]:
+    """The (before, after) pads of a 1-D window of k taps `dilation` apart, stride s, over n
+    steps, as Keras pads (keras/src/backend/tensorflow/nn.py): 'same' puts the odd one after,
+    'causal' every one before, 'valid' none."""
+    span = dilation * (k - 1) + 1
+    if padding == "same":
+        return same_padding(n, span, s)
+    if padding == "causal":
+        return span - 1, 0
+    return 0, 0

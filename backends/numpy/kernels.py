@@ -13,7 +13,7 @@ keep each definition self-contained, free of annotations and of other imports.
 
 import numpy as np
 
-from modelspec.shapes import causal_padding, same_padding, same_padding_dilated
+from modelspec.shapes import pads1d, same_padding
 
 EPSILON = 1e-7  # keras.backend.epsilon(): how far probabilities are clipped from 0 and 1
 
@@ -558,17 +558,6 @@ def pad1d(x, before, after, value=0):
     return np.pad(x, ((0, 0), (before, after), (0, 0)), constant_values=value)
 
 
-def padding1d(padding, n, k, s, d=1):
-    """The (before, after) pads of a 1-D window of k taps d apart, stride s, over n steps:
-    Keras's 'same' puts the extra cell after, 'causal' puts every pad before
-    (keras/src/backend/tensorflow/nn.py, conv with padding='causal')."""
-    if padding == "same":
-        return same_padding_dilated(n, k, s, d)
-    if padding == "causal":
-        return causal_padding(k, d)
-    return 0, 0
-
-
 class Conv1D(Layer):
     """Channels-last 1-D convolution, kernel (k, in, out): y[b,t,f] = bias[f] +
     Σ_j Σ_c xpad[b, t·s + j·d, c]·kernel[j,c,f], one matmul over the im2col matrix."""
@@ -582,7 +571,7 @@ class Conv1D(Layer):
     def forward(self, x, training=False):
         k, c, f = self.kernel.shape
         s, d = self.strides, self.dilation_rate
-        self.pads = padding1d(self.padding, x.shape[1], k, s, d)
+        self.pads = pads1d(self.padding, x.shape[1], k, s, d)
         xp = np.ascontiguousarray(pad1d(x, *self.pads))
         self.x_shape, self.xp_shape = x.shape, xp.shape
         out = (xp.shape[1] - d * (k - 1) - 1) // s + 1

@@ -18,7 +18,7 @@ from typing import Any
 
 from modelspec import ir
 from modelspec.checker import LayerReport, Report
-from modelspec.shapes import causal_padding, same_padding, same_padding_dilated
+from modelspec.shapes import pads1d, same_padding
 
 from . import keras_ops
 
@@ -94,10 +94,8 @@ class Step:
         if layer.padding == "valid":
             return None
         k, dilation = (layer.kernel_size, layer.dilation_rate) if layer.kind == "conv1d" else (layer.pool_size, 1)
-        if layer.padding == "causal":
-            return causal_padding(k, dilation) if k > 1 else None
         strides = layer.strides if layer.kind == "conv1d" else layer.resolved_strides
-        pads = same_padding_dilated(self.report.input_shape[1], k, strides, dilation)
+        pads = pads1d(layer.padding, self.report.input_shape[1], k, strides, dilation)
         return pads if any(pads) else None  # the windows fit: 'same' is 'valid' here
 
 
