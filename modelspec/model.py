@@ -127,8 +127,8 @@ def check_ids(arr: np.ndarray, id_limit: int | None, what: str = "x") -> np.ndar
     vocabulary of the embeddings that read them. Keras does not check them alike on every
     device: Embedding.call is ops.take, whose TensorFlow version wraps a negative id around
     the table (keras/src/backend/tensorflow/numpy.py, take: fix_negative_indices) and whose
-    gather raises for an id past it on the CPU but returns zeros on a GPU (tf.gather's
-    documentation); torch's embedding raises. So ids are refused here, before any step."""
+    gather raises for an id past it on the CPU but returns zeros on a GPU; torch's embedding
+    raises. So ids are refused here, before any step."""
     limit = INT32_LIMIT if id_limit is None else id_limit
     valid = f"[0, {limit})" + ("" if id_limit is None else f", the embedding's vocabulary of {id_limit}")
     if arr.dtype.kind == "f":

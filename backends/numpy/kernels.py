@@ -516,7 +516,7 @@ class Embedding(Layer):
     integers are truncated toward zero first, as Keras casts them to int32; negative ids
     count from the end, as TensorFlow's gather does on the CPU. The gradient is sparse: only
     the rows used receive one, each the sum over its uses (TensorFlow's IndexedSlices, which
-    Keras's optimizer update densifies). The sum is one bincount over (row, column) cells,
+    Keras's optimizer sums into its dense slots). The sum is one bincount over (row, column) cells,
     accumulated in float64: several times faster than np.add.at, and no less exact.
 
     While the gradient stays sparse (no penalty adds a dense term to it), Keras's optimizers
