@@ -28,6 +28,8 @@ class Weight:
     trainable: bool
     initializer: ir.Initializer | None = field(default=None, compare=False, repr=False)
     dtype: str = field(default="float32", compare=False, repr=False)  # Keras's variable's
+    fans: tuple[int, int] | None = field(default=None, compare=False, repr=False)  # as WeightDecl's
+    forget_units: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def itemsize(self) -> int:
@@ -176,25 +178,30 @@ class Report:
 _SNAKE = {cls.keras_class: snake_case(cls.keras_class) for cls in ir.LAYER_CLASSES.values()}
 
 
-def layer_names(spec: ir.Spec) -> list[str]:
+def layer_names(spec: ir.Spec, inner: bool = False) -> Any:
     """Keras's names for the spec's layers (in spec order) in a fresh session; auto names skip
-    the user's."""
+    the user's. With `inner`, also each layer's wrapped layer's name (None without one): the
+    recurrent layer `bidirectional` wraps is made first, and takes its name as if it stood
+    alone."""
     taken = {layer.name for layer in spec.layers if layer.name}
     counters: dict[str, int] = {}
-    names = []
-    for layer in spec.layers:
-        if layer.name:
-            names.append(layer.name)
-            continue
-        base = _SNAKE[layer.keras_class]
+
+    def auto(keras_class: str) -> str:
+        base = _SNAKE[keras_class]
         while True:
             n = counters.get(base, 0)
             counters[base] = n + 1
             candidate = base if n == 0 else f"{base}_{n}"
             if candidate not in taken:
-                break
-        names.append(candidate)
-    return names
+                return candidate
+
+    names: list[str] = []
+    inners: list[str | None] = []
+    for layer in spec.layers:
+        wrapped = getattr(layer, "layer", None)
+        inners.append(auto(wrapped.keras_class) if isinstance(wrapped, ir.LayerBase) else None)
+        names.append(layer.name or auto(layer.keras_class))
+    return (names, inners) if inner else names
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def infer(spec: ir.Spec) -> Report:
     """Every layer's output shape, weights and FLOPs, without advice. Raises SpecError on a
     duplicate layer name or a shape a layer cannot take."""
     errors: list[Diagnostic] = []
-    names = layer_names(spec)
+    names, inner_names = layer_names(spec, inner=True)
     seen: dict[str, Span | None] = {}
     for name, layer in zip(names, spec.layers):
         if name in seen and layer.name:
@@ -245,11 +252,13 @@ def infer(spec: ir.Spec) -> Report:
         mask_in, masked = _mask(name, layer, [masks[s] for s in sources], errors)
         shape = ins[0]
         path = f"{prefix}{name}"
-        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype)
-                   for w in layer.weights(shape)]
+        decls = layer.weights(shape, inner_names[index]) if inner_names[index] else layer.weights(shape)
+        weights = [Weight(f"{path}/{w.name}", w.shape, w.trainable, w.initializer, w.dtype, w.fans, w.forget_units)
+                   for w in decls]
         rows.append(LayerReport(name, layer.kind, layer.keras_class, shape, out, weights,
                                 layer.flops(shape, out), layer, sources,
-                                tuple(INPUT_LAYER if s < 0 else names[s] for s in sources), index, mask_in, masked))
+                                tuple(INPUT_LAYER if s < 0 else names[s] for s in sources) * layer.reads_input_times,
+                                index, mask_in, masked))
         shapes.append(out)
         ids.append(False)
         masks.append(masked)
@@ -268,7 +277,7 @@ def infer(spec: ir.Spec) -> Report:
     if errors:
         raise SpecError(sort_diagnostics(d.with_file(spec.path) for d in errors), spec.source)
     report = Report(spec.name, input_shape, rows, [], spec)
-    if spec.connections and any(row.mask_in and row.layer.mask == "consume" for row in rows):
+    if spec.connections and any(row.mask_in and row.layer.mask_argument for row in rows):
         report.mask_ops = _mask_ops(spec, rows)
     return report
 
@@ -309,7 +318,7 @@ def _mask(name: str, layer: ir.LayerBase, masks: list[bool],
                      f"{'the mask of a concat' if joins else 'its masked values'} yet",
             layer.span, code="mask", hint="drop mask_zero, or put this layer where no mask reaches it"))
     mask_in = all(masks)
-    return mask_in, rule == "make" or (mask_in and rule == "keep")
+    return mask_in, rule == "make" or (mask_in and rule in ("keep", "use"))
 
 
 def _mask_ops(spec: ir.Spec, rows: list[LayerReport]) -> list[tuple[int, tuple[str, str, str, str]]]:
@@ -336,7 +345,7 @@ def _mask_ops(spec: ir.Spec, rows: list[LayerReport]) -> list[tuple[int, tuple[s
 
     for i, layer in enumerate(spec.layers):
         row = by_index[i]
-        if row.mask_in and layer.mask == "consume":
+        if row.mask_in and layer.mask_argument:
             sources[i].append(mask_of[sources[i][0]])
         creation.append(i)
         if layer.mask == "make" and row.masked:

@@ -66,10 +66,11 @@ def random_uniform(rng, shape, minval, maxval):
     return rng.random(shape, dtype=np.float32) * (maxval - minval) + minval
 
 
-def variance_scaling(rng, shape, scale, mode, distribution):
+def variance_scaling(rng, shape, scale, mode, distribution, fans=None):
     """Keras's VarianceScaling: truncated normals are widened by 1/0.8796 so that the
-    resulting std is √(scale/fan)."""
-    fan_in, fan_out = compute_fans(shape)
+    resulting std is √(scale/fan). `fans`: (fan_in, fan_out) where the layer gives them
+    (EinsumDense's input and output axes), else from the shape."""
+    fan_in, fan_out = fans or compute_fans(shape)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
     s = scale / max(1.0, fan)
     if distribution == "truncated_normal":
@@ -91,6 +92,21 @@ def orthogonal(rng, shape, gain):
     return (gain * q).reshape(shape).astype(np.float32, copy=False)
 
 
+def zeros(rng, shape):
+    return np.zeros(shape, np.float32)
+
+
+def ones(rng, shape):
+    return np.ones(shape, np.float32)
+
+
+def unit_forget_bias(rng, units, fn, *args):
+    """LSTM's bias with unit_forget_bias: the initializer's values for the input gate, ones
+    for the forget gate, the initializer's for the cell and output gates (keras/src/layers/
+    rnn/lstm.py, LSTMCell.build)."""
+    return np.concatenate([fn(rng, (units,), *args), np.ones(units, np.float32), fn(rng, (2 * units,), *args)])
+
+
 # Keras's named initializers: (scale, mode, distribution) of VarianceScaling.
 VARIANCE_SCALING = {
     "glorot_uniform": (1.0, "fan_avg", "uniform"),
@@ -104,7 +120,9 @@ VARIANCE_SCALING = {
 
 def recipe(name: str, args: dict[str, float]) -> tuple[Any, tuple]:
     """(function, its arguments after rng and shape) that draws initializer `name` with
-    Keras's arguments `args`; None for the constant ones, zeros and ones."""
+    Keras's arguments `args`."""
+    if name in ("zeros", "ones"):
+        return (zeros if name == "zeros" else ones), ()
     if name in VARIANCE_SCALING:
         return variance_scaling, VARIANCE_SCALING[name]
     if name == "random_normal":
@@ -115,25 +133,27 @@ def recipe(name: str, args: dict[str, float]) -> tuple[Any, tuple]:
         return random_uniform, (args["minval"], args["maxval"])
     if name == "orthogonal":
         return orthogonal, (args["gain"],)
-    return None, ()
+    raise ValueError(f"unknown initializer '{name}'")
 
 
-def initialize(name: str, args: dict[str, float], shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Values of the initializer `name` for `shape`, float32."""
-    if name in ("zeros", "ones"):
-        return np.full(shape, 1.0 if name == "ones" else 0.0, np.float32)
+def initialize(name: str, args: dict[str, float], shape: tuple[int, ...], rng: np.random.Generator,
+               fans: tuple[int, int] | None = None, forget_units: int | None = None) -> np.ndarray:
+    """Values of the initializer `name` for `shape`, float32; `fans` and `forget_units` as
+    modelspec.layers.WeightDecl's."""
     fn, extra = recipe(name, args)
-    if fn is None:
-        raise ValueError(f"unknown initializer '{name}'")
+    if fans is not None and fn is variance_scaling:
+        extra = (*extra, fans)
+    if forget_units is not None:
+        return unit_forget_bias(rng, forget_units, fn, *extra)
     return fn(rng, tuple(shape), *extra)
 
 
 def draw(init: "ir.Initializer", shape: tuple[int, ...], model_seed: int | None = None,
-         index: int = 0) -> np.ndarray:
+         index: int = 0, fans: tuple[int, int] | None = None, forget_units: int | None = None) -> np.ndarray:
     """One weight's values. An unseeded initializer with model_seed None draws fresh entropy."""
     if init.seed is None and model_seed is None:
         model_seed = np.random.SeedSequence().entropy
-    return initialize(init.name, init.args(), shape, generator(init.seed, model_seed, index))
+    return initialize(init.name, init.args(), shape, generator(init.seed, model_seed, index), fans, forget_units)
 
 
 def initial_weights(spec: "ir.Spec", report: "Report", seed: int | None) -> list[np.ndarray]:
@@ -145,5 +165,5 @@ def initial_weights(spec: "ir.Spec", report: "Report", seed: int | None) -> list
     out = []
     for layer in report.layers:
         for w in layer.weights:
-            out.append(draw(w.initializer, w.shape, seed, len(out)))
+            out.append(draw(w.initializer, w.shape, seed, len(out), w.fans, w.forget_units))
     return out

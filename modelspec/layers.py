@@ -14,7 +14,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import Field
 
@@ -25,6 +25,7 @@ from .nodes import (
 from .shapes import Shape, ShapeError, fmt_shape, need_image, need_sequence, window, window1d
 
 ONES = Initializer.model_construct(name="ones")
+ORTHOGONAL = Initializer.model_construct(name="orthogonal")
 UNIFORM = Initializer.model_construct(name="random_uniform")  # Keras's 'uniform': U(-0.05, 0.05)
 
 
@@ -52,6 +53,7 @@ class Arg:
     once: bool = False  # a second value is an error, not an override
     printed: str = "option"  # positional (always), positional? (unless default), option, word, keyword
     word_value: Any = False  # what a flag's bare word sets it to: `nobias` False, `mask_zero` True
+    choices: tuple[str, ...] = ()  # a choice's values when they are not also bare words
     print_key: str | None = None  # the key printed, when not keys[0]
 
 
@@ -63,6 +65,12 @@ class WeightDecl(NamedTuple):
     initializer: Initializer
     trainable: bool = True
     dtype: str = "float32"  # Keras's variable's: all float32 but Normalization's count
+    # (fan_in, fan_out) where Keras does not take them from the shape: EinsumDense passes its
+    # einsum's input and output axes to the initializer (keras/src/layers/core/einsum_dense.py)
+    fans: tuple[int, int] | None = None
+    # LSTM's unit_forget_bias: the initializer draws [i | c, o] and the forget block is ones
+    # (keras/src/layers/rnn/lstm.py, LSTMCell.build); the number of units
+    forget_units: int | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,10 +106,15 @@ class LayerBase(Node):
     # the layer reads integer ids (embedding): the only kind that may read an `input ... int`
     reads_ids: ClassVar[bool] = False
     # what it does with the mask of `embedding ... mask_zero` (Keras's supports_masking and
-    # compute_mask): "keep" passes it on, "consume" reads it (its output has none), "drop" loses
-    # it (Keras warns), "refuse" is a kind whose masked numbers no backend implements yet;
-    # "make" is embedding's with mask_zero
+    # compute_mask): "keep" passes it on, "consume" reads it (its output has none), "use" reads
+    # it and passes it on, "drop" loses it (Keras warns), "refuse" is a kind whose masked numbers
+    # no backend implements yet; "make" is embedding's with mask_zero
     mask: ClassVar[str] = "drop"
+    # Keras's `call` takes `mask=`, so a functional model's summary lists the mask as one of its
+    # inputs (keras/src/layers/layer.py, __call__ fills it from the input's mask)
+    mask_argument: ClassVar[bool] = False
+    # how many times it reads its one input: self-attention's query and value (summary's "Connected to")
+    reads_input_times: ClassVar[int] = 1
     name: LayerName | None = None
 
     @classmethod
@@ -499,6 +512,7 @@ class GlobalAvgPool1D(_GlobalPool1D):
     keras_class: ClassVar[str] = "GlobalAveragePooling1D"
     kind: Literal["globalavgpool1d"] = "globalavgpool1d"
     mask: ClassVar[str] = "consume"
+    mask_argument: ClassVar[bool] = True
 
 
 class GlobalMaxPool1D(_GlobalPool1D):
@@ -553,6 +567,194 @@ class Reshape(LayerBase):
                              f"{known:,}", hint="the product of the dimensions must stay the same; -1 in one "
                              "dimension makes it fit")
         return (None, *self.target_shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Recurrent layers and attention: (batch, steps, features) in
+
+
+RecurrentInitOpt = Annotated[Initializer, Arg(
+    "initializer", "recurrent_initializer", keys=("recurrent_initializer", "recurrent_init"),
+    print_key="recurrent_init")]
+RecurrentActivationOpt = Annotated[ActivationName, Arg(
+    "activation", "recurrent_activation", keys=("recurrent_activation",))]
+
+
+class _Recurrent(LayerBase):
+    """Keras's RNN layers over a cell (keras/src/layers/rnn/rnn.py): the cell runs over the steps
+    from a zero state; the output is the last step's, or every step's with return_sequences
+    (in the order processed: go_backwards leaves it reversed). With embedding's mask a masked
+    step keeps the state and repeats the previous output."""
+
+    gates: ClassVar[int] = 1  # blocks of `units` columns in the kernels
+    mask_argument: ClassVar[bool] = True
+    units: Annotated[PositiveInt, Arg("int", "the number of units", keys=("units",), positional=True,
+                                      needs="a number of units", example="lstm 32", printed="positional")]
+    return_sequences: Annotated[bool, Arg("flag", "return_sequences", keys=("return_sequences",),
+                                          words=("return_sequences",), word_value=True, printed="word")] = False
+    go_backwards: Annotated[bool, Arg("flag", "go_backwards", keys=("go_backwards",), words=("go_backwards",),
+                                      word_value=True, printed="word")] = False
+    activation: ActivationOpt = "tanh"
+    kernel_initializer: KernelInitOpt = GLOROT_UNIFORM
+    recurrent_initializer: RecurrentInitOpt = ORTHOGONAL
+    use_bias: UseBiasOpt = True
+    kernel_regularizer: RegularizerOpt = None
+    bias_initializer: BiasInitOpt = ZEROS
+
+    @classmethod
+    def keywords(cls) -> tuple[str, ...]:
+        return (cls.model_fields["kind"].default,)
+
+    @property
+    def mask(self) -> str:  # type: ignore[override]
+        return "use" if self.return_sequences else "consume"
+
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        need_sequence(self.kind, shape)
+        return (None, shape[1], self.units) if self.return_sequences else (None, self.units)
+
+    def bias_shape(self) -> tuple[int, ...]:
+        return (self.gates * self.units,)
+
+    def bias(self) -> WeightDecl:
+        return WeightDecl("bias", self.bias_shape(), self.bias_initializer)
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        cell = f"{snake_case(self.keras_class)}_cell"
+        width = self.gates * self.units
+        out = [WeightDecl(f"{cell}/kernel", (shape[2], width), self.kernel_initializer),
+               WeightDecl(f"{cell}/recurrent_kernel", (self.units, width), self.recurrent_initializer)]
+        if self.use_bias:
+            out.append(self.bias()._replace(name=f"{cell}/bias"))
+        return out
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * shape[1] * (shape[2] + self.units) * self.gates * self.units
+
+
+class LSTM(_Recurrent):
+    """Keras's LSTM: gate blocks i, f, c, o in the kernels' columns (keras/src/layers/rnn/lstm.py)."""
+
+    keras_class: ClassVar[str] = "LSTM"
+    gates: ClassVar[int] = 4
+    kind: Literal["lstm"] = "lstm"
+    recurrent_activation: RecurrentActivationOpt = "sigmoid"
+    unit_forget_bias: Annotated[bool, Arg("flag", "unit_forget_bias", keys=("unit_forget_bias",))] = True
+
+    def bias(self) -> WeightDecl:
+        return WeightDecl("bias", self.bias_shape(), self.bias_initializer,
+                          forget_units=self.units if self.unit_forget_bias else None)
+
+
+class GRU(_Recurrent):
+    """Keras's GRU: gate blocks z, r, h (update, reset, candidate) (keras/src/layers/rnn/gru.py);
+    with reset_after (the default) the input and recurrent parts keep a bias each, (2, 3·units)."""
+
+    keras_class: ClassVar[str] = "GRU"
+    gates: ClassVar[int] = 3
+    kind: Literal["gru"] = "gru"
+    recurrent_activation: RecurrentActivationOpt = "sigmoid"
+    reset_after: Annotated[bool, Arg("flag", "reset_after", keys=("reset_after",))] = True
+
+    def bias_shape(self) -> tuple[int, ...]:
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+
+class SimpleRNN(_Recurrent):
+    """Keras's SimpleRNN: h' = activation(x·kernel + bias + h·recurrent_kernel)."""
+
+    keras_class: ClassVar[str] = "SimpleRNN"
+    kind: Literal["simple_rnn"] = "simple_rnn"
+
+
+RECURRENT_TYPES = (LSTM, GRU, SimpleRNN)
+RecurrentLayer = Annotated[Union[RECURRENT_TYPES], Field(discriminator="kind")]
+
+
+class Bidirectional(LayerBase):
+    """Keras's Bidirectional (keras/src/layers/rnn/bidirectional.py): `layer` as written runs
+    forward, a copy with go_backwards flipped runs backward; with return_sequences the
+    backward outputs are flipped back into time order, and masked steps output 0 in both
+    (zero_output_for_mask). The weights are the forward layer's, then the backward one's."""
+
+    keras_class: ClassVar[str] = "Bidirectional"
+    mask_argument: ClassVar[bool] = True
+    kind: Literal["bidirectional"] = "bidirectional"
+    layer: Annotated[RecurrentLayer, Arg("layer", "the recurrent layer", positional=True,
+                                         needs="a recurrent layer: lstm, gru or simple_rnn",
+                                         example="bidirectional lstm 32", printed="positional")]
+    merge_mode: Annotated[Literal["concat", "sum", "mul", "ave"], Arg(
+        "choice", "merge mode", keys=("merge", "merge_mode"), choices=("concat", "sum", "mul", "ave"))] = "concat"
+
+    @property
+    def mask(self) -> str:  # type: ignore[override]
+        return self.layer.mask
+
+    def output_shape(self, shape: Shape) -> Shape:
+        out = self.layer.output_shape(shape)
+        return (*out[:-1], 2 * out[-1]) if self.merge_mode == "concat" else out
+
+    def weights(self, shape: Shape, inner: str | None = None) -> list[WeightDecl]:
+        """`inner`: the wrapped layer's name (Keras names it as if it stood alone)."""
+        inner = inner or snake_case(self.layer.keras_class)
+        return [w._replace(name=f"{direction}_{inner}/{w.name}")
+                for direction in ("forward", "backward") for w in self.layer.weights(shape)]
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * self.layer.flops(shape, out)
+
+
+class Attention(LayerBase):
+    """Keras's MultiHeadAttention as self-attention, `mha(x, x)` (keras/src/layers/attention/
+    multi_head_attention.py): query, key and value projections of the input (D, heads, dim),
+    softmax(q·kᵀ/√key_dim) over the key steps, the output projection back to D. With
+    embedding's mask, a step attends only to unmasked steps (a masked query row attends
+    uniformly to every step) and the output keeps the mask."""
+
+    keras_class: ClassVar[str] = "MultiHeadAttention"
+    mask: ClassVar[str] = "use"
+    reads_input_times: ClassVar[int] = 2
+    kind: Literal["attention"] = "attention"
+    num_heads: Annotated[PositiveInt, Arg("int", "the number of heads", keys=("heads", "num_heads"),
+                                          needs="heads=H, the number of heads", example="attention heads=4 key_dim=16")]
+    key_dim: Annotated[PositiveInt, Arg("int", "key_dim", keys=("key_dim",), needs="key_dim=D, each head's query and key size",
+                                        example="attention heads=4 key_dim=16")]
+    value_dim: Annotated[PositiveInt | None, Arg("int", "value_dim", keys=("value_dim",))] = None
+    dropout: Annotated[float, Field(ge=0.0, le=1.0),
+                       Arg("float", "the dropout rate", keys=("dropout",), low=0.0, high=1.0)] = 0.0
+    use_bias: UseBiasOpt = True
+    kernel_initializer: KernelInitOpt = GLOROT_UNIFORM
+    bias_initializer: BiasInitOpt = ZEROS
+    seed: Annotated[Seed | None, Arg("seed", "seed", keys=("seed",))] = None
+
+    def check(self) -> None:
+        _check_bias(self.bias_initializer)
+
+    @property
+    def resolved_value_dim(self) -> int:
+        return self.value_dim or self.key_dim
+
+    def output_shape(self, shape: Shape) -> Shape:
+        need_sequence(self.kind, shape)
+        return shape
+
+    def weights(self, shape: Shape) -> list[WeightDecl]:
+        d, h, k, v = shape[-1], self.num_heads, self.key_dim, self.resolved_value_dim
+        out = []
+        for name, kernel, bias, fans in (("query", (d, h, k), (h, k), (d, h * k)), ("key", (d, h, k), (h, k), (d, h * k)),
+                                         ("value", (d, h, v), (h, v), (d, h * v)),
+                                         ("attention_output", (h, v, d), (d,), (h * v, d))):
+            out.append(WeightDecl(f"{name}/kernel", kernel, self.kernel_initializer, fans=fans))
+            if self.use_bias:
+                out.append(WeightDecl(f"{name}/bias", bias, self.bias_initializer))
+        return out
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        t, d, h, k, v = shape[1], shape[2], self.num_heads, self.key_dim, self.resolved_value_dim
+        return 2 * t * (d * h * (2 * k + v) + t * h * (k + v) + h * v * d)
 
 
 # ---------------------------------------------------------------------------------------
@@ -681,7 +883,7 @@ MERGE_TYPES = (Add, Subtract, Multiply, Average, Maximum, Minimum, Concat)
 LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
                GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize,
                Embedding, Conv1D, MaxPool1D, AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, LayerNorm, Reshape,
-               *MERGE_TYPES)
+               *RECURRENT_TYPES, Bidirectional, Attention, *MERGE_TYPES)
 LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
 # statement keyword -> class (every activation name is a keyword of Activation)
 LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}

@@ -514,7 +514,9 @@ class Builder:
             self.ok = False  # the error is reported
         else:
             self.connections.append(sources)
-            if any(s != index - 1 for s in sources) or len(sources) != 1:
+            # self-attention reads its input twice, `mha(x, x)`, which Keras's Sequential cannot call
+            if any(s != index - 1 for s in sources) or len(sources) != 1 or \
+                    LAYER_KEYWORDS_TO_CLASS[r.kw].reads_input_times > 1:
                 self.chain = False
         if name_opt is not None:
             name = r.name(name_opt.value, "a layer name")

@@ -60,6 +60,8 @@ def _option(arg: Arg, value: Any) -> str:
     """A layer option's value as the parser reads it back."""
     if arg.read == "initializer":
         return _init(value)
+    if arg.read == "layer":
+        return layer_text(value)
     if arg.read == "pair":
         return _shape(value) if arg.printed == "positional" else _stride(value)
     if arg.read == "target_shape":
@@ -96,8 +98,10 @@ def layer_text(layer: ir.LayerBase) -> str:
             parts.append(_option(arg, value))
         elif default:
             continue
-        elif arg.read == "flag":
+        elif arg.read == "flag" and arg.words:
             parts.append(arg.words[0])  # nobias
+        elif arg.read == "flag":
+            parts.append(f"{arg.keys[0]}={str(value).lower()}")
         elif arg.printed == "word":
             parts.append(_option(arg, value))
         else:

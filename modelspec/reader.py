@@ -8,13 +8,14 @@ kind has reading code of its own.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Any, Iterable
 
 from . import ir
 from .diagnostics import Span, did_you_mean, one_of
-from .layers import LAYER_CLASSES, Arg, layer_args, snake_case
+from .layers import LAYER_CLASSES, RECURRENT_TYPES, Arg, layer_args, snake_case
 from .nodes import ACTIVATION_ALIASES, INITIALIZER_ALIASES
 from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
 from .syntax import Call, Option, Statement, Value
@@ -414,6 +415,9 @@ def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
     fields: dict[str, Any] = {"kind": kind}
     ok = True
     for field, arg in positional:  # in order; an option spelling wins
+        if arg.read == "layer":
+            ok &= _set(r, fields, field, arg, _wrapped_layer(r, arg, others), r.st)
+            continue
         if arg.read == "keyword":
             fields[field] = r.kw
             continue
@@ -444,9 +448,39 @@ def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
             if arg.read == "flag" and value is not None and field in fields:
                 value = fields[field]  # nobias and use_bias=true: no bias; the word wins
             ok &= _set(r, fields, field, arg, value, opt)
+        elif arg.needs and field not in fields:  # a required option: `attention heads=4 key_dim=16`
+            r.error(f"{r.kw} needs {arg.needs}; received nothing", r.st.span, hint=f"for example: {arg.example}")
+            ok = False
     if r.options or r.words or r.calls:
         r.unknown_leftovers(words, options, words_described=described)
     return fields if ok else None
+
+
+def _wrapped_layer(r: Reader, arg: Arg, own: tuple) -> Any:
+    """The layer a wrapper statement (`bidirectional gru 6 merge=sum`) wraps: its first bare
+    word is the wrapped layer's keyword, and everything after that is not the wrapper's own
+    option (`own`) is the wrapped layer's. None when it cannot be read (reported)."""
+    wrappable = {cls.model_fields["kind"].default for cls in RECURRENT_TYPES}
+    word = r.words[0] if r.words else None
+    if word is None or word.value not in wrappable:
+        got = word.describe() if word is not None else _describe(r.positionals[0] if r.positionals else None)
+        r.fail(f"{r.kw} needs {arg.needs}; received {got}", word.span if word is not None else r.st.span,
+               hint=f"for example: {arg.example}")
+    inner = copy.copy(r)
+    inner.kw, inner.words = word.value, r.words[1:]
+    own_keys = {k for _, a in own for k in a.keys}
+    inner.options = {k: o for k, o in r.options.items() if k not in own_keys}
+    r.options = {k: o for k, o in r.options.items() if k in own_keys}
+    r.words, r.positionals, r.calls = [], [], []
+    fields = read_layer(inner, word.value)
+    if fields is None:
+        return None
+    cls = LAYER_CLASSES[fields.pop("kind")]
+    try:
+        return cls.construct_checked(span=r.st.span, **fields)
+    except ValueError as e:
+        r.error(f"invalid {inner.kw}: {_pydantic_message(e)}", r.st.span)
+        return None
 
 
 def read_value(r: Reader, arg: Arg, v: Any) -> Any:
@@ -466,12 +500,12 @@ def read_value(r: Reader, arg: Arg, v: Any) -> Any:
     if arg.read == "target_shape":
         return r.shape(v, free=True)
     if arg.read == "choice":
-        return r.choice(v, arg.what, arg.words)
+        return r.choice(v, arg.what, arg.choices or arg.words)
     if arg.read == "activation":
         return r.choice(v, "activation", ir.ACTIVATIONS, ACTIVATION_ALIASES)
     if arg.read == "initializer":
         init = r.initializer(v, arg.what)
-        if init is not None and not arg.words and init.name == "orthogonal":  # a bias
+        if init is not None and "bias" in arg.what and init.name == "orthogonal":
             r.error("orthogonal needs a weight of rank 2 or more; a bias is a vector", v.span,
                     hint="use zeros (the default), ones or a random initializer for biases")
             return None
