@@ -676,8 +676,8 @@ RecurrentLayer = Annotated[Union[RECURRENT_TYPES], Field(discriminator="kind")]
 
 class Bidirectional(LayerBase):
     """Keras's Bidirectional (keras/src/layers/rnn/bidirectional.py): `layer` as written runs
-    forward, a copy with go_backwards flipped runs backward; with return_sequences the
-    backward outputs are flipped back into time order, and masked steps output 0 in both
+    forward, a copy with go_backwards runs backward; with return_sequences the backward
+    outputs are flipped back into time order, and masked steps output 0 in both
     (zero_output_for_mask). The weights are the forward layer's, then the backward one's."""
 
     keras_class: ClassVar[str] = "Bidirectional"
@@ -692,6 +692,13 @@ class Bidirectional(LayerBase):
     @property
     def mask(self) -> str:  # type: ignore[override]
         return self.layer.mask
+
+    def check(self) -> None:
+        # Keras makes the backward copy with go_backwards=True and then refuses two directions
+        # that go the same way (bidirectional.py, `_verify_layer_config`)
+        if self.layer.go_backwards:
+            raise ValueError("the wrapped layer runs forward (bidirectional adds the backward copy); received "
+                             f"{self.layer.kind} with go_backwards")
 
     def output_shape(self, shape: Shape) -> Shape:
         out = self.layer.output_shape(shape)
