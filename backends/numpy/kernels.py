@@ -56,7 +56,9 @@ def leaky_relu_grad(x, y, dy, negative_slope=0.2):
 
 def sigmoid(x):
     e = np.exp(-np.abs(x))  # never overflows
-    return np.where(x >= 0, 1, e) / (1 + e)
+    # 1 where x >= 0, else e (e <= 1): the maximum is np.where(x >= 0, 1, e), value for value,
+    # in a fraction of its time (the recurrent gates call this every step)
+    return np.maximum(e, (x >= 0).astype(e.dtype)) / (1 + e)
 
 
 def sigmoid_grad(x, y, dy):
@@ -747,7 +749,7 @@ class Recurrent(Layer):
             mask = (self.ids != 0).T
             self.mask = (mask[::-1] if self.go_backwards else mask)[:, :, None]
         self.h_in = np.empty((steps, n, units), x.dtype)  # the state h each step reads
-        self.start(self.x2 @ self.kernel, steps, n, units)
+        self.start(steps, n, units)
         states = [np.zeros((n, units), x.dtype) for _ in range(self.n_states)]
         out = np.empty((n, steps, units), x.dtype) if self.return_sequences else None
         for t in range(steps):
@@ -806,7 +808,8 @@ def bias_sum(dz):
 class SimpleRNN(Recurrent):
     """h' = activation(x·kernel + bias + h·recurrent_kernel) (keras/src/layers/rnn/simple_rnn.py)."""
 
-    def start(self, xk, steps, n, units):
+    def start(self, steps, n, units):
+        xk = self.x2 @ self.kernel
         if self.bias is not None:
             xk += self.bias
         self.xk = xk.reshape(steps, n, units)
@@ -835,50 +838,57 @@ class SimpleRNN(Recurrent):
 
 class LSTM(Recurrent):
     """Gate blocks i, f, c, o (keras/src/layers/rnn/lstm.py, implementation 2):
-    z = x·kernel + h·recurrent_kernel + bias; c' = f·c + i·activation(z_c); h' = o·activation(c')."""
+    z = x·kernel + h·recurrent_kernel + bias; c' = f·c + i·activation(z_c); h' = o·activation(c').
+    Inside, the columns are reordered i, f, o, c, so that the three recurrent_activation gates
+    are one block (one call a step); each column's numbers are the same."""
 
     n_states = 2
 
-    def start(self, xk, steps, n, units):
-        self.xk = xk.reshape(steps, n, 4 * units)
+    def start(self, steps, n, units):
+        u = units
+        self.order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # i, f, o, c
+        self.k, self.r = self.kernel[:, self.order], self.recurrent_kernel[:, self.order]
+        self.b = None if self.bias is None else self.bias[self.order]
+        self.xk = (self.x2 @ self.k).reshape(steps, n, 4 * u)
         self.z, self.gates, self.dz = np.empty_like(self.xk), np.empty_like(self.xk), np.empty_like(self.xk)
-        self.c_in, self.c, self.c_act = (np.empty((steps, n, units), xk.dtype) for _ in range(3))
+        self.c_in, self.c, self.c_act = (np.empty((steps, n, u), self.xk.dtype) for _ in range(3))
 
     def step(self, t, states):
         h, c = states
         u = h.shape[1]
         z, g = self.z[t], self.gates[t]
-        np.matmul(h, self.recurrent_kernel, out=z)
+        np.matmul(h, self.r, out=z)
         z += self.xk[t]  # (x·kernel + h·recurrent_kernel) + bias, Keras's order
-        if self.bias is not None:
-            z += self.bias
-        g[:, :2 * u] = self.rec_act(z[:, :2 * u])
-        g[:, 2 * u:3 * u] = self.act(z[:, 2 * u:3 * u])
-        g[:, 3 * u:] = self.rec_act(z[:, 3 * u:])
+        if self.b is not None:
+            z += self.b
+        g[:, :3 * u] = self.rec_act(z[:, :3 * u])
+        g[:, 3 * u:] = self.act(z[:, 3 * u:])
         self.c_in[t] = c
         c_new = self.c[t]
         np.multiply(g[:, u:2 * u], c, out=c_new)
-        c_new += g[:, :u] * g[:, 2 * u:3 * u]
+        c_new += g[:, :u] * g[:, 3 * u:]
         self.c_act[t] = self.act(c_new)
-        return [g[:, 3 * u:] * self.c_act[t], c_new]
+        return [g[:, 2 * u:3 * u] * self.c_act[t], c_new]
 
     def step_back(self, t, d):
         dh, dc = d
         u = dh.shape[1]
         z, g, dz = self.z[t], self.gates[t], self.dz[t]
-        dc = dc + self.act_grad(self.c[t], self.c_act[t], dh * g[:, 3 * u:])
-        dz[:, :u] = self.rec_act_grad(z[:, :u], g[:, :u], dc * g[:, 2 * u:3 * u])
-        dz[:, u:2 * u] = self.rec_act_grad(z[:, u:2 * u], g[:, u:2 * u], dc * self.c_in[t])
-        dz[:, 2 * u:3 * u] = self.act_grad(z[:, 2 * u:3 * u], g[:, 2 * u:3 * u], dc * g[:, :u])
-        dz[:, 3 * u:] = self.rec_act_grad(z[:, 3 * u:], g[:, 3 * u:], dh * self.c_act[t])
-        return [dz @ self.recurrent_kernel.T, dc * g[:, u:2 * u]]
+        dc = dc + self.act_grad(self.c[t], self.c_act[t], dh * g[:, 2 * u:3 * u])
+        np.multiply(dc, g[:, 3 * u:], out=dz[:, :u])
+        np.multiply(dc, self.c_in[t], out=dz[:, u:2 * u])
+        np.multiply(dh, self.c_act[t], out=dz[:, 2 * u:3 * u])
+        dz[:, :3 * u] = self.rec_act_grad(z[:, :3 * u], g[:, :3 * u], dz[:, :3 * u])
+        dz[:, 3 * u:] = self.act_grad(z[:, 3 * u:], g[:, 3 * u:], dc * g[:, :u])
+        return [dz @ self.r.T, dc * g[:, u:2 * u]]
 
     def finish(self):
-        np.matmul(self.h_in.reshape(-1, self.h_in.shape[-1]).T, self.dz.reshape(-1, self.dz.shape[-1]),
-                  out=self.grads[1])
+        dz = self.dz.reshape(-1, self.dz.shape[-1])
+        self.grads[1][:, self.order] = self.h_in.reshape(-1, self.h_in.shape[-1]).T @ dz
         if self.bias is not None:
-            self.grads[2][...] = bias_sum(self.dz)
-        return self.input_grads(self.dz)
+            self.grads[2][self.order] = bias_sum(self.dz)
+        self.grads[0][:, self.order] = self.x2.T @ dz
+        return dz @ self.k.T
 
 
 class GRU(Recurrent):
@@ -891,7 +901,8 @@ class GRU(Recurrent):
         super().__init__(kernel, recurrent_kernel, bias, **options)
         self.reset_after = reset_after
 
-    def start(self, xk, steps, n, units):
+    def start(self, steps, n, units):
+        xk = self.x2 @ self.kernel
         if self.bias is not None:
             xk += self.bias[0] if self.reset_after else self.bias
         self.xk = xk.reshape(steps, n, 3 * units)

@@ -154,14 +154,20 @@ class Lowering:
 
     def _recurrent(self, layer: ir.LSTM | ir.GRU | ir.SimpleRNN, w: list[Weight], mask_in: bool,
                    zero_output_for_mask: bool = False) -> Call:
-        options = {"activation": getattr(K, layer.activation), "activation_grad": getattr(K, f"{layer.activation}_grad")}
-        if isinstance(layer, (ir.LSTM, ir.GRU)):
+        """The kernels layer of a recurrent layer; options only where they differ from the
+        kernel's defaults (tanh, sigmoid, reset_after, no flags), so generated code stays short."""
+        options = {}
+        if layer.activation != "tanh":
+            options.update(activation=getattr(K, layer.activation),
+                           activation_grad=getattr(K, f"{layer.activation}_grad"))
+        if isinstance(layer, (ir.LSTM, ir.GRU)) and layer.recurrent_activation != "sigmoid":
             options.update(recurrent_activation=getattr(K, layer.recurrent_activation),
                            recurrent_activation_grad=getattr(K, f"{layer.recurrent_activation}_grad"))
-        if isinstance(layer, ir.GRU):
-            options["reset_after"] = layer.reset_after
-        options.update(return_sequences=layer.return_sequences, go_backwards=layer.go_backwards, masked=mask_in,
-                       zero_output_for_mask=zero_output_for_mask)
+        if isinstance(layer, ir.GRU) and not layer.reset_after:
+            options["reset_after"] = False
+        flags = {"return_sequences": layer.return_sequences, "go_backwards": layer.go_backwards,
+                 "masked": mask_in, "zero_output_for_mask": zero_output_for_mask}
+        options.update((name, True) for name, on in flags.items() if on)
         kernel = {"lstm": K.LSTM, "gru": K.GRU, "simple_rnn": K.SimpleRNN}[layer.kind]
         return Call(kernel, (w[0], w[1], w[2] if layer.use_bias else None), tuple(options.items()))
 
@@ -184,11 +190,11 @@ class Lowering:
         backward = inner.model_copy(update={"go_backwards": not inner.go_backwards})
         return [Call(K.Bidirectional, (self._recurrent(inner, w[:half], mask_in, zeroed),
                                        self._recurrent(backward, w[half:], mask_in, zeroed), layer.merge_mode),
-                     (("masked", mask_in),))]
+                     (("masked", True),) if mask_in else ())]
 
     def attention(self, layer: ir.Attention, w: list[Weight], index: int, mask_in: bool = False) -> list[Call]:
         weights = list(w) if layer.use_bias else [p for kernel in w for p in (kernel, None)]
-        options = [("masked", mask_in)]
+        options = [("masked", True)] if mask_in else []
         if layer.dropout > 0:
             options[:0] = [("dropout", layer.dropout), ("rng", Call(K.dropout_rng, (layer.seed, MODEL_SEED, index)))]
         return [Call(K.Attention, tuple(weights), tuple(options))]
