@@ -42,6 +42,7 @@ IDS = np.array([[3, 1, 4, 1, 0, 0],
                 [0, 0, 5, 9, 2, 6],
                 [5, 0, 3, 0, 0, 8]], np.int32)
 N, T, D, U = 3, 6, 4, 3
+WITH_EMPTY = np.vstack([IDS, np.zeros((1, T), np.int32)])  # and a sample with every step masked
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 KINDS = ["lstm", "gru", "gru-reset_before", "simple_rnn"]
 
@@ -182,17 +183,18 @@ def test_masked_steps_keep_the_state_and_repeat_the_output():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_recurrent_forward_matches_keras(kind, masked):
+    """Right and left padding, holes, and a sample with no step left (its output is 0)."""
     keras, _ = keras_modules()
-    x = f32(N, T, D, seed=2)
+    x = f32(N + 1, T, D, seed=2)
     for return_sequences in (False, True):
         for go_backwards in (False, True):
             ours, weights = recurrent(kind, np.float32, return_sequences=return_sequences, go_backwards=go_backwards,
                                       masked=masked)
-            ours.ids = IDS
+            ours.ids = WITH_EMPTY
             theirs = keras_recurrent(keras, kind, return_sequences=return_sequences, go_backwards=go_backwards)
             theirs.build((None, T, D))
             theirs.set_weights(weights)
-            expected = theirs(x, mask=IDS != 0 if masked else None).numpy()
+            expected = theirs(x, mask=WITH_EMPTY != 0 if masked else None).numpy()
             got = ours.forward(x)
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
@@ -204,7 +206,7 @@ def test_recurrent_forward_matches_keras(kind, masked):
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_bidirectional_forward_matches_keras(merge, masked):
     keras, _ = keras_modules()
-    x = f32(N, T, D, seed=4)
+    x = f32(N + 1, T, D, seed=4)
     for kind in KINDS:
         for return_sequences in (False, True):
             options = {"return_sequences": return_sequences, "masked": masked,
@@ -212,12 +214,12 @@ def test_bidirectional_forward_matches_keras(merge, masked):
             forward, wf = recurrent(kind, np.float32, seed=0, **options)
             backward, wb = recurrent(kind, np.float32, seed=10, go_backwards=True, **options)
             ours = K.Bidirectional(forward, backward, merge, masked=masked)
-            ours.ids = IDS
+            ours.ids = WITH_EMPTY
             theirs = keras.layers.Bidirectional(keras_recurrent(keras, kind, return_sequences=return_sequences),
                                                 merge_mode=merge)
             theirs.build((None, T, D))
             theirs.set_weights(wf + wb)
-            expected = theirs(x, mask=IDS != 0 if masked else None).numpy()
+            expected = theirs(x, mask=WITH_EMPTY != 0 if masked else None).numpy()
             np.testing.assert_allclose(ours.forward(x), expected, rtol=1e-5, atol=1e-6,
                                        err_msg=str((kind, return_sequences)))
 
@@ -226,18 +228,22 @@ def test_bidirectional_forward_matches_keras(merge, masked):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("value_dim", [None, 2])
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
-def test_attention_forward_matches_keras(bias, value_dim, masked):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_attention_forward_matches_keras(bias, value_dim, masked, dropout):
     """On an embedding's output, so that Keras takes the query's and the value's masks from it
     (MultiHeadAttention.call reads the query's mask off the tensor); padded query rows
-    included: they attend evenly over every step, pads too."""
+    included. In inference: without dropout Keras takes ops.dot_product_attention (a padded
+    query attends evenly over every step, pads too), with dropout its einsum path (the query
+    scaled first, and the masked Softmax zeroes a padded query's probabilities)."""
     keras, _ = keras_modules()
     table = f32(10, D, seed=5)
     x = table[IDS]
-    ours, weights = attention(np.float32, heads=2, key_dim=3, value_dim=value_dim or 3, bias=bias, masked=masked)
+    ours, weights = attention(np.float32, heads=2, key_dim=3, value_dim=value_dim or 3, bias=bias, masked=masked,
+                              dropout=dropout)
     ours.ids = IDS
     ids = keras.Input((T,), dtype="int32")
     embedded = keras.layers.Embedding(10, D, mask_zero=masked)(ids)
-    mha = keras.layers.MultiHeadAttention(2, 3, value_dim=value_dim, use_bias=bias)
+    mha = keras.layers.MultiHeadAttention(2, 3, value_dim=value_dim, use_bias=bias, dropout=dropout)
     theirs = keras.Model(ids, mha(embedded, embedded))
     theirs.set_weights([table, *weights])
     np.testing.assert_allclose(ours.forward(x), theirs(IDS).numpy(), rtol=1e-5, atol=1e-6)

@@ -1031,9 +1031,11 @@ class Bidirectional(Layer):
 class Attention(Layer):
     """Keras's MultiHeadAttention as self-attention, mha(x, x), on its einsum path (keras/src/
     layers/attention/multi_head_attention.py, _compute_attention): q, k, v = x·W + b per head;
-    scores = (q/√key_dim)·kᵀ; with `masked`, a score whose query or key id is 0 is replaced by
+    scores = q·kᵀ/√key_dim; with `masked`, a score whose query or key id is 0 is replaced by
     -1e9 (keras/src/layers/activations/softmax.py), so a masked query attends evenly to every
-    step; p = softmax over the keys, dropped out while training (Keras's Dropout on the
+    step, except on Keras's einsum path (dropout > 0), whose masked softmax then zeroes the
+    masked probabilities (a masked query attends to nothing); p = softmax over the keys,
+    dropped out while training (Keras's Dropout on the
     probabilities, masks drawn as the Dropout layer's here); y = (p·v)·W_o + b_o. Kernels are
     (D, heads, dim), the output's (heads, value_dim, D). Computed as matmuls on (batch, heads,
     steps, dim) arrays."""
@@ -1063,15 +1065,24 @@ class Attention(Layer):
         self.x2 = x.reshape(-1, d)
         key_dim = self.kernels[0].shape[2]
         self.scale = key_dim ** -0.5  # a Python float: the scores keep x's dtype
-        self.q = self.project(self.x2, 0, n, steps) * self.scale  # the query scaled first, as Keras does
-        self.k, self.v = self.project(self.x2, 1, n, steps), self.project(self.x2, 2, n, steps)
-        scores = self.q @ self.k.transpose(0, 1, 3, 2)  # (n, heads, steps, steps)
+        self.q, self.k, self.v = (self.project(self.x2, i, n, steps) for i in range(3))
+        # Keras's einsum path (taken when dropout > 0) scales the query, its
+        # ops.dot_product_attention path the scores (keras/src/backend/tensorflow/nn.py)
+        if self.dropout > 0:
+            scores = (self.q * self.scale) @ self.k.transpose(0, 1, 3, 2)  # (n, heads, steps, steps)
+        else:
+            scores = (self.q @ self.k.transpose(0, 1, 3, 2)) * self.scale
         self.mask = None
         if self.masked:
             valid = self.ids != 0
             self.mask = (valid[:, :, None] & valid[:, None, :])[:, None]
             scores = np.where(self.mask, scores, -1e9)
         self.p = softmax(scores)
+        if self.mask is not None and self.dropout > 0:
+            # the einsum path's masked Softmax then zeroes the masked probabilities, so a masked
+            # query row attends to nothing (keras/src/layers/activations/softmax.py); the
+            # gradient needs nothing more: softmax_grad gives 0 wherever p is 0
+            self.p = np.where(self.mask, self.p, 0)
         self.keep = None
         if training and self.dropout > 0:
             keep = self.rng.random(self.p.shape, dtype=self.p.dtype) >= self.dropout
@@ -1100,7 +1111,8 @@ class Attention(Layer):
         ds = softmax_grad(None, self.p, dp)
         if self.mask is not None:
             ds = np.where(self.mask, ds, 0)  # a replaced score passes no gradient back
-        dq = (ds @ self.k) * self.scale
+        ds *= self.scale
+        dq = ds @ self.k
         dk = ds.transpose(0, 1, 3, 2) @ self.q
         dx = None
         for i, dz in enumerate((dq, dk, dv)):
