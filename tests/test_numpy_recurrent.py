@@ -459,15 +459,26 @@ def test_steps_of_fit_match_keras(name):
 # The emitted program
 
 
-@pytest.mark.parametrize("name", ["lstm", "bidirectional", "transformer"])
+ATTENTION_DROPOUT = """model drop
+input 8 int
+embedding 30 6 mask_zero
+attention heads=2 key_dim=3 dropout=0.3
+globalavgpool1d
+dense 2 softmax
+"""
+
+
+@pytest.mark.parametrize("name", ["lstm", "bidirectional", "transformer", "attention-dropout"])
 def test_emitted_program_computes_what_the_engine_computes(name):
-    spec, report, engine = engine_for(MODELS[name])
+    """Predictions, the loss and every gradient, bit for bit (the attention's dropout masks
+    drawn from the same stream)."""
+    spec, report, engine = engine_for(MODELS.get(name, ATTENTION_DROPOUT))
     source = emit(spec, report)
     namespace: dict = {}
     exec(compile(source, "<emitted>", "exec"), namespace)  # noqa: S102 - our own generated code
     weights = engine.get_weights()
     x = samples(spec, 10, np.random.default_rng(4))
-    net = namespace["network"]([w.copy() for w in weights])
+    net = namespace["network"]([w.copy() for w in weights], 3)  # the engine's seed: the same dropout masks
     np.testing.assert_array_equal(namespace["predict"](net.layers, x, batch_size=4),
                                   engine.predict(engine.prepare(x, None), 4))
     data = engine.prepare(x, np.random.default_rng(5).integers(0, 2, 10))
