@@ -721,7 +721,7 @@ class Recurrent(Layer):
     adds h·recurrent_kernel. Backpropagation through time runs the steps in reverse: at a
     masked step the `where` passes the state's gradient straight through and the cell gets
     none. A subclass has `start` (the projections and caches), `step` and `step_back` (one
-    cell step and its gradient) and `finish` (the weight and input gradients)."""
+    cell step and its gradient) and `finish` (the weight gradients, and the input's if needed)."""
 
     n_states = 1
 
@@ -784,18 +784,18 @@ class Recurrent(Layer):
             if dy_t is not None and self.zero_output_for_mask:
                 into[0] += np.where(m, dy_t, 0)
             d = [a + b for a, b in zip(self.step_back(t, into), through)]
-        dx = self.finish()
+        dx = self.finish(need_dx)
         if not need_dx:
             return None
         dx = dx.reshape(steps, n, -1)
         return (dx[::-1] if self.go_backwards else dx).transpose(1, 0, 2)
 
-    def input_grads(self, dz):
+    def input_grads(self, dz, need_dx):
         """The kernel's gradient from dz, the gradient of x·kernel at every step
         (steps, n, width), and dz·kernelᵀ, the input's gradient in time-major order."""
         dz2 = dz.reshape(-1, dz.shape[-1])
         np.matmul(self.x2.T, dz2, out=self.grads[0])
-        return dz2 @ self.kernel.T
+        return dz2 @ self.kernel.T if need_dx else None
 
 
 def bias_sum(dz):
@@ -828,12 +828,12 @@ class SimpleRNN(Recurrent):
         dz[...] = self.act_grad(self.pre[t], self.h[t], d[0])
         return [dz @ self.recurrent_kernel.T]
 
-    def finish(self):
+    def finish(self, need_dx):
         np.matmul(self.h_in.reshape(-1, self.h_in.shape[-1]).T, self.dz.reshape(-1, self.dz.shape[-1]),
                   out=self.grads[1])
         if self.bias is not None:
             self.grads[2][...] = bias_sum(self.dz)
-        return self.input_grads(self.dz)
+        return self.input_grads(self.dz, need_dx)
 
 
 class LSTM(Recurrent):
@@ -882,13 +882,13 @@ class LSTM(Recurrent):
         dz[:, 3 * u:] = self.act_grad(z[:, 3 * u:], g[:, 3 * u:], dc * g[:, :u])
         return [dz @ self.r.T, dc * g[:, u:2 * u]]
 
-    def finish(self):
+    def finish(self, need_dx):
         dz = self.dz.reshape(-1, self.dz.shape[-1])
         self.grads[1][:, self.order] = self.h_in.reshape(-1, self.h_in.shape[-1]).T @ dz
         if self.bias is not None:
             self.grads[2][self.order] = bias_sum(self.dz)
         self.grads[0][:, self.order] = self.x2.T @ dz
-        return dz @ self.k.T
+        return dz @ self.k.T if need_dx else None
 
 
 class GRU(Recurrent):
@@ -964,7 +964,7 @@ class GRU(Recurrent):
             dh_prev += dmx[:, :2 * u] @ self.r_zr.T
         return [dh_prev]
 
-    def finish(self):
+    def finish(self, need_dx):
         u = self.h_in.shape[-1]
         h_in = self.h_in.reshape(-1, u)
         if self.reset_after:
@@ -978,7 +978,7 @@ class GRU(Recurrent):
             self.grads[1][:, 2 * u:] = self.rh.reshape(-1, u).T @ dmx[:, 2 * u:]
             if self.bias is not None:
                 self.grads[2][...] = bias_sum(self.dmx)
-        return self.input_grads(self.dmx)
+        return self.input_grads(self.dmx, need_dx)
 
 
 class Bidirectional(Layer):
