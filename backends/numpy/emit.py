@@ -114,7 +114,7 @@ ADAPT_FUNCTION = '''def adapt_normalization(net, x):
     for k, layer in enumerate(net.layers):
         reads = sources[k]
         z = [values[s] for s in reads] if getattr(layer, "merges", False) else values[reads[0]]
-        if getattr(layer, "masked", False):  # a masked average reads the ids (mask: ids != 0)
+        if getattr(layer, "masked", False):  # a layer that reads the mask reads the ids (mask: ids != 0)
             layer.ids = values[-1]
         if isinstance(layer, Normalize):
             axes = tuple(range(z.ndim - 1))
@@ -135,7 +135,7 @@ CHAIN_PREDICT = '''def predict(layers, x, batch_size=32):
     for i in range(0, len(x), batch_size):
         h = x[i:i + batch_size]
         for layer in layers:
-            if getattr(layer, "masked", False):  # a masked average reads the ids (mask: ids != 0)
+            if getattr(layer, "masked", False):  # a layer that reads the mask reads the ids (mask: ids != 0)
                 layer.ids = x[i:i + batch_size]
             h = layer.forward(h)
         outputs.append(h)
@@ -233,13 +233,20 @@ def _initial_weights(report: Report) -> tuple[str, list[Any]]:
     for layer in report.layers:
         for w in layer.weights:
             init = w.initializer
-            if init.name in ("zeros", "ones"):
+            if init.name in ("zeros", "ones") and w.forget_units is None:
                 call = f"np.{init.name}({w.shape!r}, np.float32)"
             else:
                 fn, extra = initializers.recipe(init.name, init.args())
+                if w.fans is not None and fn is initializers.variance_scaling:
+                    extra = (*extra, w.fans)  # the layer's own fans (attention's projections)
                 roots.append(fn)
                 rng = f"generator({init.seed!r}, seed, {len(lines)})"
-                call = f"{fn.__name__}({', '.join([rng, repr(w.shape), *map(repr, extra)])})"
+                if w.forget_units is None:
+                    call = f"{fn.__name__}({', '.join([rng, repr(w.shape), *map(repr, extra)])})"
+                else:  # LSTM's unit_forget_bias: ones in the forget gate's block
+                    roots.append(initializers.unit_forget_bias)
+                    args = [rng, repr(w.forget_units), fn.__name__, *map(repr, extra)]
+                    call = f"unit_forget_bias({', '.join(args)})"
             lines.append(f"        {call},  # {w.path!r}")
     body = "\n".join(lines)
     source = f'''def initial_weights(seed=SEED):
@@ -280,8 +287,11 @@ def _value_names(lowered: Lowered) -> list[str]:
 
 
 def _reads_ids(call: Call) -> bool:
-    """Whether the kernel layer a call makes reads the model's ids (a masked global average)."""
-    return call.fn is K.GlobalAvgPool1D and bool(call.args) and bool(call.args[0])
+    """Whether the kernel layer a call makes reads the model's ids for embedding's mask: a masked
+    global average, or a recurrent or attention layer made with masked=True."""
+    if call.fn is K.GlobalAvgPool1D:
+        return bool(call.args) and bool(call.args[0])
+    return bool(dict(call.kwargs).get("masked"))
 
 
 def _graph(lowered: Lowered) -> str:

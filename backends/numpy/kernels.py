@@ -56,7 +56,9 @@ def leaky_relu_grad(x, y, dy, negative_slope=0.2):
 
 def sigmoid(x):
     e = np.exp(-np.abs(x))  # never overflows
-    return np.where(x >= 0, 1, e) / (1 + e)
+    # 1 where x >= 0, else e (e <= 1): the maximum is np.where(x >= 0, 1, e), value for value,
+    # in a fraction of its time (the recurrent gates call this every step)
+    return np.maximum(e, (x >= 0).astype(e.dtype)) / (1 + e)
 
 
 def sigmoid_grad(x, y, dy):
@@ -705,6 +707,427 @@ class Reshape(Layer):
 
 
 # ---------------------------------------------------------------------------------------
+# Recurrent layers and attention. Inside the recurrent loop the arrays are time-major,
+# (steps, batch, width), so each step's slice is contiguous.
+
+
+class Recurrent(Layer):
+    """The loop shared by LSTM, GRU and SimpleRNN: keras/src/layers/rnn/rnn.py over the
+    TensorFlow backend's loop (keras/src/backend/tensorflow/rnn.py). From a zero state the
+    cell runs over the steps, in reverse with go_backwards (the outputs then stay in the
+    order processed). With `masked`, a step whose id is 0 keeps the state and repeats the
+    previous output, or outputs 0 with zero_output_for_mask (Bidirectional's
+    return_sequences). The input projection x·kernel is one matmul over every step; a step
+    adds h·recurrent_kernel. Backpropagation through time runs the steps in reverse: at a
+    masked step the `where` passes the state's gradient straight through and the cell gets
+    none. A subclass has `start` (the projections and caches), `step` and `step_back` (one
+    cell step and its gradient) and `finish` (the weight gradients, and the input's if needed)."""
+
+    n_states = 1
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, activation=tanh, activation_grad=tanh_grad,
+                 recurrent_activation=sigmoid, recurrent_activation_grad=sigmoid_grad,
+                 return_sequences=False, go_backwards=False, masked=False, zero_output_for_mask=False):
+        self.kernel, self.recurrent_kernel, self.bias = kernel, recurrent_kernel, bias
+        self.act, self.act_grad = activation, activation_grad
+        self.rec_act, self.rec_act_grad = recurrent_activation, recurrent_activation_grad
+        self.return_sequences, self.go_backwards = return_sequences, go_backwards
+        self.masked, self.zero_output_for_mask = masked, zero_output_for_mask
+        self.ids = None
+        self.params = [kernel, recurrent_kernel] if bias is None else [kernel, recurrent_kernel, bias]
+        self.grads = [np.zeros(p.shape, p.dtype) for p in self.params]
+
+    def forward(self, x, training=False):
+        n, steps, width = x.shape
+        units = self.recurrent_kernel.shape[0]
+        xt = x.transpose(1, 0, 2)
+        if self.go_backwards:
+            xt = xt[::-1]
+        self.x2 = xt.reshape(-1, width)  # time-major, in the order processed: one copy
+        self.mask = None
+        if self.masked:
+            mask = (self.ids != 0).T
+            self.mask = (mask[::-1] if self.go_backwards else mask)[:, :, None]
+        self.h_in = np.empty((steps, n, units), x.dtype)  # the state h each step reads
+        self.start(steps, n, units)
+        states = [np.zeros((n, units), x.dtype) for _ in range(self.n_states)]
+        out = np.empty((n, steps, units), x.dtype) if self.return_sequences else None
+        for t in range(steps):
+            self.h_in[t] = states[0]
+            new = self.step(t, states)
+            y = None
+            if self.mask is not None:
+                m = self.mask[t]
+                if self.zero_output_for_mask:
+                    y = np.where(m, new[0], 0)
+                new = [np.where(m, a, b) for a, b in zip(new, states)]
+            states = new
+            if out is not None:
+                out[:, t] = new[0] if y is None else y  # unless zeroed, the output is the state h
+        return out if out is not None else states[0]
+
+    def backward(self, dy, need_dx=True):
+        steps, n, units = self.h_in.shape
+        d = [np.zeros((n, units), dy.dtype) for _ in range(self.n_states)]
+        for t in range(steps - 1, -1, -1):
+            dy_t = dy[:, t] if self.return_sequences else dy if t == steps - 1 else None
+            if self.mask is None:
+                if dy_t is not None:
+                    d[0] = d[0] + dy_t
+                d = self.step_back(t, d)
+                continue
+            m = self.mask[t]
+            if dy_t is not None and not self.zero_output_for_mask:
+                d[0] = d[0] + dy_t  # the output is the state after the where
+            through = [np.where(m, 0, g) for g in d]
+            into = [np.where(m, g, 0) for g in d]
+            if dy_t is not None and self.zero_output_for_mask:
+                into[0] += np.where(m, dy_t, 0)
+            d = [a + b for a, b in zip(self.step_back(t, into), through)]
+        dx = self.finish(need_dx)
+        if not need_dx:
+            return None
+        dx = dx.reshape(steps, n, -1)
+        return (dx[::-1] if self.go_backwards else dx).transpose(1, 0, 2)
+
+    def input_grads(self, dz, need_dx):
+        """The kernel's gradient from dz, the gradient of x·kernel at every step
+        (steps, n, width), and dz·kernelᵀ, the input's gradient in time-major order."""
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        np.matmul(self.x2.T, dz2, out=self.grads[0])
+        return dz2 @ self.kernel.T if need_dx else None
+
+
+def bias_sum(dz):
+    """Σ over steps and samples of dz (steps, n, width): a product with ones, which BLAS sums far
+    faster than np.sum."""
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    return np.ones(len(dz2), dz.dtype) @ dz2
+
+
+class SimpleRNN(Recurrent):
+    """h' = activation(x·kernel + bias + h·recurrent_kernel) (keras/src/layers/rnn/simple_rnn.py)."""
+
+    def start(self, steps, n, units):
+        xk = self.x2 @ self.kernel
+        if self.bias is not None:
+            xk += self.bias
+        self.xk = xk.reshape(steps, n, units)
+        self.pre, self.h = np.empty_like(self.xk), np.empty_like(self.xk)
+        self.dz = np.empty_like(self.xk)
+
+    def step(self, t, states):
+        pre = self.pre[t]
+        np.matmul(states[0], self.recurrent_kernel, out=pre)
+        pre += self.xk[t]
+        self.h[t] = self.act(pre)
+        return [self.h[t]]
+
+    def step_back(self, t, d):
+        dz = self.dz[t]
+        dz[...] = self.act_grad(self.pre[t], self.h[t], d[0])
+        return [dz @ self.recurrent_kernel.T]
+
+    def finish(self, need_dx):
+        np.matmul(self.h_in.reshape(-1, self.h_in.shape[-1]).T, self.dz.reshape(-1, self.dz.shape[-1]),
+                  out=self.grads[1])
+        if self.bias is not None:
+            self.grads[2][...] = bias_sum(self.dz)
+        return self.input_grads(self.dz, need_dx)
+
+
+class LSTM(Recurrent):
+    """Gate blocks i, f, c, o (keras/src/layers/rnn/lstm.py, implementation 2):
+    z = x·kernel + h·recurrent_kernel + bias; c' = f·c + i·activation(z_c); h' = o·activation(c').
+    Inside, the columns are reordered i, f, o, c, so that the three recurrent_activation gates
+    are one block (one call a step); each column's numbers are the same."""
+
+    n_states = 2
+
+    def start(self, steps, n, units):
+        u = units
+        self.order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # i, f, o, c
+        self.k, self.r = self.kernel[:, self.order], self.recurrent_kernel[:, self.order]
+        self.b = None if self.bias is None else self.bias[self.order]
+        self.xk = (self.x2 @ self.k).reshape(steps, n, 4 * u)
+        self.z, self.gates, self.dz = np.empty_like(self.xk), np.empty_like(self.xk), np.empty_like(self.xk)
+        self.c_in, self.c, self.c_act = (np.empty((steps, n, u), self.xk.dtype) for _ in range(3))
+
+    def step(self, t, states):
+        h, c = states
+        u = h.shape[1]
+        z, g = self.z[t], self.gates[t]
+        np.matmul(h, self.r, out=z)
+        z += self.xk[t]  # (x·kernel + h·recurrent_kernel) + bias, Keras's order
+        if self.b is not None:
+            z += self.b
+        g[:, :3 * u] = self.rec_act(z[:, :3 * u])
+        g[:, 3 * u:] = self.act(z[:, 3 * u:])
+        self.c_in[t] = c
+        c_new = self.c[t]
+        np.multiply(g[:, u:2 * u], c, out=c_new)
+        c_new += g[:, :u] * g[:, 3 * u:]
+        self.c_act[t] = self.act(c_new)
+        return [g[:, 2 * u:3 * u] * self.c_act[t], c_new]
+
+    def step_back(self, t, d):
+        dh, dc = d
+        u = dh.shape[1]
+        z, g, dz = self.z[t], self.gates[t], self.dz[t]
+        dc = dc + self.act_grad(self.c[t], self.c_act[t], dh * g[:, 2 * u:3 * u])
+        np.multiply(dc, g[:, 3 * u:], out=dz[:, :u])
+        np.multiply(dc, self.c_in[t], out=dz[:, u:2 * u])
+        np.multiply(dh, self.c_act[t], out=dz[:, 2 * u:3 * u])
+        dz[:, :3 * u] = self.rec_act_grad(z[:, :3 * u], g[:, :3 * u], dz[:, :3 * u])
+        dz[:, 3 * u:] = self.act_grad(z[:, 3 * u:], g[:, 3 * u:], dc * g[:, :u])
+        return [dz @ self.r.T, dc * g[:, u:2 * u]]
+
+    def finish(self, need_dx):
+        dz = self.dz.reshape(-1, self.dz.shape[-1])
+        self.grads[1][:, self.order] = self.h_in.reshape(-1, self.h_in.shape[-1]).T @ dz
+        if self.bias is not None:
+            self.grads[2][self.order] = bias_sum(self.dz)
+        self.grads[0][:, self.order] = self.x2.T @ dz
+        return dz @ self.k.T if need_dx else None
+
+
+class GRU(Recurrent):
+    """Gate blocks z, r, h (keras/src/layers/rnn/gru.py, implementation 2): mx = x·kernel + b_in;
+    z, r = recurrent_activation(mx + h·R) on their blocks; the candidate
+    hh = activation(mx_h + r·(h·R_h + b_rec_h)) with reset_after (bias (2, 3·units): input row,
+    recurrent row), else activation(mx_h + (r·h)·R_h); h' = z·h + (1 - z)·hh."""
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, reset_after=True, **options):
+        super().__init__(kernel, recurrent_kernel, bias, **options)
+        self.reset_after = reset_after
+
+    def start(self, steps, n, units):
+        xk = self.x2 @ self.kernel
+        if self.bias is not None:
+            xk += self.bias[0] if self.reset_after else self.bias
+        self.xk = xk.reshape(steps, n, 3 * units)
+        self.dmx = np.empty_like(self.xk)  # the gradient of mx, every step
+        self.zr_pre, self.zr = np.empty((steps, n, 2 * units), xk.dtype), np.empty((steps, n, 2 * units), xk.dtype)
+        self.hh_pre, self.hh = np.empty((steps, n, units), xk.dtype), np.empty((steps, n, units), xk.dtype)
+        if self.reset_after:
+            self.rec = np.empty_like(self.xk)  # h·R + b_rec
+            self.drec = np.empty_like(self.xk)
+        else:
+            self.rh = np.empty((steps, n, units), xk.dtype)  # r·h, what R_h multiplies
+            r = self.recurrent_kernel
+            self.r_zr, self.r_h = np.ascontiguousarray(r[:, :2 * units]), np.ascontiguousarray(r[:, 2 * units:])
+
+    def step(self, t, states):
+        h = states[0]
+        u = h.shape[1]
+        mx, pre, zr, hp = self.xk[t], self.zr_pre[t], self.zr[t], self.hh_pre[t]
+        if self.reset_after:
+            rec = self.rec[t]
+            np.matmul(h, self.recurrent_kernel, out=rec)
+            if self.bias is not None:
+                rec += self.bias[1]
+            np.add(mx[:, :2 * u], rec[:, :2 * u], out=pre)
+            zr[...] = self.rec_act(pre)
+            np.multiply(zr[:, u:], rec[:, 2 * u:], out=hp)
+        else:
+            np.add(mx[:, :2 * u], h @ self.r_zr, out=pre)
+            zr[...] = self.rec_act(pre)
+            np.multiply(zr[:, u:], h, out=self.rh[t])
+            np.matmul(self.rh[t], self.r_h, out=hp)
+        np.add(mx[:, 2 * u:], hp, out=hp)
+        self.hh[t] = self.act(hp)
+        z = zr[:, :u]
+        return [z * h + (1 - z) * self.hh[t]]
+
+    def step_back(self, t, d):
+        dh = d[0]
+        u = dh.shape[1]
+        h, zr, hh, dmx = self.h_in[t], self.zr[t], self.hh[t], self.dmx[t]
+        z, r = zr[:, :u], zr[:, u:]
+        dgate = np.empty_like(zr)  # the gradients of z and r
+        np.multiply(dh, h - hh, out=dgate[:, :u])
+        dh_prev = dh * z
+        dhp = dmx[:, 2 * u:]
+        dhp[...] = self.act_grad(self.hh_pre[t], hh, dh * (1 - z))
+        if self.reset_after:
+            drec = self.drec[t]
+            rec_h = self.rec[t][:, 2 * u:]
+            np.multiply(dhp, rec_h, out=dgate[:, u:])
+            np.multiply(dhp, r, out=drec[:, 2 * u:])
+            dmx[:, :2 * u] = drec[:, :2 * u] = self.rec_act_grad(self.zr_pre[t], zr, dgate)
+            dh_prev += drec @ self.recurrent_kernel.T
+        else:
+            drh = dhp @ self.r_h.T
+            np.multiply(drh, h, out=dgate[:, u:])
+            dh_prev += drh * r
+            dmx[:, :2 * u] = self.rec_act_grad(self.zr_pre[t], zr, dgate)
+            dh_prev += dmx[:, :2 * u] @ self.r_zr.T
+        return [dh_prev]
+
+    def finish(self, need_dx):
+        u = self.h_in.shape[-1]
+        h_in = self.h_in.reshape(-1, u)
+        if self.reset_after:
+            np.matmul(h_in.T, self.drec.reshape(-1, 3 * u), out=self.grads[1])
+            if self.bias is not None:
+                self.grads[2][0] = bias_sum(self.dmx)
+                self.grads[2][1] = bias_sum(self.drec)
+        else:
+            dmx = self.dmx.reshape(-1, 3 * u)
+            self.grads[1][:, :2 * u] = h_in.T @ dmx[:, :2 * u]
+            self.grads[1][:, 2 * u:] = self.rh.reshape(-1, u).T @ dmx[:, 2 * u:]
+            if self.bias is not None:
+                self.grads[2][...] = bias_sum(self.dmx)
+        return self.input_grads(self.dmx, need_dx)
+
+
+class Bidirectional(Layer):
+    """Keras's Bidirectional (keras/src/layers/rnn/bidirectional.py): `forward_layer` runs as
+    written, `backward_layer` (its copy with go_backwards flipped) over the reversed steps;
+    with return_sequences its outputs are flipped back into time order, then the two merge:
+    concat, sum, mul or ave ((a + b) / 2). The weights are the forward layer's, then the
+    backward one's; a kernel penalty applies to both kernels (`regularized`)."""
+
+    def __init__(self, forward_layer, backward_layer, merge_mode="concat", masked=False):
+        self.forward_layer, self.backward_layer = forward_layer, backward_layer
+        self.merge_mode, self.masked = merge_mode, masked
+        self.ids = None
+        self.params = [*forward_layer.params, *backward_layer.params]
+        self.grads = [*forward_layer.grads, *backward_layer.grads]
+        self.regularized = (0, len(forward_layer.params))
+
+    def forward(self, x, training=False):
+        self.forward_layer.ids = self.backward_layer.ids = self.ids
+        a = self.forward_layer.forward(x, training)
+        b = self.backward_layer.forward(x, training)
+        if self.backward_layer.return_sequences:
+            b = b[:, ::-1]
+        self.a, self.b = a, b
+        if self.merge_mode == "concat":
+            return np.concatenate([a, b], axis=-1)
+        if self.merge_mode == "sum":
+            return a + b
+        if self.merge_mode == "mul":
+            return a * b
+        return (a + b) / 2
+
+    def backward(self, dy, need_dx=True):
+        if self.merge_mode == "concat":
+            units = self.a.shape[-1]
+            da, db = dy[..., :units], dy[..., units:]
+        elif self.merge_mode == "sum":
+            da = db = dy
+        elif self.merge_mode == "mul":
+            da, db = dy * self.b, dy * self.a
+        else:
+            da = db = dy / 2
+        if self.backward_layer.return_sequences:
+            db = db[:, ::-1]
+        dx = self.forward_layer.backward(da, need_dx)
+        dx_back = self.backward_layer.backward(db, need_dx)
+        return dx + dx_back if need_dx else None
+
+
+class Attention(Layer):
+    """Keras's MultiHeadAttention as self-attention, mha(x, x), on its einsum path (keras/src/
+    layers/attention/multi_head_attention.py, _compute_attention): q, k, v = x·W + b per head;
+    scores = q·kᵀ/√key_dim; with `masked`, a score whose query or key id is 0 is replaced by
+    -1e9 (keras/src/layers/activations/softmax.py), so a masked query attends evenly to every
+    step, except on Keras's einsum path (dropout > 0), whose masked softmax then zeroes the
+    masked probabilities (a masked query attends to nothing); p = softmax over the keys,
+    dropped out while training (Keras's Dropout on the
+    probabilities, masks drawn as the Dropout layer's here); y = (p·v)·W_o + b_o. Kernels are
+    (D, heads, dim), the output's (heads, value_dim, D). Computed as matmuls on (batch, heads,
+    steps, dim) arrays."""
+
+    def __init__(self, query_kernel, query_bias, key_kernel, key_bias, value_kernel, value_bias,
+                 output_kernel, output_bias, dropout=0.0, rng=None, masked=False):
+        self.kernels = [query_kernel, key_kernel, value_kernel, output_kernel]
+        self.biases = [query_bias, key_bias, value_bias, output_bias]
+        self.dropout, self.rng, self.masked = dropout, rng, masked
+        self.ids = None
+        self.kernel_grads = [np.zeros(k.shape, k.dtype) for k in self.kernels]
+        self.bias_grads = [None if b is None else np.zeros(b.shape, b.dtype) for b in self.biases]
+        self.params = [p for pair in zip(self.kernels, self.biases) for p in pair if p is not None]
+        self.grads = [g for pair in zip(self.kernel_grads, self.bias_grads) for g in pair if g is not None]
+
+    def project(self, x2, i, n, steps):
+        """Projection i (query, key, value) of x2 (n·steps, D) as (n, heads, steps, dim)."""
+        kernel, bias = self.kernels[i], self.biases[i]
+        d, heads, dim = kernel.shape
+        y = x2 @ kernel.reshape(d, heads * dim)
+        if bias is not None:
+            y += bias.reshape(-1)
+        return y.reshape(n, steps, heads, dim).transpose(0, 2, 1, 3)
+
+    def forward(self, x, training=False):
+        n, steps, d = x.shape
+        self.x2 = x.reshape(-1, d)
+        key_dim = self.kernels[0].shape[2]
+        self.scale = key_dim ** -0.5  # a Python float: the scores keep x's dtype
+        self.q, self.k, self.v = (self.project(self.x2, i, n, steps) for i in range(3))
+        # Keras's einsum path (taken when dropout > 0) scales the query, its
+        # ops.dot_product_attention path the scores (keras/src/backend/tensorflow/nn.py)
+        if self.dropout > 0:
+            scores = (self.q * self.scale) @ self.k.transpose(0, 1, 3, 2)  # (n, heads, steps, steps)
+        else:
+            scores = (self.q @ self.k.transpose(0, 1, 3, 2)) * self.scale
+        self.mask = None
+        if self.masked:
+            valid = self.ids != 0
+            self.mask = (valid[:, :, None] & valid[:, None, :])[:, None]
+            scores = np.where(self.mask, scores, -1e9)
+        self.p = softmax(scores)
+        if self.mask is not None and self.dropout > 0:
+            # the einsum path's masked Softmax then zeroes the masked probabilities, so a masked
+            # query row attends to nothing (keras/src/layers/activations/softmax.py); the
+            # gradient needs nothing more: softmax_grad gives 0 wherever p is 0
+            self.p = np.where(self.mask, self.p, 0)
+        self.keep = None
+        if training and self.dropout > 0:
+            keep = self.rng.random(self.p.shape, dtype=self.p.dtype) >= self.dropout
+            self.keep = keep.astype(self.p.dtype) / (1 - self.dropout)
+        p = self.p if self.keep is None else self.p * self.keep
+        self.p_used = p
+        self.o = (p @ self.v).transpose(0, 2, 1, 3).reshape(n * steps, -1)  # (n·steps, heads·value_dim)
+        y = self.o @ self.kernels[3].reshape(self.o.shape[1], d)
+        if self.biases[3] is not None:
+            y += self.biases[3]
+        return y.reshape(n, steps, d)
+
+    def backward(self, dy, need_dx=True):
+        n, heads, steps, key_dim = self.q.shape
+        d = dy.shape[-1]
+        dy2 = dy.reshape(-1, d)
+        out_kernel = self.kernels[3]
+        self.kernel_grads[3][...] = (self.o.T @ dy2).reshape(out_kernel.shape)
+        if self.biases[3] is not None:
+            self.bias_grads[3][...] = np.ones(len(dy2), dy.dtype) @ dy2
+        do = (dy2 @ out_kernel.reshape(-1, d).T).reshape(n, steps, heads, -1).transpose(0, 2, 1, 3)
+        dv = self.p_used.transpose(0, 1, 3, 2) @ do
+        dp = do @ self.v.transpose(0, 1, 3, 2)
+        if self.keep is not None:
+            dp *= self.keep
+        ds = softmax_grad(None, self.p, dp)
+        if self.mask is not None:
+            ds = np.where(self.mask, ds, 0)  # a replaced score passes no gradient back
+        ds *= self.scale
+        dq = ds @ self.k
+        dk = ds.transpose(0, 1, 3, 2) @ self.q
+        dx = None
+        for i, dz in enumerate((dq, dk, dv)):
+            kernel = self.kernels[i]
+            dz2 = dz.transpose(0, 2, 1, 3).reshape(n * steps, -1)
+            self.kernel_grads[i][...] = (self.x2.T @ dz2).reshape(kernel.shape)
+            if self.biases[i] is not None:
+                self.bias_grads[i][...] = (np.ones(len(dz2), dz2.dtype) @ dz2).reshape(self.biases[i].shape)
+            if need_dx:
+                part = dz2 @ kernel.reshape(d, -1).T
+                dx = part if dx is None else dx + part
+        return dx.reshape(n, steps, d) if need_dx else None
+
+
+# ---------------------------------------------------------------------------------------
 # Merges (keras/src/layers/merging/): forward(xs, training) takes the list of inputs and
 # backward(dy) returns one gradient per input. The elementwise ones fold left to right, as
 # each _merge_function does: ((x1 + x2) + x3).
@@ -1142,7 +1565,8 @@ class Nadam(Optimizer):
 class Network:
     """Layers with their loss. With from_logits, the loss reads the values before the output
     activation (Keras's TensorFlow rule), which still runs for the metrics. penalties are
-    (layer position, l1, l2) of each regularized kernel: l1·Σ|w| + l2·Σw², from the current
+    (layer position, l1, l2) of each layer whose kernel is regularized (its first weight, or
+    the weights its `regularized` names): l1·Σ|w| + l2·Σw², from the current
     weights, added to the batch loss unscaled. A layer with `masked` (a global average over
     embedding's mask) reads the model's input, the ids, which each pass hands it (`feed`)."""
 
@@ -1151,7 +1575,9 @@ class Network:
         self.id_readers = [layer for layer in layers if getattr(layer, "masked", False)]
         self.body = layers[:-1] if from_logits else layers
         self.head = layers[-1] if from_logits else None
-        self.penalties = [(layers[i].params[0], layers[i].grads[0], l1, l2) for i, l1, l2 in penalties]
+        # A layer's penalized kernels: its first weight, or those it names (Bidirectional's two)
+        self.penalties = [(layers[i].params[j], layers[i].grads[j], l1, l2) for i, l1, l2 in penalties
+                          for j in getattr(layers[i], "regularized", (0,))]
         for i, _, _ in penalties:  # a penalty's gradient is dense: so is the sum (Embedding.squares)
             if hasattr(layers[i], "squares"):
                 layers[i].squares = [None]

@@ -152,6 +152,53 @@ class Lowering:
     def concat(self, layer: ir.Concat, w: list[Weight], index: int) -> list[Call]:
         return [Call(K.Concatenate, (layer.axis,))]
 
+    def _recurrent(self, layer: ir.LSTM | ir.GRU | ir.SimpleRNN, w: list[Weight], mask_in: bool,
+                   zero_output_for_mask: bool = False) -> Call:
+        """The kernels layer of a recurrent layer; options only where they differ from the
+        kernel's defaults (tanh, sigmoid, reset_after, no flags), so generated code stays short."""
+        options = {}
+        if layer.activation != "tanh":
+            options.update(activation=getattr(K, layer.activation),
+                           activation_grad=getattr(K, f"{layer.activation}_grad"))
+        if isinstance(layer, (ir.LSTM, ir.GRU)) and layer.recurrent_activation != "sigmoid":
+            options.update(recurrent_activation=getattr(K, layer.recurrent_activation),
+                           recurrent_activation_grad=getattr(K, f"{layer.recurrent_activation}_grad"))
+        if isinstance(layer, ir.GRU) and not layer.reset_after:
+            options["reset_after"] = False
+        flags = {"return_sequences": layer.return_sequences, "go_backwards": layer.go_backwards,
+                 "masked": mask_in, "zero_output_for_mask": zero_output_for_mask}
+        options.update((name, True) for name, on in flags.items() if on)
+        kernel = {"lstm": K.LSTM, "gru": K.GRU, "simple_rnn": K.SimpleRNN}[layer.kind]
+        return Call(kernel, (w[0], w[1], w[2] if layer.use_bias else None), tuple(options.items()))
+
+    def lstm(self, layer: ir.LSTM, w: list[Weight], index: int, mask_in: bool = False) -> list[Call]:
+        return [self._recurrent(layer, w, mask_in)]
+
+    def gru(self, layer: ir.GRU, w: list[Weight], index: int, mask_in: bool = False) -> list[Call]:
+        return [self._recurrent(layer, w, mask_in)]
+
+    def simple_rnn(self, layer: ir.SimpleRNN, w: list[Weight], index: int, mask_in: bool = False) -> list[Call]:
+        return [self._recurrent(layer, w, mask_in)]
+
+    def bidirectional(self, layer: ir.Bidirectional, w: list[Weight], index: int,
+                      mask_in: bool = False) -> list[Call]:
+        inner = layer.layer
+        half = len(w) // 2
+        # Keras's Bidirectional zeroes the masked steps' outputs of both directions when it
+        # returns sequences (keras/src/layers/rnn/bidirectional.py, zero_output_for_mask)
+        zeroed = inner.return_sequences
+        backward = inner.model_copy(update={"go_backwards": not inner.go_backwards})
+        return [Call(K.Bidirectional, (self._recurrent(inner, w[:half], mask_in, zeroed),
+                                       self._recurrent(backward, w[half:], mask_in, zeroed), layer.merge_mode),
+                     (("masked", True),) if mask_in else ())]
+
+    def attention(self, layer: ir.Attention, w: list[Weight], index: int, mask_in: bool = False) -> list[Call]:
+        weights = list(w) if layer.use_bias else [p for kernel in w for p in (kernel, None)]
+        options = [("masked", True)] if mask_in else []
+        if layer.dropout > 0:
+            options[:0] = [("dropout", layer.dropout), ("rng", Call(K.dropout_rng, (layer.seed, MODEL_SEED, index)))]
+        return [Call(K.Attention, tuple(weights), tuple(options))]
+
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
               "adagrad": K.Adagrad, "nadam": K.Nadam}
@@ -178,13 +225,13 @@ def lower(report: Report) -> Lowered:
         weights = [Weight(count + i) for i in range(len(layer_report.weights))]
         count += len(weights)
         method = getattr(lowering, layer_report.kind)
-        if layer_report.mask_in and layer_report.layer.mask == "consume":  # its numbers use the mask
+        if layer_report.mask_in and layer_report.layer.mask in ("consume", "use"):  # its numbers use the mask
             calls = method(layer_report.layer, weights, index, mask_in=True)
         else:
             calls = method(layer_report.layer, weights, index)
         # the layer's first call holds the regularized weight: a kernel, or the embeddings
-        reg = getattr(layer_report.layer, "kernel_regularizer", None) or \
-            getattr(layer_report.layer, "embeddings_regularizer", None)
+        penalized = layer_report.layer.layer if layer_report.kind == "bidirectional" else layer_report.layer
+        reg = getattr(penalized, "kernel_regularizer", None) or getattr(penalized, "embeddings_regularizer", None)
         if reg is not None and (reg.l1 or reg.l2):
             penalties.append((position, reg.l1, reg.l2))
         groups.append((layer_report, calls))
