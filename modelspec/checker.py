@@ -182,12 +182,12 @@ def layer_names(spec: ir.Spec, inner: bool = False) -> Any:
     """Keras's names for the spec's layers (in spec order) in a fresh session; auto names skip
     the user's. With `inner`, also each layer's wrapped layer's name (None without one): the
     recurrent layer `bidirectional` wraps is made first, and takes its name as if it stood
-    alone."""
+    alone. Layers a constructor makes itself (attention's dropout) take their names too."""
     taken = {layer.name for layer in spec.layers if layer.name}
     counters: dict[str, int] = {}
 
     def auto(keras_class: str) -> str:
-        base = _SNAKE[keras_class]
+        base = _SNAKE.get(keras_class) or snake_case(keras_class)
         while True:
             n = counters.get(base, 0)
             counters[base] = n + 1
@@ -201,6 +201,8 @@ def layer_names(spec: ir.Spec, inner: bool = False) -> Any:
         wrapped = getattr(layer, "layer", None)
         inners.append(auto(wrapped.keras_class) if isinstance(wrapped, ir.LayerBase) else None)
         names.append(layer.name or auto(layer.keras_class))
+        for made in layer.inner_layers:
+            auto(made)
     return (names, inners) if inner else names
 
 

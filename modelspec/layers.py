@@ -115,6 +115,8 @@ class LayerBase(Node):
     mask_argument: ClassVar[bool] = False
     # how many times it reads its one input: self-attention's query and value (summary's "Connected to")
     reads_input_times: ClassVar[int] = 1
+    # the Keras classes of the layers its constructor makes, each taking an auto name
+    inner_layers: ClassVar[tuple[str, ...]] = ()
     name: LayerName | None = None
 
     @classmethod
@@ -723,6 +725,9 @@ class Attention(LayerBase):
 
     keras_class: ClassVar[str] = "MultiHeadAttention"
     mask: ClassVar[str] = "use"
+    # its probabilities' Softmax and Dropout layers (multi_head_attention.py, __init__): a spec's
+    # next dropout is dropout_1
+    inner_layers: ClassVar[tuple[str, ...]] = ("Softmax", "Dropout")
     reads_input_times: ClassVar[int] = 2
     kind: Literal["attention"] = "attention"
     num_heads: Annotated[PositiveInt, Arg("int", "the number of heads", keys=("heads", "num_heads"),
