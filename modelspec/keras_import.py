@@ -767,8 +767,9 @@ def _reshape(layer: _Layer) -> ir.LayerBase:
 # bidirectional.py; attention/multi_head_attention.py: each get_config)
 
 # options a spec's recurrent layers do not have, with the values that leave Keras's numbers
-# as the spec's; unroll is not among them: the unrolled loop computes the same numbers
-# (tests/test_keras_recurrent.py), so it is left out
+# as the spec's. unroll is not among them: a layer's unrolled loop computes the loop's numbers
+# to the bit, masked or not (tests/test_keras_recurrent.py), so it is left out, but in a
+# Bidirectional layer that returns sequences (see _recurrent)
 RECURRENT_NEUTRAL = (("return_state", (False,)), ("stateful", (False,)), ("dropout", (0, 0.0)),
                      ("recurrent_dropout", (0, 0.0)), ("recurrent_regularizer", (None,)),
                      ("bias_regularizer", (None,)), ("activity_regularizer", (None,)),
@@ -784,6 +785,12 @@ def _recurrent(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
         # return_sequences itself, which the spec's bidirectional does too
         if not wrapped:
             layer.require("zero_output_for_mask", False)
+        elif layer.get("return_sequences") and layer.get("unroll"):
+            # with a mask, Keras's unrolled backward half outputs zeros at the valid steps too
+            # (keras/src/backend/tensorflow/rnn.py, the unrolled loop's zero_output_for_mask)
+            raise layer.fail("unroll=True cannot be expressed in a spec here: in a Bidirectional layer that "
+                             "returns sequences, Keras's unrolled loop computes other numbers than its loop "
+                             "for masked inputs")
         fields: dict[str, Any] = dict(
             units=layer.get("units"), return_sequences=bool(layer.get("return_sequences", False)),
             go_backwards=bool(layer.get("go_backwards", False)), activation=layer.activation(default="tanh"),
