@@ -786,8 +786,9 @@ def _recurrent(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
         if not wrapped:
             layer.require("zero_output_for_mask", False)
         elif layer.get("return_sequences") and layer.get("unroll"):
-            # with a mask, Keras's unrolled backward half outputs zeros at the valid steps too
-            # (keras/src/backend/tensorflow/rnn.py, the unrolled loop's zero_output_for_mask)
+            # with a mask, Keras's unrolled loop zeroes the backward half's outputs, which are in
+            # reversed order, by the mask in time order (keras/src/backend/tensorflow/rnn.py, rnn:
+            # `if zero_output_for_mask` under `if unroll`): valid steps lose their outputs
             raise layer.fail("unroll=True cannot be expressed in a spec here: in a Bidirectional layer that "
                              "returns sequences, Keras's unrolled loop computes other numbers than its loop "
                              "for masked inputs")
