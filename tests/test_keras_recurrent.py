@@ -564,6 +564,27 @@ def test_the_program_writes_every_option():
     assert rows(built) == [(r.name, r.keras_class, r.output_shape, r.params) for r in report.layers]
 
 
+def test_a_block_of_recurrent_layers_is_one_function(monkeypatch):
+    """The wrapped layer's units and attention's options are the block's parameters."""
+    monkeypatch.setenv("COLUMNS", "200")
+    spec = ms.parse("input 10 int\nembedding 40 8 mask_zero\nblock rnn(u, h) {\n  bidirectional lstm u return_sequences\n"
+                    "  attention heads=h key_dim=u\n  layernorm\n}\nrnn 4 2\nrnn 6 1\ngru 3\ndense 1\n")
+    model = ms.build(spec, backend="keras", seed=3)
+    code = backends.get("keras").emit(spec, model.report)
+    assert "def rnn(inputs, u, h):\n    x = layers.Bidirectional(layers.LSTM(u, return_sequences=True))(inputs)\n" \
+           "    x = layers.MultiHeadAttention(num_heads=h, key_dim=u)(x, x)\n" in code
+    assert "x = rnn(x, 4, 2)\n    x = rnn(x, 6, 1)\n" in code
+    namespace: dict = {"__name__": "program"}
+    keras.backend.clear_session(free_memory=False)
+    exec(compile(code, "block.py", "exec"), namespace)
+    built = namespace["build_model"]()
+    assert kr.summary(built, 110) == model.report.summary(line_length=110)
+    assert [w.path for w in built.weights] == [w.path for w in model.report.weights]
+    built.set_weights(model.get_weights())
+    x = sample(spec, 5, 3, pad=True)
+    np.testing.assert_allclose(built.predict(x, verbose=0), model.predict(x), rtol=1e-6, atol=1e-7)
+
+
 def test_a_wrapped_layers_name_is_written_where_keras_would_choose_another():
     """A wrapped layer is made before its wrapper and takes an auto name of its own: after
     `gru`, Keras names the next GRU gru_1, wrapped or not."""
