@@ -144,6 +144,7 @@ def spec_from_config(config: dict[str, Any], training: bool = True) -> tuple[ir.
     except ValueError as e:
         raise UnsupportedError(f"the model cannot be a spec: {_reason(e)}") from None
     _check_axes(spec, layers)
+    _wrapped_names(spec, layers, notes)
     return spec, notes
 
 
@@ -187,7 +188,8 @@ def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ..
                 "each called once (a shared layer cannot be expressed)" if nodes else
                 f"the layer '{name}' ({entry.get('class_name')}) is never called")
         reads[name] = []
-        for source, node_index, tensor_index in _inbound(nodes[0]):
+        calls = _attention_inbound(name, nodes[0]) if entry.get("class_name") == ATTENTION else _inbound(nodes[0])
+        for source, node_index, tensor_index in calls:
             if source not in by_name:
                 raise UnsupportedError(f"the layer '{name}' reads '{source}', which the model does not hold")
             if node_index or tensor_index:  # the second call of a shared layer, or a second output
@@ -201,9 +203,64 @@ def _functional(body: dict[str, Any], entries: list[Any]) -> tuple[tuple[int, ..
     order = _written_order(reads, input_name, output_name)
     position = {name: i for i, name in enumerate(order)}
     connections = tuple(tuple(-1 if s == input_name else position[s] for s in reads[name]) for name in order)
-    chain = all(c == (i - 1,) for i, c in enumerate(connections))
+    # self-attention reads its input twice, mha(x, x): a graph, as the parser makes it
+    chain = all(c == (i - 1,) for i, c in enumerate(connections)) and not any(
+        by_name[name].get("class_name") == ATTENTION for name in order)
     shape = _input_shape({}, [by_name[input_name]])
     return shape, by_name[input_name], [by_name[name] for name in order], () if chain else connections
+
+
+ATTENTION = "MultiHeadAttention"
+# MultiHeadAttention.call's arguments (keras/src/layers/attention/multi_head_attention.py) that
+# must keep their defaults in a spec's self-attention: the masks come from embedding's mask_zero
+ATTENTION_CALL_DEFAULTS = {"query_mask": None, "value_mask": None, "key_mask": None, "attention_mask": None,
+                           "return_attention_scores": False, "use_causal_mask": False}
+
+
+def _attention_inbound(name: str, node: Any) -> list[tuple[str, int, int]]:
+    """The one tensor a MultiHeadAttention call reads as query, value and key alike (a spec's
+    self-attention, `mha(x, x)`), from its call as a functional config saves it: Keras 3's
+    args and kwargs, or tf.keras 2's [layer, node, tensor, kwargs] with the value in kwargs.
+    Anything else (cross-attention, a causal or explicit mask, the scores) is refused."""
+    where = f"the layer '{name}' ({ATTENTION})"
+
+    def history(value: Any) -> tuple[str, int, int]:
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            layer, node_index, tensor_index = value["config"]["keras_history"]
+        elif isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str):
+            layer, node_index, tensor_index = value[:3]
+        else:
+            raise UnsupportedError(f"{where}: a call of it is not understood: {value!r}")
+        return (str(layer), node_index, tensor_index)
+
+    if isinstance(node, dict):
+        args, kwargs = list(node.get("args") or []), dict(node.get("kwargs") or {})
+    elif isinstance(node, list) and len(node) == 1 and isinstance(node[0], list) and len(node[0]) == 4:
+        args, kwargs = [node[0][:3]], dict(node[0][3] or {})
+    else:
+        raise UnsupportedError(f"{where}: a call of it is not understood: {node!r}")
+    tensors = {}
+    for position, key in enumerate(("query", "value", "key")):
+        if position < len(args):
+            tensors[key] = args[position]
+        elif kwargs.get(key) is not None:
+            tensors[key] = kwargs[key]
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("query", "value", "key", "training")}
+    for key, value in kwargs.items():
+        if key not in ATTENTION_CALL_DEFAULTS:
+            raise UnsupportedError(f"{where} is called with {key}=, which a spec's attention cannot express")
+        if value != ATTENTION_CALL_DEFAULTS[key]:
+            shown = "a tensor" if isinstance(value, (dict, list)) else repr(value)
+            raise UnsupportedError(f"{where} is called with {key}={shown}, which a spec's attention cannot express "
+                                   "(it is self-attention, mha(x, x), masked by embedding's mask_zero only)")
+    if "query" not in tensors or "value" not in tensors:
+        raise UnsupportedError(f"{where} is called without a query and a value")
+    sources = {key: history(value) for key, value in tensors.items()}
+    if len(set(sources.values())) != 1:
+        reads = ", ".join(f"{key} {layer!r}" for key, (layer, _, _) in sources.items())
+        raise UnsupportedError(f"{where} reads {reads}: cross-attention cannot be expressed in a spec; its "
+                               "attention is self-attention, mha(x, x), query, value and key one tensor")
+    return [sources["query"]]
 
 
 def _history_list(value: Any) -> list[tuple[str, int, int]]:
@@ -437,8 +494,8 @@ class _Layer:
             raise self.fail(f"{key}={value!r} is not a size")
         return value
 
-    def activation(self, key: str = "activation") -> str:
-        value = self.c.get(key, "linear")
+    def activation(self, key: str = "activation", default: str = "linear") -> str:
+        value = self.c.get(key, default)
         if isinstance(value, dict):  # a serialized function: {"class_name": "function", "config": "relu"}
             value = value.get("config")
         value = {None: "linear", "silu": "swish"}.get(value, value)
@@ -706,6 +763,113 @@ def _reshape(layer: _Layer) -> ir.LayerBase:
     return ir.Reshape(target_shape=tuple(target))
 
 
+# Recurrent layers and attention (keras/src/layers/rnn/lstm.py, gru.py, simple_rnn.py, rnn.py,
+# bidirectional.py; attention/multi_head_attention.py: each get_config)
+
+# options a spec's recurrent layers do not have, with the values that leave Keras's numbers
+# as the spec's. unroll is not among them: a layer's unrolled loop computes the loop's numbers
+# to the bit, masked or not (tests/test_keras_recurrent.py), so it is left out, but in a
+# Bidirectional layer that returns sequences (see _recurrent)
+RECURRENT_NEUTRAL = (("return_state", (False,)), ("stateful", (False,)), ("dropout", (0, 0.0)),
+                     ("recurrent_dropout", (0, 0.0)), ("recurrent_regularizer", (None,)),
+                     ("bias_regularizer", (None,)), ("activity_regularizer", (None,)),
+                     ("kernel_constraint", (None,)), ("recurrent_constraint", (None,)), ("bias_constraint", (None,)),
+                     ("time_major", (False,)))
+
+
+def _recurrent(cls: Any) -> Callable[[_Layer], ir.LayerBase]:
+    def convert(layer: _Layer, wrapped: bool = False) -> ir.LayerBase:
+        for key, allowed in RECURRENT_NEUTRAL:
+            layer.require(key, *allowed)
+        # a masked step outputs 0 instead of the previous output; Bidirectional sets it to its
+        # return_sequences itself, which the spec's bidirectional does too
+        if not wrapped:
+            layer.require("zero_output_for_mask", False)
+        elif layer.get("return_sequences") and layer.get("unroll"):
+            # with a mask, Keras's unrolled loop zeroes the backward half's outputs, which are in
+            # reversed order, by the mask in time order (keras/src/backend/tensorflow/rnn.py, rnn:
+            # `if zero_output_for_mask` under `if unroll`): valid steps lose their outputs
+            raise layer.fail("unroll=True cannot be expressed in a spec here: in a Bidirectional layer that "
+                             "returns sequences, Keras's unrolled loop computes other numbers than its loop "
+                             "for masked inputs")
+        fields: dict[str, Any] = dict(
+            units=layer.get("units"), return_sequences=bool(layer.get("return_sequences", False)),
+            go_backwards=bool(layer.get("go_backwards", False)), activation=layer.activation(default="tanh"),
+            use_bias=bool(layer.get("use_bias", True)),
+            kernel_initializer=layer.initializer("kernel_initializer", "glorot_uniform"),
+            recurrent_initializer=layer.initializer("recurrent_initializer", "orthogonal"),
+            bias_initializer=layer.initializer("bias_initializer", "zeros"),
+            kernel_regularizer=layer.regularizer("kernel_regularizer"))
+        if cls is not ir.SimpleRNN:
+            fields["recurrent_activation"] = layer.activation("recurrent_activation", default="sigmoid")
+        if cls is ir.LSTM:
+            fields["unit_forget_bias"] = bool(layer.get("unit_forget_bias", True))
+        if cls is ir.GRU:
+            fields["reset_after"] = bool(layer.get("reset_after", True))
+        return cls(**fields)
+
+    return convert
+
+
+RECURRENT_CONVERTERS = {cls.keras_class: _recurrent(cls) for cls in ir.RECURRENT_TYPES}
+
+
+def _bidirectional(layer: _Layer) -> ir.LayerBase:
+    merge = layer.get("merge_mode", "concat")
+    if merge is None:
+        raise layer.fail("merge_mode=None (the two directions' outputs as a pair) cannot be expressed in a spec; "
+                         "bidirectional merges them: concat, sum, mul or ave")
+    layer.require("merge_mode", "concat", "sum", "mul", "ave")
+    forward, backward = layer.get("layer"), layer.get("backward_layer")
+    if not isinstance(forward, dict) or forward.get("class_name") not in RECURRENT_CONVERTERS:
+        shown = forward.get("class_name") if isinstance(forward, dict) else forward
+        raise layer.fail(f"it wraps {shown}; a spec's bidirectional wraps LSTM, GRU or SimpleRNN")
+    inner = _Layer(forward, 0, 0)
+    inner.where = f"{layer.where}, its layer '{inner.name}' ({inner.cls})"
+    node = RECURRENT_CONVERTERS[inner.cls](inner, wrapped=True)  # type: ignore[call-arg]
+    if backward is not None:
+        _mirror(layer, forward, backward)
+    return ir.Bidirectional(layer=node, merge_mode=merge)
+
+
+# what a backward layer may differ in from the forward one and still be its mirror: its name,
+# the direction, and the dropout seed (the dropout is 0: the seed draws nothing)
+MIRROR_FREE = ("name", "go_backwards", "seed")
+
+
+def _mirror(layer: _Layer, forward: dict[str, Any], backward: dict[str, Any]) -> None:
+    """A backward_layer that is not the forward layer run backward (Keras saves the one it
+    makes too) cannot be expressed: the spec's bidirectional makes the mirror."""
+    f, b = forward.get("config") or {}, backward.get("config") if isinstance(backward, dict) else None
+    if not isinstance(b, dict) or backward.get("class_name") != forward.get("class_name"):
+        shown = backward.get("class_name") if isinstance(backward, dict) else backward
+        raise layer.fail(f"its backward_layer is a {shown}, not the {forward.get('class_name')} it wraps run "
+                         "backward; a spec's bidirectional makes that mirror itself")
+    differ = sorted(k for k in set(f) | set(b) if k not in MIRROR_FREE and f.get(k) != b.get(k))
+    if bool(f.get("go_backwards", False)) == bool(b.get("go_backwards", False)):
+        differ.insert(0, "go_backwards")
+    if differ:
+        shown = ", ".join(f"{k}={b.get(k)!r} (forward: {f.get(k)!r})" for k in differ)
+        raise layer.fail(f"its backward_layer is not the mirror of the layer it wraps: {shown}; a spec's "
+                         "bidirectional runs the same layer backward")
+
+
+def _attention(layer: _Layer) -> ir.LayerBase:
+    # which tensors it reads (query, value and key one tensor) is checked in _attention_inbound
+    for key, allowed in (("output_shape", (None,)), ("attention_axes", (None, 1, (1,))),
+                         ("use_gate", (False,)), ("sliding_window", (None,)), ("kernel_regularizer", (None,)),
+                         ("bias_regularizer", (None,)), ("activity_regularizer", (None,)),
+                         ("kernel_constraint", (None,)), ("bias_constraint", (None,))):
+        layer.require(key, *allowed)
+    key_dim = layer.get("key_dim")
+    value_dim = layer.get("value_dim")
+    return ir.Attention(num_heads=layer.get("num_heads"), key_dim=key_dim,
+                        value_dim=None if value_dim in (None, key_dim) else value_dim,
+                        dropout=_tidy(layer.get("dropout", 0.0)), use_bias=bool(layer.get("use_bias", True)),
+                        kernel_initializer=layer.initializer("kernel_initializer", "glorot_uniform"),
+                        bias_initializer=layer.initializer("bias_initializer", "zeros"), seed=layer.get("seed"))
+
+
 # Keras class name -> its converter: importing a new layer kind is one entry here.
 CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "Dense": _dense,
@@ -737,6 +901,9 @@ CONVERTERS: dict[str, Callable[[_Layer], ir.LayerBase]] = {
     "GlobalMaxPooling1D": _global_pool1d(ir.GlobalMaxPool1D),
     "LayerNormalization": _layer_normalization,
     "Reshape": _reshape,
+    **RECURRENT_CONVERTERS,
+    "Bidirectional": _bidirectional,
+    ATTENTION: _attention,
 }
 
 
@@ -751,6 +918,18 @@ def _keep_names(model: str, input_shape: tuple[int, ...], nodes: list[Any], name
         # one at a time: naming a layer can change the auto names after it
         named[differ[0]] = named[differ[0]].model_copy(update={"name": names[differ[0]]})
     return named
+
+
+def _wrapped_names(spec: ir.Spec, layers: list[dict[str, Any]], notes: list[str]) -> None:
+    """A note for each bidirectional whose wrapped layer Keras named otherwise than a fresh
+    session would: a spec does not name it, so its weights' paths differ (forward_gru_3/...)."""
+    names, inners = layer_names(spec, inner=True)
+    for name, inner, entry in zip(names, inners, layers):
+        forward = (((entry.get("config") or {}).get("layer") or {}).get("config") or {}).get("name")
+        if inner is not None and isinstance(forward, str) and forward != f"forward_{inner}":
+            notes.append(f"the layer {name!r} wraps a layer named {forward.removeprefix('forward_')!r}, which a "
+                         f"spec cannot name: its weights' paths say forward_{inner}/ and backward_{inner}/, "
+                         f"not {forward}/")
 
 
 def _check_axes(spec: ir.Spec, layers: list[dict[str, Any]]) -> None:

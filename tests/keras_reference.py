@@ -79,6 +79,14 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.Reshape(node.target_shape, **named)
     if isinstance(node, ir.Concat):
         return L.Concatenate(axis=node.axis, **named)
+    if isinstance(node, (ir.LSTM, ir.GRU, ir.SimpleRNN)):
+        return recurrent(node, **named)
+    if isinstance(node, ir.Bidirectional):
+        return L.Bidirectional(recurrent(node.layer), merge_mode=node.merge_mode, **named)
+    if isinstance(node, ir.Attention):
+        return L.MultiHeadAttention(node.num_heads, node.key_dim, value_dim=node.value_dim, dropout=node.dropout,
+                                    use_bias=node.use_bias, kernel_initializer=initializer(node.kernel_initializer),
+                                    bias_initializer=initializer(node.bias_initializer), seed=node.seed, **named)
     merges = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply, "average": L.Average,
               "maximum": L.Maximum, "minimum": L.Minimum}
     if node.kind in merges:
@@ -88,6 +96,32 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
               "globalmaxpool1d": L.GlobalMaxPooling1D, "prelu": L.PReLU,
               "normalize": L.Normalization}
     return simple[node.kind](**named)
+
+
+def recurrent(node: ir.LSTM | ir.GRU | ir.SimpleRNN, **named: Any) -> keras.layers.Layer:
+    reg = node.kernel_regularizer
+    kwargs: dict[str, Any] = dict(
+        return_sequences=node.return_sequences, go_backwards=node.go_backwards, activation=node.activation,
+        use_bias=node.use_bias, kernel_initializer=initializer(node.kernel_initializer),
+        recurrent_initializer=initializer(node.recurrent_initializer),
+        bias_initializer=initializer(node.bias_initializer),
+        kernel_regularizer=keras.regularizers.L1L2(reg.l1, reg.l2) if reg else None, **named)
+    if isinstance(node, ir.LSTM):
+        return keras.layers.LSTM(node.units, recurrent_activation=node.recurrent_activation,
+                                 unit_forget_bias=node.unit_forget_bias, **kwargs)
+    if isinstance(node, ir.GRU):
+        return keras.layers.GRU(node.units, recurrent_activation=node.recurrent_activation,
+                                reset_after=node.reset_after, **kwargs)
+    return keras.layers.SimpleRNN(node.units, **kwargs)
+
+
+def call(node: ir.LayerBase, built: keras.layers.Layer, tensors: list[Any]) -> Any:
+    """A layer called in a functional model: a merge on its list, self-attention as mha(x, x)."""
+    if node.merges:
+        return built(tensors)
+    if isinstance(node, ir.Attention):
+        return built(tensors[0], tensors[0])
+    return built(tensors[0])
 
 
 def model(spec: ir.Spec) -> keras.Model:
@@ -103,7 +137,7 @@ def model(spec: ir.Spec) -> keras.Model:
     outputs: list[Any] = []
     for i, node in enumerate(spec.layers):
         tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(i)]
-        outputs.append(layer(node)(tensors if node.merges else tensors[0]))
+        outputs.append(call(node, layer(node), tensors))
     return keras.Model(inputs, outputs[-1], name=spec.name)
 
 

@@ -36,8 +36,8 @@ def program(spec: "ir.Spec", report: "Report") -> str:
            f"{INDENT}model = keras.Sequential(",
            f"{INDENT * 2}[",
            f"{INDENT * 3}{lowering.literal(lowering.model_input(spec))},"]
-    for node, name in zip(spec.layers, _names_to_write(spec, report)):
-        out += _lines(INDENT * 3, "", lowering.layer(node, name))
+    for node, names in zip(spec.layers, _names_to_write(spec)):
+        out += _lines(INDENT * 3, "", lowering.layer(node, *names))
     out += [f"{INDENT * 2}],", f"{INDENT * 2}name={lowering.literal(spec.name)},", f"{INDENT})"]
     return "\n".join(out + _ending(spec)) + "\n"
 
@@ -73,22 +73,26 @@ def _scope_note(spec: "ir.Spec") -> list[str]:
             *(f"#   {name}" for name in names), "# (model(x) works.)", "#"]
 
 
-def _names_to_write(spec: "ir.Spec", report: "Report") -> list[str | None]:
-    """A layer's name is written when Keras, naming layers itself in a fresh session, would
-    choose another: the user named it, or its auto name would collide with a user's name."""
+def _names_to_write(spec: "ir.Spec") -> list[tuple[str | None, str | None]]:
+    """(the layer's name, its wrapped layer's name) to write, each where Keras, naming layers
+    itself in a fresh session, would choose another: the user named it, or its auto name would
+    collide with a user's name. A wrapped layer is made before its wrapper, and takes an auto
+    name of its own (`layers.Bidirectional(layers.GRU(6))` names the GRU gru)."""
+    from modelspec.checker import layer_names
+
     counters: dict[str, int] = {}
-    names: list[str | None] = []
-    checked = {row.index: row.name for row in report.layers}  # report.layers is in Keras's order
-    for index, node in enumerate(spec.layers):
-        name = checked[index]
-        if node.name is not None:
-            names.append(node.name)
-            continue
-        base = snake_case(node.keras_class)
+
+    def auto(keras_class: str, checked: str) -> str | None:
+        base = snake_case(keras_class)
         n = counters.get(base, 0)
         counters[base] = n + 1
-        names.append(None if name == (base if n == 0 else f"{base}_{n}") else name)
-    return names
+        return None if checked == (base if n == 0 else f"{base}_{n}") else checked
+
+    out: list[tuple[str | None, str | None]] = []
+    for node, name, inner in zip(spec.layers, *layer_names(spec, inner=True)):
+        inner_written = auto(node.layer.keras_class, inner) if inner is not None else None
+        out.append((node.name if node.name is not None else auto(node.keras_class, name), inner_written))
+    return out
 
 
 def _compile(spec: "ir.Spec") -> list[str]:
@@ -159,7 +163,7 @@ def _graph_program(spec: "ir.Spec", report: "Report") -> str:
     only in the values its parameters set is a function, `def residual(inputs, filters):`,
     called once per use. Layers are created in the order the spec writes them, so Keras's
     automatic names (in a fresh session) are the checker's; others are written."""
-    graph = _Graph(spec, _names_to_write(spec, report))
+    graph = _Graph(spec, _names_to_write(spec))
     names = {row.index: row.name for row in report.layers}
     body = graph.scope(graph.items(0, len(spec.layers), None), INDENT, "outputs = ", names)
     out = _header(spec)
@@ -194,7 +198,7 @@ RESERVED = {"inputs", "outputs", "x", "keras", "layers", "model", "build_model",
 
 
 class _Graph:
-    def __init__(self, spec: "ir.Spec", names: list[str | None]) -> None:
+    def __init__(self, spec: "ir.Spec", names: list[tuple[str | None, str | None]]) -> None:
         self.spec, self.names = spec, names
         self.functions: dict[str, _Function | None] = {}
         self.emitted: list[list[str]] = []  # each function's lines, callees first
@@ -221,7 +225,7 @@ class _Graph:
                                      lowering.Call(function.name, function.values[uses[i]])))
                 i = use.stop
             else:
-                out.append(_Item(i, i + 1, None, lowering.layer(self.spec.layers[i], self.names[i])))
+                out.append(_Item(i, i + 1, None, lowering.layer(self.spec.layers[i], *self.names[i])))
                 i += 1
         return out
 
@@ -259,8 +263,8 @@ class _Graph:
                 call = lowering.Call(item.call.target, (lowering.Code(operands[0]), *item.call.args))
                 lines += _statement(indent, target, call, "")
             else:
-                arg = f"[{', '.join(operands)}]" if self.spec.layers[item.first].merges else operands[0]
-                lines += _statement(indent, target, item.call, f"({arg})")
+                args = lowering.arguments(self.spec.layers[item.first], [lowering.Code(o) for o in operands])
+                lines += _statement(indent, target, item.call, f"({', '.join(map(lowering.literal, args))})")
         return lines
 
     def _reads(self, item: _Item) -> list[int]:

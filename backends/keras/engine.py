@@ -74,13 +74,19 @@ def build_model(spec: Any, report: Any, seed: int) -> Any:
     its layers created in the order they were written (Keras then lists them in its own order,
     which the checker's report.layers follows).
 
-    A dropout layer without a seed gets one derived from `seed`, so that an engine's masks
-    depend on its seed only, never on Keras's global random state."""
+    A wrapped layer (bidirectional's) is named as the checker names it too, as Keras would in
+    a fresh session: its name is in its clones' weight paths (forward_gru/gru_cell/kernel).
+
+    A dropout layer, or attention with dropout, without a seed gets one derived from `seed`,
+    so that an engine's masks depend on its seed only, never on Keras's global random state."""
+    from modelspec.checker import layer_names
+
     names = {row.index: row.name for row in report.layers}
+    _, inners = layer_names(spec, inner=True)
     built = []
     for index, node in enumerate(spec.layers):
-        call = lowering.layer(node, names[index])
-        if node.kind == "dropout" and node.seed is None:
+        call = lowering.layer(node, names[index], inners[index])
+        if (node.kind == "dropout" or (node.kind == "attention" and node.dropout)) and node.seed is None:
             call = replace(call, kwargs={**call.kwargs, "seed": (seed * 1_000_003 + index) % 2**31})
         built.append(lowering.make(call, keras))
     if spec.is_chain:
@@ -92,7 +98,7 @@ def build_model(spec: Any, report: Any, seed: int) -> Any:
     outputs: list[Any] = []
     for index, (node, layer) in enumerate(zip(spec.layers, built)):
         tensors = [inputs if s < 0 else outputs[s] for s in spec.sources(index)]
-        outputs.append(layer(tensors if node.merges else tensors[0]))
+        outputs.append(layer(*lowering.arguments(node, tensors)))
     return keras.Model(inputs, outputs[-1], name=spec.name)
 
 

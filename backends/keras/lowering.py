@@ -192,15 +192,82 @@ class Lowering:
     def reshape(self, layer: ir.Reshape) -> tuple[tuple, dict]:
         return (tuple(layer.target_shape),), {}
 
+    # recurrent layers (keras/src/layers/rnn/): LSTM, GRU and SimpleRNN share their options
+
+    def _recurrent(self, layer: ir.LSTM | ir.GRU | ir.SimpleRNN) -> tuple[tuple, dict]:
+        kwargs: dict[str, Any] = {}
+        if layer.return_sequences:
+            kwargs["return_sequences"] = True
+        if layer.go_backwards:
+            kwargs["go_backwards"] = True
+        if layer.activation != "tanh":
+            kwargs["activation"] = layer.activation
+        if getattr(layer, "recurrent_activation", "sigmoid") != "sigmoid":
+            kwargs["recurrent_activation"] = layer.recurrent_activation
+        if not layer.use_bias:
+            kwargs["use_bias"] = False
+        if layer.kernel_initializer != ir.GLOROT_UNIFORM:
+            kwargs["kernel_initializer"] = initializer(layer.kernel_initializer)
+        if layer.recurrent_initializer != ir.ORTHOGONAL:
+            kwargs["recurrent_initializer"] = initializer(layer.recurrent_initializer)
+        if layer.use_bias and layer.bias_initializer != ir.ZEROS:
+            kwargs["bias_initializer"] = initializer(layer.bias_initializer)
+        if not getattr(layer, "unit_forget_bias", True):
+            kwargs["unit_forget_bias"] = False
+        if not getattr(layer, "reset_after", True):
+            kwargs["reset_after"] = False
+        if layer.kernel_regularizer is not None:
+            kwargs["kernel_regularizer"] = regularizer(layer.kernel_regularizer)
+        return (layer.units,), kwargs
+
+    lstm = gru = simple_rnn = _recurrent
+
+    def bidirectional(self, node: ir.Bidirectional) -> tuple[tuple, dict]:
+        # the wrapped layer is the first argument; Bidirectional clones it into forward_<its
+        # name> and backward_<its name> (keras/src/layers/rnn/bidirectional.py)
+        return (layer(node.layer),), ({"merge_mode": node.merge_mode} if node.merge_mode != "concat" else {})
+
+    def attention(self, layer: ir.Attention) -> tuple[tuple, dict]:
+        # keyword arguments, as Keras's own examples write MultiHeadAttention; called as
+        # mha(x, x) (`arguments`): query, and value and key, are the one input
+        kwargs: dict[str, Any] = {"num_heads": layer.num_heads, "key_dim": layer.key_dim}
+        if layer.value_dim is not None:
+            kwargs["value_dim"] = layer.value_dim
+        if layer.dropout:
+            kwargs["dropout"] = layer.dropout
+        if not layer.use_bias:
+            kwargs["use_bias"] = False
+        if layer.kernel_initializer != ir.GLOROT_UNIFORM:
+            kwargs["kernel_initializer"] = initializer(layer.kernel_initializer)
+        if layer.use_bias and layer.bias_initializer != ir.ZEROS:
+            kwargs["bias_initializer"] = initializer(layer.bias_initializer)
+        if layer.seed is not None:
+            kwargs["seed"] = layer.seed
+        return (), kwargs
+
 _LOWERING = Lowering()
 
 
-def layer(node: ir.LayerBase, name: str | None = None) -> Call:
-    """The Keras layer for one IR layer; `name` is passed when given."""
+def layer(node: ir.LayerBase, name: str | None = None, inner: str | None = None) -> Call:
+    """The Keras layer for one IR layer; `name` is passed when given, and `inner` as the name
+    of the layer it wraps (bidirectional's recurrent layer)."""
     args, kwargs = getattr(_LOWERING, node.kind)(node)  # type: ignore[attr-defined]
+    if inner is not None:
+        first = args[0]
+        args = (Call(first.target, first.args, {**first.kwargs, "name": inner}), *args[1:])
     if name is not None:
         kwargs["name"] = name
     return Call(f"layers.{node.keras_class}", args, kwargs)
+
+
+def arguments(node: ir.LayerBase, inputs: list[Any]) -> tuple[Any, ...]:
+    """The positional arguments of a layer's call in a functional model, from the values it
+    reads (tensors, or the variables of emitted code): a merge takes them as one list;
+    self-attention its one input as query and value, `mha(x, x)`
+    (keras/src/layers/attention/multi_head_attention.py: key defaults to value)."""
+    if node.merges:
+        return (list(inputs),)
+    return (inputs[0],) * node.reads_input_times
 
 
 def model_input(spec: ir.Spec, name: str | None = None) -> Call:
