@@ -158,8 +158,10 @@ def sequential(*layers: dict, **config) -> dict:
 
 DENSE = ("Dense", "dense", {"units": 2})
 UNSUPPORTED = {
-    "lstm": (sequential(("Flatten", "flatten", {}), ("LSTM", "lstm", {"units": 3}), DENSE),
-             "layer 2 of 3, 'lstm' (LSTM): modelspec has no LSTM layer; a spec can hold Dense, Conv2D"),
+    "conv_lstm": (sequential(("ConvLSTM1D", "conv_lstm1d", {"filters": 2, "kernel_size": [2]}), ("Flatten", "flatten", {}),
+                             DENSE),
+                  "layer 1 of 3, 'conv_lstm1d' (ConvLSTM1D): modelspec has no ConvLSTM1D layer; a spec can hold Dense, "
+                  "Conv2D"),
     "frozen": (sequential(("Flatten", "flatten", {}), ("Dense", "head", {"units": 2, "trainable": False})),
                "layer 2 of 2, 'head' (Dense): the layer is frozen (trainable=False)"),
     "constraint": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": 2, "kernel_constraint": {
@@ -216,12 +218,13 @@ def test_what_a_spec_cannot_express_is_named(case, tmp_path, capsys):
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
 
 
-def test_a_real_keras_model_with_an_lstm(tmp_path, capsys):
+def test_a_real_keras_model_with_a_layer_a_spec_cannot_hold(tmp_path, capsys):
     keras.backend.clear_session(free_memory=False)
-    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4), keras.layers.Dense(2)], name="seq")
+    model = keras.Sequential([keras.Input((5, 4, 3)), keras.layers.ConvLSTM1D(2, 2), keras.layers.Flatten(),
+                              keras.layers.Dense(2)], name="seq")
     model.save(tmp_path / "seq.keras")
     assert main(["import", str(tmp_path / "seq.keras")]) == 1
-    assert "layer 1 of 2, 'lstm' (LSTM): modelspec has no LSTM layer" in capsys.readouterr().err
+    assert "layer 1 of 3, 'conv_lstm1d' (ConvLSTM1D): modelspec has no ConvLSTM1D layer" in capsys.readouterr().err
 
 
 BROKEN = {  # (file name, content, message)

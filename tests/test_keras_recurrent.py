@@ -222,9 +222,8 @@ def test_the_weights_shapes_of_some_options_written_out(text, shapes):
     ("input 5x2\nattention heads=2 key_dim=0", lambda: L.MultiHeadAttention(2, 0), "key_dim"),
     # Bidirectional sets its backward copy's go_backwards to True, not to the flip of the wrapped
     # layer's (keras/src/layers/rnn/bidirectional.py, __init__): two backward layers, refused
-    pytest.param("input 5x2\nbidirectional lstm 2 go_backwards",
-                 lambda: L.Bidirectional(L.LSTM(2, go_backwards=True)), "go_backwards",
-                 marks=pytest.mark.xfail(strict=True, reason="the checker accepts a wrapped go_backwards layer")),
+    ("input 5x2\nbidirectional lstm 2 go_backwards", lambda: L.Bidirectional(L.LSTM(2, go_backwards=True)),
+     "go_backwards"),
 ])
 def test_where_keras_refuses_a_layer_so_does_the_checker(text, keras_build, ours):
     keras.backend.clear_session(free_memory=False)
