@@ -281,7 +281,35 @@ def infer(spec: ir.Spec) -> Report:
     report = Report(spec.name, input_shape, rows, [], spec)
     if spec.connections and any(row.mask_in and row.layer.mask_argument for row in rows):
         report.mask_ops = _mask_ops(spec, rows)
+    if spec.connections and any(row.mask_in and row.layer.clears_input_masks for row in rows):
+        _masks_at_run_time(rows)
     return report
+
+
+def _masks_at_run_time(rows: list[LayerReport]) -> None:
+    """Which attention layers compute with the mask when Keras runs the model.
+
+    A layer whose `call` takes `mask=` gets the mask the functional graph recorded when it was
+    built, which is the checker's (`mask_in`). Attention reads its query's and value's masks
+    from the tensors at run time, and then deletes them from those tensors (keras/src/layers/
+    attention/multi_head_attention.py, `call`): a layer that reads the same tensor after it
+    sees no mask there, nor do the layers whose masks come from that one (a merge of an input
+    without a mask has none, keras/src/layers/merging/base_merge.py, compute_mask). Keras runs
+    the layers in the order of `Report.layers`."""
+    at: dict[int, bool] = {-1: False}  # each row's output's mask at run time
+    for i, row in enumerate(rows):
+        layer, ins = row.layer, [at[s] for s in row.sources]
+        if layer.clears_input_masks:
+            row.mask_in = ins[0]
+            for s in row.sources:
+                at[s] = False
+            at[i] = ins[0]
+        elif layer.mask == "make" or layer.mask_argument:
+            at[i] = row.masked  # the recorded mask, passed to `call` and set on its output
+        elif layer.merges:
+            at[i] = row.masked and all(ins)
+        else:
+            at[i] = row.masked and ins[0]
 
 
 class _LastIsInput(list):

@@ -117,6 +117,9 @@ class LayerBase(Node):
     reads_input_times: ClassVar[int] = 1
     # the Keras classes of the layers its constructor makes, each taking an auto name
     inner_layers: ClassVar[tuple[str, ...]] = ()
+    # Keras's `call` deletes the masks of the tensors it reads (attention): layers that read them
+    # later see none at run time (modelspec.checker._masks_at_run_time)
+    clears_input_masks: ClassVar[bool] = False
     name: LayerName | None = None
 
     @classmethod
@@ -728,6 +731,7 @@ class Attention(LayerBase):
     # its probabilities' Softmax and Dropout layers (multi_head_attention.py, __init__): a spec's
     # next dropout is dropout_1
     inner_layers: ClassVar[tuple[str, ...]] = ("Softmax", "Dropout")
+    clears_input_masks: ClassVar[bool] = True
     reads_input_times: ClassVar[int] = 2
     kind: Literal["attention"] = "attention"
     num_heads: Annotated[PositiveInt, Arg("int", "the number of heads", keys=("heads", "num_heads"),
