@@ -80,12 +80,9 @@ def random_weights(report, seed: int) -> list[np.ndarray]:
     return [rng.normal(0, 0.4, w.shape).astype(np.float32) for w in report.weights]
 
 
-# masks of each shape: none, right padding, left padding, holes; empty: holes and an all-masked row
-PADDING = ["none", "right", "left", "holes", "empty"]
-
-
 def inputs(spec: ms.Spec, n: int, seed: int, padding: str = "holes") -> np.ndarray:
-    """Random inputs; ids padded with zeros (masked steps) as `padding` says."""
+    """Random inputs; ids with zeros (masked steps) as `padding` says: none, right (after the
+    text), left (before), holes (here and there), empty (holes, and a row of zeros only)."""
     rng = np.random.default_rng(seed)
     if spec.input_dtype != "int32":
         return rng.normal(size=(n, *spec.input_shape)).astype(np.float32)
@@ -159,8 +156,8 @@ def test_a_recurrent_layer_equals_keras(cell, sequences, backwards):
     same_as_keras(f"input 6x3\n{cell}{sequences}{backwards}\ndense 2")
 
 
-@pytest.mark.parametrize("padding", PADDING)
-@pytest.mark.parametrize("backwards", ["", " go_backwards"])
+@pytest.mark.parametrize("padding,backwards", [("none", ""), ("right", ""), ("right", " go_backwards"),
+                                               ("left", " go_backwards"), ("holes", ""), ("empty", " go_backwards")])
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_masked_recurrent_layer_equals_keras(cell, backwards, padding):
     """A masked step keeps the state and repeats the output; an all-masked row outputs 0."""
@@ -183,9 +180,10 @@ def test_activations_and_no_bias_equal_keras(cell, options):
     same_as_keras(f"input 5x3\n{cell} {options} return_sequences\ndense 2")
 
 
-@pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
+@pytest.mark.parametrize("cell,merge", [("lstm 5", "concat"), ("lstm 5", "sum"), ("lstm 5", "mul"), ("lstm 5", "ave"),
+                                        ("gru 5", "concat"), ("gru 5 reset_after=false", "ave"),
+                                        ("simple_rnn 5", "concat"), ("simple_rnn 5 relu", "mul")])
 @pytest.mark.parametrize("sequences", ["", " return_sequences"])
-@pytest.mark.parametrize("cell", CELLS)
 def test_bidirectional_equals_keras(cell, sequences, merge):
     text = f"input 6x3\nbidirectional {cell}{sequences} merge={merge}\n"
     same_as_keras(text + ("globalavgpool1d\n" if sequences else "") + "dense 2")
@@ -243,8 +241,8 @@ def test_attention_dropout_drops_probabilities_in_training_only():
     assert not torch.allclose(c, a) and not torch.allclose(c, d)
 
 
-def test_the_transformer_block_equals_keras():
-    text = """model transformer
+# the issue's transformer encoder block, smaller, used twice
+TRANSFORMER = """model transformer
 input 8 int
 embedding 20 8 mask_zero
 
@@ -262,7 +260,18 @@ encoder 2 4 16 8
 globalavgpool1d
 dense 2 softmax
 """
-    same_as_keras(text, padding="right")
+TWO_BLOCKS = TRANSFORMER.replace("encoder 2 4 16 8\n", "encoder 2 4 16 8\nencoder 2 3 8 8\n")
+
+
+def test_the_transformer_block_equals_keras():
+    same_as_keras(TRANSFORMER, padding="right")
+
+
+@pytest.mark.xfail(strict=True, reason="in Keras the second block's attention runs unmasked (its output "
+                   "equals the unmasked computation to 4e-7; MultiHeadAttention.call removes its inputs' "
+                   "masks), while the checker marks it mask_in: to be settled in the checker")
+def test_two_transformer_blocks_equal_keras():
+    same_as_keras(TWO_BLOCKS, padding="right")
 
 
 def test_recurrent_layers_after_a_convolution_read_keras_layout():
@@ -373,6 +382,7 @@ EMITTED = {
     "bidirectional": "input 7 int\nembedding 12 4 mask_zero\nbidirectional lstm 3 merge=mul l2=0.1\ndense 2",
     "attention": "input 7 int\nembedding 12 8 mask_zero\nattention heads=2 key_dim=3 value_dim=2\n"
                  "globalavgpool1d\ndense 2",
+    "transformer": TWO_BLOCKS,
 }
 
 
@@ -437,3 +447,27 @@ def test_the_emitted_recurrent_program_trains_on_its_own(tmp_path):
     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Epoch 2/2" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The LSTM benchmark's hand-written loops do Keras's math (benchmarks/train_epoch.py)
+
+
+def test_the_lstm_benchmarks_hand_written_loops_train_as_keras_does():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import train_epoch as te
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    x, y = te.data(te.LSTM)
+    x, y = x[:192], y[:192]  # three steps of backpropagation through time and Adam
+    weights = te.initial_weights(te.LSTM)
+    order = np.random.default_rng(1).permutation(len(x))
+    expected, accuracy = te.CONTENDERS["lstm"][te.HAND["keras"]](x, y, weights)(order)
+    for name in (te.HAND["numpy"], te.HAND["torch"], te.BACKEND["torch"]):
+        loss, acc = te.CONTENDERS["lstm"][name](x, y, weights)(order)
+        assert loss == pytest.approx(expected, rel=1e-5), name
+        assert acc == pytest.approx(accuracy, rel=1e-6)
