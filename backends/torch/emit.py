@@ -653,7 +653,7 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
         taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
         owner.names = {-1: "x"} if owner.use is None else {}
         for j in owner.inputs:
-            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (a masked pooling's mask)
+            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (masked layers' mask)
                 owner.names[j] = identifier("ids", taken)
             else:
                 owner.names[j] = identifier(f"x_{layout(j)}" if len(owner.inputs) > 1 and nchw(j) else "x", taken)

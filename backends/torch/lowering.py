@@ -262,7 +262,7 @@ class Lowering:
 
     def embedding(self, step: Step) -> Unit:
         # No padding_idx even with mask_zero: Keras's row 0 is an ordinary trainable row; the
-        # mask is the model's ids that are not 0, which a masked pooling reads itself.
+        # mask is the model's ids that are not 0, which each layer computing with it reads itself.
         layer = step.layer
         reg = layer.embeddings_regularizer
         note = "mask_zero as Keras's: row 0 trains (no padding_idx)" if layer.mask_zero else ""
