@@ -1,7 +1,8 @@
 """One training epoch of the tutorial's MNIST MLP, a small CNN and a residual CNN, in each backend and by hand.
 
-    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|resnet|tokens|all] [--rounds 7] [--only torch,numpy]
-                                               [--threads N] [--keras-fit N] [--verify] [--markdown]
+    .venv/bin/python benchmarks/train_epoch.py [--model mlp|cnn|resnet|tokens|lstm|all] [--rounds 7]
+                                               [--only torch,numpy] [--threads N] [--keras-fit N] [--verify]
+                                               [--markdown]
 
 Models (float32 throughout, MNIST-like random images, one-hot labels that are a learnable
 function of the pixels; see data()):
@@ -22,6 +23,10 @@ function of the pixels; see data()):
   as 64 token ids (pixel intensities 0-16), embedding 17 4, conv1d 16 9 relu, maxpool1d 2,
   flatten, dense 10 softmax; Adam(learning_rate=0.005), categorical cross-entropy, batch 32,
   on scikit-learn's 1,797 digits twice over (3,594 samples, int32).
+- lstm: benchmarks/lstm.ms, a text-sized recurrent model: 100 token ids (vocabulary 32, 0
+  the padding in front), embedding 32 32, lstm 64, dense 4 softmax; Adam(learning_rate=0.005),
+  categorical cross-entropy, batch 64, on 2,048 synthetic texts of 40 to 100 tokens whose
+  topic shows in the words they use (data()).
 
 Per framework there is a hand-written contender doing the same math as modelspec's backend
 (Keras's optimizer rules, softmax cross-entropy from the logits, Keras's accounting of the
@@ -79,13 +84,15 @@ class Bench:
     pooled_labels: bool = False  # labels from what global pooling keeps (see data())
     raw_pixels: bool = False  # the spec starts with `rescale 1/255`: samples in [0, 255) (see data())
     digits_tokens: bool = False  # scikit-learn's digits as token ids, repeated (see data())
+    texts: bool = False  # synthetic texts as token ids, padded in front (see data())
 
 
 MLP = Bench("mlp", ROOT / "specs" / "mnist.ms", 60_000, (784,), 10, 512, raw_pixels=True)
 CNN = Bench("cnn", ROOT / "benchmarks" / "cnn.ms", 8_000, (28, 28, 1), 10, 128)
 RESNET = Bench("resnet", ROOT / "benchmarks" / "resnet.ms", 3_072, (16, 16, 3), 10, 64, pooled_labels=True)
 TOKENS = Bench("tokens", ROOT / "benchmarks" / "tokens.ms", 2 * 1_797, (64,), 10, 32, digits_tokens=True)
-BENCHES = {b.name: b for b in (MLP, CNN, RESNET, TOKENS)}
+LSTM = Bench("lstm", ROOT / "benchmarks" / "lstm.ms", 2_048, (100,), 4, 64, texts=True)
+BENCHES = {b.name: b for b in (MLP, CNN, RESNET, TOKENS, LSTM)}
 
 # Rows, by framework: the hand-written one and modelspec's backend.
 HAND = {"numpy": "numpy, hand-written loop", "torch": "torch, hand-written loop",
@@ -122,7 +129,21 @@ def data(bench: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     values are scaled to [0, 255), MNIST's raw range, which the spec's `rescale 1/255` (and
     each hand-written contender's first step) brings back. With digits_tokens: scikit-learn's
     digits, their pixel intensities as int32 token ids, repeated to `samples`, and their
-    labels one-hot."""
+    labels one-hot. With texts: int32 token ids 1..31 drawn by Zipf's law (a word's
+    frequency 1 / its rank), one in six replaced by one of the six words of the text's topic;
+    40 to 100 of them, padded with 0 in front to 100 (Keras's pad_sequences' default)."""
+    if bench.texts:
+        rng = np.random.default_rng(seed)
+        vocab, steps = 32, bench.shape[0]
+        frequency = 1 / np.arange(1, vocab)
+        topics = rng.integers(0, bench.classes, bench.samples)
+        words = rng.permutation(np.arange(1, vocab))[:bench.classes * 6].reshape(bench.classes, 6)  # topics' own
+        x = rng.choice(np.arange(1, vocab), size=(bench.samples, steps), p=frequency / frequency.sum())
+        topical = rng.random((bench.samples, steps)) < 1 / 6
+        x = np.where(topical, words[topics[:, None], rng.integers(0, 6, (bench.samples, steps))], x)
+        lengths = rng.integers(40, steps + 1, bench.samples)
+        x[np.arange(steps)[None, :] < (steps - lengths)[:, None]] = 0
+        return x.astype(np.int32), np.eye(bench.classes, dtype=np.float32)[topics]
     if bench.digits_tokens:
         from sklearn.datasets import load_digits
 
@@ -451,12 +472,13 @@ def torch_image_epochs(model, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch
 
 def torch_epochs(model, xt, y: np.ndarray, batch: int, lr: float = 1e-3, adam=None) -> Epoch:
     """The hand-written PyTorch epoch: the data as tensors, batches gathered by index_select,
-    cross-entropy on the logits, Keras's Adam in place (torch_adam, or `adam`)."""
+    cross-entropy on the logits, Keras's Adam in place (torch_adam, or `adam`) on the
+    parameters that train."""
     import torch
     import torch.nn.functional as F
 
     yt = torch.from_numpy(y)
-    slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
+    slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(0)
     step = 0
 
@@ -868,6 +890,155 @@ def keras_tokens_backend(x, y, weights) -> Epoch:
     return modelspec_epoch(TOKENS, "keras", x, y, weights)
 
 # =======================================================================================
+# Texts: embedding, LSTM, dense
+# ---------------------------------------------------------------------------------------
+# NumPy
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def plain_lstm_epoch(x, y, weights, adam, order, batch=LSTM.batch):
+    """The model written out: the embedding as a row lookup, the LSTM's input product for all
+    steps at once, then the step loop (Keras's gates i, f, c, o; zero initial state), softmax
+    cross-entropy on the last output; backpropagation through time, the recurrent kernel's
+    gradient as one product over all steps; the embedding's gradient summed per id with
+    bincount, and Keras's Adam (IdsAdam: the second moment takes the sum of the squared rows
+    per id)."""
+    table, kernel, recurrent, bias, w, b = weights
+    vocab, d = table.shape
+    u = recurrent.shape[0]
+    total, correct = 0.0, 0
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        ids, yb, n = x[idx], y[idx], len(idx)
+        steps = ids.shape[1]
+        e = table[ids]  # n, T, d
+        xw = (e.reshape(n * steps, d) @ kernel + bias).reshape(n, steps, 4 * u)
+        gates = np.empty((n, steps, 4 * u), np.float32)  # i, f, g, o after their activations
+        hs = np.zeros((n, steps + 1, u), np.float32)  # hs[:, t] is the state before step t
+        cs = np.zeros((n, steps + 1, u), np.float32)
+        for t in range(steps):
+            z = xw[:, t] + hs[:, t] @ recurrent
+            g = gates[:, t]
+            g[:, :2 * u] = sigmoid(z[:, :2 * u])
+            g[:, 2 * u:3 * u] = np.tanh(z[:, 2 * u:3 * u])
+            g[:, 3 * u:] = sigmoid(z[:, 3 * u:])
+            cs[:, t + 1] = g[:, u:2 * u] * cs[:, t] + g[:, :u] * g[:, 2 * u:3 * u]
+            hs[:, t + 1] = g[:, 3 * u:] * np.tanh(cs[:, t + 1])
+        h = hs[:, steps]
+        logits = h @ w + b
+        shifted = logits - logits.max(1, keepdims=True)
+        ez = np.exp(shifted)
+        p = ez / ez.sum(1, keepdims=True)
+        total += float(-(yb * (shifted - np.log(ez.sum(1, keepdims=True)))).sum() / n) * n
+        correct += int((p.argmax(1) == yb.argmax(1)).sum())
+        dlogits = (p - yb) / n
+        dw, db = h.T @ dlogits, dlogits.sum(0)
+        dh = dlogits @ w.T
+        dc = np.zeros((n, u), np.float32)
+        dz = np.empty((n, steps, 4 * u), np.float32)
+        for t in range(steps - 1, -1, -1):
+            g = gates[:, t]
+            i_, f_, g_, o_ = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u], g[:, 3 * u:]
+            tanh_c = np.tanh(cs[:, t + 1])
+            dc = dc + dh * o_ * (1 - tanh_c * tanh_c)
+            step = dz[:, t]
+            step[:, :u] = dc * g_ * i_ * (1 - i_)
+            step[:, u:2 * u] = dc * cs[:, t] * f_ * (1 - f_)
+            step[:, 2 * u:3 * u] = dc * i_ * (1 - g_ * g_)
+            step[:, 3 * u:] = dh * tanh_c * o_ * (1 - o_)
+            dc = dc * f_
+            dh = step @ recurrent.T
+        flat_dz = dz.reshape(n * steps, 4 * u)
+        drecurrent = hs[:, :steps].reshape(n * steps, u).T @ flat_dz
+        dkernel, dbias = e.reshape(n * steps, d).T @ flat_dz, flat_dz.sum(0)
+        de = flat_dz @ kernel.T
+        flat_ids = ids.reshape(-1)
+        dtable = np.stack([np.bincount(flat_ids, de[:, c], vocab) for c in range(d)], 1).astype(np.float32)
+        squares = np.stack([np.bincount(flat_ids, de[:, c] ** 2, vocab) for c in range(d)], 1).astype(np.float32)
+        adam.step((dtable, dkernel, drecurrent, dbias, dw, db), {0: squares})
+    return total / len(order), correct / len(order)
+
+
+@contender(LSTM, HAND["numpy"])
+def numpy_lstm_hand_written(x, y, weights) -> Epoch:
+    weights = [w.copy() for w in weights]
+    adam = IdsAdam(weights, lr=0.005)
+    rng = np.random.default_rng(0)
+    return lambda order: plain_lstm_epoch(x, y, weights, adam, rng.permutation(len(x)) if order is None else order)
+
+
+@contender(LSTM, BACKEND["numpy"])
+def numpy_lstm_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(LSTM, "numpy", x, y, weights)
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch
+
+
+@contender(LSTM, HAND["torch"])
+def torch_lstm_hand_written(x, y, weights) -> Epoch:
+    """The model as torch code is written: nn.Embedding (sparse, for Keras's Adam rule on it),
+    nn.LSTM(batch_first=True) and its last step's output, nn.Linear. Keras's LSTM has one bias
+    where nn.LSTM has two: bias_ih takes it, bias_hh stays 0 and out of the optimizer."""
+    import torch
+    from torch import nn
+
+    class Texts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(32, 32, sparse=True)  # its grad: one row per occurrence
+            self.lstm = nn.LSTM(32, 64, batch_first=True)
+            self.dense = nn.Linear(64, 4)
+
+        def forward(self, ids):
+            out, _ = self.lstm(self.embedding(ids))
+            return self.dense(out[:, -1])
+
+    model = Texts()
+    table, kernel, recurrent, bias, w, b = weights
+    with torch.no_grad():
+        model.lstm.bias_hh_l0.zero_()
+        model.lstm.bias_hh_l0.requires_grad_(False)  # no gradient, no optimizer slots
+        trained = [model.embedding.weight, model.lstm.weight_ih_l0, model.lstm.weight_hh_l0, model.lstm.bias_ih_l0,
+                   model.dense.weight, model.dense.bias]
+        for param, value in zip(trained, [table, kernel.T, recurrent.T, bias, w.T, b]):
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    return torch_epochs(model, torch.from_numpy(x.astype(np.int64)), y, LSTM.batch, lr=0.005, adam=torch_ids_adam)
+
+
+@contender(LSTM, BACKEND["torch"])
+def torch_lstm_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(LSTM, "torch", x, y, weights, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# Keras
+
+
+@contender(LSTM, HAND["keras"])
+def keras_lstm_hand_written(x, y, weights) -> Epoch:
+    """benchmarks/lstm.ms as one writes it in Keras, trained with model.fit."""
+    from modelspec.backends.keras.engine import keras
+
+    layers = keras.layers
+    model = keras.Sequential([keras.Input(shape=(100,), dtype="int32"), layers.Embedding(32, 32), layers.LSTM(64),
+                              layers.Dense(4, activation="softmax")], name="bench_lstm")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.005), loss="categorical_crossentropy",
+                  metrics=["categorical_accuracy"])
+    model.set_weights(weights)
+    return keras_fit_epoch(model, x, y, LSTM.batch)
+
+
+@contender(LSTM, BACKEND["keras"])
+def keras_lstm_backend(x, y, weights) -> Epoch:
+    return modelspec_epoch(LSTM, "keras", x, y, weights)
+
+
+# =======================================================================================
 
 
 def keras_whole_fits(bench: Bench, x: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> None:
@@ -1009,7 +1180,9 @@ TARGETS = {"mlp": [(BACKEND["numpy"], HAND["numpy"], 1.10, "issue 3"),
            "resnet": [(BACKEND["numpy"], HAND["numpy"], 1.20, "issue 13"),
                       (BACKEND["torch"], HAND["torch"], 1.05, "issue 13")],
            "tokens": [(BACKEND["numpy"], HAND["numpy"], 1.10, "issue 14"),
-                      (BACKEND["torch"], HAND["torch"], 1.05, "issue 14")]}
+                      (BACKEND["torch"], HAND["torch"], 1.05, "issue 14")],
+           "lstm": [(BACKEND["numpy"], HAND["numpy"], 1.10, "issue 15"),
+                    (BACKEND["torch"], HAND["torch"], 1.05, "issue 15")]}
 
 
 def targets(bench: Bench, times: dict[str, list[float]], markdown: bool) -> list[str]:

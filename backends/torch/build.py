@@ -100,14 +100,15 @@ class SpecModule(nn.Module):
 
 
 class Merge(nn.Module):
-    """A merge layer: one expression of its inputs (lowering.py's Operands)."""
+    """A layer of several inputs (lowering.py's Operands): a merge, or a layer that reads the
+    model's ids for embedding's mask; one expression of them, maybe calling its own module."""
 
-    def __init__(self, forward: Callable, description: str) -> None:
+    def __init__(self, module: nn.Module | None, forward: Callable, description: str) -> None:
         super().__init__()
-        self.function, self.description = forward, description
+        self.module, self.function, self.description = module, forward, description
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.function(xs, None)
+        return self.function(xs, self.module)
 
     def extra_repr(self) -> str:
         return self.description
@@ -145,8 +146,20 @@ class GraphModule(SpecModule):
 # Weights in Keras's layout
 
 
-def _permutation(axes: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda t: t.permute(axes)
+def _to_torch(layout: Layout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Keras's layout to torch's: the gate blocks reordered, then the axes permuted."""
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        t = keras_ops.reorder_gates(t, layout.gates) if layout.gates else t
+        return t.permute(layout.to_torch) if layout.to_torch else t
+    return convert
+
+
+def _to_keras(layout: Layout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch's layout to Keras's: the axes permuted, then the gate blocks put back."""
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        t = t.permute(layout.to_keras) if layout.to_keras else t
+        return keras_ops.reorder_gates(t, layout.gates_back) if layout.gates else t
+    return convert
 
 
 @dataclass
@@ -160,8 +173,8 @@ class WeightMap:
 
     def add(self, tensor: torch.Tensor, layout: Layout | None, trainable: bool) -> None:
         self.tensors.append(tensor)
-        self.to_keras.append(_permutation(layout.to_keras) if layout else _same)
-        self.from_keras.append(_permutation(layout.to_torch) if layout else _same)
+        self.to_keras.append(_to_keras(layout) if layout else _same)
+        self.from_keras.append(_to_torch(layout) if layout else _same)
         self.trainable.append(trainable)
 
 
@@ -215,6 +228,9 @@ def operands_function(expr: Any) -> Callable[[tuple[torch.Tensor, ...], nn.Modul
     if isinstance(expr, tuple):
         parts = [operands_function(v) for v in expr]
         return lambda xs, m: tuple(f(xs, m) for f in parts)
+    if isinstance(expr, Call) and expr.target == SELF:
+        args, kwargs = [operands_function(a) for a in expr.args], expr.kwargs
+        return lambda xs, m: m(*(a(xs, m) for a in args), **kwargs)
     if isinstance(expr, Call):
         fn = BINARY.get(expr.target) or resolve(expr.target)
         args, kwargs = [operands_function(a) for a in expr.args], expr.kwargs
@@ -259,24 +275,32 @@ class Builder:
         for weight in unit.weights:
             self.weights.add(getattr(module, weight.tensor), LAYOUTS.get(weight.layout), weight.trainable)
         if unit.penalty:
-            self.penalties.append((getattr(module, unit.weights[0].tensor), *unit.penalty))
+            self.penalties += [(getattr(module, unit.weights[i].tensor), *unit.penalty) for i in unit.penalized]
         if unit.forward == (MODULE,):
             return module  # the layer is its module's call
-        if step is not None and step.operands:  # a masked pooling's second operand: the model's ids
+        if step is not None and step.operands:  # a masked layer's second operand: the model's ids
             n = len(step.input_ranks) + step.reads_mask
-            return Merge(operands_function(unit.forward[0]),
-                         literal(unit.forward[0], x=tuple(f"x{i}" for i in range(n))))
+            return Merge(module, operands_function(unit.forward[0]),
+                         literal(unit.forward[0], x=tuple(f"x{i}" for i in range(n)), attr="module"))
         return Layer(module, [function(e) for e in unit.forward],
                      "; ".join(literal(e, attr="module") for e in unit.forward) or "x")
 
     def module(self, call: Call, step: Step) -> nn.Module:
+        # Dropout masks cannot match another framework's; here they are reproducible from the
+        # seeds, drawn from a generator per layer (nn.Dropout draws from torch's global one, and
+        # so does a keras_ops module whose `generator` is None, as in emitted programs).
         if call.target == "nn.Dropout":
-            # The masks cannot match another framework's; here they are reproducible from the
-            # seeds, drawn from a generator per layer (nn.Dropout draws from torch's global one).
-            self.dropouts += 1
-            seed = step.layer.seed if step.layer.seed is not None else self.seed * 7919 + self.dropouts
-            return Dropout(*call.args, torch.Generator(self.device).manual_seed(seed))
-        return resolve(call.target)(*call.args, **call.kwargs)
+            return Dropout(*call.args, self.generator(step))
+        module = resolve(call.target)(*call.args, **call.kwargs)
+        if getattr(module, "generator", False) is None:
+            module.generator = self.generator(step)
+        return module
+
+    def generator(self, step: Step) -> torch.Generator:
+        """A layer's own generator: from its seed, or else from the model's and its place."""
+        self.dropouts += 1
+        seed = step.layer.seed if step.layer.seed is not None else self.seed * 7919 + self.dropouts
+        return torch.Generator(self.device).manual_seed(seed)
 
 
 def _free(name: str, taken: set[str]) -> str:

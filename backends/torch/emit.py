@@ -79,12 +79,14 @@ class Lines:
         for weight, keras in zip(unit.weights, step.report.weights if step else ()):
             self.weights.append(_entry(keras.path, f"self.{attr}.{weight.tensor}", weight.layout))
             self.layouts.add(weight.layout)
-        if unit.penalty:
-            kernel, (l1, l2) = f"self.{attr}.{unit.weights[0].tensor}", unit.penalty
+        for i in unit.penalized if unit.penalty else ():
+            kernel, (l1, l2) = f"self.{attr}.{unit.weights[i].tensor}", unit.penalty
             if l1:
                 self.penalty.append(f"{l1!r} * {kernel}.abs().sum()")
             if l2:
                 self.penalty.append(f"{l2!r} * {kernel}.square().sum()")
+        if any(LAYOUTS[w.layout].gates for w in unit.weights if w.layout):
+            self.helpers.add("reorder_gates")  # load_keras_weights and keras_weights move the gates
 
 
     def resets(self, attr: str, step: Step | None, unit: Unit) -> list[str]:
@@ -92,17 +94,25 @@ class Lines:
         lines = [f"self.{attr}.reset_parameters()"] if any(w.initializer is None for w in unit.weights) else []
         for weight, keras in zip(unit.weights, step.report.weights if step else ()):
             if weight.initializer is not None:
-                lines.append(initializer(f"self.{attr}.{weight.tensor}", weight.initializer, keras.shape, self.helpers))
+                tensor = f"self.{attr}.{weight.tensor}"
+                code, _, note = initializer(tensor, weight.initializer, keras.shape, self.helpers,
+                                            keras.fans).partition("  # ")
+                lines.append(_commented(code, note, 8))
+                if keras.forget_units:  # LSTM's unit_forget_bias: ones in the forget block (f of i, f, c, o)
+                    lines.append(f"nn.init.ones_({tensor}[{keras.forget_units}:{2 * keras.forget_units}])"
+                                 "  # unit_forget_bias")
         return lines
 
 
-def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str]) -> str:
+def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpers: set[str],
+                fans: tuple[int, int] | None = None) -> str:
     """The torch call drawing Keras's initializer `init` for a weight of Keras shape `shape`
     (adding the keras_ops functions it needs to `helpers`). torch's own fans agree with
-    Keras's for its layouts; seeds cannot carry over."""
+    Keras's for its layouts; `fans` are Keras's where its layer gives them (EinsumDense's).
+    Seeds cannot carry over."""
     from modelspec.initializers import compute_fans
 
-    fan_in, fan_out = compute_fans(shape)
+    fan_in, fan_out = fans or compute_fans(shape)
     a = init.args()
     name = init.name
     if name in ("glorot_normal", "he_normal", "lecun_normal"):
@@ -110,13 +120,13 @@ def initializer(tensor: str, init: ir.Initializer, shape: tuple[int, ...], helpe
         scale, fan = {"glorot_normal": (1.0, (fan_in + fan_out) / 2), "he_normal": (2.0, fan_in),
                       "lecun_normal": (1.0, fan_in)}[name]
         return f"variance_scaling_normal_({tensor}, scale={scale!r}, fan={fan!r})  # {name}"
-    if name in ("glorot_uniform", "he_uniform", "lecun_uniform") and len(shape) < 2:
-        # torch's xavier_uniform_ and kaiming_uniform_ refuse a vector (a bias); Keras takes
-        # its length as both fans
+    if name in ("glorot_uniform", "he_uniform", "lecun_uniform") and (len(shape) < 2 or fans):
+        # torch's xavier_uniform_ and kaiming_uniform_ refuse a vector (a bias), and take a
+        # tensor's fans as a convolution's; Keras takes a vector's length as both fans
+        helpers.add("variance_scaling_uniform_")
         scale, fan = {"glorot_uniform": (1.0, (fan_in + fan_out) / 2), "he_uniform": (2.0, fan_in),
                       "lecun_uniform": (1.0, fan_in)}[name]
-        limit = math.sqrt(3 * scale / max(1.0, fan))
-        return f"nn.init.uniform_({tensor}, {-limit!r}, {limit!r})  # {name}"
+        return f"variance_scaling_uniform_({tensor}, scale={scale!r}, fan={fan!r})  # {name}"
     if name == "truncated_normal":
         helpers.add("truncated_normal_")
         return f"truncated_normal_({tensor}, mean={a['mean']!r}, stddev={a['stddev']!r})"
@@ -306,14 +316,19 @@ def _forward_body(spec: ir.Spec, out: Lines, graph: list[str] | None = None) -> 
 
 
 def _conversions(layouts: set[str], to_torch: bool) -> str:
-    """load_keras_weights's (or keras_weights's) conversion of each layout the model uses."""
+    """load_keras_weights's (or keras_weights's) conversion of each layout the model uses: to
+    torch's, the gate blocks reordered, then the axes permuted; back, the other way round."""
     lines: list[str] = []
     for name, layout in LAYOUTS.items():
         if name in layouts:
             axes = layout.to_torch if to_torch else layout.to_keras
+            value = "value" if not axes else "value.T" if axes == (1, 0) else f"value.permute{axes}"
+            if to_torch and layout.gates:
+                value = ("reorder_gates(value, " + repr(layout.gates) + ")" + value[len("value"):])
+            elif layout.gates:
+                value = f"reorder_gates({value}, {layout.gates_back!r})"
             note = f"  # {layout.keras} -> {layout.torch}" if to_torch else ""
-            lines += [f"{'el' if lines else ''}if layout == {name!r}:{note}",
-                      "    value = value.T" if axes == (1, 0) else f"    value = value.permute{axes}"]
+            lines += [f"{'el' if lines else ''}if layout == {name!r}:{note}", f"    value = {value}"]
     return _indent(lines, 12) + "\n" if lines else ""
 
 
@@ -638,7 +653,7 @@ def _owners(spec: ir.Spec, p: Plan, units_of: dict[int, Unit]) -> tuple[Owner, l
         taken: set[str] = {*GLOBALS} if owner.use is not None else {"x", *GLOBALS}
         owner.names = {-1: "x"} if owner.use is None else {}
         for j in owner.inputs:
-            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (a masked pooling's mask)
+            if j < 0 and spec.input_dtype == "int32":  # the model's token ids (masked layers' mask)
                 owner.names[j] = identifier("ids", taken)
             else:
                 owner.names[j] = identifier(f"x_{layout(j)}" if len(owner.inputs) > 1 and nchw(j) else "x", taken)

@@ -151,10 +151,259 @@ def masked_mean(x, ids, dim=1):
     return (x * mask).sum(dim) / mask.sum(dim)
 
 
+def reorder_gates(value, order):
+    """The blocks of equal width along `value`'s last axis in `order` (block j of the result is
+    block order[j] of `value`): Keras's GRU gates z, r, h are torch's r, z, n, order (1, 0, 2)."""
+    blocks = value.chunk(len(order), -1)
+    return torch.cat([blocks[i] for i in order], -1)
+
+
+# ---------------------------------------------------------------------------------------
+# Recurrent layers and attention
+
+def keras_activation(name, x):
+    """Keras's activation `name` of x (the recurrent cells take theirs by name; softmax over
+    the last axis, leaky_relu's slope 0.2 as keras.activations.leaky_relu's)."""
+    if name == "linear":
+        return x
+    if name == "softmax":
+        return torch.softmax(x, -1)
+    if name == "leaky_relu":
+        return F.leaky_relu(x, 0.2)
+    return {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu,
+            "selu": selu, "gelu": F.gelu, "swish": F.silu, "softplus": F.softplus,
+            "relu6": F.relu6}[name](x)
+
+
+class Recurrent(nn.Module):
+    """Keras's LSTM, GRU or SimpleRNN (`cell`: 'lstm', 'gru', 'simple_rnn'; keras/src/layers/rnn/
+    lstm.py, gru.py, simple_rnn.py over rnn.py), or with `bidirectional` Keras's Bidirectional of
+    it (keras/src/layers/rnn/bidirectional.py): the forward layer as configured, a copy with
+    go_backwards flipped, the backward outputs flipped back into time order, merged.
+
+    Weights in torch's layout: weight_ih (gates * units, in) is Keras's kernel transposed,
+    weight_hh (gates * units, units) its recurrent kernel transposed, GRU's gate blocks in
+    torch's order r, z, n (Keras's z, r, h); bias as Keras's, (2, 3 * units) for GRU with
+    reset_after (the input bias, then the recurrent one). The backward layer's are the
+    `_reverse` ones. Keras has one bias where torch's kernels add two: `zero_bias` stands for
+    the second, a constant 0 that no optimizer sees (a trained copy would double the update).
+
+    forward(x, ids=None): x (batch, steps, in); `ids`, the model's token ids, give embedding's
+    mask (ids != 0). Without a mask, where torch's fused kernels compute Keras's function (the
+    ones nn.LSTM, nn.GRU and nn.RNN call: default activations, GRU with reset_after) they run
+    on x, or on x.flip(1) for go_backwards, whose outputs Keras leaves in that reversed order.
+    Otherwise the step loop of keras/src/backend/tensorflow/rnn.py runs: a masked step keeps
+    the state and repeats the previous output (Bidirectional with return_sequences outputs 0
+    there: zero_output_for_mask)."""
+
+    def __init__(self, cell, input_size, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, reset_after=True, return_sequences=False, go_backwards=False,
+                 bidirectional=False, merge_mode="concat"):
+        super().__init__()
+        self.cell, self.units, self.use_bias, self.reset_after = cell, units, use_bias, reset_after
+        self.activation, self.recurrent_activation = activation, recurrent_activation
+        self.return_sequences, self.go_backwards = return_sequences, go_backwards
+        self.bidirectional, self.merge_mode = bidirectional, merge_mode
+        width = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell] * units
+        bias = (2, width) if cell == "gru" and reset_after else (width,)
+        for suffix in ("", "_reverse") if bidirectional else ("",):
+            setattr(self, "weight_ih" + suffix, nn.Parameter(torch.zeros(width, input_size)))
+            setattr(self, "weight_hh" + suffix, nn.Parameter(torch.zeros(width, units)))
+            setattr(self, "bias" + suffix, nn.Parameter(torch.zeros(bias)) if use_bias else None)
+        self.register_buffer("zero_bias", torch.zeros(width), persistent=False)
+        if cell == "simple_rnn":
+            self.fused = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu}.get(activation)
+        elif (activation, recurrent_activation) == ("tanh", "sigmoid") and (
+                cell == "lstm" or reset_after):
+            self.fused = torch.lstm if cell == "lstm" else torch.gru
+        else:
+            self.fused = None
+
+    def weights(self, suffix):
+        """One direction's weights as torch's kernels take them: w_ih, w_hh[, b_ih, b_hh]."""
+        names = ("weight_ih", "weight_hh", "bias")
+        w_ih, w_hh, bias = (getattr(self, name + suffix) for name in names)
+        if bias is None:
+            return [w_ih, w_hh]
+        if bias.dim() == 2:  # GRU's reset_after: the input bias, the recurrent bias
+            return [w_ih, w_hh, bias[0], bias[1]]
+        return [w_ih, w_hh, bias, self.zero_bias]
+
+    def run_fused(self, x, suffixes):
+        """torch's kernel over x with the weights of `suffixes` ('' forward, '_reverse' backward;
+        both: torch's bidirectional kernel): the outputs (batch, steps, directions * units), and
+        the last state of each direction."""
+        h0 = x.new_zeros(len(suffixes), x.shape[0], self.units)
+        params = [w for suffix in suffixes for w in self.weights(suffix)]
+        state = (h0, h0) if self.cell == "lstm" else h0
+        # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
+        out = self.fused(x, state, params, self.use_bias, 1, 0.0, self.training, len(suffixes) == 2,
+                         True)
+        return out[0], out[1]
+
+    def run_loop(self, x, mask, suffix, backwards, zero_output):
+        """The step loop over one direction: every step's output (in the order processed) and
+        the last one. The input's product with the kernel runs once, over all steps, first."""
+        w_ih, w_hh, *biases = self.weights(suffix)
+        b_in = biases[0] if biases else None
+        # GRU's recurrent bias, with reset_after (otherwise zero_bias, which the loop leaves out)
+        b_hh = biases[1] if biases and self.cell == "gru" and self.reset_after else None
+
+        def act(v):
+            return keras_activation(self.activation, v)
+
+        def rec(v):
+            return keras_activation(self.recurrent_activation, v)
+
+        u = self.units
+        xw = F.linear(x, w_ih, b_in)
+        h = x.new_zeros(x.shape[0], u)
+        c = h
+        outputs = []
+        for t in range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1]):
+            z = xw[:, t]
+            if self.cell == "lstm":  # torch's blocks i, f, g, o are Keras's i, f, c, o
+                z = z + F.linear(h, w_hh)
+                c_new = rec(z[:, u:2 * u]) * c + rec(z[:, :u]) * act(z[:, 2 * u:3 * u])
+                h_new = rec(z[:, 3 * u:]) * act(c_new)
+            elif self.cell == "gru":  # blocks r, z, n
+                if self.reset_after:
+                    inner = F.linear(h, w_hh, b_hh)
+                    r = rec(z[:, :u] + inner[:, :u])
+                    update = rec(z[:, u:2 * u] + inner[:, u:2 * u])
+                    n = act(z[:, 2 * u:] + r * inner[:, 2 * u:])
+                else:
+                    inner = F.linear(h, w_hh[:2 * u])
+                    r = rec(z[:, :u] + inner[:, :u])
+                    update = rec(z[:, u:2 * u] + inner[:, u:])
+                    n = act(z[:, 2 * u:] + F.linear(r * h, w_hh[2 * u:]))
+                h_new = update * h + (1 - update) * n
+            else:
+                h_new = act(z + F.linear(h, w_hh))
+            if mask is None:
+                h, c = h_new, (c_new if self.cell == "lstm" else None)
+                outputs.append(h)
+                continue
+            m = mask[:, t, None]
+            h = torch.where(m, h_new, h)
+            if self.cell == "lstm":
+                c = torch.where(m, c_new, c)
+            outputs.append(torch.where(m, h_new, 0.0) if zero_output else h)
+        return torch.stack(outputs, 1), h
+
+    def forward(self, x, ids=None):
+        mask = None if ids is None else ids != 0
+        fused = self.fused is not None and mask is None
+        if self.bidirectional and fused and not self.go_backwards:
+            out, last = self.run_fused(x, ("", "_reverse"))
+            if self.return_sequences:
+                if self.merge_mode == "concat":
+                    return out
+                forward, backward = out[..., :self.units], out[..., self.units:]
+            else:
+                forward, backward = last[0], last[1]
+        else:
+            directions = [("", self.go_backwards)]
+            if self.bidirectional:
+                directions.append(("_reverse", not self.go_backwards))
+            results = []
+            for suffix, backwards in directions:
+                if fused:
+                    out, last = self.run_fused(x.flip(1) if backwards else x, (suffix,))
+                    results.append(out if self.return_sequences else last[0])
+                else:
+                    zero = self.bidirectional and self.return_sequences
+                    out, last = self.run_loop(x, mask, suffix, backwards, zero)
+                    results.append(out if self.return_sequences else last)
+            if not self.bidirectional:
+                return results[0]
+            forward, backward = results
+            if self.return_sequences:
+                backward = backward.flip(1)
+        if self.merge_mode == "concat":
+            return torch.cat([forward, backward], -1)
+        if self.merge_mode == "sum":
+            return forward + backward
+        if self.merge_mode == "ave":
+            return (forward + backward) / 2
+        return forward * backward
+
+class MultiHeadAttention(nn.Module):
+    """Keras's MultiHeadAttention as self-attention, mha(x, x) (keras/src/layers/attention/
+    multi_head_attention.py), its weights in Keras's layouts: query/key/value kernels (dim,
+    heads, key or value dim) and biases (heads, key or value dim), the output kernel (heads,
+    value dim, dim) and bias (dim,).
+
+    forward(x, ids=None): x (batch, steps, dim); `ids`, the model's token ids, give embedding's
+    mask (ids != 0): a query step attends to the unmasked key steps only (q_mask & k_mask).
+    Keras takes one of two paths, which differ on a masked query row:
+    - dropout 0: ops.dot_product_attention (keras/src/backend/tensorflow/nn.py): the logits
+      q·k scaled by 1/sqrt(key_dim), masked ones replaced by -0.7 * 3.38953e38, softmax; a
+      row with every logit masked attends uniformly to every step;
+    - dropout > 0: the query scaled first, masked logits replaced by -1e9, softmax, then the
+      masked probabilities set to 0 (keras/src/layers/activations/softmax.py): such a row
+      attends to nothing. The probabilities then go through an inverted dropout in training,
+      its masks drawn from `generator` (None: torch's global one)."""
+
+    def __init__(self, dim, num_heads, key_dim, value_dim, dropout=0.0, use_bias=True):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(float(key_dim))
+        self.rate, self.use_bias, self.generator = dropout, use_bias, None
+        for name, kernel, bias in (("query", (dim, num_heads, key_dim), (num_heads, key_dim)),
+                                   ("key", (dim, num_heads, key_dim), (num_heads, key_dim)),
+                                   ("value", (dim, num_heads, value_dim), (num_heads, value_dim)),
+                                   ("output", (num_heads, value_dim, dim), (dim,))):
+            setattr(self, name + "_kernel", nn.Parameter(torch.zeros(kernel)))
+            setattr(self, name + "_bias", nn.Parameter(torch.zeros(bias)) if use_bias else None)
+
+    def project(self, x, name):
+        """EinsumDense 'abc,cde->abde' (a bias of its last two axes)."""
+        y = torch.einsum("btd,dhk->bthk", x, getattr(self, name + "_kernel"))
+        return y + getattr(self, name + "_bias") if self.use_bias else y
+
+    def forward(self, x, ids=None):
+        query, key, value = (self.project(x, name) for name in ("query", "key", "value"))
+        attend = None
+        if ids is not None:
+            mask = ids != 0
+            attend = (mask[:, :, None] & mask[:, None, :])[:, None]  # (batch, 1, query, key)
+        if self.rate > 0:
+            scores = torch.einsum("bshk,bthk->bhts", key, query * self.scale)
+            if attend is not None:
+                scores = torch.where(attend, scores, -1e9)
+            probabilities = torch.softmax(scores, -1)
+            if attend is not None:
+                probabilities = torch.where(attend, probabilities, 0.0)
+            if self.training:
+                if self.rate >= 1:
+                    probabilities = torch.zeros_like(probabilities)
+                else:
+                    shape, device = probabilities.shape, x.device
+                    draw = torch.rand(shape, generator=self.generator, device=device)
+                    keep = draw >= self.rate
+                    probabilities = probabilities * keep / (1 - self.rate)
+        else:
+            scores = torch.einsum("bthk,bshk->bhts", query, key) * self.scale
+            if attend is not None:
+                scores = torch.where(attend, scores, -0.7 * 3.38953e38)
+            probabilities = torch.softmax(scores, -1)
+        heads = torch.einsum("bhts,bshv->bthv", probabilities, value)
+        y = torch.einsum("bthv,hvd->btd", heads, self.output_kernel)
+        return y + self.output_bias if self.use_bias else y
+
+
 def truncated_normal_(tensor, mean=0.0, stddev=0.05):
     """Keras's TruncatedNormal: values beyond two stddevs are drawn again. (torch's
     trunc_normal_ takes absolute bounds, which default to -2 and 2.)"""
     return nn.init.trunc_normal_(tensor, mean, stddev, mean - 2 * stddev, mean + 2 * stddev)
+
+
+def variance_scaling_uniform_(tensor, scale, fan):
+    """Keras's glorot_uniform, he_uniform and lecun_uniform: U(-limit, limit), limit =
+    sqrt(3 * scale / fan), with Keras's fan (torch's xavier_uniform_ and kaiming_uniform_ refuse
+    a vector and take another tensor's fans as a convolution's)."""
+    limit = math.sqrt(3 * scale / max(1.0, fan))
+    return nn.init.uniform_(tensor, -limit, limit)
 
 
 def variance_scaling_normal_(tensor, scale, fan):

@@ -72,27 +72,42 @@ class Weight:
 
 @dataclass(frozen=True, eq=False)
 class Unit:
-    """One layer in torch. Its first weight is the kernel a penalty (l1, l2) applies to."""
+    """One layer in torch. A penalty (l1, l2) applies to the weights at `penalized` (the kernel
+    first; Bidirectional's two layers each have one)."""
 
     forward: tuple[Call, ...] = ()  # applied to X in turn
     module: Call | None = None
     weights: tuple[Weight, ...] = ()
     penalty: tuple[float, float] | None = None
+    penalized: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How torch stores a kernel Keras stores otherwise: axis permutations both ways."""
+    """How torch stores a weight Keras stores otherwise: axis permutations both ways (none when
+    empty) and, for a GRU's weights, the order of the gate blocks along Keras's last axis
+    (`gates`: torch's block j is Keras's block gates[j]; keras_ops.reorder_gates moves them)."""
 
     to_keras: tuple[int, ...]
     to_torch: tuple[int, ...]
     keras: str
     torch: str
+    gates: tuple[int, ...] | None = None
+
+    @property
+    def gates_back(self) -> tuple[int, ...] | None:
+        """The inverse order: from torch's blocks back to Keras's."""
+        return None if self.gates is None else tuple(self.gates.index(j) for j in range(len(self.gates)))
 
 
 LAYOUTS = {"dense": Layout((1, 0), (1, 0), "(in, out)", "(out, in)"),
            "conv": Layout((2, 3, 1, 0), (3, 2, 0, 1), "(kh, kw, in, out)", "(out, in, kh, kw)"),
-           "conv1d": Layout((2, 1, 0), (2, 1, 0), "(k, in, out)", "(out, in, k)")}
+           "conv1d": Layout((2, 1, 0), (2, 1, 0), "(k, in, out)", "(out, in, k)"),
+           # LSTM's gates i, f, c, o are torch's i, f, g, o: only the transpose
+           "recurrent": Layout((1, 0), (1, 0), "(in, gates * units)", "(gates * units, in)"),
+           # GRU's gates z, r, h are torch's r, z, n
+           "gru": Layout((1, 0), (1, 0), "(in, z|r|h)", "(r|z|n, in)", gates=(1, 0, 2)),
+           "gru_bias": Layout((), (), "(..., z|r|h)", "(..., r|z|n)", gates=(1, 0, 2))}
 
 
 def activation(name: str | None, x: Any = X, axis: int = -1) -> Any:
@@ -247,7 +262,7 @@ class Lowering:
 
     def embedding(self, step: Step) -> Unit:
         # No padding_idx even with mask_zero: Keras's row 0 is an ordinary trainable row; the
-        # mask is the model's ids that are not 0, which a masked pooling reads itself.
+        # mask is the model's ids that are not 0, which each layer computing with it reads itself.
         layer = step.layer
         reg = layer.embeddings_regularizer
         note = "mask_zero as Keras's: row 0 trains (no padding_idx)" if layer.mask_zero else ""
@@ -319,6 +334,37 @@ class Lowering:
             return Unit(() if flat is X else (flat,))
         return Unit((Call(".unflatten", (flat, 1, shape)),))
 
+    # Recurrent layers and attention: keras_ops's modules (torch's fused kernels where they
+    # compute Keras's function, the step loop otherwise); with embedding's mask they read the
+    # model's ids as a second operand.
+
+    def lstm(self, step: Step) -> Unit:
+        return _recurrent(step, step.layer)
+
+    def gru(self, step: Step) -> Unit:
+        return _recurrent(step, step.layer)
+
+    def simple_rnn(self, step: Step) -> Unit:
+        return _recurrent(step, step.layer)
+
+    def bidirectional(self, step: Step) -> Unit:
+        return _recurrent(step, step.layer.layer, step.layer.merge_mode)
+
+    def attention(self, step: Step) -> Unit:
+        layer = step.layer
+        kwargs: dict[str, Any] = {}
+        if layer.dropout:
+            kwargs["dropout"] = layer.dropout
+        if not layer.use_bias:
+            kwargs["use_bias"] = False
+        module = Call("MultiHeadAttention", (step.report.input_shape[-1], layer.num_heads, layer.key_dim,
+                                             layer.resolved_value_dim), kwargs, note="self-attention, as Keras's")
+        weights = tuple(Weight(f"{name}_{part}", None, layer.kernel_initializer if part == "kernel"
+                               else layer.bias_initializer)
+                        for name in ("query", "key", "value", "output")
+                        for part in (("kernel", "bias") if layer.use_bias else ("kernel",)))
+        return Unit((_masked(step),), module, weights)
+
     # Merges (keras/src/layers/merging/): one expression of the inputs, Operand(0), Operand(1)...,
     # folded left to right as Keras's _merge_function folds them.
 
@@ -345,6 +391,46 @@ class Lowering:
         if step.nchw:  # Keras's axis counts channels-last axes: N, H, W, C are 0, 2, 3, 1 in NCHW
             axis = (0, 2, 3, 1)[axis % 4] if step.input_ranks[0] == 4 else (0, 2, 1)[axis % 3]
         return Unit((Call("torch.cat", (_operands(step),), {"dim": axis}),))
+
+
+def _masked(step: Step) -> Call:
+    """The layer's module on its input, and on the model's ids when it reads embedding's mask."""
+    return Call(SELF, (Operand(0), Operand(1))) if step.reads_mask else MODULE
+
+
+def _recurrent(step: Step, layer: Any, merge_mode: str | None = None) -> Unit:
+    """keras_ops.Recurrent for an LSTM, GRU or SimpleRNN `layer`, or Bidirectional's pair of it
+    (merge_mode set): each direction's kernel, recurrent kernel and bias, the kernels penalized."""
+    kwargs: dict[str, Any] = {}
+    if layer.activation != "tanh":
+        kwargs["activation"] = layer.activation
+    if getattr(layer, "recurrent_activation", "sigmoid") != "sigmoid":
+        kwargs["recurrent_activation"] = layer.recurrent_activation
+    if not layer.use_bias:
+        kwargs["use_bias"] = False
+    if layer.kind == "gru" and not layer.reset_after:
+        kwargs["reset_after"] = False
+    for flag in ("return_sequences", "go_backwards"):
+        if getattr(layer, flag):
+            kwargs[flag] = True
+    if merge_mode is not None:
+        kwargs["bidirectional"] = True
+        if merge_mode != "concat":
+            kwargs["merge_mode"] = merge_mode
+    module = Call("Recurrent", (layer.kind, step.report.input_shape[-1], layer.units), kwargs)
+    kernel = "gru" if layer.kind == "gru" else "recurrent"
+    weights: list[Weight] = []
+    for suffix in ("", "_reverse") if merge_mode is not None else ("",):
+        weights += [Weight(f"weight_ih{suffix}", kernel, layer.kernel_initializer),
+                    Weight(f"weight_hh{suffix}", kernel, layer.recurrent_initializer)]
+        if layer.use_bias:
+            weights.append(Weight(f"bias{suffix}", "gru_bias" if layer.kind == "gru" else None,
+                                  layer.bias_initializer))
+    reg = layer.kernel_regularizer
+    penalty = (reg.l1, reg.l2) if reg is not None and (reg.l1 or reg.l2) else None
+    per_direction = 3 if layer.use_bias else 2
+    return Unit((_masked(step),), module, tuple(weights), penalty,
+                (0, per_direction) if merge_mode is not None else (0,))
 
 
 def _operands(step: Step) -> tuple[Any, ...]:

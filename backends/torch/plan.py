@@ -28,7 +28,13 @@ from . import keras_ops
 # hand-written torch model does.
 NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d", "conv1d", "maxpool1d", "avgpool1d"})
 # prelu: alpha is (h, w, c); layernorm: the last axis; reshape: row-major on Keras's layout
-CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu", "layernorm", "reshape"})
+# the recurrent layers and attention: (batch, steps, channels), as Keras's
+CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu", "layernorm", "reshape", "lstm", "gru", "simple_rnn",
+                                 "bidirectional", "attention"})
+# Layers that compute with embedding's mask (the model's ids that are not 0) when it reaches
+# them (LayerReport.mask_in): Keras's GlobalAveragePooling1D, the recurrent layers (a masked
+# step keeps the state) and MultiHeadAttention (masked keys are not attended to).
+MASK_KINDS = frozenset({"globalavgpool1d", "lstm", "gru", "simple_rnn", "bidirectional", "attention"})
 # The ranks (batch included) whose tensors have a channels-first layout: images and sequences.
 SPATIAL_RANKS = (3, 4)
 # The layout switches: to channels-first and back, by rank.
@@ -59,14 +65,13 @@ class Step:
 
     @property
     def reads_mask(self) -> bool:
-        """It computes with embedding's mask (the model's ids that are not 0): in this issue only
-        a global average pooling of masked steps (Keras's GlobalAveragePooling1D with a mask)."""
-        return self.report.mask_in and self.layer.kind == "globalavgpool1d"
+        """It computes with embedding's mask (the model's ids that are not 0; MASK_KINDS)."""
+        return self.report.mask_in and self.layer.kind in MASK_KINDS
 
     @property
     def operands(self) -> bool:
         """Its forward expression reads several tensors (lowering's Operands): a merge's inputs,
-        or a masked pooling's input and the model's ids."""
+        or a masked layer's input and the model's ids."""
         return self.layer.merges or self.reads_mask
 
     @property
@@ -155,7 +160,7 @@ def class_name(model_name: str, taken: set[str] = frozenset()) -> str:
 def plan(spec: ir.Spec, report: Report) -> Plan:
     """A chain's plan (a graph's: graph_plan). A chain whose layer reads embedding's mask is
     planned as a graph: that layer reads the model's ids besides its input."""
-    if report.functional or any(row.mask_in and row.kind == "globalavgpool1d" for row in report.layers):
+    if report.functional or any(row.mask_in and row.kind in MASK_KINDS for row in report.layers):
         return graph_plan(report)
     taken: set[str] = set()
     steps: list[Step] = []
@@ -230,7 +235,7 @@ def graph_plan(report: Report) -> Plan:
         step = Step(layer, rep, identifier(rep.name, taken), want, None, None if act == "linear" else act,
                     tuple(rank[i] for i in inputs))
         steps.append(step)
-        # a masked pooling reads the model's ids (-1) too: its mask is the ids that are not 0
+        # a masked layer reads the model's ids (-1) too: its mask is the ids that are not 0
         nodes.append(Node(step.attr, step, (*inputs, -1) if step.reads_mask else tuple(inputs)))
         position[row] = len(nodes) - 1
         rank[len(nodes) - 1] = len(rep.output_shape)
