@@ -386,3 +386,16 @@ def test_bidirectional_of_a_backwards_layer_is_an_error():
         ms.check("input 8x3\nbidirectional lstm 3 go_backwards\ndense 2")
     first = e.value.diagnostics[0]
     assert (first.line, "go_backwards" in first.message) == (2, True)
+
+
+def test_crosscheck_compares_attention_without_its_dropout_and_explains_the_new_kinds():
+    from modelspec.crosscheck import explain, without_dropout
+
+    spec = ms.parse("input 6 int\nembedding 9 4 mask_zero\nbidirectional gru 3 return_sequences\n"
+                    "attention heads=1 key_dim=2 dropout=0.3 seed=1\nglobalavgpool1d\ndense 2")
+    quiet = without_dropout(spec)
+    assert (quiet.layers[2].dropout, spec.layers[2].dropout, quiet.layers[2].seed) == (0.0, 0.3, 1)
+    topics = [topic for topic, _ in explain(spec, ["numpy", "torch"])]
+    assert {"recurrent layers", "gru reset_after", "bidirectional", "masked recurrence", "attention"} <= set(topics)
+    assert not {"gru reset_after", "masked recurrence", "attention"} & {
+        topic for topic, _ in explain(ms.parse("input 6x3\nlstm 2"), ["numpy"])}
