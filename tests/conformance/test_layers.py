@@ -219,6 +219,10 @@ SPEC_COUNTS = {  # name: (output shape, total params, non-trainable)
     "digits_b": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_c": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_cnn": ((10,), 160 + 64 + 4_640 + 330, 32),
+    # lstm 32 on 8 rows of 8: 4·(8·32 + 32·32 + 32); the embedding 17x8, conv1d 3·64·32 + 32, attention
+    # 4·32·4·8 + 3·4·8 + 32, two layernorms, the block's dense 32->64->32, the classifier
+    "digits_lstm": ((10,), 4 * (8 * 32 + 32 * 32 + 32) + 330, 0),
+    "digits_transformer": ((10,), 136 + 6_176 + 4_224 + 2 * 64 + 2_112 + 2_080 + 330, 0),
     "digits_resnet": ((10,), 80 + 2 * (584 + 576) + 2 * 32 + 144 + 1_168 + 136 + 1_160 + 330, 2 * 16),
     "mnist": ((10,), 435_402, 0),
     "model1": ((10,), 435_402, 0),
