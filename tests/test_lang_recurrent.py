@@ -399,3 +399,37 @@ def test_crosscheck_compares_attention_without_its_dropout_and_explains_the_new_
     assert {"recurrent layers", "gru reset_after", "bidirectional", "masked recurrence", "attention"} <= set(topics)
     assert not {"gru reset_after", "masked recurrence", "attention"} & {
         topic for topic, _ in explain(ms.parse("input 6x3\nlstm 2"), ["numpy"])}
+
+
+ORDER = [
+    # attention and a global pooling see no positions: the output depends on which tokens occur
+    (TRANSFORMER, 6),
+    ("input 10x3\nh = attention heads=1 key_dim=2\nd = dense 3 from=in\nadd h d\nglobalmaxpool1d\ndense 2", 2),
+    # something gives the steps an order: a convolution, a recurrent layer, a reshape of tokens
+    # into rows, or flatten (the dense after it weighs each position on its own)
+    ("input 10 int\nembedding 20 4\nconv1d 4 3 padding=same\nattention heads=1 key_dim=2\nglobalavgpool1d\n"
+     "dense 2", None),
+    ("input 10 int\nembedding 20 4\nattention heads=1 key_dim=2\nlstm 3 return_sequences\nglobalavgpool1d\ndense 2",
+     None),
+    ("input 10x3\nh = attention heads=1 key_dim=2\nc = conv1d 3 3 padding=same from=in\nadd h c\nglobalmaxpool1d\n"
+     "dense 2", None),
+    ("input 10 int\nembedding 20 4\nattention heads=1 key_dim=2\nflatten\ndense 2", None),
+    # without attention a pooled embedding is a bag of words on purpose (the text classifier)
+    ("input 10 int\nembedding 20 4\nglobalavgpool1d\ndense 2", None),
+]
+
+
+@pytest.mark.parametrize("text, line", ORDER)
+def test_advice_on_attention_that_cannot_see_the_order(text, line):
+    warnings = [d for d in ms.check(text).warnings if d.code == "order"]
+    assert [d.line for d in warnings] == ([line] if line else [])
+    if warnings:
+        assert "not on their order" in warnings[0].message and "conv1d" in warnings[0].hint
+
+
+def test_the_real_data_specs_check_without_advice():
+    from pathlib import Path
+
+    specs = Path(__file__).parents[1] / "specs"
+    for name in ("digits_lstm", "digits_transformer"):
+        assert ms.check(ms.parse(specs / f"{name}.ms")).warnings == [], name
