@@ -182,7 +182,7 @@ def test_spellings():
 
 ROUND_TRIPS = [
     "lstm 4", "lstm 4 return_sequences", "lstm 4 go_backwards", "lstm 4 return_sequences go_backwards",
-    "lstm 4 relu", "lstm 4 recurrent_activation=hard_sigmoid".replace("hard_sigmoid", "tanh"),
+    "lstm 4 relu", "lstm 4 recurrent_activation=tanh",
     "lstm 4 he_uniform(seed=3)", "lstm 4 recurrent_init=zeros", "lstm 4 recurrent_init=orthogonal(gain=2.0, seed=5)",
     "lstm 4 recurrent_initializer=glorot_normal", "lstm 4 nobias", "lstm 4 unit_forget_bias=false",
     "lstm 4 unit_forget_bias=true", "lstm 4 l1=0.01", "lstm 4 l2", "lstm 4 l1=0.01 l2=0.02",
@@ -433,3 +433,12 @@ def test_the_real_data_specs_check_without_advice():
     specs = Path(__file__).parents[1] / "specs"
     for name in ("digits_lstm", "digits_transformer"):
         assert ms.check(ms.parse(specs / f"{name}.ms")).warnings == [], name
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "the checker names the dropout layer 'dropout': MultiHeadAttention's build, at its call, makes a Dropout "
+    "with an auto name first (keras/src/layers/attention/multi_head_attention.py, _build_attention), so real "
+    "Keras names the spec's dropout dropout_1 (tests/test_keras_checker.py, specs 117 and 158)"))
+def test_attention_takes_a_dropout_name():
+    report = ms.check("input 2x5\nattention heads=1 key_dim=2\ndropout 0.25\nglobalavgpool1d\ndense 2")
+    assert [r.name for r in report.layers][:2] == ["multi_head_attention", "dropout_1"]
