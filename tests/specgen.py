@@ -202,12 +202,12 @@ class _Generator:
             [] if self.masked else ["batchnorm"])
         if len(shape) == 2:
             kinds += ["conv1d", "conv1d", "conv1d", "maxpool1d", "avgpool1d", "globalavgpool1d", "globalmaxpool1d",
-                      *self.RECURRENT, "bidirectional", "bidirectional", "attention", "attention"]
+                      *self.RECURRENT, "bidirectional", "bidirectional", "attention"]  # (attention: keeping() too)
         if len(shape) == 3:
             kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "globalmaxpool2d",
                       "zeropadding2d", "zeropadding2d", "flatten"]
-            if shape[0] * shape[1] <= 36:  # keeps images small
-                kinds.append("upsampling2d")
+            if shape[0] * shape[1] <= 36:  # keeps images small (twice: small images are rare)
+                kinds += ["upsampling2d", "upsampling2d"]
         elif len(shape) == 2:
             kinds += ["flatten"]
         kind = self.r.choice(kinds)
