@@ -24,6 +24,11 @@ LECUN = frozenset({"lecun_normal", "lecun_uniform"})
 TRANSPARENT = frozenset({"batchnorm", "dropout"})  # between a weighted layer and its activation
 HUGE_BYTES = 2 * 1024**3
 WEIGHTED = frozenset({"dense", "conv2d", "conv1d"})  # the kinds with a kernel and an activation
+# the kinds that treat every step of a sequence alike, wherever it stands: shuffle the steps of
+# their input and their output's steps are shuffled the same way (prelu is not: an alpha per step)
+STEPWISE = frozenset({"embedding", "dense", "activation", "leaky_relu", "rescale", "dropout", "layernorm",
+                      "batchnorm", "normalize", "attention", "add", "subtract", "multiply", "average", "maximum",
+                      "minimum", "concat"})
 
 
 def _warn(message: str, layer: Any, hint: str | None = None, code: str = "advice") -> Diagnostic:
@@ -49,7 +54,7 @@ def advise(spec: ir.Spec, layers: list["LayerReport"]) -> list[Diagnostic]:
     layers = _Rows(layers)
     out: list[Diagnostic] = []
     for rule in (_composed_affine, _initializers, _softmax_placement, _dropout_placement,
-                 _dense_on_images, _mask_dropped, _output_and_loss, _metrics_and_loss, _size):
+                 _dense_on_images, _mask_dropped, _order_blind_attention, _output_and_loss, _metrics_and_loss, _size):
         out.extend(rule(spec, layers))
     return out
 
@@ -80,6 +85,34 @@ def _mask_dropped(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
                         f"0 count as data, as in Keras (which warns the same)", rep.layer,
                         hint="pool with globalavgpool1d (it averages the unmasked steps), or drop mask_zero if "
                              "id 0 is an ordinary token", code="mask")
+            return
+
+
+def _order_blind_attention(spec: ir.Spec, layers: "_Rows") -> Iterator[Diagnostic]:
+    """Attention that reaches a global 1-D pooling through layers that all treat the steps
+    alike: self-attention has no notion of position (Keras's MultiHeadAttention adds none), so
+    the pooled output depends on which tokens occur, not on where; a transformer needs something
+    to give its steps an order."""
+    if not any(rep.kind == "attention" for rep in layers):
+        return
+    blind: list[bool] = []  # the row's output is the same function of every step, position-free
+    attention: list[int | None] = []  # the first attention row among those blind ancestors
+    for rep in layers:
+        sources = [s for s in rep.sources if s >= 0]
+        blind.append(rep.kind in STEPWISE and all(blind[s] for s in sources))
+        seen = [attention[s] for s in sources if attention[s] is not None]
+        attention.append(min(seen) if seen else (len(attention) if rep.kind == "attention" else None))
+    for i, rep in enumerate(layers):
+        source = rep.sources[0] if rep.sources else -1
+        if rep.kind in ("globalavgpool1d", "globalmaxpool1d") and source >= 0 and blind[source] \
+                and attention[source] is not None:
+            first = layers[attention[source]]
+            yield _warn(f"{first.name} and {rep.name} do not see where a step stands, and neither does any layer "
+                        f"before them, so the model's output depends on which tokens occur, not on their order "
+                        f"(Keras's MultiHeadAttention adds no positions)", first.layer,
+                        hint="give the steps an order before attention: conv1d over the steps, a recurrent layer "
+                             "with return_sequences, or reshape so that each step holds several in order "
+                             "(specs/digits_transformer.ms); or flatten instead of pooling", code="order")
             return
 
 

@@ -253,9 +253,11 @@ def _first(comparisons: list[LayerComparison]) -> tuple[LayerComparison, str] | 
 
 
 def without_dropout(spec: ir.Spec) -> ir.Spec:
-    """The spec with every dropout rate set to 0 (the layer stays and drops nothing): dropout
-    masks cannot agree across frameworks, so backends are compared without them."""
-    layers = tuple(layer.model_copy(update={"rate": 0.0}) if layer.kind == "dropout" else layer
+    """The spec with every dropout rate set to 0, attention's on its probabilities too (the
+    layer stays and drops nothing): dropout masks cannot agree across frameworks, so backends
+    are compared without them."""
+    rates = {"dropout": "rate", "attention": "dropout"}
+    layers = tuple(layer.model_copy(update={rates[layer.kind]: 0.0}) if layer.kind in rates else layer
                    for layer in spec.layers)
     return spec.model_copy(update={"layers": layers})
 
@@ -457,6 +459,14 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
 # ---------------------------------------------------------------------------------------
 # How each convention maps per backend (--explain)
 
+_RECURRENT = ("lstm", "gru", "simple_rnn", "bidirectional")
+
+
+def _inner(layer: ir.LayerBase) -> ir.LayerBase:
+    """The layer itself, or the recurrent layer a bidirectional wraps."""
+    return layer.layer if layer.kind == "bidirectional" else layer
+
+
 _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
     ("initial weights", lambda s: True, {
         "keras": "Keras's initializers (glorot_uniform kernels, zero biases; normal variance-scaling "
@@ -494,6 +504,48 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "keras": "GlobalAveragePooling1D with a mask: Σ mask·x / Σ mask over the steps",
         "numpy": "the same quotient, the mask from the input's ids",
         "torch": "the same quotient (torch has no masks)",
+    }),
+    ("recurrent layers", lambda s: any(l.kind in _RECURRENT for l in s.layers), {
+        "keras": "LSTM (gates i, f, c, o), GRU (z, r, h) and SimpleRNN over the steps from a zero state: kernel "
+                 "(in, gates·units), recurrent kernel (units, gates·units) orthogonal as one matrix, LSTM's forget "
+                 "bias 1; the last step's output, or every step's (go_backwards: in the reversed order processed)",
+        "numpy": "the step loop and backpropagation through time written out, the same weights and gate order",
+        "torch": "torch's fused kernels (torch.lstm, torch.gru, torch.rnn_tanh/rnn_relu: what nn.LSTM, nn.GRU "
+                 "and nn.RNN call) where they compute Keras's function (no mask, default activations, GRU with "
+                 "reset_after): kernels transposed, GRU's blocks z, r, h reordered to torch's r, z, n; the step "
+                 "loop written out otherwise",
+    }),
+    ("gru reset_after", lambda s: any(_inner(l).kind == "gru" for l in s.layers), {
+        "keras": "reset_after=True (default): h̃ = tanh(x·Wh + bx + r ⊙ (h·Uh + bh)), bias (2, 3·units); "
+                 "reset_after=False: h̃ = tanh(x·Wh + (r ⊙ h)·Uh + b), bias (3·units,)",
+        "numpy": "both formulas written out",
+        "torch": "reset_after=True is nn.GRU's formula; reset_after=False has no torch module: the cell "
+                 "written out",
+    }),
+    ("bidirectional", lambda s: any(l.kind == "bidirectional" for l in s.layers), {
+        "keras": "Bidirectional: the layer forward and a copy with go_backwards=True; with return_sequences the "
+                 "backward outputs flipped back into time order; merge concat [forward, backward], sum, mul or "
+                 "ave; the forward layer's weights, then the backward one's",
+        "numpy": "the two directions run and merged the same way",
+        "torch": "both directions in one module (torch's _reverse weights take the backward ones), merged as "
+                 "Keras merges",
+    }),
+    ("masked recurrence", lambda s: any(l.kind in _RECURRENT for l in s.layers)
+        and any(getattr(l, "mask_zero", False) for l in s.layers), {
+        "keras": "a masked step keeps the state and repeats the previous output (0 before the first unmasked "
+                 "step; 0 at every masked step in Bidirectional's sequences); the last output is the last "
+                 "unmasked step's",
+        "numpy": "the same rule in the step loop, the mask from the input's ids",
+        "torch": "the same rule in the step loop, the mask from the input's ids (torch has no masks)",
+    }),
+    ("attention", lambda s: any(l.kind == "attention" for l in s.layers), {
+        "keras": "MultiHeadAttention as mha(x, x): per head q, k, v projections (EinsumDense kernels (D, H, K), "
+                 "glorot with fans (D, H·K)), softmax(q·kᵀ/√key_dim) over the key steps, the output projection "
+                 "(H, V, D); with a mask, masked logits become -1e9 (a masked query row attends uniformly); "
+                 "dropout on the probabilities while training",
+        "numpy": "the same einsums and softmax, backward by hand",
+        "torch": "the projections and softmax written out with torch.einsum in Keras's layout (nn."
+                 "MultiheadAttention packs its weights, fixes head_dim = D/H and scales by it)",
     }),
     ("layernorm epsilon", lambda s: any(l.kind == "layernorm" for l in s.layers), {
         "keras": "LayerNormalization(epsilon=0.001) over the last axis, biased variance",

@@ -183,5 +183,5 @@ def render_summary(report: "Report", line_length: int | None = None, flops: bool
         out.append(f" Optimizer params: {optimizer_params:,} ({readable_size(optimizer_bytes)})")
     if flops:
         out.append(f" FLOPs: {report.flops:,} per sample (forward pass; 2 per multiply-accumulate "
-                   "in dense and convolution layers)")
+                   "in dense, convolution, recurrent and attention layers)")
     return "\n".join(out) + "\n"

@@ -6,8 +6,9 @@
     @given(specgen.strategy())                        # with hypothesis
 
 Every spec parses and checks: shapes are tracked while layers are drawn, so a window
-never outgrows its input. Sizes are small (units up to 8, images up to 10x10), so a
-framework builds and runs each in milliseconds. Every layer kind and option of the
+never outgrows its input. Sizes are small (units up to 8, recurrent units up to 4, attention
+of 1 or 2 heads of up to 3, sequences up to 10 steps, images up to 10x10), so a framework
+builds and runs each in milliseconds. Every layer kind and option of the
 language appears, written in its different spellings (`dense 8 relu` and
 `dense units=8 activation=relu`, `stride=2` and `strides=(2, 1)`, `in` on the first
 layer or an `input` statement, `;` or new lines). With `training=True` (the default) the
@@ -187,28 +188,34 @@ class _Generator:
     # -- layers ------------------------------------------------------------------------
 
     # the kinds that pass embedding's mask on (Keras's supports_masking); the others drop it,
-    # but batchnorm and normalize refuse it (modelspec.layers.LayerBase.mask)
+    # but batchnorm and normalize refuse it (modelspec.layers.LayerBase.mask). Attention and a
+    # recurrent layer with return_sequences pass it on too (their methods say so: self.passes)
     KEEP_MASK = ("dense", "batchnorm", "activation", "leaky_relu", "prelu", "rescale", "dropout", "layernorm",
                  "normalize")
+    RECURRENT = ("lstm", "gru", "simple_rnn")
+    WEIGHTED = ("dense", "conv2d", "conv1d", "batchnorm", "prelu", "layernorm", *RECURRENT, "bidirectional",
+                "attention")
 
     def layer(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         kinds = ["dense", "activation", "leaky_relu", "prelu", "rescale", "layernorm", "reshape"] + (
             ["dropout"] if self.use_dropout else []) + ([] if self.weighted or self.masked else ["normalize"]) + (
             [] if self.masked else ["batchnorm"])
         if len(shape) == 2:
-            kinds += ["conv1d", "conv1d", "conv1d", "maxpool1d", "avgpool1d", "globalavgpool1d", "globalmaxpool1d"]
+            kinds += ["conv1d", "conv1d", "conv1d", "maxpool1d", "avgpool1d", "globalavgpool1d", "globalmaxpool1d",
+                      *self.RECURRENT, "bidirectional", "bidirectional", "attention"]  # (attention: keeping() too)
         if len(shape) == 3:
             kinds += ["conv2d", "conv2d", "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "globalmaxpool2d",
                       "zeropadding2d", "zeropadding2d", "flatten"]
-            if shape[0] * shape[1] <= 36:  # keeps images small
-                kinds.append("upsampling2d")
+            if shape[0] * shape[1] <= 36:  # keeps images small (twice: small images are rare)
+                kinds += ["upsampling2d", "upsampling2d"]
         elif len(shape) == 2:
             kinds += ["flatten"]
         kind = self.r.choice(kinds)
         self.nonlinear = False
+        self.passes = kind in self.KEEP_MASK
         text, shape = getattr(self, kind)(shape)
-        self.weighted = self.weighted or kind in ("dense", "conv2d", "conv1d", "batchnorm", "prelu", "layernorm")
-        self.masked = self.masked and kind in self.KEEP_MASK
+        self.weighted = self.weighted or kind in self.WEIGHTED
+        self.masked = self.masked and self.passes
         return text + self.name_option(), shape
 
     def embedding(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
@@ -277,6 +284,82 @@ class _Generator:
 
     def globalmaxpool1d(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         return "globalmaxpool1d", (shape[-1],)
+
+    def recurrent(self, kind: str, shape: tuple[int, ...], wrapped: bool = False) -> tuple[str, tuple[int, ...]]:
+        """An lstm, gru or simple_rnn with each of its options, in their spellings; `wrapped`:
+        inside a bidirectional, which Keras refuses for a go_backwards layer (its backward copy
+        is go_backwards too: keras/src/layers/rnn/bidirectional.py)."""
+        r = self.r
+        units = r.randint(1, 4)
+        parts = [f"{kind} {units}" if self.chance(0.8) else f"{kind} units={units}"]
+        sequences = self.chance(0.5)
+        if sequences or self.chance(0.1):
+            parts.append("return_sequences" if sequences and self.chance(0.8) else f"return_sequences={str(sequences).lower()}")
+        if not wrapped and self.chance(0.25):
+            parts.append("go_backwards" if self.chance(0.8) else "go_backwards=true")
+        if self.chance(0.3):
+            activation = r.choice([a for a in ACTIVATIONS if a != "softmax" or units > 1])
+            parts.append(activation if self.chance(0.8) else f"activation={activation}")
+        if kind != "simple_rnn" and self.chance(0.25):
+            parts.append(f"recurrent_activation={r.choice(('sigmoid', 'tanh', 'relu6', 'linear'))}")
+        if self.chance(0.3):
+            init = self.initializer()
+            parts.append(f"kernel_initializer={init}" if self.chance(0.2) else init)
+        if self.chance(0.3):
+            parts.append(f"{r.choice(('recurrent_init', 'recurrent_initializer'))}={self.initializer()}")
+        if self.chance(0.15):
+            parts.append(r.choice(("nobias", "use_bias=false")))
+        elif self.chance(0.2):
+            parts.append(f"{r.choice(('bias_init', 'bias_initializer'))}={self.initializer(bias=True)}")
+        if kind == "lstm" and self.chance(0.3):
+            parts.append(f"unit_forget_bias={r.choice(('false', 'true'))}")
+        if kind == "gru" and self.chance(0.4):
+            parts.append(f"reset_after={r.choice(('false', 'true'))}")
+        if self.chance(0.15):
+            parts.append(r.choice(("l1", "l2", f"l2={_num(r.uniform(0.0001, 0.05))}")))
+        self.passes = sequences  # with return_sequences the mask goes on; without, it ends here
+        head, rest = parts[0], parts[1:]
+        r.shuffle(rest)
+        return " ".join([head, *rest]), ((shape[0], units) if sequences else (units,))
+
+    def lstm(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.recurrent("lstm", shape)
+
+    def gru(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.recurrent("gru", shape)
+
+    def simple_rnn(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.recurrent("simple_rnn", shape)
+
+    def bidirectional(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        r = self.r
+        text, out = self.recurrent(r.choice(self.RECURRENT), shape, wrapped=True)
+        merge = r.choice(("concat", "sum", "mul", "ave"))
+        if merge != "concat" or self.chance(0.2):
+            text += f" {r.choice(('merge', 'merge_mode'))}={merge}"
+        return f"bidirectional {text}", (*out[:-1], 2 * out[-1]) if merge == "concat" else out
+
+    def attention(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        """Self-attention (the model becomes functional); it passes the mask on."""
+        r = self.r
+        heads, key_dim = r.randint(1, 2), r.randint(1, 3)
+        parts = [f"{r.choice(('heads', 'num_heads'))}={heads}", f"key_dim={key_dim}"]
+        if self.chance(0.3):
+            parts.append(f"value_dim={r.randint(1, 3)}")
+        if self.use_dropout and self.chance(0.2):
+            parts.append(f"dropout={r.choice((0.0, 0.1, 0.5))}")
+            if self.chance(0.5):
+                parts.append(f"seed={r.randint(0, 99)}")
+        if self.chance(0.2):
+            parts.append(r.choice(("nobias", "use_bias=false")))
+        elif self.chance(0.15):
+            parts.append(f"{r.choice(('bias_init', 'bias_initializer'))}={self.initializer(bias=True)}")
+        if self.chance(0.3):
+            init = self.initializer()
+            parts.append(f"kernel_initializer={init}" if self.chance(0.2) else init)
+        r.shuffle(parts)
+        self.passes = True
+        return "attention " + " ".join(parts), shape
 
     def layernorm(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         if self.chance(0.3):
@@ -439,6 +522,8 @@ class _Generator:
         kinds = ["dense", "activation"] + ([] if self.masked else ["batchnorm"]) if channels is None else ["dense"]
         if len(shape) == 3:
             kinds += ["conv2d"]
+        if len(shape) == 2 and channels is None:  # a residual self-attention, as in a transformer block
+            kinds += ["attention"]
         kind = self.r.choice(kinds)
         if kind == "dense":
             text, out = self.dense(shape, units=c)
@@ -450,7 +535,7 @@ class _Generator:
                          + self.weighted_options(act, c)), (*shape[:2], c)
         else:
             text, out = getattr(self, kind)(shape)
-        self.weighted = self.weighted or kind in ("dense", "conv2d", "batchnorm")
+        self.weighted = self.weighted or kind in ("dense", "conv2d", "batchnorm", "attention")
         return text, out
 
     def ref(self) -> str:

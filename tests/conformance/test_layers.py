@@ -156,6 +156,45 @@ LAYERS = [
     case("reshape 2x-1", IMG, (2, 25), 0),
     case("reshape 50", IMG, (50,), 0),
     case("reshape 5x1", V, (5, 1), 0),
+    # recurrent layers on (steps, features): the last output or every step's, go_backwards (the
+    # outputs left in the reversed order processed), each option; LSTM 4·(in·U + U·U + U)
+    # parameters, GRU 3·(in·U + U·U) + 2·3U (reset_after) or 3U, SimpleRNN in·U + U·U + U
+    case("lstm 4", SEQ, (4,), 128),
+    case("lstm 4 return_sequences", SEQ, (6, 4), 128),
+    case("lstm 4 return_sequences go_backwards", SEQ, (6, 4), 128),
+    case("lstm 3 go_backwards nobias", SEQ, (3,), 72),
+    case("lstm 3 relu recurrent_activation=tanh unit_forget_bias=false he_uniform(seed=1) "
+         "recurrent_init=glorot_uniform(seed=2) bias_init=random_uniform(minval=-0.2, maxval=0.2, seed=3) l2=0.01",
+         SEQ, (3,), 84, id="lstm-every-option"),
+    case("lstm 3 bias_init=ones l1=0.01", SEQ, (3,), 84),
+    case("gru 4", SEQ, (4,), 108),
+    case("gru 4 return_sequences", SEQ, (6, 4), 108),
+    case("gru 4 reset_after=false", SEQ, (4,), 96),
+    case("gru 3 reset_after=false return_sequences go_backwards sigmoid", SEQ, (6, 3), 63),
+    case("gru 3 go_backwards recurrent_activation=relu6 recurrent_init=orthogonal(gain=0.5, seed=4) "
+         "bias_init=random_normal(stddev=0.3, seed=5) l1=0.01 l2=0.01", SEQ, (3,), 72, id="gru-every-option"),
+    case("gru 2 nobias", SEQ, (2,), 30),
+    case("simple_rnn 4", SEQ, (4,), 32),
+    case("simple_rnn 4 return_sequences go_backwards relu nobias", SEQ, (6, 4), 28),
+    case("simple_rnn 3 sigmoid lecun_normal(seed=6) recurrent_init=he_normal(seed=7) bias_init=ones l2", SEQ,
+         (3,), 21, id="simple_rnn-every-option"),
+    # bidirectional: twice the layer's parameters; every merge mode, with and without sequences
+    case("bidirectional lstm 3", SEQ, (6,), 168),
+    case("bidirectional lstm 3 return_sequences merge=sum", SEQ, (6, 3), 168),
+    case("bidirectional gru 2 return_sequences", SEQ, (6, 4), 84),
+    case("bidirectional gru 2 reset_after=false merge=mul", SEQ, (2,), 72),
+    case("bidirectional simple_rnn 3 return_sequences merge=ave", SEQ, (6, 3), 42),
+    case("bidirectional lstm 2 merge=ave unit_forget_bias=false nobias l2=0.01", SEQ, (2,), 80),
+    # self-attention: query and key (D, H, K) + (H, K), value (D, H, V) + (H, V), output
+    # (H, V, D) + (D,); with and without bias, value_dim; dropout on the probabilities (masks
+    # cannot agree across frameworks: trained as the dropout layers are)
+    case("attention heads=2 key_dim=2", SEQ, (6, 3), 63),
+    case("attention heads=1 key_dim=3 value_dim=2 nobias", SEQ, (6, 3), 30),
+    case("attention heads=2 key_dim=1 value_dim=3 he_normal(seed=8) bias_init=random_uniform(seed=9)", SEQ, (6, 3),
+         61, id="attention-initializers"),
+    case("attention heads=2 key_dim=2 dropout=0.5 seed=3", SEQ, (6, 3), 63, train_mode="shapes"),
+    case("attention heads=1 key_dim=2 dropout=0.2", (4, 5), (4, 5), 51, train_mode="shapes",
+         id="attention-dropout-unseeded"),
     # names
     case('dense 3 name="ünï"', V, (3,), 18, id="non-ascii-layer-name", marks=pytest.mark.notimpl(
         ["keras"], reason="TensorFlow's name scopes take letters, digits and . _ - > only: the Keras backend "
@@ -180,6 +219,10 @@ SPEC_COUNTS = {  # name: (output shape, total params, non-trainable)
     "digits_b": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_c": ((10,), 6_938 + 4 * (64 + 32 + 16), 2 * (64 + 32 + 16)),
     "digits_cnn": ((10,), 160 + 64 + 4_640 + 330, 32),
+    # lstm 32 on 8 rows of 8: 4·(8·32 + 32·32 + 32); the embedding 17x8, conv1d 3·64·32 + 32, attention
+    # 4·32·4·8 + 3·4·8 + 32, two layernorms, the block's dense 32->64->32, the classifier
+    "digits_lstm": ((10,), 4 * (8 * 32 + 32 * 32 + 32) + 330, 0),
+    "digits_transformer": ((10,), 136 + 6_176 + 4_224 + 2 * 64 + 2_112 + 2_080 + 330, 0),
     "digits_resnet": ((10,), 80 + 2 * (584 + 576) + 2 * 32 + 144 + 1_168 + 136 + 1_160 + 330, 2 * 16),
     "mnist": ((10,), 435_402, 0),
     "model1": ((10,), 435_402, 0),
@@ -277,6 +320,32 @@ SEQUENCES = {  # name: (the spec, output shape, params, non-trainable)
                                "dense 2", (2,), 40 + 27 + 8, 0),
     "embedding-of-a-grid": ("input 3x4 int\nembedding 10 2\nreshape 3x8\nconv1d 2 2\nflatten\ndense 2", (2,),
                             20 + 34 + 10, 0),
+    # embedding's mask into recurrent layers: a masked step keeps the state and repeats the
+    # previous output (Bidirectional's sequences: 0 there); with return_sequences the mask goes
+    # on to the next layer, without it the last unmasked step's output is the result.
+    # Attention leaves masked keys out of the softmax, and its output keeps the mask.
+    "lstm-mask": ("input 6 int\nembedding 10 3 mask_zero\nlstm 4\ndense 2", (2,), 30 + 128 + 10, 0),
+    "lstm-gru-mask-sequences": ("input 6 int\nembedding 10 3 mask_zero\nlstm 4 return_sequences go_backwards\n"
+                                "gru 3\ndense 2", (2,), 30 + 128 + 81 + 8, 0),
+    "gru-reset-before-mask-average": ("input 6 int\nembedding 10 3 mask_zero\ngru 3 reset_after=false "
+                                      "return_sequences\nglobalavgpool1d\ndense 2", (2,), 30 + 63 + 8, 0),
+    "simple-rnn-mask-backwards": ("input 6 int\nembedding 10 3 mask_zero\nsimple_rnn 3 go_backwards\ndense 2",
+                                  (2,), 30 + 21 + 8, 0),
+    "bidirectional-mask-sequences": ("input 6 int\nembedding 10 3 mask_zero\nbidirectional lstm 2 "
+                                     "return_sequences\nglobalavgpool1d\ndense 2", (2,), 30 + 96 + 10, 0),
+    "bidirectional-mask-last": ("input 6 int\nembedding 10 3 mask_zero\nbidirectional gru 2 merge=ave\ndense 2",
+                                (2,), 30 + 84 + 6, 0),
+    "bidirectional-mask-into-lstm": ("input 6 int\nembedding 10 3 mask_zero\nbidirectional simple_rnn 2 "
+                                     "return_sequences merge=mul\nlstm 2\ndense 2", (2,), 30 + 2 * 12 + 40 + 6, 0),
+    "attention-mask": ("input 6 int\nembedding 10 4 mask_zero\nattention heads=2 key_dim=2\nglobalavgpool1d\n"
+                       "dense 2", (2,), 40 + 80 + 10, 0),
+    "attention-mask-into-gru": ("input 6 int\nembedding 10 4 mask_zero\nattention heads=1 key_dim=3 value_dim=2 "
+                                "nobias\ngru 2\ndense 2", (2,), 40 + 40 + 48 + 6, 0),
+    "transformer-block-mask": ("input 6 int\ne = embedding 12 4 mask_zero\nattention heads=2 key_dim=2 nobias\n"
+                               "add e\nh = layernorm\ndense 8 relu\ndense 4\nadd h\nlayernorm\nglobalavgpool1d\n"
+                               "dense 2", (2,), 48 + 64 + 8 + 40 + 36 + 8 + 10, 0),
+    "attention-value-dim": ("input 5x4\nattention heads=2 key_dim=3 value_dim=2\nglobalmaxpool1d\ndense 2", (2,),
+                            100 + 10, 0),
     "rows-as-a-sequence": ("input 8x8\nconv1d 4 3 relu\nmaxpool1d\nlayernorm\nglobalavgpool1d\ndense 3 softmax",
                            (3,), 100 + 8 + 15, 0),
     "reshape-into-conv1d": ("input 12\nreshape -1x3\nconv1d 2 2 stride=2\nflatten\ndense 2", (2,), 14 + 10, 0),
