@@ -182,7 +182,7 @@ def layer_names(spec: ir.Spec, inner: bool = False) -> Any:
     """Keras's names for the spec's layers (in spec order) in a fresh session; auto names skip
     the user's. With `inner`, also each layer's wrapped layer's name (None without one): the
     recurrent layer `bidirectional` wraps is made first, and takes its name as if it stood
-    alone. Layers a constructor makes itself (attention's dropout) take their names too."""
+    alone. Layers a layer makes itself (attention's dropout, at its first call) take their names too."""
     taken = {layer.name for layer in spec.layers if layer.name}
     counters: dict[str, int] = {}
 

@@ -728,8 +728,8 @@ class Attention(LayerBase):
 
     keras_class: ClassVar[str] = "MultiHeadAttention"
     mask: ClassVar[str] = "use"
-    # its probabilities' Softmax and Dropout layers (multi_head_attention.py, __init__): a spec's
-    # next dropout is dropout_1
+    # its probabilities' Softmax and Dropout layers, made when it is first called
+    # (multi_head_attention.py, _build_attention): a spec's next dropout is dropout_1
     inner_layers: ClassVar[tuple[str, ...]] = ("Softmax", "Dropout")
     clears_input_masks: ClassVar[bool] = True
     reads_input_times: ClassVar[int] = 2

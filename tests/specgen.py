@@ -358,6 +358,9 @@ class _Generator:
             init = self.initializer()
             parts.append(f"kernel_initializer={init}" if self.chance(0.2) else init)
         r.shuffle(parts)
+        # Keras's config cannot tell value_dim=key_dim from the default (dropped after the shuffle,
+        # which keeps the draws that follow)
+        parts = [p for p in parts if p != f"value_dim={key_dim}"]
         self.passes = True
         return "attention " + " ".join(parts), shape
 

@@ -61,6 +61,12 @@ FIGURES = {
 FIGURES["digits_c"] = FIGURES["digits_b"]
 # 64 ids -> 17x4 embedding -> 56x16 (a window of 9, valid) -> 28x16 -> 448 -> 10
 FIGURES["digits_tokens"] = (17 * 4 + (9 * 4 * 16 + 16) + dense(28 * 16, 10),) * 2 + (0, (None, 10))
+# 8 rows of 8 pixels -> lstm 32 (gates i, f, c, o: 4·(8·32 + 32·32 + 32)) -> 10
+FIGURES["digits_lstm"] = (4 * (8 * 32 + 32 * 32 + 32) + dense(32, 10),) * 2 + (0, (None, 10))
+# 64 ids -> 17x8 embedding -> 8 rows of 64 -> conv1d 3 to 8x32 -> attention, 4 heads of 8 (query, key and
+# value (32, 4, 8) + (4, 8), output (4, 8, 32) + 32) -> two layernorms and the block's dense 32->64->32 -> 10
+FIGURES["digits_transformer"] = (17 * 8 + (3 * 64 * 32 + 32) + (4 * 32 * 4 * 8 + 3 * 4 * 8 + 32) + 2 * 64
+                                 + dense(32, 64) + dense(64, 32) + dense(32, 10),) * 2 + (0, (None, 10))
 # regression cases found by differential fuzzing (tests/test_fuzz_crosscheck.py)
 FIGURES["regression_one_layer"] = (dense(8, 4),) * 2 + (0, (None, 4))
 FIGURES["regression_selu_at_zero"] = (dense(3, 7) + dense(7, 3),) * 2 + (0, (None, 3))

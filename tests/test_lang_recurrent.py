@@ -377,10 +377,6 @@ def test_check_json_of_attention_lists_its_input_twice(tmp_path, capsys):
     assert report["layers"][0]["params"] == mha_params(4, 2, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "the checker accepts it: Keras's Bidirectional makes its backward layer with go_backwards=True (not the "
-    "wrapped layer's flipped), then refuses equal directions (keras/src/layers/rnn/bidirectional.py, "
-    "_verify_layer_config), so `bidirectional LAYER go_backwards` is an error in Keras"))
 def test_bidirectional_of_a_backwards_layer_is_an_error():
     with pytest.raises(SpecError) as e:
         ms.check("input 8x3\nbidirectional lstm 3 go_backwards\ndense 2")
@@ -435,10 +431,6 @@ def test_the_real_data_specs_check_without_advice():
         assert ms.check(ms.parse(specs / f"{name}.ms")).warnings == [], name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the checker names the dropout layer 'dropout': MultiHeadAttention's build, at its call, makes a Dropout "
-    "with an auto name first (keras/src/layers/attention/multi_head_attention.py, _build_attention), so real "
-    "Keras names the spec's dropout dropout_1 (tests/test_keras_checker.py, specs 117 and 158)"))
 def test_attention_takes_a_dropout_name():
     report = ms.check("input 2x5\nattention heads=1 key_dim=2\ndropout 0.25\nglobalavgpool1d\ndense 2")
     assert [r.name for r in report.layers][:2] == ["multi_head_attention", "dropout_1"]
