@@ -65,6 +65,11 @@ class LayerReport:
     mask_input: str | None = None  # in a functional model, the mask operation a consumer reads (Report.mask_ops)
 
     @property
+    def reads_mask(self) -> bool:
+        """Its numbers use embedding's mask: it reaches a layer that consumes or uses it."""
+        return self.mask_in and self.layer.mask in ("consume", "use")
+
+    @property
     def params(self) -> int:
         return sum(w.size for w in self.weights)
 

@@ -267,10 +267,9 @@ def test_the_transformer_block_equals_keras():
     same_as_keras(TRANSFORMER, padding="right")
 
 
-@pytest.mark.xfail(strict=True, reason="in Keras the second block's attention runs unmasked (its output "
-                   "equals the unmasked computation to 4e-7; MultiHeadAttention.call removes its inputs' "
-                   "masks), while the checker marks it mask_in: to be settled in the checker")
 def test_two_transformer_blocks_equal_keras():
+    """The second block's attention runs unmasked in Keras: the first deletes its input's mask,
+    so the residual add after it carries none at run time (modelspec.checker._masks_at_run_time)."""
     same_as_keras(TWO_BLOCKS, padding="right")
 
 

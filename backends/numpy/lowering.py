@@ -225,7 +225,7 @@ def lower(report: Report) -> Lowered:
         weights = [Weight(count + i) for i in range(len(layer_report.weights))]
         count += len(weights)
         method = getattr(lowering, layer_report.kind)
-        if layer_report.mask_in and layer_report.layer.mask in ("consume", "use"):  # its numbers use the mask
+        if layer_report.reads_mask:
             calls = method(layer_report.layer, weights, index, mask_in=True)
         else:
             calls = method(layer_report.layer, weights, index)

@@ -31,10 +31,6 @@ NCHW_KINDS = frozenset({"conv2d", "maxpool2d", "avgpool2d", "conv1d", "maxpool1d
 # the recurrent layers and attention: (batch, steps, channels), as Keras's
 CHANNELS_LAST_KINDS = frozenset({"dense", "flatten", "prelu", "layernorm", "reshape", "lstm", "gru", "simple_rnn",
                                  "bidirectional", "attention"})
-# Layers that compute with embedding's mask (the model's ids that are not 0) when it reaches
-# them (LayerReport.mask_in): Keras's GlobalAveragePooling1D, the recurrent layers (a masked
-# step keeps the state) and MultiHeadAttention (masked keys are not attended to).
-MASK_KINDS = frozenset({"globalavgpool1d", "lstm", "gru", "simple_rnn", "bidirectional", "attention"})
 # The ranks (batch included) whose tensors have a channels-first layout: images and sequences.
 SPATIAL_RANKS = (3, 4)
 # The layout switches: to channels-first and back, by rank.
@@ -65,8 +61,8 @@ class Step:
 
     @property
     def reads_mask(self) -> bool:
-        """It computes with embedding's mask (the model's ids that are not 0; MASK_KINDS)."""
-        return self.report.mask_in and self.layer.kind in MASK_KINDS
+        """It computes with embedding's mask (the model's ids that are not 0)."""
+        return self.report.reads_mask
 
     @property
     def operands(self) -> bool:
@@ -160,7 +156,7 @@ def class_name(model_name: str, taken: set[str] = frozenset()) -> str:
 def plan(spec: ir.Spec, report: Report) -> Plan:
     """A chain's plan (a graph's: graph_plan). A chain whose layer reads embedding's mask is
     planned as a graph: that layer reads the model's ids besides its input."""
-    if report.functional or any(row.mask_in and row.kind in MASK_KINDS for row in report.layers):
+    if report.functional or any(row.reads_mask for row in report.layers):
         return graph_plan(report)
     taken: set[str] = set()
     steps: list[Step] = []
