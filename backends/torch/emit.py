@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
