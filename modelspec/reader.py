@@ -408,10 +408,13 @@ def _plan(kind: str) -> tuple[tuple, tuple, tuple, tuple, str | None]:
     return positional, others, words, options, described or None
 
 
-def read_layer(r: Reader, kind: str) -> dict[str, Any] | None:
+def read_layer(r: Reader, kind: str, wrapper_options: tuple[str, ...] | None = None) -> dict[str, Any] | None:
     """The IR fields of a layer statement, read as its class declares (modelspec.layers.Arg);
-    None when an error was reported. Raises _Skip when the statement cannot be read on."""
+    None when an error was reported. Raises _Skip when the statement cannot be read on. A
+    wrapped layer's (`wrapper_options`: its wrapper's own) has no name of its own."""
     positional, others, words, options, described = _plan(kind)
+    if wrapper_options is not None:
+        options = tuple(o for o in options if o != "name") + wrapper_options
     fields: dict[str, Any] = {"kind": kind}
     ok = True
     for field, arg in positional:  # in order; an option spelling wins
@@ -467,12 +470,12 @@ def _wrapped_layer(r: Reader, arg: Arg, own: tuple) -> Any:
         r.fail(f"{r.kw} needs {arg.needs}; received {got}", word.span if word is not None else r.st.span,
                hint=f"for example: {arg.example}")
     inner = copy.copy(r)
-    inner.kw, inner.words = word.value, r.words[1:]
+    inner.kw, inner.words = f"{r.kw} {word.value}", r.words[1:]  # messages: "bidirectional lstm takes ..."
     own_keys = {k for _, a in own for k in a.keys}
     inner.options = {k: o for k, o in r.options.items() if k not in own_keys}
     r.options = {k: o for k, o in r.options.items() if k in own_keys}
     r.words, r.positionals, r.calls = [], [], []
-    fields = read_layer(inner, word.value)
+    fields = read_layer(inner, word.value, tuple(a.keys[0] for _, a in own if a.keys))
     if fields is None:
         return None
     cls = LAYER_CLASSES[fields.pop("kind")]
