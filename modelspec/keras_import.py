@@ -845,13 +845,23 @@ def _mirror(layer: _Layer, forward: dict[str, Any], backward: dict[str, Any]) ->
         shown = backward.get("class_name") if isinstance(backward, dict) else backward
         raise layer.fail(f"its backward_layer is a {shown}, not the {forward.get('class_name')} it wraps run "
                          "backward; a spec's bidirectional makes that mirror itself")
-    differ = sorted(k for k in set(f) | set(b) if k not in MIRROR_FREE and f.get(k) != b.get(k))
+    differ = sorted(k for k in set(f) | set(b) if k not in MIRROR_FREE and _unshared(f.get(k)) != _unshared(b.get(k)))
     if bool(f.get("go_backwards", False)) == bool(b.get("go_backwards", False)):
         differ.insert(0, "go_backwards")
     if differ:
         shown = ", ".join(f"{k}={b.get(k)!r} (forward: {f.get(k)!r})" for k in differ)
         raise layer.fail(f"its backward_layer is not the mirror of the layer it wraps: {shown}; a spec's "
                          "bidirectional runs the same layer backward")
+
+
+def _unshared(value: Any) -> Any:
+    """A config value without the `shared_object_id` a saved .keras file gives each object
+    (keras/src/saving/serialization_lib.py): two equal initializers differ only in it."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items() if k != "shared_object_id"}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
 
 
 def _attention(layer: _Layer) -> ir.LayerBase:

@@ -718,6 +718,21 @@ def test_a_saved_transformer_imports_on_the_command_line(tmp_path):
     assert ms.check(ms.parse(tmp_path / "m.ms")).summary(line_length=100) == kr.summary(hand, 100)
 
 
+def test_a_saved_bidirectional_imports_on_the_command_line(tmp_path):
+    # a saved .keras file gives each initializer a shared_object_id, which differs between
+    # the forward and the backward layer of the same mirror
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input((20,), dtype="int32")
+    e = L.Embedding(50, 8, mask_zero=True)(inputs)
+    hand = keras.Model(inputs, L.Dense(2, activation="softmax")(L.Bidirectional(L.LSTM(6))(
+        L.Add()([L.MultiHeadAttention(2, 4)(e, e), e]))))
+    hand.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    hand.save(tmp_path / "m.keras")
+    assert main(["import", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.ms")]) == 0
+    assert "bidirectional lstm 6\n" in (tmp_path / "m.ms").read_text()
+    assert ms.check(ms.parse(tmp_path / "m.ms")).summary(line_length=100) == kr.summary(hand, 100)
+
+
 def functional_config(build, shape=(12, 4), dtype="float32") -> dict:
     keras.backend.clear_session(free_memory=False)
     inputs = keras.Input(shape, dtype=dtype)
