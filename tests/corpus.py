@@ -3,11 +3,34 @@ kind and option written in varied (non-canonical) ways, and a way to run the CLI
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_FILES = sorted((ROOT / "specs").glob("*.ms"))
 SPEC_IDS = [p.stem for p in SPEC_FILES]
+
+# The recurrent issue's transformer encoder block (tests of every backend and the language);
+# `transformer` writes it into a model: its input and embedding, then its uses
+ENCODER_BLOCK = """\
+block encoder(heads, key_dim, ff, width) {
+  attention heads=heads key_dim=key_dim
+  add in
+  h = layernorm
+  dense ff relu
+  dense width
+  add h
+  layernorm
+}
+"""
+
+
+def transformer(head: str, *uses: str) -> str:
+    return f"model transformer\n{head}\n\n{ENCODER_BLOCK}\n" + "".join(f"{u}\n" for u in uses) + \
+        "globalavgpool1d\ndense 2 softmax\n"
+
+
+TRANSFORMER = transformer("input 16 int\nembedding 200 32", "encoder 4 8 64 32")  # the issue's own
 
 # The graphs issue's example: a residual block used twice (tests of every backend, draw and the language)
 TINY_RESNET = """\
@@ -137,3 +160,12 @@ def modelspec_cli(*args: object, cwd: Path = ROOT, timeout: float = 120):
 
     return subprocess.run([sys.executable, "-m", "modelspec", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_program(source: str, path: Path):
+    """An emitted program written to `path` and imported as a module."""
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

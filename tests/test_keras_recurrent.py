@@ -27,6 +27,8 @@ from modelspec.initializers import initial_weights
 from modelspec.keras_import import UnsupportedError, convert
 from modelspec.printer import layer_text
 
+from corpus import TRANSFORMER
+
 pytest.importorskip("keras")
 import keras  # noqa: E402
 
@@ -38,24 +40,6 @@ pytestmark = [pytest.mark.keras,
 
 L = keras.layers
 
-TRANSFORMER = """model transformer
-input 16 int
-embedding 200 32
-
-block encoder(heads, key_dim, ff, width) {
-  attention heads=heads key_dim=key_dim
-  add in
-  h = layernorm
-  dense ff relu
-  dense width
-  add h
-  layernorm
-}
-
-encoder 4 8 64 32
-globalavgpool1d
-dense 2 softmax
-"""
 
 # The issue's examples, and the same models written by hand with Keras's API
 EXAMPLES = {

@@ -20,6 +20,8 @@ from modelspec.cli import main
 from modelspec.diagnostics import SpecError
 from modelspec.printer import to_text
 
+from corpus import TRANSFORMER
+
 # The issue's examples
 EXAMPLES = {
     "lstm": "input 30 int; embedding 2000 32; lstm 24; dense 1 sigmoid",
@@ -27,24 +29,7 @@ EXAMPLES = {
     "bidirectional": "input 15 int; embedding 100 8; bidirectional gru 6; dense 2 softmax",
     "simple_rnn": "input 30x4; simple_rnn 16; dense 1",
 }
-TRANSFORMER = """model transformer
-input 16 int
-embedding 200 32
 
-block encoder(heads, key_dim, ff, width) {
-  attention heads=heads key_dim=key_dim
-  add in
-  h = layernorm
-  dense ff relu
-  dense width
-  add h
-  layernorm
-}
-
-encoder 4 8 64 32
-globalavgpool1d
-dense 2 softmax
-"""
 
 
 def lstm_params(d: int, u: int) -> int:

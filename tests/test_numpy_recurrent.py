@@ -21,6 +21,7 @@ from modelspec.backends.numpy import kernels as K
 from modelspec.backends.numpy.emit import emit
 from modelspec.training import LossConfig, TrainConfig, loss_from_logits, synthetic_ids
 
+from corpus import transformer
 from test_numpy_gradients import check_layer, numeric_gradient, rand
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -284,24 +285,7 @@ lstm 6 return_sequences
 gru 4 go_backwards
 dense 2 softmax
 """,
-    "transformer": """model transformer
-input 10 int
-embedding 40 8 mask_zero
-
-block encoder(heads, key_dim, ff, width) {
-  attention heads=heads key_dim=key_dim
-  add in
-  h = layernorm
-  dense ff relu
-  dense width
-  add h
-  layernorm
-}
-
-encoder 2 4 16 8
-globalavgpool1d
-dense 2 softmax
-""",
+    "transformer": transformer("input 10 int\nembedding 40 8 mask_zero", "encoder 2 4 16 8"),
     "attention-nobias": """model attn
 input 8 int
 e = embedding 30 6

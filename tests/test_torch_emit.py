@@ -5,7 +5,6 @@ becomes code."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import io
 import math
@@ -21,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import modelspec as ms  # noqa: E402
-from corpus import ROOT, SPEC_FILES, SPEC_IDS, VARIED, modelspec_cli  # noqa: E402
+from corpus import ROOT, SPEC_FILES, SPEC_IDS, VARIED, load_program, modelspec_cli  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
 from modelspec.training import synthetic_ids  # noqa: E402
 
@@ -72,14 +71,6 @@ def imports(source: str) -> set[str]:
     return found
 
 
-def load(source: str, path: Path):
-    """The generated module, imported from a file."""
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"generated_{abs(hash(source))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def model_class(module):
     return [v for v in vars(module).values()
@@ -113,7 +104,7 @@ def test_every_varied_spec_emits_a_module_that_predicts_as_the_backend(spec, tmp
     conformance cases, whose check 6 does this for every backend)."""
     source = emit(spec)
     assert imports(source) <= ALLOWED_IMPORTS
-    module = load(source, tmp_path / "model.py")
+    module = load_program(source, tmp_path / "model.py")
     cls = model_class(module)
     assert cls.__name__.isidentifier() and cls.keras_name == spec.name
     net = cls()
@@ -165,7 +156,7 @@ TRAINED = {
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_the_emitted_fit_trains_as_the_backend(name, tmp_path):
     spec = ms.parse(TRAINED[name])
-    module = load(emit(spec), tmp_path / "model.py")
+    module = load_program(emit(spec), tmp_path / "model.py")
     net = model_class(module)()
     live = ms.build(spec, backend="torch", seed=1, device="cpu")
     net.load_keras_weights(dict(zip(live.weight_paths, live.get_weights())))
@@ -190,7 +181,7 @@ def test_the_emitted_fit_trains_as_the_backend(name, tmp_path):
 
 def test_a_non_finite_step_stops_the_emitted_fit_before_its_update(tmp_path, capsys):
     spec = ms.parse("input 2\ndense 1\noptimizer sgd\nloss mse")
-    module = load(emit(spec), tmp_path / "model.py")
+    module = load_program(emit(spec), tmp_path / "model.py")
     net = model_class(module)()
     before = {k: v.clone() for k, v in net.keras_weights().items()}
     x = torch.tensor([[1.0, 2.0], [3e38, 3e38]])
@@ -204,7 +195,7 @@ def test_keras_initializers_in_the_emitted_module(tmp_path):
     spec = ms.parse("input 400\ndense 300 he_normal\ndense 200 glorot_normal bias_init=ones\n"
                     "dense 100 lecun_uniform bias_init=random_uniform(minval=0.1, maxval=0.3)\n"
                     "dense 50 truncated_normal(mean=0.5, stddev=0.1)\ndense 60 orthogonal(gain=2.0)\ndense 10")
-    module = load(emit(spec), tmp_path / "model.py")
+    module = load_program(emit(spec), tmp_path / "model.py")
     torch.manual_seed(0)
     w = {k: v.numpy() for k, v in model_class(module)().keras_weights().items()}
     prefix = spec.name
@@ -248,7 +239,7 @@ def test_spec_text_never_becomes_code(name, tmp_path):
         docstrings = [ast.get_docstring(n) or "" for n in ast.walk(tree)
                       if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))]
         assert not any(name in text for text in comments + docstrings)
-    module = load(source, tmp_path / "model.py")
+    module = load_program(source, tmp_path / "model.py")
     cls = model_class(module)
     assert cls.keras_name == spec.name
     net = cls()
@@ -271,7 +262,7 @@ def test_the_compile_command_writes_the_module(tmp_path):
                           str(tmp_path), SITE_PACKAGES], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "(64, 10)" and "Epoch 2/2 - " in run.stdout
-    module = load((tmp_path / "mnist.py").read_text(encoding="utf-8"), tmp_path / "mnist.py")
+    module = load_program((tmp_path / "mnist.py").read_text(encoding="utf-8"), tmp_path / "mnist.py")
     spec = ms.parse(ROOT / "specs" / "mnist.ms")
     cls = model_class(module)
     assert cls.keras_name == "mnist" and cls.__name__ == "Mnist"
@@ -310,7 +301,7 @@ def test_the_module_holds_only_what_the_spec_uses(spec, tmp_path):
     `logits` gives the values before a final softmax, which forward() applies."""
     source = emit(spec)
     assert defined_but_unused(source) == set()
-    module = load(source, tmp_path / "model.py")
+    module = load_program(source, tmp_path / "model.py")
     if spec.loss is not None:
         return
     tree = ast.parse(source)

@@ -5,7 +5,6 @@ forward pass, and its gradients from tf.GradientTape."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import numpy as np
@@ -19,7 +18,7 @@ import keras_reference  # noqa: E402
 
 import modelspec as ms  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
-from corpus import TINY_RESNET
+from corpus import TINY_RESNET, load_program
 
 pytestmark = pytest.mark.torch
 
@@ -277,20 +276,12 @@ dense 2
 EMITTED = {**SPECS, "widen": WIDEN, "nested": NESTED, "two_layouts": TWO_LAYOUTS, "weightless": WEIGHTLESS}
 
 
-def load(source: str, path):
-    """The generated module, imported from a file."""
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def emitted(text: str, tmp_path):
     """The emitted program's model class, and the live model with random weights."""
     spec = parse(text)
     source = TorchBackend().emit(spec, ms.check(spec))
-    module = load(source, tmp_path / f"{spec.name}.py")
+    module = load_program(source, tmp_path / f"{spec.name}.py")
     cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and getattr(v, "keras_name", None) == spec.name][0]
     return source, cls

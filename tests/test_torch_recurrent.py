@@ -6,7 +6,6 @@ steps against Keras's model.fit; the step loop's autograd against finite differe
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -23,6 +22,8 @@ import modelspec as ms  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
 from modelspec.backends.torch import keras_ops  # noqa: E402
 from modelspec.backends.torch.engine import TorchEngine  # noqa: E402
+
+from corpus import load_program, transformer  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.keras]
 
@@ -242,24 +243,7 @@ def test_attention_dropout_drops_probabilities_in_training_only():
 
 
 # the issue's transformer encoder block, smaller, used twice
-TRANSFORMER = """model transformer
-input 8 int
-embedding 20 8 mask_zero
-
-block encoder(heads, key_dim, ff, width) {
-  attention heads=heads key_dim=key_dim
-  add in
-  h = layernorm
-  dense ff relu
-  dense width
-  add h
-  layernorm
-}
-
-encoder 2 4 16 8
-globalavgpool1d
-dense 2 softmax
-"""
+TRANSFORMER = transformer("input 8 int\nembedding 20 8 mask_zero", "encoder 2 4 16 8")
 TWO_BLOCKS = TRANSFORMER.replace("encoder 2 4 16 8\n", "encoder 2 4 16 8\nencoder 2 3 8 8\n")
 
 
@@ -385,20 +369,13 @@ EMITTED = {
 }
 
 
-def load(source: str, path):
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("name", list(EMITTED))
 def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
     spec = ms.parse(EMITTED[name])
     source = TorchBackend().emit(spec, ms.check(spec))
     assert max(map(len, source.splitlines())) <= 100 and "lambda" not in source
-    module = load(source, tmp_path / f"{name}.py")
+    module = load_program(source, tmp_path / f"{name}.py")
     cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and getattr(v, "keras_name", None) == spec.name][0]
     net = cls()
@@ -425,7 +402,7 @@ def test_the_emitted_initializers_draw_keras_distributions(tmp_path):
     Keras's (rows of Keras's (units, 4 units) orthonormal); attention's kernels take the
     einsum's fans (glorot's limit sqrt(6 / (dim + heads * key_dim)))."""
     spec = ms.parse("input 6 int\nembedding 12 16\nattention heads=2 key_dim=3\nlstm 4\ndense 2")
-    module = load(TorchBackend().emit(spec, ms.check(spec)), tmp_path / "inits.py")
+    module = load_program(TorchBackend().emit(spec, ms.check(spec)), tmp_path / "inits.py")
     net = module.Model() if hasattr(module, "Model") else [v for v in vars(module).values() if isinstance(v, type)
                                                              and getattr(v, "keras_name", None) == spec.name][0]()
     weights = net.keras_weights()

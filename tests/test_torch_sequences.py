@@ -22,6 +22,8 @@ import modelspec as ms  # noqa: E402
 from modelspec.backends.torch import TorchBackend  # noqa: E402
 from modelspec.backends.torch.engine import TorchEngine  # noqa: E402
 
+from corpus import load_program  # noqa: E402
+
 # Keras warns whenever a layer that drops the mask (conv1d, pools) reads one, as it should
 pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
@@ -378,13 +380,6 @@ EMITTED = {
 }
 
 
-def load(source: str, path):
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("name", list(EMITTED))
 def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
@@ -393,7 +388,7 @@ def test_the_emitted_program_computes_what_the_engine_does(name, tmp_path):
     assert max(map(len, source.splitlines())) <= 100 and "lambda" not in source
     if name == "block":
         assert "def forward(self, x, ids):" in source and "masked_mean(add, ids, dim=1)" in source
-    module = load(source, tmp_path / f"{name}.py")
+    module = load_program(source, tmp_path / f"{name}.py")
     cls = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and getattr(v, "keras_name", None) == spec.name][0]
     net = cls()
