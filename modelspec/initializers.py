@@ -118,13 +118,13 @@ VARIANCE_SCALING = {
 }
 
 
-def recipe(name: str, args: dict[str, float]) -> tuple[Any, tuple]:
+def recipe(name: str, args: dict[str, float], fans: tuple[int, int] | None = None) -> tuple[Any, tuple]:
     """(function, its arguments after rng and shape) that draws initializer `name` with
-    Keras's arguments `args`."""
+    Keras's arguments `args`; `fans` as modelspec.layers.WeightDecl's."""
     if name in ("zeros", "ones"):
         return (zeros if name == "zeros" else ones), ()
     if name in VARIANCE_SCALING:
-        return variance_scaling, VARIANCE_SCALING[name]
+        return variance_scaling, (*VARIANCE_SCALING[name], *([fans] if fans else []))
     if name == "random_normal":
         return random_normal, (args["mean"], args["stddev"])
     if name == "truncated_normal":
@@ -140,9 +140,7 @@ def initialize(name: str, args: dict[str, float], shape: tuple[int, ...], rng: n
                fans: tuple[int, int] | None = None, forget_units: int | None = None) -> np.ndarray:
     """Values of the initializer `name` for `shape`, float32; `fans` and `forget_units` as
     modelspec.layers.WeightDecl's."""
-    fn, extra = recipe(name, args)
-    if fans is not None and fn is variance_scaling:
-        extra = (*extra, fans)
+    fn, extra = recipe(name, args, fans)
     if forget_units is not None:
         return unit_forget_bias(rng, forget_units, fn, *extra)
     return fn(rng, tuple(shape), *extra)

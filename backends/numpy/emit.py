@@ -236,9 +236,7 @@ def _initial_weights(report: Report) -> tuple[str, list[Any]]:
             if init.name in ("zeros", "ones") and w.forget_units is None:
                 call = f"np.{init.name}({w.shape!r}, np.float32)"
             else:
-                fn, extra = initializers.recipe(init.name, init.args())
-                if w.fans is not None and fn is initializers.variance_scaling:
-                    extra = (*extra, w.fans)  # the layer's own fans (attention's projections)
+                fn, extra = initializers.recipe(init.name, init.args(), w.fans)
                 roots.append(fn)
                 rng = f"generator({init.seed!r}, seed, {len(lines)})"
                 if w.forget_units is None:
@@ -287,10 +285,8 @@ def _value_names(lowered: Lowered) -> list[str]:
 
 
 def _reads_ids(call: Call) -> bool:
-    """Whether the kernel layer a call makes reads the model's ids for embedding's mask: a masked
-    global average, or a recurrent or attention layer made with masked=True."""
-    if call.fn is K.GlobalAvgPool1D:
-        return bool(call.args) and bool(call.args[0])
+    """Whether the kernel layer a call makes reads the model's ids for embedding's mask (made
+    with masked=True)."""
     return bool(dict(call.kwargs).get("masked"))
 
 

@@ -120,7 +120,7 @@ class Lowering:
 
     def globalavgpool1d(self, layer: ir.GlobalAvgPool1D, w: list[Weight], index: int,
                         mask_in: bool = False) -> list[Call]:
-        return [Call(K.GlobalAvgPool1D, (True,) if mask_in else ())]
+        return [Call(K.GlobalAvgPool1D, (), (("masked", True),) if mask_in else ())]
 
     def globalmaxpool1d(self, layer: ir.GlobalMaxPool1D, w: list[Weight], index: int) -> list[Call]:
         return [Call(K.GlobalMaxPool1D)]
