@@ -129,6 +129,25 @@ class Engine:
         """The optimizer's variables as Keras counts them (iteration, learning rate, slots)."""
         return []
 
+    def set_learning_rate(self, value: float) -> None:
+        """ReduceLROnPlateau's new constant rate, float32 as Keras stores it in its optimizer's
+        learning_rate variable, from the next step on (only for a constant rate: a schedule's
+        rate cannot be set, as in Keras)."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, "np.ndarray"]:
+        """Everything besides the weights that the next training steps depend on, as named
+        arrays (safetensors-ready): the optimizer's variables (its step counter, learning rate
+        and slots, built or not) and the state of every random generator (dropout). With
+        `set_state` on an engine of the same spec and backend, after `set_training` with the
+        same config, training continues exactly as if never interrupted (the exact resume of
+        `modelspec train --resume`)."""
+        raise NotImplementedError
+
+    def set_state(self, state: dict[str, "np.ndarray"]) -> None:
+        """Restore what `get_state` returned (a ValueError if it does not fit this engine)."""
+        raise NotImplementedError
+
 
 def kinds_implemented(implementation: Any) -> frozenset[str]:
     """The IR layer kinds that `implementation` (a class with one method per kind, named as
@@ -149,7 +168,7 @@ class Backend:
     activations: ClassVar[frozenset[str]] = frozenset(
         {"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish", "softplus",
          "relu6", "leaky_relu"})
-    optimizers: ClassVar[frozenset[str]] = frozenset({"sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam"})
+    optimizers: ClassVar[frozenset[str]] = frozenset(ir.OPTIMIZERS)
     losses: ClassVar[frozenset[str]] = frozenset(
         {"categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse",
          "mae", "huber"})

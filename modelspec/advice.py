@@ -176,6 +176,8 @@ def output_activation(layers: list["LayerReport"]) -> str:
         return rep.layer.activation
     if rep.kind == "leaky_relu":
         return "leaky_relu"
+    if rep.kind == "softmax":
+        return "softmax"
     if rep.kind in WEIGHTED:
         return rep.layer.activation
     return "linear"
@@ -230,6 +232,13 @@ def _output_and_loss(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Dia
         yield _warn(f"the model outputs {fmt_shape(out)}, but {loss} compares one prediction per sample",
                     where, hint="add `flatten` or `globalavgpool2d` before the output layer", code="loss")
         return
+    if spec.loss.from_logits:
+        if act in ("softmax", "sigmoid"):
+            yield _warn(f"{loss} takes logits (from_logits), but the output ends in {act}: Keras's TensorFlow "
+                        f"backend then uses the values before the {act}, as it does without from_logits",
+                        where, hint=f"drop the {act} from the output layer, or from_logits from the loss",
+                        code="loss")
+        return
     if units == 1:
         if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
             yield _warn(f"{loss} needs one output per class, but the model has 1 output unit", where,
@@ -255,7 +264,13 @@ def _metrics_and_loss(spec: ir.Spec, layers: list["LayerReport"]) -> Iterator[Di
         return
     loss = spec.loss.name
     for m in spec.metrics:
-        if m == "categorical_accuracy" and loss == "sparse_categorical_crossentropy":
+        if m == "top_k_categorical_accuracy" and loss == "sparse_categorical_crossentropy":
+            yield _warn(f"{m} expects one-hot labels, but sparse_categorical_crossentropy takes integer labels",
+                        spec.loss, hint=f"use sparse_{m}", code="metrics")
+        elif m == "sparse_top_k_categorical_accuracy" and loss == "categorical_crossentropy":
+            yield _warn(f"{m} expects integer labels, but categorical_crossentropy takes one-hot labels",
+                        spec.loss, hint="use top_k_categorical_accuracy", code="metrics")
+        elif m == "categorical_accuracy" and loss == "sparse_categorical_crossentropy":
             yield _warn("categorical_accuracy expects one-hot labels, but sparse_categorical_crossentropy "
                         "takes integer labels", spec.loss, hint="use sparse_categorical_accuracy or accuracy",
                         code="metrics")

@@ -21,7 +21,7 @@ from .layers import *  # noqa: F401,F403 - the layer kinds are part of the IR
 from .layers import LAYER_TYPES
 from .nodes import *  # noqa: F401,F403
 from .nodes import (
-    OPTIMIZER_DEFAULTS, InputDtype, LayerName, LossName, MetricName, Node, OptimizerName, PositiveInt, Seed, _finite,
+    CLIPPING, DEFAULT_TOP_K, OPTIMIZER_DEFAULTS, REQUIRED, SCHEDULE_ARGS, TOP_K_METRICS, InputDtype, LayerName, LossName, MetricName, Node, OptimizerName, PositiveInt, ScheduleName, Seed, _finite,
 )
 
 Layer = Annotated[Union[LAYER_TYPES], Field(discriminator="kind")]
@@ -31,11 +31,66 @@ Layer = Annotated[Union[LAYER_TYPES], Field(discriminator="kind")]
 # Training
 
 
+class Schedule(Node):
+    """A Keras learning-rate schedule, `exponential_decay(0.1, decay_steps=100, decay_rate=0.96)`:
+    only the arguments the user wrote; `config()` adds Keras's defaults. Its value at each
+    step is modelspec.schedules.learning_rate."""
+
+    name: ScheduleName
+    initial_learning_rate: float | None = Field(default=None, gt=0)
+    decay_steps: PositiveInt | None = None
+    decay_rate: float | None = Field(default=None, gt=0)
+    staircase: bool | None = None
+    end_learning_rate: float | None = Field(default=None, ge=0)
+    power: float | None = None
+    cycle: bool | None = None
+    alpha: float | None = Field(default=None, ge=0, le=1)
+    warmup_target: float | None = Field(default=None, gt=0)
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    boundaries: tuple[int, ...] | None = None
+    values: tuple[float, ...] | None = None
+
+    def check(self) -> None:
+        allowed = SCHEDULE_ARGS[self.name]
+        for key in SCHEDULE_FIELDS:
+            value = getattr(self, key)
+            if value is not None and key not in allowed:
+                raise ValueError(f"{self.name} takes no argument '{key}'")
+            if isinstance(value, float):
+                _finite(value)
+        missing = [k for k, v in allowed.items() if v is REQUIRED and getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"{self.name} needs {', '.join(missing)}")
+        if self.values is not None:
+            _finite(*self.values)
+            if len(self.values) != len(self.boundaries or ()) + 1:
+                raise ValueError(f"one value more than the boundaries is needed: "
+                                 f"{len(self.boundaries or ())} boundaries take {len(self.boundaries or ()) + 1} "
+                                 f"values; received {len(self.values)}")
+            if any(b <= a for a, b in zip(self.boundaries, self.boundaries[1:])):  # type: ignore[arg-type]
+                raise ValueError(f"the boundaries must increase; received {list(self.boundaries or ())}")
+
+    def config(self) -> dict[str, Any]:
+        """Every argument of Keras's schedule, its default where none was written."""
+        return {k: (getattr(self, k) if getattr(self, k) is not None else v)
+                for k, v in SCHEDULE_ARGS[self.name].items()}
+
+    @property
+    def initial(self) -> float:
+        """The rate of step 0 (a piecewise schedule's first value)."""
+        return self.values[0] if self.values is not None else self.initial_learning_rate  # type: ignore[index,return-value]
+
+
+SCHEDULE_FIELDS: tuple[str, ...] = tuple(k for k in Schedule.model_fields if k not in ("span", "name"))
+
+
 class Optimizer(Node):
-    """An optimizer with only the hyperparameters the user wrote; `config()` adds Keras's defaults."""
+    """An optimizer with only the hyperparameters the user wrote; `config()` adds Keras's
+    defaults. The learning rate is a number or a schedule; the clipping options apply to
+    every optimizer (at most one of them)."""
 
     name: OptimizerName
-    learning_rate: float | None = Field(default=None, gt=0)
+    learning_rate: float | Schedule | None = Field(default=None)
     momentum: float | None = Field(default=None, ge=0, le=1)
     rho: float | None = Field(default=None, ge=0, le=1)
     beta_1: float | None = Field(default=None, ge=0, lt=1)
@@ -45,15 +100,28 @@ class Optimizer(Node):
     centered: bool | None = None
     weight_decay: float | None = Field(default=None, ge=0)
     initial_accumulator_value: float | None = Field(default=None, ge=0)
+    clipnorm: float | None = Field(default=None, gt=0)
+    clipvalue: float | None = Field(default=None, gt=0)
+    global_clipnorm: float | None = Field(default=None, gt=0)
 
     def check(self) -> None:
         allowed = OPTIMIZER_DEFAULTS[self.name]
         for key in HYPERPARAMETERS:
             value = getattr(self, key)
-            if value is not None and key not in allowed:
+            if value is not None and key not in allowed and key not in CLIPPING:
                 raise ValueError(f"{self.name} has no hyperparameter '{key}'")
             if isinstance(value, float):
                 _finite(value)
+        if isinstance(self.learning_rate, float) and self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, received {self.learning_rate}")
+        clipping = [k for k in CLIPPING if getattr(self, k) is not None]
+        if len(clipping) > 1:  # keras/src/optimizers/base_optimizer.py raises the same
+            raise ValueError(f"only one of clipnorm, clipvalue and global_clipnorm can be set; received "
+                             f"{' and '.join(clipping)}")
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return self.learning_rate if isinstance(self.learning_rate, Schedule) else None
 
     def slots(self) -> int:
         """How many values the optimizer keeps per trainable weight (Keras's optimizer variables)."""
@@ -62,25 +130,73 @@ class Optimizer(Node):
             return 1 if c["momentum"] else 0
         if self.name == "rmsprop":
             return 1 + bool(c["momentum"]) + bool(c["centered"])
-        return 1 if self.name == "adagrad" else 2
+        return 1 if self.name in ("adagrad", "lion") else 2
 
     def config(self) -> dict[str, Any]:
-        """Every hyperparameter of this optimizer, Keras's default where none was written."""
-        return {k: (getattr(self, k) if getattr(self, k) is not None else v)
-                for k, v in OPTIMIZER_DEFAULTS[self.name].items()}
+        """Every hyperparameter of this optimizer, Keras's default where none was written, and
+        the clipping option that is set, if one is. The learning rate may be a Schedule."""
+        out = {k: (getattr(self, k) if getattr(self, k) is not None else v)
+               for k, v in OPTIMIZER_DEFAULTS[self.name].items()}
+        return {**out, **{k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}}
 
 
 HYPERPARAMETERS: tuple[str, ...] = tuple(k for k in Optimizer.model_fields if k not in ("span", "name"))
 
 
 class Loss(Node):
+    """The loss. from_logits: the model's output is logits, which the cross-entropy turns into
+    probabilities itself; label_smoothing: y·(1-ls) + ls/classes (categorical) or + ls/2
+    (binary), as Keras's losses do."""
+
     name: LossName
     delta: float | None = Field(default=None, gt=0)  # huber only; Keras's default is 1.0
+    from_logits: bool | None = None
+    label_smoothing: float | None = Field(default=None, ge=0, le=1)
 
     def check(self) -> None:
         if self.delta is not None and self.name != "huber":
             raise ValueError(f"only huber takes delta, not {self.name}")
-        _finite(self.delta)
+        if self.from_logits is not None and self.name not in CROSSENTROPY_LOSSES:
+            raise ValueError(f"only the cross-entropies take from_logits, not {self.name}")
+        if self.label_smoothing is not None and self.name not in ("categorical_crossentropy", "binary_crossentropy"):
+            raise ValueError(f"only categorical_crossentropy and binary_crossentropy take label_smoothing, "
+                             f"not {self.name}")
+        _finite(self.delta, self.label_smoothing)
+
+
+CROSSENTROPY_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
+
+Mode = Literal["auto", "min", "max"]
+
+
+class EarlyStopping(Node):
+    """Keras's EarlyStopping callback (keras/src/callbacks/early_stopping.py), its defaults."""
+
+    monitor: str = "val_loss"
+    min_delta: float = 0.0
+    patience: Annotated[int, Field(ge=0)] = 0
+    mode: Mode = "auto"
+    baseline: float | None = None
+    restore_best_weights: bool = False
+    start_from_epoch: Annotated[int, Field(ge=0)] = 0
+
+    def check(self) -> None:
+        _finite(self.min_delta, self.baseline)
+
+
+class ReduceLROnPlateau(Node):
+    """Keras's ReduceLROnPlateau callback (keras/src/callbacks/reduce_lr_on_plateau.py)."""
+
+    monitor: str = "val_loss"
+    factor: float = Field(default=0.1, ge=0, lt=1)  # Keras: factor >= 1 raises ValueError
+    patience: Annotated[int, Field(ge=0)] = 10
+    mode: Mode = "auto"
+    min_delta: float = 1e-4
+    cooldown: Annotated[int, Field(ge=0)] = 0
+    min_lr: float = Field(default=0.0, ge=0)
+
+    def check(self) -> None:
+        _finite(self.factor, self.min_delta, self.min_lr)
 
 
 class Fit(Node):
@@ -114,7 +230,10 @@ class Spec(Node):
     optimizer: Optimizer | None = None
     loss: Loss | None = None
     metrics: tuple[MetricName, ...] = ()
+    top_k: PositiveInt | None = None  # the k of the top-k metrics (Keras's default 5)
     fit: Fit | None = None
+    early_stopping: EarlyStopping | None = None
+    reduce_lr_on_plateau: ReduceLROnPlateau | None = None
     # Where the spec came from, for diagnostics; never part of its meaning.
     path: SkipJsonSchema[str | None] = Field(default=None, exclude=True, repr=False)
     source: SkipJsonSchema[str | None] = Field(default=None, exclude=True, repr=False)
@@ -125,6 +244,8 @@ class Spec(Node):
     syntax: SkipJsonSchema[tuple[Any, ...] | None] = Field(default=None, exclude=True, repr=False)
 
     def check(self) -> None:
+        if self.top_k is not None and not any(m in TOP_K_METRICS for m in self.metrics):
+            raise ValueError("k is the top-k metrics' option; the metrics include none of them")
         if not self.connections:
             return
         if len(self.connections) != len(self.layers):
@@ -156,7 +277,13 @@ class Spec(Node):
 
     @property
     def has_training(self) -> bool:
-        return any(x is not None for x in (self.optimizer, self.loss, self.fit)) or bool(self.metrics)
+        return any(x is not None for x in (self.optimizer, self.loss, self.fit, self.early_stopping,
+                                           self.reduce_lr_on_plateau)) or bool(self.metrics)
+
+    @property
+    def k(self) -> int:
+        """The k of the top-k metrics."""
+        return self.top_k if self.top_k is not None else DEFAULT_TOP_K
 
 
 def json_schema() -> dict:

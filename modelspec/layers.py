@@ -51,7 +51,8 @@ class Arg:
     high_open: bool = False
     minimum: int = 1  # for int and pair
     once: bool = False  # a second value is an error, not an override
-    printed: str = "option"  # positional (always), positional? (unless default), option, word, keyword
+    printed: str = "option"  # positional (always), positional? (unless default), option, always (an option
+    # printed even at its default), word, keyword
     word_value: Any = False  # what a flag's bare word sets it to: `nobias` False, `mask_zero` True
     choices: tuple[str, ...] = ()  # a choice's values when they are not also bare words
     print_key: str | None = None  # the key printed, when not keys[0]
@@ -393,6 +394,33 @@ class Activation(LayerBase):
     def check(self) -> None:
         if self.activation == "leaky_relu":
             raise ValueError("a leaky_relu layer is LeakyReLU, kind 'leaky_relu'")
+
+
+class Softmax(LayerBase):
+    """`softmax axis=N`: Keras's Softmax layer, over any axis but the batch's. A bare `softmax`
+    is the Activation layer (keras.layers.Activation("softmax")), over the last axis."""
+
+    keras_class: ClassVar[str] = "Softmax"
+    # Keras adds -1e9 where the mask is 0 (keras/src/layers/activations/softmax.py), a mask of
+    # the input's own shape, which an embedding's (one per step) is not
+    mask: ClassVar[str] = "refuse"
+    kind: Literal["softmax"] = "softmax"
+    axis: Annotated[int, Arg("int", "the axis", keys=("axis",), minimum=-(2**31), printed="always")] = -1
+
+    @classmethod
+    def keywords(cls) -> tuple[str, ...]:
+        return ()  # `softmax` with `axis=` (LAYER_VARIANTS)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        rank = len(shape)
+        if not -rank <= self.axis < rank or self.axis % rank == 0:
+            raise ShapeError(f"axis={self.axis} is not an axis of its input {fmt_shape(shape)}: expected "
+                             f"{'1' if rank == 2 else f'1 to {rank - 1}'} (or {-(rank - 1)} to -1 from the end); "
+                             "axis 0 is the batch")
+        return shape
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 0
 
 
 class LeakyReLU(LayerBase):
@@ -897,12 +925,23 @@ MERGE_TYPES = (Add, Subtract, Multiply, Average, Maximum, Minimum, Concat)
 # The registry
 
 LAYER_TYPES = (Dense, Conv2D, Flatten, Dropout, BatchNorm, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
-               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, LeakyReLU, PReLU, Rescale, Normalize,
+               GlobalMaxPool2D, ZeroPadding2D, UpSampling2D, Activation, Softmax, LeakyReLU, PReLU, Rescale, Normalize,
                Embedding, Conv1D, MaxPool1D, AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, LayerNorm, Reshape,
                *RECURRENT_TYPES, Bidirectional, Attention, *MERGE_TYPES)
 LAYER_CLASSES: dict[str, type[LayerBase]] = {cls.model_fields["kind"].default: cls for cls in LAYER_TYPES}
 # statement keyword -> class (every activation name is a keyword of Activation)
 LAYER_KEYWORDS: dict[str, type[LayerBase]] = {kw: cls for cls in LAYER_TYPES for kw in cls.keywords()}
+# keyword -> (option, class): a statement of that keyword with that option is the class's kind.
+# `softmax axis=1` is Keras's Softmax layer; a bare `softmax` its Activation("softmax").
+LAYER_VARIANTS: dict[str, tuple[str, type[LayerBase]]] = {"softmax": ("axis", Softmax)}
+
+
+def layer_class(keyword: str, option_keys: Any = ()) -> type[LayerBase]:
+    """The class of a layer statement with this keyword and these option keys."""
+    variant = LAYER_VARIANTS.get(keyword)
+    if variant is not None and variant[0] in option_keys:
+        return variant[1]
+    return LAYER_KEYWORDS[keyword]
 
 
 INPUT_LAYER = "input_layer"  # the name Keras gives a model's first Input in a fresh session

@@ -314,7 +314,7 @@ class Model:
 
     def _training_config(self, y_shape: tuple[int, ...]) -> TrainConfig:
         loss = self._require_loss()
-        metrics = tuple(resolve_metric(m, y_shape, self.output_shape) for m in self._metrics)
+        metrics = tuple(resolve_metric(m, y_shape, self.output_shape, self.spec.k) for m in self._metrics)
         key = (self._optimizer, loss, metrics)
         if self._config is None or key != self._config_key:
             self._config = TrainConfig(optimizer=self._optimizer.name, hyper=self._optimizer.config(),

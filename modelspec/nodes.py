@@ -43,7 +43,7 @@ INITIALIZER_ARGS: dict[str, dict[str, float]] = {
 }
 SEEDLESS_INITIALIZERS = frozenset({"zeros", "ones"})
 
-OptimizerName = Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam"]
+OptimizerName = Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam", "adadelta", "adamax", "lion"]
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
 
 # Keras 3's hyperparameters and defaults per optimizer (weight_decay None = off).
@@ -59,7 +59,14 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
                 "weight_decay": None},
     "nadam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
               "weight_decay": None},
+    "adadelta": {"learning_rate": 0.001, "rho": 0.95, "epsilon": 1e-7, "weight_decay": None},
+    "adamax": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+               "weight_decay": None},
+    "lion": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.99, "weight_decay": None},
 }
+# Every optimizer's gradient clipping (keras/src/optimizers/base_optimizer.py, _clip_gradients);
+# at most one of them may be set.
+CLIPPING: tuple[str, ...] = ("clipnorm", "clipvalue", "global_clipnorm")
 
 LossName = Literal[
     "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy",
@@ -69,9 +76,32 @@ LOSSES: tuple[str, ...] = LossName.__args__  # type: ignore[attr-defined]
 
 MetricName = Literal[
     "accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy",
-    "binary_accuracy", "mse", "mae",
+    "binary_accuracy", "mse", "mae", "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy",
 ]
 METRICS: tuple[str, ...] = MetricName.__args__  # type: ignore[attr-defined]
+TOP_K_METRICS = ("top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy")
+DEFAULT_TOP_K = 5  # keras/src/metrics/accuracy_metrics.py: top_k_categorical_accuracy(k=5)
+
+# Learning-rate schedules (keras/src/optimizers/schedules/learning_rate_schedule.py): Keras's
+# arguments and defaults besides initial_learning_rate; REQUIRED where Keras has no default.
+REQUIRED: Any = object()
+ScheduleName = Literal["exponential_decay", "inverse_time_decay", "polynomial_decay", "cosine_decay",
+                       "piecewise_constant_decay"]
+SCHEDULES: tuple[str, ...] = ScheduleName.__args__  # type: ignore[attr-defined]
+SCHEDULE_ARGS: dict[str, dict[str, Any]] = {
+    "exponential_decay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED,
+                          "staircase": False},
+    "inverse_time_decay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED,
+                           "staircase": False},
+    "polynomial_decay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED,
+                         "end_learning_rate": 0.0001, "power": 1.0, "cycle": False},
+    "cosine_decay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "alpha": 0.0,
+                     "warmup_target": None, "warmup_steps": 0},
+    "piecewise_constant_decay": {"boundaries": REQUIRED, "values": REQUIRED},
+}
+SCHEDULE_CLASSES = {"exponential_decay": "ExponentialDecay", "inverse_time_decay": "InverseTimeDecay",
+                    "polynomial_decay": "PolynomialDecay", "cosine_decay": "CosineDecay",
+                    "piecewise_constant_decay": "PiecewiseConstantDecay"}
 
 # Spellings accepted besides the canonical names (Keras's class names, common synonyms).
 INITIALIZER_ALIASES = {
@@ -83,7 +113,8 @@ INITIALIZER_ALIASES = {
     "xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
 }
 OPTIMIZER_ALIASES = {"SGD": "sgd", "RMSprop": "rmsprop", "Adam": "adam", "AdamW": "adamw",
-                     "Adagrad": "adagrad", "Nadam": "nadam"}
+                     "Adagrad": "adagrad", "Nadam": "nadam", "Adadelta": "adadelta", "Adamax": "adamax",
+                     "Lion": "lion"}
 LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae",
                 "CategoricalCrossentropy": "categorical_crossentropy",
                 "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from . import ir
 from .diagnostics import Diagnostic, Span, SpecError, did_you_mean, one_of, sort_diagnostics
 from .layers import LAYER_CLASSES
-from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS
+from .layers import LAYER_KEYWORDS as LAYER_KEYWORDS_TO_CLASS, layer_class
 from .nodes import HYPERPARAMETER_ALIASES, LOSS_ALIASES, OPTIMIZER_ALIASES
 from .reader import KEYWORD_HINTS, KEYWORDS, LAYER_KEYWORDS, Reader, _Skip, _pydantic_message, read_layer
 from .structure import BODY_KEYWORDS, Block, BlockUse, Item, nest, substitute
@@ -30,7 +30,7 @@ MAX_LAYERS = 50_000
 
 # The layer kinds named in "unknown statement": a kind with many keywords (Activation) as a phrase.
 _LAYERS_LISTED = ", ".join(next(iter(cls.keywords())) if len(cls.keywords()) == 1 else "an activation"
-                           for cls in LAYER_CLASSES.values())
+                           for cls in LAYER_CLASSES.values() if cls.keywords())
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,6 +163,56 @@ def _written_as_graph(items: list[Item]) -> bool:
     return False
 
 
+def _canonical_schedule(name: str) -> str | None:
+    if name in ir.SCHEDULES:
+        return name
+    return next((k for k, cls in ir.SCHEDULE_CLASSES.items() if cls == name), None)
+
+
+def _schedule_signature(name: str) -> str:
+    parts = []
+    for key, default in ir.SCHEDULE_ARGS[name].items():
+        parts.append(key if default is ir.REQUIRED else f"{key}={str(default).lower() if isinstance(default, bool) else default}")
+    return f"{name}({', '.join(parts)})"
+
+
+def _describe_value(a: Any) -> str:
+    return a.describe() if hasattr(a, "describe") else repr(a)
+
+
+def _schedule_value(r: Reader, name: str, key: str, v: Any) -> Any:
+    """One argument of a schedule, read as Keras takes it; None after an error."""
+    if isinstance(v, Call):
+        r.error(f"{name}(): {key} must be a value; received {v.describe()}", v.span)
+        return None
+    if key in ("boundaries", "values"):
+        if v.type != "list":
+            r.error(f"{name}(): {key} must be a list such as [100, 200]; received {v.describe()}", v.span,
+                    hint=_schedule_signature(name))
+            return None
+        if not v.value:
+            r.error(f"{name}(): {key} must not be empty", v.span)
+            return None
+        if key == "boundaries":
+            items = [r.int_(x, "a boundary (an optimizer step)", minimum=0) for x in v.value]
+        else:
+            items = [r.float_(x, "a learning rate", 0.0, low_open=True) for x in v.value]
+        return None if any(x is None for x in items) else tuple(items)
+    if key in ("staircase", "cycle"):
+        return r.bool_(v, key)
+    if key == "decay_steps":
+        return r.int_(v, "decay_steps")
+    if key == "warmup_steps":
+        return r.int_(v, "warmup_steps", minimum=0)
+    if key in ("initial_learning_rate", "decay_rate", "warmup_target"):
+        return r.float_(v, key, 0.0, low_open=True)
+    if key == "end_learning_rate":
+        return r.float_(v, key, 0.0)
+    if key == "alpha":
+        return r.float_(v, key, 0.0, 1.0)
+    return r.float_(v, key)  # power
+
+
 def _signature(block: Block) -> str:
     params = [p if p not in block.defaults else f"{p}={block.defaults[p].text}" for p in block.params]
     return f"{block.name} is defined as block {block.name}({', '.join(params)}) on line {block.item.st.span.line}"
@@ -181,6 +231,7 @@ class Builder:
         self.layers: list[Any] = []
         self.first_layer_span: Span | None = None
         self.training: dict[str, tuple[Any, Span]] = {}
+        self.monitors: dict[str, tuple[str, Span]] = {}  # each callback's monitor, where it was written
         self.ok = True
         # the graph: what each layer reads, the blocks, their uses
         self.count = 0  # layer statements read, with or without errors: the next layer's index
@@ -245,7 +296,8 @@ class Builder:
         kw = st.keyword
         handler: Callable[[Reader], Any] | None
         if kw in LAYER_KEYWORDS:
-            handler = functools.partial(read_layer, kind=LAYER_KEYWORDS_TO_CLASS[kw].model_fields["kind"].default)
+            cls = layer_class(kw, [a.key for a in st.args if isinstance(a, Option)])
+            handler = functools.partial(read_layer, kind=cls.model_fields["kind"].default)
         else:
             handler = getattr(self, "st_" + kw, None) if kw in KEYWORDS and kw not in BODY_KEYWORDS else None
         if handler is None:
@@ -253,7 +305,8 @@ class Builder:
                     else did_you_mean(kw, KEYWORDS + tuple(self.blocks)))
             blocks = f", a block ({', '.join(self.blocks)})" if self.blocks else ""
             self.error(f"unknown statement '{kw}'; expected a layer ({_LAYERS_LISTED}){blocks} or model, input, "
-                       "optimizer, loss, metrics, fit, repeat, block", st.keyword_span, hint)
+                       "optimizer, loss, metrics, fit, early_stopping, reduce_lr_on_plateau, repeat, block",
+                       st.keyword_span, hint)
             if st.binding:
                 scope.refs[st.binding[0]] = None
             return
@@ -549,6 +602,7 @@ class Builder:
             r.error(f"invalid {r.kw}: {_pydantic_message(e)}", r.st.span)
 
     def finish(self, statements: list[Statement]) -> ir.Spec | None:
+        self.check_callbacks()
         if self.first_layer_span is None and self.ok:  # (after another error, it is that error's doing)
             end = statements[-1].span if statements else Span(1, 1, 1, 2)
             self.error("the spec has no layers; expected at least one, such as `dense 10 softmax`", end,
@@ -626,7 +680,7 @@ class Builder:
         r.no_more_positionals()
         if name is None:
             raise _Skip
-        allowed = tuple(ir.OPTIMIZER_DEFAULTS[name])
+        allowed = tuple(ir.OPTIMIZER_DEFAULTS[name]) + ir.CLIPPING
         hp: dict[str, Any] = {}
         for key, opt in list(r.options.items()):
             canon = HYPERPARAMETER_ALIASES.get(key, key)
@@ -639,9 +693,16 @@ class Builder:
             if canon in hp:
                 r.error(f"'{key}' repeats '{canon}'", opt.key_span)
                 continue
-            if canon in ("nesterov", "centered"):
+            if canon == "learning_rate" and isinstance(opt.value, Call):
+                hp[canon] = self.schedule(r, opt.value)
+            elif isinstance(opt.value, Call):
+                r.error(f"{canon} must be a number; received {opt.value.describe()}", opt.value.span)
+                hp[canon] = None
+            elif canon in ("nesterov", "centered"):
                 hp[canon] = r.bool_(opt.value, canon)
             elif canon == "learning_rate":
+                hp[canon] = r.float_(opt.value, canon, 0.0, low_open=True)
+            elif canon in ir.CLIPPING:
                 hp[canon] = r.float_(opt.value, canon, 0.0, low_open=True)
             elif canon in ("momentum", "rho"):
                 hp[canon] = r.float_(opt.value, canon, 0.0, 1.0)
@@ -653,7 +714,60 @@ class Builder:
         r.unknown_leftovers((), allowed)
         if any(v is None for v in hp.values()):
             raise _Skip
+        clipping = [k for k in ir.CLIPPING if k in hp]
+        if len(clipping) > 1:
+            r.fail(f"only one of clipnorm, clipvalue and global_clipnorm can be set; received {' and '.join(clipping)}",
+                   r.st.span, hint="Keras clips by one rule; keep the one you mean")
         self.training["optimizer"] = (ir.Optimizer.construct_checked(name=name, span=r.st.span, **hp), r.st.span)
+
+    def schedule(self, r: Reader, call: Call) -> ir.Schedule | None:
+        """`exponential_decay(0.1, decay_steps=100, decay_rate=0.96)`: Keras's schedule, its
+        arguments by Keras's names, the positional ones in Keras's order."""
+        name = _canonical_schedule(call.name)
+        if name is None:
+            r.error(f"unknown learning-rate schedule '{call.name}'; expected {one_of(ir.SCHEDULES)}", call.span,
+                    hint=did_you_mean(call.name, ir.SCHEDULES) or "or a number, such as lr=0.01")
+            return None
+        order = tuple(ir.SCHEDULE_ARGS[name])
+        fields: dict[str, Any] = {}
+        positional = 0
+        ok = True
+        for a in call.args:
+            if isinstance(a, Option):
+                key, value, span = a.key, a.value, a.key_span
+                if key == "initial_learning_rate" and name == "piecewise_constant_decay":
+                    key = ""  # (reported below as unknown)
+            else:
+                if positional >= len(order):
+                    r.error(f"{name}() takes at most {len(order)} values without a name; received "
+                            f"{_describe_value(a)}", a.span, hint=_schedule_signature(name))
+                    ok = False
+                    continue
+                key, value, span = order[positional], a, a.span
+                positional += 1
+            if key not in order:
+                r.error(f"{name}() has no argument '{a.key if isinstance(a, Option) else key}'; expected "
+                        f"{one_of(order)}", span, hint=did_you_mean(getattr(a, "key", ""), order))
+                ok = False
+                continue
+            if key in fields:
+                r.error(f"{name}(): '{key}' is given twice", span, hint=_schedule_signature(name))
+                ok = False
+                continue
+            fields[key] = _schedule_value(r, name, key, value)
+            ok &= fields[key] is not None
+        missing = [k for k, v in ir.SCHEDULE_ARGS[name].items() if v is ir.REQUIRED and k not in fields]
+        if missing:
+            r.error(f"{name}() needs {' and '.join(missing)}; received no value for "
+                    f"{'them' if len(missing) > 1 else 'it'}", call.span, hint=_schedule_signature(name))
+            return None
+        if not ok:
+            return None
+        try:
+            return ir.Schedule.construct_checked(name=name, span=call.span, **fields)
+        except ValueError as e:
+            r.error(f"{name}(): {_pydantic_message(e)}", call.span, hint=_schedule_signature(name))
+            return None
 
     def st_loss(self, r: Reader) -> None:
         self.once(r, "loss")
@@ -662,16 +776,33 @@ class Builder:
         v = r.positional("a name", "loss categorical_crossentropy")
         name = r.choice(v, "loss", ir.LOSSES, LOSS_ALIASES)  # type: ignore[arg-type]
         r.no_more_positionals()
-        delta = None
+        if name is None:
+            raise _Skip
+        fields: dict[str, Any] = {}
+        allowed: tuple[str, ...] = ()
         if name == "huber":
+            allowed = ("delta",)
             opt = r.take("delta")
             if opt is not None:
-                delta = r.float_(opt.value, "delta", 0.0, low_open=True)
-                if delta is None:
-                    raise _Skip
-        r.unknown_leftovers((), ("delta",) if name == "huber" else ())
-        if name is not None:
-            self.training["loss"] = (ir.Loss.construct_checked(name=name, delta=delta, span=r.st.span), r.st.span)
+                fields["delta"] = r.float_(opt.value, "delta", 0.0, low_open=True)
+        if name in ir.CROSSENTROPY_LOSSES:
+            allowed = ("from_logits",)
+            word = next((w for w in r.words if w.value == "from_logits"), None)
+            opt = r.take("from_logits")
+            if word is not None:
+                r.words.remove(word)
+                fields["from_logits"] = True
+            if opt is not None:
+                fields["from_logits"] = r.bool_(opt.value, "from_logits")
+        if name in ("categorical_crossentropy", "binary_crossentropy"):
+            allowed += ("label_smoothing",)
+            opt = r.take("label_smoothing")
+            if opt is not None:
+                fields["label_smoothing"] = r.float_(opt.value, "label_smoothing", 0.0, 1.0)
+        r.unknown_leftovers(("from_logits",) if "from_logits" in allowed else (), allowed)
+        if any(v is None for v in fields.values()):
+            raise _Skip
+        self.training["loss"] = (ir.Loss.construct_checked(name=name, span=r.st.span, **fields), r.st.span)
 
     def st_metrics(self, r: Reader) -> None:
         self.once(r, "metrics")
@@ -688,8 +819,97 @@ class Builder:
                 if m in names:
                     r.error(f"metric '{m}' is listed twice", v.span)
                 names.append(m)
-        r.unknown_leftovers()
+        k = None
+        opt = r.take("k")
+        if opt is not None:
+            k = r.int_(opt.value, "k, the number of top classes")
+            if k is not None and not any(m in ir.TOP_K_METRICS for m in names):
+                r.error("k is the option of the top-k metrics, and none is listed", opt.key_span,
+                        hint="metrics top_k_categorical_accuracy k=3")
+                k = None
+        r.unknown_leftovers((), ("k",))
         self.training["metrics"] = (tuple(names), r.st.span)
+        if k is not None:
+            self.training["top_k"] = (k, opt.span)  # type: ignore[union-attr]
+
+    def callback(self, r: Reader, key: str, node: type[ir.Node]) -> None:
+        """`early_stopping ...` or `reduce_lr_on_plateau ...`: Keras's callback, its options
+        by Keras's names (monitor, mode and its numbers)."""
+        self.once(r, key)
+        r.no_more_positionals()
+        fields: dict[str, Any] = {}
+        names = tuple(k for k in node.model_fields if k != "span")
+        for w in list(r.words):
+            if w.value in names and node.model_fields[w.value].annotation is bool:
+                r.words.remove(w)
+                fields[w.value] = True  # `restore_best_weights`
+        for name in names:
+            opt = r.take(name)
+            if opt is None:
+                continue
+            if name in fields:
+                r.error(f"'{name}' is given twice", opt.key_span)
+                continue
+            v = opt.value
+            if isinstance(v, Call):
+                r.error(f"{name} must be a {'name' if name == 'monitor' else 'number'}; received {v.describe()}",
+                        v.span)
+                fields[name] = None
+            elif name == "monitor":
+                fields[name] = r.name(v, "the monitored value") if v.type in ("word", "string") else None
+                if v.type not in ("word", "string"):
+                    r.error(f"monitor must be a name such as val_loss; received {v.describe()}", v.span)
+            elif name == "mode":
+                fields[name] = r.choice(v, "mode", ("auto", "min", "max"))
+            elif name in ("patience", "start_from_epoch", "cooldown"):
+                fields[name] = r.int_(v, name, minimum=0)
+            elif name == "restore_best_weights":
+                fields[name] = r.bool_(v, name)
+            elif name == "factor":
+                fields[name] = r.float_(v, "factor", 0.0, 1.0, high_open=True)
+            elif name == "min_lr":
+                fields[name] = r.float_(v, name, 0.0)
+            else:
+                fields[name] = r.float_(v, name)
+            if name == "monitor" and fields[name] is not None:
+                self.monitors[key] = (fields[name], v.span)
+        r.unknown_leftovers(tuple(n for n in names if node.model_fields[n].annotation is bool), names)
+        if any(v is None for v in fields.values()):
+            raise _Skip
+        self.monitors.setdefault(key, (node.model_fields["monitor"].default, r.st.keyword_span))
+        self.training[key] = (node.construct_checked(span=r.st.span, **fields), r.st.span)
+
+    def st_early_stopping(self, r: Reader) -> None:
+        self.callback(r, "early_stopping", ir.EarlyStopping)
+
+    def st_reduce_lr_on_plateau(self, r: Reader) -> None:
+        self.callback(r, "reduce_lr_on_plateau", ir.ReduceLROnPlateau)
+
+    def check_callbacks(self) -> None:
+        """What the callbacks monitor must exist (an improvement direction too, for mode=auto),
+        and ReduceLROnPlateau needs a learning rate it can set."""
+        metrics = self.training.get("metrics", ((), None))[0]
+        fit = self.training.get("fit", (None, None))[0]
+        validation = bool(fit is not None and fit.validation_split)
+        for key, (monitor, span) in self.monitors.items():
+            if key not in self.training:
+                continue
+            base = monitor[4:] if monitor.startswith("val_") else monitor
+            known = ("loss", *metrics)
+            if base not in known:
+                self.error(f"{key} monitors '{monitor}', which training does not report; expected "
+                           f"{one_of([*known, *(f'val_{k}' for k in known)])}", span,
+                           hint=did_you_mean(monitor, [*known, *(f"val_{k}" for k in known)]))
+            elif monitor.startswith("val_") and not validation:
+                self.error(f"{key} monitors '{monitor}', but training has no validation data: the spec's "
+                           "`fit` has no validation split", span,
+                           hint=f"add `fit validation=0.2`, or monitor {base} (monitor={base})")
+        optimizer = self.training.get("optimizer", (None, None))[0]
+        if "reduce_lr_on_plateau" in self.training and optimizer is not None and optimizer.schedule is not None:
+            self.error("reduce_lr_on_plateau sets the learning rate, but the optimizer's is a schedule "
+                       f"({optimizer.schedule.name}); Keras refuses it too (TypeError)",
+                       self.training["reduce_lr_on_plateau"][1],
+                       hint="use a constant learning rate with reduce_lr_on_plateau, or the schedule alone")
 
     def st_fit(self, r: Reader) -> None:
         self.once(r, "fit")

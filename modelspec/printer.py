@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from . import ir
-from .layers import Arg, layer_args
+from .layers import LAYER_VARIANTS, Arg, layer_args
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -82,7 +82,8 @@ def layer_text(layer: ir.LayerBase) -> str:
     """A layer's canonical statement, from its class's declarations (modelspec.layers.Arg)."""
     args = layer_args(type(layer))
     fields = type(layer).model_fields
-    keyword = next((getattr(layer, f) for f, arg in args if arg.printed == "keyword"), layer.kind)  # type: ignore[attr-defined]
+    keyword = next((getattr(layer, f) for f, arg in args if arg.printed == "keyword"),
+                   next((kw for kw, (_, cls) in LAYER_VARIANTS.items() if cls is type(layer)), layer.kind))
     parts: list[str] = [keyword]
     for field, arg in args:
         value = getattr(layer, field)
@@ -96,7 +97,7 @@ def layer_text(layer: ir.LayerBase) -> str:
                     parts.append(f"{arg.keys[0]}=0.0")
         elif arg.printed == "positional" or (arg.printed == "positional?" and not default):
             parts.append(_option(arg, value))
-        elif default:
+        elif default and arg.printed != "always":
             continue
         elif arg.read == "flag" and arg.words:
             parts.append(arg.words[0])  # nobias
@@ -239,10 +240,18 @@ def _training_lines(spec: ir.Spec) -> list[tuple[ir.Node, str]]:
                 parts.append(f"{key}={_value(value)}")
         out.append((opt, " ".join(parts)))
     if spec.loss is not None:
-        delta = f" delta={_num(spec.loss.delta)}" if spec.loss.delta is not None else ""
-        out.append((spec.loss, f"loss {spec.loss.name}{delta}"))
+        loss = spec.loss
+        parts = ["loss", loss.name]
+        if loss.delta is not None:
+            parts.append(f"delta={_num(loss.delta)}")
+        if loss.from_logits is not None:
+            parts.append("from_logits" if loss.from_logits else "from_logits=false")
+        if loss.label_smoothing is not None:
+            parts.append(f"label_smoothing={_num(loss.label_smoothing)}")
+        out.append((loss, " ".join(parts)))
     if spec.metrics:
-        out.append((_Anchor(spec.statement_spans.get("metrics")), "metrics " + " ".join(spec.metrics)))
+        k = f" k={spec.top_k}" if spec.top_k is not None else ""
+        out.append((_Anchor(spec.statement_spans.get("metrics")), "metrics " + " ".join(spec.metrics) + k))
     if spec.fit is not None:
         parts = ["fit"]
         for key, word in (("batch_size", "batch"), ("epochs", "epochs"), ("validation_split", "validation"),
@@ -251,12 +260,44 @@ def _training_lines(spec: ir.Spec) -> list[tuple[ir.Node, str]]:
             if value is not None:
                 parts.append(f"{word}={_value(value)}")
         out.append((spec.fit, " ".join(parts)))
+    for key in ("early_stopping", "reduce_lr_on_plateau"):
+        callback = getattr(spec, key)
+        if callback is not None:
+            out.append((callback, callback_text(key, callback)))
     return out
+
+
+def callback_text(keyword: str, callback: ir.Node) -> str:
+    """`early_stopping patience=3 restore_best_weights`: the options that are not Keras's defaults."""
+    parts = [keyword]
+    for name, field in type(callback).model_fields.items():
+        value = getattr(callback, name)
+        if name == "span" or value == field.default:
+            continue
+        parts.append(name if value is True else f"{name}={_value(value)}")
+    return " ".join(parts)
+
+
+def schedule_text(schedule: ir.Schedule) -> str:
+    """`exponential_decay(0.1, decay_steps=100, decay_rate=0.96)`: the initial rate first,
+    then the arguments written, by name."""
+    args = []
+    for key in ir.SCHEDULE_FIELDS:
+        value = getattr(schedule, key)
+        if value is None:
+            continue
+        text = _value(value)
+        args.append(text if key == "initial_learning_rate" else f"{key}={text}")
+    return f"{schedule.name}({', '.join(args)})"
 
 
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, ir.Schedule):
+        return schedule_text(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, float):
         return _num(value)
     return str(value)

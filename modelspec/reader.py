@@ -26,7 +26,7 @@ from .syntax import Call, Option, Statement, Value
 NON_FINITE = frozenset({"nan", "inf", "infinity"})  # read as words; named as numbers in messages
 
 LAYER_KEYWORDS = tuple(LAYER_KEYWORDS_TO_CLASS)
-TRAINING_KEYWORDS = ("optimizer", "loss", "metrics", "fit")
+TRAINING_KEYWORDS = ("optimizer", "loss", "metrics", "fit", "early_stopping", "reduce_lr_on_plateau")
 KEYWORDS = ("model", "input") + LAYER_KEYWORDS + TRAINING_KEYWORDS + ("repeat", "block")
 # Keras's layer class names and auto names, and common spellings, mapped to our keyword,
 # for hints only.
@@ -36,6 +36,8 @@ KEYWORD_HINTS = {
     "conv": "conv2d", "batchnormalization": "batchnorm", "bn": "batchnorm", "maxpool": "maxpool2d",
     "avgpool": "avgpool2d", "linear_layer": "dense", "Input": "input", "inputs": "input",
     "compile": "optimizer", "metric": "metrics", "train": "fit",
+    "EarlyStopping": "early_stopping", "earlystopping": "early_stopping", "early_stop": "early_stopping",
+    "ReduceLROnPlateau": "reduce_lr_on_plateau", "reduce_lr": "reduce_lr_on_plateau",
 }
 
 

@@ -22,7 +22,7 @@ from .diagnostics import Diagnostic, Span
 @dataclass(slots=True)
 class Value:
     """A literal: int, float, fraction (1/255, as its (numerator, denominator) floats), dims
-    (28x28), word, string, or tuple of values."""
+    (28x28), word, string, or tuple or list of values."""
 
     type: str
     value: Any
@@ -108,7 +108,7 @@ _MAX_TEXT = 200  # a tuple's text, for messages: longer is cut
 _TERMINAL_NAMES = {
     "INT": "a whole number", "FLOAT": "a number", "FRACTION": "a fraction such as 1/255", "DIMS": "a shape such as 3x3",
     "WORD": "a word", "STRING": "a quoted string", "CALL_OPEN": "a call such as he_normal(seed=1)",
-    "LPAR": "'('", "RPAR": "')'", "OPEN": "'{'", "CLOSE": "'}'", "COMMA": "','", "EQUAL": "'='", "_SEP": "the end of the statement",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "OPEN": "'{'", "CLOSE": "'}'", "COMMA": "','", "EQUAL": "'='", "_SEP": "the end of the statement",
     "$END": "the end of the statement",
 }
 
@@ -156,6 +156,13 @@ class _Rules:
         if len(text) > _MAX_TEXT:  # nested parentheses must not grow quadratically
             text = text[: _MAX_TEXT - 4] + "...)"
         return Value("tuple", tuple(items), text, _join(_tok_span(c[0]), _tok_span(c[-1])))
+
+    def list(self, c):  # noqa: A003
+        items = [x for x in c if isinstance(x, Value)]
+        text = "[" + ", ".join(i.text for i in items) + "]"
+        if len(text) > _MAX_TEXT:
+            text = text[: _MAX_TEXT - 4] + "...]"
+        return Value("list", tuple(items), text, _join(_tok_span(c[0]), _tok_span(c[-1])))
 
     def option(self, c):
         key, value = c
@@ -329,6 +336,8 @@ def _expected(names: set[str]) -> str:
 
 
 def _hint_for_end(expected: set[str]) -> str | None:
+    if "RSQB" in expected and "RPAR" not in expected:
+        return "close the list: [100, 200]"
     if "RPAR" in expected:
         return "close the parenthesis: he_normal(seed=2024)"
     if "INT" in expected or "FLOAT" in expected:

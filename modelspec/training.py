@@ -20,19 +20,26 @@ CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy",
 class LossConfig:
     """The loss as the engine computes it.
 
-    from_logits is True when the loss is one of the three cross-entropies and the output
-    layer ends in softmax or sigmoid, in any pairing: Keras's TensorFlow backend reads the
-    pre-activation values cached on either activation's output (`_keras_logits` in
-    keras/src/backend/tensorflow/nn.py::_get_logits) and computes the loss from them,
-    unclipped; so sigmoid + categorical_crossentropy is a softmax cross-entropy of the
-    pre-sigmoid values, and softmax + binary_crossentropy a sigmoid one (verified against
-    Keras 3.15.1). Otherwise probabilities are clipped to [1e-7, 1 - 1e-7] as
-    keras.backend.epsilon() says.
+    from_logits: the cross-entropy is computed from logits, unclipped. Where those logits
+    are: when the output layer ends in softmax or sigmoid, the values before it, in any pairing and whatever the spec's from_logits says: Keras's TensorFlow
+    backend reads the pre-activation values cached on either activation's output
+    (`_keras_logits` in keras/src/backend/tensorflow/nn.py::_get_logits, which also takes
+    them, with a warning, when from_logits=True is given for such an output); so sigmoid +
+    categorical_crossentropy is a softmax cross-entropy of the pre-sigmoid values, and
+    softmax + binary_crossentropy a sigmoid one (verified against Keras 3.15.1). Otherwise,
+    with the spec's `from_logits`, the output itself is the logits (`output_logits`);
+    without it the probabilities are clipped to [1e-7, 1 - 1e-7] as keras.backend.epsilon()
+    says.
+
+    label_smoothing: the labels become y·(1 - ls) + ls/classes (categorical) or + ls/2
+    (binary) before the loss (keras/src/losses/losses.py).
     """
 
     name: str  # categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse, mae, huber
     from_logits: bool = False
     delta: float = 1.0  # huber
+    output_logits: bool = False  # the logits are the output itself, not the values before its activation
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,34 +47,52 @@ class MetricConfig:
     """A metric: the name shown in history (as the user wrote it) and what it computes."""
 
     name: str  # 'accuracy', 'acc', 'categorical_accuracy', 'mse', ...
-    kind: str  # categorical_accuracy | sparse_categorical_accuracy | binary_accuracy | mse | mae
+    kind: str  # categorical_accuracy | sparse_categorical_accuracy | binary_accuracy | mse | mae | top_k...
+    k: int | None = None  # the top-k metrics' k
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything an engine needs to train: resolved, with Keras's defaults filled in."""
 
-    optimizer: str  # sgd | rmsprop | adam | adamw | adagrad | nadam
-    hyper: dict[str, Any]  # ir.Optimizer.config(): every hyperparameter, defaults included
+    optimizer: str  # sgd | rmsprop | adam | adamw | adagrad | nadam | adadelta | adamax | lion
+    # ir.Optimizer.config(): every hyperparameter, defaults included, and the clipping option
+    # that is set (clipnorm, clipvalue or global_clipnorm), if one is; "learning_rate" is a float or an ir.Schedule (modelspec.schedules gives
+    # the rate of each step)
+    hyper: dict[str, Any]
     loss: LossConfig
     metrics: tuple[MetricConfig, ...]
+
+    @property
+    def schedule(self) -> Any:
+        """The learning-rate schedule (an ir.Schedule), or None for a constant rate."""
+        lr = self.hyper["learning_rate"]
+        return lr if isinstance(lr, ir.Schedule) else None
 
 
 def loss_from_logits(spec: ir.Spec, loss_name: str) -> bool:
     """Keras's TensorFlow-backend rule: the output of any softmax or sigmoid carries the values
-    before it (`_keras_logits`), and every cross-entropy uses them, unclipped, when present."""
+    before it (`_keras_logits`), and every cross-entropy uses them, unclipped, when present.
+    A Softmax layer (`softmax axis=N`) is a softmax too (keras/src/backend/tensorflow/nn.py)."""
     last = spec.layers[-1]
+    if last.kind == "softmax":
+        return loss_name in CROSSENTROPIES
     act = getattr(last, "activation", None) if last.kind in ("dense", "conv2d", "activation") else None
     return loss_name in CROSSENTROPIES and act in ("softmax", "sigmoid")
 
 
 def resolve_loss(spec: ir.Spec, loss: ir.Loss) -> LossConfig:
-    return LossConfig(name=loss.name, from_logits=loss_from_logits(spec, loss.name),
-                      delta=loss.delta if loss.delta is not None else 1.0)
+    before_activation = loss_from_logits(spec, loss.name)
+    return LossConfig(name=loss.name, from_logits=before_activation or bool(loss.from_logits),
+                      delta=loss.delta if loss.delta is not None else 1.0,
+                      output_logits=bool(loss.from_logits) and not before_activation,
+                      label_smoothing=loss.label_smoothing or 0.0)
 
 
-def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ...]) -> MetricConfig:
+def resolve_metric(name: str, y_shape: tuple[int, ...], out_shape: tuple[Any, ...], k: int = 5) -> MetricConfig:
     """keras.src.trainers.compile_utils.get_metric: 'accuracy' depends on shapes only."""
+    if name in ir.TOP_K_METRICS:
+        return MetricConfig(name=name, kind=name, k=k)
     if name not in ("accuracy", "acc"):
         return MetricConfig(name=name, kind=name)
     if out_shape[-1] == 1:

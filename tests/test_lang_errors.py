@@ -265,7 +265,8 @@ def test_hyperparameter_of_another_optimizer():
     d = error("input 3\ndense 1\noptimizer adam momentum=0.9\n")
     assert where(d) == (3, 16, 3, 24)
     assert d.message == "adam has no hyperparameter 'momentum'"
-    assert d.hint == "adam takes 'learning_rate', 'beta_1', 'beta_2', 'epsilon' or 'weight_decay'"
+    assert d.hint == ("adam takes 'learning_rate', 'beta_1', 'beta_2', 'epsilon', 'weight_decay', 'clipnorm', "
+                      "'clipvalue' or 'global_clipnorm'")
 
 
 def test_misspelt_hyperparameter():
