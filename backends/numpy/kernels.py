@@ -1368,16 +1368,29 @@ def mae_metric(y, p):
 
 
 # ---------------------------------------------------------------------------------------
-# Optimizers. Keras's step: decoupled weight decay w -= w·wd·lr when weight_decay is set
-# (on any optimizer), then each optimizer's rule in update(). The slots are made at the
-# first step, as Keras builds its optimizer, and updated in place.
+# Optimizers. Keras's step (keras/src/optimizers/base_optimizer.py, `apply`): the rate of
+# this step (a schedule's value at `iterations`, read before it counts this step), the
+# gradients clipped, decoupled weight decay w -= w·wd·lr when weight_decay is set (on any
+# optimizer), then each optimizer's rule in update(). The slots are made at the first step,
+# as Keras builds its optimizer, and updated in place.
 
 
 class Optimizer:
-    def __init__(self, learning_rate, weight_decay=None):
-        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+    """`learning_rate`: a number, kept in float32 as Keras's learning_rate variable, or a
+    schedule: a function of the 0-based step giving that step's rate. At most one of
+    clipnorm, clipvalue and global_clipnorm is set."""
+
+    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        self.schedule = learning_rate if callable(learning_rate) else None
+        self.learning_rate = None if self.schedule else np.float32(learning_rate)
+        self.weight_decay = weight_decay
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.iterations = 0
         self.built = False
+
+    def rate(self):
+        """This step's learning rate (float32)."""
+        return self.learning_rate if self.schedule is None else self.schedule(self.iterations)
 
     def step(self, params, grads, squares=None):
         """`squares`: for each weight, None, or the sum of its gradient's squared parts where the
@@ -1385,16 +1398,40 @@ class Optimizer:
         if not self.built:
             self.build(params)
             self.built = True
-        self.squares = squares or [None] * len(params)
-        lr = self.learning_rate
+        lr = self.rate()
+        grads, self.squares = self.clip(grads, squares or [None] * len(params))
+        self.begin(params)
         for i, (p, g) in enumerate(zip(params, grads)):
             if self.weight_decay:
                 p -= p * self.weight_decay * lr
             self.update(i, p, g, lr)
         self.iterations += 1
 
+    def begin(self, params):
+        """What a step computes once before the weights' updates."""
+
+    def clip(self, grads, squares):
+        """The gradients clipped as Keras clips them (base_optimizer.py, `_clip_gradients`):
+        clipnorm is TensorFlow's clip_by_norm on each gradient (keras/src/backend/tensorflow/
+        optimizer.py, `_clip_by_norm`): g·c / max(‖g‖, c), ‖g‖ = 0 for a gradient of zeros;
+        global_clipnorm scales every gradient by c·min(1/‖all‖, 1/c), NaN when that norm is not
+        finite (`clip_by_global_norm`); clipvalue clips each element to [-c, c]."""
+        if self.clipnorm:
+            c = self.clipnorm
+            return [g * c / np.maximum(np.sqrt(np.vdot(g, g)), c) for g in grads], squares
+        if self.global_clipnorm:
+            c = self.global_clipnorm
+            norm = np.sqrt(np.sum([np.vdot(g, g) for g in grads], dtype=grads[0].dtype))
+            scale = c * np.minimum(1 / norm, 1 / c) + (norm - norm)
+            return [g * scale for g in grads], squares
+        if self.clipvalue:
+            c = self.clipvalue
+            return [np.clip(g, -c, c) for g in grads], squares
+        return grads, squares
+
     def slots(self):
-        """The slot arrays in the order Keras creates its optimizer variables."""
+        """The slot arrays in the order Keras creates its optimizer variables (the arrays
+        themselves, updated in place by each step)."""
         return []
 
     def square(self, i, g, out=None):
@@ -1409,8 +1446,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.momentum, self.nesterov = momentum, nesterov
 
     def build(self, params):
@@ -1434,8 +1471,8 @@ class SGD(Optimizer):
 
 class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
-                 weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+                 weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
 
     def build(self, params):
@@ -1473,8 +1510,8 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
     def build(self, params):
@@ -1504,13 +1541,14 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.004):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.004,
+                 **clipping):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, **clipping)
 
 
 class Adagrad(Optimizer):
-    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
 
     def build(self, params):
@@ -1526,36 +1564,37 @@ class Adagrad(Optimizer):
 
 
 class Nadam(Optimizer):
-    """Adam with Nesterov momentum and Keras's momentum schedule u_t = β1·(1 - ½·0.96^t)."""
+    """Adam with Nesterov momentum and Keras's momentum schedule u_t = β1·(1 - ½·0.96^t); the
+    product Π u_1..u_t is an optimizer variable (`u_product`, a 0-d array of the weights' dtype)."""
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-        self.u_product = 1.0
 
     def build(self, params):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
+        self.u_product = np.ones((), params[0].dtype if params else np.float32)
 
-    def step(self, params, grads, squares=None):
-        f = params[0].dtype.type if params else float  # Keras's scalars are in the weights' dtype
+    def begin(self, params):
+        f = self.u_product.dtype.type  # Keras's scalars are in the weights' dtype
         t, self.b1, self.b2 = f(self.iterations + 1), f(self.beta_1), f(self.beta_2)
         self.u_t = self.b1 * (1 - 0.5 * f(0.96) ** t)
         self.u_next = self.b1 * (1 - 0.5 * f(0.96) ** (t + 1))
-        self.u_product = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)  # Π u_1..u_t
+        self.u_product[...] = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)
         self.beta_2_power = self.b2 ** t
-        super().step(params, grads, squares)
 
     def update(self, i, p, g, lr):
         m, v = self.m[i], self.v[i]
         m += (g - m) * (1 - self.b1)
         v += (self.square(i, g) - v) * (1 - self.b2)
-        m_hat = m * self.u_next / (1 - self.u_product * self.u_next) + g * (1 - self.u_t) / (1 - self.u_product)
+        u_product = self.u_product[()]
+        m_hat = m * self.u_next / (1 - u_product * self.u_next) + g * (1 - self.u_t) / (1 - u_product)
         v_hat = v / (1 - self.beta_2_power)
         p -= m_hat * lr / (np.sqrt(v_hat) + self.epsilon)
 
     def slots(self):
-        return [a for pair in zip(self.m, self.v) for a in pair] + [np.array(self.u_product, np.float32)]
+        return [a for pair in zip(self.m, self.v) for a in pair] + [self.u_product]
 
 
 # ---------------------------------------------------------------------------------------
