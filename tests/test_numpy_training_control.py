@@ -30,7 +30,7 @@ globalavgpool1d
 dense 3 softmax
 """
 
-OPTIMIZERS = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam"]
+OPTIMIZERS = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "nadam", "adadelta", "adamax", "lion"]
 
 
 def config(optimizer, loss="categorical_crossentropy", metrics=("categorical_accuracy",), **hyper):
