@@ -134,3 +134,101 @@ def test_a_schedule_cannot_be_set():
     e.set_training(config("sgd", loss="mse", metrics=(), learning_rate=schedule))
     with pytest.raises(ValueError, match="schedule"):
         e.set_learning_rate(0.01)
+
+
+# ---------------------------------------------------------------------------------------
+# Against real Keras: the same initial weights and batches (no shuffling), per-epoch history
+# and final weights to 1e-5.
+
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def keras():
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return pytest.importorskip("keras")
+
+
+def parity(keras, text, x, y, optimizer, loss, metrics=(), epochs=3, batch_size=8, reference=None):
+    """Fit the spec here and its Keras model (`reference`, else keras_reference's) from the
+    same weights; the histories and the final weights must agree."""
+    import keras_reference as kr
+
+    model = ms.build(text, seed=0)
+    reference = reference or kr.model(model.spec)
+    reference.set_weights(model.get_weights())
+    reference.compile(optimizer, loss, metrics=list(metrics))
+    theirs = reference.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0).history
+    ours = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0).history
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=RTOL, atol=1e-7, err_msg=key)
+    for ours_w, theirs_w in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours_w, theirs_w, rtol=RTOL, atol=RTOL)
+    return ours
+
+
+def classes(n=24, features=5, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    return x, np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+
+
+DENSE = "input 5\ndense 6 tanh\ndense 3 softmax\n"
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("written, keras_name, hyper", [
+    ("adadelta lr=1.0 rho=0.9 epsilon=1e-6", "Adadelta", {"learning_rate": 1.0, "rho": 0.9, "epsilon": 1e-6}),
+    ("adamax lr=0.02 beta_1=0.8", "Adamax", {"learning_rate": 0.02, "beta_1": 0.8}),
+    ("lion lr=0.003 beta_2=0.95 weight_decay=0.1", "Lion", {"learning_rate": 0.003, "beta_2": 0.95,
+                                                            "weight_decay": 0.1}),
+])
+def test_new_optimizers_train_as_keras(keras, written, keras_name, hyper):
+    x, y = classes()
+    parity(keras, f"{DENSE}optimizer {written}\nloss categorical_crossentropy\n", x, y,
+           getattr(keras.optimizers, keras_name)(**hyper), "categorical_crossentropy")
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("clip", ["clipnorm=0.05", "clipvalue=0.02", "global_clipnorm=0.08"])
+@pytest.mark.parametrize("name, keras_name", [("sgd", "SGD"), ("adam", "Adam")])
+def test_clipping_trains_as_keras(keras, clip, name, keras_name):
+    """Limits small enough to clip every step (and one weight's gradient below clipnorm's)."""
+    key, value = clip.split("=")
+    x, y = classes()
+    parity(keras, f"{DENSE}optimizer {name} lr=0.1 {clip}\nloss categorical_crossentropy\n", x, y,
+           getattr(keras.optimizers, keras_name)(learning_rate=0.1, **{key: float(value)}),
+           "categorical_crossentropy")
+
+
+SCHEDULES = [
+    ("exponential_decay(0.1, decay_steps=4, decay_rate=0.5)", "ExponentialDecay",
+     dict(initial_learning_rate=0.1, decay_steps=4, decay_rate=0.5)),
+    ("exponential_decay(0.1, decay_steps=4, decay_rate=0.5, staircase=true)", "ExponentialDecay",
+     dict(initial_learning_rate=0.1, decay_steps=4, decay_rate=0.5, staircase=True)),
+    ("inverse_time_decay(0.1, decay_steps=3, decay_rate=0.7, staircase=true)", "InverseTimeDecay",
+     dict(initial_learning_rate=0.1, decay_steps=3, decay_rate=0.7, staircase=True)),
+    ("polynomial_decay(0.1, decay_steps=5, end_learning_rate=0.01, power=2.0, cycle=true)", "PolynomialDecay",
+     dict(initial_learning_rate=0.1, decay_steps=5, end_learning_rate=0.01, power=2.0, cycle=True)),
+    ("polynomial_decay(0.1, decay_steps=5)", "PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=5)),
+    ("cosine_decay(0.05, decay_steps=6, alpha=0.1, warmup_target=0.1, warmup_steps=3)", "CosineDecay",
+     dict(initial_learning_rate=0.05, decay_steps=6, alpha=0.1, warmup_target=0.1, warmup_steps=3)),
+    ("piecewise_constant_decay(boundaries=[3, 7], values=[0.1, 0.05, 0.01])", "PiecewiseConstantDecay",
+     dict(boundaries=[3, 7], values=[0.1, 0.05, 0.01])),
+]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("written, keras_name, arguments", SCHEDULES, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_schedules_train_as_keras(keras, written, keras_name, arguments, name):
+    """4 epochs of 3 steps: every schedule's rate moves within them."""
+    x, y = classes()
+    schedule = getattr(keras.optimizers.schedules, keras_name)(**arguments)
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9) if name == "sgd" else keras.optimizers.Adam(schedule)
+    extra = " momentum=0.9" if name == "sgd" else ""
+    parity(keras, f"{DENSE}optimizer {name} lr={written}{extra}\nloss categorical_crossentropy\n", x, y,
+           optimizer, "categorical_crossentropy", epochs=4)
