@@ -13,6 +13,9 @@ from modelspec import ir
 from modelspec.backends.numpy import NumpyEngine
 from modelspec.training import LossConfig, MetricConfig, TrainConfig
 
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # Keras's own __array__ warnings
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+
 RESUMED = """
 input 6
 dense 8 relu
@@ -232,3 +235,134 @@ def test_schedules_train_as_keras(keras, written, keras_name, arguments, name):
     extra = " momentum=0.9" if name == "sgd" else ""
     parity(keras, f"{DENSE}optimizer {name} lr={written}{extra}\nloss categorical_crossentropy\n", x, y,
            optimizer, "categorical_crossentropy", epochs=4)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("clip", [{}, {"clipnorm": 0.5}, {"clipvalue": 0.3}, {"global_clipnorm": 0.7}],
+                         ids=["none", "clipnorm", "clipvalue", "global_clipnorm"])
+@pytest.mark.parametrize("name, keras_name", [("adam", "Adam"), ("adadelta", "Adadelta"), ("adamax", "Adamax"),
+                                              ("sgd", "SGD")])
+def test_a_sparse_gradient_is_clipped_as_keras_clips_it(keras, clip, name, keras_name):
+    """An embedding's gradient, as TensorFlow's IndexedSlices with repeated rows, applied by
+    Keras's optimizer; here the summed gradient and its parts (Embedding.parts)."""
+    import tensorflow as tf
+
+    from modelspec.backends.numpy import kernels as K
+    from modelspec.backends.numpy.lowering import OPTIMIZERS as KERNELS
+
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(6, 3)).astype(np.float32)
+    ids = np.array([0, 2, 2, 4, 0, 2])
+    steps = [rng.normal(size=(len(ids), 3)).astype(np.float32) for _ in range(3)]
+    theirs_optimizer = getattr(keras.optimizers, keras_name)(learning_rate=0.1, **clip)
+    theirs = keras.Variable(w0.copy())
+    ours_optimizer: K.Optimizer = KERNELS[name](learning_rate=0.1, **clip)
+    ours = w0.copy()
+    cells = (ids[:, None] * 3 + np.arange(3)).reshape(-1)
+    for values in steps:
+        theirs_optimizer.apply([tf.IndexedSlices(tf.constant(values), tf.constant(ids), tf.constant([6, 3]))],
+                               [theirs])
+        summed = np.zeros_like(ours)
+        np.add.at(summed, ids, values)
+        ours_optimizer.step([ours], [summed], [(cells, values.reshape(-1))])
+    np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(theirs), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("loss, output", [("categorical_crossentropy", "dense 3 softmax"),
+                                          ("binary_crossentropy", "dense 3 sigmoid")])
+def test_label_smoothing_trains_as_keras(keras, loss, output):
+    x, y = classes()
+    keras_loss = getattr(keras.losses, {"categorical_crossentropy": "CategoricalCrossentropy",
+                                        "binary_crossentropy": "BinaryCrossentropy"}[loss])(label_smoothing=0.2)
+    metric = "categorical_accuracy" if loss == "categorical_crossentropy" else "binary_accuracy"
+    parity(keras, f"input 5\ndense 6 tanh\n{output}\noptimizer adam lr=0.05\nloss {loss} label_smoothing=0.2\n"
+           f"metrics {metric}\n", x, y, keras.optimizers.Adam(0.05), keras_loss, metrics=[metric])
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("loss, keras_class", [("categorical_crossentropy", "CategoricalCrossentropy"),
+                                               ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"),
+                                               ("binary_crossentropy", "BinaryCrossentropy")])
+def test_a_linear_output_as_logits_trains_as_keras(keras, loss, keras_class):
+    """from_logits on a linear output: the loss reads the output itself; the metrics read it
+    raw (binary_accuracy's 0.5 threshold on the logits), as Keras's do."""
+    x, y = classes()
+    metric = {"categorical_crossentropy": "categorical_accuracy", "binary_crossentropy": "binary_accuracy",
+              "sparse_categorical_crossentropy": "sparse_categorical_accuracy"}[loss]
+    if loss == "sparse_categorical_crossentropy":
+        y = y.argmax(axis=1)
+    parity(keras, f"input 5\ndense 6 tanh\ndense 3\noptimizer sgd lr=0.5\nloss {loss} from_logits\n"
+           f"metrics {metric}\n", x, y, keras.optimizers.SGD(0.5),
+           getattr(keras.losses, keras_class)(from_logits=True), metrics=[metric])
+
+
+@pytest.mark.keras
+def test_top_k_metrics_train_as_keras(keras):
+    x, y = classes(k=5)
+    text = ("input 5\ndense 5 softmax\noptimizer sgd lr=0.3\nloss categorical_crossentropy\n"
+            "metrics top_k_categorical_accuracy k=2\n")
+    parity(keras, text, x, y, keras.optimizers.SGD(0.3), "categorical_crossentropy",
+           metrics=[keras.metrics.TopKCategoricalAccuracy(k=2, name="top_k_categorical_accuracy")])
+    text = text.replace("loss categorical", "loss sparse_categorical").replace("top_k", "sparse_top_k")
+    parity(keras, text, x, y.argmax(axis=1), keras.optimizers.SGD(0.3), "sparse_categorical_crossentropy",
+           metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="sparse_top_k_categorical_accuracy")])
+
+
+@pytest.mark.keras
+def test_top_k_metrics_count_ties_and_non_finite_rows_as_keras(keras):
+    """A tie with the k-th score is in; a row holding NaN or inf is out; an id outside the
+    classes is out; sparse labels of shape (N, 1) are per sample as (N,)."""
+    from modelspec.backends.numpy import kernels as K
+
+    p = np.array([[0.1, 0.3, 0.3, 0.3], [0.4, 0.3, 0.2, 0.1], [0.1, np.nan, 0.5, 0.2],
+                  [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, np.inf, 0.1], [0.1, 0.2, 0.3, 0.4]], np.float32)
+    ids = np.array([3, 2, 2, 0, 0, 1])
+    for k in (1, 2, 3):
+        theirs = keras.ops.convert_to_numpy(keras.metrics.sparse_top_k_categorical_accuracy(ids, p, k=k))
+        np.testing.assert_array_equal(K.sparse_top_k_categorical_accuracy(ids, p, k=k), theirs)
+        theirs = keras.ops.convert_to_numpy(keras.metrics.sparse_top_k_categorical_accuracy(ids[:, None], p, k=k))
+        np.testing.assert_array_equal(K.sparse_top_k_categorical_accuracy(ids[:, None], p, k=k), theirs.reshape(-1))
+        onehot = np.eye(4, dtype=np.float32)[ids]
+        theirs = keras.ops.convert_to_numpy(keras.metrics.top_k_categorical_accuracy(onehot, p, k=k))
+        np.testing.assert_array_equal(K.top_k_categorical_accuracy(onehot, p, k=k), theirs)
+    assert K.sparse_top_k_categorical_accuracy(ids, p, k=1).tolist() == [1, 0, 0, 1, 0, 0]
+    assert K.sparse_top_k_categorical_accuracy(np.array([4, -1]), p[:2], k=4).tolist() == [0, 0]
+
+
+@pytest.mark.keras
+def test_a_softmax_layer_over_axis_1_trains_as_keras(keras):
+    """softmax axis=1 on a (steps, classes) output: Keras's cross-entropy then reads the values
+    before it, over the last axis (_keras_logits)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 4, 3)).astype(np.float32)
+    y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, (16, 4))]
+    reference = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(5), keras.layers.Softmax(axis=1)])
+    parity(keras, "input 4x3\ndense 5\nsoftmax axis=1\noptimizer adam lr=0.05\nloss categorical_crossentropy\n"
+           "metrics categorical_accuracy\n", x, y, keras.optimizers.Adam(0.05), "categorical_crossentropy",
+           metrics=["categorical_accuracy"], reference=reference)
+    reference = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(5), keras.layers.Softmax(axis=1)])
+    # the bias, the same at every step, has no gradient but rounding's: SGD, which does not
+    # magnify it as Adam would
+    parity(keras, "input 4x3\ndense 5\nsoftmax axis=1\noptimizer sgd lr=0.5\nloss mse\n", x, y,
+           keras.optimizers.SGD(0.5), "mse", reference=reference)
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_the_softmax_layer_gradient_matches_finite_differences(axis):
+    from modelspec.backends.numpy import kernels as K
+
+    rng = np.random.default_rng(0)
+    layer = K.Softmax(axis)
+    x, r = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    y = layer.forward(x)
+    np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=1e-12)
+    dx = layer.backward(r)
+    numeric = np.zeros_like(x)
+    h = 1e-6
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        numeric[i] = (np.sum(K.Softmax(axis).forward(up) * r) - np.sum(K.Softmax(axis).forward(down) * r)) / (2 * h)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-9)
