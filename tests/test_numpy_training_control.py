@@ -366,3 +366,58 @@ def test_the_softmax_layer_gradient_matches_finite_differences(axis):
         down[i] -= h
         numeric[i] = (np.sum(K.Softmax(axis).forward(up) * r) - np.sum(K.Softmax(axis).forward(down) * r)) / (2 * h)
     np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# The emitted program trains as the engine does.
+
+EMITTED = {
+    "adadelta": ("input 5\ndense 6 relu\ndropout 0.2\ndense 3 softmax\n"
+                 "optimizer adadelta lr=exponential_decay(1.0, decay_steps=2, decay_rate=0.8) clipnorm=0.1\n"
+                 "loss categorical_crossentropy label_smoothing=0.1\nmetrics top_k_categorical_accuracy k=2\n",
+                 "one_hot"),
+    "lion": ("input 5\ndense 6 tanh\ndense 3 sigmoid\n"
+             "optimizer lion lr=cosine_decay(0.001, decay_steps=4, warmup_target=0.01, warmup_steps=2) "
+             "global_clipnorm=0.5\nloss binary_crossentropy label_smoothing=0.2\nmetrics binary_accuracy\n",
+             "one_hot"),
+    "adamax": ("input 5\ndense 6 tanh\ndense 3\n"
+               "optimizer adamax lr=piecewise_constant_decay(boundaries=[2, 5], values=[0.05, 0.02, 0.01]) "
+               "clipvalue=0.05\nloss sparse_categorical_crossentropy from_logits\n"
+               "metrics sparse_top_k_categorical_accuracy k=2\n", "ids"),
+    "softmax": ("input 4x3\ndense 5\nsoftmax axis=1\n"
+                "optimizer nadam lr=polynomial_decay(0.05, decay_steps=3, cycle=true)\n"
+                "loss categorical_crossentropy\nmetrics categorical_accuracy\n", "steps"),
+}
+
+
+@pytest.mark.parametrize("name", list(EMITTED))
+def test_the_emitted_program_trains_as_the_engine(name, tmp_path):
+    from corpus import load_program
+
+    text, labels = EMITTED[name]
+    model = ms.build(text, seed=0)
+    program = load_program(model.backend.emit(model.spec, model.report), tmp_path / f"{name}.py")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, *model.spec.input_shape)).astype(np.float32)
+    if labels == "steps":
+        y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, (20, 4))]
+    else:
+        y = rng.integers(0, 3, 20)
+        y = y if labels == "ids" else np.eye(3, dtype=np.float32)[y]
+    net = program.network(program.initial_weights())
+    theirs = program.fit(net, program.make_optimizer(), x, y, epochs=3, batch_size=6, shuffle=False)
+    ours = model.fit(x, y, epochs=3, batch_size=6, shuffle=False, verbose=0).history
+    assert set(theirs) == set(ours)
+    for key in ours:
+        np.testing.assert_allclose(theirs[key], ours[key], rtol=1e-6, err_msg=key)
+    for theirs_w, ours_w in zip([p for layer in net.layers for p in layer.params], model.get_weights(), strict=True):
+        np.testing.assert_array_equal(theirs_w, ours_w)
+
+
+def test_emitting_a_callback_is_a_clear_error():
+    from modelspec.backends import BackendError
+
+    model = ms.build(f"{DENSE}optimizer sgd\nloss categorical_crossentropy\nfit validation_split=0.2\n"
+                     "early_stopping patience=2\n", seed=0)
+    with pytest.raises(BackendError, match="does not implement early_stopping"):
+        model.backend.emit(model.spec, model.report)
