@@ -414,10 +414,43 @@ def test_the_emitted_program_trains_as_the_engine(name, tmp_path):
         np.testing.assert_array_equal(theirs_w, ours_w)
 
 
-def test_emitting_a_callback_is_a_clear_error():
-    from modelspec.backends import BackendError
+CALLBACKS = {
+    "early_stopping": ("early_stopping monitor=val_loss patience=1 restore_best_weights",
+                       lambda keras: [keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True)]),
+    "plateau": ("reduce_lr_on_plateau monitor=val_categorical_accuracy factor=0.5 patience=1 cooldown=1",
+                lambda keras: [keras.callbacks.ReduceLROnPlateau("val_categorical_accuracy", factor=0.5, patience=1,
+                                                                 cooldown=1)]),
+    "both": ("early_stopping monitor=loss min_delta=0.01 patience=2 baseline=0.9\n"
+             "reduce_lr_on_plateau monitor=val_loss factor=0.2 patience=0 min_lr=0.05",
+             lambda keras: [keras.callbacks.EarlyStopping("loss", min_delta=0.01, patience=2, baseline=0.9),
+                            keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=0, min_lr=0.05)]),
+}
 
-    model = ms.build(f"{DENSE}optimizer sgd\nloss categorical_crossentropy\nfit validation_split=0.2\n"
-                     "early_stopping patience=2\n", seed=0)
-    with pytest.raises(BackendError, match="does not implement early_stopping"):
-        model.backend.emit(model.spec, model.report)
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", list(CALLBACKS))
+def test_the_emitted_program_runs_callbacks_as_keras(keras, name, tmp_path, capsys):
+    """Its history (learning_rate included) and final weights, stopped early or not, are Keras's."""
+    import keras_reference as kr
+    from corpus import load_program
+
+    written, make = CALLBACKS[name]
+    text = (f"{DENSE}optimizer sgd lr=0.5 momentum=0.5\nloss categorical_crossentropy\n"
+            f"metrics categorical_accuracy\nfit epochs=12 batch=8 validation=0.25 shuffle=false\n{written}\n")
+    model = ms.build(text, seed=0)
+    program = load_program(model.backend.emit(model.spec, model.report), tmp_path / f"{name}.py")
+    x, y = classes(n=32, seed=5)
+    net = program.network(program.initial_weights())
+    ours = program.fit(net, program.make_optimizer(), x, y)
+    reference = kr.model(model.spec)
+    reference.set_weights(model.get_weights())
+    reference.compile(keras.optimizers.SGD(0.5, momentum=0.5), "categorical_crossentropy",
+                      metrics=["categorical_accuracy"])
+    theirs = reference.fit(x, y, batch_size=8, epochs=12, validation_split=0.25, shuffle=False, verbose=0,
+                           callbacks=make(keras)).history
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=RTOL, atol=1e-7, err_msg=key)
+    for ours_w, theirs_w in zip(net.weights, reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours_w, theirs_w, rtol=RTOL, atol=RTOL)
+    print({key: len(v) for key, v in theirs.items()}, theirs.get("learning_rate"))

@@ -58,7 +58,9 @@ def loss(y, z):
 
 
 def network(weights, seed=SEED):
-    return {network}
+    net = {network}
+    net.weights = weights  # every weight, trainable or not, in place
+    return net
 
 
 def make_optimizer():
@@ -76,7 +78,7 @@ def evaluate(net, x, y, batch_size=32):
     return list(sums / n)
 
 
-{adapt_function}def fit(net, optimizer, x, y, {fit_args}, seed=SEED{adapt_arg}):
+{adapt_function}def fit(net, optimizer, x, y, {fit_args}, seed=SEED{adapt_arg}{callbacks_arg}):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's running mean of the batch losses (penalties included)."""
     x, y = np.asarray(x, INPUT_DTYPE), np.asarray(y, {labels}){adapt_call}
@@ -84,7 +86,7 @@ def evaluate(net, x, y, batch_size=32):
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
     rng = np.random.default_rng(seed)
     names = ["loss"] + [name for name, _ in METRICS]
-    history = {{}}
+    history = {{}}{callbacks_begin}
     for epoch in range(epochs):
         order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
         sums, n = np.zeros(len(names)), 0
@@ -93,17 +95,122 @@ def evaluate(net, x, y, batch_size=32):
             batch_loss, outputs = net.gradients(xb, yb)
             if not np.isfinite(batch_loss) or not all(np.isfinite(g).all() for g in net.grads):
                 print(f"stopped: the loss or a gradient is not finite at step {{i // batch_size}}")
-                return history
+                return {finish}
             net.apply(optimizer)
             sums += [batch_loss * len(xb)] + [metric(yb, outputs).sum() for _, metric in METRICS]
             n += len(xb)
         logs = dict(zip(names, sums / n))
         if len(x_val):
-            logs.update(zip(["val_" + k for k in names], evaluate(net, x_val, y_val, batch_size)))
+            logs.update(zip(["val_" + k for k in names], evaluate(net, x_val, y_val, batch_size))){callbacks_epoch}
         for key, value in sorted(logs.items()):
             history.setdefault(key, []).append(float(value))
-        print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items())))
+        print(f"Epoch {{epoch + 1}}/{{epochs}} - " + " - ".join(f"{{k}}: {{v:.4f}}" for k, v in sorted(logs.items()))){callbacks_stop}
+    return {finish}'''
+
+
+# For a spec with early_stopping or reduce_lr_on_plateau: Keras's callbacks, run at each
+# epoch's end (keras/src/callbacks/monitor_callback.py, early_stopping.py,
+# reduce_lr_on_plateau.py), before the history records the epoch; make_callbacks() follows it.
+CALLBACKS = '''class Monitor:
+    """Keras's improvement test: strict, by |min_delta|, in float32; `less` is the direction
+    (mode min, or auto for a loss, mse or mae)."""
+
+    def __init__(self, monitor, min_delta, less):
+        self.monitor, self.min_delta, self.less = monitor, abs(min_delta), less
+
+    def improved(self, value, reference):
+        if reference is None:
+            return True
+        if self.less:
+            return bool(np.float32(value + self.min_delta) < np.float32(reference))
+        return bool(np.float32(value - self.min_delta) > np.float32(reference))
+
+    def train_end(self, net):
+        pass
+
+
+class EarlyStopping(Monitor):
+    """Stops when `monitor` has not improved for `patience` epochs (never at the first);
+    restore_best_weights puts back the best epoch's weights at the end, stop or not."""
+
+    def __init__(self, monitor, min_delta, less, patience, baseline, restore_best_weights, start_from_epoch):
+        super().__init__(monitor, min_delta, less)
+        self.patience, self.baseline, self.restore_best_weights = patience, baseline, restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.wait = self.best_epoch = 0
+        self.best = self.best_weights = None
+
+    def epoch_end(self, epoch, logs, net, optimizer):
+        current = logs.get(self.monitor)
+        if current is None or epoch < self.start_from_epoch:
+            return False
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = [w.copy() for w in net.weights], epoch
+        self.wait += 1
+        if self.improved(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = [w.copy() for w in net.weights]
+            if self.baseline is None or self.improved(current, self.baseline):
+                self.wait = 0
+            return False
+        return self.wait >= self.patience and epoch > 0
+
+    def train_end(self, net):
+        if self.restore_best_weights and self.best_weights is not None:
+            print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            for weight, best in zip(net.weights, self.best_weights):
+                weight[...] = best
+
+
+class ReduceLROnPlateau(Monitor):
+    """Multiplies the learning rate by `factor` (not below min_lr) when `monitor` has not
+    improved for `patience` epochs, then waits `cooldown` epochs; the history gains each
+    epoch's learning_rate."""
+
+    def __init__(self, monitor, min_delta, less, factor, patience, cooldown, min_lr):
+        super().__init__(monitor, min_delta, less)
+        self.factor, self.patience, self.cooldown, self.min_lr = factor, patience, cooldown, min_lr
+        self.best, self.cooldown_counter, self.wait = None, 0, 0
+
+    def epoch_end(self, epoch, logs, net, optimizer):
+        rate = float(optimizer.learning_rate)
+        logs["learning_rate"] = rate
+        current = logs.get(self.monitor)
+        if current is None:
+            return False
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.improved(current, self.best):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and rate > np.float32(self.min_lr):
+                optimizer.learning_rate = np.float32(max(rate * self.factor, self.min_lr))
+                print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {optimizer.learning_rate}.")
+                self.cooldown_counter, self.wait = self.cooldown, 0
+        return False
+
+
+def train_end(net, callbacks, history):
+    """Each callback's end of training (EarlyStopping's best weights back); the history."""
+    for callback in callbacks:
+        callback.train_end(net)
     return history'''
+
+CALLBACK_FIELDS = {"callbacks_arg": ", callbacks=None",
+                   "callbacks_begin": "\n    callbacks = make_callbacks() if callbacks is None else callbacks",
+                   "callbacks_epoch": """
+        stop = False
+        for callback in callbacks:
+            stop = callback.epoch_end(epoch, logs, net, optimizer) or stop""",
+                   "callbacks_stop": """
+        if stop:
+            break""",
+                   "finish": "train_end(net, callbacks, history)"}
+NO_CALLBACKS = {"callbacks_arg": "", "callbacks_begin": "", "callbacks_epoch": "", "callbacks_stop": "",
+                "finish": "history"}
 
 
 # For a spec with `normalize`: its statistics are set from the training data before the first
@@ -402,13 +509,28 @@ def _metric_entry(name: str, metric: MetricConfig) -> tuple[str, Any]:
     return f"({name!r}, lambda y, p: {fn.__name__}(y, p, {arguments}))", fn
 
 
-def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, list[Any]]:
-    unsupported = [name for name in ("early_stopping", "reduce_lr_on_plateau") if getattr(spec, name) is not None]
-    if unsupported:
-        from modelspec.backends import BackendError
+def _callbacks(spec: ir.Spec, kinds: dict[str, str]) -> list[str]:
+    """The constructor calls of the spec's callbacks (CALLBACKS), Keras's direction resolved:
+    for mode=auto, a loss, mse or mae improves downwards, an accuracy upwards
+    (monitor_callback.py, _set_monitor_op, by the metric's _direction)."""
+    calls = []
+    for node in (spec.early_stopping, spec.reduce_lr_on_plateau):
+        if node is None:
+            continue
+        name = node.monitor.removeprefix("val_")
+        less = node.mode == "min" if node.mode != "auto" else name == "loss" or kinds[name] in ("mse", "mae")
+        common = f"{node.monitor!r}, {node.min_delta!r}, {less!r}"
+        if isinstance(node, ir.EarlyStopping):
+            calls.append(f"EarlyStopping({common}, patience={node.patience!r}, baseline={node.baseline!r}, "
+                         f"restore_best_weights={node.restore_best_weights!r}, "
+                         f"start_from_epoch={node.start_from_epoch!r})")
+        else:
+            calls.append(f"ReduceLROnPlateau({common}, factor={node.factor!r}, patience={node.patience!r}, "
+                         f"cooldown={node.cooldown!r}, min_lr={node.min_lr!r})")
+    return calls
 
-        raise BackendError(f"the emitted numpy program does not implement {' and '.join(unsupported)} yet; "
-                           "emit without it, or train with modelspec train")
+
+def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, list[Any]]:
     optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")  # Keras compile's default
     loss = resolve_loss(spec, spec.loss) if spec.loss is not None else LossConfig("mse")
     logits = reads_before_output(loss)
@@ -416,8 +538,9 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
     opt_class = OPTIMIZERS[optimizer.name]
     opt_args, schedule = _optimizer_arguments(optimizer)
     loss_args = "".join(f", {k}={v!r}" for k, v in options.items())
+    kinds = [(name, _metric_kind(name, spec, report)) for name in spec.metrics]
     metrics = [_metric_entry(name, MetricConfig(name, kind, spec.k if kind in ir.TOP_K_METRICS else None))
-               for name, kind in ((name, _metric_kind(name, spec, report)) for name in spec.metrics)]
+               for name, kind in kinds]
     metric_table = ", ".join(entry for entry, _ in metrics)
     labels = "np.int64" if loss.name == "sparse_categorical_crossentropy" else "np.float32"
     fit = spec.fit or ir.Fit()
@@ -431,11 +554,15 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
             "the loss reads the model's outputs")
     network = ("Network(build(weights, seed), loss, FROM_LOGITS, PENALTIES)" if lowered.sources is None
                else "Graph(build(weights, seed), loss, FROM_LOGITS, PENALTIES, SOURCES)")
+    callbacks = _callbacks(spec, {name: kind for name, kind in kinds})
     source = TRAINING.format(logits=logits, note=note, penalties=lowered.penalties, metric_table=metric_table,
                              network=network,
                              loss_fn=fn.__name__, loss_args=loss_args, optimizer=opt_class.__name__,
                              opt_args=opt_args, fit_args=fit_args, labels=labels,
-                             **_adapt_fields(any(layer.adapts for layer in spec.layers)))
+                             **_adapt_fields(any(layer.adapts for layer in spec.layers)),
+                             **(CALLBACK_FIELDS if callbacks else NO_CALLBACKS))
+    if callbacks:
+        source += f"\n\n\n{CALLBACKS}\n\n\ndef make_callbacks():\n    return [{', '.join(callbacks)}]"
     roots = [K.Network if lowered.sources is None else K.Graph, fn, opt_class] + [metric for _, metric in metrics]
     if schedule:
         source = schedule + "\n\n\n" + source
