@@ -170,6 +170,11 @@ def parity(keras, text, x, y, optimizer, loss, metrics=(), epochs=3, batch_size=
         np.testing.assert_allclose(ours[key], theirs[key], rtol=RTOL, atol=1e-7, err_msg=key)
     for ours_w, theirs_w in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours_w, theirs_w, rtol=RTOL, atol=RTOL)
+    # Keras's optimizer variables in its order: the iterations, the rate unless a schedule
+    # gives it, the slots
+    theirs_state = [keras.ops.convert_to_numpy(v) for v in reference.optimizer.variables]
+    for ours_v, theirs_v in zip(model.engine.optimizer_state(), theirs_state, strict=True):
+        np.testing.assert_allclose(ours_v, theirs_v, rtol=RTOL, atol=1e-6)
     return ours
 
 

@@ -1688,7 +1688,7 @@ class Adadelta(Optimizer):
         p += lr * delta
 
     def slots(self):
-        return self.accumulated_grads + self.accumulated_deltas
+        return [a for pair in zip(self.accumulated_grads, self.accumulated_deltas) for a in pair]
 
 
 class Adamax(Optimizer):
