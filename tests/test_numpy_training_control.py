@@ -100,6 +100,16 @@ def test_state_before_any_step_leaves_the_optimizer_unbuilt():
     other.set_training(config("nadam"))
     other.set_state(state)
     assert other.optimizer_state() == []
+    # into an engine that has trained: it forgets its slots and step count
+    x, y = samples((6,))
+    data = fresh.prepare(x, y)
+    epochs(other, data, 1)
+    weights = fresh.get_weights()
+    other.set_weights(weights)
+    other.set_state(state)
+    assert epochs(other, data, 1) == epochs(fresh, data, 1)
+    for a, b in zip(other.optimizer_state(), fresh.optimizer_state(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_state_of_another_training_is_refused():

@@ -186,6 +186,7 @@ class NumpyEngine(Engine):
             if value.shape != slot.shape:
                 raise ValueError(f"optimizer slot {i} has shape {slot.shape}; the state holds {value.shape}")
             slot[...] = value
+        opt.built = built  # an unbuilt state: the next step builds fresh slots, as the first one does
         opt.iterations = int(state["optimizer/iterations"])
         if opt.schedule is None:
             opt.learning_rate = np.float32(state["optimizer/learning_rate"])
