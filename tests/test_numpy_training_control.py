@@ -409,9 +409,13 @@ EMITTED = {
 def test_the_emitted_program_trains_as_the_engine(name, tmp_path):
     from corpus import load_program
 
+    from test_numpy_engine import defined_but_unused
+
     text, labels = EMITTED[name]
     model = ms.build(text, seed=0)
-    program = load_program(model.backend.emit(model.spec, model.report), tmp_path / f"{name}.py")
+    source = model.backend.emit(model.spec, model.report)
+    assert defined_but_unused(source) == set()  # only what the spec uses
+    program = load_program(source, tmp_path / f"{name}.py")
     rng = np.random.default_rng(2)
     x = rng.normal(size=(20, *model.spec.input_shape)).astype(np.float32)
     if labels == "steps":
@@ -449,11 +453,15 @@ def test_the_emitted_program_runs_callbacks_as_keras(keras, name, tmp_path, caps
     import keras_reference as kr
     from corpus import load_program
 
+    from test_numpy_engine import defined_but_unused
+
     written, make = CALLBACKS[name]
     text = (f"{DENSE}optimizer sgd lr=0.5 momentum=0.5\nloss categorical_crossentropy\n"
             f"metrics categorical_accuracy\nfit epochs=12 batch=8 validation=0.25 shuffle=false\n{written}\n")
     model = ms.build(text, seed=0)
-    program = load_program(model.backend.emit(model.spec, model.report), tmp_path / f"{name}.py")
+    source = model.backend.emit(model.spec, model.report)
+    assert defined_but_unused(source) == set()  # only the callbacks the spec has
+    program = load_program(source, tmp_path / f"{name}.py")
     x, y = classes(n=32, seed=5)
     net = program.network(program.initial_weights())
     ours = program.fit(net, program.make_optimizer(), x, y)
@@ -468,4 +476,3 @@ def test_the_emitted_program_runs_callbacks_as_keras(keras, name, tmp_path, caps
         np.testing.assert_allclose(ours[key], theirs[key], rtol=RTOL, atol=1e-7, err_msg=key)
     for ours_w, theirs_w in zip(net.weights, reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours_w, theirs_w, rtol=RTOL, atol=RTOL)
-    print({key: len(v) for key, v in theirs.items()}, theirs.get("learning_rate"))

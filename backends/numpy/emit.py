@@ -12,9 +12,9 @@ string literals, never as code, comments-to-end-of-line or docstrings.
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import inspect
-import builtins
 import keyword
 import sys
 from dataclasses import dataclass
@@ -110,8 +110,9 @@ def evaluate(net, x, y, batch_size=32):
 
 # For a spec with early_stopping or reduce_lr_on_plateau: Keras's callbacks, run at each
 # epoch's end (keras/src/callbacks/monitor_callback.py, early_stopping.py,
-# reduce_lr_on_plateau.py), before the history records the epoch; make_callbacks() follows it.
-CALLBACKS = '''class Monitor:
+# reduce_lr_on_plateau.py), before the history records the epoch: MONITOR, each callback's
+# class, then make_callbacks().
+MONITOR = '''class Monitor:
     """Keras's improvement test: strict, by |min_delta|, in float32; `less` is the direction
     (mode min, or auto for a loss, mse or mae)."""
 
@@ -129,7 +130,14 @@ CALLBACKS = '''class Monitor:
         pass
 
 
-class EarlyStopping(Monitor):
+def train_end(net, callbacks, history):
+    """Each callback's end of training (EarlyStopping's best weights back); the history."""
+    for callback in callbacks:
+        callback.train_end(net)
+    return history'''
+
+# Each callback's class, written after MONITOR where the spec has the callback.
+CALLBACK_CLASSES = {"EarlyStopping": '''class EarlyStopping(Monitor):
     """Stops when `monitor` has not improved for `patience` epochs (never at the first);
     restore_best_weights puts back the best epoch's weights at the end, stop or not."""
 
@@ -160,10 +168,8 @@ class EarlyStopping(Monitor):
         if self.restore_best_weights and self.best_weights is not None:
             print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             for weight, best in zip(net.weights, self.best_weights):
-                weight[...] = best
-
-
-class ReduceLROnPlateau(Monitor):
+                weight[...] = best''',
+                    "ReduceLROnPlateau": '''class ReduceLROnPlateau(Monitor):
     """Multiplies the learning rate by `factor` (not below min_lr) when `monitor` has not
     improved for `patience` epochs, then waits `cooldown` epochs; the history gains each
     epoch's learning_rate."""
@@ -190,14 +196,7 @@ class ReduceLROnPlateau(Monitor):
                 optimizer.learning_rate = np.float32(max(rate * self.factor, self.min_lr))
                 print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {optimizer.learning_rate}.")
                 self.cooldown_counter, self.wait = self.cooldown, 0
-        return False
-
-
-def train_end(net, callbacks, history):
-    """Each callback's end of training (EarlyStopping's best weights back); the history."""
-    for callback in callbacks:
-        callback.train_end(net)
-    return history'''
+        return False'''}
 
 CALLBACK_FIELDS = {"callbacks_arg": ", callbacks=None",
                    "callbacks_begin": "\n    callbacks = make_callbacks() if callbacks is None else callbacks",
@@ -562,7 +561,8 @@ def _training(spec: ir.Spec, report: Report, lowered: Lowered) -> tuple[str, lis
                              **_adapt_fields(any(layer.adapts for layer in spec.layers)),
                              **(CALLBACK_FIELDS if callbacks else NO_CALLBACKS))
     if callbacks:
-        source += f"\n\n\n{CALLBACKS}\n\n\ndef make_callbacks():\n    return [{', '.join(callbacks)}]"
+        classes = [CALLBACK_CLASSES[call[:call.index("(")]] for call in callbacks]
+        source += "\n\n\n".join(["", MONITOR, *classes, f"def make_callbacks():\n    return [{', '.join(callbacks)}]"])
     roots = [K.Network if lowered.sources is None else K.Graph, fn, opt_class] + [metric for _, metric in metrics]
     if schedule:
         source = schedule + "\n\n\n" + source
