@@ -463,6 +463,15 @@ def binary_crossentropy(probabilities, y):
     return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
 
 
+def smooth_labels(y, label_smoothing, binary=False):
+    """Keras's label smoothing (keras/src/losses/losses.py): y * (1 - ls) + ls / classes for the
+    categorical cross-entropy, + 0.5 * ls for the binary one. Only the loss sees these labels."""
+    if binary:
+        return y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    classes = torch.tensor(y.shape[-1], dtype=y.dtype, device=y.device)
+    return y * (1.0 - label_smoothing) + label_smoothing / classes
+
+
 # ---------------------------------------------------------------------------------------
 # Optimizers: Keras's update rules (torch's RMSprop, Adam and Nadam put epsilon elsewhere
 # or use other schedules; Keras's weight_decay is decoupled on every optimizer)
@@ -492,6 +501,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         # read), squared row by row before one id's rows are summed, so Adam's v takes Σ g²
         # (keras/src/backend/tensorflow/sparse.py, elementwise_unary)
         self.squares = {}
+        self.absolutes = {}  # and its ops.abs (Adamax's), summed per id in the same way
         # param -> the sizes of the Keras variables it holds end to end, when one buffer holds
         # several weights: clipnorm clips each of them by its own norm
         self.sizes, self.counts = {}, {}
@@ -500,6 +510,11 @@ class KerasOptimizer(torch.optim.Optimizer):
         """Keras's ops.square of `param`'s gradient (see `squares`)."""
         sq = self.squares.get(param)
         return grad.square() if sq is None else sq
+
+    def absolute(self, param, grad):
+        """Keras's ops.abs of `param`'s gradient (see `absolutes`)."""
+        value = self.absolutes.get(param)
+        return grad.abs() if value is None else value
 
     def slot(self, param, name, initial=0.0):
         """A per-parameter variable (momentum, velocity...), created on first use."""
@@ -543,6 +558,8 @@ class KerasOptimizer(torch.optim.Optimizer):
                 out.append(grad * self.clipnorm / denominator)
                 if param in self.squares:  # the sparse rows scale alike
                     self.squares[param] = self.squares[param] * (self.clipnorm / denominator).square()
+                if param in self.absolutes:
+                    self.absolutes[param] = self.absolutes[param] * (self.clipnorm / denominator)
             return out
         if self.global_clipnorm and self.global_clipnorm > 0:
             norm = torch.cat([self.norms(p, g)[0] for p, g in zip(params, grads)]).sum().sqrt()
@@ -550,6 +567,7 @@ class KerasOptimizer(torch.optim.Optimizer):
             scale = scale + (norm - norm)
             # the product of a sparse gradient and a dense scale is dense: squared as it is
             self.squares.clear()
+            self.absolutes.clear()
             return [g * scale for g in grads]
         if self.clipvalue and self.clipvalue > 0:
             if self.squares:
@@ -582,15 +600,17 @@ class KerasOptimizer(torch.optim.Optimizer):
 def keep_sparse_squares(optimizer, embeddings):
     """Give `optimizer` what Keras's optimizers square for each of `embeddings` (nn.Embedding
     modules without a penalty, whose gradient Keras keeps sparse): each training step's
-    gradient rows squared one by one, then summed per id (KerasOptimizer.squares)."""
+    gradient rows squared one by one, then summed per id (KerasOptimizer.squares), and their
+    absolute values summed alike (KerasOptimizer.absolutes)."""
     def hook(module, inputs, output):
         if output.requires_grad:
             ids = inputs[0].reshape(-1)
 
             def keep(dy):
-                rows = dy.reshape(len(ids), -1).square()
-                squares = torch.zeros_like(module.weight).index_add_(0, ids, rows)
-                optimizer.squares[module.weight] = squares
+                rows = dy.reshape(len(ids), -1)
+                zeros = torch.zeros_like(module.weight)
+                optimizer.squares[module.weight] = zeros.index_add(0, ids, rows.square())
+                optimizer.absolutes[module.weight] = zeros.index_add(0, ids, rows.abs())
             output.register_hook(keep)
     return [module.register_forward_hook(hook) for module in embeddings]
 
@@ -743,7 +763,7 @@ class Adamax(KerasOptimizer):
         beta_1 = group["beta_1"]
         m, u = self.slot(param, "momentum"), self.slot(param, "norm")
         m.add_((grad - m) * (1 - beta_1))
-        torch.maximum(group["beta_2"] * u, grad.abs(), out=u)
+        torch.maximum(group["beta_2"] * u, self.absolute(param, grad), out=u)
         param.sub_((self.learning_rate * m) / ((1 - beta_1 ** t) * (u + group["epsilon"])))
 
 
@@ -785,3 +805,19 @@ def mean_squared_error(y_pred, y):
 
 def mean_absolute_error(y_pred, y):
     return (y_pred - y).abs().mean(dim=-1)
+
+
+def in_top_k(scores, targets, k):
+    """tf.math.in_top_k, which Keras's top-k metrics call: a target is in when fewer than k
+    classes score strictly higher (a tie with the k-th is in); never when a score of its
+    sample is not finite."""
+    target = scores.gather(-1, targets.unsqueeze(-1))
+    return ((scores > target).sum(dim=-1) < k) & scores.isfinite().all(dim=-1)
+
+
+def top_k_categorical_accuracy(y_pred, y, k=5):
+    return in_top_k(y_pred, y.argmax(dim=-1), k).float()
+
+
+def sparse_top_k_categorical_accuracy(y_pred, labels, k=5):
+    return in_top_k(y_pred, labels, k).float()
