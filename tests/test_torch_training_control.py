@@ -53,8 +53,8 @@ RESUMED = ["sgd momentum=0.9 nesterov=true", "rmsprop centered=true momentum=0.5
            "sgd learning_rate=exponential_decay(0.1, decay_steps=3, decay_rate=0.5) clipnorm=0.5"]
 
 
-@pytest.mark.parametrize("sync_free", [False, True], ids=["cpu", "sync_free"])
-@pytest.mark.parametrize("optimizer", RESUMED)
+@pytest.mark.parametrize(("optimizer", "sync_free"), [*((o, False) for o in RESUMED),
+                                                      *((o, True) for o in RESUMED[-4:])])
 def test_two_epochs_saved_and_one_more_equal_three_uninterrupted(optimizer, sync_free):
     """get_state after two epochs, set into a new engine with the weights: a third epoch gives
     the weights and loss of three uninterrupted epochs, dropout masks included, bit for bit."""
@@ -338,3 +338,184 @@ def test_the_softmax_layer_as_keras(case):
         return keras.Sequential([keras.Input(spec.input_shape), *layers(keras.layers)])
 
     against_keras(text, x, y, keras_model=keras_model)
+
+
+# -- the callbacks (keras_ops, which emitted programs copy) against Keras's own numbers ---------
+
+
+def scripted(callback, values, model=None):
+    """Runs `callback` over epochs whose monitored val_loss is `values` (stopping when it
+    says so): the learning rate each epoch used, and the epochs run."""
+    from modelspec.backends.torch import keras_ops as K
+
+    model = model or torch.nn.Linear(1, 1)
+    optimizer = K.SGD(model.parameters(), learning_rate=1.0)
+    rates = []
+    for epoch, value in enumerate(values):
+        rates.append(float(optimizer.learning_rate))
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # the weights of the end of each epoch
+        logs = {"val_loss": value}
+        callback.on_epoch_end(epoch, logs, model, optimizer)
+        if getattr(callback, "stop_training", False):
+            break
+    callback.on_train_end(model)
+    return rates, epoch + 1, model
+
+
+def test_early_stopping_as_keras_documents_it():
+    """keras/src/callbacks/early_stopping.py, as run in Keras 3 (SEMANTICS_NEXT.md §7.2)."""
+    from modelspec.backends.torch import keras_ops as K
+
+    es = K.EarlyStopping(patience=0)
+    assert scripted(es, [5, 4, 4, 3])[1] == 3 and (es.stopped_epoch, es.best, es.best_epoch, es.wait) == (2, 4, 1, 1)
+    es = K.EarlyStopping(patience=2, restore_best_weights=True)
+    _, epochs, model = scripted(es, [5, 3, 4, 4.5, 6])
+    assert epochs == 4 and es.best_epoch == 1 and model.weight.item() == 1  # the best epoch's weights
+    # no early stop: the best epoch's weights are restored all the same
+    _, epochs, model = scripted(K.EarlyStopping(patience=5, restore_best_weights=True), [5, 3, 4])
+    assert epochs == 3 and model.weight.item() == 1
+    # an improvement that misses the baseline does not reset the patience
+    assert scripted(K.EarlyStopping(patience=2, baseline=2), [5, 4, 3, 1, 1.5, 1.6])[1] == 6
+    es = K.EarlyStopping(start_from_epoch=2, restore_best_weights=True, patience=10)
+    _, _, model = scripted(es, [1, 6, 7, 8, 9])
+    assert es.best == 7 and es.best_epoch == 2 and model.weight.item() == 2
+    for delta in (0.5, -0.5):
+        assert scripted(K.EarlyStopping(min_delta=delta), [5, 5, 5])[1] == 2  # equal is no improvement
+
+
+def test_reduce_lr_on_plateau_as_keras_documents_it():
+    """keras/src/callbacks/reduce_lr_on_plateau.py, as run in Keras 3 (SEMANTICS_NEXT.md §7.3):
+    the rate each epoch used, in float32."""
+    from modelspec.backends.torch import keras_ops as K
+
+    # a reduced rate is the float32 of the float64 product of the float32 rate and the factor
+    r1 = float(np.float32(0.1))
+    r2 = float(np.float32(r1 * 0.1))
+    r3 = float(np.float32(r2 * 0.1))
+    flat = [1.0] * 10
+    assert scripted(K.ReduceLROnPlateau(patience=2), flat[:8])[0] == [1, 1, 1, r1, r1, r2, r2, r3]
+    assert scripted(K.ReduceLROnPlateau(patience=2, cooldown=2), flat)[0] == [1, 1, 1, r1, r1, r1, r2, r2, r2, r3]
+    half = float(np.float32(0.05))
+    assert scripted(K.ReduceLROnPlateau(patience=1, min_lr=0.05), flat[:6])[0] == [1, 1, r1, half, half, half]
+    slow = [1, .99995, .99989, .99985]
+    assert scripted(K.ReduceLROnPlateau(patience=1), slow)[0] == [1, 1, r1, r1]
+    assert scripted(K.ReduceLROnPlateau(patience=1, min_delta=0), slow)[0] == [1.0] * 4
+    logs = {"val_loss": 1.0}
+    optimizer = K.SGD(torch.nn.Linear(1, 1).parameters(), learning_rate=0.001)
+    K.ReduceLROnPlateau().on_epoch_end(0, logs, None, optimizer)
+    assert logs["learning_rate"] == 0.0010000000474974513  # the float32 rate, as Keras's history shows it
+
+
+# -- the emitted program ---------------------------------------------------------------------
+
+
+def emitted(text, tmp_path, weights):
+    """The spec's emitted program, loaded, and its model holding `weights` (Keras's order)."""
+    from corpus import load_program
+
+    spec = ms.parse(text)
+    source = TorchBackend().emit(spec, ms.check(spec))
+    assert max(map(len, source.splitlines())) <= 100 and "lambda" not in source
+    program = load_program(source, tmp_path / "program.py")
+    net = [v for v in vars(program).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+           and getattr(v, "keras_name", None) == spec.name][0]()
+    paths = [w.path for w in ms.check(spec).weights]
+    net.load_keras_weights(dict(zip(paths, weights)))
+    return program, net, paths
+
+
+EMITTED = {
+    "softmax axis, smoothing, top-k, adamax, decay, clipnorm": (
+        "model emitted\ninput 3x4\ndense 5 tanh\ndense 6\nsoftmax axis=1\n"
+        "optimizer adamax learning_rate=exponential_decay(0.05, decay_steps=3, decay_rate=0.6, staircase=true) "
+        "clipnorm=0.3\nloss categorical_crossentropy label_smoothing=0.2\n"
+        "metrics accuracy top_k_categorical_accuracy k=2\n", (3, 6)),
+    "binary logits, smoothing, lion, piecewise, global_clipnorm": (
+        "model emitted\ninput 6\ndense 8 relu\ndense 1\n"
+        "optimizer lion learning_rate=piecewise_constant_decay(boundaries=[5], values=[0.01, 0.002]) "
+        "global_clipnorm=0.5\nloss binary_crossentropy from_logits label_smoothing=0.1\nmetrics accuracy\n", (1,)),
+    "sparse logits, sparse top-k, adadelta, warmup, clipvalue": (
+        "model emitted\ninput 6\ndense 8 tanh\ndense 5\n"
+        "optimizer adadelta learning_rate=cosine_decay(0.5, decay_steps=6, warmup_target=1.0, warmup_steps=4) "
+        "clipvalue=0.05\nloss sparse_categorical_crossentropy from_logits\n"
+        "metrics sparse_top_k_categorical_accuracy k=3\n", ()),
+}
+
+
+@pytest.mark.parametrize("case", list(EMITTED))
+def test_the_emitted_program_gives_the_engine_s_history(case, tmp_path):
+    text, out = EMITTED[case]
+    spec = ms.parse(text)
+    live = ms.build(spec, backend="torch", device="cpu")
+    weights = live.get_weights()
+    program, net, paths = emitted(text, tmp_path, weights)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, *spec.input_shape)).astype(np.float32)
+    if not out:
+        y = rng.integers(0, 5, 30)
+    elif out == (1,):
+        y = (rng.random((30, 1)) < 0.5).astype(np.float32)
+    else:
+        y = np.eye(out[-1], dtype=np.float32)[rng.integers(0, out[-1], (30, *out[:-1]))]
+    expected = live.fit(x, y, epochs=4, batch_size=4, validation_split=0.2, shuffle=False, verbose=0).history
+    got = program.fit(net, torch.from_numpy(x), torch.from_numpy(y), epochs=4, batch_size=4,
+                      validation_split=0.2, shuffle=False)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
+    trained = net.keras_weights()
+    for path, w in zip(paths, live.get_weights()):
+        np.testing.assert_allclose(trained[path].numpy(), w, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+CALLBACKS = """model stopped
+input 6
+dense 8 tanh
+dense 3 softmax
+optimizer sgd learning_rate=0.5 momentum=0.9
+loss categorical_crossentropy
+metrics accuracy
+fit epochs=12 batch=8 validation=0.25 shuffle=false
+{callbacks}
+"""
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("callbacks", [
+    "early_stopping monitor=val_loss patience=3 restore_best_weights\n"
+    "reduce_lr_on_plateau monitor=val_loss factor=0.5 patience=1",
+    "early_stopping monitor=val_accuracy patience=2 baseline=0.9 start_from_epoch=1 restore_best_weights",
+    "reduce_lr_on_plateau monitor=val_accuracy factor=0.3 patience=0 cooldown=1 min_lr=0.1 min_delta=0.01",
+])
+def test_the_emitted_program_s_callbacks_as_keras(callbacks, tmp_path):
+    """The emitted fit with EarlyStopping and ReduceLROnPlateau against Keras's own callbacks:
+    the same epochs, history (learning_rate included) and final (restored) weights."""
+    keras = pytest.importorskip("keras")
+    import keras_reference as kr
+
+    from modelspec.initializers import initial_weights
+
+    text = CALLBACKS.format(callbacks=callbacks)
+    spec = ms.parse(text)
+    weights = initial_weights(spec, ms.check(spec), 0)
+    program, net, paths = emitted(text, tmp_path, weights)
+    x, y = classes(48)
+    model = kr.model(spec)
+    model.set_weights(weights)
+    model.compile(keras_optimizer(keras, spec.optimizer), "categorical_crossentropy", metrics=["accuracy"])
+    made = []
+    if spec.early_stopping is not None:
+        made.append(keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump(exclude={"span"})))
+    if spec.reduce_lr_on_plateau is not None:
+        made.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr_on_plateau.model_dump(exclude={"span"})))
+    theirs = model.fit(x, y, batch_size=8, epochs=12, validation_split=0.25, shuffle=False, verbose=0,
+                       callbacks=made).history
+    ours = program.fit(net, torch.from_numpy(x), torch.from_numpy(y))
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, err_msg=key)
+    trained = net.keras_weights()
+    scale = max(np.abs(w).max() for w in model.get_weights())  # twelve epochs at a high rate
+    for path, w in zip(paths, model.get_weights()):
+        np.testing.assert_allclose(trained[path].numpy(), w, rtol=1e-5, atol=1e-5 * scale, err_msg=path)
