@@ -77,6 +77,24 @@ def test_two_epochs_saved_and_one_more_equal_three_uninterrupted(optimizer, sync
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("optimizer", ["adam learning_rate=cosine_decay(0.01, decay_steps=7, warmup_target=0.05, "
+                                       "warmup_steps=3) clipnorm=0.2",
+                                       "nadam learning_rate=piecewise_constant_decay(boundaries=[4], values=[0.02, 0.005])"
+                                       " global_clipnorm=0.3"])
+def test_the_sync_free_loop_takes_each_step_s_rate_from_its_table(optimizer):
+    """The CUDA loop (run here on the CPU) reads each step's rate from the epoch's table on the
+    device, indexed by the device's step counter: the CPU loop's numbers, with a last partial
+    batch whose step has its own rate."""
+    text = DROPOUT.format(optimizer=optimizer)
+    x, y = classes(38)
+    plain, sync_free = torch_model(text), torch_model(text, sync_free=True)
+    expected = plain.fit(x, y, batch_size=8, epochs=3, verbose=0).history
+    got = sync_free.fit(x, y, batch_size=8, epochs=3, verbose=0).history
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-6)
+    for a, b in zip(sync_free.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_a_state_of_another_optimizer_is_refused():
     x, y = classes()
     adam = torch_model(DROPOUT.format(optimizer="adam"))
