@@ -21,7 +21,8 @@ INITIALIZER_CLASSES = {
     "random_uniform": "RandomUniform", "truncated_normal": "TruncatedNormal", "orthogonal": "Orthogonal",
 }
 OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
-                     "adagrad": "Adagrad", "nadam": "Nadam"}
+                     "adagrad": "Adagrad", "nadam": "Nadam", "adadelta": "Adadelta", "adamax": "Adamax",
+                     "lion": "Lion"}
 METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
                   "sparse_categorical_accuracy": "SparseCategoricalAccuracy",
                   "binary_accuracy": "BinaryAccuracy", "mse": "MeanSquaredError",
@@ -285,9 +286,22 @@ def model_input(spec: ir.Spec, name: str | None = None) -> Call:
 
 
 def optimizer(name: str, hyper: dict[str, Any]) -> Call:
-    """`RMSprop(learning_rate=0.001, momentum=0.5)`; hyperparameters that are None are left out."""
-    return Call(f"keras.optimizers.{OPTIMIZER_CLASSES[name]}",
-                kwargs={k: v for k, v in hyper.items() if v is not None})
+    """`RMSprop(learning_rate=0.001, momentum=0.5, clipnorm=1.0)`; hyperparameters that are
+    None are left out, a schedule is its Keras class."""
+    kwargs = {k: (schedule(v) if isinstance(v, ir.Schedule) else v) for k, v in hyper.items() if v is not None}
+    return Call(f"keras.optimizers.{OPTIMIZER_CLASSES[name]}", kwargs=kwargs)
+
+
+def schedule(node: ir.Schedule) -> Call:
+    """`keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.96)`:
+    the initial rate first, as the spec writes it, then Keras's other arguments; the ones at
+    their defaults are left out, the required ones always written."""
+    config = node.config()
+    required = [k for k, v in ir.SCHEDULE_ARGS[node.name].items() if v is ir.REQUIRED]
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
+              if k in required or v != ir.SCHEDULE_ARGS[node.name][k]}
+    args = (kwargs.pop("initial_learning_rate"),) if "initial_learning_rate" in kwargs else ()
+    return Call(f"keras.optimizers.schedules.{ir.SCHEDULE_CLASSES[node.name]}", args, kwargs)
 
 
 def loss(name: str, delta: float | None = None) -> str | Call:
