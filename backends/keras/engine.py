@@ -126,8 +126,11 @@ class KerasEngine(Engine):
     def set_training(self, config: TrainConfig) -> None:
         with self._device:
             self._optimizer = lowering.make(lowering.optimizer(config.optimizer, config.hyper), keras)
-            loss = lowering.make(lowering.loss(config.loss.name, config.loss.delta), keras)
-            self._metrics = [lowering.make(lowering.metric(m.name, m.kind), keras) for m in config.metrics]
+            # from_logits where the output itself is the logits: an output softmax's or sigmoid's
+            # own logits Keras finds by itself (training.LossConfig)
+            loss = lowering.make(lowering.loss(config.loss.name, config.loss.delta, config.loss.output_logits,
+                                               config.loss.label_smoothing), keras)
+            self._metrics = [lowering.make(lowering.metric(m.name, m.kind, m.k), keras) for m in config.metrics]
             self._loss_tracker = keras.metrics.Mean(name="loss")
             self.native.compile(optimizer=self._optimizer, loss=loss, metrics=list(self._metrics))
         self._functions = {}  # traced with the old optimizer and metrics

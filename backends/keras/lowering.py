@@ -26,7 +26,12 @@ OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw"
 METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
                   "sparse_categorical_accuracy": "SparseCategoricalAccuracy",
                   "binary_accuracy": "BinaryAccuracy", "mse": "MeanSquaredError",
-                  "mae": "MeanAbsoluteError"}
+                  "mae": "MeanAbsoluteError", "top_k_categorical_accuracy": "TopKCategoricalAccuracy",
+                  "sparse_top_k_categorical_accuracy": "SparseTopKCategoricalAccuracy"}
+LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
+                "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+                "binary_crossentropy": "BinaryCrossentropy", "mse": "MeanSquaredError",
+                "mae": "MeanAbsoluteError", "huber": "Huber"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,10 @@ class Lowering:
 
     def activation(self, layer: ir.Activation) -> tuple[tuple, dict]:
         return (layer.activation,), {}
+
+    def softmax(self, layer: ir.Softmax) -> tuple[tuple, dict]:
+        # always written, as the spec writes it: what tells this layer from Activation("softmax")
+        return (), {"axis": layer.axis}
 
     def zeropadding2d(self, layer: ir.ZeroPadding2D) -> tuple[tuple, dict]:
         (top, bottom), (left, right) = layer.padding
@@ -304,15 +313,34 @@ def schedule(node: ir.Schedule) -> Call:
     return Call(f"keras.optimizers.schedules.{ir.SCHEDULE_CLASSES[node.name]}", args, kwargs)
 
 
-def loss(name: str, delta: float | None = None) -> str | Call:
-    if name == "huber" and delta is not None:
-        return Call("keras.losses.Huber", kwargs={"delta": delta})
-    return name
+def loss(name: str, delta: float | None = None, from_logits: bool = False, label_smoothing: float = 0.0) -> str | Call:
+    """The loss's name, or its class where an option is set:
+    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`."""
+    kwargs: dict[str, Any] = {"delta": delta} if name == "huber" and delta is not None else {}
+    if from_logits:
+        kwargs["from_logits"] = True
+    if label_smoothing:
+        kwargs["label_smoothing"] = label_smoothing
+    return Call(f"keras.losses.{LOSS_CLASSES[name]}", kwargs=kwargs) if kwargs else name
 
 
-def metric(name: str, kind: str) -> Call:
-    """A resolved metric (modelspec.training.resolve_metric did Keras's 'accuracy' rule), shown as `name`."""
-    return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={"name": name})
+def metric(name: str, kind: str, k: int | None = None) -> Call:
+    """A resolved metric (modelspec.training.resolve_metric did Keras's 'accuracy' rule), shown
+    as `name`; a top-k metric with its k."""
+    kwargs: dict[str, Any] = {"k": k} if k is not None else {}
+    return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={**kwargs, "name": name})
+
+
+def callbacks(spec: ir.Spec) -> list[Call]:
+    """`keras.callbacks.EarlyStopping(monitor="loss", patience=3)` and ReduceLROnPlateau's
+    call, the options that differ from Keras's defaults (the IR's) written out."""
+    out = []
+    for node, target in ((spec.early_stopping, "EarlyStopping"), (spec.reduce_lr_on_plateau, "ReduceLROnPlateau")):
+        if node is not None:
+            fields = type(node).model_fields
+            kwargs = {k: getattr(node, k) for k in fields if k != "span" and getattr(node, k) != fields[k].default}
+            out.append(Call(f"keras.callbacks.{target}", kwargs=kwargs))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
