@@ -201,37 +201,11 @@ PARITY = {
         metrics sparse_top_k_categorical_accuracy k=1
     """,
 }
-KERAS_OPTIMIZERS = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-                    "adadelta": keras.optimizers.Adadelta, "adamax": keras.optimizers.Adamax,
-                    "lion": keras.optimizers.Lion}
-KERAS_SCHEDULES = {"exponential_decay": keras.optimizers.schedules.ExponentialDecay,
-                   "inverse_time_decay": keras.optimizers.schedules.InverseTimeDecay,
-                   "polynomial_decay": keras.optimizers.schedules.PolynomialDecay,
-                   "cosine_decay": keras.optimizers.schedules.CosineDecay,
-                   "piecewise_constant_decay": keras.optimizers.schedules.PiecewiseConstantDecay}
-KERAS_LOSSES = {"categorical_crossentropy": keras.losses.CategoricalCrossentropy,
-                "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
-                "binary_crossentropy": keras.losses.BinaryCrossentropy}
-TOP_K = {"top_k_categorical_accuracy": keras.metrics.TopKCategoricalAccuracy,
-         "sparse_top_k_categorical_accuracy": keras.metrics.SparseTopKCategoricalAccuracy}
-
-
 def keras_reference(spec: ms.ir.Spec, weights: list[np.ndarray]) -> keras.Model:
     """The spec as a Keras user writes it: the reference model, compiled with Keras's classes."""
     model = kr.model(spec)
     model.set_weights(weights)
-    opt = spec.optimizer
-    hyper = {k: v for k, v in opt.config().items() if v is not None}
-    if opt.schedule is not None:
-        hyper["learning_rate"] = KERAS_SCHEDULES[opt.schedule.name](**opt.schedule.config())
-    loss = spec.loss
-    options = {"from_logits": bool(loss.from_logits)}
-    if loss.label_smoothing is not None:
-        options["label_smoothing"] = loss.label_smoothing
-    metrics = [TOP_K[m](k=spec.k, name=m) if m in TOP_K else m for m in spec.metrics]
-    model.compile(optimizer=KERAS_OPTIMIZERS[opt.name](**hyper), loss=KERAS_LOSSES[loss.name](**options),
-                  metrics=metrics)
-    return model
+    return kr.compile_as_written(model, spec)
 
 
 def assert_same_history(got: dict, expected: dict, rtol: float = 1e-6) -> None:
