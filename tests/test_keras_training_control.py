@@ -291,3 +291,12 @@ def test_the_emitted_program_fits_with_the_spec_callbacks(tmp_path) -> None:
     assert_same_history(got, expected)
     for a, b in zip(emitted.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_callbacks_without_a_fit_statement_still_get_a_train_function(tmp_path) -> None:
+    spec = ms.parse("input 6\ndense 3 softmax\nloss sparse_categorical_crossentropy\n"
+                    "early_stopping monitor=loss patience=2")
+    program = load_program(backends.get("keras").emit(spec, ms.check(spec)), tmp_path / "program.py")
+    x, y = data(spec)
+    history = program.train(program.build_model(), x, y).history
+    assert list(history) == ["loss"] and len(history["loss"]) == 1  # fit's own defaults: one epoch
