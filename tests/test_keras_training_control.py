@@ -70,6 +70,18 @@ RESUMED = {
         optimizer sgd lr=exponential_decay(0.2, decay_steps=3, decay_rate=0.5) momentum=0.9
         loss sparse_categorical_crossentropy
     """,
+    "lion_dropout": """
+        input 6
+        dense 8 relu; dropout 0.3; dense 3 softmax
+        optimizer lion learning_rate=0.01 weight_decay=0.01 global_clipnorm=0.5
+        loss categorical_crossentropy label_smoothing=0.1
+    """,
+    "adamax_dropout": """
+        input 6
+        dense 8 relu; dropout 0.3 seed=2; dense 3
+        optimizer adamax lr=polynomial_decay(0.05, decay_steps=7) clipvalue=0.1
+        loss sparse_categorical_crossentropy from_logits
+    """,
     "rmsprop_centered_clipnorm": """
         input 6
         dense 8 tanh; dropout 0.5; dense 2 sigmoid
