@@ -10,12 +10,13 @@ the ids of an `input ... int` spec, which stay int32 (`input_array`).
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from modelspec import ir
+from modelspec import ir, schedules
 from modelspec.backends.base import Engine, EpochTotals
 from modelspec.checker import Report
 from modelspec.initializers import initial_weights
@@ -75,7 +76,10 @@ class NumpyEngine(Engine):
         self.net = self._network(functools.partial(fn, **options), loss.from_logits)
         self.native = self.net
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
-        self.optimizer = OPTIMIZERS[config.optimizer](**config.hyper)
+        hyper = dict(config.hyper)
+        if config.schedule is not None:
+            hyper["learning_rate"] = functools.partial(schedules.learning_rate, config.schedule)
+        self.optimizer = OPTIMIZERS[config.optimizer](**hyper)
         self.config = config
 
     def _network(self, loss: Any = None, from_logits: bool = False) -> K.Network:
@@ -119,13 +123,72 @@ class NumpyEngine(Engine):
         self._drawn = True
 
     def optimizer_state(self) -> list[np.ndarray]:
-        """Keras's optimizer variables (iteration int64, learning_rate float32, the slots),
-        once built by a first training step, as Keras builds them; before that, none."""
+        """Keras's optimizer variables (iteration int64, learning_rate float32 unless a schedule
+        gives it, the slots), once built by a first training step, as Keras builds them; before
+        that, none."""
         opt = self.optimizer
         if opt is None or not opt.built:
             return []
-        return [np.array(opt.iterations, np.int64), np.array(opt.learning_rate, np.float32),
-                *(s.copy() for s in opt.slots())]
+        rate = [] if opt.schedule is not None else [np.array(opt.learning_rate, np.float32)]
+        return [np.array(opt.iterations, np.int64), *rate, *(s.copy() for s in opt.slots())]
+
+    def set_learning_rate(self, value: float) -> None:
+        opt = self._optimizer()
+        if opt.schedule is not None:
+            raise ValueError("the learning rate is a schedule, which cannot be set")
+        opt.learning_rate = np.float32(value)
+
+    def _optimizer(self) -> K.Optimizer:
+        self.require_training()
+        assert self.optimizer is not None
+        return self.optimizer
+
+    def _random_layers(self) -> list[tuple[int, np.random.Generator]]:
+        """(position, generator) of every kernel layer that draws random numbers (dropout masks)."""
+        return [(k, layer.rng) for k, layer in enumerate(self.layers) if getattr(layer, "rng", None) is not None]
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's step counter, learning rate and slots (arrays of the weights' dtype,
+        Nadam's u_product included), and each random layer's generator state as the UTF-8 bytes
+        of its JSON (a uint8 array)."""
+        opt = self._optimizer()
+        state = {"optimizer/built": np.array(opt.built, np.uint8),
+                 "optimizer/iterations": np.array(opt.iterations, np.int64)}
+        if opt.schedule is None:
+            state["optimizer/learning_rate"] = np.array(opt.learning_rate, np.float32)
+        if opt.built:
+            state.update((f"optimizer/slot/{i}", s.copy()) for i, s in enumerate(opt.slots()))
+        for k, rng in self._random_layers():
+            state[f"rng/{k}"] = np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8).copy()
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        opt = self._optimizer()
+        self._ensure_weights()
+        built = bool(state.get("optimizer/built", 0))
+        expected = {"optimizer/built", "optimizer/iterations"}
+        if opt.schedule is None:
+            expected.add("optimizer/learning_rate")
+        if built and not opt.built:
+            opt.build(self.net.params)
+            opt.built = True
+        slots = opt.slots() if built else []
+        expected.update(f"optimizer/slot/{i}" for i in range(len(slots)))
+        expected.update(f"rng/{k}" for k, _ in self._random_layers())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"the state does not fit this model's {self.config.optimizer} training: "
+                             f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        for i, slot in enumerate(slots):
+            value = np.asarray(state[f"optimizer/slot/{i}"])
+            if value.shape != slot.shape:
+                raise ValueError(f"optimizer slot {i} has shape {slot.shape}; the state holds {value.shape}")
+            slot[...] = value
+        opt.iterations = int(state["optimizer/iterations"])
+        if opt.schedule is None:
+            opt.learning_rate = np.float32(state["optimizer/learning_rate"])
+        for k, rng in self._random_layers():
+            rng.bit_generator.state = json.loads(np.asarray(state[f"rng/{k}"], np.uint8).tobytes().decode())
 
     # -- passes ----------------------------------------------------------------------------
 

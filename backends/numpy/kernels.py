@@ -521,17 +521,19 @@ class Embedding(Layer):
     Keras's optimizer sums into its dense slots). The sum is one bincount over (row, column) cells,
     accumulated in float64: several times faster than np.add.at, and no less exact.
 
-    While the gradient stays sparse (no penalty adds a dense term to it), Keras's optimizers
-    square it before the rows of one id are summed: `ops.square` is elementwise on the
-    IndexedSlices (keras/src/backend/tensorflow/sparse.py, elementwise_unary), so Adam's v,
-    RMSprop's and Adagrad's accumulators take Σ g², not (Σ g)², per row. `squares` holds that
-    sum for the optimizer (Optimizer.square)."""
+    While the gradient stays sparse (`sparse`: no penalty adds a dense term to it), Keras's
+    optimizers clip and square its parts, one per use, before the parts of one id are summed:
+    `ops.square` is elementwise on the IndexedSlices (keras/src/backend/tensorflow/sparse.py,
+    elementwise_unary), so Adam's v, RMSprop's and Adagrad's accumulators take Σ g², not (Σ g)²,
+    per row. `parts` holds them for the optimizer: (cells, values), the flat index of each
+    part's element and its value (Optimizer.sparse_sum)."""
 
     def __init__(self, embeddings):
         self.embeddings = embeddings
         self.params = [embeddings]
         self.grads = [np.zeros(embeddings.shape, embeddings.dtype)]
-        self.squares = [np.zeros(embeddings.shape, embeddings.dtype)]  # None once a penalty makes it dense
+        self.sparse = True  # False once a penalty makes the gradient dense
+        self.parts = [None]
 
     def forward(self, x, training=False):
         if x.dtype.kind not in "iu":
@@ -546,10 +548,10 @@ class Embedding(Layer):
         if flat.size and flat.min() < 0:
             flat = flat % rows  # the row that forward's negative id read
         cells = (flat[:, None] * width + np.arange(width)).reshape(-1)
-        grad[...] = np.bincount(cells, dy.reshape(-1), minlength=grad.size).reshape(rows, width)
-        if self.squares[0] is not None:
-            self.squares[0][...] = np.bincount(cells, np.square(dy).reshape(-1),
-                                               minlength=grad.size).reshape(rows, width)
+        values = dy.reshape(-1)
+        grad[...] = np.bincount(cells, values, minlength=grad.size).reshape(rows, width)
+        if self.sparse:
+            self.parts[0] = (cells, values)
         return None  # ids have no gradient
 
 
@@ -1368,49 +1370,103 @@ def mae_metric(y, p):
 
 
 # ---------------------------------------------------------------------------------------
-# Optimizers. Keras's step: decoupled weight decay w -= w·wd·lr when weight_decay is set
-# (on any optimizer), then each optimizer's rule in update(). The slots are made at the
-# first step, as Keras builds its optimizer, and updated in place.
+# Optimizers. Keras's step (keras/src/optimizers/base_optimizer.py, `apply`): the rate of
+# this step (a schedule's value at `iterations`, read before it counts this step), the
+# gradients clipped, decoupled weight decay w -= w·wd·lr when weight_decay is set (on any
+# optimizer), then each optimizer's rule in update(). The slots are made at the first step,
+# as Keras builds its optimizer, and updated in place.
 
 
 class Optimizer:
-    def __init__(self, learning_rate, weight_decay=None):
-        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+    """`learning_rate`: a number, kept in float32 as Keras's learning_rate variable, or a
+    schedule: a function of the 0-based step giving that step's rate. At most one of
+    clipnorm, clipvalue and global_clipnorm is set."""
+
+    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        self.schedule = learning_rate if callable(learning_rate) else None
+        self.learning_rate = None if self.schedule else np.float32(learning_rate)
+        self.weight_decay = weight_decay
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.iterations = 0
         self.built = False
 
-    def step(self, params, grads, squares=None):
-        """`squares`: for each weight, None, or the sum of its gradient's squared parts where the
-        gradient is sparse (Embedding.squares), which the optimizers that square it take."""
+    def rate(self):
+        """This step's learning rate (float32)."""
+        return self.learning_rate if self.schedule is None else self.schedule(self.iterations)
+
+    def step(self, params, grads, parts=None):
+        """`parts`: for each weight, None, or its sparse gradient's parts (Embedding.parts), which
+        Keras clips and squares part by part before summing them per row."""
         if not self.built:
             self.build(params)
             self.built = True
-        self.squares = squares or [None] * len(params)
-        lr = self.learning_rate
+        lr = self.rate()
+        self.parts = parts or [None] * len(params)
+        grads = self.clip(grads)
+        self.begin(params)
         for i, (p, g) in enumerate(zip(params, grads)):
             if self.weight_decay:
                 p -= p * self.weight_decay * lr
             self.update(i, p, g, lr)
         self.iterations += 1
 
+    def begin(self, params):
+        """What a step computes once before the weights' updates."""
+
+    def clip(self, grads):
+        """The gradients clipped as Keras clips them (base_optimizer.py, `_clip_gradients`), a
+        sparse one part by part (its parts in self.parts replaced): clipnorm is TensorFlow's
+        clip_by_norm on each gradient (keras/src/backend/tensorflow/optimizer.py, `_clip_by_norm`),
+        g·c / max(‖g‖, c), ‖g‖ over a sparse gradient's parts, a gradient of zeros kept;
+        global_clipnorm scales every gradient by c·min(1/‖all‖, 1/c), NaN when that norm is not
+        finite (`clip_by_global_norm`), the norm over a sparse gradient's parts but the scaled
+        gradient dense (TensorFlow multiplies IndexedSlices densified); clipvalue clips each element (each part) to [-c, c]."""
+        if not (self.clipnorm or self.global_clipnorm or self.clipvalue):
+            return grads
+        values = [g if part is None else part[1] for g, part in zip(grads, self.parts)]
+        if self.clipnorm:
+            c = self.clipnorm
+            values = [v * c / np.maximum(np.sqrt(np.vdot(v, v)), v.dtype.type(c)) for v in values]
+        elif self.global_clipnorm:
+            c = self.global_clipnorm
+            norm = np.sqrt(np.sum([np.vdot(v, v) for v in values], dtype=values[0].dtype))
+            scale = c * np.minimum(1 / norm, 1 / c) + (norm - norm)
+            # a sparse gradient times a tensor is the dense sum times it: the gradient is dense
+            self.parts = [None] * len(grads)
+            return [g * scale for g in grads]
+        else:
+            c = self.clipvalue
+            values = [np.clip(v, -c, c) for v in values]
+        for i, part in enumerate(self.parts):
+            if part is not None:
+                self.parts[i] = (part[0], values[i])
+                values[i] = self.sparse_sum(i, values[i], grads[i])
+        return values
+
+    def sparse_sum(self, i, values, like):
+        """Weight i's sparse parts `values` summed into a dense array shaped as `like`."""
+        total = np.bincount(self.parts[i][0], values.reshape(-1), minlength=like.size)
+        return total.reshape(like.shape).astype(like.dtype)
+
     def slots(self):
-        """The slot arrays in the order Keras creates its optimizer variables."""
+        """The slot arrays in the order Keras creates its optimizer variables (the arrays
+        themselves, updated in place by each step)."""
         return []
 
     def square(self, i, g, out=None):
         """Keras's ops.square of weight i's gradient: a sparse one's parts squared, then summed."""
-        sq = self.squares[i]
-        if sq is None:
+        if self.parts[i] is None:
             return np.square(g, out=out)
+        sq = self.sparse_sum(i, np.square(self.parts[i][1]), g)
         if out is None:
-            return sq.copy()
+            return sq
         out[...] = sq
         return out
 
 
 class SGD(Optimizer):
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.momentum, self.nesterov = momentum, nesterov
 
     def build(self, params):
@@ -1434,8 +1490,8 @@ class SGD(Optimizer):
 
 class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
-                 weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+                 weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
 
     def build(self, params):
@@ -1473,8 +1529,8 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
     def build(self, params):
@@ -1504,13 +1560,14 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.004):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.004,
+                 **clipping):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, **clipping)
 
 
 class Adagrad(Optimizer):
-    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
 
     def build(self, params):
@@ -1526,36 +1583,115 @@ class Adagrad(Optimizer):
 
 
 class Nadam(Optimizer):
-    """Adam with Nesterov momentum and Keras's momentum schedule u_t = β1·(1 - ½·0.96^t)."""
+    """Adam with Nesterov momentum and Keras's momentum schedule u_t = β1·(1 - ½·0.96^t); the
+    product Π u_1..u_t is an optimizer variable (`u_product`, a 0-d array of the weights' dtype)."""
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
-        super().__init__(learning_rate, weight_decay)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-        self.u_product = 1.0
 
     def build(self, params):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
+        self.u_product = np.ones((), params[0].dtype if params else np.float32)
 
-    def step(self, params, grads, squares=None):
-        f = params[0].dtype.type if params else float  # Keras's scalars are in the weights' dtype
+    def begin(self, params):
+        f = self.u_product.dtype.type  # Keras's scalars are in the weights' dtype
         t, self.b1, self.b2 = f(self.iterations + 1), f(self.beta_1), f(self.beta_2)
         self.u_t = self.b1 * (1 - 0.5 * f(0.96) ** t)
         self.u_next = self.b1 * (1 - 0.5 * f(0.96) ** (t + 1))
-        self.u_product = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)  # Π u_1..u_t
+        self.u_product[...] = self.u_product * self.b1 * (1 - 0.5 * f(0.96) ** t)
         self.beta_2_power = self.b2 ** t
-        super().step(params, grads, squares)
 
     def update(self, i, p, g, lr):
         m, v = self.m[i], self.v[i]
         m += (g - m) * (1 - self.b1)
         v += (self.square(i, g) - v) * (1 - self.b2)
-        m_hat = m * self.u_next / (1 - self.u_product * self.u_next) + g * (1 - self.u_t) / (1 - self.u_product)
+        u_product = self.u_product[()]
+        m_hat = m * self.u_next / (1 - u_product * self.u_next) + g * (1 - self.u_t) / (1 - u_product)
         v_hat = v / (1 - self.beta_2_power)
         p -= m_hat * lr / (np.sqrt(v_hat) + self.epsilon)
 
     def slots(self):
-        return [a for pair in zip(self.m, self.v) for a in pair] + [np.array(self.u_product, np.float32)]
+        return [a for pair in zip(self.m, self.v) for a in pair] + [self.u_product]
+
+
+class Adadelta(Optimizer):
+    """Keras's Adadelta (keras/src/optimizers/adadelta.py): a = ρ·a + (1 - ρ)·g²;
+    Δ = -(√(d + ε)·g) / √(a + ε); d = ρ·d + (1 - ρ)·Δ²; w += lr·Δ. A sparse gradient's Δ is
+    sparse too: Δ² is summed over its parts."""
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
+        self.rho, self.epsilon = rho, epsilon
+
+    def build(self, params):
+        self.accumulated_grads = [np.zeros_like(p) for p in params]
+        self.accumulated_deltas = [np.zeros_like(p) for p in params]
+
+    def update(self, i, p, g, lr):
+        a, d = self.accumulated_grads[i], self.accumulated_deltas[i]
+        a[...] = self.rho * a + (1 - self.rho) * self.square(i, g)
+        rms_d, rms_a = np.sqrt(d + self.epsilon), np.sqrt(a + self.epsilon)
+        delta = -(rms_d * g) / rms_a
+        if self.parts[i] is None:
+            delta_sq = np.square(delta)
+        else:
+            cells, values = self.parts[i]
+            delta_sq = self.sparse_sum(i, np.square(rms_d.reshape(-1)[cells] * values / rms_a.reshape(-1)[cells]), g)
+        d[...] = self.rho * d + (1 - self.rho) * delta_sq
+        p += lr * delta
+
+    def slots(self):
+        return self.accumulated_grads + self.accumulated_deltas
+
+
+class Adamax(Optimizer):
+    """Keras's Adamax (keras/src/optimizers/adamax.py): m += (g - m)·(1 - β1);
+    u = max(β2·u, |g|); w -= lr·m / ((1 - β1^t)·(u + ε)), β1^t in the weights' dtype. A sparse
+    gradient's |g| is Σ |part| per element (Keras's maximum densifies the absolute parts)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, params):
+        self.m = [np.zeros_like(p) for p in params]
+        self.u = [np.zeros_like(p) for p in params]
+
+    def update(self, i, p, g, lr):
+        m, u = self.m[i], self.u[i]
+        f = p.dtype.type
+        beta_1_power = f(self.beta_1) ** f(self.iterations + 1)
+        m += (g - m) * (1 - self.beta_1)
+        magnitude = np.abs(g) if self.parts[i] is None else self.sparse_sum(i, np.abs(self.parts[i][1]), g)
+        np.maximum(self.beta_2 * u, magnitude, out=u)
+        p -= (lr * m) / ((1 - beta_1_power) * (u + self.epsilon))
+
+    def slots(self):
+        return [a for pair in zip(self.m, self.u) for a in pair]
+
+
+class Lion(Optimizer):
+    """Keras's Lion (keras/src/optimizers/lion.py): w -= lr·sign(β1·m + (1 - β1)·g), then
+    m = β2·m + (1 - β2)·g, β1 and β2 in the weights' dtype."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, **clipping):
+        super().__init__(learning_rate, weight_decay, **clipping)
+        self.beta_1, self.beta_2 = beta_1, beta_2
+
+    def build(self, params):
+        self.momentums = [np.zeros_like(p) for p in params]
+
+    def update(self, i, p, g, lr):
+        m = self.momentums[i]
+        f = p.dtype.type
+        b1, b2 = f(self.beta_1), f(self.beta_2)
+        p -= lr * np.sign(m * b1 + g * (1 - b1))
+        m[...] = m * b2 + g * (1 - b2)
+
+    def slots(self):
+        return self.momentums
 
 
 # ---------------------------------------------------------------------------------------
@@ -1578,12 +1714,11 @@ class Network:
         # A layer's penalized kernels: its first weight, or those it names (Bidirectional's two)
         self.penalties = [(layers[i].params[j], layers[i].grads[j], l1, l2) for i, l1, l2 in penalties
                           for j in getattr(layers[i], "regularized", (0,))]
-        for i, _, _ in penalties:  # a penalty's gradient is dense: so is the sum (Embedding.squares)
-            if hasattr(layers[i], "squares"):
-                layers[i].squares = [None]
+        for i, _, _ in penalties:  # a penalty's gradient is dense: so is the sum (Embedding.parts)
+            if hasattr(layers[i], "parts"):
+                layers[i].sparse = False
         self.params = [p for layer in layers for p in layer.params]
         self.grads = [g for layer in layers for g in layer.grads]
-        self.squares = [sq for layer in layers for sq in getattr(layer, "squares", [None] * len(layer.params))]
         with_params = [i for i, layer in enumerate(self.body) if layer.params]
         self.first = with_params[0] if with_params else len(self.body)  # backward stops here
 
@@ -1638,7 +1773,8 @@ class Network:
         """The step's updates, once its loss and gradients are known to be finite."""
         for layer in self.layers:
             layer.update_moving()
-        optimizer.step(self.params, self.grads, self.squares)
+        parts = [part for layer in self.layers for part in getattr(layer, "parts", [None] * len(layer.params))]
+        optimizer.step(self.params, self.grads, parts)
 
 
 class Graph(Network):

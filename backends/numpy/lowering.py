@@ -201,7 +201,7 @@ class Lowering:
 
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.AdamW,
-              "adagrad": K.Adagrad, "nadam": K.Nadam}
+              "adagrad": K.Adagrad, "nadam": K.Nadam, "adadelta": K.Adadelta, "adamax": K.Adamax, "lion": K.Lion}
 METRICS = {"categorical_accuracy": K.categorical_accuracy,
            "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
            "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric}
