@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelspec import ir
+from modelspec import ir, schedules
 from modelspec.backends.base import BatchCallback, Engine, EpochTotals
 from modelspec.training import TrainConfig
 from modelspec.checker import Report
@@ -35,7 +35,7 @@ from .build import build
 from .lowering import PERMUTES
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
-              "nadam": K.Nadam}
+              "nadam": K.Nadam, "adadelta": K.Adadelta, "adamax": K.Adamax, "lion": K.Lion}
 METRICS = {"categorical_accuracy": K.categorical_accuracy, "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
            "binary_accuracy": K.binary_accuracy, "mse": K.mean_squared_error, "mae": K.mean_absolute_error}
 
@@ -64,6 +64,12 @@ def optimizer_slots(name: str, hyper: dict[str, Any]) -> list[list[tuple[str, fl
                 + ([[("average_gradient", 0.0)]] if hyper["centered"] else []))
     if name == "adagrad":
         return [[("accumulator", hyper["initial_accumulator_value"])]]
+    if name == "adadelta":
+        return [[("accumulated_grad", 0.0), ("accumulated_delta_var", 0.0)]]
+    if name == "adamax":
+        return [[("momentum", 0.0), ("norm", 0.0)]]
+    if name == "lion":
+        return [[("momentum", 0.0)]]
     return [[("momentum", 0.0), ("velocity", 0.0)]]  # adam, adamw, nadam
 
 
@@ -139,6 +145,7 @@ class Data:
     y: torch.Tensor | None
     order: torch.Tensor | None = None  # CUDA: this epoch's order, on the device
     step: torch.Tensor | None = None  # CUDA: the step counter the captured graphs read
+    rates: torch.Tensor | None = None  # CUDA: a schedule's rate of each step of this epoch
     graphs: dict[Any, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -169,11 +176,13 @@ class TorchEngine(Engine):
         # Keras's optimizers square its sparse gradient by occurrence (K.KerasOptimizer.squares)
         self.taps: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
         penalized = {id(kernel) for kernel, *_ in self.penalties}
+        self.sparse = False  # whether an embedding's gradient is sparse in Keras
         for module in self.native.modules():
             if isinstance(module, torch.nn.Embedding) and id(module.weight) not in penalized:
                 offset = next(sum(p.numel() for p in self.params[:i]) for i, p in enumerate(self.params)
                               if p is module.weight)
                 module.register_forward_hook(self._tap(offset, module.weight))
+                self.sparse = True
         self.flat_moving = _flatten(self.moving) if self.sync_free else None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
@@ -207,11 +216,23 @@ class TorchEngine(Engine):
     # -- training settings ---------------------------------------------------------------
 
     def set_training(self, config: TrainConfig) -> None:
+        hyper = dict(config.hyper)
+        if hyper.get("clipvalue") and self.sparse:
+            raise ValueError("clipvalue with an embedding is not supported by the torch backend: Keras clips "
+                             "each row of the embedding's sparse gradient before it sums one id's rows; use "
+                             "clipnorm or global_clipnorm, or put a regularizer on the embedding (its "
+                             "gradient is then dense)")
         self.config = config
         self.loss_fn = loss_function(config.loss.name, config.loss.from_logits, config.loss.delta)
         self.metric_fns = [METRICS[m.kind] for m in config.metrics]
         targets = [self.flat] if self.flat is not None else self.params
-        self.optimizer = OPTIMIZERS[config.optimizer](targets, **config.hyper)
+        # a schedule's rate is written into the optimizer's learning_rate before each step
+        self.schedule = config.schedule
+        rate = hyper.pop("learning_rate")
+        rate = schedules.learning_rate(self.schedule, 0) if self.schedule is not None else np.float32(rate)
+        self.optimizer = OPTIMIZERS[config.optimizer](targets, learning_rate=float(rate), **hyper)
+        if self.flat is not None:  # clipnorm clips each weight's part of the one buffer by its own norm
+            self.optimizer.sizes[self.flat] = [p.numel() for p in self.params]
         self.slot_groups = optimizer_slots(config.optimizer, config.hyper)
         self.slots = [slot for group in self.slot_groups for slot in group]
         for name, initial in self.slots:  # created now, so a captured step finds them in place
@@ -248,6 +269,7 @@ class TorchEngine(Engine):
         if self.sync_free:
             data.order = torch.empty(len(xt), dtype=torch.int64, device=self.device)
             data.step = torch.zeros(1, dtype=torch.int64, device=self.device)
+            data.rates = torch.zeros(max(1, len(xt)), dtype=torch.float32, device=self.device)
         return data
 
     # -- the loss ------------------------------------------------------------------------
@@ -299,6 +321,9 @@ class TorchEngine(Engine):
         applied = math.isfinite(value) and (self.flat is None or _finite(self.flat.grad))
         if applied:
             if self.flat is not None:  # (a model with no trainable weight has nothing to update)
+                if self.schedule is not None:  # the rate of the step counter before this update
+                    rate = schedules.learning_rate(self.schedule, int(self.optimizer.iterations))
+                    self.optimizer.learning_rate.fill_(float(rate))
                 self.optimizer.apply_gradients()
         else:
             with torch.no_grad():
@@ -324,6 +349,8 @@ class TorchEngine(Engine):
         finite = torch.isfinite(flat_grad).all() & torch.isfinite(loss)
         ok = finite & self.live
         self.flat.grad = flat_grad
+        if self.schedule is not None:  # this step's rate, from the epoch's table
+            self.optimizer.learning_rate.copy_(data.rates.index_select(0, data.step).view(()))
         self.optimizer.apply_gradients()
         with torch.no_grad():
             for t, b in zip(self.masked, self.backup):  # a failed or masked step changes nothing
@@ -340,6 +367,10 @@ class TorchEngine(Engine):
                                on_batch: BatchCallback | None) -> EpochTotals:
         data.order.copy_(torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
         full, rest = divmod(len(order), batch_size)
+        if self.schedule is not None:  # the rates of the epoch's steps, from the step counter read once
+            first = int(self.optimizer.iterations.item())
+            rates = schedules.learning_rates(self.schedule, first + np.arange(full + bool(rest)))
+            data.rates[:len(rates)].copy_(torch.from_numpy(rates))
         runs = ([(None, full)] if full else []) + ([(full * batch_size, 1)] if rest else [])
         steps = [self._runner(data, batch_size, start) for start, _ in runs]
         data.step.zero_()
@@ -471,8 +502,9 @@ class TorchEngine(Engine):
         if self.optimizer is None or not self.optimizer_built:
             return []
         opt = self.optimizer
-        out = [np.array(opt.iterations.item(), dtype=np.int64),
-               np.array(self.config.hyper["learning_rate"], dtype=np.float32)]
+        out = [np.array(opt.iterations.item(), dtype=np.int64)]
+        if self.schedule is None:  # Keras keeps a schedule as it is, not as a variable
+            out.append(np.array(opt.learning_rate.item(), dtype=np.float32))
         for group in self.slot_groups:
             for i, (p, to_keras) in enumerate(self._trainable_with_layout()):
                 for name, _ in group:
@@ -481,6 +513,61 @@ class TorchEngine(Engine):
         if isinstance(opt, K.Nadam):
             out.append(np.array(opt.u_product.item(), dtype=np.float32))
         return out
+
+    def set_learning_rate(self, value: float) -> None:
+        if self.optimizer is None:
+            self.require_training()
+        if self.schedule is not None:
+            raise ValueError("the learning rate follows a schedule and cannot be set")
+        self.optimizer.learning_rate.fill_(float(np.float32(value)))
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's variables, each slot as the one buffer the engine keeps (the
+        trainable weights end to end, in Keras's order, in torch's layouts), and each random
+        generator's state (dropout, attention's dropout) as its bytes, keyed by module path."""
+        self.require_training()
+        opt = self.optimizer
+        state = {"optimizer/built": np.array(self.optimizer_built, dtype=np.uint8),
+                 "optimizer/iterations": np.array(opt.iterations.item(), dtype=np.int64),
+                 "optimizer/learning_rate": np.array(opt.learning_rate.item(), dtype=np.float32)}
+        if self.flat is not None:
+            for name, _ in self.slots:
+                state[f"optimizer/{name}"] = opt.state[self.flat][name].detach().cpu().numpy().copy()
+        if isinstance(opt, K.Nadam):
+            state["optimizer/u_product"] = np.array(opt.u_product.item(), dtype=np.float32)
+        for path, generator in self._generators():
+            state[f"generator/{path}"] = generator.get_state().numpy().copy()
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        expected = self.get_state()
+        if set(state) != set(expected):
+            missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+            raise ValueError("the training state does not fit this model and optimizer: "
+                             + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                           f"unexpected {', '.join(unknown)}" if unknown else "")
+                                         if part))
+        for key, value in expected.items():
+            if np.shape(state[key]) != value.shape:
+                raise ValueError(f"the training state's {key} has shape {np.shape(state[key])}; "
+                                 f"this model's has {value.shape}")
+        opt = self.optimizer
+        with torch.no_grad():  # in place: captured CUDA graphs read these tensors where they are
+            self.optimizer_built = bool(state["optimizer/built"])
+            opt.iterations.fill_(int(state["optimizer/iterations"]))
+            opt.learning_rate.fill_(float(state["optimizer/learning_rate"]))
+            if self.flat is not None:
+                for name, _ in self.slots:
+                    opt.state[self.flat][name].copy_(torch.from_numpy(np.asarray(state[f"optimizer/{name}"])))
+            if isinstance(opt, K.Nadam):
+                opt.u_product.fill_(float(state["optimizer/u_product"]))
+        for path, generator in self._generators():
+            generator.set_state(torch.from_numpy(np.array(state[f"generator/{path}"], dtype=np.uint8)))
+
+    def _generators(self) -> list[tuple[str, torch.Generator]]:
+        """Every module's own random generator (build.py's), by module path."""
+        return [(path, m.generator) for path, m in self.native.named_modules()
+                if isinstance(getattr(m, "generator", None), torch.Generator)]
 
     def _trainable_with_layout(self) -> list[tuple[torch.Tensor, Callable]]:
         return [(t, f) for t, f, trainable in zip(self.weights.tensors, self.weights.to_keras, self.weights.trainable)

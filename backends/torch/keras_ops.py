@@ -469,21 +469,32 @@ def binary_crossentropy(probabilities, y):
 
 
 class KerasOptimizer(torch.optim.Optimizer):
-    """What every Keras optimizer shares: one step counter, the decoupled weight decay
-    w -= lr * weight_decay * w, then the optimizer's own `update` of each parameter."""
+    """What every Keras optimizer shares (keras/src/optimizers/base_optimizer.py, `apply`): the
+    learning rate as a variable, one step counter, the gradients clipped (clipnorm,
+    global_clipnorm or clipvalue), the decoupled weight decay w -= lr * weight_decay * w, then
+    the optimizer's own `update` of each parameter.
+
+    `learning_rate` is a 0-d tensor in the weights' dtype, read by every update: set it (a
+    schedule's rate of step `iterations`, read before the step) with `learning_rate.fill_`."""
 
     uses_step = False  # whether `update` reads t, the 1-based step number
 
-    def __init__(self, params, **hyperparameters):
+    def __init__(self, params, learning_rate=0.001, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 **hyperparameters):
         super().__init__(params, hyperparameters)
         first = self.param_groups[0]["params"][0]
         self.dtype = first.dtype  # Keras computes step-dependent factors in the weights' dtype
         self.iterations = torch.zeros((), dtype=torch.int64, device=first.device)
+        self.learning_rate = torch.tensor(learning_rate, dtype=self.dtype, device=first.device)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         # param -> what Keras's ops.square gives for its gradient where that differs from
         # grad²: an embedding's gradient is sparse (TensorFlow's IndexedSlices, one row per id
         # read), squared row by row before one id's rows are summed, so Adam's v takes Σ g²
         # (keras/src/backend/tensorflow/sparse.py, elementwise_unary)
         self.squares = {}
+        # param -> the sizes of the Keras variables it holds end to end, when one buffer holds
+        # several weights: clipnorm clips each of them by its own norm
+        self.sizes, self.counts = {}, {}
 
     def square(self, param, grad):
         """Keras's ops.square of `param`'s gradient (see `squares`)."""
@@ -505,18 +516,64 @@ class KerasOptimizer(torch.optim.Optimizer):
         self.apply_gradients()
         return loss
 
+    def norms(self, param, grad):
+        """The L2 norm of each Keras variable in `param` (one, unless `sizes` says otherwise),
+        from Keras's square of its gradient, and the sizes."""
+        sizes = self.sizes.get(param, [param.numel()])
+        sq = self.square(param, grad).reshape(-1)
+        return torch.stack([part.sum() for part in sq.split(sizes)]), sizes
+
+    def clip_gradients(self, params):
+        """Each gradient as Keras's `_clip_gradients` leaves it: clipnorm scales each variable's
+        by clipnorm / max(norm, clipnorm) (tf.clip_by_norm; a zero norm leaves it as it is),
+        global_clipnorm all of them by clip * min(1 / global norm, 1 / clip), NaN when that norm
+        is not finite (clip_by_global_norm), clipvalue clamps each element."""
+        grads = [p.grad for p in params]
+        if self.clipnorm and self.clipnorm > 0:
+            out = []
+            for param, grad in zip(params, grads):
+                l2sum, sizes = self.norms(param, grad)
+                l2norm = torch.where(l2sum > 0, l2sum.sqrt(), l2sum)
+                denominator = l2norm.clamp_min(self.clipnorm)
+                if len(sizes) > 1:  # each variable's denominator over its elements
+                    if param not in self.counts:  # made once: a captured CUDA graph cannot copy from the host
+                        self.counts[param] = torch.tensor(sizes, device=grad.device)
+                    counts = self.counts[param]
+                    denominator = denominator.repeat_interleave(counts, output_size=grad.numel()).view_as(grad)
+                out.append(grad * self.clipnorm / denominator)
+                if param in self.squares:  # the sparse rows scale alike
+                    self.squares[param] = self.squares[param] * (self.clipnorm / denominator).square()
+            return out
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            norm = torch.cat([self.norms(p, g)[0] for p, g in zip(params, grads)]).sum().sqrt()
+            scale = self.global_clipnorm * torch.clamp(1.0 / norm, max=1.0 / self.global_clipnorm)
+            scale = scale + (norm - norm)
+            # the product of a sparse gradient and a dense scale is dense: squared as it is
+            self.squares.clear()
+            return [g * scale for g in grads]
+        if self.clipvalue and self.clipvalue > 0:
+            if self.squares:
+                raise ValueError("clipvalue clips each row of an embedding's sparse gradient before "
+                                 "Keras sums them, which is not implemented here: use clipnorm or "
+                                 "global_clipnorm, or a penalty on the embedding (a dense gradient)")
+            return [g.clamp(-self.clipvalue, self.clipvalue) for g in grads]
+        return grads
+
     @torch.no_grad()
     def apply_gradients(self):
         """The update of every parameter from its .grad (`step` without torch's hooks)."""
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        grads = dict(zip(params, self.clip_gradients(params)))
+        lr = self.learning_rate
         self.iterations += 1
         t = self.iterations.to(self.dtype) if self.uses_step else None  # Keras's `iterations + 1`
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is None:
+                if param not in grads:
                     continue
                 if group["weight_decay"]:
-                    param.sub_(param * group["weight_decay"] * group["learning_rate"])
-                self.update(param, param.grad, t, group)
+                    param.sub_(param * group["weight_decay"] * lr)
+                self.update(param, grads[param], t, group)
 
     def update(self, param, grad, t, group):
         raise NotImplementedError
@@ -541,12 +598,12 @@ def keep_sparse_squares(optimizer, embeddings):
 class SGD(KerasOptimizer):
     """Keras's SGD: m = momentum * m - lr * g; w += m (Nesterov: w += momentum * m - lr * g)."""
 
-    def __init__(self, params, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay)
+    def __init__(self, params, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                         **clipping)
 
     def update(self, param, grad, t, group):
-        lr, momentum = group["learning_rate"], group["momentum"]
+        lr, momentum = self.learning_rate, group["momentum"]
         if momentum == 0:
             param.sub_(grad * lr)
             return
@@ -563,29 +620,25 @@ class RMSprop(KerasOptimizer):
     (torch adds it outside); with momentum, the lr-scaled steps are what accumulates."""
 
     def __init__(self, params, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
-                 centered=False, weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, rho=rho, momentum=momentum,
-                         epsilon=epsilon, centered=centered, weight_decay=weight_decay)
+                 centered=False, weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+                         centered=centered, weight_decay=weight_decay, **clipping)
 
     def update(self, param, grad, t, group):
         rho, momentum = group["rho"], group["momentum"]
         velocity = self.slot(param, "velocity")
-        if param in self.squares:
-            velocity.mul_(rho).add_(self.squares[param], alpha=1 - rho)
-        else:
-            velocity.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        velocity.mul_(rho).add_(self.square(param, grad), alpha=1 - rho)
         if group["centered"]:
             average = self.slot(param, "average_gradient")
             average.mul_(rho).add_(grad, alpha=1 - rho)
             denominator = velocity - average.square() + group["epsilon"]
         else:
             denominator = velocity + group["epsilon"]
-        denominator.sqrt_()  # the increment is lr * grad / denominator
+        increment = (grad * self.learning_rate).div_(denominator.sqrt_())
         if momentum > 0:
-            m = self.slot(param, "momentum")
-            param.sub_(m.mul_(momentum).addcdiv_(grad, denominator, value=group["learning_rate"]))
+            param.sub_(self.slot(param, "momentum").mul_(momentum).add_(increment))
         else:
-            param.addcdiv_(grad, denominator, value=-group["learning_rate"])
+            param.sub_(increment)
 
 
 class Adam(KerasOptimizer):
@@ -595,13 +648,13 @@ class Adam(KerasOptimizer):
     uses_step = True
 
     def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, weight_decay=weight_decay)
+                 weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         weight_decay=weight_decay, **clipping)
 
     def update(self, param, grad, t, group):
         beta_1, beta_2 = group["beta_1"], group["beta_2"]
-        alpha = group["learning_rate"] * torch.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        alpha = self.learning_rate * torch.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
         m, v = self.slot(param, "momentum"), self.slot(param, "velocity")
         m.add_((grad - m) * (1 - beta_1))
         v.add_((self.square(param, grad) - v) * (1 - beta_2))
@@ -615,9 +668,9 @@ class Nadam(KerasOptimizer):
     uses_step = True
 
     def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, weight_decay=weight_decay)
+                 weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         weight_decay=weight_decay, **clipping)
         # the product u_1 ... u_t of the momentum schedule
         self.u_product = torch.ones((), dtype=self.dtype, device=self.iterations.device)
 
@@ -636,25 +689,77 @@ class Nadam(KerasOptimizer):
         v.add_((self.square(param, grad) - v) * (1 - beta_2))
         m_hat = u_next * m / (1 - self.u_product * u_next) + (1 - u_t) * grad / (1 - self.u_product)
         v_hat = v / (1 - beta_2 ** t)
-        param.sub_((m_hat * group["learning_rate"]).div_(v_hat.sqrt_().add_(group["epsilon"])))
+        param.sub_((m_hat * self.learning_rate).div_(v_hat.sqrt_().add_(group["epsilon"])))
 
 
 class Adagrad(KerasOptimizer):
     """Keras's Adagrad: the accumulator starts at 0.1 and epsilon is inside the square root."""
 
     def __init__(self, params, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
-                 weight_decay=None):
-        super().__init__(params, learning_rate=learning_rate, epsilon=epsilon,
+                 weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, epsilon=epsilon,
                          initial_accumulator_value=initial_accumulator_value,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, **clipping)
 
     def update(self, param, grad, t, group):
         accumulator = self.slot(param, "accumulator", group["initial_accumulator_value"])
-        if param in self.squares:
-            accumulator.add_(self.squares[param])
-        else:
-            accumulator.addcmul_(grad, grad)
-        param.sub_((grad * group["learning_rate"]).div_((accumulator + group["epsilon"]).sqrt_()))
+        accumulator.add_(self.square(param, grad))
+        param.sub_((grad * self.learning_rate).div_((accumulator + group["epsilon"]).sqrt_()))
+
+
+class Adadelta(KerasOptimizer):
+    """Keras's Adadelta (keras/src/optimizers/adadelta.py): the step is
+    -sqrt(delta + epsilon) * g / sqrt(accumulated g² + epsilon), scaled by the learning rate
+    (0.001 by default, where the paper and torch take 1)."""
+
+    def __init__(self, params, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay, **clipping)
+
+    def update(self, param, grad, t, group):
+        rho, epsilon = group["rho"], group["epsilon"]
+        accumulated_grad = self.slot(param, "accumulated_grad")
+        accumulated_delta = self.slot(param, "accumulated_delta_var")
+        accumulated_grad.copy_(rho * accumulated_grad + (1 - rho) * self.square(param, grad))
+        ratio = (accumulated_delta + epsilon).sqrt() / (accumulated_grad + epsilon).sqrt()
+        delta = -((accumulated_delta + epsilon).sqrt() * grad) / (accumulated_grad + epsilon).sqrt()
+        # a sparse gradient's delta is squared row by row, as its gradient is
+        delta_square = delta.square() if param not in self.squares else ratio.square() * self.squares[param]
+        accumulated_delta.copy_(rho * accumulated_delta + (1 - rho) * delta_square)
+        param.add_(self.learning_rate * delta)
+
+
+class Adamax(KerasOptimizer):
+    """Keras's Adamax (keras/src/optimizers/adamax.py): u = max(beta_2 * u, |g|), and
+    w -= lr * m / ((1 - beta_1^t) * (u + epsilon))."""
+
+    uses_step = True
+
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         weight_decay=weight_decay, **clipping)
+
+    def update(self, param, grad, t, group):
+        beta_1 = group["beta_1"]
+        m, u = self.slot(param, "momentum"), self.slot(param, "norm")
+        m.add_((grad - m) * (1 - beta_1))
+        torch.maximum(group["beta_2"] * u, grad.abs(), out=u)
+        param.sub_((self.learning_rate * m) / ((1 - beta_1 ** t) * (u + group["epsilon"])))
+
+
+class Lion(KerasOptimizer):
+    """Keras's Lion (keras/src/optimizers/lion.py): w -= lr * sign(beta_1 * m + (1 - beta_1) * g),
+    then m = beta_2 * m + (1 - beta_2) * g."""
+
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, **clipping):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay,
+                         **clipping)
+
+    def update(self, param, grad, t, group):
+        beta_1, beta_2 = group["beta_1"], group["beta_2"]
+        m = self.slot(param, "momentum")
+        param.sub_(self.learning_rate * torch.sign(m * beta_1 + grad * (1.0 - beta_1)))
+        m.copy_(m * beta_2 + grad * (1.0 - beta_2))
 
 
 # ---------------------------------------------------------------------------------------
