@@ -52,6 +52,8 @@ def layer(node: ir.LayerBase) -> keras.layers.Layer:
         return L.LeakyReLU(negative_slope=node.negative_slope, **named)
     if isinstance(node, ir.Activation):
         return L.Activation(node.activation, **named)
+    if isinstance(node, ir.Softmax):
+        return L.Softmax(axis=node.axis, **named)
     if isinstance(node, ir.ZeroPadding2D):
         return L.ZeroPadding2D(node.padding, **named)
     if isinstance(node, ir.Rescale):

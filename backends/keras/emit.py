@@ -14,13 +14,14 @@ import keyword
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modelspec import ir
 from modelspec.layers import snake_case
+from modelspec.nodes import TOP_K_METRICS
 
 from . import lowering
 from .scopes import rejected_names
 
 if TYPE_CHECKING:
-    from modelspec import ir
     from modelspec.checker import Report
 
 INDENT = " " * 4
@@ -104,9 +105,12 @@ def _compile(spec: "ir.Spec") -> list[str]:
         written = {k: getattr(opt, k) for k in opt.config() if getattr(opt, k) is not None}
         args.append(("optimizer", lowering.optimizer(opt.name, written)))
     if spec.loss is not None:
-        args.append(("loss", lowering.loss(spec.loss.name, spec.loss.delta)))
+        loss = spec.loss
+        args.append(("loss", lowering.loss(loss.name, loss.delta, bool(loss.from_logits), loss.label_smoothing or 0.0)))
     if spec.metrics:
-        args.append(("metrics", list(spec.metrics)))
+        # a top-k metric's name alone means k=5 (keras/src/metrics/accuracy_metrics.py); another k, its class
+        args.append(("metrics", [lowering.metric(m, m, spec.top_k) if m in TOP_K_METRICS and spec.top_k is not None
+                                 else m for m in spec.metrics]))
     lines = [f"{INDENT}model.compile("]
     for key, value in args:
         lines += _lines(INDENT * 2, f"{key}=", value)
@@ -114,28 +118,37 @@ def _compile(spec: "ir.Spec") -> list[str]:
 
 
 def _lines(indent: str, prefix: str, value: Any) -> list[str]:
-    """`prefix + value,` on one line, or a call too long for one with an argument per line."""
+    """`prefix + value,` on one line, or a call too long for one with an argument per line
+    (an optimizer's schedule, itself split where it is still too long)."""
     line = f"{indent}{prefix}{lowering.literal(value)},"
     if len(line) <= WIDTH or not isinstance(value, lowering.Call):
         return [line]
-    args = [lowering.literal(a) for a in value.args] + [f"{k}={lowering.literal(v)}" for k, v in value.kwargs.items()]
-    return [f"{indent}{prefix}{value.target}(", *(f"{indent}{INDENT}{a}," for a in args), f"{indent}),"]
+    inner = indent + INDENT
+    args = [part for a in value.args for part in _lines(inner, "", a)]
+    args += [part for k, v in value.kwargs.items() for part in _lines(inner, f"{k}=", v)]
+    return [f"{indent}{prefix}{value.target}(", *args, f"{indent}),"]
 
 
 def _train(spec: "ir.Spec") -> list[str]:
-    if spec.fit is None:
+    callbacks = lowering.callbacks(spec)
+    if spec.fit is None and not callbacks:
         return []
-    fit = spec.fit
+    fit = spec.fit or ir.Fit()
     settings = [(k, getattr(fit, k)) for k in ("batch_size", "epochs", "validation_split", "shuffle")
                 if getattr(fit, k) is not None]
     call = ", ".join(["x", "y"] + [f"{k}={lowering.literal(v)}" for k, v in settings])
-    out = ["", "", "def train(model, x, y):", f'{INDENT}"""Train with the spec\'s `fit` settings."""']
+    out = ["", "", "def train(model, x, y):",
+           f'{INDENT}"""Train with the spec\'s `fit` settings{" and callbacks" if callbacks else ""}."""']
     if any(layer.adapts for layer in spec.layers):
         out.append(f"{INDENT}adapt_normalization(model, x)  # from all of x, before the split, as modelspec's fit")
     if fit.seed is not None:
         out.append(f"{INDENT}keras.utils.set_random_seed({fit.seed})")
-    out.append(f"{INDENT}return model.fit({call})")
-    return out
+    if not callbacks:
+        return out + [f"{INDENT}return model.fit({call})"]
+    out += [f"{INDENT}return model.fit(", f"{INDENT * 2}{call},", f"{INDENT * 2}callbacks=["]
+    for callback in callbacks:
+        out += _lines(INDENT * 3, "", callback)
+    return out + [f"{INDENT * 2}],", f"{INDENT})"]
 
 
 # For a spec with `normalize`: its statistics are set from the training data before training,

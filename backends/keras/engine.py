@@ -126,8 +126,11 @@ class KerasEngine(Engine):
     def set_training(self, config: TrainConfig) -> None:
         with self._device:
             self._optimizer = lowering.make(lowering.optimizer(config.optimizer, config.hyper), keras)
-            loss = lowering.make(lowering.loss(config.loss.name, config.loss.delta), keras)
-            self._metrics = [lowering.make(lowering.metric(m.name, m.kind), keras) for m in config.metrics]
+            # from_logits where the output itself is the logits: an output softmax's or sigmoid's
+            # own logits Keras finds by itself (training.LossConfig)
+            loss = lowering.make(lowering.loss(config.loss.name, config.loss.delta, config.loss.output_logits,
+                                               config.loss.label_smoothing), keras)
+            self._metrics = [lowering.make(lowering.metric(m.name, m.kind, m.k), keras) for m in config.metrics]
             self._loss_tracker = keras.metrics.Mean(name="loss")
             self.native.compile(optimizer=self._optimizer, loss=loss, metrics=list(self._metrics))
         self._functions = {}  # traced with the old optimizer and metrics
@@ -247,6 +250,49 @@ class KerasEngine(Engine):
         if self._optimizer is None or not self._optimizer.built:
             return []
         return [_numpy(v.value) for v in self._optimizer.variables]
+
+    # -- the state of training besides the weights ----------------------------------------
+
+    def set_learning_rate(self, value: float) -> None:
+        # what ReduceLROnPlateau does: `optimizer.learning_rate = new_lr`, a float32 variable
+        # read by the next step (keras/src/callbacks/reduce_lr_on_plateau.py)
+        if self.require_training().schedule is not None:
+            raise ValueError("the learning rate follows a schedule; it cannot be set to a constant")
+        self._optimizer.learning_rate.assign(np.float32(value))
+
+    def _state_variables(self) -> dict[str, Any]:
+        """The variables `get_state` saves, named by kind, position and Keras's name: the
+        optimizer's (built here if it is not yet, so that its slots exist) and every
+        SeedGenerator's state (dropout's, attention's own dropout's), which Keras lists among a
+        model's variables but not its weights (keras/src/layers/layer.py, `variables`)."""
+        self.require_training()
+        optimizer = self._optimizer
+        if not optimizer.built:
+            with self._device:
+                optimizer.build(self.native.trainable_variables)
+        weights = {id(v) for v in self.native.weights}
+        rng = [v for v in self.native.variables if id(v) not in weights]
+        return {**{f"optimizer.{i}.{v.name}": v for i, v in enumerate(optimizer.variables)},
+                **{f"rng.{i}.{v.name}": v for i, v in enumerate(rng)}}
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {key: _numpy(v.value) for key, v in self._state_variables().items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        variables = self._state_variables()
+        if set(state) != set(variables):
+            missing, unknown = sorted(set(variables) - set(state)), sorted(set(state) - set(variables))
+            raise ValueError("the saved training state does not fit this model and optimizer: "
+                             + "; ".join(part for part in (
+                                 f"missing {', '.join(missing)}" if missing else "",
+                                 f"unknown {', '.join(unknown)}" if unknown else "") if part))
+        for key, v in variables.items():
+            value = np.asarray(state[key])
+            if value.shape != tuple(v.shape) or value.dtype != np.dtype(v.dtype):
+                raise ValueError(f"the saved training state's {key} is {value.dtype}{list(value.shape)}; "
+                                 f"this model's is {np.dtype(v.dtype)}{list(v.shape)}")
+        for key, v in variables.items():
+            v.assign(state[key])
 
     # -- the TensorFlow graph ------------------------------------------------------------
 

@@ -21,11 +21,17 @@ INITIALIZER_CLASSES = {
     "random_uniform": "RandomUniform", "truncated_normal": "TruncatedNormal", "orthogonal": "Orthogonal",
 }
 OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
-                     "adagrad": "Adagrad", "nadam": "Nadam"}
+                     "adagrad": "Adagrad", "nadam": "Nadam", "adadelta": "Adadelta", "adamax": "Adamax",
+                     "lion": "Lion"}
 METRIC_CLASSES = {"categorical_accuracy": "CategoricalAccuracy",
                   "sparse_categorical_accuracy": "SparseCategoricalAccuracy",
                   "binary_accuracy": "BinaryAccuracy", "mse": "MeanSquaredError",
-                  "mae": "MeanAbsoluteError"}
+                  "mae": "MeanAbsoluteError", "top_k_categorical_accuracy": "TopKCategoricalAccuracy",
+                  "sparse_top_k_categorical_accuracy": "SparseTopKCategoricalAccuracy"}
+LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
+                "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+                "binary_crossentropy": "BinaryCrossentropy", "mse": "MeanSquaredError",
+                "mae": "MeanAbsoluteError", "huber": "Huber"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,10 @@ class Lowering:
 
     def activation(self, layer: ir.Activation) -> tuple[tuple, dict]:
         return (layer.activation,), {}
+
+    def softmax(self, layer: ir.Softmax) -> tuple[tuple, dict]:
+        # always written, as the spec writes it: what tells this layer from Activation("softmax")
+        return (), {"axis": layer.axis}
 
     def zeropadding2d(self, layer: ir.ZeroPadding2D) -> tuple[tuple, dict]:
         (top, bottom), (left, right) = layer.padding
@@ -285,20 +295,52 @@ def model_input(spec: ir.Spec, name: str | None = None) -> Call:
 
 
 def optimizer(name: str, hyper: dict[str, Any]) -> Call:
-    """`RMSprop(learning_rate=0.001, momentum=0.5)`; hyperparameters that are None are left out."""
-    return Call(f"keras.optimizers.{OPTIMIZER_CLASSES[name]}",
-                kwargs={k: v for k, v in hyper.items() if v is not None})
+    """`RMSprop(learning_rate=0.001, momentum=0.5, clipnorm=1.0)`; hyperparameters that are
+    None are left out, a schedule is its Keras class."""
+    kwargs = {k: (schedule(v) if isinstance(v, ir.Schedule) else v) for k, v in hyper.items() if v is not None}
+    return Call(f"keras.optimizers.{OPTIMIZER_CLASSES[name]}", kwargs=kwargs)
 
 
-def loss(name: str, delta: float | None = None) -> str | Call:
-    if name == "huber" and delta is not None:
-        return Call("keras.losses.Huber", kwargs={"delta": delta})
-    return name
+def schedule(node: ir.Schedule) -> Call:
+    """`keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.96)`:
+    the initial rate first, as the spec writes it, then Keras's other arguments; the ones at
+    their defaults are left out, the required ones always written."""
+    config = node.config()
+    required = [k for k, v in ir.SCHEDULE_ARGS[node.name].items() if v is ir.REQUIRED]
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
+              if k in required or v != ir.SCHEDULE_ARGS[node.name][k]}
+    args = (kwargs.pop("initial_learning_rate"),) if "initial_learning_rate" in kwargs else ()
+    return Call(f"keras.optimizers.schedules.{ir.SCHEDULE_CLASSES[node.name]}", args, kwargs)
 
 
-def metric(name: str, kind: str) -> Call:
-    """A resolved metric (modelspec.training.resolve_metric did Keras's 'accuracy' rule), shown as `name`."""
-    return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={"name": name})
+def loss(name: str, delta: float | None = None, from_logits: bool = False, label_smoothing: float = 0.0) -> str | Call:
+    """The loss's name, or its class where an option is set:
+    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`."""
+    kwargs: dict[str, Any] = {"delta": delta} if name == "huber" and delta is not None else {}
+    if from_logits:
+        kwargs["from_logits"] = True
+    if label_smoothing:
+        kwargs["label_smoothing"] = label_smoothing
+    return Call(f"keras.losses.{LOSS_CLASSES[name]}", kwargs=kwargs) if kwargs else name
+
+
+def metric(name: str, kind: str, k: int | None = None) -> Call:
+    """A resolved metric (modelspec.training.resolve_metric did Keras's 'accuracy' rule), shown
+    as `name`; a top-k metric with its k."""
+    kwargs: dict[str, Any] = {"k": k} if k is not None else {}
+    return Call(f"keras.metrics.{METRIC_CLASSES[kind]}", kwargs={**kwargs, "name": name})
+
+
+def callbacks(spec: ir.Spec) -> list[Call]:
+    """`keras.callbacks.EarlyStopping(monitor="loss", patience=3)` and ReduceLROnPlateau's
+    call, the options that differ from Keras's defaults (the IR's) written out."""
+    out = []
+    for node, target in ((spec.early_stopping, "EarlyStopping"), (spec.reduce_lr_on_plateau, "ReduceLROnPlateau")):
+        if node is not None:
+            fields = type(node).model_fields
+            kwargs = {k: getattr(node, k) for k in fields if k != "span" and getattr(node, k) != fields[k].default}
+            out.append(Call(f"keras.callbacks.{target}", kwargs=kwargs))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
