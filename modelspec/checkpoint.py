@@ -40,7 +40,7 @@ def digest(*arrays: np.ndarray) -> str:
     """sha256 of arrays' shapes, dtypes and bytes: what identifies a run's data."""
     h = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a, order="C")
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
@@ -90,7 +90,7 @@ class Checkpoint:
 
         from .fileio import write_atomic
 
-        data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        data = save({k: np.asarray(v, order="C") for k, v in arrays.items()})  # ascontiguousarray makes 0-d 1-d
         name = f"arrays-{int(state['epoch']):06d}.safetensors"
         write_atomic(self.path / name, data)
         _fsync_dir(self.path)
