@@ -20,6 +20,7 @@ from ._plots import curves_png
 
 WEIGHTS = "weights.safetensors"
 RUN = "run.json"
+CHECKPOINT = "checkpoint"  # the folder `train --resume` continues from (modelspec.checkpoint)
 RUN_FILES = ("weights.safetensors", "history.json", "history.csv", "loss.png", "accuracy.png", "mse.png", "mae.png",
              RUN)
 METRIC_LABELS = {"loss": "Loss", "mse": "Mean squared error", "mae": "Mean absolute error"}
@@ -248,13 +249,18 @@ class Trained:
 
 
 def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Namespace, out: Path,
-                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str]) -> Trained:
-    """Fit (stoppable with Ctrl-C), save weights (with `metadata`), history and plots, evaluate
-    on the test set, then write run.json. Files are written atomically, one at a time."""
+                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str],
+                   checkpoint: Any = None, resume: bool = False) -> Trained:
+    """Fit (stoppable with Ctrl-C; with a `checkpoint` at each epoch's end, which `resume`
+    continues), save weights (with `metadata`), history and plots, evaluate on the test set,
+    then write run.json. Files are written atomically, one at a time."""
     interrupt.model = model
     try:
         hist = model.fit(arrays.x_train, arrays.y_train, batch_size=args.batch, epochs=args.epochs,
-                         validation_split=args.validation, seed=args.seed, verbose=1, stream=stream)
+                         validation_split=args.validation, seed=args.seed, verbose=1, stream=stream,
+                         checkpoint=checkpoint, resume=resume)
+    except OSError as e:  # the checkpoint's folder
+        raise CommandError(f"cannot write the checkpoint in {checkpoint.path}: {e.strerror or e}") from None
     except ValueError as e:
         raise CommandError(one_line(e)) from None
     finally:
