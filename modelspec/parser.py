@@ -756,12 +756,12 @@ class Builder:
                 continue
             fields[key] = _schedule_value(r, name, key, value)
             ok &= fields[key] is not None
+        if not ok:
+            return None
         missing = [k for k, v in ir.SCHEDULE_ARGS[name].items() if v is ir.REQUIRED and k not in fields]
         if missing:
             r.error(f"{name}() needs {' and '.join(missing)}; received no value for "
                     f"{'them' if len(missing) > 1 else 'it'}", call.span, hint=_schedule_signature(name))
-            return None
-        if not ok:
             return None
         try:
             return ir.Schedule.construct_checked(name=name, span=call.span, **fields)

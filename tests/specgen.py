@@ -22,6 +22,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from modelspec import ir
+
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish",
                "softplus", "relu6", "leaky_relu")
 LAYER_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "leaky_relu")  # `leaky_relu` is the LeakyReLU layer
@@ -510,6 +512,10 @@ class _Generator:
         choices = [a for a in LAYER_ACTIVATIONS if shape[-1] > 1 or a != "softmax"]
         name = self.r.choice(choices)
         self.nonlinear = name != "linear"
+        if name == "softmax" and not self.masked and shape[-1] % 2:
+            # Keras's Softmax layer (mask refused), chosen from the shape, so that no draw is added
+            # and the fixed campaigns keep their specs
+            return f"softmax axis={1 if len(shape) > 1 and shape[0] % 2 else -1}", shape
         return name, shape
 
     def leaky_relu(self, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
@@ -681,9 +687,38 @@ class _Generator:
             units, activation = r.randint(1, 3), None
         if activation is not None and self.chance(0.3):  # the activation as a layer of its own
             text, _ = self.dense((units,), units, activation="linear")
+            if activation == "softmax" and units % 2:  # Keras's Softmax layer, chosen without a draw
+                activation = "softmax axis=-1"
             return [text, activation + self.name_option()]
         text, _ = self.dense((units,), units, activation=activation)
         return [text + self.name_option()]
+
+    # The optimizers and options added after the fixed campaigns were drawn take the place of
+    # an older optimizer's draws, chosen by the input shape: no draw is added, so every seed
+    # keeps its specs (tests/test_fuzz_crosscheck.py, tests/test_keras_checker.py).
+    SUCCESSORS = {"adam": "adamax", "rmsprop": "adadelta", "nadam": "lion"}
+
+    def later_training(self, parts: list[str]) -> str:
+        """`optimizer NAME key=value ...` with, for some input shapes, a newer optimizer in
+        the place of the one drawn (the options it does not take dropped), gradient clipping,
+        or its learning rate as the initial rate of a schedule."""
+        pick = sum(self.first_shape)
+        name = parts[0].split()[1]
+        if pick % 3 == 0 and name in self.SUCCESSORS:
+            name = self.SUCCESSORS[name]
+            takes = ir.OPTIMIZER_DEFAULTS[name]
+            parts = [f"optimizer {name}"] + [p for p in parts[1:] if ir.HYPERPARAMETER_ALIASES.get(
+                p.split("=")[0], p.split("=")[0]) in takes]
+        if pick % 5 == 1:
+            parts.append(("clipnorm=1.0", "clipvalue=0.5", "global_clipnorm=2.0")[pick % 3])
+        for i, p in enumerate(parts):
+            key, _, value = p.partition("=")
+            if key in ("lr", "learning_rate") and pick % 7 in (2, 5):
+                schedule = ("exponential_decay({}, decay_steps=3, decay_rate=0.5)",
+                            "cosine_decay({}, decay_steps=5, alpha=0.1)",
+                            "piecewise_constant_decay(boundaries=[2, 4], values=[{}, 0.001, 0.0005])")[pick // 7 % 3]
+                parts[i] = f"{key}={schedule.format(value)}"
+        return " ".join(parts)
 
     def training(self, task: str) -> list[str]:
         r = self.r
@@ -701,10 +736,13 @@ class _Generator:
                     if key == "learning_rate" and self.chance(0.3):
                         key = "lr"
                 parts.append(f"{key}={value}")
-            lines.append(" ".join(parts))
+            lines.append(self.later_training(parts))
         losses = {"categorical": ["categorical_crossentropy"], "sparse": ["sparse_categorical_crossentropy"],
                   "binary": ["binary_crossentropy"], "regression": ["mse", "mae", "huber", "huber delta=0.5"]}
-        lines.append("loss " + r.choice(losses[task]))
+        loss = r.choice(losses[task])
+        if loss in ("categorical_crossentropy", "binary_crossentropy") and sum(self.first_shape) % 4 == 3:
+            loss += " label_smoothing=0.1"  # (chosen without a draw, as in later_training)
+        lines.append("loss " + loss)
         metrics = {"categorical": ["accuracy", "categorical_accuracy", "acc", "mse"],
                    "sparse": ["accuracy", "sparse_categorical_accuracy"],
                    "binary": ["accuracy", "binary_accuracy", "mae"], "regression": ["mse", "mae"]}[task]

@@ -60,6 +60,11 @@ def test_the_generator_covers_the_language():
     assert set(ms.ir.ACTIVATIONS) <= activations
     assert {spec.optimizer.name for spec in specs if spec.optimizer} == set(ms.ir.OPTIMIZERS)
     assert {spec.loss.name for spec in specs if spec.loss} == set(ms.ir.LOSSES)
+    assert {spec.optimizer.schedule.name for spec in specs if spec.optimizer and spec.optimizer.schedule} >= {
+        "exponential_decay", "cosine_decay", "piecewise_constant_decay"}
+    assert {k for spec in specs if spec.optimizer for k in ms.ir.CLIPPING if getattr(spec.optimizer, k)} == set(
+        ms.ir.CLIPPING)
+    assert any(spec.loss.label_smoothing for spec in specs if spec.loss)
     conv = [layer for spec in specs for layer in spec.layers if layer.kind == "conv2d"]
     assert {layer.padding for layer in conv} == {"valid", "same"} and any(layer.strides != (1, 1) for layer in conv)
     assert any(layer.kernel_regularizer for spec in specs for layer in spec.layers if hasattr(layer, "kernel_regularizer"))

@@ -119,6 +119,9 @@ LAYERS = [
     *(case(name, V, (5,), 0) for name in
       ("linear", "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "softplus", "relu6")),
     case("softmax", (3, 3, 4), (3, 3, 4), 0),
+    # Keras's Softmax layer over another axis
+    case("softmax axis=1", (3, 4), (3, 4), 0),
+    case("softmax axis=-2", (3, 3, 4), (3, 3, 4), 0),
     case("leaky_relu", V, (5,), 0),
     case("leaky_relu 0.1", V, (5,), 0),
     # rescale: Keras's two usual scales (pixels to [0, 1], and to [-1, 1] with an offset),

@@ -36,6 +36,7 @@ class Run:
     shuffle: bool = False
     compile: dict | None = field(default=None, hash=False)
     reference: str = "numpy"
+    epochs: int = 3
 
     def spec(self) -> ms.Spec:
         return without_dropout(ms.parse(self.text))
@@ -70,7 +71,19 @@ OPTIMIZERS = ["sgd learning_rate=0.05", "sgd learning_rate=0.05 momentum=0.9",
               "adam learning_rate=0.01", "adam learning_rate=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-4 weight_decay=0.01",
               "adamw learning_rate=0.01",
               "adagrad learning_rate=0.05 initial_accumulator_value=0.2 epsilon=1e-5", "nadam learning_rate=0.01",
-              "nadam learning_rate=0.01 beta_1=0.7 weight_decay=0.05"]
+              "nadam learning_rate=0.01 beta_1=0.7 weight_decay=0.05",
+              "adadelta learning_rate=1.0", "adadelta learning_rate=0.5 rho=0.8 epsilon=1e-5 weight_decay=0.01",
+              "adamax learning_rate=0.01", "adamax learning_rate=0.01 beta_1=0.8 beta_2=0.99 epsilon=1e-4",
+              "lion learning_rate=0.001", "lion learning_rate=0.002 beta_1=0.8 beta_2=0.95 weight_decay=0.05",
+              # gradient clipping, each rule, on optimizers that keep state and one that does not
+              "sgd learning_rate=0.05 momentum=0.9 clipnorm=0.1", "adam learning_rate=0.01 clipvalue=0.01",
+              "rmsprop global_clipnorm=0.2", "sgd learning_rate=0.1 global_clipnorm=0.05",
+              # learning-rate schedules: the n-th update takes the rate of step n - 1
+              "sgd learning_rate=exponential_decay(0.1, decay_steps=2, decay_rate=0.5, staircase=true) momentum=0.9",
+              "adam lr=cosine_decay(0.001, decay_steps=6, alpha=0.1, warmup_target=0.02, warmup_steps=3)",
+              "sgd lr=piecewise_constant_decay(boundaries=[2, 5], values=[0.1, 0.05, 0.01]) weight_decay=0.01",
+              "rmsprop lr=inverse_time_decay(0.01, decay_steps=3, decay_rate=0.5)",
+              "adagrad lr=polynomial_decay(0.1, decay_steps=4, end_learning_rate=0.01, power=2.0, cycle=true)"]
 HEADS = [("dense 4 softmax", "categorical_crossentropy", "accuracy"),
          ("dense 4\nsoftmax", "sparse_categorical_crossentropy", "accuracy"),
          ("dense 1 sigmoid", "binary_crossentropy", "binary_accuracy"),
@@ -105,12 +118,38 @@ LOSSES = [
     ("dense 4 tanh", "mae", "mse"),
     ("dense 4", "huber delta=0.5", "mae"),
     ("dense 4 relu", "huber", "mse"),
+    # the output itself as the logits (from_logits), and smoothed labels
+    ("dense 4", "categorical_crossentropy from_logits", "accuracy top_k_categorical_accuracy k=2"),
+    ("dense 4", "sparse_categorical_crossentropy from_logits", "accuracy sparse_top_k_categorical_accuracy k=3"),
+    ("dense 4", "binary_crossentropy from_logits", "binary_accuracy"),
+    ("dense 4 softmax", "categorical_crossentropy label_smoothing=0.2", "top_k_categorical_accuracy"),
+    ("dense 4", "categorical_crossentropy from_logits label_smoothing=0.1", "accuracy"),
+    ("dense 4 sigmoid", "binary_crossentropy label_smoothing=0.3", "binary_accuracy"),
+    ("dense 4\nsoftmax axis=-1", "sparse_categorical_crossentropy", "sparse_top_k_categorical_accuracy k=2"),
 ]
 
 
 def loss_run(output: str, loss: str, metrics: str) -> Any:
     text = f"input 5\ndense 6 relu\n{output}\noptimizer adam learning_rate=0.02\nloss {loss}\nmetrics {metrics}"
     return pytest.param(Run(text, n=36, batch_size=10), id=f"{output}-{loss}".replace("\n", "-").replace(" ", "-"))
+
+
+# Callbacks, decided from the same numbers on every backend: early stopping (with the best
+# weights restored), a learning rate reduced on a plateau, both at once
+CALLBACKS = [
+    ("early_stopping monitor=loss patience=1 min_delta=0.05 restore_best_weights", 0.0),
+    ("early_stopping patience=0 start_from_epoch=2", 0.25),
+    ("reduce_lr_on_plateau monitor=loss factor=0.5 patience=1 min_delta=0.02 cooldown=1", 0.0),
+    ("reduce_lr_on_plateau factor=0.2 patience=0 min_lr=0.001\nearly_stopping patience=2", 0.25),
+]
+
+
+def callback_run(callbacks: str, validation: float) -> Any:
+    fit = f"\nfit validation={validation}" if validation else ""
+    text = (f"input 5\ndense 6 relu\ndense 3 softmax\noptimizer sgd learning_rate=0.5\n"
+            f"loss categorical_crossentropy\nmetrics accuracy{fit}\n{callbacks}")
+    return pytest.param(Run(text, n=30, batch_size=10, validation_split=validation, epochs=8),
+                        id=callbacks.replace("\n", "-").replace(" ", "-"))
 
 
 SPACES = pytest.mark.notimpl(["keras"], reason="TensorFlow's name scopes refuse spaces: the Keras backend refuses "
@@ -122,6 +161,7 @@ RUNS_CASES = (
        for name, text in sorted(VARIED.items())]
     + [optimizer_run(i, o) for i, o in enumerate(OPTIMIZERS)]
     + [loss_run(*case) for case in LOSSES]
+    + [callback_run(*case) for case in CALLBACKS]
     # against Keras itself, three tutorial specs with their own settings and a validation split
     + [pytest.param(Run((SPECS / f"{name}.ms").read_text(encoding="utf-8"), n=n, batch_size=16,
                         validation_split=0.25, reference="keras"), id=f"keras-{name}")
@@ -134,8 +174,8 @@ RUNS_CASES = (
 def test_fit(backend, run):
     if run.reference == "keras" and backend == "keras":
         pytest.skip("the Keras backend against Keras itself, to 2e-6: tests/test_keras_engine.py")
-    run_fit_test(backend, run.spec(), n=run.n, batch_size=run.batch_size, validation_split=run.validation_split,
-                 shuffle=run.shuffle, compile=run.compile, reference=run.reference, cache=RUNS)
+    run_fit_test(backend, run.spec(), n=run.n, batch_size=run.batch_size, epochs=run.epochs,
+                 validation_split=run.validation_split, shuffle=run.shuffle, compile=run.compile, reference=run.reference, cache=RUNS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,12 +186,14 @@ def test_fit(backend, run):
 @pytest.mark.parametrize("optimizer, extra", [
     ("sgd", lambda t: 2), ("sgd momentum=0.9", lambda t: t + 2), ("rmsprop", lambda t: t + 2),
     ("rmsprop momentum=0.5 centered=true", lambda t: 3 * t + 2), ("adam", lambda t: 2 * t + 2),
-    ("adamw", lambda t: 2 * t + 2), ("adagrad", lambda t: t + 2), ("nadam", lambda t: 2 * t + 3)])
+    ("adamw", lambda t: 2 * t + 2), ("adagrad", lambda t: t + 2), ("nadam", lambda t: 2 * t + 3),
+    ("adadelta", lambda t: 2 * t + 2), ("adamax", lambda t: 2 * t + 2), ("lion", lambda t: t + 2)])
 def test_optimizer_variables_count_as_keras_counts_them(backend, optimizer, extra):
     """Keras's optimizer variables (keras/src/optimizers/base_optimizer.py): the iteration count and the learning rate,
     then Adam's m and v per trainable weight (2·T + 2), SGD without momentum nothing more,
     RMSprop T + 2 (3·T + 2 with momentum, centered), Nadam one more scalar (its momentum
-    schedule's product); none before the first training step. T counts trainable values
+    schedule's product), Adadelta and Adamax 2·T + 2, Lion T + 2; none before the first
+    training step. T counts trainable values
     only (batchnorm's moving statistics are not)."""
     model = ms.build(f"input 4\ndense 3 relu\nbatchnorm\ndense 2\noptimizer {optimizer}\nloss mse", backend=backend)
     x, y = np.ones((2, 4), np.float32), np.zeros((2, 2), np.float32)
