@@ -58,7 +58,7 @@ def train(spec, out, *extra, env=None, code=None):
 def start(spec, out):
     return subprocess.Popen([sys.executable, "-m", "modelspec", "train", str(spec), "--epochs", EPOCHS,
                              "--out", out.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=out.parent)
+                            cwd=out.parent, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def outputs(out):
@@ -137,6 +137,24 @@ def test_sigkill_in_the_middle_of_an_epoch(tmp_path, reference):
     finally:
         proc.kill()
     resume_and_compare(spec, out, ref, epoch_of(out))
+
+
+def test_ctrl_c_then_resume(tmp_path, reference):
+    spec, ref = reference
+    out = tmp_path / "run"
+    proc = start(spec, out)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Epoch 2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    done = epoch_of(out)
+    assert 2 <= done < int(EPOCHS) and len(outputs(out)[2]["loss"]) == done  # what was trained, saved
+    resume_and_compare(spec, out, ref, done)
 
 
 @pytest.mark.parametrize("point", ["arrays", "between", "state"])
