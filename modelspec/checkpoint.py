@@ -139,10 +139,10 @@ class Checkpoint:
     def refuse_other_run(self, saved: dict[str, Any], run: dict[str, Any]) -> None:
         """A CheckpointError naming the first setting in which the checkpoint's run differs
         from this one."""
-        for key in run:
-            if saved.get(key) != run[key]:
+        for key in [*run, *(k for k in saved if k not in run)]:  # a callback only one of them has, too
+            if saved.get(key) != run.get(key):
                 label = _LABELS.get(key, key)
-                theirs, ours = _show(key, saved.get(key)), _show(key, run[key])
+                theirs, ours = _show(key, saved.get(key)), _show(key, run.get(key))
                 detail = f": it was {theirs}, this run's is {ours}" if theirs and ours and theirs != ours else ""
                 if key == "spec":
                     detail = _spec_change(saved.get(key), run[key])

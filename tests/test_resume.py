@@ -139,6 +139,8 @@ def test_another_run_a_damaged_checkpoint_or_none_is_refused(tmp_path):
         ms.build(PLATEAU, seed=0).fit(x, y, verbose=0, checkpoint=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="its reduce_lr_on_plateau differs"):
         model.fit(x, y, verbose=0, checkpoint=tmp_path, resume=True, reduce_lr_on_plateau={"patience": 2})
+    with pytest.raises(CheckpointError, match="its early_stopping differs"):
+        model.fit(x, y, verbose=0, checkpoint=tmp_path, resume=True, early_stopping=False)
     assert not model._trained  # refused before any step
     state = Checkpoint(tmp_path).read()[0]
     arrays = tmp_path / state["arrays"]
