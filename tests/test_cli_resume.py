@@ -103,6 +103,7 @@ def resume_and_compare(spec, out, reference, done_before):
     resumed = train(spec, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming from {out.name}/checkpoint ({done_before} epoch(s) done)" in resumed.stdout
+    assert json.loads((out / "run.json").read_text())["resumed_from"] == done_before
     assert_same_run(out, reference)
     assert [p.name for p in (out / "checkpoint").iterdir() if p.name.endswith(".tmp")] == []
 

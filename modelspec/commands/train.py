@@ -10,8 +10,8 @@ from . import CommandError
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
 from ._output import console, metrics_table, print_json
 from ._runs import (
-    CHECKPOINT, RunLock, StopOnInterrupt, Trained, build, check_backend, check_out, default_out, inputs_record,
-    load_data, load_spec, prepare, report_metric, scaling, train_and_save,
+    CHECKPOINT, RunLock, StopOnInterrupt, Trained, build, check_backend, check_out, checkpoint_progress, default_out,
+    inputs_record, load_data, load_spec, prepare, report_metric, scaling, train_and_save,
 )
 
 HELP = "train a spec on a dataset (default: the digits), report test metrics, save weights, history and plots"
@@ -78,13 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _say_resuming(checkpoint: Any, epochs: int, stream: Any) -> None:
     """Where the run resumes: one line, before the epochs it trains (none for a finished run)."""
-    import json
-
-    try:
-        state = json.loads(checkpoint.state_file.read_text())
-        epoch, finished = int(state["epoch"]), bool(state.get("finished"))
-    except (OSError, ValueError, KeyError, TypeError):
+    progress = checkpoint_progress(checkpoint)
+    if progress is None:
         return  # fit reads it again and says what is wrong with it
+    epoch, finished = progress
     what = (f"continuing from epoch {epoch + 1}" if epoch < epochs and not finished else
             "it is finished; writing its results again")
     print(f"Resuming from {checkpoint.path} ({epoch} epoch(s) done): {what}", file=stream, flush=True)
