@@ -23,7 +23,7 @@ from modelspec.initializers import initial_weights
 from modelspec.training import TrainConfig
 
 from . import kernels as K
-from .lowering import METRICS, OPTIMIZERS, loss_function, lower, make
+from .lowering import OPTIMIZERS, loss_function, lower, make, metric_function, reads_before_output
 
 
 
@@ -69,13 +69,15 @@ class NumpyEngine(Engine):
     def set_training(self, config: TrainConfig) -> None:
         loss = config.loss
         head = self.layers[-1] if self.layers else None
-        if loss.from_logits and not (isinstance(head, K.Activation) and head.fn in (K.softmax, K.sigmoid)):
-            raise ValueError(f"{loss.name} from logits needs a model whose output layer ends in "
-                             "softmax or sigmoid")
-        fn, options = loss_function(loss.name, loss.from_logits, loss.delta)
-        self.net = self._network(functools.partial(fn, **options), loss.from_logits)
+        before = reads_before_output(loss)
+        if before and not (isinstance(head, K.Softmax) or isinstance(head, K.Activation)
+                           and head.fn in (K.softmax, K.sigmoid)):
+            raise ValueError(f"{loss.name} from the values before the output's activation needs a model "
+                             "whose output layer ends in softmax or sigmoid")
+        fn, options = loss_function(loss)
+        self.net = self._network(functools.partial(fn, **options), before)
         self.native = self.net
-        self.metric_fns = [METRICS[m.kind] for m in config.metrics]
+        self.metric_fns = [functools.partial(fn, **options) for fn, options in map(metric_function, config.metrics)]
         hyper = dict(config.hyper)
         if config.schedule is not None:
             hyper["learning_rate"] = functools.partial(schedules.learning_rate, config.schedule)
@@ -184,6 +186,7 @@ class NumpyEngine(Engine):
             if value.shape != slot.shape:
                 raise ValueError(f"optimizer slot {i} has shape {slot.shape}; the state holds {value.shape}")
             slot[...] = value
+        opt.built = built  # an unbuilt state: the next step builds fresh slots, as the first one does
         opt.iterations = int(state["optimizer/iterations"])
         if opt.schedule is None:
             opt.learning_rate = np.float32(state["optimizer/learning_rate"])

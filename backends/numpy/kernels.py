@@ -175,6 +175,22 @@ class Activation(Layer):
         return self.grad(self.x, self.y, dy, **self.options)
 
 
+class Softmax(Layer):
+    """Keras's Softmax layer (keras/src/layers/activations/softmax.py) over `axis`, counted
+    with the batch axis as 0: exp(x - max) / Σ exp(x - max) along it."""
+
+    def __init__(self, axis=-1):
+        self.axis = axis
+
+    def forward(self, x, training=False):
+        e = np.exp(x - x.max(axis=self.axis, keepdims=True))
+        self.y = e / e.sum(axis=self.axis, keepdims=True)
+        return self.y
+
+    def backward(self, dy, need_dx=True):
+        return self.y * (dy - (dy * self.y).sum(axis=self.axis, keepdims=True))
+
+
 class Dense(Layer):
     """x·kernel + bias on the last axis, whatever the rank of x; kernel is (in, out)."""
 
@@ -1278,8 +1294,12 @@ class Concatenate(Layer):
 # the output's softmax/sigmoid and nothing is clipped (the TensorFlow backend's rule).
 
 
-def categorical_crossentropy(y, z, from_logits=False):
+def categorical_crossentropy(y, z, from_logits=False, label_smoothing=0.0):
+    """With label_smoothing, the labels become y·(1 - ls) + ls/classes first
+    (keras/src/losses/losses.py, categorical_crossentropy)."""
     count = z.size // z.shape[-1]
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + label_smoothing / z.dtype.type(z.shape[-1])
     if from_logits:
         shifted = z - z.max(axis=-1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -1312,8 +1332,11 @@ def sparse_categorical_crossentropy(y, z, from_logits=False):
     return loss.sum() / count, dz / count
 
 
-def binary_crossentropy(y, z, from_logits=False):
-    # The mean over the last axis then over the samples is the mean over all elements.
+def binary_crossentropy(y, z, from_logits=False, label_smoothing=0.0):
+    """The mean over the last axis then over the samples is the mean over all elements. With
+    label_smoothing, the labels become y·(1 - ls) + ls/2 first (keras/src/losses/losses.py)."""
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
         loss = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
         return loss.sum() / z.size, (sigmoid(z) - y) / z.size
@@ -1359,6 +1382,28 @@ def sparse_categorical_accuracy(y, p):
 
 def binary_accuracy(y, p):
     return per_sample(((p > 0.5) == y).astype(p.dtype))  # strictly above the threshold
+
+
+def in_top_k(ids, p, k):
+    """tf.math.in_top_k on rows of p (..., classes) and their class ids: fewer than k classes
+    score strictly above the target's, so a tie with the k-th is in; a row holding a
+    non-finite score, or an id outside the classes, is not (tensorflow/core/kernels/in_topk_op.h)."""
+    classes = p.shape[-1]
+    rows, ids = p.reshape(-1, classes), ids.reshape(-1).astype(np.int64)  # Keras casts the ids to int
+    valid = (ids >= 0) & (ids < classes)
+    target = np.take_along_axis(rows, np.where(valid, ids, 0)[:, None], axis=1)
+    above = (rows > target).sum(axis=1)
+    return valid & np.isfinite(rows).all(axis=1) & (above < k)
+
+
+def top_k_categorical_accuracy(y, p, k=5):
+    """The one-hot label's class (its first largest value) among the k highest scores."""
+    return per_sample(in_top_k(y.argmax(axis=-1), p, k).reshape(len(p), -1).astype(p.dtype))
+
+
+def sparse_top_k_categorical_accuracy(y, p, k=5):
+    """Class ids of the output's shape but its last axis, or with a last axis of 1."""
+    return per_sample(in_top_k(y, p, k).reshape(len(p), -1).astype(p.dtype))
 
 
 def mse_metric(y, p):
@@ -1643,7 +1688,7 @@ class Adadelta(Optimizer):
         p += lr * delta
 
     def slots(self):
-        return self.accumulated_grads + self.accumulated_deltas
+        return [a for pair in zip(self.accumulated_grads, self.accumulated_deltas) for a in pair]
 
 
 class Adamax(Optimizer):

@@ -11,7 +11,7 @@ from typing import Any
 
 from modelspec import ir
 from modelspec.checker import LayerReport, Report
-from modelspec.training import CROSSENTROPIES
+from modelspec.training import CROSSENTROPIES, LossConfig, MetricConfig
 
 from . import kernels as K
 
@@ -100,6 +100,9 @@ class Lowering:
 
     def activation(self, layer: ir.Activation, w: list[Weight], index: int) -> list[Call]:
         return activation(layer.activation)
+
+    def softmax(self, layer: ir.Softmax, w: list[Weight], index: int) -> list[Call]:
+        return [Call(K.Softmax, (layer.axis,))]
 
     def leaky_relu(self, layer: ir.LeakyReLU, w: list[Weight], index: int) -> list[Call]:
         return activation("leaky_relu", negative_slope=layer.negative_slope)
@@ -204,16 +207,33 @@ OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Ada
               "adagrad": K.Adagrad, "nadam": K.Nadam, "adadelta": K.Adadelta, "adamax": K.Adamax, "lion": K.Lion}
 METRICS = {"categorical_accuracy": K.categorical_accuracy,
            "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
-           "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric}
+           "binary_accuracy": K.binary_accuracy, "mse": K.mse_metric, "mae": K.mae_metric,
+           "top_k_categorical_accuracy": K.top_k_categorical_accuracy,
+           "sparse_top_k_categorical_accuracy": K.sparse_top_k_categorical_accuracy}
 
 
-def loss_function(name: str, from_logits: bool = False, delta: float = 1.0) -> tuple[Any, dict[str, Any]]:
-    """The kernels loss function and its keyword arguments."""
-    if name in CROSSENTROPIES:
-        return getattr(K, name), {"from_logits": from_logits}
-    if name == "huber":
-        return K.huber, {"delta": delta}
-    return getattr(K, name), {}
+def metric_function(metric: MetricConfig) -> tuple[Any, dict[str, Any]]:
+    """The kernels metric function and its keyword arguments (the top-k metrics' k)."""
+    return METRICS[metric.kind], ({"k": metric.k} if metric.k is not None else {})
+
+
+def loss_function(loss: LossConfig) -> tuple[Any, dict[str, Any]]:
+    """The kernels loss function and its keyword arguments, only those that differ from the
+    function's defaults (generated code stays short)."""
+    if loss.name in CROSSENTROPIES:
+        options: dict[str, Any] = {"from_logits": loss.from_logits}
+        if loss.label_smoothing:
+            options["label_smoothing"] = loss.label_smoothing
+        return getattr(K, loss.name), options
+    if loss.name == "huber":
+        return K.huber, {"delta": loss.delta}
+    return getattr(K, loss.name), {}
+
+
+def reads_before_output(loss: LossConfig) -> bool:
+    """Whether the loss reads the values before the output layer's softmax or sigmoid (its
+    logits; modelspec.training.LossConfig), rather than the output itself."""
+    return loss.from_logits and not loss.output_logits
 
 
 def lower(report: Report) -> Lowered:
