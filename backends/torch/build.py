@@ -255,7 +255,7 @@ class Builder:
         taken = {s.attr for s in p.steps}
         for name, step, unit in units(p):
             layers[name if step else _free(name, taken)] = self.layer(unit, step)
-        output = activation(p.output_activation)
+        output = activation(p.output_activation, axis=p.output_axis)
         module = SpecModule(layers, None if output is X else functools.partial(function(output), m=None),
                             self.spec.name, tuple(self.spec.input_shape), self.spec.input_dtype == "int32")
         return Built(module, self.weights, self.penalties)
@@ -264,7 +264,7 @@ class Builder:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for node, unit in graph_units(p):
             layers[node.name] = self.layer(unit, node.step)
-        output = activation(p.output_activation)
+        output = activation(p.output_activation, axis=p.output_axis)
         module = GraphModule(layers, [node.inputs for node in p.nodes],
                              None if output is X else functools.partial(function(output), m=None),
                              self.spec.name, tuple(self.spec.input_shape), self.spec.input_dtype == "int32")

@@ -25,6 +25,7 @@ from typing import Any
 
 from modelspec import ir
 from modelspec.checker import Report
+from modelspec.nodes import SCHEDULE_CLASSES
 from modelspec.shapes import fmt_shape
 from modelspec.training import label_kind, resolve_loss, resolve_metric
 
@@ -42,9 +43,11 @@ LOSSES = {  # (loss, from logits) -> the keras_ops function, or torch's own when
     ("mse", False): "F.mse_loss", ("mae", False): "F.l1_loss", ("huber", False): "F.huber_loss",
 }
 OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "Adam", "adagrad": "Adagrad",
-              "nadam": "Nadam"}
+              "nadam": "Nadam", "adadelta": "Adadelta", "adamax": "Adamax", "lion": "Lion"}
 METRICS = {"categorical_accuracy": "categorical_accuracy", "sparse_categorical_accuracy": "sparse_categorical_accuracy",
-           "binary_accuracy": "binary_accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error"}
+           "binary_accuracy": "binary_accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error",
+           "top_k_categorical_accuracy": "top_k_categorical_accuracy",
+           "sparse_top_k_categorical_accuracy": "sparse_top_k_categorical_accuracy"}
 
 
 @dataclass
@@ -158,6 +161,26 @@ def _call(function: str, arguments: str, indent: int) -> str:
         return line
     lines = textwrap.wrap(arguments, width=100 - indent - 4, break_long_words=False, break_on_hyphens=False)
     return f"{function}(\n" + "".join(" " * (indent + 4) + part + "\n" for part in lines) + " " * indent + ")"
+
+
+def _wrapped(function: str, arguments: str, indent: int) -> str:
+    """`function(arguments)` to be indented by `indent`, its arguments wrapped to lines of 100
+    characters."""
+    import textwrap
+
+    line = f"{function}({arguments})"
+    if indent + len(line) + 1 <= 100:
+        return line
+    lines = textwrap.wrap(arguments, width=100 - indent - 4, break_long_words=False, break_on_hyphens=False)
+    return f"{function}(\n" + "".join("    " + part + "\n" for part in lines) + ")"
+
+
+def _table(entries: list[str], indent: int) -> str:
+    """A list's entries on its line, or one a line when they would pass 100 characters."""
+    line = ", ".join(entries)
+    if indent + len(line) + 1 <= 100:
+        return line
+    return "\n" + "".join(f"    {entry},\n" for entry in entries)
 
 
 def _entry(path: str, tensor: str, layout: str | None) -> str:
@@ -335,7 +358,7 @@ def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str, graph: 
     body = _forward_body(spec, out, graph)
     if p.output_activation:
         forward = LOGITS.format(activation=p.output_activation, body=body,
-                                output=literal(activation(p.output_activation), x="self.logits(x)"))
+                                output=literal(activation(p.output_activation, axis=p.output_axis), x="self.logits(x)"))
     else:
         forward = FORWARD.format(body=body)
     terms = out.penalty[0] if len(out.penalty) == 1 else "(" + "\n                + ".join(out.penalty) + ")"
@@ -347,13 +370,13 @@ def _class(spec: ir.Spec, report: Report, p: Plan, out: Lines, cls: str, graph: 
         to_keras=_conversions(out.layouts, False))
 
 
-TRAINING = '''# (name in the history, per-sample values)
+TRAINING = '''{top_k}# (name in the history, per-sample values)
 METRICS = [{metric_table}]
 
 
 def make_optimizer(model):
     return {optimizer}
-
+{schedule}{callbacks}
 
 def compute_loss(model, x, y):
     """{what}; and the outputs."""
@@ -381,11 +404,11 @@ def evaluate(model, x, y, batch_size=32):
 
 
 {adapt_function}def fit(model, x, y, {fit_arguments},
-        optimizer=None{adapt_arg}):
+        optimizer=None{callbacks_arg}{adapt_arg}):
     """Keras's fit: the validation split is the tail of the data, taken before shuffling; the
     history holds each epoch's batch-size-weighted mean loss (penalties included) and metrics.
     A step whose loss or gradients are not finite is not applied, and training stops there."""{adapt_call}
-    optimizer = optimizer or make_optimizer(model){sparse_squares}
+    optimizer = optimizer or make_optimizer(model){sparse_squares}{callbacks_init}
     split = int(len(x) * (1 - validation_split))
     (x, y), (x_val, y_val) = (x[:split], y[:split]), (x[split:], y[split:])
     names = ["loss"] + [name for name, _ in METRICS]
@@ -403,18 +426,36 @@ def evaluate(model, x, y, batch_size=32):
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if not torch.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
                 print(f"epoch {{epoch + 1}}, step {{start // batch_size + 1}}: not finite; stopped")
-                return history
+                {not_finite}{set_rate}
             optimizer.step()
             sums += batch_sums(loss, outputs, yb)
         logs = dict(zip(names, (sums / len(x)).tolist()))
         if len(x_val):
             validation = evaluate(model, x_val, y_val, batch_size)
-            logs.update(("val_" + k, v) for k, v in validation.items())
+            logs.update(("val_" + k, v) for k, v in validation.items()){epoch_end}
         for key in sorted(logs):
             history.setdefault(key, []).append(logs[key])
         shown = " - ".join(f"{{k}}: {{logs[k]:.4f}}" for k in sorted(logs))
-        print(f"Epoch {{epoch + 1}}/{{epochs}} - {{shown}}")
+        print(f"Epoch {{epoch + 1}}/{{epochs}} - {{shown}}"){stop}{train_end}
     return history'''
+
+# With callbacks: each one sees the epoch's logs before the history records them (Keras's
+# History callback comes last), and stops training, and ends it, as in Keras's fit.
+CALLBACKS_EPOCH_END = """
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs, model, optimizer)"""
+CALLBACKS_STOP = """
+        if any(getattr(callback, "stop_training", False) for callback in callbacks):
+            break"""
+CALLBACKS_TRAIN_END = """
+    for callback in callbacks:
+        callback.on_train_end(model)"""
+NOT_FINITE_CALLBACKS = """for callback in callbacks:
+                    callback.on_train_end(model)
+                return history"""
+SET_RATE = """
+            # the schedule's rate of the step count before this update, as Keras reads it
+            optimizer.learning_rate.fill_(learning_rate(int(optimizer.iterations)))"""
 
 
 def _compute_loss(spec: ir.Spec, p: Plan, out: Lines) -> tuple[str, list[str]]:
@@ -427,12 +468,21 @@ def _compute_loss(spec: ir.Spec, p: Plan, out: Lines) -> tuple[str, list[str]]:
     extra = f", delta={loss.delta!r}" if loss.name == "huber" else ""
     penalty = " + model.penalty()" if out.penalty else ""
     what = f"Keras's {loss.name}"
+    labels = "y"
+    if loss.label_smoothing and loss.name in ("categorical_crossentropy", "binary_crossentropy"):
+        out.helpers.add("smooth_labels")
+        binary = ", binary=True" if loss.name == "binary_crossentropy" else ""
+        labels = f"smooth_labels(y, {loss.label_smoothing!r}{binary})"
+        what += f" of the labels smoothed by {loss.label_smoothing!r}"
     if loss.from_logits:
         what += ", from the logits\n    (as Keras's TensorFlow backend computes it)"
-        lines = ["logits = model.logits(x)", f"loss = {loss_fn}(logits, y{extra}){penalty}",
-                 f"return loss, {literal(activation(p.output_activation), x='logits.detach()')}"]
+        # (logits that are the output itself: the model's output, read as it is by the metrics)
+        logits = "model.logits(x)" if p.output_activation else "model(x)"
+        lines = [f"logits = {logits}", f"loss = {loss_fn}(logits, {labels}{extra}){penalty}",
+                 f"return loss, {literal(activation(p.output_activation, axis=p.output_axis), x='logits.detach()')}"]
     else:
-        lines = ["outputs = model(x)", f"loss = {loss_fn}(outputs, y{extra}){penalty}", "return loss, outputs.detach()"]
+        lines = ["outputs = model(x)", f"loss = {loss_fn}(outputs, {labels}{extra}){penalty}",
+                 "return loss, outputs.detach()"]
     return what + (", plus the weight penalties" if penalty else ""), lines
 
 
@@ -440,13 +490,23 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
     what, compute = _compute_loss(spec, p, out)
     loss = resolve_loss(spec, spec.loss)
     y_shape = (None,) if loss.name == "sparse_categorical_crossentropy" else report.output_shape
-    metrics = [(m, METRICS[resolve_metric(m, y_shape, report.output_shape).kind]) for m in spec.metrics]
-    out.helpers.update(fn for _, fn in metrics)
+    resolved = [resolve_metric(m, y_shape, report.output_shape, spec.k) for m in spec.metrics]
+    out.helpers.update(METRICS[m.kind] for m in resolved)
+    metrics = [(m.name, METRICS[m.kind] if m.k is None else f"top_{m.k}_{METRICS[m.kind].replace('top_k_', '')}")
+               for m in resolved]
+    top_k = "".join(TOP_K.format(name=name, metric=METRICS[m.kind], k=m.k)
+                    for m, (_, name) in zip(resolved, metrics) if m.k is not None)
     optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")  # Keras compile's default
     out.helpers.add(OPTIMIZERS[optimizer.name])
     # the hyperparameters that differ from the class's defaults, which are Keras's
     defaults = ir.OPTIMIZER_DEFAULTS["adam" if optimizer.name == "adamw" else optimizer.name]
-    opt_args = "".join(f", {k}={v!r}" for k, v in optimizer.config().items() if v != defaults[k])
+    config = optimizer.config()
+    schedule = optimizer.schedule
+    if schedule is not None:  # the rate of step 0; fit sets each step's
+        config["learning_rate"] = schedule.initial
+        out.helpers.add(schedule.name)
+    opt_args = "".join(f", {k}={v!r}" for k, v in config.items() if v != defaults.get(k))
+    callbacks = _callbacks(spec, out)
     embeddings = [layer for layer in spec.layers if layer.kind == "embedding"]
     squares = optimizer.name != "sgd" and embeddings and not any(e.embeddings_regularizer for e in embeddings)
     if squares:
@@ -456,16 +516,66 @@ def _training(spec: ir.Spec, report: Report, p: Plan, out: Lines) -> str:
                     "validation_split": fit.validation_split or 0.0,
                     "shuffle": fit.shuffle if fit.shuffle is not None else True}
     return TRAINING.format(
-        metric_table=", ".join(f"({name!r}, {fn})" for name, fn in metrics),
+        metric_table=_table([f"({name!r}, {fn})" for name, fn in metrics], len("METRICS = [")),
         optimizer=_call(OPTIMIZERS[optimizer.name], "model.parameters()" + opt_args, 4),
         what=what, compute=_indent(compute, 4),
-        fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()),
+        fit_arguments=", ".join(f"{k}={v!r}" for k, v in fit_defaults.items()), top_k=top_k,
+        schedule=SCHEDULE.format(name=SCHEDULE_CLASSES[schedule.name], call=_call(
+            schedule.name, "step, " + ", ".join(f"{k}={v!r}" for k, v in schedule.config().items()), 4))
+        if schedule is not None else "",
+        callbacks=CALLBACKS.format(callbacks=_indent(callbacks, 8)) if callbacks else "",
+        callbacks_arg=", callbacks=None" if callbacks else "",
+        callbacks_init="\n    callbacks = make_callbacks() if callbacks is None else callbacks" if callbacks else "",
+        not_finite=NOT_FINITE_CALLBACKS if callbacks else "return history",
+        set_rate=SET_RATE if schedule is not None else "",
+        epoch_end=CALLBACKS_EPOCH_END if callbacks else "",
+        stop=CALLBACKS_STOP if callbacks else "",
+        train_end=CALLBACKS_TRAIN_END if callbacks else "",
         sparse_squares="\n    # Keras squares an embedding's gradient row by row before summing each id's rows\n"
                        "    keep_sparse_squares(optimizer, [m for m in model.modules() if isinstance(m, nn.Embedding)])"
         if squares else "",
         **({"adapt_function": ADAPT_FUNCTION, "adapt_arg": ", adapt=True", "adapt_call": ADAPT_CALL}
            if any(layer.adapts for layer in spec.layers)
            else {"adapt_function": "", "adapt_arg": "", "adapt_call": ""}))
+
+
+TOP_K = '''def {name}(y_pred, y):
+    return {metric}(y_pred, y, k={k})
+
+
+'''
+SCHEDULE = '''
+
+def learning_rate(step):
+    """Keras's {name} at 0-based optimizer step `step` (float32)."""
+    return {call}
+'''
+CALLBACKS = '''
+
+def make_callbacks():
+    return [
+{callbacks}
+    ]
+'''
+
+
+def _callbacks(spec: ir.Spec, out: Lines) -> list[str]:
+    """The spec's callbacks as keras_ops constructor calls, mode 'auto' resolved as Keras
+    resolves it: the losses and the error metrics are minimised, the accuracies maximised."""
+    lines = []
+    for node, cls in ((spec.early_stopping, "EarlyStopping"), (spec.reduce_lr_on_plateau, "ReduceLROnPlateau")):
+        if node is None:
+            continue
+        out.helpers.add(cls)
+        declared = type(node).model_fields
+        # the monitor, its direction, and what differs from Keras's defaults
+        fields = {k: getattr(node, k) for k in declared
+                  if k in ("monitor", "mode") or k != "span" and getattr(node, k) != declared[k].default}
+        if fields["mode"] == "auto":
+            base = fields["monitor"].removeprefix("val_")
+            fields["mode"] = "min" if base in ("loss", "mse", "mae") else "max"
+        lines.append(_wrapped(cls, ", ".join(f"{k}={v!r}" for k, v in fields.items()), 8) + ",")
+    return lines
 
 
 # For a spec with `normalize`: its statistics are set from the training data before the first

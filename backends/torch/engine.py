@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from modelspec import ir, schedules
 from modelspec.backends.base import BatchCallback, Engine, EpochTotals
-from modelspec.training import TrainConfig
+from modelspec.training import MetricConfig, TrainConfig
 from modelspec.checker import Report
 
 from . import keras_ops as K
@@ -37,12 +37,25 @@ from .lowering import PERMUTES
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
               "nadam": K.Nadam, "adadelta": K.Adadelta, "adamax": K.Adamax, "lion": K.Lion}
 METRICS = {"categorical_accuracy": K.categorical_accuracy, "sparse_categorical_accuracy": K.sparse_categorical_accuracy,
-           "binary_accuracy": K.binary_accuracy, "mse": K.mean_squared_error, "mae": K.mean_absolute_error}
+           "binary_accuracy": K.binary_accuracy, "mse": K.mean_squared_error, "mae": K.mean_absolute_error,
+           "top_k_categorical_accuracy": K.top_k_categorical_accuracy,
+           "sparse_top_k_categorical_accuracy": K.sparse_top_k_categorical_accuracy}
 
 
-def loss_function(name: str, from_logits: bool, delta: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def metric_function(metric: MetricConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    fn = METRICS[metric.kind]
+    return functools.partial(fn, k=metric.k) if metric.k is not None else fn
+
+
+def loss_function(name: str, from_logits: bool, delta: float = 1.0,
+                  label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Keras's loss `name` of (output, y), averaged over the batch. `output` is the logits
-    when from_logits (a softmax or sigmoid output with the matching cross-entropy)."""
+    when from_logits (a softmax or sigmoid output with the matching cross-entropy, or the
+    output itself). The cross-entropies' label smoothing applies to the loss's labels only."""
+    if label_smoothing and name in ("categorical_crossentropy", "binary_crossentropy"):
+        loss = loss_function(name, from_logits, delta)
+        binary = name == "binary_crossentropy"
+        return lambda out, y: loss(out, K.smooth_labels(y, label_smoothing, binary))
     if name == "categorical_crossentropy":
         return K.softmax_cross_entropy if from_logits else K.categorical_crossentropy
     if name == "sparse_categorical_crossentropy":
@@ -200,17 +213,22 @@ class TorchEngine(Engine):
     def _gradient(self, loss: torch.Tensor) -> torch.Tensor:
         """The gradients of every trainable weight in one buffer, as the weights; a weight the
         loss does not reach (before a dropout of rate 1) gets zeros, which leave it unchanged
-        under every optimizer's rule from zero state. With embeddings, also the squares Keras's
-        optimizers take for their sparse gradients."""
+        under every optimizer's rule from zero state. With embeddings, also the squares (and
+        absolute values) Keras's optimizers take of their sparse gradients."""
         taps, self.taps = self.taps, []
         grads = torch.autograd.grad(loss, [*self.params, *(out for _, out, _, _ in taps)], materialize_grads=True)
         flat = torch.cat([g.reshape(-1) for g in grads[:len(self.params)]])
         if taps:
-            squares = flat.square()
+            absolute = isinstance(self.optimizer, K.Adamax)  # the one optimizer that reads ops.abs
+            squares, absolutes = flat.square(), flat.abs() if absolute else None
             for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):]):
-                rows = torch.zeros_like(weight).index_add_(0, ids.reshape(-1), dy.reshape(-1, weight.shape[1]).square())
-                squares[offset:offset + weight.numel()] = rows.reshape(-1)
+                ids, dy = ids.reshape(-1), dy.reshape(-1, weight.shape[1])
+                zeros = torch.zeros_like(weight)
+                squares[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.square()).reshape(-1)
+                if absolute:
+                    absolutes[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.abs()).reshape(-1)
             self.optimizer.squares = {self.flat: squares}
+            self.optimizer.absolutes = {self.flat: absolutes} if absolute else {}
         return flat
 
     # -- training settings ---------------------------------------------------------------
@@ -223,8 +241,9 @@ class TorchEngine(Engine):
                              "clipnorm or global_clipnorm, or put a regularizer on the embedding (its "
                              "gradient is then dense)")
         self.config = config
-        self.loss_fn = loss_function(config.loss.name, config.loss.from_logits, config.loss.delta)
-        self.metric_fns = [METRICS[m.kind] for m in config.metrics]
+        loss = config.loss
+        self.loss_fn = loss_function(loss.name, loss.from_logits, loss.delta, loss.label_smoothing)
+        self.metric_fns = [metric_function(m) for m in config.metrics]
         targets = [self.flat] if self.flat is not None else self.params
         # a schedule's rate is written into the optimizer's learning_rate before each step
         self.schedule = config.schedule
@@ -290,8 +309,8 @@ class TorchEngine(Engine):
         if not self.metric_fns:
             return out.new_zeros(0)
         out = out.detach()
-        if self.config.loss.from_logits:
-            out = self.native.output_activation(out)
+        if self.config.loss.from_logits and self.native.output_activation is not None:
+            out = self.native.output_activation(out)  # (logits that are the output itself are read as they are)
         values = [fn(out, yb) for fn in self.metric_fns]  # per sample, or per element of a sample
         return torch.stack([(v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum() for v in values])
 

@@ -463,6 +463,15 @@ def binary_crossentropy(probabilities, y):
     return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
 
 
+def smooth_labels(y, label_smoothing, binary=False):
+    """Keras's label smoothing (keras/src/losses/losses.py): y * (1 - ls) + ls / classes for the
+    categorical cross-entropy, + 0.5 * ls for the binary one. Only the loss sees these labels."""
+    if binary:
+        return y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    classes = torch.tensor(y.shape[-1], dtype=y.dtype, device=y.device)
+    return y * (1.0 - label_smoothing) + label_smoothing / classes
+
+
 # ---------------------------------------------------------------------------------------
 # Optimizers: Keras's update rules (torch's RMSprop, Adam and Nadam put epsilon elsewhere
 # or use other schedules; Keras's weight_decay is decoupled on every optimizer)
@@ -479,8 +488,8 @@ class KerasOptimizer(torch.optim.Optimizer):
 
     uses_step = False  # whether `update` reads t, the 1-based step number
 
-    def __init__(self, params, learning_rate=0.001, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 **hyperparameters):
+    def __init__(self, params, learning_rate=0.001, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, **hyperparameters):
         super().__init__(params, hyperparameters)
         first = self.param_groups[0]["params"][0]
         self.dtype = first.dtype  # Keras computes step-dependent factors in the weights' dtype
@@ -492,6 +501,7 @@ class KerasOptimizer(torch.optim.Optimizer):
         # read), squared row by row before one id's rows are summed, so Adam's v takes Σ g²
         # (keras/src/backend/tensorflow/sparse.py, elementwise_unary)
         self.squares = {}
+        self.absolutes = {}  # and its ops.abs (Adamax's), summed per id in the same way
         # param -> the sizes of the Keras variables it holds end to end, when one buffer holds
         # several weights: clipnorm clips each of them by its own norm
         self.sizes, self.counts = {}, {}
@@ -500,6 +510,11 @@ class KerasOptimizer(torch.optim.Optimizer):
         """Keras's ops.square of `param`'s gradient (see `squares`)."""
         sq = self.squares.get(param)
         return grad.square() if sq is None else sq
+
+    def absolute(self, param, grad):
+        """Keras's ops.abs of `param`'s gradient (see `absolutes`)."""
+        value = self.absolutes.get(param)
+        return grad.abs() if value is None else value
 
     def slot(self, param, name, initial=0.0):
         """A per-parameter variable (momentum, velocity...), created on first use."""
@@ -523,6 +538,13 @@ class KerasOptimizer(torch.optim.Optimizer):
         sq = self.square(param, grad).reshape(-1)
         return torch.stack([part.sum() for part in sq.split(sizes)]), sizes
 
+    def spread(self, param, values, sizes):
+        """One value per variable of `param` repeated over that variable's elements."""
+        if param not in self.counts:  # made once: a captured CUDA graph cannot copy from the host
+            self.counts[param] = torch.tensor(sizes, device=param.device)
+        spread = values.repeat_interleave(self.counts[param], output_size=param.numel())
+        return spread.view_as(param)
+
     def clip_gradients(self, params):
         """Each gradient as Keras's `_clip_gradients` leaves it: clipnorm scales each variable's
         by clipnorm / max(norm, clipnorm) (tf.clip_by_norm; a zero norm leaves it as it is),
@@ -536,13 +558,12 @@ class KerasOptimizer(torch.optim.Optimizer):
                 l2norm = torch.where(l2sum > 0, l2sum.sqrt(), l2sum)
                 denominator = l2norm.clamp_min(self.clipnorm)
                 if len(sizes) > 1:  # each variable's denominator over its elements
-                    if param not in self.counts:  # made once: a captured CUDA graph cannot copy from the host
-                        self.counts[param] = torch.tensor(sizes, device=grad.device)
-                    counts = self.counts[param]
-                    denominator = denominator.repeat_interleave(counts, output_size=grad.numel()).view_as(grad)
+                    denominator = self.spread(param, denominator, sizes)
                 out.append(grad * self.clipnorm / denominator)
                 if param in self.squares:  # the sparse rows scale alike
-                    self.squares[param] = self.squares[param] * (self.clipnorm / denominator).square()
+                    self.squares[param] = self.squares[param] * (self.clipnorm / denominator) ** 2
+                if param in self.absolutes:
+                    self.absolutes[param] = self.absolutes[param] * (self.clipnorm / denominator)
             return out
         if self.global_clipnorm and self.global_clipnorm > 0:
             norm = torch.cat([self.norms(p, g)[0] for p, g in zip(params, grads)]).sum().sqrt()
@@ -550,12 +571,14 @@ class KerasOptimizer(torch.optim.Optimizer):
             scale = scale + (norm - norm)
             # the product of a sparse gradient and a dense scale is dense: squared as it is
             self.squares.clear()
+            self.absolutes.clear()
             return [g * scale for g in grads]
         if self.clipvalue and self.clipvalue > 0:
             if self.squares:
-                raise ValueError("clipvalue clips each row of an embedding's sparse gradient before "
-                                 "Keras sums them, which is not implemented here: use clipnorm or "
-                                 "global_clipnorm, or a penalty on the embedding (a dense gradient)")
+                raise ValueError("clipvalue clips each row of an embedding's sparse gradient "
+                                 "before Keras sums them, which is not implemented here: use "
+                                 "clipnorm or global_clipnorm, or a penalty on the embedding "
+                                 "(then its gradient is dense)")
             return [g.clamp(-self.clipvalue, self.clipvalue) for g in grads]
         return grads
 
@@ -582,15 +605,17 @@ class KerasOptimizer(torch.optim.Optimizer):
 def keep_sparse_squares(optimizer, embeddings):
     """Give `optimizer` what Keras's optimizers square for each of `embeddings` (nn.Embedding
     modules without a penalty, whose gradient Keras keeps sparse): each training step's
-    gradient rows squared one by one, then summed per id (KerasOptimizer.squares)."""
+    gradient rows squared one by one, then summed per id (KerasOptimizer.squares), and their
+    absolute values summed alike (KerasOptimizer.absolutes)."""
     def hook(module, inputs, output):
         if output.requires_grad:
             ids = inputs[0].reshape(-1)
 
             def keep(dy):
-                rows = dy.reshape(len(ids), -1).square()
-                squares = torch.zeros_like(module.weight).index_add_(0, ids, rows)
-                optimizer.squares[module.weight] = squares
+                rows = dy.reshape(len(ids), -1)
+                zeros = torch.zeros_like(module.weight)
+                optimizer.squares[module.weight] = zeros.index_add(0, ids, rows.square())
+                optimizer.absolutes[module.weight] = zeros.index_add(0, ids, rows.abs())
             output.register_hook(keep)
     return [module.register_forward_hook(hook) for module in embeddings]
 
@@ -598,9 +623,10 @@ def keep_sparse_squares(optimizer, embeddings):
 class SGD(KerasOptimizer):
     """Keras's SGD: m = momentum * m - lr * g; w += m (Nesterov: w += momentum * m - lr * g)."""
 
-    def __init__(self, params, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **clipping):
-        super().__init__(params, learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         **clipping)
+    def __init__(self, params, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
+                 **clipping):
+        super().__init__(params, learning_rate, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay, **clipping)
 
     def update(self, param, grad, t, group):
         lr, momentum = self.learning_rate, group["momentum"]
@@ -712,18 +738,23 @@ class Adadelta(KerasOptimizer):
     -sqrt(delta + epsilon) * g / sqrt(accumulated g² + epsilon), scaled by the learning rate
     (0.001 by default, where the paper and torch take 1)."""
 
-    def __init__(self, params, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None, **clipping):
-        super().__init__(params, learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay, **clipping)
+    def __init__(self, params, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None,
+                 **clipping):
+        super().__init__(params, learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay,
+                         **clipping)
 
     def update(self, param, grad, t, group):
         rho, epsilon = group["rho"], group["epsilon"]
         accumulated_grad = self.slot(param, "accumulated_grad")
         accumulated_delta = self.slot(param, "accumulated_delta_var")
         accumulated_grad.copy_(rho * accumulated_grad + (1 - rho) * self.square(param, grad))
-        ratio = (accumulated_delta + epsilon).sqrt() / (accumulated_grad + epsilon).sqrt()
-        delta = -((accumulated_delta + epsilon).sqrt() * grad) / (accumulated_grad + epsilon).sqrt()
-        # a sparse gradient's delta is squared row by row, as its gradient is
-        delta_square = delta.square() if param not in self.squares else ratio.square() * self.squares[param]
+        rms_delta = (accumulated_delta + epsilon).sqrt()
+        rms_grad = (accumulated_grad + epsilon).sqrt()
+        delta = -(rms_delta * grad) / rms_grad
+        if param in self.squares:  # a sparse gradient's delta is squared row by row, as its rows
+            delta_square = (rms_delta / rms_grad).square() * self.squares[param]
+        else:
+            delta_square = delta.square()
         accumulated_delta.copy_(rho * accumulated_delta + (1 - rho) * delta_square)
         param.add_(self.learning_rate * delta)
 
@@ -743,7 +774,7 @@ class Adamax(KerasOptimizer):
         beta_1 = group["beta_1"]
         m, u = self.slot(param, "momentum"), self.slot(param, "norm")
         m.add_((grad - m) * (1 - beta_1))
-        torch.maximum(group["beta_2"] * u, grad.abs(), out=u)
+        torch.maximum(group["beta_2"] * u, self.absolute(param, grad), out=u)
         param.sub_((self.learning_rate * m) / ((1 - beta_1 ** t) * (u + group["epsilon"])))
 
 
@@ -751,9 +782,10 @@ class Lion(KerasOptimizer):
     """Keras's Lion (keras/src/optimizers/lion.py): w -= lr * sign(beta_1 * m + (1 - beta_1) * g),
     then m = beta_2 * m + (1 - beta_2) * g."""
 
-    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, **clipping):
-        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay,
-                         **clipping)
+    def __init__(self, params, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None,
+                 **clipping):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         weight_decay=weight_decay, **clipping)
 
     def update(self, param, grad, t, group):
         beta_1, beta_2 = group["beta_1"], group["beta_2"]
@@ -785,3 +817,166 @@ def mean_squared_error(y_pred, y):
 
 def mean_absolute_error(y_pred, y):
     return (y_pred - y).abs().mean(dim=-1)
+
+
+def in_top_k(scores, targets, k):
+    """tf.math.in_top_k, which Keras's top-k metrics call: a target is in when fewer than k
+    classes score strictly higher (a tie with the k-th is in); never when a score of its
+    sample is not finite."""
+    target = scores.gather(-1, targets.unsqueeze(-1))
+    return ((scores > target).sum(dim=-1) < k) & scores.isfinite().all(dim=-1)
+
+
+def top_k_categorical_accuracy(y_pred, y, k=5):
+    return in_top_k(y_pred, y.argmax(dim=-1), k).float()
+
+
+def sparse_top_k_categorical_accuracy(y_pred, labels, k=5):
+    return in_top_k(y_pred, labels, k).float()
+
+
+# ---------------------------------------------------------------------------------------
+# Learning-rate schedules (keras/src/optimizers/schedules/learning_rate_schedule.py): the rate
+# of 0-based optimizer step `step`, in float32 as Keras computes it. Keras reads the rate from
+# the step counter before it increments it: the n-th update (n = 1, 2, ...) uses step n - 1.
+
+
+def _f32(value):
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def exponential_decay(step, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+    p = _f32(step) / _f32(decay_steps)
+    if staircase:
+        p = torch.floor(p)
+    return (_f32(initial_learning_rate) * torch.pow(_f32(decay_rate), p)).item()
+
+
+def inverse_time_decay(step, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+    p = _f32(step) / _f32(decay_steps)
+    if staircase:
+        p = torch.floor(p)
+    return (_f32(initial_learning_rate) / (1 + _f32(decay_rate) * p)).item()
+
+
+def polynomial_decay(step, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
+                     cycle=False):
+    s, d = _f32(step), _f32(decay_steps)
+    if cycle:  # the first multiple of decay_steps at or above the step (decay_steps at step 0)
+        d = d * (torch.ceil(s / d) if step > 0 else 1)
+    else:
+        s = torch.minimum(s, d)
+    end = _f32(end_learning_rate)
+    return ((_f32(initial_learning_rate) - end) * torch.pow(1 - s / d, _f32(power)) + end).item()
+
+
+def cosine_decay(step, initial_learning_rate, decay_steps, alpha=0.0, warmup_target=None,
+                 warmup_steps=0):
+    s, d = _f32(step), _f32(decay_steps)
+    start = _f32(initial_learning_rate)
+    if warmup_target is not None:
+        warmup = _f32(warmup_steps)
+        s = torch.minimum(s, d + warmup)
+        if s < warmup:
+            return ((_f32(warmup_target) - start) * (s / warmup) + start).item()
+        s, start = s - warmup, _f32(warmup_target)
+    else:
+        s = torch.minimum(s, d)
+    decayed = 0.5 * (1.0 + torch.cos(_f32(math.pi) * (s / d)))
+    return (start * ((1 - alpha) * decayed + alpha)).item()
+
+
+def piecewise_constant_decay(step, boundaries, values):
+    """values[i] up to and including boundaries[i]; the last value after the last boundary."""
+    return _f32(values[sum(step > b for b in boundaries)]).item()
+
+
+# ---------------------------------------------------------------------------------------
+# Callbacks, for a training loop that calls them at each epoch's end with that epoch's logs
+# (loss, metrics, val_*), as Keras's fit does, then `on_train_end` (keras/src/callbacks/).
+
+
+def is_improvement(current, reference, mode, min_delta):
+    """Keras's MonitorCallback test (monitor_callback.py): strictly better than `reference` by
+    more than |min_delta| (anything is better than None), compared in float32 as Keras's ops
+    compare two Python floats."""
+    if reference is None:
+        return True
+    if mode == "min":
+        return bool(_f32(current + abs(min_delta)) < _f32(reference))
+    return bool(_f32(current - abs(min_delta)) > _f32(reference))
+
+
+class EarlyStopping:
+    """Keras's EarlyStopping (early_stopping.py). `mode` is 'min' or 'max'. Epochs before
+    start_from_epoch are ignored; an epoch that improves on the best resets the patience only
+    if it also beats `baseline`; training stops once `patience` epochs in a row have not
+    improved (never after the first epoch). With restore_best_weights, the best epoch's
+    weights are put back at the end of training, whether it stopped early or not."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="min", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0):
+        self.monitor, self.min_delta, self.patience, self.mode = monitor, min_delta, patience, mode
+        self.baseline, self.restore_best_weights = baseline, restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.wait, self.best, self.best_weights, self.best_epoch = 0, None, None, 0
+        self.stopped_epoch, self.stop_training = 0, False
+
+    def on_epoch_end(self, epoch, logs, model, optimizer):
+        current = logs.get(self.monitor)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.weights(model), epoch
+        self.wait += 1
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.weights(model)
+            baseline = self.baseline
+            if baseline is None or is_improvement(current, baseline, self.mode, self.min_delta):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch, self.stop_training = epoch, True
+
+    def on_train_end(self, model):
+        if self.restore_best_weights and self.best_weights is not None:
+            model.load_state_dict(self.best_weights)
+
+    @staticmethod
+    def weights(model):
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+class ReduceLROnPlateau:
+    """Keras's ReduceLROnPlateau (reduce_lr_on_plateau.py) on a KerasOptimizer: each epoch's
+    logs gain the rate it used (`learning_rate`); after `patience` epochs without improvement
+    (outside the cooldown) the rate becomes max(rate * factor, min_lr), stored in float32, from
+    the next epoch on; none is made once the rate is at min_lr."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="min", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        self.monitor, self.factor, self.patience, self.mode = monitor, factor, patience, mode
+        self.min_delta, self.cooldown, self.min_lr = min_delta, cooldown, min_lr
+        self.best, self.cooldown_counter, self.wait = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs, model, optimizer):
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            old_lr = float(optimizer.learning_rate)
+            if self.wait >= self.patience and old_lr > _f32(self.min_lr).item():
+                optimizer.learning_rate.fill_(max(old_lr * self.factor, self.min_lr))
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+    def on_train_end(self, model):
+        pass

@@ -253,6 +253,15 @@ class Lowering:
         act = activation(step.activation, axis=step.channel_axis)
         return Unit(() if act is X else (act,))
 
+    def softmax(self, step: Step) -> Unit:
+        # Keras's Softmax layer; its axis counts channels-last axes (N, H, W, C are 0, 2, 3, 1 in NCHW)
+        if step.activation is None:  # the model's output activation, split off (plan.py)
+            return Unit()
+        axis = step.layer.axis
+        if step.nchw:
+            axis = (0, 2, 3, 1)[axis % 4] if len(step.report.input_shape) == 4 else (0, 2, 1)[axis % 3]
+        return Unit((Call("torch.softmax", (X,), {"dim": axis}),))
+
     def leaky_relu(self, step: Step) -> Unit:
         note = "Keras's LeakyReLU layer (torch's default slope is 0.01)"
         return Unit((Call("F.leaky_relu", (X, step.layer.negative_slope), note=note),))

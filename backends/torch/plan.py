@@ -124,6 +124,17 @@ class Plan:
     output_activation: str | None  # softmax or sigmoid: the last layer's, applied after `logits`
     final_permute: bool  # the last layer leaves a channels-first tensor: back to channels-last before the output
     nodes: tuple[Node, ...] | None = None  # a graph's values in order (None: a chain, `steps` in turn)
+    output_axis: int = -1  # the output softmax's axis (a Softmax layer's, channels-last as Keras's)
+
+
+def _output_axis(last: Step) -> int:
+    return last.layer.axis if last.layer.kind == "softmax" else -1
+
+
+def layer_activation(layer: Any) -> str | None:
+    """The activation a layer applies last (None: linear); a Softmax layer's is softmax."""
+    act = "softmax" if layer.kind == "softmax" else getattr(layer, "activation", None)
+    return None if act == "linear" else act
 
 
 def identifier(name: str, taken: set[str], reserved: frozenset[str] = RESERVED) -> str:
@@ -168,9 +179,7 @@ def plan(spec: ir.Spec, report: Report) -> Plan:
             permute, nchw = TO_FIRST[rank], True
         elif layer.kind in CHANNELS_LAST_KINDS and nchw:
             permute, nchw = TO_LAST[rank], False
-        act = getattr(layer, "activation", None)
-        steps.append(Step(layer, rep, identifier(rep.name, taken), nchw, permute,
-                          None if act == "linear" else act))
+        steps.append(Step(layer, rep, identifier(rep.name, taken), nchw, permute, layer_activation(layer)))
         if len(rep.output_shape) not in SPATIAL_RANKS:  # no steps or pixels left (a global pooling): no layout
             nchw = False
     last = steps[-1]
@@ -178,7 +187,7 @@ def plan(spec: ir.Spec, report: Report) -> Plan:
     if last.activation in SPLIT_ACTIVATIONS:
         output_activation = last.activation
         steps[-1] = Step(last.layer, last.report, last.attr, last.nchw, last.permute, None)
-    return Plan(steps, output_activation, final_permute=nchw)
+    return Plan(steps, output_activation, final_permute=nchw, output_axis=_output_axis(last))
 
 
 def merge_layout(step_inputs: list[tuple[bool, int]]) -> bool:
@@ -227,8 +236,7 @@ def graph_plan(report: Report) -> Plan:
         else:
             want = nchw[inputs[0]] and rank[inputs[0]] in SPATIAL_RANKS
         inputs = [switch(i, want) for i in inputs]
-        act = getattr(layer, "activation", None)
-        step = Step(layer, rep, identifier(rep.name, taken), want, None, None if act == "linear" else act,
+        step = Step(layer, rep, identifier(rep.name, taken), want, None, layer_activation(layer),
                     tuple(rank[i] for i in inputs))
         steps.append(step)
         # a masked layer reads the model's ids (-1) too: its mask is the ids that are not 0
@@ -245,4 +253,5 @@ def graph_plan(report: Report) -> Plan:
     final = nchw[len(nodes) - 1]
     if final:
         switch(len(nodes) - 1, False)
-    return Plan(steps, output_activation, final_permute=final, nodes=tuple(nodes))
+    return Plan(steps, output_activation, final_permute=final, nodes=tuple(nodes),
+                output_axis=_output_axis(last))
