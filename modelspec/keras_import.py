@@ -3,8 +3,10 @@
 Only the model's JSON configuration is read (config.json inside a .keras zip, or a file
 holding `model.to_json()`): nothing is deserialized or executed, and Keras need not be
 installed. Every layer must be expressible in the language; the first one that is not is
-named with its position, and so is any setting (a constraint, a learning-rate schedule)
-a spec cannot carry. Layer names are kept wherever modelspec would name the layer
+named with its position, and so is any setting (a constraint, a loss's reduction) a spec
+cannot carry. A .keras file holds no callbacks (model.save writes the model's config, its
+compile() arguments and its weights; fit()'s arguments are not the model's), so an imported
+spec has no early_stopping or reduce_lr_on_plateau. Layer names are kept wherever modelspec would name the layer
 differently, so an imported spec checks to the same names, shapes and parameters. A
 functional model (one input, one output, each layer called once) becomes a spec with
 references: `h = dense 64`, `from=h`, `in`, `add a b`; blocks are not recovered.
@@ -682,8 +684,13 @@ def _relu(layer: _Layer) -> ir.LayerBase:
 
 
 def _softmax(layer: _Layer) -> ir.LayerBase:
-    layer.require("axis", -1, (-1,))
-    return ir.Activation(activation="softmax")
+    # Keras's Softmax layer, not Activation("softmax"): the two differ in their class's name
+    # and under a mask, which the layer adds to its input (keras/src/layers/activations/softmax.py)
+    axis = layer.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise layer.fail(f"axis={axis!r} cannot be expressed in a spec: softmax takes one axis")
+    return ir.Softmax(axis=axis)
 
 
 def _elu(layer: _Layer) -> ir.LayerBase:
@@ -974,9 +981,16 @@ def _training(cc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     metrics = cc.get("metrics") or []
     if not isinstance(metrics, list):
         raise UnsupportedError(f"compile(): metrics={metrics!r} cannot be expressed in a spec")
-    out["metrics"] = tuple(_metric(m) for m in metrics)
+    read = [_metric(m) for m in metrics]
+    out["metrics"] = tuple(name for name, _ in read)
     if len(set(out["metrics"])) != len(out["metrics"]):
         raise UnsupportedError(f"compile(): a metric is listed twice in {list(out['metrics'])}")
+    ks = sorted({k for _, k in read if k is not None})
+    if len(ks) > 1:
+        raise UnsupportedError(f"compile(): the top-k metrics have different k ({', '.join(map(str, ks))}); "
+                               "a spec's top-k metrics share one k")
+    if ks and ks[0] != ir.DEFAULT_TOP_K:
+        out["top_k"] = ks[0]
     if not out["metrics"]:
         del out["metrics"]
     return out
@@ -990,17 +1004,22 @@ def _optimizer(value: Any) -> Any:
                                + ", ".join(OPTIMIZER_ALIASES))
     defaults = ir.OPTIMIZER_DEFAULTS[name]
     ignored = ("name", "ema_momentum", "ema_overwrite_frequency", "jit_compile", "is_legacy_optimizer")
-    neutral = {"clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
-               "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False, "decay": 0.0}
+    neutral = {"use_ema": False, "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False,
+               "decay": 0.0}
     hyper: dict[str, Any] = {}
     for key, v in conf.items():
-        if key in defaults:
+        if key == "learning_rate" and isinstance(v, dict):
+            hyper[key] = _schedule(cls, v)
+        elif key in defaults:
             if isinstance(v, dict):
-                raise UnsupportedError(f"compile(): {cls}'s {key} is a schedule ({v.get('class_name')}); "
-                                       "a spec's hyperparameters are constants")
+                raise UnsupportedError(f"compile(): {cls}'s {key} is a {v.get('class_name')}; a spec's "
+                                       f"{key} is a number")
             v = _tidy(v) if isinstance(v, float) else v
             if v != defaults[key]:
                 hyper[key] = v
+        elif key in ir.CLIPPING:
+            if v is not None:
+                hyper[key] = _tidy(v)
         elif key in neutral:
             if v not in (None, neutral[key]):
                 raise UnsupportedError(f"compile(): {cls}({key}={v!r}) cannot be expressed in a spec")
@@ -1008,7 +1027,41 @@ def _optimizer(value: Any) -> Any:
             raise UnsupportedError(f"compile(): {cls}'s {key} cannot be expressed in a spec")
     if name == "adamw" and "weight_decay" in conf and conf["weight_decay"] is None:
         raise UnsupportedError("compile(): AdamW without weight decay cannot be expressed in a spec")
-    return ir.Optimizer(name=name, **hyper)
+    try:
+        return ir.Optimizer(name=name, **hyper)
+    except ValueError as e:
+        raise UnsupportedError(f"compile(): {cls} cannot be expressed in a spec: {_reason(e)}") from None
+
+
+_SCHEDULE_NAMES = {cls: name for name, cls in ir.SCHEDULE_CLASSES.items()}
+
+
+def _schedule(optimizer: str, value: dict[str, Any]) -> ir.Schedule:
+    """A learning-rate schedule saved in the optimizer's config, {"module":
+    "keras.optimizers.schedules", "class_name": "ExponentialDecay", "config": {...}}: its
+    arguments, those at Keras's defaults left out."""
+    cls, conf = value.get("class_name"), value.get("config") or {}
+    name = _SCHEDULE_NAMES.get(cls)
+    if name is None:
+        raise UnsupportedError(f"compile(): {optimizer}'s learning_rate is a schedule ({cls}) a spec cannot hold; "
+                               "expected one of " + ", ".join(ir.SCHEDULE_CLASSES.values()))
+    allowed = ir.SCHEDULE_ARGS[name]
+    fields: dict[str, Any] = {}
+    for key, v in conf.items():
+        if key == "name":
+            continue
+        if key not in allowed:
+            raise UnsupportedError(f"compile(): {cls}({key}={v!r}) cannot be expressed in a spec")
+        if isinstance(v, list):
+            v = tuple(_tidy(x) if isinstance(x, float) else x for x in v)
+        elif isinstance(v, float):
+            v = _tidy(v)
+        if allowed[key] is ir.REQUIRED or v != allowed[key]:
+            fields[key] = v
+    try:
+        return ir.Schedule(name=name, **fields)
+    except ValueError as e:
+        raise UnsupportedError(f"compile(): {cls} cannot be expressed in a spec: {_reason(e)}") from None
 
 
 def _loss(value: Any, notes: list[str]) -> Any:
@@ -1017,29 +1070,49 @@ def _loss(value: Any, notes: list[str]) -> Any:
     if name not in ir.LOSSES:
         raise UnsupportedError(f"compile(): the loss {cls} cannot be expressed in a spec; expected one of "
                                + ", ".join(ir.LOSSES))
-    for key, neutral in (("from_logits", (False,)), ("label_smoothing", (0,)), ("axis", (-1,)),
-                         ("ignore_class", (None,)), ("reduction", ("sum_over_batch_size", "auto", None))):
+    # a spec's loss is the batch's mean (Keras's default reduction) over the last axis
+    for key, neutral in (("axis", (-1,)), ("ignore_class", (None,)),
+                         ("reduction", ("sum_over_batch_size", "auto", None))):
         if conf.get(key, neutral[0]) not in neutral:
             raise UnsupportedError(f"compile(): {cls}({key}={conf[key]!r}) cannot be expressed in a spec")
+    from_logits, smoothing = conf.get("from_logits", False), conf.get("label_smoothing", 0)
+    if from_logits not in (True, False) or (from_logits and name not in ir.CROSSENTROPY_LOSSES):
+        raise UnsupportedError(f"compile(): {cls}(from_logits={from_logits!r}) cannot be expressed in a spec")
     delta = conf.get("delta")
     if name == "huber" and delta is None and isinstance(value, dict):
         notes.append("Keras does not save a Huber loss's delta; the spec uses Keras's default, 1.0")
-    return ir.Loss(name=name, delta=_tidy(delta) if delta is not None and delta != 1.0 else None)
+    try:
+        return ir.Loss(name=name, delta=_tidy(delta) if delta is not None and delta != 1.0 else None,
+                       from_logits=True if from_logits else None,
+                       label_smoothing=_tidy(smoothing) if smoothing else None)
+    except ValueError as e:
+        raise UnsupportedError(f"compile(): {cls} cannot be expressed in a spec: {_reason(e)}") from None
 
 
 _METRIC_NAMES = {"CategoricalAccuracy": "categorical_accuracy",
                  "SparseCategoricalAccuracy": "sparse_categorical_accuracy",
                  "BinaryAccuracy": "binary_accuracy", "MeanSquaredError": "mse", "MeanAbsoluteError": "mae",
-                 "mean_squared_error": "mse", "mean_absolute_error": "mae"}
+                 "mean_squared_error": "mse", "mean_absolute_error": "mae",
+                 "TopKCategoricalAccuracy": "top_k_categorical_accuracy",
+                 "SparseTopKCategoricalAccuracy": "sparse_top_k_categorical_accuracy"}
 
 
-def _metric(value: Any) -> str:
+def _metric(value: Any) -> tuple[str, int | None]:
+    """(the metric's name, its k: a top-k metric's, Keras's 5 for the name alone; else None)."""
     cls = value if isinstance(value, str) else value.get("class_name") if isinstance(value, dict) else None
     name = _METRIC_NAMES.get(cls, cls)
     if name not in ir.METRICS:
         raise UnsupportedError(f"compile(): the metric {cls or value!r} cannot be expressed in a spec; "
                                "expected one of " + ", ".join(ir.METRICS))
-    if isinstance(value, dict) and (value.get("config") or {}).get("threshold", 0.5) != 0.5:
-        raise UnsupportedError(f"compile(): {cls}(threshold={value['config']['threshold']}) cannot be "
+    conf = (value.get("config") or {}) if isinstance(value, dict) else {}
+    if conf.get("threshold", 0.5) != 0.5:
+        raise UnsupportedError(f"compile(): {cls}(threshold={conf['threshold']}) cannot be expressed in a spec")
+    if name not in ir.TOP_K_METRICS:
+        return name, None
+    if conf.get("from_sorted_ids", False) is not False:  # SparseTopKCategoricalAccuracy's ids instead of scores
+        raise UnsupportedError(f"compile(): {cls}(from_sorted_ids={conf['from_sorted_ids']!r}) cannot be "
                                "expressed in a spec")
-    return name
+    k = conf.get("k", ir.DEFAULT_TOP_K)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UnsupportedError(f"compile(): {cls}(k={k!r}) cannot be expressed in a spec: k is a positive integer")
+    return name, k

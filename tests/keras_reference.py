@@ -143,6 +143,37 @@ def model(spec: ir.Spec) -> keras.Model:
     return keras.Model(inputs, outputs[-1], name=spec.name)
 
 
+OPTIMIZERS = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+              "adamw": keras.optimizers.AdamW, "adagrad": keras.optimizers.Adagrad, "nadam": keras.optimizers.Nadam,
+              "adadelta": keras.optimizers.Adadelta, "adamax": keras.optimizers.Adamax, "lion": keras.optimizers.Lion}
+LOSSES = {"categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+          "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+          "binary_crossentropy": keras.losses.BinaryCrossentropy, "mse": keras.losses.MeanSquaredError,
+          "mae": keras.losses.MeanAbsoluteError, "huber": keras.losses.Huber}
+TOP_K = {"top_k_categorical_accuracy": keras.metrics.TopKCategoricalAccuracy,
+         "sparse_top_k_categorical_accuracy": keras.metrics.SparseTopKCategoricalAccuracy}
+
+
+def compile_as_written(model: keras.Model, spec: ir.Spec) -> keras.Model:
+    """`model.compile` with the spec's training settings as a Keras user writes them: the
+    optimizer's class (RMSprop without one), a schedule's class as its learning rate; the
+    loss's name, or its class where an option is set; metric names, a top-k metric's class
+    where a k is written."""
+    opt = spec.optimizer or ir.Optimizer(name="rmsprop")
+    hyper = {k: v for k, v in opt.config().items() if v is not None}
+    if opt.schedule is not None:
+        hyper["learning_rate"] = getattr(keras.optimizers.schedules, ir.SCHEDULE_CLASSES[opt.schedule.name])(
+            **opt.schedule.config())
+    loss: Any = spec.loss.name
+    options = {k: v for k, v in (("delta", spec.loss.delta), ("from_logits", spec.loss.from_logits),
+                                 ("label_smoothing", spec.loss.label_smoothing)) if v}
+    if options:
+        loss = LOSSES[spec.loss.name](**options)
+    metrics = [TOP_K[m](k=spec.top_k, name=m) if m in TOP_K and spec.top_k is not None else m for m in spec.metrics]
+    model.compile(optimizer=OPTIMIZERS[opt.name](**hyper), loss=loss, metrics=metrics or None)
+    return model
+
+
 def keras_report(model: keras.Model) -> dict:
     """What `modelspec check --json` reports, as Keras sees it."""
     def count(weights) -> int:

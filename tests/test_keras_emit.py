@@ -265,13 +265,7 @@ def keras_reference_model(spec: ms.ir.Spec) -> "keras.Model":
     keras.backend.clear_session(free_memory=False)
     model = kr.model(spec)
     if spec.loss is not None:
-        opt = spec.optimizer or ms.ir.Optimizer(name="rmsprop")
-        classes = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
-                   "nadam": "Nadam"}
-        optimizer = getattr(keras.optimizers, classes[opt.name])(**{k: v for k, v in opt.config().items()
-                                                                    if v is not None})
-        loss = keras.losses.Huber(delta=spec.loss.delta) if spec.loss.delta is not None else spec.loss.name
-        model.compile(optimizer=optimizer, loss=loss, metrics=list(spec.metrics) or None)
+        kr.compile_as_written(model, spec)
     return model
 
 

@@ -191,13 +191,13 @@ UNSUPPORTED = {
     "bad_units": (sequential(("Flatten", "f", {}), ("Dense", "d", {"units": "many"})),
                   "layer 2 of 2, 'd' (Dense): its config is not valid: units:"),
     "schedule": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "Adam", "config": {
-        "learning_rate": {"class_name": "ExponentialDecay", "config": {}}}}}),
-        "compile(): Adam's learning_rate is a schedule (ExponentialDecay)"),
-    "clipnorm": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "SGD", "config": {
-        "clipnorm": 1.0}}}), "compile(): SGD(clipnorm=1.0) cannot be expressed in a spec"),
-    "smoothing": (sequential(("Flatten", "f", {}), DENSE, compile_config={"loss": {
-        "class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}}),
-        "compile(): CategoricalCrossentropy(label_smoothing=0.1) cannot be expressed in a spec"),
+        "learning_rate": {"class_name": "CosineDecayRestarts", "config": {}}}}}),
+        "compile(): Adam's learning_rate is a schedule (CosineDecayRestarts) a spec cannot hold"),
+    "ema": (sequential(("Flatten", "f", {}), DENSE, compile_config={"optimizer": {"class_name": "SGD", "config": {
+        "use_ema": True}}}), "compile(): SGD(use_ema=True) cannot be expressed in a spec"),
+    "reduction": (sequential(("Flatten", "f", {}), DENSE, compile_config={"loss": {
+        "class_name": "CategoricalCrossentropy", "config": {"reduction": "sum"}}}),
+        "compile(): CategoricalCrossentropy(reduction='sum') cannot be expressed in a spec"),
     "subclassed": ({"class_name": "MyModel", "config": {"layers": []}},
                    "only Sequential and functional models can be imported; this is a MyModel model"),
     "unbuilt": ({"class_name": "Sequential", "config": {"name": "m", "layers": [{"class_name": "Dense", "config": {
@@ -259,11 +259,11 @@ def test_a_zip_without_a_config_and_a_missing_file(tmp_path, capsys):
 
 def test_layers_only_leaves_out_training(tmp_path, capsys):
     model = keras_model(ms.parse("specs/digits.ms"), compiled=True)
-    model.compile(optimizer=keras.optimizers.SGD(clipnorm=1.0), loss="mse")
+    model.compile(optimizer=keras.optimizers.SGD(use_ema=True), loss="mse")
     model.save(tmp_path / "m.keras")
     assert main(["import", str(tmp_path / "m.keras")]) == 1
     assert capsys.readouterr().err.endswith(
-        "compile(): SGD(clipnorm=1.0) cannot be expressed in a spec; --layers-only imports the layers without it\n")
+        "compile(): SGD(use_ema=True) cannot be expressed in a spec; --layers-only imports the layers without it\n")
     assert main(["import", str(tmp_path / "m.keras"), "--layers-only"]) == 0
     spec = ms.parse(capsys.readouterr().out)
     assert spec.optimizer is None and spec.loss is None and len(spec.layers) == 5  # rescale, flatten, 3 dense

@@ -3,7 +3,8 @@
 The program imports keras only. It defines `build_model()` (the Sequential model of a
 chain, or a graph's functional model with each block a function called once per use,
 compiled with the spec's optimizer, loss and metrics) and, when the spec has a `fit`
-statement, `train(model, x, y)` with those settings. Run on its own it prints the
+statement or callbacks, `train(model, x, y)` with those settings and Keras's EarlyStopping
+and ReduceLROnPlateau. Run on its own it prints the
 model's summary. Every string from the spec goes through `lowering.literal`, so no
 model or layer name can escape its string literal.
 """

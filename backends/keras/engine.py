@@ -280,12 +280,11 @@ class KerasEngine(Engine):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         variables = self._state_variables()
-        if set(state) != set(variables):
-            missing, unknown = sorted(set(variables) - set(state)), sorted(set(state) - set(variables))
-            raise ValueError("the saved training state does not fit this model and optimizer: "
-                             + "; ".join(part for part in (
-                                 f"missing {', '.join(missing)}" if missing else "",
-                                 f"unknown {', '.join(unknown)}" if unknown else "") if part))
+        missing, unknown = sorted(set(variables) - set(state)), sorted(set(state) - set(variables))
+        if missing or unknown:
+            found = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown {', '.join(unknown)}"] if unknown else [])
+            raise ValueError(f"the saved training state does not fit this model and optimizer: {'; '.join(found)}")
         for key, v in variables.items():
             value = np.asarray(state[key])
             if value.shape != tuple(v.shape) or value.dtype != np.dtype(v.dtype):
