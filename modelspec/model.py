@@ -532,11 +532,10 @@ class Model:
         Progress = _progress()
         Progress.epoch_header(epoch + 1, epochs, run.verbose, run.out)
         bar = Progress(run.steps, run.verbose, run.out)
-        on_batch = None
-        if bar.live:
-            def on_batch(step: int, seen: int, loss_sum: float, sums: list[float]) -> None:
-                bar.update(step + 1, self._logs(run.config, loss_sum, sums, seen))
-        totals = self.engine.train_epoch(run.train, order, run.batch_size, on_batch)
+        def on_batch(step: int, seen: int, loss_sum: float, sums: list[float]) -> None:
+            bar.update(step + 1, self._logs(run.config, loss_sum, sums, seen))
+
+        totals = self.engine.train_epoch(run.train, order, run.batch_size, on_batch if bar.live else None)
         self._trained = True
         logs = self._logs(run.config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
         history = run.history
