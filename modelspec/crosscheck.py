@@ -7,7 +7,9 @@ what float32 alone does to that truth (the noise floor):
 
 - forward: one batch, every layer's output;
 - gradients: one training step of plain SGD from the same weights (the gradient, per layer);
-- training: N steps of the spec's own optimizer on identical batches (the loss before each).
+- training: N steps of the spec's own optimizer on identical batches (the loss before each),
+  with the learning rate of each step: modelspec.schedules' next to Keras's own schedule
+  object at the same steps, and the rate each engine used.
 
 A backend agrees when its distance from float64 stays within NOISE_FACTOR times the float32
 reference's own distance, and within a fixed floor wherever that distance is smaller (where
@@ -133,6 +135,10 @@ class CrossCheck:
     losses: dict[str, list[float]] = field(default_factory=dict)
     float64: list[float] = field(default_factory=list)  # the loss before each step, in float64
     noise_runs: list[list[float]] = field(default_factory=list)  # the float32 members' losses
+    # the rate of each training step: "modelspec" (modelspec.schedules), "keras_schedule" (Keras's schedule
+    # object, when Keras is installed and the rate is a schedule), and each backend's engine (None
+    # where it does not tell)
+    learning_rates: dict[str, list[float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -236,7 +242,8 @@ class CrossCheck:
             "training": {"losses": self.losses, "float64": self.float64, "noise": self.noise,
                          "bands": self.bands, "regime": self.regime(), "advice": self.advice(),
                          "max_rel_gap": {b: self.training_gap(b) for b in self.backends},
-                         "left_band_at": {b: self.left_band_at(b) for b in self.backends}},
+                         "left_band_at": {b: self.left_band_at(b) for b in self.backends},
+                         "learning_rates": self.learning_rates},
             "notes": self.notes, "ok": self.ok,
         }
 
@@ -281,20 +288,72 @@ def synthetic_data(report: Report, loss: str, n: int, seed: int) -> tuple[np.nda
     return x, synthetic_labels(loss, report.output_shape[1:], n, rng)
 
 
-def _step_losses(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> list[float]:
-    """The training loss of each step (computed before its update), on batches taken in order.
-    Each step is its own one-batch epoch, so no engine needs to report single steps."""
+def _step_losses(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 rates: list[float | None] | None = None) -> list[float]:
+    """The training loss of each step (computed before its update), on batches taken in order;
+    the learning rate the engine used at each step is appended to `rates` if given. Each step
+    is its own one-batch epoch, so no engine needs to report single steps."""
     xs, ys, raw_shape = model._dataset(x, y)
     model._training_config(raw_shape)
     data = model.engine.prepare(xs, ys)
     losses = []
     for start in range(0, len(xs), batch_size):
         order = np.arange(start, min(start + batch_size, len(xs)))
+        before = _engine_rate(model, before=True)
         totals = model.engine.train_epoch(data, order, batch_size)
+        if rates is not None:
+            rates.append(before if before is not None else _engine_rate(model, before=False))
         losses.append(totals.loss_sum / totals.count)
         if totals.stopped_at is not None:
             break
     return losses
+
+
+def _engine_rate(model: Any, before: bool) -> float | None:
+    """The rate of the step an engine is about to take (`before`) or has just taken, where the
+    engine keeps it: the numpy optimizer's rate() and Keras's optimizer.learning_rate (a
+    schedule's value at `iterations`) before the step; torch writes the step's rate into its
+    optimizer's learning_rate just before applying it. None for an engine that keeps it elsewhere."""
+    engine, name = model.engine, model.backend.name
+    try:
+        if name == "numpy" and before:
+            return float(engine.optimizer.rate())
+        if name == "keras" and before:
+            return float(np.asarray(engine._optimizer.learning_rate))
+        if name == "torch" and not before:
+            return float(engine.optimizer.learning_rate)
+    except (AttributeError, TypeError):
+        return None
+    return None
+
+
+def keras_schedule_rates(schedule: ir.Schedule, steps: int) -> list[float] | None:
+    """Keras's own schedule object (keras.optimizers.schedules) evaluated at steps 0..steps-1,
+    or None without Keras."""
+    try:
+        from keras.optimizers import schedules as keras_schedules
+    except ImportError:
+        return None
+    cls = getattr(keras_schedules, "".join(part.title() for part in schedule.name.split("_")))
+    made = cls(**schedule.config())
+    return [float(np.asarray(made(step))) for step in range(steps)]
+
+
+def learning_rates(spec: ir.Spec, steps: int) -> dict[str, list[float | None]]:
+    """The rate of each of `steps` steps by modelspec.schedules (a constant rate repeated), and
+    by Keras's schedule object when the rate is a schedule."""
+    from . import schedules
+
+    optimizer = spec.optimizer or ir.Optimizer(name="rmsprop")
+    rate = optimizer.config()["learning_rate"]
+    if not isinstance(rate, ir.Schedule):
+        return {"modelspec": [float(np.float32(rate))] * steps}
+    out: dict[str, list[float | None]] = {
+        "modelspec": [float(r) for r in schedules.learning_rates(rate, np.arange(steps))]}
+    theirs = keras_schedule_rates(rate, steps)
+    if theirs is not None:
+        out["keras_schedule"] = list(theirs)
+    return out
 
 
 def _gradients(model: Any, start: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
@@ -408,6 +467,10 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         result.notes.append("dropout rates were set to 0: masks cannot agree across frameworks")
     if spec.loss is None:
         result.notes.append(f"the spec has no loss; {loss} was used")
+    callbacks = [key for key in ("early_stopping", "reduce_lr_on_plateau") if getattr(spec, key) is not None]
+    if callbacks:
+        result.notes.append(f"{' and '.join(callbacks)} act at the end of epochs; the training steps here are "
+                            "compared without them (modelspec compare trains with them)")
     models = {name: build(run_spec, backend=name, seed=seed, **options) for name in backends}
     probe = build(run_spec, backend=reference, seed=seed)  # the float32 members run here
     truth = build(run_spec, backend="numpy", seed=seed, dtype=np.float64)
@@ -452,7 +515,10 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         order = flipped if k % 2 else slice(None)  # every other run sums each batch in reverse
         result.noise_runs.append(_step_losses(probe, train_x[order], train_y[order], batch_size))
     for name in backends:
-        result.losses[name] = _step_losses(models[name], train_x, train_y, batch_size)
+        used: list[float | None] = []
+        result.losses[name] = _step_losses(models[name], train_x, train_y, batch_size, used)
+        result.learning_rates[name] = used
+    result.learning_rates = {**learning_rates(spec, len(result.float64)), **result.learning_rates}
     return result
 
 

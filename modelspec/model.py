@@ -231,6 +231,8 @@ class _FitRun:
     verbose: int
     out: Any  # the progress display's stream
     history: History
+    callbacks: list[Any]  # modelspec.callbacks
+    finished: bool = False  # stopped for good: early stopping, or a non-finite loss (not a stop on request)
 
 
 class Model:
@@ -250,6 +252,7 @@ class Model:
         self._config_key: Any = None
         self._trained = False
         self._shuffle_rng: np.random.Generator | None = None  # one stream across fit calls
+        self._learning_rate: float | None = None  # set_learning_rate's, until the optimizer changes
         # whether the normalize layers hold their statistics (adapted, or weights set or loaded):
         # fit adapts them to its x first otherwise. modelspec.build's initial weights don't count.
         self.adapted = not report.adapts
@@ -321,6 +324,7 @@ class Model:
                                        loss=resolve_loss(self.spec, loss), metrics=metrics)
             self._config_key = key
             self.engine.set_training(self._config)
+            self._learning_rate = None
         return self._config
 
     def _fit_setting(self, name: str, given: Any) -> Any:
@@ -345,9 +349,17 @@ class Model:
     def fit(self, x: Any, y: Any, batch_size: int | None = None, epochs: int | None = None,
             validation_split: float | None = None, validation_data: tuple[Any, Any] | None = None,
             shuffle: bool | None = None, verbose: int = 1, seed: int | None = None,
-            stream: Any = None) -> History:
+            stream: Any = None, early_stopping: Any = None, reduce_lr_on_plateau: Any = None,
+            checkpoint: Any = None, resume: bool = False) -> History:
         """Train as Keras's fit does. Settings not given come from the spec's `fit` statement,
-        then Keras's defaults (batch 32, 1 epoch, no validation, shuffled)."""
+        then Keras's defaults (batch 32, 1 epoch, no validation, shuffled).
+
+        early_stopping, reduce_lr_on_plateau: Keras's callbacks (an ir.EarlyStopping /
+        ir.ReduceLROnPlateau or a dict of their fields) in place of the spec's; False for none.
+        checkpoint: a folder (or a modelspec.checkpoint.Checkpoint) replaced at the end of
+        every epoch with everything the next epochs depend on. resume=True continues the run
+        saved there, to exactly the weights and history of an uninterrupted run; `epochs`
+        stays the total, as in Keras."""
         batch_size = int(self._fit_setting("batch_size", batch_size))
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))
@@ -358,23 +370,136 @@ class Model:
             raise ValueError(f"epochs must be at least 0; received {epochs}")
         if not 0 <= split < 1:
             raise ValueError(f"validation_split must be in [0, 1); received {split}")
+        store = _as_checkpoint(checkpoint)
+        if resume and store is None:
+            raise ValueError("resume=True continues the run saved in a checkpoint: give checkpoint=DIR")
+        saved = store.read() if resume else None
         xs, ys, raw_shape = self._dataset(x, y)
-        if not self.adapted:  # as Keras users call norm.adapt(x_train) on all of it, before the split
+        if not self.adapted and saved is None:  # as Keras users call norm.adapt(x_train) on all of it, before the split
             self.adapt(xs)
         xs, ys, val = self._validation(xs, ys, split, validation_data)
         config = self._training_config(raw_shape)
         steps = -(-len(xs) // batch_size)
+        out = stream or sys.stdout
+        callbacks = self._callbacks(config, val is not None, verbose, out, early_stopping, reduce_lr_on_plateau)
         run = _FitRun(config, self.engine.prepare(xs, ys), self.engine.prepare(*val) if val is not None else None,
-                      batch_size, steps, verbose, stream or sys.stdout,
+                      batch_size, steps, verbose, out,
                       History(params={"batch_size": batch_size, "epochs": epochs, "steps": steps,
-                                      "validation_split": split, "shuffle": shuffle}))
+                                      "validation_split": split, "shuffle": shuffle}), callbacks)
         rng = self._shuffle_stream(seed)
+        identity = None
+        if store is not None:
+            identity = self._run_identity(store, xs, ys, val, batch_size, split, shuffle, seed, callbacks)
+            if saved is not None:
+                self._restore(store, saved, identity, run)
+            else:
+                store.clear()  # an earlier run's checkpoint would be resumed as this one's
         self.stop_training = False
-        for epoch in range(epochs):
-            order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
-            if not self._fit_epoch(run, epoch, epochs, order):
+        for epoch in range(len(run.history.epoch), epochs):
+            if run.finished:
                 break
+            order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
+            go_on = self._fit_epoch(run, epoch, epochs, order)
+            if store is not None:
+                self._save_checkpoint(store, run, identity)
+            if not go_on:
+                break
+        for callback in callbacks:
+            callback.train_end(self)
         return run.history
+
+    def _callbacks(self, config: TrainConfig, validation: bool, verbose: int, out: Any,
+                   early_stopping: Any, reduce_lr_on_plateau: Any) -> list[Any]:
+        """Keras's callbacks for this fit, in Keras's order of a list [EarlyStopping,
+        ReduceLROnPlateau], checked before any step: fit's own, else the spec's."""
+        from . import callbacks as cb
+
+        chosen = []
+        for key, given, node_class, callback_class in (
+                ("early_stopping", early_stopping, ir.EarlyStopping, cb.EarlyStopping),
+                ("reduce_lr_on_plateau", reduce_lr_on_plateau, ir.ReduceLROnPlateau, cb.ReduceLROnPlateau)):
+            node = getattr(self.spec, key) if given is None else given
+            if node is False or node is None:
+                continue
+            if isinstance(node, dict):
+                node = node_class(**node)
+            if not isinstance(node, node_class):
+                raise TypeError(f"{key} must be an ir.{node_class.__name__}, a dict of its fields or False; "
+                                f"received {type(node).__name__}")
+            cb.monitors(key, node.monitor, config.metrics, validation)
+            if callback_class is cb.ReduceLROnPlateau:
+                rate = config.hyper["learning_rate"]
+                if isinstance(rate, ir.Schedule):
+                    raise ValueError(f"reduce_lr_on_plateau sets the learning rate, but the optimizer's is a "
+                                     f"schedule ({rate.name}); Keras refuses it too (TypeError)")
+                chosen.append(callback_class(node, config.metrics, verbose, out,
+                                             rate if self._learning_rate is None else self._learning_rate))
+            else:
+                chosen.append(callback_class(node, config.metrics, verbose, out))
+        return chosen
+
+    def set_learning_rate(self, value: float) -> None:
+        """A new constant learning rate (float32, as Keras's optimizer variable holds it), from
+        the next step on: ReduceLROnPlateau's. It lasts until compile changes the optimizer."""
+        self.engine.set_learning_rate(float(np.float32(value)))
+        self._learning_rate = float(np.float32(value))
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _run_identity(self, store: Any, xs: np.ndarray, ys: np.ndarray, val: Any, batch_size: int, split: float,
+                      shuffle: bool, seed: int | None, callbacks: list[Any]) -> dict[str, Any]:
+        """What a checkpoint's run must share with this one for a resume to continue it."""
+        from .checkpoint import digest
+
+        shuffle_seed = self._fit_setting("seed", seed)
+        return {
+            "spec": self.spec.model_dump_json(), "backend": self.backend.name,
+            "optimizer": self._optimizer.model_dump(mode="json"),
+            "loss": self._require_loss().model_dump(mode="json"), "metrics": list(self._metrics),
+            "batch_size": batch_size, "validation_split": split, "shuffle": shuffle,
+            "weights_seed": self.seed, "shuffle_seed": self.seed if shuffle_seed is None else shuffle_seed,
+            "train": {"samples": len(xs), "sha256": digest(xs, ys)},
+            "validation": None if val is None else {"samples": len(val[0]), "sha256": digest(*val)},
+            **{c.key: c.node.model_dump(mode="json") for c in callbacks}, **store.about,
+        }
+
+    def _save_checkpoint(self, store: Any, run: "_FitRun", identity: dict[str, Any]) -> None:
+        arrays = {f"weights/{p}": w for p, w in zip(self.weight_paths, self.get_weights())}
+        arrays.update({f"engine/{k}": v for k, v in self.engine.get_state().items()})
+        callbacks = {}
+        for callback in run.callbacks:
+            values, extra = callback.get_state()
+            callbacks[callback.key] = values
+            arrays.update({f"callbacks/{callback.key}/{k}": v for k, v in extra.items()})
+        history = run.history
+        store.write({"epoch": len(history.epoch), "finished": run.finished, "stopped": history.stopped
+                     if run.finished else None, "run": identity, "history": history.history,
+                     "history_epochs": history.epoch, "shuffle_rng": self._shuffle_rng.bit_generator.state,
+                     "learning_rate": self._learning_rate, "callbacks": callbacks}, arrays)
+
+    def _restore(self, store: Any, saved: tuple[dict[str, Any], dict[str, np.ndarray]], identity: dict[str, Any],
+                 run: "_FitRun") -> None:
+        """The state of the checkpoint's run, after checking that it is this run."""
+        state, arrays = saved
+        store.refuse_other_run(state.get("run", {}), identity)
+
+        def group(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        weights = group("weights/")
+        self.set_weights([weights[p] for p in self.weight_paths])
+        self.engine.set_state(group("engine/"))
+        self._learning_rate = state["learning_rate"]
+        if self._learning_rate is not None:
+            self.engine.set_learning_rate(self._learning_rate)
+        self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        for callback in run.callbacks:
+            callback.set_state(state["callbacks"][callback.key], group(f"callbacks/{callback.key}/"))
+        run.history.history = {k: list(v) for k, v in state["history"].items()}
+        run.history.epoch = list(state["history_epochs"])
+        run.history.stopped = state["stopped"]
+        run.finished = bool(state["finished"])
+        self._trained = self._trained or bool(run.history.epoch)
 
     def _validation(self, xs: np.ndarray, ys: np.ndarray, split: float, validation_data: Any,
                     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
@@ -407,11 +532,10 @@ class Model:
         Progress = _progress()
         Progress.epoch_header(epoch + 1, epochs, run.verbose, run.out)
         bar = Progress(run.steps, run.verbose, run.out)
-        on_batch = None
-        if bar.live:
-            def on_batch(step: int, seen: int, loss_sum: float, sums: list[float]) -> None:
-                bar.update(step + 1, self._logs(run.config, loss_sum, sums, seen))
-        totals = self.engine.train_epoch(run.train, order, run.batch_size, on_batch)
+        def on_batch(step: int, seen: int, loss_sum: float, sums: list[float]) -> None:
+            bar.update(step + 1, self._logs(run.config, loss_sum, sums, seen))
+
+        totals = self.engine.train_epoch(run.train, order, run.batch_size, on_batch if bar.live else None)
         self._trained = True
         logs = self._logs(run.config, totals.loss_sum, totals.metric_sums, totals.count) if totals.count else {}
         history = run.history
@@ -423,7 +547,10 @@ class Model:
             history.stopped = (f"the loss became NaN or infinite at epoch {epoch + 1}, step "
                                f"{totals.stopped_at + 1}; training stopped and {kept}")
             if logs:
+                for callback in run.callbacks:
+                    callback.annotate(logs)
                 history.append(epoch, logs)
+            run.finished = True
             if run.verbose:
                 print(f"modelspec: {history.stopped}", file=sys.stderr)
             else:
@@ -435,8 +562,14 @@ class Model:
             v = self.engine.evaluate(run.val, run.batch_size)
             logs.update({f"val_{k}": value for k, value in
                          self._logs(run.config, v.loss_sum, v.metric_sums, v.count).items()})
+        stop = False
+        for callback in run.callbacks:  # Keras calls them all, then History, then the progress bar
+            stop = callback.epoch_end(epoch, logs, self) or stop
         history.append(epoch, logs)
         bar.finish(totals.count and run.steps, logs)
+        if stop:  # early stopping: a normal end
+            run.finished = True
+            return False
         if self.stop_training:
             history.stopped = f"stopped on request after epoch {epoch + 1}"
             return False
@@ -613,6 +746,14 @@ def read_weights_file(path: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]
     except (SafetensorError, ValueError, struct.error, UnicodeDecodeError) as e:
         raise ValueError(f"{os.fspath(path)} is not a modelspec weights file (safetensors): {e}") from None
     return tensors, metadata
+
+
+def _as_checkpoint(value: Any) -> Any:
+    if value is None:
+        return None
+    from .checkpoint import Checkpoint
+
+    return value if isinstance(value, Checkpoint) else Checkpoint(value)
 
 
 def _progress():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -279,3 +280,23 @@ def test_one_backend_is_judged_on_its_own():
     doc = json.loads(out.stdout)
     assert doc["ok"] and doc["backends"] == ["torch"] and list(doc["training"]["losses"]) == ["torch"]
     assert len(doc["training"]["float64"]) == 3 and doc["training"]["left_band_at"] == {"torch": None}
+
+
+def test_the_learning_rate_of_each_step_is_shown_side_by_side(tmp_path):
+    """A schedule's rates: modelspec.schedules', Keras's own schedule object's (to a float32 ulp,
+    when Keras is installed) and the numpy engine's, in --json and in the text."""
+    text = ("model sched\ninput 4\ndense 3 softmax\nloss categorical_crossentropy\n"
+            "optimizer sgd lr=cosine_decay(0.1, decay_steps=4, alpha=0.1, warmup_target=0.2, warmup_steps=2)\n")
+    path = tmp_path / "sched.ms"
+    path.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "modelspec", "crosscheck", str(path), "--backends", "numpy",
+                           "--steps", "8", "--json"], capture_output=True, text=True)
+    rates = json.loads(done.stdout)["training"]["learning_rates"]
+    expected = [0.1, 0.15, 0.2, 0.2 * (0.9 * 0.5 * (1 + np.cos(np.pi / 4)) + 0.1)]
+    np.testing.assert_allclose(rates["modelspec"][:4], expected, rtol=1e-6)
+    assert rates["numpy"] == rates["modelspec"] and rates["modelspec"][6:] == [rates["modelspec"][6]] * 2
+    if "keras_schedule" in rates:
+        np.testing.assert_allclose(rates["keras_schedule"], rates["modelspec"], rtol=2e-7)
+    shown = subprocess.run([sys.executable, "-m", "modelspec", "crosscheck", str(path), "--backends", "numpy",
+                            "--steps", "8"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    assert "Learning rate of each step" in shown.stdout and "0.15" in shown.stdout

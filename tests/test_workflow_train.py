@@ -60,7 +60,8 @@ def test_train_digits_reaches_95_percent_on_the_test_set(trained):
 def test_train_writes_weights_history_and_plots(trained):
     doc, out = trained
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["accuracy.png", "history.csv", "history.json", "loss.png", "run.json", "weights.safetensors"]
+    assert names == ["accuracy.png", "checkpoint", "history.csv", "history.json", "loss.png", "run.json",
+                     "weights.safetensors"]
     history = json.loads((out / "history.json").read_text())
     assert sorted(history) == ["categorical_accuracy", "loss", "val_categorical_accuracy", "val_loss"]
     assert history == doc["history"] and all(len(v) == 20 for v in history.values())

@@ -20,6 +20,7 @@ from ._plots import curves_png
 
 WEIGHTS = "weights.safetensors"
 RUN = "run.json"
+CHECKPOINT = "checkpoint"  # the folder `train --resume` continues from (modelspec.checkpoint)
 RUN_FILES = ("weights.safetensors", "history.json", "history.csv", "loss.png", "accuracy.png", "mse.png", "mae.png",
              RUN)
 METRIC_LABELS = {"loss": "Loss", "mse": "Mean squared error", "mae": "Mean absolute error"}
@@ -235,6 +236,7 @@ class Trained:
     stopped: str | None
     interrupted: bool
     data: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None  # the epochs the checkpoint held, for a resumed run
     test: dict[str, float] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
@@ -242,19 +244,27 @@ class Trained:
         return finite({
             "model": self.name, "spec": self.spec, "backend": self.model.backend.name,
             "params": self.model.report.total_params, "data": self.data, "epochs": len(self.history.get("loss", [])),
-            "stopped": self.stopped, "interrupted": self.interrupted, "history": self.history,
+            "stopped": self.stopped, "interrupted": self.interrupted, "resumed_from": self.resumed_from,
+            "history": self.history,
             "test": self.test, "out": str(self.out), "files": self.files,
         })
 
 
 def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Namespace, out: Path,
-                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str]) -> Trained:
-    """Fit (stoppable with Ctrl-C), save weights (with `metadata`), history and plots, evaluate
-    on the test set, then write run.json. Files are written atomically, one at a time."""
+                   interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str],
+                   checkpoint: Any = None, resume: bool = False) -> Trained:
+    """Fit (stoppable with Ctrl-C; with a `checkpoint` at each epoch's end, which `resume`
+    continues), save weights (with `metadata`), history and plots, evaluate on the test set,
+    then write run.json. Files are written atomically, one at a time."""
     interrupt.model = model
+    progress = checkpoint_progress(checkpoint) if resume else None
+    resumed_from = progress[0] if progress else None
     try:
         hist = model.fit(arrays.x_train, arrays.y_train, batch_size=args.batch, epochs=args.epochs,
-                         validation_split=args.validation, seed=args.seed, verbose=1, stream=stream)
+                         validation_split=args.validation, seed=args.seed, verbose=1, stream=stream,
+                         checkpoint=checkpoint, resume=resume)
+    except OSError as e:  # the checkpoint's folder
+        raise CommandError(f"cannot write the checkpoint in {checkpoint.path}: {e.strerror or e}") from None
     except ValueError as e:
         raise CommandError(one_line(e)) from None
     finally:
@@ -265,12 +275,22 @@ def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Names
     data = {**data, "validation": hist.params.get("validation_split", 0.0),
             "batch_size": hist.params.get("batch_size"),
             "seed": {"weights": model.seed, "shuffle": model.seed if shuffle_seed is None else shuffle_seed}}
-    run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data)
+    run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data, resumed_from)
     run.files = save_training(out, model, hist.history, metadata)
     run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
     write(out / RUN, json.dumps(run.to_dict(), indent=2) + "\n")
     run.files.append(RUN)
     return run
+
+
+def checkpoint_progress(checkpoint: Any) -> tuple[int, bool] | None:
+    """(completed epochs, whether the run is finished) by a checkpoint's state.json; None where
+    it cannot be read (fit then says why)."""
+    try:
+        state = json.loads(checkpoint.state_file.read_text())
+        return int(state["epoch"]), bool(state.get("finished"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save_training(out: Path, model: Any, history: dict[str, list[float]], metadata: dict[str, str]) -> list[str]:

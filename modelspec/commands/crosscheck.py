@@ -136,6 +136,9 @@ def _print(result) -> None:
             cells.append(value if gaps[b][i] <= bands[i] else f"[bold red]{value}[/]")
         steps.add_row(str(i + 1), f"{result.float64[i]:.7f}", _fmt(noise[i]), _fmt(bands[i]), *cells)
     print_table(con, steps)
+    rates = _rates_table(result.learning_rates)
+    if rates is not None:
+        print_table(con, rates)
     con.print(f"Trajectory: {result.regime()}")
     if result.advice():
         con.print(f"  {result.advice()}")
@@ -144,6 +147,40 @@ def _print(result) -> None:
     con.print("[bold green]OK[/]: every backend agrees with float64 as closely as float32 allows"
                   if result.ok else "[bold red]FAILED[/]: a backend differs from float64 by more than float32 explains")
     sys.stdout.flush()
+
+
+RATE_TOLERANCE = 1e-6  # relative: a rate a few float32 ulps from modelspec.schedules' is the same rate
+
+
+def _rates_table(rates: dict):
+    """The learning rate of each step side by side: modelspec.schedules', Keras's schedule
+    object's and each engine's (red where one is farther from modelspec's than a few ulps);
+    None for a constant rate every engine used."""
+    from rich.table import Table
+
+    ours = rates.get("modelspec", [])
+    others = {k: v for k, v in rates.items() if k != "modelspec"}
+
+    def differs(value, reference) -> bool:
+        return value is not None and abs(value - reference) > RATE_TOLERANCE * abs(reference)
+
+    constant = len(set(ours)) <= 1 and "keras_schedule" not in rates
+    if constant and not any(differs(v, r) for values in others.values() for v, r in zip(values, ours)):
+        return None
+    table = Table(title="Learning rate of each step: modelspec.schedules, Keras's schedule object, each engine",
+                  title_justify="left")
+    names = ["modelspec", *others]
+    for column in ("step", *(n.replace("keras_schedule", "keras\nschedule") for n in names)):
+        table.add_column(column, justify="right", no_wrap=True)
+    for i, reference in enumerate(ours):
+        cells = []
+        for name in names:
+            values = rates[name]
+            value = values[i] if i < len(values) else None
+            text = "-" if value is None else f"{value:.8g}"
+            cells.append(f"[bold red]{text}[/]" if differs(value, reference) else text)
+        table.add_row(str(i + 1), *cells)
+    return table
 
 
 def _verdict(result, backend: str) -> str:
