@@ -135,6 +135,11 @@ class Engine:
         rate cannot be set, as in Keras)."""
         raise NotImplementedError
 
+    def next_learning_rate(self) -> float:
+        """The rate the next training step will use: a schedule's value at the optimizer's step
+        counter, else the constant rate (float32), as Keras's `optimizer.learning_rate` reads."""
+        raise NotImplementedError
+
     def get_state(self) -> dict[str, "np.ndarray"]:
         """Everything besides the weights that the next training steps depend on, as named
         arrays (safetensors-ready): the optimizer's variables (its step counter, learning rate

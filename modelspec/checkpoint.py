@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ModelspecError
+
 FORMAT = "modelspec-checkpoint/1"
 STATE = "state.json"
 
@@ -32,7 +34,7 @@ _LABELS = {"spec": "spec", "backend": "backend", "optimizer": "optimizer", "loss
            "reduce_lr_on_plateau": "reduce_lr_on_plateau", "data": "data"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelspecError, ValueError):
     """A checkpoint that is absent, damaged or of another run."""
 
 
@@ -153,10 +155,10 @@ class Checkpoint:
 
 def _spec_change(saved: Any, spec: str) -> str:
     from . import ir
-    from .model import _differences
+    from .printer import differences
 
     try:
-        changed = _differences(ir.Spec.model_validate_json(saved), ir.Spec.model_validate_json(spec))
+        changed = differences(ir.Spec.model_validate_json(saved), ir.Spec.model_validate_json(spec))
     except (TypeError, ValueError):
         return ""
     return f": {changed[0]}" if changed else ""

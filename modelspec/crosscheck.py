@@ -289,9 +289,9 @@ def synthetic_data(report: Report, loss: str, n: int, seed: int) -> tuple[np.nda
 
 
 def _step_losses(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
-                 rates: list[float | None] | None = None) -> list[float]:
+                 rates: list[float] | None = None) -> list[float]:
     """The training loss of each step (computed before its update), on batches taken in order;
-    the learning rate the engine used at each step is appended to `rates` if given. Each step
+    the learning rate each step takes, as the engine says before it, is appended to `rates` if given. Each step
     is its own one-batch epoch, so no engine needs to report single steps."""
     xs, ys, raw_shape = model._dataset(x, y)
     model._training_config(raw_shape)
@@ -299,32 +299,13 @@ def _step_losses(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
     losses = []
     for start in range(0, len(xs), batch_size):
         order = np.arange(start, min(start + batch_size, len(xs)))
-        before = _engine_rate(model, before=True)
-        totals = model.engine.train_epoch(data, order, batch_size)
         if rates is not None:
-            rates.append(before if before is not None else _engine_rate(model, before=False))
+            rates.append(model.engine.next_learning_rate())
+        totals = model.engine.train_epoch(data, order, batch_size)
         losses.append(totals.loss_sum / totals.count)
         if totals.stopped_at is not None:
             break
     return losses
-
-
-def _engine_rate(model: Any, before: bool) -> float | None:
-    """The rate of the step an engine is about to take (`before`) or has just taken, where the
-    engine keeps it: the numpy optimizer's rate() and Keras's optimizer.learning_rate (a
-    schedule's value at `iterations`) before the step; torch writes the step's rate into its
-    optimizer's learning_rate just before applying it. None for an engine that keeps it elsewhere."""
-    engine, name = model.engine, model.backend.name
-    try:
-        if name == "numpy" and before:
-            return float(engine.optimizer.rate())
-        if name == "keras" and before:
-            return float(np.asarray(engine._optimizer.learning_rate))
-        if name == "torch" and not before:
-            return float(engine.optimizer.learning_rate)
-    except (AttributeError, TypeError):
-        return None
-    return None
 
 
 def keras_schedule_rates(schedule: ir.Schedule, steps: int) -> list[float] | None:
@@ -334,7 +315,7 @@ def keras_schedule_rates(schedule: ir.Schedule, steps: int) -> list[float] | Non
         from keras.optimizers import schedules as keras_schedules
     except ImportError:
         return None
-    cls = getattr(keras_schedules, "".join(part.title() for part in schedule.name.split("_")))
+    cls = getattr(keras_schedules, ir.SCHEDULE_CLASSES[schedule.name])
     made = cls(**schedule.config())
     return [float(np.asarray(made(step))) for step in range(steps)]
 
@@ -515,7 +496,7 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         order = flipped if k % 2 else slice(None)  # every other run sums each batch in reverse
         result.noise_runs.append(_step_losses(probe, train_x[order], train_y[order], batch_size))
     for name in backends:
-        used: list[float | None] = []
+        used: list[float] = []
         result.losses[name] = _step_losses(models[name], train_x, train_y, batch_size, used)
         result.learning_rates[name] = used
     result.learning_rates = {**learning_rates(spec, len(result.float64)), **result.learning_rates}

@@ -668,7 +668,9 @@ class Model:
             saved = ir.Spec.model_validate_json(saved_json)
         except ValueError:  # a file of another modelspec version: the weights' paths decide
             return
-        changed = _differences(saved, self.spec)
+        from .printer import differences
+
+        changed = differences(saved, self.spec)
         if changed:
             import warnings
 
@@ -711,18 +713,6 @@ class Model:
 
 class SpecMismatch(UserWarning):
     """Weights were trained with a spec whose layers differ from the model's."""
-
-
-def _differences(saved: ir.Spec, spec: ir.Spec) -> list[str]:
-    from .printer import layer_text
-
-    out = []
-    for index, (a, b) in enumerate(zip(saved.layers, spec.layers), start=1):
-        if a != b:
-            out.append(f"layer {index} was `{layer_text(a)}`, is `{layer_text(b)}`")
-    if saved.connections != spec.connections:
-        out.append("its layers were connected otherwise")
-    return out
 
 
 def read_weights_file(path: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -361,3 +361,15 @@ def _with_comments(lines: list[tuple[object, str]], source: str) -> str:
                 text = f"{text}  {trailing[0]}"
         out.append(text)
     return "\n".join(out + trailer) + "\n"
+
+
+def differences(saved: ir.Spec, spec: ir.Spec) -> list[str]:
+    """How the layers of `spec` differ from those of `saved`, in words: "layer 2 was `dense 8`,
+    is `dense 16`" (a file's weights or a checkpoint of another spec)."""
+    out = []
+    for index, (a, b) in enumerate(zip(saved.layers, spec.layers), start=1):
+        if a != b:
+            out.append(f"layer {index} was `{layer_text(a)}`, is `{layer_text(b)}`")
+    if saved.connections != spec.connections:
+        out.append("its layers were connected otherwise")
+    return out

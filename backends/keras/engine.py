@@ -260,6 +260,10 @@ class KerasEngine(Engine):
             raise ValueError("the learning rate follows a schedule; it cannot be set to a constant")
         self._optimizer.learning_rate.assign(np.float32(value))
 
+    def next_learning_rate(self) -> float:
+        self.require_training()
+        return float(np.asarray(self._optimizer.learning_rate))  # a schedule's value at `iterations`
+
     def _state_variables(self) -> dict[str, Any]:
         """The variables `get_state` saves, named by kind, position and Keras's name: the
         optimizer's (built here if it is not yet, so that its slots exist) and every

@@ -140,6 +140,9 @@ class NumpyEngine(Engine):
             raise ValueError("the learning rate is a schedule, which cannot be set")
         opt.learning_rate = np.float32(value)
 
+    def next_learning_rate(self) -> float:
+        return float(self._optimizer().rate())
+
     def _optimizer(self) -> K.Optimizer:
         self.require_training()
         assert self.optimizer is not None

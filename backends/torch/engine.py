@@ -540,6 +540,12 @@ class TorchEngine(Engine):
             raise ValueError("the learning rate follows a schedule and cannot be set")
         self.optimizer.learning_rate.fill_(float(np.float32(value)))
 
+    def next_learning_rate(self) -> float:
+        self.require_training()
+        if self.schedule is not None:
+            return float(schedules.learning_rate(self.schedule, int(self.optimizer.iterations)))
+        return float(self.optimizer.learning_rate)
+
     def get_state(self) -> dict[str, np.ndarray]:
         """The optimizer's variables, each slot as the one buffer the engine keeps (the
         trainable weights end to end, in Keras's order, in torch's layouts), and each random
