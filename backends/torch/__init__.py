@@ -42,6 +42,16 @@ class TorchBackend(Backend):
         return TorchEngine(spec, report, seed=seed, device=device, cuda_graphs=cuda_graphs)
 
     def emit(self, spec: "ir.Spec", report: "Report") -> str:
+        from modelspec.diagnostics import Diagnostic, SpecError
+
         from .emit import emit
 
+        opt = spec.optimizer
+        if opt is not None and opt.clipvalue and any(
+                layer.kind == "embedding" and layer.embeddings_regularizer is None for layer in spec.layers):
+            raise SpecError([Diagnostic(
+                "error", "the emitted PyTorch program does not clip an embedding's sparse gradient by value (Keras "
+                "clips each gathered row before it sums an id's rows); the torch backend's engine does",
+                opt.span, hint="train with --backend torch, or use clipnorm or global_clipnorm",
+                code="backend").with_file(spec.path)], spec.source)
         return emit(spec, report)

@@ -189,13 +189,14 @@ class TorchEngine(Engine):
         # Keras's optimizers square its sparse gradient by occurrence (K.KerasOptimizer.squares)
         self.taps: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
         penalized = {id(kernel) for kernel, *_ in self.penalties}
-        self.sparse = False  # whether an embedding's gradient is sparse in Keras
+        # where in the one buffer the embeddings whose gradient Keras keeps sparse are
+        self.sparse = torch.zeros(sum(p.numel() for p in self.params), dtype=torch.bool, device=self.device)
         for module in self.native.modules():
             if isinstance(module, torch.nn.Embedding) and id(module.weight) not in penalized:
                 offset = next(sum(p.numel() for p in self.params[:i]) for i, p in enumerate(self.params)
                               if p is module.weight)
                 module.register_forward_hook(self._tap(offset, module.weight))
-                self.sparse = True
+                self.sparse[offset:offset + module.weight.numel()] = True
         self.flat_moving = _flatten(self.moving) if self.sync_free else None
         self.optimizer: K.KerasOptimizer | None = None
         self.version = 0  # bumped by set_training: captured graphs belong to one optimizer
@@ -220,9 +221,15 @@ class TorchEngine(Engine):
         flat = torch.cat([g.reshape(-1) for g in grads[:len(self.params)]])
         if taps:
             absolute = isinstance(self.optimizer, K.Adamax)  # the one optimizer that reads ops.abs
+            clipvalue = self.optimizer.clipvalue
+            rows = [(ids.reshape(-1), dy.reshape(-1, weight.shape[1]), offset, weight)
+                    for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):])]
+            if clipvalue:  # Keras clips each row of the sparse gradient, then sums an id's rows
+                rows = [(ids, dy.clamp(-clipvalue, clipvalue), offset, weight) for ids, dy, offset, weight in rows]
+                for ids, dy, offset, weight in rows:
+                    flat[offset:offset + weight.numel()] = torch.zeros_like(weight).index_add(0, ids, dy).reshape(-1)
             squares, absolutes = flat.square(), flat.abs() if absolute else None
-            for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):]):
-                ids, dy = ids.reshape(-1), dy.reshape(-1, weight.shape[1])
+            for ids, dy, offset, weight in rows:
                 zeros = torch.zeros_like(weight)
                 squares[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.square()).reshape(-1)
                 if absolute:
@@ -235,11 +242,6 @@ class TorchEngine(Engine):
 
     def set_training(self, config: TrainConfig) -> None:
         hyper = dict(config.hyper)
-        if hyper.get("clipvalue") and self.sparse:
-            raise ValueError("clipvalue with an embedding is not supported by the torch backend: Keras clips "
-                             "each row of the embedding's sparse gradient before it sums one id's rows; use "
-                             "clipnorm or global_clipnorm, or put a regularizer on the embedding (its "
-                             "gradient is then dense)")
         self.config = config
         loss = config.loss
         self.loss_fn = loss_function(loss.name, loss.from_logits, loss.delta, loss.label_smoothing)
@@ -252,6 +254,8 @@ class TorchEngine(Engine):
         self.optimizer = OPTIMIZERS[config.optimizer](targets, learning_rate=float(rate), **hyper)
         if self.flat is not None:  # clipnorm clips each weight's part of the one buffer by its own norm
             self.optimizer.sizes[self.flat] = [p.numel() for p in self.params]
+            if self.optimizer.clipvalue and self.sparse.any():  # `_gradient` clips the embeddings' rows
+                self.optimizer.preclipped[self.flat] = self.sparse
         self.slot_groups = optimizer_slots(config.optimizer, config.hyper)
         self.slots = [slot for group in self.slot_groups for slot in group]
         for name, initial in self.slots:  # created now, so a captured step finds them in place

@@ -502,6 +502,9 @@ class KerasOptimizer(torch.optim.Optimizer):
         # (keras/src/backend/tensorflow/sparse.py, elementwise_unary)
         self.squares = {}
         self.absolutes = {}  # and its ops.abs (Adamax's), summed per id in the same way
+        # param -> where its gradient is a sparse one's rows already clipped by value and summed
+        # (the torch engine's), which clipvalue must not clip again
+        self.preclipped = {}
         # param -> the sizes of the Keras variables it holds end to end, when one buffer holds
         # several weights: clipnorm clips each of them by its own norm
         self.sizes, self.counts = {}, {}
@@ -574,12 +577,22 @@ class KerasOptimizer(torch.optim.Optimizer):
             self.absolutes.clear()
             return [g * scale for g in grads]
         if self.clipvalue and self.clipvalue > 0:
-            if self.squares:
+            if any(p not in self.preclipped for p in self.squares):
                 raise ValueError("clipvalue clips each row of an embedding's sparse gradient "
                                  "before Keras sums them, which is not implemented here: use "
                                  "clipnorm or global_clipnorm, or a penalty on the embedding "
                                  "(then its gradient is dense)")
-            return [g.clamp(-self.clipvalue, self.clipvalue) for g in grads]
+            out = []
+            for param, grad in zip(params, grads):
+                clipped = grad.clamp(-self.clipvalue, self.clipvalue)
+                done = self.preclipped.get(param)
+                if done is not None:  # the sparse rows are clipped and summed already; the rest now
+                    clipped = torch.where(done, grad, clipped)
+                    for kept, of in ((self.squares, torch.square), (self.absolutes, torch.abs)):
+                        if param in kept:
+                            kept[param] = torch.where(done, kept[param], of(clipped))
+                out.append(clipped)
+            return out
         return grads
 
     @torch.no_grad()
