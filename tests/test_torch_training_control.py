@@ -545,3 +545,16 @@ def test_the_emitted_program_s_callbacks_as_keras(callbacks, tmp_path):
     scale = max(np.abs(w).max() for w in model.get_weights())  # twelve epochs at a high rate
     for path, w in zip(paths, model.get_weights()):
         np.testing.assert_allclose(trained[path].numpy(), w, rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+
+
+def test_the_emitted_program_refuses_clipvalue_on_an_embedding_at_the_optimizer_line():
+    from modelspec import backends
+
+    spec = ms.parse(TOKENS.format(optimizer="sgd clipvalue=0.1"))
+    with pytest.raises(ms.SpecError) as caught:
+        backends.get("torch").emit(spec, ms.check(spec))
+    (d,) = caught.value.diagnostics
+    assert tuple(d.span)[:2] == (6, 1) and "does not clip an embedding's sparse gradient by value" in d.message
+    # with a penalty the embedding's gradient is dense, and the program clips it as Keras does
+    penalized = ms.parse(TOKENS.format(optimizer="sgd clipvalue=0.1").replace("embedding 5 3", "embedding 5 3 l2=0.01"))
+    assert "clipvalue" in backends.get("torch").emit(penalized, ms.check(penalized))
