@@ -193,8 +193,9 @@ CALLBACK_CLASSES = {"EarlyStopping": '''class EarlyStopping(Monitor):
         elif self.cooldown_counter == 0:
             self.wait += 1
             if self.wait >= self.patience and rate > np.float32(self.min_lr):
-                optimizer.learning_rate = np.float32(max(rate * self.factor, self.min_lr))
-                print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {optimizer.learning_rate}.")
+                new_rate = max(rate * self.factor, self.min_lr)  # float64, stored as float32
+                optimizer.learning_rate = np.float32(new_rate)
+                print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_rate}.")
                 self.cooldown_counter, self.wait = self.cooldown, 0
         return False'''}
 
