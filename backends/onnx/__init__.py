@@ -1,0 +1,1 @@
+"""ONNX: export a checked spec with its weights (export.py)."""
