@@ -70,7 +70,9 @@ class Graph:
     def param(self, name: str, value: np.ndarray) -> str:
         """An initializer holding `value` (a weight, or a weight in ONNX's layout)."""
         name = self.name(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.asarray(value)
+        # (not np.ascontiguousarray, which makes a scalar a vector of one)
+        self.initializers.append(numpy_helper.from_array(value if value.flags.c_contiguous else value.copy(), name))
         return name
 
     def const(self, value: Any, dtype: Any = np.float32) -> str:
