@@ -27,10 +27,10 @@ from .lowering import Lowering
 __all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "MIN_OPSET", "ExportError", "LAYER_OUTPUT", "export", "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
-DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 18 to 25
-# ReduceMean, ReduceMax and ReduceSum take their axes as an input from opset 18 (before it,
-# as an attribute), which the global pools, layernorm and the masked mean use
-MIN_OPSET = 18
+DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 25
+# Softmax over one axis (before 13, over every axis from `axis` on, a 2-D coercion) and
+# Unsqueeze's and Squeeze's axes as an input come with opset 13
+MIN_OPSET = 13
 LAYER_OUTPUT = "layer_output/"  # the prefix of each row's output with layer_outputs=True
 assert issubclass(ExportError, ModelspecError)
 
@@ -43,8 +43,8 @@ def _check_opset(spec: Any, opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
         raise _error(f"cannot export to ONNX opset {opset}: expected {MIN_OPSET} to {newest}; opset {MIN_OPSET} "
-                     "is the first whose ReduceMean, ReduceMax and ReduceSum take their axes as an input, which the "
-                     "exported pools and normalizations use", None, spec, hint=f"the default is {DEFAULT_OPSET}")
+                     "is the first whose Softmax normalizes over one axis, as Keras's does (before it, over every "
+                     "axis from `axis` on), and whose Unsqueeze takes its axes as an input", None, spec, hint=f"the default is {DEFAULT_OPSET}")
 
 
 def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:

@@ -91,11 +91,21 @@ class Graph:
     def zeros(self, like: str, width: int) -> str:
         """A (batch, width) float32 zero tensor, batch read from the model's input `like`."""
         if width not in self._zeros:
-            batch = self.op("Shape", [like], "batch", start=0, end=1)
+            if self.opset >= 15:
+                batch = self.op("Shape", [like], "batch", start=0, end=1)
+            else:  # Shape's start and end come with opset 15
+                batch = self.slice(self.op("Shape", [like], "shape"), 0, 0, 1)
             shape = self.op("Concat", [batch, self.ints([width])], "zeros_shape", axis=0)
             self._zeros[width] = self.op("ConstantOfShape", [shape], "zeros",
                                          value=numpy_helper.from_array(np.zeros(1, np.float32)))
         return self._zeros[width]
+
+    def reduce(self, op: str, x: str, axes: list[int], hint: str | None = None, keepdims: int = 0) -> str:
+        """ReduceMean/ReduceMax/ReduceSum over `axes`: an input from opset 18 (ReduceSum's from 13),
+        an attribute before."""
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
+            return self.op(op, [x, self.ints(axes)], hint, keepdims=keepdims)
+        return self.op(op, [x], hint, axes=list(axes), keepdims=keepdims)
 
     def channels_first(self, x: str, rank: int) -> str:
         """(n, ..., c) to (n, c, ...): ONNX's Conv and pools read channels first."""
