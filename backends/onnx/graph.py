@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modelspec.diagnostics import SpecError
+from modelspec.errors import ModelspecError
 
 # Keras's activations as the NumPy kernels compute them (backends/numpy/kernels.py)
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
@@ -26,7 +27,7 @@ class ExportError(SpecError):
     the spec line it is on where it has one. Raised before anything is written."""
 
 
-class Unsupported(Exception):
+class Unsupported(ModelspecError):
     """Raised inside a lowering for a part it cannot export; the exporter turns it into an
     ExportError at the layer's line."""
 
