@@ -40,6 +40,7 @@ class Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
+        self._counts: dict[str, int] = {}
         self._constants: dict[tuple[str, tuple[int, ...], bytes], str] = {}
         self.ids = "input"  # the model's input, which embedding's mask is read from
         self.ids_int = False  # whether it holds int32 ids (`input ... int`)
@@ -49,10 +50,11 @@ class Graph:
 
     def name(self, hint: str) -> str:
         """A value name not used before: `hint`, or `hint_N`."""
-        name, n = hint, 0
+        name, n = hint, self._counts.get(hint, 0)
         while name in self._names:
             n += 1
             name = f"{hint}_{n}"
+        self._counts[hint] = n  # the next `hint` starts its search here: naming stays linear
         self._names.add(name)
         return name
 
