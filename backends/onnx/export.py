@@ -19,7 +19,6 @@ from onnx import TensorProto, helper
 
 from modelspec.backends.base import kinds_implemented
 from modelspec.diagnostics import Diagnostic
-from modelspec.errors import ModelspecError
 
 from .graph import ExportError, Graph, Unsupported, value_info
 from .lowering import Lowering
@@ -32,7 +31,6 @@ DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 1
 # Unsqueeze's and Squeeze's axes as an input come with opset 13
 MIN_OPSET = 13
 LAYER_OUTPUT = "layer_output/"  # the prefix of each row's output with layer_outputs=True
-assert issubclass(ExportError, ModelspecError)
 
 
 def _error(message: str, span: Any, spec: Any, hint: str | None = None) -> ExportError:
@@ -76,7 +74,6 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     _check_kinds(spec, report, lowering)
     _check_weights(report, weights)
     g = Graph(opset)
-    g.ids_int = spec.input_dtype == "int32"
     g.reserve("input")
     g.reserve("output")
     names = [g.reserve(LAYER_OUTPUT + row.name) for row in report.layers] if layer_outputs else []
@@ -99,7 +96,7 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     for i, name in enumerate(names):
         g.nodes.append(helper.make_node("Identity", [values[i]], [name], name=f"node/{name}"))
         outputs.append(value_info(name, report.layers[i].output_shape))
-    elem = TensorProto.INT32 if g.ids_int else TensorProto.FLOAT
+    elem = TensorProto.INT32 if spec.input_dtype == "int32" else TensorProto.FLOAT
     graph = helper.make_graph(g.nodes, _graph_name(report), [value_info("input", report.input_shape, elem)],
                               outputs, initializer=g.initializers)
     model = _with_metadata(graph, spec, report, opset)

@@ -43,7 +43,6 @@ class Graph:
         self._counts: dict[str, int] = {}
         self._constants: dict[tuple[str, tuple[int, ...], bytes], str] = {}
         self.ids = "input"  # the model's input, which embedding's mask is read from
-        self.ids_int = False  # whether it holds int32 ids (`input ... int`)
         self.shapes: dict[int, tuple] = {}  # each row's output shape by position (-1: the input)
         self._mask: str | None = None
         self._zeros: dict[int, str] = {}

@@ -195,10 +195,9 @@ class Lowering:
         return g.activation("leaky_relu", x, negative_slope=row.layer.negative_slope)
 
     def embedding(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        # Gather reads negative ids from the end, as TensorFlow's gather does on the CPU; float
-        # ids are truncated toward zero first, as Keras casts them to int32
-        ids = x if x == g.ids and g.ids_int else g.op("Cast", [x], "ids", to=6)
-        return g.op("Gather", [weight(g, row, w, 0), ids], row.name, axis=0)
+        # x is the model's int32 ids (the checker lets only an `input ... int` reach an
+        # embedding); Gather reads negative ids from the end, as TensorFlow's gather does on the CPU
+        return g.op("Gather", [weight(g, row, w, 0), x], row.name, axis=0)
 
     def lstm(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         return sequences.recurrent(g, row, row.layer, x, w, row.weights)

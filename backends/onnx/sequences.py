@@ -19,11 +19,10 @@ from .graph import Graph
 
 
 def mask(g: Graph) -> str:
-    """Embedding's mask, (n, steps) bool: the model's input ids that are not 0 (the NumPy
-    engine hands each layer that reads the mask the model's input)."""
+    """Embedding's mask, (n, steps) bool: the model's int32 input ids that are not 0 (the
+    NumPy engine hands each layer that reads the mask the model's input)."""
     if g._mask is None:
-        zero = g.const(0, np.int32) if g.ids_int else g.const(0.0)
-        g._mask = g.op("Not", [g.op("Equal", [g.ids, zero])], "mask")
+        g._mask = g.op("Not", [g.op("Equal", [g.ids, g.const(0, np.int32)])], "mask")
     return g._mask
 
 
