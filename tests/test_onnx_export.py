@@ -165,7 +165,8 @@ def test_named_input_and_output_with_a_dynamic_batch_axis():
         assert inp.type.tensor_type.elem_type == elem
         dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
         assert dims == ["batch", *model.report.input_shape[1:]]
-        assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", *model.output_shape[1:]]
+        out_dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+        assert out_dims == ["batch", *model.output_shape[1:]]
         sess = session(proto)
         for n in (1, 2, 33):
             assert sess.run(None, {"input": inputs(model.spec, n, np.random.default_rng(n))})[0].shape[0] == n

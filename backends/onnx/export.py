@@ -26,7 +26,7 @@ from .lowering import Lowering
 __all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "MIN_OPSET", "ExportError", "LAYER_OUTPUT", "export", "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
-DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 25
+DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 28
 # Softmax over one axis (before 13, over every axis from `axis` on, a 2-D coercion) and
 # Unsqueeze's and Squeeze's axes as an input come with opset 13
 MIN_OPSET = 13
@@ -39,10 +39,13 @@ def _error(message: str, span: Any, spec: Any, hint: str | None = None) -> Expor
 
 def _check_opset(spec: Any, opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
-        raise _error(f"cannot export to ONNX opset {opset}: expected {MIN_OPSET} to {newest}; opset {MIN_OPSET} "
-                     "is the first whose Softmax normalizes over one axis, as Keras's does (before it, over every "
-                     "axis from `axis` on), and whose Unsqueeze takes its axes as an input", None, spec, hint=f"the default is {DEFAULT_OPSET}")
+    if isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= newest:
+        return
+    why = (f"onnx {onnx.__version__} knows opsets up to {newest}" if isinstance(opset, int) and opset > newest else
+           f"opset {MIN_OPSET} is the first whose Softmax normalizes over one axis, as Keras's does (before it, over "
+           "every axis from `axis` on), and whose Unsqueeze takes its axes as an input")
+    raise _error(f"cannot export to ONNX opset {opset}: expected {MIN_OPSET} to {newest}; {why}", None, spec,
+                 hint=f"the default is {DEFAULT_OPSET}")
 
 
 def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:
