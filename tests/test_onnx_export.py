@@ -108,6 +108,19 @@ def test_masks_agree(name):
         assert relative_error(got, want) <= TOLERANCE, row.name
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "softplus", "gelu", "swish", "tanh", "elu", "selu", "relu6",
+                                        "leaky_relu 0.1", "relu", "linear"])
+def test_activations_agree_value_for_value_in_their_tails(activation):
+    """Each value to float32 round-off, relative to itself: near 0 (elu's expm1, not exp(x) - 1)
+    and far out (a sigmoid of -17 is 4e-8, not onnxruntime's Sigmoid's 9e-8)."""
+    model = ms.build(f"input 1\n{activation}")
+    magnitudes = np.logspace(-30, 2, 3000)
+    x = np.concatenate([-magnitudes, magnitudes, [0.0, -0.0]]).astype(np.float32)[:, None]
+    got = session(model_proto(model.spec, model.report, [])).run(None, {"input": x})[0]
+    expected = model.predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("opset", [13, 17, 25])
 @pytest.mark.parametrize("name", ["spec:digits_cnn", "spec:digits_transformer", "sequence:transformer-block-mask",
                                   "sequence:bidirectional-mask-sequences", "layer:globalavgpool2d",

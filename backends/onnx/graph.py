@@ -123,29 +123,70 @@ class Graph:
         """Keras's activation `name` of x, as backends/numpy/kernels.py computes it."""
         if name == "linear":
             return x
-        if name in ("relu", "sigmoid", "tanh"):
+        if name in ("relu", "tanh"):
             return self.op(name.capitalize(), [x], name)
+        if name == "sigmoid":
+            return self.sigmoid(x)
         if name == "softmax":  # over the last axis (kernels.softmax)
             return self.op("Softmax", [x], name, axis=-1)
         if name == "relu6":
             return self.op("Clip", [x, self.const(0.0), self.const(6.0)], name)
         if name == "leaky_relu":
             return self.op("LeakyRelu", [x], name, alpha=float(options.get("negative_slope", LEAKY_RELU_SLOPE)))
-        if name == "elu":
-            return self.op("Elu", [x], name, alpha=1.0)
-        if name == "selu":
-            return self.op("Selu", [x], name, alpha=SELU_ALPHA, gamma=SELU_SCALE)
-        if name == "gelu":  # Keras's string 'gelu' is the exact form: 0.5·x·(1 + erf(x/√2))
-            e = self.op("Erf", [self.op("Mul", [x, self.const(2 ** -0.5)])])
-            return self.op("Mul", [self.op("Mul", [x, self.const(0.5)]), self.op("Add", [e, self.const(1.0)])], name)
+        if name in ("elu", "selu"):
+            # where(x > 0, x, expm1(min(x, 0))) as kernels.elu: ONNX's Elu and Selu take
+            # exp(x) - 1, which loses every digit near 0; expm1(m) = 2t/(1 - t), t = tanh(m/2), does not
+            t = self.op("Tanh", [self.op("Mul", [self.op("Min", [x, self.const(0.0)]), self.const(0.5)])])
+            em1 = self.op("Div", [self.op("Mul", [t, self.const(2.0)]), self.op("Sub", [self.const(1.0), t])], "expm1")
+            positive = self.op("Greater", [x, self.const(0.0)])
+            if name == "elu":
+                return self.op("Where", [positive, x, em1], name)
+            y = self.op("Where", [positive, x, self.op("Mul", [em1, self.const(SELU_ALPHA)])])
+            return self.op("Mul", [y, self.const(SELU_SCALE)], name)
+        if name == "gelu":  # Keras's string 'gelu' is the exact form: 0.5·x·(1 + erf(x·2^-½))
+            e = self.erf(self.op("Mul", [x, self.const(2 ** -0.5)]))
+            return self.op("Mul", [self.op("Mul", [self.const(0.5), x]), self.op("Add", [self.const(1.0), e])], name)
         if name == "swish":
-            return self.op("Mul", [x, self.op("Sigmoid", [x])], name)
+            return self.op("Mul", [x, self.sigmoid(x)], name)
         if name == "softplus":
-            # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), which never overflows (np.logaddexp(x, 0))
-            tail = self.op("Log", [self.op("Add", [self.op("Exp", [self.op("Neg", [self.op("Abs", [x])])]),
-                                                   self.const(1.0)])])
-            return self.op("Add", [self.op("Relu", [x]), tail], name)
+            # np.logaddexp(x, 0) = max(x, 0) + log1p(e^-|x|), which never overflows
+            return self.op("Add", [self.op("Relu", [x]), self.log1p(self.op("Exp", [self.op("Neg", [self.op("Abs", [x])])]))],
+                           name)
         raise Unsupported(f"the {name} activation")
+
+    def sigmoid(self, x: str) -> str:
+        """kernels.sigmoid: max(e, x ≥ 0) / (1 + e), e = exp(-|x|), exact in relative terms in
+        both tails (onnxruntime's Sigmoid is not, below -10)."""
+        e = self.op("Exp", [self.op("Neg", [self.op("Abs", [x])])])
+        top = self.op("Max", [e, self.op("Cast", [self.op("GreaterOrEqual", [x, self.const(0.0)])], to=TensorProto.FLOAT)])
+        return self.op("Div", [top, self.op("Add", [self.const(1.0), e])], "sigmoid")
+
+    def log1p(self, u: str) -> str:
+        """log(1 + u) to a few ulps for small u too: log(w)·u/(w - 1), w = 1 + u (u where w is 1)."""
+        w = self.op("Add", [self.const(1.0), u])
+        d = self.op("Sub", [w, self.const(1.0)])
+        ratio = self.op("Div", [u, self.op("Where", [self.op("Equal", [d, self.const(0.0)]), self.const(1.0), d])])
+        return self.op("Where", [self.op("Equal", [d, self.const(0.0)]), u,
+                                 self.op("Mul", [self.op("Log", [w]), ratio])], "log1p")
+
+    def erf(self, x: str) -> str:
+        """erf as TensorFlow computes it for float32 (kernels.erf: Eigen's rational
+        approximation on [-4, 4]), which is Keras's gelu; ONNX's Erf is another approximation."""
+        x = self.op("Clip", [x, self.const(-4.0), self.const(4.0)])
+        x2 = self.op("Mul", [x, x])
+
+        def horner(first: tuple[float, float], rest: tuple[float, ...]) -> str:
+            y = self.op("Add", [self.op("Mul", [x2, self.const(first[0])]), self.const(first[1])])
+            for c in rest:
+                y = self.op("Add", [self.op("Mul", [y, x2]), self.const(c)])
+            return y
+
+        p = horner((-2.72614225801306e-10, 2.77068142495902e-08),
+                   (-2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04,
+                    -2.95459980854025e-03, -1.60960333262415e-02))
+        q = horner((-1.45660718464996e-05, -2.13374055278905e-04),
+                   (-1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02))
+        return self.op("Div", [self.op("Mul", [x, p]), q], "erf")
 
 
 def value_info(name: str, shape: tuple[Any, ...], elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
