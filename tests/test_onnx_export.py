@@ -347,3 +347,16 @@ def test_every_layer_kind_is_exportable():
     # and the conformance cases reach every kind
     kinds = {row.kind for spec in CASES.values() for row in check(spec).layers}
     assert kinds == set(ir.LAYER_CLASSES)
+
+
+def test_without_onnx_installed_export_says_which_extra(tmp_path):
+    import subprocess
+
+    code = ("import sys\nsys.modules['onnx'] = None  # as if not installed\nfrom modelspec.cli import main\n"
+            "sys.exit(main(['export', sys.argv[1], '-o', sys.argv[2]]))")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "specs" / "mnist.ms"), str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("modelspec: error: exporting to ONNX needs onnx, which is not installed: "
+                                   "pip install 'modelspec[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from . import CommandError, check_output
 from ._arguments import positive_int
@@ -24,29 +23,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import backends
+    from .. import backends, build
+    from ._runs import load_spec, load_weights
 
     check_output(args.output, [args.spec, args.weights], "-o")
     if args.weights and args.seed is not None:
         raise CommandError("--seed draws initial weights; with --weights the weights are that file's: give one of them")
-    try:
-        from ..backends.onnx.export import model_proto
-    except ImportError as e:
-        if (getattr(e, "name", None) or "").partition(".")[0] != "onnx":
-            raise
-        raise CommandError("exporting to ONNX needs onnx, which is not installed: pip install 'modelspec[onnx]'") \
-            from None
-    from .. import build
-    from ._runs import load_spec, load_weights, write
-
-    spec, report = load_spec(args.spec)
-    try:
-        model = build(spec, backend="numpy", seed=0 if args.seed is None else args.seed)
-    except backends.BackendError as e:
-        raise CommandError(str(e)) from None
+    spec, _ = load_spec(args.spec)
+    model = build(spec, backend="numpy", seed=0 if args.seed is None else args.seed)
     if args.weights:
         load_weights(model, args.weights)
-    proto = model_proto(spec, report, model.get_weights(), opset=args.opset)
-    write(Path(args.output), proto.SerializeToString())
+    try:
+        model.export(args.output, opset=args.opset)  # an ExportError is a SpecError, which the CLI renders
+    except backends.BackendError as e:  # onnx is not installed
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise CommandError(f"cannot write {args.output}: {e.strerror or e}") from None
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
