@@ -360,3 +360,12 @@ def test_without_onnx_installed_export_says_which_extra(tmp_path):
     assert done.stderr.strip() == ("modelspec: error: exporting to ONNX needs onnx, which is not installed: "
                                    "pip install 'modelspec[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_over_protobufs_limit_is_refused_before_anything_is_built(tmp_path):
+    spec = ms.parse("input 30000\ndense 20000\n")
+    report = check(spec)
+    weights = [np.broadcast_to(np.float32(0), w.shape) for w in report.weights]  # no memory taken
+    with pytest.raises(ExportError, match="the model's weights take 2,400,080,000 bytes; an ONNX file holds at most"):
+        onnx_export.export(spec, report, weights, tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()

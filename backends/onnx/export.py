@@ -30,6 +30,7 @@ DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 1
 # Softmax over one axis (before 13, over every axis from `axis` on, a 2-D coercion) and
 # Unsqueeze's and Squeeze's axes as an input come with opset 13
 MIN_OPSET = 13
+PROTOBUF_LIMIT = 2**31 - 2**24  # protobuf's 2 GiB, less room for the graph itself
 LAYER_OUTPUT = "layer_output/"  # the prefix of each row's output with layer_outputs=True
 
 
@@ -48,8 +49,7 @@ def _check_opset(spec: Any, opset: int) -> None:
                  hint=f"the default is {DEFAULT_OPSET}")
 
 
-def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:
-    kinds = kinds_implemented(type(lowering)) if lowering is not None else EXPORTABLE_KINDS
+def _check_kinds(spec: Any, report: Any, kinds: frozenset[str]) -> None:
     problems = [Diagnostic("error", f"{row.kind} layers cannot be exported to ONNX yet", row.layer.span,
                            code="export", file=spec.path)
                 for row in report.layers if row.kind not in kinds]
@@ -57,13 +57,18 @@ def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:
         raise ExportError(problems, spec.source)
 
 
-def _check_weights(report: Any, weights: list[np.ndarray]) -> None:
+def _check_weights(spec: Any, report: Any, weights: list[np.ndarray]) -> None:
     if len(weights) != len(report.weights):
         raise ValueError(f"expected {len(report.weights)} weights (the model's, in Keras's order); received "
                          f"{len(weights)}")
     for decl, value in zip(report.weights, weights):
         if tuple(np.shape(value)) != tuple(decl.shape):
             raise ValueError(f"weight {decl.path} has shape {tuple(decl.shape)}; received {tuple(np.shape(value))}")
+    size = sum(4 * int(np.prod(decl.shape)) for decl in report.weights)
+    if size > PROTOBUF_LIMIT:
+        raise _error(f"the model's weights take {size:,} bytes; an ONNX file holds at most {PROTOBUF_LIMIT:,} "
+                     "(protobuf's limit) unless its weights are kept in external data files, which export does not "
+                     "write yet", None, spec)
 
 
 def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int | None = None,
@@ -74,8 +79,8 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     opset = DEFAULT_OPSET if opset is None else opset
     _check_opset(spec, opset)
     lowering = Lowering()
-    _check_kinds(spec, report, lowering)
-    _check_weights(report, weights)
+    _check_kinds(spec, report, kinds_implemented(type(lowering)))
+    _check_weights(spec, report, weights)
     g = Graph(opset)
     g.reserve("input")
     g.reserve("output")
