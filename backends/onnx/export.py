@@ -20,10 +20,11 @@ from onnx import TensorProto, helper
 from modelspec.backends.base import kinds_implemented
 from modelspec.diagnostics import Diagnostic
 
-from .graph import ExportError, Graph, Unsupported, value_info
+from .graph import INPUT, OUTPUT, ExportError, Graph, Unsupported, value_info
 from .lowering import Lowering
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "MIN_OPSET", "ExportError", "LAYER_OUTPUT", "export", "model_proto"]
+__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "MIN_OPSET", "OUTPUT", "ExportError", "export",
+           "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
 DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 28
@@ -82,10 +83,10 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     _check_kinds(spec, report, kinds_implemented(type(lowering)))
     _check_weights(spec, report, weights)
     g = Graph(opset)
-    g.reserve("input")
-    g.reserve("output")
+    g.reserve(INPUT)
+    g.reserve(OUTPUT)
     names = [g.reserve(LAYER_OUTPUT + row.name) for row in report.layers] if layer_outputs else []
-    values: dict[int, str] = {-1: "input"}
+    values: dict[int, str] = {-1: INPUT}
     g.shapes[-1] = report.input_shape
     offset = 0
     for i, row in enumerate(report.layers):
@@ -98,14 +99,14 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
             raise _error(f"{e} cannot be exported to ONNX yet ({row.kind} layer {row.name})", row.layer.span,
                          spec) from None
         g.shapes[i] = row.output_shape
-    last = values[len(report.layers) - 1] if report.layers else "input"
-    g.nodes.append(helper.make_node("Identity", [last], ["output"], name="node/output"))
-    outputs = [value_info("output", report.output_shape)]
+    last = values[len(report.layers) - 1] if report.layers else INPUT
+    g.nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="node/output"))
+    outputs = [value_info(OUTPUT, report.output_shape)]
     for i, name in enumerate(names):
         g.nodes.append(helper.make_node("Identity", [values[i]], [name], name=f"node/{name}"))
         outputs.append(value_info(name, report.layers[i].output_shape))
     elem = TensorProto.INT32 if spec.input_dtype == "int32" else TensorProto.FLOAT
-    graph = helper.make_graph(g.nodes, _graph_name(report), [value_info("input", report.input_shape, elem)],
+    graph = helper.make_graph(g.nodes, _graph_name(report), [value_info(INPUT, report.input_shape, elem)],
                               outputs, initializer=g.initializers)
     model = _with_metadata(graph, spec, report, opset)
     onnx.checker.check_model(model, full_check=True)

@@ -19,6 +19,7 @@ from modelspec.errors import ModelspecError
 
 # Keras's activations as the NumPy kernels compute them (backends/numpy/kernels.py)
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+INPUT, OUTPUT = "input", "output"  # the graph's input and output
 LEAKY_RELU_SLOPE = 0.2  # the activation string's slope (keras/src/activations/activations.py)
 
 
@@ -42,7 +43,7 @@ class Graph:
         self._names: set[str] = set()
         self._counts: dict[str, int] = {}
         self._constants: dict[tuple[str, tuple[int, ...], bytes], str] = {}
-        self.ids = "input"  # the model's input, which embedding's mask is read from
+        self.ids = INPUT  # the model's input, which embedding's mask is read from
         self.shapes: dict[int, tuple] = {}  # each row's output shape by position (-1: the input)
         self._mask: str | None = None
         self._zeros: dict[int, str] = {}
