@@ -138,11 +138,51 @@ def run_case(name: str, group: Group | None) -> dict[str, np.ndarray]:
     return out
 
 
+def fit_run(group: Group | None, **fit) -> tuple[ms.model.Model, ms.model.History]:
+    model = ms.build(MLP, backend="torch", device="cpu", distributed=group if group is not None else None)
+    x, y = digits(120)
+    return model, model.fit(x, y, batch_size=25, verbose=0, seed=3, **fit)
+
+
+def scenarios(folder: Path, group: Group) -> dict:
+    """fit's checkpoint, a stop requested on one worker, workers given different data."""
+    import torch.distributed as dist
+
+    out = {}
+    # worker 0 alone writes the checkpoint; every worker resumes from it
+    fit_run(group, epochs=1, checkpoint=folder / f"checkpoint{group.rank}")
+    out["wrote"] = (folder / f"checkpoint{group.rank}" / "state.json").exists()
+    dist.barrier()
+    model, history = fit_run(group, epochs=3, checkpoint=folder / "checkpoint0", resume=True)
+    out["resumed"] = {"history": history.history, "weights": [w.tolist() for w in model.get_weights()]}
+    # a stop requested on worker 1 only (as Ctrl-C would) ends the same epoch on both
+    model = ms.build(MLP, backend="torch", device="cpu", distributed=group)
+    if group.rank == 1:
+        train_epoch = model.engine.train_epoch
+
+        def then_stop(*args, **kwargs):
+            model.stop_training = True
+            return train_epoch(*args, **kwargs)
+
+        model.engine.train_epoch = then_stop
+    x, y = digits(120)
+    history = model.fit(x, y, batch_size=25, epochs=3, verbose=0, seed=3)
+    out["stopped"] = [len(history.epoch), history.stopped]
+    # the same call on every worker, or a clear error on every worker (not a hang, not garbage)
+    try:
+        model.fit(x, y if group.rank == 0 else (y + 1) % 10, batch_size=25, epochs=1, verbose=0)
+    except DistributedError as e:
+        out["disagree"] = str(e)
+    return out
+
+
 def worker(folder: str) -> None:
-    """One worker of the launch below: every case, its results in folder/rank<R>-<case>.npz."""
+    """One worker of the launch below: every case, its results in folder/rank<R>-<case>.npz,
+    then the scenarios', in folder/rank<R>.json."""
     group = Group.from_env()
     for name in CASES:
         np.savez(Path(folder) / f"rank{group.rank}-{name}.npz", **run_case(name, group))
+    (Path(folder) / f"rank{group.rank}.json").write_text(json.dumps(scenarios(Path(folder), group)))
     import torch.distributed as dist
 
     dist.destroy_process_group()
@@ -216,3 +256,80 @@ def test_two_workers_train_as_one_process(workers, name):
     # every worker holds the same model and the same history, to the last bit
     for key in ranks[0]:
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)
+
+
+def test_worker_0_alone_writes_the_checkpoint_and_every_worker_resumes_from_it(workers):
+    torch.set_num_threads(1)
+    model, history = fit_run(None, epochs=3)  # uninterrupted, one process
+    ranks = [json.loads((workers / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["wrote"] for r in ranks] == [True, False]
+    for r in ranks:
+        got = r["resumed"]
+        assert list(got["history"]) == list(history.history) and len(got["history"]["loss"]) == 3
+        same({k: np.array(v) for k, v in got["history"].items()}, history.history, list(history.history))
+        same(dict(enumerate(np.array(w, np.float32) for w in got["weights"])), dict(enumerate(model.get_weights())),
+             list(range(len(got["weights"]))))
+
+
+def test_a_stop_requested_on_one_worker_stops_every_worker_after_the_same_epoch(workers):
+    ranks = [json.loads((workers / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["stopped"] for r in ranks] == [[1, "stopped on request after epoch 1"]] * WORLD
+
+
+def test_workers_that_call_fit_differently_all_stop_with_one_clear_error(workers):
+    ranks = [json.loads((workers / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert ranks[0]["disagree"] == ranks[1]["disagree"]
+    assert ranks[0]["disagree"].startswith("the workers called fit differently (their data differ)")
+
+
+# -- without workers ------------------------------------------------------------------------
+
+
+def test_shard_splits_a_batch_in_order_the_first_workers_taking_one_more():
+    def shares(n, world):
+        return [shard(n, Group(r, world, r)) for r in range(world)]
+
+    assert shares(45, 2) == [slice(0, 23), slice(23, 45)]
+    assert shares(10, 4) == [slice(0, 3), slice(3, 6), slice(6, 8), slice(8, 10)]
+    assert shares(1, 2) == [slice(0, 1), slice(1, 1)]  # a worker may take no row
+    assert shard(7, None) == slice(0, 7)
+    for n in range(0, 30):
+        for world in (1, 2, 3, 5):
+            rows = [i for s in shares(n, world) for i in range(n)[s]]
+            assert rows == list(range(n))
+
+
+def test_the_group_comes_from_torchrun_s_variables():
+    assert Group.from_env({}) is None
+    assert Group.from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Group(1, 4, 1)
+    assert Group.from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}).local_rank == 1
+    assert Group.from_env({"RANK": "0", "WORLD_SIZE": "2"}).is_main
+    with pytest.raises(DistributedError, match="RANK must be a whole number .*received 'one'"):
+        Group.from_env({"RANK": "one", "WORLD_SIZE": "2"})
+    with pytest.raises(DistributedError, match="WORLD_SIZE is set but RANK is not"):
+        Group.from_env({"WORLD_SIZE": "2"})
+    with pytest.raises(DistributedError, match=r"the rank must be in \[0, 2\)"):
+        Group.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_distributed_true_outside_a_launcher_says_how_to_launch(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(DistributedError, match="launch it with torchrun"):
+        ms.build(MLP, backend="torch", device="cpu", distributed=True)
+
+
+def test_one_worker_is_one_process():
+    """A group of one (torchrun --nproc-per-node 1) joins no process group and changes nothing."""
+    model = ms.build(MLP, backend="torch", device="cpu", distributed=Group(0, 1, 0))
+    assert model.distributed is None and model.engine.group is None
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "keras"])
+def test_the_numpy_and_keras_backends_refuse_several_workers_naming_torch(backend):
+    with pytest.raises(ms.ModelspecError) as e:
+        ms.build(MLP, backend=backend, distributed=Group(0, 2, 0))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"the {backend} backend trains in one process only")
+    assert "torch backend" in message and "keras.distribution runs only on its JAX backend" in message
