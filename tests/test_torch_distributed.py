@@ -96,7 +96,7 @@ CASES = {
     "mlp": (MLP, lambda: digits(1000), lambda: digits(1300)[0][1000:], dict(batch_size=45, epochs=2,
                                                                               validation_split=0.2), {}),
     "mlp_sync_free": (MLP, lambda: digits(1000), None, dict(batch_size=45, epochs=2, validation_split=0.2),
-                      {"sync_free": True}),
+                      {"sync_free": True, "cuda_graphs": False}),
     # 46 samples in batches of 45: the last batch's one sample goes to worker 0, none to worker 1
     "one_sample_batch": (MLP, lambda: digits(46), None, dict(batch_size=45, epochs=2), {}),
     "conv": (CONV, lambda: tuple([digits(150)[0].reshape(-1, 8, 8, 1), digits(150)[1]]), None,
