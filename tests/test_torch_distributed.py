@@ -90,8 +90,18 @@ def tokens(n: int, vocabulary: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return x, (x.sum(axis=1) % 3).astype(np.int64)
 
 
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """The CLI's digits training set (raw pixels; the spec rescales them), one-hot labels."""
+    from modelspec.data import load_digits
+
+    d = load_digits()
+    return d.x_train, np.eye(10, dtype=np.float32)[d.y_train]
+
+
 # name: (spec, training data, test data, fit options, engine options)
 CASES = {
+    # the tutorial's digits model as written (RMSprop with momentum; 1,149 samples in batches of 32)
+    "digits_spec": (str(Path(__file__).parents[1] / "specs" / "digits.ms"), digits_split, None, dict(epochs=1), {}),
     # 800 training samples: 17 batches of 45 and one of 35; 200 for validation
     "mlp": (MLP, lambda: digits(1000), lambda: digits(1300)[0][1000:], dict(batch_size=45, epochs=2,
                                                                               validation_split=0.2), {}),
