@@ -343,3 +343,23 @@ def test_the_numpy_and_keras_backends_refuse_several_workers_naming_torch(backen
     assert "\n" not in message
     assert message.startswith(f"the {backend} backend trains in one process only")
     assert "torch backend" in message and "keras.distribution runs only on its JAX backend" in message
+
+
+def test_the_collective_timeout_is_30_seconds_unless_set(monkeypatch):
+    from modelspec.distributed import timeout_seconds
+
+    monkeypatch.delenv("MODELSPEC_DIST_TIMEOUT", raising=False)
+    assert timeout_seconds() == 30.0 and timeout_seconds(5) == 5.0
+    monkeypatch.setenv("MODELSPEC_DIST_TIMEOUT", "7.5")
+    assert timeout_seconds() == 7.5
+    monkeypatch.setenv("MODELSPEC_DIST_TIMEOUT", "soon")
+    with pytest.raises(DistributedError, match="MODELSPEC_DIST_TIMEOUT must be a number of seconds; received 'soon'"):
+        timeout_seconds()
+    with pytest.raises(DistributedError, match="positive"):
+        timeout_seconds(0)
+
+
+def test_distributed_takes_true_false_none_or_a_group():
+    with pytest.raises(DistributedError, match="distributed must be True, False, None or a modelspec.distributed.Group; "
+                                               "received int"):
+        ms.build(MLP, backend="torch", device="cpu", distributed=2)
