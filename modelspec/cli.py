@@ -44,31 +44,45 @@ def main(argv: list[str] | None = None) -> int:
     from .diagnostics import Diagnostic, SpecError
 
     json_mode = getattr(args, "json", False)
+    args.words = words  # what `train --nproc N` passes on to its workers
     try:
         return modules[args.command].run(args)
     except SpecError as e:
-        print(e.render(), file=sys.stderr)
+        _error(e.render(), e, 1)
         if json_mode:
             _json_failure(e.diagnostics)
         return 1
     except CommandError as e:
-        print(f"modelspec: error: {e}", file=sys.stderr)
+        _error(f"modelspec: error: {e}", e, e.code)
         if json_mode:
             _json_failure([Diagnostic("error", str(e), code="command")])
         return e.code
     except KeyboardInterrupt:
-        print("modelspec: interrupted", file=sys.stderr)
+        _error("modelspec: interrupted", None, 130)
         return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # never show a user a traceback; MODELSPEC_DEBUG=1 does
         if os.environ.get("MODELSPEC_DEBUG"):
             raise
-        print(f"modelspec: internal error: {type(e).__name__}: {e}\n"
-              "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        _error(f"modelspec: internal error: {type(e).__name__}: {e}\n"
+               "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", e, 1)
         if json_mode:
             _json_failure([Diagnostic("error", f"internal error: {type(e).__name__}: {e}", code="internal")])
         return 1
+
+
+def _error(text: str, error: BaseException | None, code: int) -> None:
+    """A failure on standard error; in a worker of `train --nproc`, in torch's error file for
+    the launcher to report once, in one line, for every worker."""
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from .commands import _launch
+
+        _launch.record_error(text.splitlines()[0].removeprefix("modelspec: error: ").removeprefix("modelspec: "),
+                             error, code)
+        if _launch.quiet_errors():
+            return
+    print(text, file=sys.stderr)
 
 
 def _json_failure(diagnostics: list) -> None:
