@@ -17,30 +17,51 @@ def _spec(spec: Any) -> ir.Spec:
     return parse(spec)
 
 
-def build(spec: Any, backend: str = "numpy", seed: int = 0, **options: Any) -> "Any":
+def build(spec: Any, backend: str = "numpy", seed: int = 0, distributed: Any = None, **options: Any) -> "Any":
     """Build a spec (IR, text or path) in a backend, with Keras-exact initial weights drawn
     once in NumPy from `seed`, so every backend starts from the same values.
 
+    distributed: train data-parallel across processes (modelspec.distributed): True reads
+    the worker's place from torchrun's environment, a `Group` gives it; None or False (the
+    default), or a group of one worker, is one process. Only the torch backend trains so.
+
     Raises SpecError for an invalid spec or one the backend cannot run, BackendError for an
-    unknown backend or a missing framework. Options go to the backend (device="cuda"...).
+    unknown backend or a missing framework, DistributedError for a distributed run that
+    cannot start. Options go to the backend (device="cuda"...).
     """
     from . import backends
     from .checker import infer, refuse_oversized
+    from .distributed import resolve
     from .initializers import initial_weights
     from .model import Model
 
+    group = resolve(distributed)
     spec = _spec(spec)
     report = infer(spec)
     refuse_oversized(report, (spec.fit and spec.fit.batch_size) or 32, spec.optimizer or ir.Optimizer(name="rmsprop"))
     be = backends.get(backend)
+    if group is not None:
+        refuse_single_process(be.name)
+        options["distributed"] = group
     problems = be.unsupported(spec)
     if problems:
         raise SpecError([d.with_file(spec.path) for d in problems], spec.source)
     engine = be.engine(spec, report, seed=seed, **options)
     model = Model(spec, report, be, engine, seed)
+    model.distributed = group
     model.set_weights(initial_weights(spec, report, seed))
     model.adapted = not report.adapts  # Keras's initial 0 and 1 are not
     return model
+
+
+def refuse_single_process(backend: str) -> None:
+    """A DistributedError unless `backend` trains data-parallel across processes (torch only)."""
+    if backend != "torch":
+        from .distributed import DistributedError
+
+        raise DistributedError(f"the {backend} backend trains in one process only; distributed training across "
+                               "processes runs on the torch backend (--backend torch); Keras 3's own "
+                               "keras.distribution runs only on its JAX backend")
 
 
 def load_model(path: str | os.PathLike, backend: str | None = None, **options: Any) -> "Any":

@@ -256,6 +256,8 @@ class Model:
         # whether the normalize layers hold their statistics (adapted, or weights set or loaded):
         # fit adapts them to its x first otherwise. modelspec.build's initial weights don't count.
         self.adapted = not report.adapts
+        # the workers of a data-parallel run (modelspec.distributed.Group), or None: one process
+        self.distributed: Any = None
 
     # -- basics --------------------------------------------------------------------------
 
@@ -374,12 +376,16 @@ class Model:
         if resume and store is None:
             raise ValueError("resume=True continues the run saved in a checkpoint: give checkpoint=DIR")
         saved = store.read() if resume else None
+        if not self._main:  # distributed: worker 0 alone prints and writes the checkpoint
+            verbose = 0
         xs, ys, raw_shape = self._dataset(x, y)
         if not self.adapted and saved is None:  # as Keras users call norm.adapt(x_train) on all of it, before the split
             self.adapt(xs)
         xs, ys, val = self._validation(xs, ys, split, validation_data)
         config = self._training_config(raw_shape)
         steps = -(-len(xs) // batch_size)
+        if self.distributed is not None:
+            self._agree(xs, ys, val, batch_size, epochs, shuffle, seed)
         out = stream or sys.stdout
         callbacks = self._callbacks(config, val is not None, verbose, out, early_stopping, reduce_lr_on_plateau)
         run = _FitRun(config, self.engine.prepare(xs, ys), self.engine.prepare(*val) if val is not None else None,
@@ -392,7 +398,7 @@ class Model:
             identity = self._run_identity(store, xs, ys, val, batch_size, split, shuffle, seed, callbacks)
             if saved is not None:
                 self._restore(store, saved, identity, run)
-            else:
+            elif self._main:
                 store.clear()  # an earlier run's checkpoint would be resumed as this one's
         self.stop_training = False
         for epoch in range(len(run.history.epoch), epochs):
@@ -400,7 +406,7 @@ class Model:
                 break
             order = rng.permutation(len(xs)) if shuffle else np.arange(len(xs))
             go_on = self._fit_epoch(run, epoch, epochs, order)
-            if store is not None:
+            if store is not None and self._main:
                 self._save_checkpoint(store, run, identity)
             if not go_on:
                 break
@@ -553,7 +559,7 @@ class Model:
             run.finished = True
             if run.verbose:
                 print(f"modelspec: {history.stopped}", file=sys.stderr)
-            else:
+            elif self._main:
                 import warnings
 
                 warnings.warn(history.stopped, TrainingStopped, stacklevel=3)  # at fit's caller
@@ -570,10 +576,41 @@ class Model:
         if stop:  # early stopping: a normal end
             run.finished = True
             return False
-        if self.stop_training:
+        if self._stop_requested():
             history.stopped = f"stopped on request after epoch {epoch + 1}"
             return False
         return True
+
+    # -- data-parallel training (modelspec.distributed) ---------------------------------------
+
+    @property
+    def _main(self) -> bool:
+        """Whether this process prints and writes: one process, or worker 0 of several."""
+        return self.distributed is None or self.distributed.is_main
+
+    def _stop_requested(self) -> bool:
+        """stop_training, set on this worker or, distributed, on any (the same epoch ends them all)."""
+        if self.distributed is None:
+            return self.stop_training
+        from .distributed import any_worker
+
+        return any_worker(self.stop_training, self.distributed)
+
+    def _agree(self, xs: np.ndarray, ys: np.ndarray, val: Any, batch_size: int, epochs: int, shuffle: bool,
+               seed: int | None) -> None:
+        """A DistributedError unless every worker called fit alike: each trains on all of the
+        data, in the one order drawn from the same seed, and takes its share of each batch."""
+        from .distributed import agree
+
+        def sample(a: np.ndarray) -> bytes:  # a strided sample of the data: cheap, and catches other data
+            return np.ascontiguousarray(a[:: max(1, len(a) // 512)]).tobytes()
+
+        agree({"samples": len(xs), "validation samples": 0 if val is None else len(val[0]),
+               "batch size": batch_size, "epochs": epochs, "shuffle": shuffle,
+               "shuffle seed": self._fit_setting("seed", seed) if seed is not None or self._shuffle_rng is None
+               else "continued", "weights seed": self.seed,
+               "data": sample(xs) + sample(ys) + (b"" if val is None else sample(val[0]) + sample(val[1]))},
+              self.distributed)
 
     @staticmethod
     def _logs(config: TrainConfig, loss_sum: float, sums: list[float], count: int) -> dict[str, float]:
@@ -589,7 +626,7 @@ class Model:
         config = self._training_config(raw_shape)
         totals = self.engine.evaluate(self.engine.prepare(xs, ys), batch_size)
         logs = dict(sorted(self._logs(config, totals.loss_sum, totals.metric_sums, totals.count).items()))
-        if verbose:
+        if verbose and self._main:
             steps = -(-len(xs) // batch_size)
             _progress()(steps, verbose).finish(steps, logs)
         return logs

@@ -31,15 +31,20 @@ class TorchBackend(Backend):
     layer_kinds: ClassVar[frozenset[str]] = kinds_implemented(Lowering)
 
     def engine(self, spec: "ir.Spec", report: "Report", seed: int = 0, device: Any = "auto",
-               cuda_graphs: bool = True, **unknown: Any) -> "TorchEngine":
+               cuda_graphs: bool = True, distributed: Any = None, **unknown: Any) -> "TorchEngine":
         """Options: `seed` (dropout masks), `device` ('auto' takes CUDA when present, 'cpu',
-        'cuda', 'cuda:N') and `cuda_graphs` (capture the training step on CUDA; default on)."""
+        'cuda', 'cuda:N'; distributed, 'auto' and 'cuda' take the worker's GPU, cuda:LOCAL_RANK),
+        `cuda_graphs` (capture the training step on CUDA; default on; off when distributed) and
+        `distributed` (as modelspec.build's: True, a modelspec.distributed.Group, or None)."""
         if unknown:
             raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} for the torch backend: "
-                            f"{', '.join(sorted(unknown))}; expected seed, device or cuda_graphs")
+                            f"{', '.join(sorted(unknown))}; expected seed, device, cuda_graphs or distributed")
+        from modelspec.distributed import resolve
+
         from .engine import TorchEngine
 
-        return TorchEngine(spec, report, seed=seed, device=device, cuda_graphs=cuda_graphs)
+        return TorchEngine(spec, report, seed=seed, device=device, cuda_graphs=cuda_graphs,
+                           distributed=resolve(distributed))
 
     def emit(self, spec: "ir.Spec", report: "Report") -> str:
         from modelspec.diagnostics import Diagnostic, SpecError

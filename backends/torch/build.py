@@ -8,7 +8,9 @@ values are not drawn here: the common Model sets the weights it drew in NumPy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,23 +50,107 @@ class Layer(nn.Module):
         return self.description
 
 
-class Dropout(nn.Module):
-    """Keras's inverted dropout, active only in training, with masks from its own generator."""
+class GlobalBatch:
+    """The global batch of a data-parallel training step (modelspec.distributed), as the
+    modules whose numbers depend on the whole batch see it: its size `total` and this
+    worker's rows of it, set by the engine around each training forward pass (`total` is
+    None outside one: the module then sees its input as the whole batch)."""
 
-    def __init__(self, rate: float, generator: torch.Generator) -> None:
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.total: int | None = None
+        self.rows = slice(0, 0)
+
+    @contextlib.contextmanager
+    def step(self, total: int, rows: slice):
+        self.total, self.rows = total, rows
+        try:
+            yield
+        finally:
+            self.total = None
+
+    def rand(self, shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """torch.rand of this worker's rows: the whole global batch's draw, so that every
+        worker's generator moves as one process's does and the rows are one process's."""
+        if self.total is None:
+            return torch.rand(shape, generator=generator, device=device)
+        if shape[0] != self.rows.stop - self.rows.start:
+            raise RuntimeError(f"a random draw of shape {tuple(shape)} in a distributed step is not over this "
+                               f"worker's {self.rows.stop - self.rows.start} rows of the batch")
+        return torch.rand((self.total, *shape[1:]), generator=generator, device=device)[self.rows]
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ of `t` over the workers, differentiably (the gradient of a sum is the sum of
+        the gradients: every worker's loss reads it)."""
+        return _AllReduce.apply(t)
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+class Dropout(nn.Module):
+    """Keras's inverted dropout, active only in training, with masks from its own generator
+    (in a data-parallel step, this worker's rows of the global batch's mask)."""
+
+    def __init__(self, rate: float, generator: torch.Generator, batch: GlobalBatch | None = None) -> None:
         super().__init__()
-        self.rate, self.generator = rate, generator
+        self.rate, self.generator, self.batch = rate, generator, batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0:
             return x
         if self.rate >= 1:
             return torch.zeros_like(x)
-        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.rate
-        return x * keep / (1 - self.rate)
+        if self.batch is None:
+            draw = torch.rand(x.shape, generator=self.generator, device=x.device)
+        else:
+            draw = self.batch.rand(x.shape, self.generator, x.device)
+        return x * (draw >= self.rate) / (1 - self.rate)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
+
+
+class GlobalBatchNorm(keras_ops.BatchNorm):
+    """batchnorm in a data-parallel step: the global batch's mean, then its biased variance
+    about that mean, each a sum over the workers (weighted by their rows, as one process's
+    var_mean is over the whole batch); the moving statistics then move alike everywhere."""
+
+    batch: GlobalBatch
+
+    def statistics(self, x: torch.Tensor, others: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch.total is None:
+            return super().statistics(x, others)
+        count = self.batch.total * math.prod(x.shape[d] for d in others if d != 0)
+        mean = self.batch.sum(x.sum(dim=others)) / count
+        shape = [1 if d in others else -1 for d in range(x.dim())]
+        variance = self.batch.sum((x - mean.view(shape)).square().sum(dim=others)) / count
+        return variance, mean
+
+
+class GlobalAttention(keras_ops.MultiHeadAttention):
+    """attention whose dropout mask, in a data-parallel step, is this worker's rows of the
+    global batch's."""
+
+    batch: GlobalBatch
+
+    def random(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        return self.batch.rand(shape, self.generator, device)
+
+
+# the live module's class of a keras_ops one whose numbers read the whole batch
+GLOBAL_BATCH_CLASSES = {keras_ops.BatchNorm: GlobalBatchNorm, keras_ops.MultiHeadAttention: GlobalAttention}
 
 
 class SpecModule(nn.Module):
@@ -241,8 +327,10 @@ def operands_function(expr: Any) -> Callable[[tuple[torch.Tensor, ...], nn.Modul
 class Builder:
     """Makes each layer's Unit (lowering.py) into live modules, in the plan's order."""
 
-    def __init__(self, spec: ir.Spec, report: Report, seed: int = 0, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: ir.Spec, report: Report, seed: int = 0, device: torch.device | str = "cpu",
+                 batch: GlobalBatch | None = None) -> None:
         self.spec, self.report, self.seed, self.device = spec, report, seed, torch.device(device)
+        self.batch = batch
         self.dropouts = 0
         self.weights = WeightMap()
         self.penalties: list[tuple[torch.Tensor, float, float]] = []
@@ -290,8 +378,13 @@ class Builder:
         # seeds, drawn from a generator per layer (nn.Dropout draws from torch's global one, and
         # so does a keras_ops module whose `generator` is None, as in emitted programs).
         if call.target == "nn.Dropout":
-            return Dropout(*call.args, self.generator(step))
-        module = resolve(call.target)(*call.args, **call.kwargs)
+            return Dropout(*call.args, self.generator(step), self.batch)
+        cls = resolve(call.target)
+        if self.batch is not None and cls in GLOBAL_BATCH_CLASSES:
+            module = GLOBAL_BATCH_CLASSES[cls](*call.args, **call.kwargs)
+            module.batch = self.batch
+        else:
+            module = cls(*call.args, **call.kwargs)
         if getattr(module, "generator", False) is None:
             module.generator = self.generator(step)
         return module
@@ -311,6 +404,8 @@ def _free(name: str, taken: set[str]) -> str:
     return name
 
 
-def build(spec: ir.Spec, report: Report, seed: int = 0, device: torch.device | str = "cpu") -> Built:
-    """The module on `device` (its dropout generators are made there; move it with the engine)."""
-    return Builder(spec, report, seed, device).build()
+def build(spec: ir.Spec, report: Report, seed: int = 0, device: torch.device | str = "cpu",
+          batch: GlobalBatch | None = None) -> Built:
+    """The module on `device` (its dropout generators are made there; move it with the engine).
+    `batch`: a data-parallel engine's global batch, which batchnorm and the dropout masks read."""
+    return Builder(spec, report, seed, device, batch).build()

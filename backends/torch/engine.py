@@ -27,11 +27,12 @@ import torch.nn.functional as F
 
 from modelspec import ir, schedules
 from modelspec.backends.base import BatchCallback, Engine, EpochTotals
+from modelspec.distributed import Group, init as join_group, shard
 from modelspec.training import MetricConfig, TrainConfig
 from modelspec.checker import Report
 
 from . import keras_ops as K
-from .build import build
+from .build import GlobalBatch, build
 from .lowering import PERMUTES
 
 OPTIMIZERS = {"sgd": K.SGD, "rmsprop": K.RMSprop, "adam": K.Adam, "adamw": K.Adam, "adagrad": K.Adagrad,
@@ -165,20 +166,39 @@ class Data:
         return self.x.shape[0]
 
 
+def worker_device(device: Any, group: Group) -> Any:
+    """A data-parallel worker's device: its own GPU, cuda:LOCAL_RANK, for 'auto' (when CUDA
+    is present) and 'cuda'; any other device as given."""
+    if device in (None, "auto") and torch.cuda.is_available() or device == "cuda":
+        return f"cuda:{group.local_rank}"
+    return device
+
+
 class TorchEngine(Engine):
     def __init__(self, spec: ir.Spec, report: Report, seed: int = 0, device: Any = "auto",
-                 cuda_graphs: bool = True, sync_free: bool | None = None) -> None:
+                 cuda_graphs: bool = True, sync_free: bool | None = None, distributed: Group | None = None) -> None:
         """sync_free: run the CUDA training loop (no host synchronisation per step, masked
-        updates); the default is on CUDA only. Tests turn it on to run that loop on a CPU."""
+        updates); the default is on CUDA only. Tests turn it on to run that loop on a CPU.
+        distributed: the workers of a data-parallel run (modelspec.distributed; a group of
+        several): this process joins their process group, and trains on its share of each
+        global batch with the gradients, the loss and the metric sums summed across them."""
+        self.group = distributed if distributed is not None and distributed.world_size > 1 else None
+        self.batch = None
+        if self.group is not None:
+            device = worker_device(device, self.group)
         self.device = resolve_device(device)
+        if self.group is not None:
+            join_group(self.group, self.device)
+            self.batch = GlobalBatch(self.group)
         with torch.device(self.device):
-            built = build(spec, report, seed, self.device)
+            built = build(spec, report, seed, self.device, self.batch)
         self.native = built.module
         self.spec, self.report = spec, report
         self.weights = built.weights
         self.penalties = built.penalties
         self.sync_free = self.device.type == "cuda" if sync_free is None else bool(sync_free)
-        self.cuda_graphs = bool(cuda_graphs) and self.sync_free
+        # a captured graph would hold the collectives of one step: they run eagerly instead
+        self.cuda_graphs = bool(cuda_graphs) and self.sync_free and self.group is None
         self.params = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if trainable]
         self.moving = [t for t, trainable in zip(self.weights.tensors, self.weights.trainable) if not trainable]
         # Every trainable weight lives in one buffer (on CUDA the moving statistics in another),
@@ -211,14 +231,21 @@ class TorchEngine(Engine):
                 self.taps.append((inputs[0], output, offset, weight))
         return hook
 
-    def _gradient(self, loss: torch.Tensor) -> torch.Tensor:
+    def _gradient(self, loss: torch.Tensor, values: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The gradients of every trainable weight in one buffer, as the weights; a weight the
         loss does not reach (before a dropout of rate 1) gets zeros, which leave it unchanged
         under every optimizer's rule from zero state. With embeddings, also the squares (and
-        absolute values) Keras's optimizers take of their sparse gradients."""
+        absolute values) Keras's optimizers take of their sparse gradients. Distributed, the
+        gradients, those squares and `values` (the step's loss and metric sums) are summed
+        over the workers in one all-reduce; returns (gradients, values)."""
         taps, self.taps = self.taps, []
         grads = torch.autograd.grad(loss, [*self.params, *(out for _, out, _, _ in taps)], materialize_grads=True)
         flat = torch.cat([g.reshape(-1) for g in grads[:len(self.params)]])
+        if not taps:
+            if self.group is not None:
+                flat, values = self._sum_over_workers(flat, values)
+            return flat, values
         if taps:
             absolute = isinstance(self.optimizer, K.Adamax)  # the one optimizer that reads ops.abs
             clipvalue = self.optimizer.clipvalue
@@ -234,9 +261,22 @@ class TorchEngine(Engine):
                 squares[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.square()).reshape(-1)
                 if absolute:
                     absolutes[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.abs()).reshape(-1)
+            if self.group is not None:  # the squares are sums over occurrences: summed over the workers too
+                flat, squares, absolutes, values = self._sum_over_workers(flat, squares, absolutes, values)
+                squares = torch.where(self.sparse, squares, flat.square())  # the dense weights': of the sum
+                if absolute:
+                    absolutes = torch.where(self.sparse, absolutes, flat.abs())
             self.optimizer.squares = {self.flat: squares}
             self.optimizer.absolutes = {self.flat: absolutes} if absolute else {}
-        return flat
+        return flat, values
+
+    def _sum_over_workers(self, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Each tensor summed over the workers, in one all-reduce (None stays None)."""
+        given = [t for t in tensors if t is not None]
+        buffer = torch.cat([t.reshape(-1) for t in given])
+        torch.distributed.all_reduce(buffer)
+        parts = iter(buffer.split([t.numel() for t in given]))
+        return [None if t is None else next(parts).view_as(t) for t in tensors]
 
     # -- training settings ---------------------------------------------------------------
 
@@ -297,10 +337,23 @@ class TorchEngine(Engine):
 
     # -- the loss ------------------------------------------------------------------------
 
-    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data loss + weight penalties, the output the loss saw)."""
-        out = self.native.logits(xb) if self.config.loss.from_logits else self.native(xb)
-        loss = self.loss_fn(out, yb)
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor, total: int | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss + weight penalties, the output the loss saw). total: the global batch's
+        size in a distributed training step, of which xb is this worker's rows: the data loss
+        is then weighted by their share and the penalties are counted on worker 0 only, so
+        that the workers' losses sum to the global batch's."""
+        if total is None:
+            out = self.native.logits(xb) if self.config.loss.from_logits else self.native(xb)
+            loss = self.loss_fn(out, yb)
+        else:
+            with self.batch.step(total, shard(total, self.group)):
+                out = self.native.logits(xb) if self.config.loss.from_logits else self.native(xb)
+            # a worker without rows (a last batch smaller than the group) still runs the backward
+            # pass, whose all-reduces (batchnorm's) every worker must join
+            loss = self.loss_fn(out, yb) * (len(xb) / total) if len(xb) else out.sum() * 0.0
+            if not self.group.is_main:
+                return loss, out
         for w, l1, l2 in self.penalties:
             if l1:
                 loss = loss + l1 * w.abs().sum()
@@ -316,7 +369,7 @@ class TorchEngine(Engine):
         if self.config.loss.from_logits and self.native.output_activation is not None:
             out = self.native.output_activation(out)  # (logits that are the output itself are read as they are)
         values = [fn(out, yb) for fn in self.metric_fns]  # per sample, or per element of a sample
-        return torch.stack([(v if v.dim() == 1 else v.reshape(len(v), -1).mean(dim=1)).sum() for v in values])
+        return torch.stack([(v if v.dim() == 1 else v.flatten(1).mean(dim=1)).sum() for v in values])
 
     # -- training: the step of Engine.train_epoch (CPU) -----------------------------------
 
@@ -334,13 +387,37 @@ class TorchEngine(Engine):
         return torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)).to(data.x.device)
 
     def step(self, data: Data, idx: torch.Tensor) -> tuple[float, list[float], bool]:
+        if self.group is not None:
+            return self._shared_step(data, idx)
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         saved = [t.clone() for t in self.moving]  # the step's moving statistics are undone if it fails
         self.taps = []  # (a forward pass with gradients that no step followed leaves none)
         loss, out = self._loss(xb, yb)
         if self.flat is not None:
-            self.flat.grad = self._gradient(loss)
+            self.flat.grad, _ = self._gradient(loss)
         value = loss.item()
+        applied = self._apply(value, saved)
+        return value, self._metric_sums(out, yb).tolist() if self.metric_fns else [], applied
+
+    def _shared_step(self, data: Data, idx: torch.Tensor) -> tuple[float, list[float], bool]:
+        """A distributed step: this worker's rows of the global batch `idx`."""
+        total = len(idx)
+        idx = idx[shard(total, self.group)]
+        xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
+        saved = [t.clone() for t in self.moving]
+        self.taps = []
+        loss, out = self._loss(xb, yb, total)
+        values = torch.cat([loss.detach().reshape(1), self._metric_sums(out, yb)])
+        if self.flat is not None:
+            self.flat.grad, values = self._gradient(loss, values)
+        else:
+            values, = self._sum_over_workers(values)
+        value, *sums = values.tolist()
+        return value, sums, self._apply(value, saved)
+
+    def _apply(self, value: float, saved: list[torch.Tensor]) -> bool:
+        """The update of a step whose loss is `value`, if it and the gradients are finite
+        (else the moving statistics are put back as `saved`); whether it was applied."""
         applied = math.isfinite(value) and (self.flat is None or _finite(self.flat.grad))
         if applied:
             if self.flat is not None:  # (a model with no trainable weight has nothing to update)
@@ -352,7 +429,7 @@ class TorchEngine(Engine):
             with torch.no_grad():
                 for t, s in zip(self.moving, saved):
                     t.copy_(s)
-        return value, self._metric_sums(out, yb).tolist() if self.metric_fns else [], applied
+        return applied
 
     # -- training: CUDA (sync-free) ------------------------------------------------------
 
@@ -364,12 +441,17 @@ class TorchEngine(Engine):
             idx = rows.index_select(0, data.step).view(-1)
         else:
             idx = data.order[start:]
+        total = None
+        if self.group is not None:  # this worker's rows of the global batch
+            total = len(idx)
+            idx = idx[shard(total, self.group)]
         xb, yb = data.x.index_select(0, idx), data.y.index_select(0, idx)
         torch._foreach_copy_(self.backup, self.masked)
         self.taps = []  # (a forward pass with gradients that no step followed leaves none)
-        loss, out = self._loss(xb, yb)
-        flat_grad = self._gradient(loss)
-        finite = torch.isfinite(flat_grad).all() & torch.isfinite(loss)
+        loss, out = self._loss(xb, yb, total)
+        values = torch.cat([loss.detach().reshape(1), self._metric_sums(out, yb)])
+        flat_grad, values = self._gradient(loss, values)  # (distributed: each summed over the workers)
+        finite = torch.isfinite(flat_grad).all() & torch.isfinite(values[0])
         ok = finite & self.live
         self.flat.grad = flat_grad
         if self.schedule is not None:  # this step's rate, from the epoch's table
@@ -379,8 +461,8 @@ class TorchEngine(Engine):
             for t, b in zip(self.masked, self.backup):  # a failed or masked step changes nothing
                 torch.where(ok, t, b, out=t)
             # the batch counts while training is live, the failed step's included (as on the CPU)
-            values = torch.cat([loss.detach().reshape(1), self._metric_sums(out, yb)]).double()
-            values[:1].mul_(idx.numel())
+            values = values.double()
+            values[:1].mul_(total or idx.numel())
             self.sums.add_(torch.where(self.live, values, 0.0))
             torch.where(self.live & ~finite, data.step[0], self.stopped_at, out=self.stopped_at)
             self.live.logical_and_(finite)
@@ -461,16 +543,24 @@ class TorchEngine(Engine):
         self.require_training()
         self.native.eval()
         sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+        # distributed, each worker evaluates its contiguous share of the samples, and the sums are
+        # summed: inference reads no batch statistic, so the figures are one process's
+        rows = shard(len(data), self.group)
+        x, y = data.x[rows], data.y[rows]
         with on_device(self.device):
-            for start in range(0, len(data), batch_size):
-                xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
+            for start in range(0, len(x), batch_size):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
                 loss, out = self._loss(xb, yb)
                 sums += torch.cat([loss.double().reshape(1) * len(xb), self._metric_sums(out, yb).double()])
+            if self.group is not None:
+                torch.distributed.all_reduce(sums)
         loss_sum, *metrics = sums.tolist()
         return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=len(data))
 
     @torch.inference_mode()
     def predict(self, data: Data, batch_size: int) -> np.ndarray:
+        """Every sample's output; distributed, every worker predicts all of them itself (no
+        collective: the outputs are the same everywhere, and each worker has them all)."""
         self.native.eval()
         with on_device(self.device):
             outs = [self.native(data.x[start:start + batch_size]) for start in range(0, len(data), batch_size)]

@@ -66,11 +66,15 @@ class BatchNorm(nn.Module):
         self.moving_mean.zero_()
         self.moving_variance.fill_(1.0)
 
+    def statistics(self, x, others):
+        """The batch's biased variance and mean over the axes `others`."""
+        return torch.var_mean(x, dim=others, correction=0)
+
     def forward(self, x):
         axis = self.axis % x.dim()
         if self.training:
             others = [d for d in range(x.dim()) if d != axis]
-            variance, mean = torch.var_mean(x, dim=others, correction=0)
+            variance, mean = self.statistics(x, others)
             with torch.no_grad():
                 self.moving_mean.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
                 self.moving_variance.mul_(self.momentum).add_(variance, alpha=1 - self.momentum)
@@ -356,6 +360,10 @@ class MultiHeadAttention(nn.Module):
             setattr(self, name + "_kernel", nn.Parameter(torch.zeros(kernel)))
             setattr(self, name + "_bias", nn.Parameter(torch.zeros(bias)) if use_bias else None)
 
+    def random(self, shape, device):
+        """Uniform draws for the dropout mask."""
+        return torch.rand(shape, generator=self.generator, device=device)
+
     def project(self, x, name):
         """EinsumDense 'abc,cde->abde' (a bias of its last two axes)."""
         y = torch.einsum("btd,dhk->bthk", x, getattr(self, name + "_kernel"))
@@ -378,9 +386,7 @@ class MultiHeadAttention(nn.Module):
                 if self.rate >= 1:
                     probabilities = torch.zeros_like(probabilities)
                 else:
-                    shape, device = probabilities.shape, x.device
-                    draw = torch.rand(shape, generator=self.generator, device=device)
-                    keep = draw >= self.rate
+                    keep = self.random(probabilities.shape, x.device) >= self.rate
                     probabilities = probabilities * keep / (1 - self.rate)
         else:
             scores = torch.einsum("bthk,bshk->bhts", query, key) * self.scale
