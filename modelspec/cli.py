@@ -35,6 +35,22 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        # a worker of a data-parallel run, done: everything is written and reported. Its
+        # process group's teardown at interpreter exit can wait seconds on peers that have
+        # ended already, and the launcher counts that wait against the others.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser, modules = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -102,24 +102,46 @@ def run_worker(group: Any, body: Callable[[], int]) -> int:
     # exception does, so that no temporary file of an atomic write is left behind
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     quiet = group.rank != 0
-    with open(os.devnull, "w") as devnull, contextlib.ExitStack() as stack:
-        if quiet:
-            stack.enter_context(contextlib.redirect_stdout(devnull))
-            stack.enter_context(contextlib.redirect_stderr(devnull))
-        try:
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.ExitStack() as stack:
+            if quiet:
+                stack.enter_context(contextlib.redirect_stdout(devnull))
+                stack.enter_context(contextlib.redirect_stderr(devnull))
             code = body()
             if dist.is_initialized():
                 dist.barrier()
-        except dist.DistError as e:
-            raise PeerLost(f"rank {group.rank} of {group.world_size} lost contact with the other workers "
-                           f"({_first_line(e)})") from None
+    except _Terminated as e:  # unwound (no temporary file is left); torch's exit hooks could wait on peers
+        sys.stdout.flush()
+        os._exit(e.code)
+    except Exception as e:
+        if isinstance(e, CommandError) or not _collective_failure(e):
+            raise
+        raise PeerLost(f"rank {group.rank} of {group.world_size} lost contact with the other workers "
+                       f"({_first_line(e)})") from None
+    finally:  # nothing is written from here on; exit as the launcher asks
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if os.environ.get(LAUNCHED) and code:
         record_outcome(code)
     return code
 
 
+def _collective_failure(e: BaseException) -> bool:
+    """Whether `e` is torch.distributed's: a collective or the rendezvous failed, because another
+    worker ended, stopped answering (the collectives' timeout), or could not be reached. gloo
+    raises a plain RuntimeError naming itself (third_party/gloo/gloo/transport/tcp/pair.cc)."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and (
+        "gloo" in text or "NCCL" in text or "ProcessGroup" in text))
+
+
+class _Terminated(SystemExit):
+    pass
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated(128 + signum)
 
 
 def _first_line(e: BaseException) -> str:
@@ -138,7 +160,8 @@ def record_error(message: str, error: BaseException | None, code: int) -> None:
     """A worker's failure, in the error file torch's launcher reads back (ProcessFailure in
     torch/distributed/elastic/multiprocessing/errors/__init__.py); torchrun shows it too."""
     _write_error_file({"message": message, "timestamp": int(time.time()),
-                       "modelspec": {"peer": isinstance(error, PeerLost), "reported": False, "code": code}})
+                       "modelspec": {"peer": isinstance(error, PeerLost), "reported": False, "code": code,
+                                      "time": time.time()}})
 
 
 def record_outcome(code: int) -> None:
@@ -182,7 +205,7 @@ def worker_command(words: list[str]) -> list[str]:
     return kept
 
 
-def launch(args: argparse.Namespace, words: list[str]) -> int:
+def launch(args: argparse.Namespace, words: list[str], out: Path) -> int:
     """Run `python -m modelspec train ...` (the same command without --nproc) in args.nproc
     local workers through torch's elastic launcher: a standalone rendezvous on localhost at a free
     port, no restarts. Returns the run's exit code; a failed worker is one line."""
@@ -192,6 +215,8 @@ def launch(args: argparse.Namespace, words: list[str]) -> int:
     import uuid
 
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+
+    from ._runs import drop_stale_lock
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -228,6 +253,7 @@ def launch(args: argparse.Namespace, words: list[str]) -> int:
             else:
                 os.environ[key] = value
         shutil.rmtree(logs, ignore_errors=True)
+        drop_stale_lock(out)
 
 
 class _Interrupts:
@@ -279,33 +305,37 @@ def _failed(error: Any, n: int, interrupted: bool) -> int:
         data = failure.error_file_data.get("modelspec") if isinstance(failure.error_file_data, dict) else None
         return data if isinstance(data, dict) else {}
 
-    # the cause first: an error a worker reported, a worker killed by a signal (other than the
-    # launcher's SIGTERM), an exit code without a message; then the consequences
-    def rank_of(item: tuple[int, Any]) -> tuple[int, int]:
+    # the cause first: an error a worker reported (the earliest), a worker killed by a signal
+    # other than the launcher's SIGTERM, an exit code without a message; then the consequences
+    def rank_of(item: tuple[int, Any]) -> tuple[int, float, int]:
         rank, failure = item
         data = info(failure)
-        if data and not data.get("peer") and not data.get("reported"):
-            return 0, rank
+        if data.get("reported") or data.get("peer"):
+            return (4 if data.get("reported") else 5), 0, rank
+        if data:
+            return 0, float(data.get("time", 0)), rank
         if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
-            return 1, rank
-        if not data and failure.exitcode > 0 and failure.exitcode != 128 + signal.SIGTERM:
-            return 2, rank
-        if data.get("reported"):
-            return 3, rank
-        return 4, rank
+            return 1, 0, rank
+        if failure.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM):
+            return 3, 0, rank
+        return 2, 0, rank
 
     rank, failure = min(failures, key=rank_of)
     data = info(failure)
     who = f"worker rank {rank} of {n}"
-    if data.get("reported") or (interrupted and failure.exitcode in (130, -signal.SIGINT)):
-        return int(data.get("code", failure.exitcode)) if failure.exitcode > 0 else 130
+    if data.get("reported"):  # rank 0 said how the run ended
+        return int(data.get("code", failure.exitcode))
+    if interrupted and failure.exitcode in (130, -signal.SIGINT):  # the second Ctrl-C
+        print("modelspec: interrupted", file=sys.stderr)
+        return 130
     if data:
         message = str(failure.message)
         print(f"modelspec: error: {message}{'' if f'rank {rank} ' in message else f' ({who})'}; "
               "the other workers were stopped", file=sys.stderr)
         return int(data.get("code") or 1)
-    if failure.exitcode < 0:
-        print(f"modelspec: error: {who} (process {failure.pid}) was killed by signal {failure.signal_name()}; "
+    if failure.exitcode < 0 or failure.exitcode == 128 + signal.SIGTERM:  # run_worker's SIGTERM exit
+        name = failure.signal_name() if failure.exitcode < 0 else signal.SIGTERM.name
+        print(f"modelspec: error: {who} (process {failure.pid}) was killed by signal {name}; "
               "the other workers were stopped", file=sys.stderr)
     else:
         print(f"modelspec: error: {who} (process {failure.pid}) ended with exit code {failure.exitcode} and no "

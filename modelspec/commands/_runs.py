@@ -382,6 +382,14 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
 
+def drop_stale_lock(out: Path) -> None:
+    """Remove the lock of a run whose process is gone (a worker killed while it held it)."""
+    path = out / LOCK
+    pid = _lock_owner(path)
+    if path.exists() and (pid is None or not _alive(pid)):
+        path.unlink(missing_ok=True)
+
+
 def _lock_owner(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

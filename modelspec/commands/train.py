@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if group is None and (args.nproc or 1) > 1:
         with RunLock(out):  # a busy folder is refused here, once, not by a worker
             pass
-        return launch(args, getattr(args, "words", None) or sys.argv[1:])
+        return launch(args, getattr(args, "words", None) or sys.argv[1:], out)
     if group is not None:
         return run_worker(group, lambda: _train(args, spec, report, out, checkpoint, group))
     return _train(args, spec, report, out, checkpoint, None)
