@@ -26,9 +26,8 @@ from ._arguments import positive_int
 
 LAUNCHED = "MODELSPEC_LAUNCHED"  # set for the workers `--nproc` starts: their errors go to the launcher
 SHUTDOWN_TIMEOUT = 5  # seconds a worker has to end after SIGTERM before SIGKILL, once a peer has failed
-ONLY_TORCH = ("the {backend} backend trains in one process; --nproc {n} (data-parallel training on "
-              "torch.distributed) needs --backend torch (Keras's own keras.distribution runs only on "
-              "its JAX backend)")
+ONLY_TORCH = ("the {backend} backend trains in one process; {what} (data-parallel training on torch.distributed) "
+              "needs --backend torch (Keras 3's own keras.distribution runs only on its JAX backend)")
 
 
 class PeerLost(CommandError):
@@ -66,7 +65,8 @@ def check_parallel(args: argparse.Namespace, group: Any) -> None:
     if n is None or n <= 1:
         return
     if args.backend != "torch":
-        raise CommandError(ONLY_TORCH.format(backend=args.backend, n=n))
+        what = f"--nproc {n}" if group is None else f"{n} workers (WORLD_SIZE={n}, as torchrun sets it)"
+        raise CommandError(ONLY_TORCH.format(backend=args.backend, what=what))
     if args.device.startswith("cuda:"):
         raise CommandError(f"--device {args.device} names one GPU, but each of the {n} workers takes the GPU of "
                            "its local rank; give --device cuda")
