@@ -37,6 +37,7 @@ from .errors import ModelspecError
 # others as soon as one exits.) MODELSPEC_DIST_TIMEOUT (seconds) overrides it.
 DEFAULT_TIMEOUT = 30.0
 TIMEOUT_ENV = "MODELSPEC_DIST_TIMEOUT"
+RENDEZVOUS_TIMEOUT = 300.0  # how long the workers wait for each other to start
 
 
 class DistributedError(ModelspecError):
@@ -159,7 +160,11 @@ def init(group: Group, device: Any, timeout: float | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        dist.init_process_group(backend, rank=group.rank, world_size=group.world_size,
+        # torch's env:// rendezvous (torchrun's agent store, or one rank 0 hosts), given longer
+        # than a collective: workers that start together may still reach it far apart
+        store, _, _ = next(dist.rendezvous("env://", group.rank, group.world_size,
+                                           timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT)))
+        dist.init_process_group(backend, store=store, rank=group.rank, world_size=group.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_seconds(timeout)))
     except (RuntimeError, ValueError) as e:
         from .errors import one_line
@@ -179,6 +184,22 @@ def shard(n: int, group: Group | None) -> slice:
     return slice(start, start + base + (group.rank < extra))
 
 
+def all_reduce(tensor: Any, op: str = "sum") -> None:
+    """torch.distributed.all_reduce of `tensor` in place ("sum" or "max"). A worker that went
+    away (its connection closed) or stopped answering (past the timeout) is a DistributedError
+    with one line saying so, on every worker that is left."""
+    import torch.distributed as dist
+
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    except RuntimeError as e:  # (torch's DistBackendError and gloo's errors are RuntimeErrors)
+        from .errors import one_line
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        raise DistributedError(f"worker {rank} of {world}: another worker stopped or stopped answering, so the "
+                               f"run ends here ({one_line(e)[:300]})") from e
+
+
 def _device() -> Any:
     """Where this process's collectives take their tensors: its GPU under NCCL, else the CPU."""
     import torch
@@ -193,10 +214,9 @@ def any_worker(flag: bool, group: Group | None) -> bool:
     if group is None:
         return bool(flag)
     import torch
-    import torch.distributed as dist
 
     value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    all_reduce(value, "max")
     return bool(value.item())
 
 
@@ -208,13 +228,12 @@ def agree(settings: dict[str, Any], group: Group | None) -> None:
     import hashlib
 
     import torch
-    import torch.distributed as dist
 
     mine = [int.from_bytes(hashlib.sha256(v if isinstance(v, bytes) else repr(v).encode()).digest()[:7], "big")
             for v in settings.values()]
     # the largest of each value and of its negation: both are this worker's own only if all agree
     seen = torch.tensor([[v, -v] for v in mine], dtype=torch.int64, device=_device())
-    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    all_reduce(seen, "max")
     differ = [name for name, v, (high, low) in zip(settings, mine, seen.tolist()) if (high, -low) != (v, v)]
     if differ:
         raise DistributedError(f"the workers called fit differently (their {', '.join(differ)} differ): every "

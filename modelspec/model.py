@@ -361,7 +361,13 @@ class Model:
         checkpoint: a folder (or a modelspec.checkpoint.Checkpoint) replaced at the end of
         every epoch with everything the next epochs depend on. resume=True continues the run
         saved there, to exactly the weights and history of an uninterrupted run; `epochs`
-        stays the total, as in Keras."""
+        stays the total, as in Keras.
+
+        Built with distributed= (modelspec.distributed), every worker makes this same call
+        with all of the data (a DistributedError on every worker otherwise): each trains on its
+        share of every global batch of the one shuffled order, and the history returned is the
+        same on every worker, one process's. Worker 0 alone prints progress (verbose is 0 on
+        the others) and writes the checkpoint; every worker reads it to resume."""
         batch_size = int(self._fit_setting("batch_size", batch_size))
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))
@@ -620,7 +626,9 @@ class Model:
         return logs
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
-        """Loss (with penalties) and metrics in inference mode: {'loss': ..., metric: ...}, sorted."""
+        """Loss (with penalties) and metrics in inference mode: {'loss': ..., metric: ...}, sorted.
+        Distributed, every worker calls it with all of x and y: each evaluates its share of the
+        samples, and every worker returns the figures of the whole (worker 0 alone prints)."""
         batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
         xs, ys, raw_shape = self._dataset(x, y)
         config = self._training_config(raw_shape)
@@ -632,7 +640,8 @@ class Model:
         return logs
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """The model's outputs in inference mode, float32, batch by batch (32 by default)."""
+        """The model's outputs in inference mode, float32, batch by batch (32 by default).
+        Distributed, each worker predicts all of x itself: no collective, the same outputs."""
         xs = self._check_x(x)
         return self.engine.predict(self.engine.prepare(xs, None), int(batch_size or DEFAULT_BATCH_SIZE))
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelspec import ir
+from modelspec.distributed import all_reduce
 from modelspec.checker import Report
 
 from . import keras_ops
@@ -89,13 +90,13 @@ class _AllReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
         t = t.clone(memory_format=torch.contiguous_format)
-        torch.distributed.all_reduce(t)
+        all_reduce(t)
         return t
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
-        torch.distributed.all_reduce(grad)
+        all_reduce(grad)
         return grad
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from modelspec import ir, schedules
 from modelspec.backends.base import BatchCallback, Engine, EpochTotals
-from modelspec.distributed import Group, init as join_group, shard
+from modelspec.distributed import Group, all_reduce, init as join_group, shard
 from modelspec.training import MetricConfig, TrainConfig
 from modelspec.checker import Report
 
@@ -274,7 +274,7 @@ class TorchEngine(Engine):
         """Each tensor summed over the workers, in one all-reduce (None stays None)."""
         given = [t for t in tensors if t is not None]
         buffer = torch.cat([t.reshape(-1) for t in given])
-        torch.distributed.all_reduce(buffer)
+        all_reduce(buffer)
         parts = iter(buffer.split([t.numel() for t in given]))
         return [None if t is None else next(parts).view_as(t) for t in tensors]
 
@@ -553,7 +553,7 @@ class TorchEngine(Engine):
                 loss, out = self._loss(xb, yb)
                 sums += torch.cat([loss.double().reshape(1) * len(xb), self._metric_sums(out, yb).double()])
             if self.group is not None:
-                torch.distributed.all_reduce(sums)
+                all_reduce(sums)
         loss_sum, *metrics = sums.tolist()
         return EpochTotals(loss_sum=loss_sum, metric_sums=metrics, count=len(data))
 
