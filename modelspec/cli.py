@@ -59,7 +59,8 @@ def _main(argv: list[str] | None) -> int:
         return 2
     from .diagnostics import Diagnostic, SpecError
 
-    json_mode = getattr(args, "json", False)
+    # a worker of `train --nproc` leaves its errors, in words and in JSON, to the launcher
+    json_mode = getattr(args, "json", False) and not _quiet()
     args.words = words  # what `train --nproc N` passes on to its workers
     try:
         return modules[args.command].run(args)
@@ -96,9 +97,17 @@ def _error(text: str, error: BaseException | None, code: int) -> None:
 
         _launch.record_error(text.splitlines()[0].removeprefix("modelspec: error: ").removeprefix("modelspec: "),
                              error, code)
-        if _launch.quiet_errors():
+        if _quiet():
             return
     print(text, file=sys.stderr)
+
+
+def _quiet() -> bool:
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return False
+    from .commands import _launch
+
+    return _launch.quiet_errors()
 
 
 def _json_failure(diagnostics: list) -> None:

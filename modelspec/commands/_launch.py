@@ -98,6 +98,8 @@ def run_worker(group: Any, body: Callable[[], int]) -> int:
 
     import torch.distributed as dist
 
+    from ..distributed import DistributedError
+
     # the launcher stops the other workers with SIGTERM once one has failed: end as an
     # exception does, so that no temporary file of an atomic write is left behind
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -114,9 +116,15 @@ def run_worker(group: Any, body: Callable[[], int]) -> int:
         sys.stdout.flush()
         os._exit(e.code)
     except Exception as e:
-        if isinstance(e, CommandError) or not _collective_failure(e):
+        if isinstance(e, CommandError):
             raise
-        raise PeerLost(f"rank {group.rank} of {group.world_size} lost contact with the other workers "
+        if isinstance(e, DistributedError):  # modelspec.distributed's own words
+            if _collective_failure(e.__cause__):
+                raise PeerLost(str(e)) from None
+            raise CommandError(str(e)) from None
+        if not _collective_failure(e):
+            raise
+        raise PeerLost(f"worker {group.rank} of {group.world_size}: lost contact with the other workers "
                        f"({_first_line(e)})") from None
     finally:  # nothing is written from here on; exit as the launcher asks
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -125,12 +133,14 @@ def run_worker(group: Any, body: Callable[[], int]) -> int:
     return code
 
 
-def _collective_failure(e: BaseException) -> bool:
+def _collective_failure(e: BaseException | None) -> bool:
     """Whether `e` is torch.distributed's: a collective or the rendezvous failed, because another
     worker ended, stopped answering (the collectives' timeout), or could not be reached. gloo
     raises a plain RuntimeError naming itself (third_party/gloo/gloo/transport/tcp/pair.cc)."""
     import torch.distributed as dist
 
+    if e is None:
+        return False
     text = str(e)
     return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and (
         "gloo" in text or "NCCL" in text or "ProcessGroup" in text))
@@ -242,9 +252,8 @@ def launch(args: argparse.Namespace, words: list[str], out: Path) -> int:
         return 130 if interrupts.count else 0
     except ChildFailedError as e:
         return _failed(e, n, interrupts.count > 0)
-    except (SignalException, KeyboardInterrupt):  # the agent stopped the workers first
-        print("modelspec: interrupted", file=sys.stderr)
-        return 130
+    except SignalException:  # SIGTERM, SIGHUP: the agent stopped the workers first
+        raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGINT, previous)
         for key, value in saved.items():
@@ -298,7 +307,8 @@ def _workers() -> list[int]:
 
 
 def _failed(error: Any, n: int, interrupted: bool) -> int:
-    """One line for a run whose workers did not all succeed; its exit code."""
+    """The exit code of a run whose workers did not all succeed, or the CommandError (one line)
+    that says which worker failed and how."""
     failures = sorted(error.failures.items())
 
     def info(failure: Any) -> dict[str, Any]:
@@ -326,18 +336,14 @@ def _failed(error: Any, n: int, interrupted: bool) -> int:
     if data.get("reported"):  # rank 0 said how the run ended
         return int(data.get("code", failure.exitcode))
     if interrupted and failure.exitcode in (130, -signal.SIGINT):  # the second Ctrl-C
-        print("modelspec: interrupted", file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt
     if data:
         message = str(failure.message)
-        print(f"modelspec: error: {message}{'' if f'rank {rank} ' in message else f' ({who})'}; "
-              "the other workers were stopped", file=sys.stderr)
-        return int(data.get("code") or 1)
+        raise CommandError(f"{message}{'' if f' {rank} of {n}' in message else f' ({who})'}; the other workers "
+                           "were stopped", int(data.get("code") or 1))
     if failure.exitcode < 0 or failure.exitcode == 128 + signal.SIGTERM:  # run_worker's SIGTERM exit
         name = failure.signal_name() if failure.exitcode < 0 else signal.SIGTERM.name
-        print(f"modelspec: error: {who} (process {failure.pid}) was killed by signal {name}; "
-              "the other workers were stopped", file=sys.stderr)
-    else:
-        print(f"modelspec: error: {who} (process {failure.pid}) ended with exit code {failure.exitcode} and no "
-              "message (its output, if any, is above); the other workers were stopped", file=sys.stderr)
-    return 1
+        raise CommandError(f"{who} (process {failure.pid}) was killed by signal {name}; the other workers were "
+                           "stopped")
+    raise CommandError(f"{who} (process {failure.pid}) ended with exit code {failure.exitcode} and no message (its "
+                       "output, if any, is above); the other workers were stopped")
