@@ -307,3 +307,59 @@ def test_nproc_under_torchrun_is_refused(tmp_path):
 ])
 def test_the_workers_run_the_command_without_nproc(words, expected):
     assert worker_command(words) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Which worker's failure the launcher reports, from the error files the workers write
+
+
+def failure(tmp_path, monkeypatch, rank: int, exitcode: int, error: BaseException | None = None,
+            message: str = "", outcome: bool = False):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from modelspec.commands import _launch
+
+    path = tmp_path / f"error-{rank}-{len(list(tmp_path.iterdir()))}.json"  # a file of its own
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    if outcome:
+        _launch.record_outcome(exitcode)
+    elif message:
+        _launch.record_error(message, error, exitcode)
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(path))
+
+
+def launcher_says(failures: dict, interrupted: bool = False):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from modelspec.commands import CommandError, _launch
+
+    try:
+        return _launch._failed(ChildFailedError("modelspec", failures), 2, interrupted)
+    except CommandError as e:
+        return str(e)
+
+
+def test_the_launcher_reports_the_cause_not_its_consequences(tmp_path, monkeypatch):
+    from modelspec.commands._launch import PeerLost
+
+    lost = "worker 0 of 2: another worker stopped or stopped answering, so the run ends here (gloo: closed)"
+    peer = failure(tmp_path, monkeypatch, 0, 1, PeerLost(lost), lost)
+    assert launcher_says({0: peer, 1: failure(tmp_path, monkeypatch, 1, -signal.SIGKILL)}) == (
+        "worker rank 1 of 2 (process 1001) was killed by signal SIGKILL; the other workers were stopped")
+    # an error a worker reported comes before the launcher's SIGTERM of the other
+    first = failure(tmp_path, monkeypatch, 1, 1, ValueError("x"), "cannot read d.npz")
+    assert launcher_says({0: failure(tmp_path, monkeypatch, 0, -signal.SIGTERM), 1: first}) == (
+        "cannot read d.npz (worker rank 1 of 2); the other workers were stopped")
+    assert launcher_says({0: peer, 1: failure(tmp_path, monkeypatch, 1, 3)}) == (
+        "worker rank 1 of 2 (process 1001) ended with exit code 3 and no message (its output, if any, is above); "
+        "the other workers were stopped")
+    assert launcher_says({0: peer}) == f"{lost}; the other workers were stopped"
+
+
+def test_the_launcher_passes_on_the_outcome_rank_0_reported(tmp_path, monkeypatch):
+    stopped = failure(tmp_path, monkeypatch, 0, 1, outcome=True)  # a non-finite loss: rank 0 said so
+    assert launcher_says({0: stopped, 1: failure(tmp_path, monkeypatch, 1, 1, outcome=True)}) == 1
+    assert launcher_says({0: failure(tmp_path, monkeypatch, 0, 130, outcome=True)}, interrupted=True) == 130
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: the CLI says "interrupted", exit 130
+        launcher_says({0: failure(tmp_path, monkeypatch, 0, 130, KeyboardInterrupt(), "interrupted")},
+                      interrupted=True)
