@@ -59,9 +59,9 @@ def group_from_env() -> Any:
 def check_parallel(args: argparse.Namespace, group: Any) -> None:
     """Refuse, before any work, what N processes cannot do."""
     n = args.nproc if group is None else group.world_size
-    if group is not None and args.nproc is not None:
-        raise CommandError(f"--nproc {args.nproc}: this process is already one of {group.world_size} workers "
-                           "(WORLD_SIZE is set, as torchrun sets it); leave out --nproc under torchrun")
+    if os.environ.get("WORLD_SIZE") and args.nproc is not None:
+        raise CommandError(f"--nproc {args.nproc}: this process is already one of {os.environ['WORLD_SIZE']} "
+                           "workers (WORLD_SIZE is set, as torchrun sets it); leave out --nproc under torchrun")
     if n is None or n <= 1:
         return
     if args.backend != "torch":
@@ -78,11 +78,6 @@ def check_parallel(args: argparse.Namespace, group: Any) -> None:
         if count < local:
             raise CommandError(f"--device cuda with {n} workers needs one GPU per local worker ({local} on this "
                                f"machine); {count} {'is' if count == 1 else 'are'} available")
-
-
-def worker_device(args: argparse.Namespace, group: Any) -> str:
-    """A worker's device: its local rank's GPU for --device cuda (as NCCL expects, one each)."""
-    return f"cuda:{group.local_rank}" if group is not None and args.device == "cuda" else args.device
 
 
 # ---------------------------------------------------------------------------------------

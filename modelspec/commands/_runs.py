@@ -53,9 +53,9 @@ def build(spec: Any, args: argparse.Namespace, seed: int | None = None, group: A
     """The model on args.backend and args.device; one of `group`'s data-parallel workers when
     given (on its local rank's GPU for --device cuda)."""
     from .. import backends, build as ms_build
-    from ._launch import worker_device
 
-    device = worker_device(args, group)
+    # as NCCL expects: one GPU per worker, its local rank's
+    device = f"cuda:{group.local_rank}" if group is not None and args.device == "cuda" else args.device
     options: dict[str, Any] = {} if device == "auto" else {"device": device}
     if group is not None:
         options["distributed"] = group
