@@ -90,8 +90,18 @@ def tokens(n: int, vocabulary: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return x, (x.sum(axis=1) % 3).astype(np.int64)
 
 
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """The CLI's digits training set (raw pixels; the spec rescales them), one-hot labels."""
+    from modelspec.data import load_digits
+
+    d = load_digits()
+    return d.x_train, np.eye(10, dtype=np.float32)[d.y_train]
+
+
 # name: (spec, training data, test data, fit options, engine options)
 CASES = {
+    # the tutorial's digits model as written (RMSprop with momentum; 1,149 samples in batches of 32)
+    "digits_spec": (str(Path(__file__).parents[1] / "specs" / "digits.ms"), digits_split, None, dict(epochs=1), {}),
     # 800 training samples: 17 batches of 45 and one of 35; 200 for validation
     "mlp": (MLP, lambda: digits(1000), lambda: digits(1300)[0][1000:], dict(batch_size=45, epochs=2,
                                                                               validation_split=0.2), {}),
@@ -333,3 +343,23 @@ def test_the_numpy_and_keras_backends_refuse_several_workers_naming_torch(backen
     assert "\n" not in message
     assert message.startswith(f"the {backend} backend trains in one process only")
     assert "torch backend" in message and "keras.distribution runs only on its JAX backend" in message
+
+
+def test_the_collective_timeout_is_30_seconds_unless_set(monkeypatch):
+    from modelspec.distributed import timeout_seconds
+
+    monkeypatch.delenv("MODELSPEC_DIST_TIMEOUT", raising=False)
+    assert timeout_seconds() == 30.0 and timeout_seconds(5) == 5.0
+    monkeypatch.setenv("MODELSPEC_DIST_TIMEOUT", "7.5")
+    assert timeout_seconds() == 7.5
+    monkeypatch.setenv("MODELSPEC_DIST_TIMEOUT", "soon")
+    with pytest.raises(DistributedError, match="MODELSPEC_DIST_TIMEOUT must be a number of seconds; received 'soon'"):
+        timeout_seconds()
+    with pytest.raises(DistributedError, match="positive"):
+        timeout_seconds(0)
+
+
+def test_distributed_takes_true_false_none_or_a_group():
+    with pytest.raises(DistributedError, match="distributed must be True, False, None or a modelspec.distributed.Group; "
+                                               "received int"):
+        ms.build(MLP, backend="torch", device="cpu", distributed=2)
