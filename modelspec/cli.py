@@ -35,6 +35,22 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        # a worker of a data-parallel run, done: everything is written and reported. Its
+        # process group's teardown at interpreter exit can wait seconds on peers that have
+        # ended already, and the launcher counts that wait against the others.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser, modules = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(argv)
@@ -43,32 +59,55 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .diagnostics import Diagnostic, SpecError
 
-    json_mode = getattr(args, "json", False)
+    # a worker of `train --nproc` leaves its errors, in words and in JSON, to the launcher
+    json_mode = getattr(args, "json", False) and not _quiet()
+    args.words = words  # what `train --nproc N` passes on to its workers
     try:
         return modules[args.command].run(args)
     except SpecError as e:
-        print(e.render(), file=sys.stderr)
+        _error(e.render(), e, 1)
         if json_mode:
             _json_failure(e.diagnostics)
         return 1
     except CommandError as e:
-        print(f"modelspec: error: {e}", file=sys.stderr)
+        _error(f"modelspec: error: {e}", e, e.code)
         if json_mode:
             _json_failure([Diagnostic("error", str(e), code="command")])
         return e.code
     except KeyboardInterrupt:
-        print("modelspec: interrupted", file=sys.stderr)
+        _error("modelspec: interrupted", None, 130)
         return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # never show a user a traceback; MODELSPEC_DEBUG=1 does
         if os.environ.get("MODELSPEC_DEBUG"):
             raise
-        print(f"modelspec: internal error: {type(e).__name__}: {e}\n"
-              "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        _error(f"modelspec: internal error: {type(e).__name__}: {e}\n"
+               "(set MODELSPEC_DEBUG=1 for the traceback, and please report it)", e, 1)
         if json_mode:
             _json_failure([Diagnostic("error", f"internal error: {type(e).__name__}: {e}", code="internal")])
         return 1
+
+
+def _error(text: str, error: BaseException | None, code: int) -> None:
+    """A failure on standard error; in a worker of `train --nproc`, in torch's error file for
+    the launcher to report once, in one line, for every worker."""
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from .commands import _launch
+
+        _launch.record_error(text.splitlines()[0].removeprefix("modelspec: error: ").removeprefix("modelspec: "),
+                             error, code)
+        if _quiet():
+            return
+    print(text, file=sys.stderr)
+
+
+def _quiet() -> bool:
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return False
+    from .commands import _launch
+
+    return _launch.quiet_errors()
 
 
 def _json_failure(diagnostics: list) -> None:

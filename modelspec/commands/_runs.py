@@ -49,18 +49,24 @@ def check_backend(name: str) -> None:
         raise CommandError(str(e)) from None
 
 
-def build(spec: Any, args: argparse.Namespace, seed: int | None = None) -> Any:
+def build(spec: Any, args: argparse.Namespace, seed: int | None = None, group: Any = None) -> Any:
+    """The model on args.backend and args.device; one of `group`'s data-parallel workers when
+    given (on its local rank's GPU for --device cuda)."""
     from .. import backends, build as ms_build
 
-    options = {} if args.device == "auto" else {"device": args.device}
+    # as NCCL expects: one GPU per worker, its local rank's
+    device = f"cuda:{group.local_rank}" if group is not None and args.device == "cuda" else args.device
+    options: dict[str, Any] = {} if device == "auto" else {"device": device}
+    if group is not None:
+        options["distributed"] = group
     try:
         return ms_build(spec, backend=args.backend, seed=0 if seed is None else seed, **options)
     except backends.BackendError as e:
         raise CommandError(str(e)) from None
     except (ValueError, RuntimeError, TypeError) as e:
-        if not options:
+        if "device" not in options:
             raise
-        raise CommandError(f"cannot build on device '{args.device}' with the {args.backend} backend: "
+        raise CommandError(f"cannot build on device '{device}' with the {args.backend} backend: "
                            f"{one_line(e)}") from None
 
 
@@ -237,6 +243,7 @@ class Trained:
     interrupted: bool
     data: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None  # the epochs the checkpoint held, for a resumed run
+    workers: int = 1  # the data-parallel processes that trained it
     test: dict[str, float] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
@@ -245,6 +252,7 @@ class Trained:
             "model": self.name, "spec": self.spec, "backend": self.model.backend.name,
             "params": self.model.report.total_params, "data": self.data, "epochs": len(self.history.get("loss", [])),
             "stopped": self.stopped, "interrupted": self.interrupted, "resumed_from": self.resumed_from,
+            "workers": self.workers,
             "history": self.history,
             "test": self.test, "out": str(self.out), "files": self.files,
         })
@@ -252,10 +260,11 @@ class Trained:
 
 def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Namespace, out: Path,
                    interrupt: StopOnInterrupt, stream: Any, data: dict[str, Any], metadata: dict[str, str],
-                   checkpoint: Any = None, resume: bool = False) -> Trained:
+                   checkpoint: Any = None, resume: bool = False, group: Any = None) -> Trained:
     """Fit (stoppable with Ctrl-C; with a `checkpoint` at each epoch's end, which `resume`
     continues), save weights (with `metadata`), history and plots, evaluate on the test set,
-    then write run.json. Files are written atomically, one at a time."""
+    then write run.json. Files are written atomically, one at a time. With a `group` of
+    data-parallel workers, every rank trains and evaluates, and rank 0 alone writes."""
     interrupt.model = model
     progress = checkpoint_progress(checkpoint) if resume else None
     resumed_from = progress[0] if progress else None
@@ -269,15 +278,24 @@ def train_and_save(model: Any, spec_path: str, arrays: Any, args: argparse.Names
         raise CommandError(one_line(e)) from None
     finally:
         interrupt.model = None
-    interrupted = interrupt.requested
+    # the workers agree on a stop at an epoch's end, whichever of them Ctrl-C reached
+    interrupted = interrupt.requested or (group is not None and hist.stopped is not None
+                                          and hist.stopped.startswith("stopped on request"))
     stopped = None if interrupted else hist.stopped
     shuffle_seed = args.seed if args.seed is not None else (model.spec.fit and model.spec.fit.seed)
     data = {**data, "validation": hist.params.get("validation_split", 0.0),
             "batch_size": hist.params.get("batch_size"),
             "seed": {"weights": model.seed, "shuffle": model.seed if shuffle_seed is None else shuffle_seed}}
-    run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data, resumed_from)
-    run.files = save_training(out, model, hist.history, metadata)
-    run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
+    run = Trained(model.name, spec_path, out, model, hist.history, stopped, interrupted, data, resumed_from,
+                  workers=1 if group is None else group.world_size)
+    if group is None:
+        run.files = save_training(out, model, hist.history, metadata)
+        run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
+    else:  # the evaluation is collective: no rank waits in it while rank 0 writes
+        run.test = model.evaluate(arrays.x_test, arrays.y_test, batch_size=args.batch)
+        if group.rank != 0:
+            return run
+        run.files = save_training(out, model, hist.history, metadata)
     write(out / RUN, json.dumps(run.to_dict(), indent=2) + "\n")
     run.files.append(RUN)
     return run
@@ -362,6 +380,14 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def drop_stale_lock(out: Path) -> None:
+    """Remove the lock of a run whose process is gone (a worker killed while it held it)."""
+    path = out / LOCK
+    pid = _lock_owner(path)
+    if path.exists() and (pid is None or not _alive(pid)):
+        path.unlink(missing_ok=True)
 
 
 def _lock_owner(path: Path) -> int | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import CommandError
 from ._arguments import add_backend_arguments, add_data_arguments, add_training_arguments
+from ._launch import add_launch_arguments, check_parallel, group_from_env, launch, run_worker
 from ._output import console, metrics_table, print_json
 from ._runs import (
     CHECKPOINT, RunLock, StopOnInterrupt, Trained, build, check_backend, check_out, checkpoint_progress, default_out,
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_arguments(p)
     add_data_arguments(p)
     add_training_arguments(p)
+    add_launch_arguments(p)
     p.add_argument("--out", metavar="DIR",
                    help="where to write weights.safetensors, history.json/.csv, loss.png, accuracy.png, "
                         "run.json and the checkpoint/ of the last epoch (default: runs/MODEL)")
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checker import refuse_oversized
     from ..checkpoint import Checkpoint
 
+    group = group_from_env()  # this process is one of torchrun's (or --nproc's) workers
+    check_parallel(args, group)
     spec, report = load_spec(args.spec)
     refuse_oversized(report, args.batch or (spec.fit and spec.fit.batch_size) or 32,
                      spec.optimizer or ir.Optimizer(name="rmsprop"))
@@ -47,10 +51,25 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--resume: there is no checkpoint in {checkpoint.path} (a run with --out {out} "
                            "writes one at the end of each epoch); train without --resume to start")
     check_backend(args.backend)
+    if group is None and (args.nproc or 1) > 1:
+        with RunLock(out):  # a busy folder is refused here, once, not by a worker
+            pass
+        return launch(args, getattr(args, "words", None) or sys.argv[1:], out)
+    if group is not None:
+        return run_worker(group, lambda: _train(args, spec, report, out, checkpoint, group))
+    return _train(args, spec, report, out, checkpoint, None)
+
+
+def _train(args: argparse.Namespace, spec: Any, report: Any, out: Any, checkpoint: Any, group: Any) -> int:
+    """Train and save, in this process; one of several workers when `group` is given, of which
+    rank 0 alone prints and writes."""
+    import contextlib
+
+    main = group is None or group.rank == 0
     dataset = load_data(args)
     scale = scaling(spec, args.scale, dataset.scale, dataset.scale_why)
     arrays = prepare(dataset, spec, report, scale)
-    model = build(spec, args, args.seed)
+    model = build(spec, args, args.seed, group)
     stream = sys.stderr if args.json else sys.stdout
     if not args.json:
         model.summary()
@@ -59,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
     data = {"name": dataset.name, "train": len(arrays.x_train), "test": len(arrays.x_test),
             "split": dataset.split, **scale.to_dict()}
     checkpoint.about = {"data": dataset.name}
-    with RunLock(out), StopOnInterrupt() as interrupt:
+    with RunLock(out) if main else contextlib.nullcontext(), StopOnInterrupt() as interrupt:
         if args.resume:
             _say_resuming(checkpoint, args.epochs if args.epochs is not None else
                           (spec.fit and spec.fit.epochs) or 1, stream)
         trained = train_and_save(model, args.spec, arrays, args, out, interrupt, stream, data,
-                                 inputs_record(scale, dataset.value_range), checkpoint, args.resume)
+                                 inputs_record(scale, dataset.value_range), checkpoint, args.resume, group)
     if args.json:
         print_json(trained.to_dict(), ok=not (trained.stopped or trained.interrupted))
     else:
