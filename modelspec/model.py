@@ -360,6 +360,12 @@ class Model:
         every epoch with everything the next epochs depend on. resume=True continues the run
         saved there, to exactly the weights and history of an uninterrupted run; `epochs`
         stays the total, as in Keras."""
+        if not getattr(self.backend, "trains", True):  # (a stand-in backend without the attribute trains)
+            from .backends import InferenceOnly
+
+            name = self.backend.name
+            raise InferenceOnly(name, f", then run the trained model here (model.save(path), then "
+                                f"ms.load_model(path, backend={name!r})) or export it (model.export('model.onnx'))")
         batch_size = int(self._fit_setting("batch_size", batch_size))
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))

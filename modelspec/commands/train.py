@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         raise CommandError(f"--resume: there is no checkpoint in {checkpoint.path} (a run with --out {out} "
                            "writes one at the end of each epoch); train without --resume to start")
-    check_backend(args.backend)
+    check_backend(args.backend, training=True)
     dataset = load_data(args)
     scale = scaling(spec, args.scale, dataset.scale, dataset.scale_why)
     arrays = prepare(dataset, spec, report, scale)
