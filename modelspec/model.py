@@ -697,6 +697,21 @@ class Model:
                     "backend": self.backend.name, "modelspec": __version__}
         write_atomic(path, save(tensors, metadata=metadata))
 
+    def export(self, path: Any, opset: int | None = None) -> None:
+        """The model and its current weights as an ONNX file (the `onnx` extra), written
+        atomically once onnx's checker and shape inference pass; a layer kind that cannot be
+        exported is an ExportError at its spec line, and nothing is written."""
+        from .backends import BackendError
+
+        try:
+            from .backends.onnx.export import export
+        except ImportError as e:
+            if (getattr(e, "name", None) or "").partition(".")[0] != "onnx":
+                raise
+            raise BackendError("exporting to ONNX needs onnx, which is not installed: "
+                               "pip install 'modelspec[onnx]'") from None
+        export(self.spec, self.report, self.get_weights(), path, opset=opset)
+
     def load_weights(self, path: Any) -> None:
         """Weights from a file written by `save`; they must fit this model's spec. The model's
         name is not part of the weights' meaning: a renamed model loads them. A layer that

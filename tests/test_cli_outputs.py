@@ -34,6 +34,7 @@ def work(tmp_path):
 # command, the option, the inputs it could be pointed at
 FILE_OUTPUTS = {
     "compile": (["compile", "spec.ms", "--backend", "numpy"], "-o", ["spec.ms"]),
+    "export": (["export", "spec.ms", "--weights", "w.safetensors"], "-o", ["spec.ms", "w.safetensors"]),
     "draw": (["draw", "spec.ms"], "-o", ["spec.ms"]),
     "import": (["import", "model.json"], "-o", ["model.json"]),
     "predict": (["predict", "spec.ms", "--weights", "w.safetensors", "--input", "x.csv"], "--output",

@@ -19,20 +19,20 @@ from onnx import TensorProto, helper
 
 from modelspec.backends.base import kinds_implemented
 from modelspec.diagnostics import Diagnostic
-from modelspec.errors import ModelspecError
 
-from .graph import ExportError, Graph, Unsupported, value_info
+from .graph import INPUT, OUTPUT, ExportError, Graph, Unsupported, value_info
 from .lowering import Lowering
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "MIN_OPSET", "ExportError", "LAYER_OUTPUT", "export", "model_proto"]
+__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "MIN_OPSET", "OUTPUT", "ExportError", "export",
+           "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
-DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 18 to 25
-# ReduceMean, ReduceMax and ReduceSum take their axes as an input from opset 18 (before it,
-# as an attribute), which the global pools, layernorm and the masked mean use
-MIN_OPSET = 18
+DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 28
+# Softmax over one axis (before 13, over every axis from `axis` on, a 2-D coercion) and
+# Unsqueeze's and Squeeze's axes as an input come with opset 13
+MIN_OPSET = 13
+PROTOBUF_LIMIT = 2**31 - 2**24  # protobuf's 2 GiB, less room for the graph itself
 LAYER_OUTPUT = "layer_output/"  # the prefix of each row's output with layer_outputs=True
-assert issubclass(ExportError, ModelspecError)
 
 
 def _error(message: str, span: Any, spec: Any, hint: str | None = None) -> ExportError:
@@ -41,14 +41,16 @@ def _error(message: str, span: Any, spec: Any, hint: str | None = None) -> Expor
 
 def _check_opset(spec: Any, opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
-        raise _error(f"cannot export to ONNX opset {opset}: expected {MIN_OPSET} to {newest}; opset {MIN_OPSET} "
-                     "is the first whose ReduceMean, ReduceMax and ReduceSum take their axes as an input, which the "
-                     "exported pools and normalizations use", None, spec, hint=f"the default is {DEFAULT_OPSET}")
+    if isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= newest:
+        return
+    why = (f"onnx {onnx.__version__} knows opsets up to {newest}" if isinstance(opset, int) and opset > newest else
+           f"opset {MIN_OPSET} is the first whose Softmax normalizes over one axis, as Keras's does (before it, over "
+           "every axis from `axis` on), and whose Unsqueeze takes its axes as an input")
+    raise _error(f"cannot export to ONNX opset {opset}: expected {MIN_OPSET} to {newest}; {why}", None, spec,
+                 hint=f"the default is {DEFAULT_OPSET}")
 
 
-def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:
-    kinds = kinds_implemented(type(lowering)) if lowering is not None else EXPORTABLE_KINDS
+def _check_kinds(spec: Any, report: Any, kinds: frozenset[str]) -> None:
     problems = [Diagnostic("error", f"{row.kind} layers cannot be exported to ONNX yet", row.layer.span,
                            code="export", file=spec.path)
                 for row in report.layers if row.kind not in kinds]
@@ -56,13 +58,18 @@ def _check_kinds(spec: Any, report: Any, lowering: Any = None) -> None:
         raise ExportError(problems, spec.source)
 
 
-def _check_weights(report: Any, weights: list[np.ndarray]) -> None:
+def _check_weights(spec: Any, report: Any, weights: list[np.ndarray]) -> None:
     if len(weights) != len(report.weights):
         raise ValueError(f"expected {len(report.weights)} weights (the model's, in Keras's order); received "
                          f"{len(weights)}")
     for decl, value in zip(report.weights, weights):
         if tuple(np.shape(value)) != tuple(decl.shape):
             raise ValueError(f"weight {decl.path} has shape {tuple(decl.shape)}; received {tuple(np.shape(value))}")
+    size = sum(4 * int(np.prod(decl.shape)) for decl in report.weights)
+    if size > PROTOBUF_LIMIT:
+        raise _error(f"the model's weights take {size:,} bytes; an ONNX file holds at most {PROTOBUF_LIMIT:,} "
+                     "(protobuf's limit) unless its weights are kept in external data files, which export does not "
+                     "write yet", None, spec)
 
 
 def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int | None = None,
@@ -73,14 +80,13 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     opset = DEFAULT_OPSET if opset is None else opset
     _check_opset(spec, opset)
     lowering = Lowering()
-    _check_kinds(spec, report, lowering)
-    _check_weights(report, weights)
+    _check_kinds(spec, report, kinds_implemented(type(lowering)))
+    _check_weights(spec, report, weights)
     g = Graph(opset)
-    g.ids_int = spec.input_dtype == "int32"
-    g.reserve("input")
-    g.reserve("output")
+    g.reserve(INPUT)
+    g.reserve(OUTPUT)
     names = [g.reserve(LAYER_OUTPUT + row.name) for row in report.layers] if layer_outputs else []
-    values: dict[int, str] = {-1: "input"}
+    values: dict[int, str] = {-1: INPUT}
     g.shapes[-1] = report.input_shape
     offset = 0
     for i, row in enumerate(report.layers):
@@ -93,14 +99,14 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
             raise _error(f"{e} cannot be exported to ONNX yet ({row.kind} layer {row.name})", row.layer.span,
                          spec) from None
         g.shapes[i] = row.output_shape
-    last = values[len(report.layers) - 1] if report.layers else "input"
-    g.nodes.append(helper.make_node("Identity", [last], ["output"], name="node/output"))
-    outputs = [value_info("output", report.output_shape)]
+    last = values[len(report.layers) - 1] if report.layers else INPUT
+    g.nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="node/output"))
+    outputs = [value_info(OUTPUT, report.output_shape)]
     for i, name in enumerate(names):
         g.nodes.append(helper.make_node("Identity", [values[i]], [name], name=f"node/{name}"))
         outputs.append(value_info(name, report.layers[i].output_shape))
-    elem = TensorProto.INT32 if g.ids_int else TensorProto.FLOAT
-    graph = helper.make_graph(g.nodes, _graph_name(report), [value_info("input", report.input_shape, elem)],
+    elem = TensorProto.INT32 if spec.input_dtype == "int32" else TensorProto.FLOAT
+    graph = helper.make_graph(g.nodes, _graph_name(report), [value_info(INPUT, report.input_shape, elem)],
                               outputs, initializer=g.initializers)
     model = _with_metadata(graph, spec, report, opset)
     onnx.checker.check_model(model, full_check=True)

@@ -21,8 +21,10 @@ from .graph import Graph
 
 
 def weight(g: Graph, row: LayerReport, w: list[np.ndarray], i: int, value: np.ndarray | None = None) -> str:
-    """Weight i of the row as an initializer named by its Keras path (`value`: it in another layout)."""
-    return g.param(row.weights[i].path, np.asarray(w[i] if value is None else value, np.float32))
+    """Weight i of the row as an initializer named by its Keras path; `value`, the weight in
+    ONNX's layout, is named `<path>:onnx`."""
+    path = row.weights[i].path
+    return g.param(path if value is None else f"{path}:onnx", np.asarray(w[i] if value is None else value, np.float32))
 
 
 def bias_add(g: Graph, row: LayerReport, w: list[np.ndarray], y: str, use_bias: bool, i: int = 1) -> str:
@@ -104,20 +106,18 @@ class Lowering:
         """(x - moving_mean)·inv_std·gamma + beta, inv_std = 1/sqrt(moving_variance + epsilon)
         computed here in float32 as the NumPy kernel computes it."""
         layer: ir.BatchNorm = row.layer
-        gamma, beta, mean, variance = (np.asarray(a, np.float32) for a in w)
-        inv_std = 1 / np.sqrt(variance + np.float32(layer.epsilon))
+        inv_std = 1 / np.sqrt(np.asarray(w[3], np.float32) + np.float32(layer.epsilon))
         y = g.op("Mul", [g.op("Sub", [x, weight(g, row, w, 2)]), g.param(f"{row.name}/inv_std", inv_std)])
-        y = g.op("Mul", [y, weight(g, row, w, 0, gamma)])
-        return g.op("Add", [y, weight(g, row, w, 1, beta)], row.name)
+        y = g.op("Mul", [y, weight(g, row, w, 0)])
+        return g.op("Add", [y, weight(g, row, w, 1)], row.name)
 
     def layernorm(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         """x·inv + (beta - mean·inv), inv = gamma/sqrt(variance + epsilon), the biased
         variance of each position's last axis (the NumPy kernel's order of operations)."""
         layer: ir.LayerNorm = row.layer
-        axes = g.ints([-1])
-        mean = g.op("ReduceMean", [x, axes], "mean", keepdims=1)
+        mean = g.reduce("ReduceMean", x, [-1], "mean", keepdims=1)
         centred = g.op("Sub", [x, mean])
-        variance = g.op("ReduceMean", [g.op("Mul", [centred, centred]), axes], "variance", keepdims=1)
+        variance = g.reduce("ReduceMean", g.op("Mul", [centred, centred]), [-1], "variance", keepdims=1)
         inv_std = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [variance, g.const(layer.epsilon)])])])
         inv = g.op("Mul", [inv_std, weight(g, row, w, 0)])
         shift = g.op("Sub", [weight(g, row, w, 1), g.op("Mul", [mean, inv])])
@@ -141,23 +141,23 @@ class Lowering:
                     row.input_shape)
 
     def globalavgpool2d(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        return g.op("ReduceMean", [x, g.ints([1, 2])], row.name, keepdims=0)
+        return g.reduce("ReduceMean", x, [1, 2], row.name, keepdims=0)
 
     def globalmaxpool2d(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        return g.op("ReduceMax", [x, g.ints([1, 2])], row.name, keepdims=0)
+        return g.reduce("ReduceMax", x, [1, 2], row.name, keepdims=0)
 
     def globalavgpool1d(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         if not row.reads_mask:
-            return g.op("ReduceMean", [x, g.ints([1])], row.name, keepdims=0)
+            return g.reduce("ReduceMean", x, [1], row.name, keepdims=0)
         # the mean of the steps whose id is not 0: Σ where(mask, x, 0) / Σ mask (a sample with
         # every step masked gives NaN, as in Keras)
         mask = g.op("Unsqueeze", [sequences.mask(g), g.ints([2])], "mask")
-        total = g.op("ReduceSum", [g.op("Where", [mask, x, g.const(0.0)]), g.ints([1])], keepdims=0)
-        count = g.op("ReduceSum", [g.op("Cast", [mask], to=1), g.ints([1])], keepdims=0)
+        total = g.reduce("ReduceSum", g.op("Where", [mask, x, g.const(0.0)]), [1], keepdims=0)
+        count = g.reduce("ReduceSum", g.op("Cast", [mask], to=1), [1], keepdims=0)
         return g.op("Div", [total, count], row.name)
 
     def globalmaxpool1d(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        return g.op("ReduceMax", [x, g.ints([1])], row.name, keepdims=0)
+        return g.reduce("ReduceMax", x, [1], row.name, keepdims=0)
 
     def zeropadding2d(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         (top, bottom), (left, right) = row.layer.padding
@@ -195,10 +195,9 @@ class Lowering:
         return g.activation("leaky_relu", x, negative_slope=row.layer.negative_slope)
 
     def embedding(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        # Gather reads negative ids from the end, as TensorFlow's gather does on the CPU; float
-        # ids are truncated toward zero first, as Keras casts them to int32
-        ids = x if x == g.ids and g.ids_int else g.op("Cast", [x], "ids", to=6)
-        return g.op("Gather", [weight(g, row, w, 0), ids], row.name, axis=0)
+        # x is the model's int32 ids (the checker lets only an `input ... int` reach an
+        # embedding); Gather reads negative ids from the end, as TensorFlow's gather does on the CPU
+        return g.op("Gather", [weight(g, row, w, 0), x], row.name, axis=0)
 
     def lstm(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         return sequences.recurrent(g, row, row.layer, x, w, row.weights)

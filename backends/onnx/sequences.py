@@ -19,11 +19,10 @@ from .graph import Graph
 
 
 def mask(g: Graph) -> str:
-    """Embedding's mask, (n, steps) bool: the model's input ids that are not 0 (the NumPy
-    engine hands each layer that reads the mask the model's input)."""
+    """Embedding's mask, (n, steps) bool: the model's int32 input ids that are not 0 (the
+    NumPy engine hands each layer that reads the mask the model's input)."""
     if g._mask is None:
-        zero = g.const(0, np.int32) if g.ids_int else g.const(0.0)
-        g._mask = g.op("Not", [g.op("Equal", [g.ids, zero])], "mask")
+        g._mask = g.op("Not", [g.op("Equal", [g.ids, g.const(0, np.int32)])], "mask")
     return g._mask
 
 
@@ -152,9 +151,9 @@ def attention(g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
 
     def project(i: int, dim: int, hint: str) -> str:
         (path, kernel), bias = pairs[i]
-        y = g.op("MatMul", [x, _param(g, path, np.reshape(kernel, (d, heads * dim)))], hint)
+        y = g.op("MatMul", [x, _param(g, f"{path}:onnx", np.reshape(kernel, (d, heads * dim)))], hint)
         if bias is not None:
-            y = g.op("Add", [y, _param(g, bias[0], np.reshape(bias[1], -1))])
+            y = g.op("Add", [y, _param(g, f"{bias[0]}:onnx", np.reshape(bias[1], -1))])
         y = g.op("Reshape", [y, g.ints([0, steps, heads, dim])])
         return g.op("Transpose", [y], hint, perm=[0, 2, 1, 3])
 
@@ -177,7 +176,7 @@ def attention(g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
     o = g.op("Transpose", [g.op("MatMul", [p, v])], perm=[0, 2, 1, 3])
     o = g.op("Reshape", [o, g.ints([0, steps, heads * value_dim])])
     (path, kernel), bias = pairs[3]
-    y = g.op("MatMul", [o, _param(g, path, np.reshape(kernel, (heads * value_dim, d)))], row.name)
+    y = g.op("MatMul", [o, _param(g, f"{path}:onnx", np.reshape(kernel, (heads * value_dim, d)))], row.name)
     if bias is not None:
         y = g.op("Add", [y, _param(g, bias[0], bias[1])], row.name)
     return y

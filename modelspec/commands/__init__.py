@@ -11,7 +11,8 @@ from __future__ import annotations
 from ..errors import ModelspecError
 
 # Order here is the order of `modelspec --help`.
-COMMANDS = ("check", "fmt", "schema", "compile", "draw", "import", "train", "evaluate", "predict", "compare", "crosscheck")
+COMMANDS = ("check", "fmt", "schema", "compile", "export", "draw", "import", "train", "evaluate", "predict", "compare",
+            "crosscheck")
 
 
 class CommandError(ModelspecError):
