@@ -29,7 +29,6 @@ from .export import model_proto
 # Nodes that only move values between the output activation and the graph's output; the
 # logits go through the same ones (a softmax over another axis, transposed around it).
 _LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
-_ACTIVATIONS = frozenset({"Softmax", "Sigmoid"})
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
@@ -55,12 +54,12 @@ def expose_logits(model: onnx.ModelProto) -> onnx.ModelProto:
     while node is not None and node.op_type in _LAYOUT_OPS:
         after.append(node)
         node = producer.get(node.input[0])
-    if node is None or node.op_type not in _ACTIVATIONS:
-        raise RuntimeError(f"the exported model's output does not end in Softmax or Sigmoid "
+    logits = _activation_input(node, producer)
+    if logits is None:
+        raise RuntimeError(f"the exported model's output does not end in a softmax or a sigmoid "
                            f"({node.op_type if node is not None else 'no node'}): it has no logits to read")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    logits = node.input[0]
     for k, layout in enumerate(reversed(after)):
         copy = out.graph.node.add()
         copy.CopyFrom(layout)
@@ -71,6 +70,26 @@ def expose_logits(model: onnx.ModelProto) -> onnx.ModelProto:
         copy.output.append(logits)
     out.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
     return out
+
+
+def _activation_input(node: onnx.NodeProto | None, producer: dict[str, onnx.NodeProto]) -> str | None:
+    """The input of the output's activation: a Softmax node's, or the x of export's sigmoid
+    (graph.Graph.sigmoid: max(e, x >= 0) / (1 + e), e = exp(-|x|), a Div), which its Abs and
+    its GreaterOrEqual both read; None for anything else."""
+    if node is None:
+        return None
+    if node.op_type in ("Softmax", "Sigmoid"):
+        return node.input[0]
+    if node.op_type != "Div":
+        return None
+    seen, todo = {}, [(node, 0)]
+    while todo:  # the Div's ancestors within the sigmoid's few nodes
+        current, depth = todo.pop()
+        seen.setdefault(current.op_type, set()).add(current.input[0])
+        if depth < 4:
+            todo += [(producer[name], depth + 1) for name in current.input if name in producer]
+    reads = seen.get("Abs", set())
+    return next(iter(reads)) if len(reads) == 1 and reads == seen.get("GreaterOrEqual") else None
 
 
 class Session:
