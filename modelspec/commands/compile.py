@@ -12,7 +12,8 @@ HELP = "emit readable, standalone source code for a spec in one backend's framew
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="a .ms file")
-    p.add_argument("--backend", "-b", default="keras", help="keras (default), torch or numpy (onnx emits no source: see `modelspec export`)")
+    p.add_argument("--backend", "-b", default="keras",
+                   help="keras (default), torch or numpy (onnx emits no source: see `modelspec export`)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
 
 
