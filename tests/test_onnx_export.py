@@ -369,3 +369,15 @@ def test_a_model_over_protobufs_limit_is_refused_before_anything_is_built(tmp_pa
     with pytest.raises(ExportError, match="the model's weights take 2,400,080,000 bytes; an ONNX file holds at most"):
         onnx_export.export(spec, report, weights, tmp_path / "big.onnx")
     assert not (tmp_path / "big.onnx").exists()
+
+
+def test_a_long_sequence_is_one_loop_per_recurrent_layer():
+    """The graph does not grow with the steps, and the numbers hold over 300 of them, masked."""
+    text = "input {} int\nembedding 20 4 mask_zero\nbidirectional gru 3 return_sequences\nlstm 2 go_backwards\ndense 2"
+    short, long = (ms.build(text.format(steps)) for steps in (6, 300))
+    sizes = [len(model_proto(m.spec, m.report, m.get_weights()).graph.node) for m in (short, long)]
+    assert sizes[0] == sizes[1]
+    model, weights = numpy_model(long.spec)
+    x = masked_ids(20, 3, 300, np.random.default_rng(4))
+    got = session(model_proto(model.spec, model.report, weights)).run(None, {"input": x})[0]
+    assert relative_error(got, model.predict(x)) <= TOLERANCE

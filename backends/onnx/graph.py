@@ -1,6 +1,8 @@
 """A small builder of ONNX graphs over onnx.helper: unique value names, initializers for
 weights and constants, and the pieces several layer kinds share (activations, the
-channels-last/first switches, a batch-sized zero tensor).
+channels-last/first switches, a batch-sized zero tensor). A recurrent layer's Loop body is
+built with the same methods (modelspec/backends/onnx/sequences.py): its constants and
+cached tensors live in the outer graph, which a body may read.
 
 Every value is float32 unless said otherwise; the model's input is `input` (float32, or
 int32 ids for an `input ... int` spec, as the NumPy engine receives them).
@@ -17,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from modelspec.diagnostics import SpecError
 from modelspec.errors import ModelspecError
 
+INPUT, OUTPUT = "input", "output"  # the graph's input and output
 # Keras's activations as the NumPy kernels compute them (backends/numpy/kernels.py)
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
-INPUT, OUTPUT = "input", "output"  # the graph's input and output
 LEAKY_RELU_SLOPE = 0.2  # the activation string's slope (keras/src/activations/activations.py)
 
 

@@ -1,9 +1,9 @@
 """Recurrent layers and attention as ONNX nodes, with embedding's mask.
 
-The recurrent layers are unrolled over their steps (a spec's number of steps is fixed):
-ONNX's LSTM, GRU and RNN ops order the gates otherwise, apply Keras's GRU reset_after
-differently and know neither a mask that repeats the previous output nor every activation a
-spec may name, while the unrolled steps are the NumPy kernels' operations one for one
+A recurrent layer is an ONNX Loop over its steps whose body is one step of the cell: ONNX's
+LSTM, GRU and RNN ops order the gates otherwise, apply Keras's GRU reset_after differently
+and know neither a mask that repeats the previous output nor every activation a spec may
+name, while the body is the NumPy kernels' operations one for one
 (backends/numpy/kernels.py, Recurrent, LSTM, GRU, SimpleRNN, Bidirectional, Attention).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from modelspec.checker import LayerReport
 
@@ -31,9 +32,9 @@ def _param(g: Graph, path: str, value: np.ndarray) -> str:
 
 
 def _run(g: Graph, layer: Any, x: str, w: list[np.ndarray], paths: list[str], masked: bool,
-         zero_output_for_mask: bool, steps: int) -> list[str]:
-    """The layer's outputs at each step, in the order processed (reversed with go_backwards),
-    and its last state h as the list's last entry when it does not return sequences."""
+         zero_output_for_mask: bool, steps: int) -> str:
+    """The layer over its steps as one ONNX Loop: its output, (n, units), or with
+    return_sequences (n, steps, units) in the order processed (reversed with go_backwards)."""
     units = layer.units
     kind = layer.kind
     kernel = _param(g, paths[0], w[0])
@@ -52,64 +53,75 @@ def _run(g: Graph, layer: Any, x: str, w: list[np.ndarray], paths: list[str], ma
     act = layer.activation
     rec_act = getattr(layer, "recurrent_activation", None)
     zeros = g.zeros(x, units)
-    h = zeros
-    c = zeros
-    order = range(steps - 1, -1, -1) if layer.go_backwards else range(steps)
     m = mask(g) if masked else None
-    outputs = []
-    for t in order:
-        xt = g.op("Gather", [xk, g.const(t, np.int64)], f"{kind}_x{t}", axis=1)  # (n, width)
-        if kind == "simple_rnn":
-            new = [g.activation(act, g.op("Add", [g.op("MatMul", [h, recurrent[0]]), xt]))]
-        elif kind == "lstm":
-            z = g.op("Add", [g.op("MatMul", [h, recurrent[0]]), xt])
-            if lstm_bias is not None:
-                z = g.op("Add", [z, lstm_bias])
-            i, f, cc, o = (g.slice(z, 1, k * units, (k + 1) * units) for k in range(4))
-            i, f, o = (g.activation(rec_act, v) for v in (i, f, o))
-            c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, g.activation(act, cc)])])
-            new = [g.op("Mul", [o, g.activation(act, c_new)]), c_new]
-        else:  # gru
-            mx_zr, mx_h = g.slice(xt, 1, 0, 2 * units), g.slice(xt, 1, 2 * units, 3 * units)
-            if reset_after:
-                rec = g.op("MatMul", [h, recurrent[0]])
-                if gru_rec_bias is not None:
-                    rec = g.op("Add", [rec, gru_rec_bias])
-                zr = g.activation(rec_act, g.op("Add", [mx_zr, g.slice(rec, 1, 0, 2 * units)]))
-                r = g.slice(zr, 1, units, 2 * units)
-                hp = g.op("Mul", [r, g.slice(rec, 1, 2 * units, 3 * units)])
-            else:
-                zr = g.activation(rec_act, g.op("Add", [mx_zr, g.op("MatMul", [h, recurrent[0]])]))
-                r = g.slice(zr, 1, units, 2 * units)
-                hp = g.op("MatMul", [g.op("Mul", [r, h]), recurrent[1]])
-            hh = g.activation(act, g.op("Add", [mx_h, hp]))
-            z = g.slice(zr, 1, 0, units)
-            keep = g.op("Mul", [z, h])
-            new = [g.op("Add", [keep, g.op("Mul", [g.op("Sub", [g.const(1.0), z]), hh])])]
-        y = None
-        if m is not None:
-            mt = g.op("Unsqueeze", [g.op("Gather", [m, g.const(t, np.int64)], axis=1), g.ints([1])], f"mask{t}")
-            if zero_output_for_mask:
-                y = g.op("Where", [mt, new[0], g.const(0.0)])
-            new = [g.op("Where", [mt, a, b]) for a, b in zip(new, [h, c])]
-        h = new[0]
-        c = new[1] if len(new) > 1 else c
-        if layer.return_sequences:
-            outputs.append(h if y is None else y)
-    return outputs if layer.return_sequences else [h]
+    states = ["h", "c"] if kind == "lstm" else ["h"]
+
+    # the loop's body: (step, cond, states...) -> (cond, new states..., this step's output)
+    step, cond = g.name(f"{kind}_step"), g.name(f"{kind}_cond")
+    state_in = [g.name(f"{kind}_{s}") for s in states]
+    outer, g.nodes = g.nodes, []
+    h = state_in[0]
+    c = state_in[1] if kind == "lstm" else None
+    t = g.op("Sub", [g.const(steps - 1, np.int64), step], "reversed_step") if layer.go_backwards else step
+    xt = g.op("Gather", [xk, t], f"{kind}_x", axis=1)  # (n, width)
+    if kind == "simple_rnn":
+        new = [g.activation(act, g.op("Add", [g.op("MatMul", [h, recurrent[0]]), xt]))]
+    elif kind == "lstm":
+        z = g.op("Add", [g.op("MatMul", [h, recurrent[0]]), xt])
+        if lstm_bias is not None:
+            z = g.op("Add", [z, lstm_bias])
+        i, f, cc, o = (g.slice(z, 1, k * units, (k + 1) * units) for k in range(4))
+        i, f, o = (g.activation(rec_act, v) for v in (i, f, o))
+        c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, g.activation(act, cc)])])
+        new = [g.op("Mul", [o, g.activation(act, c_new)]), c_new]
+    else:  # gru
+        mx_zr, mx_h = g.slice(xt, 1, 0, 2 * units), g.slice(xt, 1, 2 * units, 3 * units)
+        if reset_after:
+            rec = g.op("MatMul", [h, recurrent[0]])
+            if gru_rec_bias is not None:
+                rec = g.op("Add", [rec, gru_rec_bias])
+            zr = g.activation(rec_act, g.op("Add", [mx_zr, g.slice(rec, 1, 0, 2 * units)]))
+            r = g.slice(zr, 1, units, 2 * units)
+            hp = g.op("Mul", [r, g.slice(rec, 1, 2 * units, 3 * units)])
+        else:
+            zr = g.activation(rec_act, g.op("Add", [mx_zr, g.op("MatMul", [h, recurrent[0]])]))
+            r = g.slice(zr, 1, units, 2 * units)
+            hp = g.op("MatMul", [g.op("Mul", [r, h]), recurrent[1]])
+        hh = g.activation(act, g.op("Add", [mx_h, hp]))
+        z = g.slice(zr, 1, 0, units)
+        keep = g.op("Mul", [z, h])
+        new = [g.op("Add", [keep, g.op("Mul", [g.op("Sub", [g.const(1.0), z]), hh])])]
+    y = None
+    if m is not None:
+        # a masked step keeps the state and repeats the previous output (or outputs 0)
+        mt = g.op("Unsqueeze", [g.op("Gather", [m, t], axis=1), g.ints([1])], f"{kind}_mask")
+        if zero_output_for_mask:
+            y = g.op("Where", [mt, new[0], g.const(0.0)])
+        new = [g.op("Where", [mt, a, b]) for a, b in zip(new, state_in)]
+    body_outputs = [g.op("Identity", [cond], f"{kind}_cond_out"), *(g.op("Identity", [v], f"{kind}_{s}_out")
+                                                                    for v, s in zip(new, states))]
+    if layer.return_sequences:
+        body_outputs.append(g.op("Identity", [new[0] if y is None else y], f"{kind}_y"))
+    body_nodes, g.nodes = g.nodes, outer
+    width = ["batch", units]
+    body = helper.make_graph(
+        body_nodes, g.name(f"{kind}_body"),
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+         *(helper.make_tensor_value_info(v, TensorProto.FLOAT, width) for v in state_in)],
+        [helper.make_tensor_value_info(body_outputs[0], TensorProto.BOOL, []),
+         *(helper.make_tensor_value_info(v, TensorProto.FLOAT, width) for v in body_outputs[1:])])
+    outputs = g.op("Loop", [g.const(steps, np.int64), "", *([zeros] * len(states))], f"{kind}_loop",
+                   outputs=len(states) + int(layer.return_sequences), body=body)
+    outputs = [outputs] if isinstance(outputs, str) else outputs
+    if not layer.return_sequences:
+        return outputs[0]  # the last state h
+    return g.op("Transpose", [outputs[-1]], f"{kind}_sequence", perm=[1, 0, 2])  # (steps, n, u) -> (n, steps, u)
 
 
-def _sequence(g: Graph, outputs: list[str], hint: str) -> str:
-    """Per-step (n, units) outputs as (n, steps, units)."""
-    return g.op("Concat", [g.op("Unsqueeze", [o, g.ints([1])]) for o in outputs], hint, axis=1)
-
-
-def recurrent(g: Graph, row: LayerReport, layer: Any, x: str, w: list[np.ndarray], decls: list[Any],
-              zero_output_for_mask: bool = False, name: str | None = None) -> str:
-    outputs = _run(g, layer, x, w, [d.path for d in decls], row.reads_mask, zero_output_for_mask,
-                   row.input_shape[1])
-    name = name or row.name
-    return _sequence(g, outputs, name) if layer.return_sequences else g.op("Identity", outputs, name)
+def recurrent(g: Graph, row: LayerReport, layer: Any, x: str, w: list[np.ndarray], decls: list[Any]) -> str:
+    y = _run(g, layer, x, w, [d.path for d in decls], row.reads_mask, False, row.input_shape[1])
+    return g.op("Identity", [y], row.name)
 
 
 def bidirectional(g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
@@ -119,14 +131,12 @@ def bidirectional(g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> st
     half = len(w) // 2
     backward = inner.model_copy(update={"go_backwards": not inner.go_backwards})
     zeroed = inner.return_sequences
-    steps = row.input_shape[1]
     paths = [d.path for d in row.weights]
+    steps = row.input_shape[1]
     a = _run(g, inner, x, w[:half], paths[:half], row.reads_mask, zeroed, steps)
     b = _run(g, backward, x, w[half:], paths[half:], row.reads_mask, zeroed, steps)
-    if inner.return_sequences:
-        a, b = _sequence(g, a, "forward"), _sequence(g, b[::-1], "backward")
-    else:
-        a, b = a[0], b[0]
+    if inner.return_sequences:  # the backward outputs back in time order
+        b = g.op("Slice", [b, g.ints([-1]), g.ints([-2**63]), g.ints([1]), g.ints([-1])], "backward_in_time_order")
     mode = row.layer.merge_mode
     if mode == "concat":
         return g.op("Concat", [a, b], row.name, axis=-1)
