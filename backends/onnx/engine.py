@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from modelspec import ir
 from modelspec.backends import InferenceOnly
 from modelspec.backends.base import Engine, EpochTotals
-from modelspec import ir
 from modelspec.checker import Report
 from modelspec.training import TrainConfig
 
