@@ -21,13 +21,27 @@ BUILTIN = {
     "numpy": "modelspec.backends.numpy:NumpyBackend",
     "torch": "modelspec.backends.torch:TorchBackend",
     "keras": "modelspec.backends.keras:KerasBackend",
+    "onnx": "modelspec.backends.onnx:OnnxBackend",
 }
 # name -> (the framework's top-level modules, the pip extra that installs them)
-FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow", "jax"), "keras")}
+FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow", "jax"), "keras"),
+              "onnx": (("onnx", "onnxruntime"), "onnx")}
 
 
 class BackendError(ModelspecError):
     """An unknown backend, or one whose framework is not installed."""
+
+
+class InferenceOnly(BackendError):
+    """Training asked of a backend that runs inference only (its `trains` is False)."""
+
+    def __init__(self, backend: str, instead: str) -> None:
+        super().__init__(f"the {backend} backend runs inference only (predict, evaluate); train with numpy, "
+                         f"torch or keras{instead}")
+
+
+class NoSource(BackendError):
+    """Source code asked of a backend that emits none (its `emits_source` is False)."""
 
 
 def _entry_points() -> dict[str, str]:

@@ -173,6 +173,12 @@ class Backend:
     activations: ClassVar[frozenset[str]] = frozenset(
         {"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu", "swish", "softplus",
          "relu6", "leaky_relu"})
+    # False for a backend that runs inference only: Model.fit and `modelspec train` refuse it
+    # (InferenceOnly) before anything happens; evaluate still takes the loss and metrics.
+    trains: ClassVar[bool] = True
+    # False for a backend with no program to write: `emit` raises NoSource, which `modelspec
+    # compile` reports.
+    emits_source: ClassVar[bool] = True
     optimizers: ClassVar[frozenset[str]] = frozenset(ir.OPTIMIZERS)
     losses: ClassVar[frozenset[str]] = frozenset(
         {"categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse",

@@ -11,6 +11,9 @@ what float32 alone does to that truth (the noise floor):
   with the learning rate of each step: modelspec.schedules' next to Keras's own schedule
   object at the same steps, and the rate each engine used.
 
+A backend that runs inference only (its `trains` is False: onnx) is judged on the forward
+pass alone (`CrossCheck.forward_only`).
+
 A backend agrees when its distance from float64 stays within NOISE_FACTOR times the float32
 reference's own distance, and within a fixed floor wherever that distance is smaller (where
 float32 stays close to float64, a backend must too). So a real 1e-5 error on a calm spec is
@@ -140,6 +143,12 @@ class CrossCheck:
     # where it does not tell)
     learning_rates: dict[str, list[float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    forward_only: list[str] = field(default_factory=list)  # backends that run inference only
+
+    @property
+    def trained(self) -> list[str]:
+        """The backends judged on gradients and training steps too."""
+        return [b for b in self.backends if b not in self.forward_only]
 
     @property
     def first_divergence(self) -> tuple[LayerComparison, str] | None:
@@ -218,7 +227,7 @@ class CrossCheck:
     def ok(self) -> bool:
         return (self.first_divergence is None and self.first_gradient_divergence is None
                 and all(self.weights_identical.values())
-                and all(self.left_band_at(b) is None for b in self.backends))
+                and all(self.left_band_at(b) is None for b in self.trained))
 
     def to_dict(self) -> dict[str, Any]:
         first, grad = self.first_divergence, self.first_gradient_divergence
@@ -241,10 +250,10 @@ class CrossCheck:
             "first_gradient_divergence": None if grad is None else {"layer": grad[0].name, "backend": grad[1]},
             "training": {"losses": self.losses, "float64": self.float64, "noise": self.noise,
                          "bands": self.bands, "regime": self.regime(), "advice": self.advice(),
-                         "max_rel_gap": {b: self.training_gap(b) for b in self.backends},
-                         "left_band_at": {b: self.left_band_at(b) for b in self.backends},
+                         "max_rel_gap": {b: self.training_gap(b) for b in self.trained},
+                         "left_band_at": {b: self.left_band_at(b) for b in self.trained},
                          "learning_rates": self.learning_rates},
-            "notes": self.notes, "ok": self.ok,
+            "forward_only": self.forward_only, "notes": self.notes, "ok": self.ok,
         }
 
 
@@ -453,6 +462,11 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         result.notes.append(f"{' and '.join(callbacks)} act at the end of epochs; the training steps here are "
                             "compared without them (modelspec compare trains with them)")
     models = {name: build(run_spec, backend=name, seed=seed, **options) for name in backends}
+    result.forward_only = [name for name in backends if not getattr(models[name].backend, "trains", True)]
+    if result.forward_only:
+        result.notes.append(f"{', '.join(result.forward_only)}: forward only (inference only: no gradients or "
+                            "training steps to compare)")
+    trained = result.trained
     probe = build(run_spec, backend=reference, seed=seed)  # the float32 members run here
     truth = build(run_spec, backend="numpy", seed=seed, dtype=np.float64)
     if spec.loss is None:
@@ -480,10 +494,12 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
     result.layers = _forward_rows(report, {b: models[b].engine.layer_outputs(x0) for b in backends}, members,
                                   truth.engine.layer_outputs(x0), backends, forward_tolerance)
 
+    if not trained:  # nothing left to judge
+        return result
     members = [_gradients(probe, weights, x0[::-1] if flip else x0, y0[::-1] if flip else y0)
                for weights, flip in close]
-    result.gradients = _gradient_rows(report, {b: _gradients(models[b], start, x0, y0) for b in backends}, members,
-                                      _gradients(truth, start, x0, y0), backends, gradient_tolerance)
+    result.gradients = _gradient_rows(report, {b: _gradients(models[b], start, x0, y0) for b in trained}, members,
+                                      _gradients(truth, start, x0, y0), trained, gradient_tolerance)
 
     train_x, train_y = x[batch_size:], y[batch_size:]
     result.float64 = _step_losses(truth, train_x, train_y, batch_size)
@@ -495,7 +511,7 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         probe.compile(optimizer=probe._optimizer)  # a fresh optimizer state for each run
         order = flipped if k % 2 else slice(None)  # every other run sums each batch in reverse
         result.noise_runs.append(_step_losses(probe, train_x[order], train_y[order], batch_size))
-    for name in backends:
+    for name in trained:
         used: list[float] = []
         result.losses[name] = _step_losses(models[name], train_x, train_y, batch_size, used)
         result.learning_rates[name] = used

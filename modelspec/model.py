@@ -368,6 +368,12 @@ class Model:
         share of every global batch of the one shuffled order, and the history returned is the
         same on every worker, one process's. Worker 0 alone prints progress (verbose is 0 on
         the others) and writes the checkpoint; every worker reads it to resume."""
+        if not getattr(self.backend, "trains", True):  # (a stand-in backend without the attribute trains)
+            from .backends import InferenceOnly
+
+            name = self.backend.name
+            raise InferenceOnly(name, f", then run the trained model here (model.save(path), then "
+                                f"ms.load_model(path, backend={name!r})) or export it (model.export('model.onnx'))")
         batch_size = int(self._fit_setting("batch_size", batch_size))
         epochs = int(self._fit_setting("epochs", epochs))
         split = float(self._fit_setting("validation_split", validation_split))

@@ -105,7 +105,7 @@ def failure_report(case: Case, result) -> str:
     not_identical = [b for b, same in result.weights_identical.items() if not same]
     if not_identical:
         summary.append(f"initial weights differ from the reference's in: {', '.join(not_identical)}")
-    for b in result.backends:
+    for b in result.trained:
         step = result.left_band_at(b)
         if step is not None:
             summary.append(f"training: {b} left the noise band at step {step} ({result.gaps(b)[step - 1]:.2e} from "
@@ -116,10 +116,10 @@ def failure_report(case: Case, result) -> str:
                  + "; ".join(f"{c.name} " + "/".join(f"{c.errors[b][1]:.1e}" for b in result.backends)
                              for c in result.layers) + f"  ({'/'.join(result.backends)})")
     lines.append("loss before each step:")
-    lines.append("  step " + "".join(f"{b:>16}" for b in ["float64", *result.backends]))
+    lines.append("  step " + "".join(f"{b:>16}" for b in ["float64", *result.trained]))
     for i, truth in enumerate(result.float64):
         cells = [f"{result.losses[b][i]:16.9g}" if i < len(result.losses[b]) else f"{'-':>16}"
-                 for b in result.backends]
+                 for b in result.trained]
         lines.append(f"  {i + 1:4d} {truth:16.9g}" + "".join(cells))
     for note in result.notes:
         lines.append(f"note: {note}")

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", "-b", default="numpy", help="numpy (default), torch or keras")
+    p.add_argument("--backend", "-b", default="numpy",
+                   help="numpy (default), torch, keras or onnx (onnxruntime: predict and evaluate only)")
     p.add_argument("--device", default="auto", metavar="DEVICE", type=device,
                    help="auto (default: the backend's choice), cpu or cuda")
     p.add_argument("--json", action="store_true",

@@ -39,14 +39,19 @@ def load_spec(path: str) -> tuple[Any, Any]:
     return spec, check(spec)
 
 
-def check_backend(name: str) -> None:
-    """Fail early, before any data is read, for an unknown or uninstalled backend."""
+def check_backend(name: str, training: bool = False) -> None:
+    """Fail early, before any data is read, for an unknown or uninstalled backend, and with
+    `training` for one that runs inference only."""
     from .. import backends
 
     try:
-        backends.get(name)
+        backend = backends.get(name)
     except backends.BackendError as e:
         raise CommandError(str(e)) from None
+    if training and not backend.trains:
+        raise CommandError(str(backends.InferenceOnly(name, f", then predict or evaluate its weights here with "
+                                                            f"--backend {name} --weights W, or export them with "
+                                                            "`modelspec export SPEC --weights W -o FILE.onnx`")))
 
 
 def build(spec: Any, args: argparse.Namespace, seed: int | None = None, group: Any = None) -> Any:

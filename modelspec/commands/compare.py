@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = [load_spec(path) for path in args.specs]
     out = Path(args.out or Path("runs") / "compare")
     check_out(out)
-    check_backend(args.backend)
+    check_backend(args.backend, training=True)
     dataset = load_data(args)
     scales = [scaling(spec, args.scale, dataset.scale, dataset.scale_why) for spec, _ in loaded]
     arrays = [prepare(dataset, spec, report, scale) for (spec, report), scale in zip(loaded, scales)]

@@ -12,7 +12,8 @@ HELP = "emit readable, standalone source code for a spec in one backend's framew
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="a .ms file")
-    p.add_argument("--backend", "-b", default="keras", help="keras (default), torch or numpy")
+    p.add_argument("--backend", "-b", default="keras",
+                   help="keras (default), torch or numpy (onnx emits no source: see `modelspec export`)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
 
 
@@ -31,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
         backend = backends.get(args.backend)
     except backends.BackendError as e:
         raise CommandError(str(e)) from None
-    problems = backend.unsupported(spec)
+    problems = backend.unsupported(spec) if backend.emits_source else []  # else emit says why there is nothing
     if problems:
         raise SpecError([d.with_file(spec.path) for d in problems], spec.source)
-    code = backend.emit(spec, report)
+    try:
+        code = backend.emit(spec, report)
+    except backends.NoSource as e:
+        raise CommandError(str(e)) from None
     if args.output:
         write_atomic(args.output, code)
         print(f"wrote {args.output}", file=sys.stderr)

@@ -123,19 +123,20 @@ def _print(result) -> None:
     if result.gradients:
         print_table(con, _layer_table("Gradients, one step of plain SGD: relative error against float64 "
                                    "(allowed: 10x float32's own error at each element)", result.gradients,
-                                   result.backends, allowed=False))
+                                   result.trained, allowed=False))
     steps = Table(title=f"Training: loss before each of {result.steps} steps", title_justify="left")
-    for column in ("step", "float64", "float32\nitself", "allowed", *result.backends):
+    for column in ("step", "float64", "float32\nitself", "allowed", *result.trained):
         steps.add_column(column, justify="right", no_wrap=True)
     noise, bands = result.noise, result.bands
-    gaps = {b: result.gaps(b) for b in result.backends}
+    gaps = {b: result.gaps(b) for b in result.trained}
     for i in range(len(result.float64)):
         cells = []
-        for b in result.backends:
+        for b in result.trained:
             value = f"{result.losses[b][i]:.7f}" if i < len(result.losses[b]) else "-"
             cells.append(value if gaps[b][i] <= bands[i] else f"[bold red]{value}[/]")
         steps.add_row(str(i + 1), f"{result.float64[i]:.7f}", _fmt(noise[i]), _fmt(bands[i]), *cells)
-    print_table(con, steps)
+    if result.trained:
+        print_table(con, steps)
     rates = _rates_table(result.learning_rates)
     if rates is not None:
         print_table(con, rates)
@@ -189,6 +190,9 @@ def _verdict(result, backend: str) -> str:
     if forward is not None:
         return (f"[bold red]differs[/] in the forward pass at {forward.name} ({forward.kind}): "
                 f"{_fmt(forward.errors[backend][1])} from float64, where float32 allows {_fmt(forward.band)}")
+    if backend in result.forward_only:
+        worst = max((r.errors[backend][1] for r in result.layers), default=0.0)
+        return f"agrees in the forward pass (largest layer error {_fmt(worst)}); forward only: it does not train"
     gradient = next((r for r in result.gradients if not r.excess.get(backend, 0) <= 1), None)
     if gradient is not None:
         return (f"[bold red]differs[/] in the gradient of {gradient.name} ({gradient.kind}): "

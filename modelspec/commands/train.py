@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         raise CommandError(f"--resume: there is no checkpoint in {checkpoint.path} (a run with --out {out} "
                            "writes one at the end of each epoch); train without --resume to start")
-    check_backend(args.backend)
+    check_backend(args.backend, training=True)
     if group is None and (args.nproc or 1) > 1:
         with RunLock(out):  # a busy folder is refused here, once, not by a worker
             pass

@@ -19,6 +19,10 @@ layer is exercised), a dense head after it, SGD and MSE - and checks on `backend
      name and reproduces the built model's outputs (1e-6 relative, and each value within
      1e-6 of itself plus 1e-7).
 
+A backend that runs inference only (`trains` False: onnx) is held instead of 3 to fit's
+refusal, with every weight unchanged, and to the NumPy backend's evaluate (loss with its
+penalties, and metrics, 1e-5); one that emits no source (`emits_source` False) has no check 6.
+
 `run_model_test` does the same for a whole spec. Checks 4 to 6 run from weights moved off
 their initial values (`case_weights`), so that biases, gamma, beta and the moving
 statistics are not trivial there. Errors are relative to the reference's largest
@@ -184,7 +188,10 @@ def run_model_test(backend: str, spec: ir.Spec, expected_output_shape: tuple[int
     if optimizer is not None:
         model.compile(optimizer=optimizer)
         reference.compile(optimizer=optimizer)
-    check_training(what, report, model, reference if train_mode == "compare" else None, x, y)
+    if backends.get(backend).trains:
+        check_training(what, report, model, reference if train_mode == "compare" else None, x, y)
+    else:
+        check_inference_only(what, model, reference, x, y)
 
     start = case_weights(spec, report)
     model.set_weights(start)
@@ -278,6 +285,23 @@ def check_training(what: str, report: Any, model: Any, reference: Any, x: np.nda
         scale = max((float(np.abs(w).max(initial=0.0)) for w in refs), default=0.0)
         for w, got, ref in zip(row.weights, layer_weights(report, after, index), refs):
             assert_close(got, ref, WEIGHT_RTOL, f"{what}, {w.path} after {len(logs)} steps", scale=scale)
+
+
+def check_inference_only(what: str, model: Any, reference: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """A backend that does not train: fit refuses before any step, leaving every weight as it
+    was, and evaluate gives the reference's loss (with penalties) and metrics."""
+    if model.spec.loss is None:
+        model.compile(loss=default_loss(model.spec))
+        reference.compile(loss=default_loss(reference.spec))
+    start = model.get_weights()
+    with pytest.raises(backends.InferenceOnly, match="runs inference only"):
+        train(model, x, y)
+    for w, got, ref in zip(model.report.weights, model.get_weights(), start):
+        assert got.tobytes() == ref.tobytes(), f"{what}: {w.path} after fit refused"
+    got, expected = model.evaluate(x, y, batch_size=BATCH), reference.evaluate(x, y, batch_size=BATCH)
+    assert sorted(got) == sorted(expected), f"{what}: evaluate's keys"
+    for key, value in expected.items():
+        assert_close(got[key], value, LOSS_RTOL, f"{what}, evaluate {key}")
 
 
 def _numpy_from(spec: ir.Spec, weights: list[np.ndarray], dtype: Any) -> Any:
@@ -565,6 +589,29 @@ def keras_fit_run(spec: ir.Spec, n: int, fit: dict[str, Any]) -> dict[str, Any]:
             "after": model.predict(x, verbose=0), "weights": model.get_weights()}
 
 
+def check_fit_inference_only(what: str, backend: str, spec: ir.Spec, n: int, fit: dict[str, Any],
+                             compile: dict[str, Any] | None, expected: dict[str, Any], reference: str) -> None:
+    """A backend that does not train, in a fit run: its predictions before training, fit's
+    refusal, then evaluate and predict with the weights the reference trained, against the
+    reference's."""
+    model = ms.build(spec, backend=backend, seed=SEED)
+    if compile:
+        model.compile(**compile)
+    x, y = fit_data(spec, model.report, n, (compile or {}).get("loss") or loss_of(spec))
+    np.testing.assert_allclose(model.predict(x), expected["before"], **FIT_PREDICT, err_msg=f"{what}: predictions")
+    with pytest.raises(backends.InferenceOnly, match="runs inference only"):
+        model.fit(x, y, verbose=0, **fit)
+    model.set_weights(expected["weights"])
+    evaluated = model.evaluate(x, y)
+    order = list if reference == "numpy" else sorted  # Keras orders its results as it pleases
+    assert order(evaluated) == order(expected["evaluate"]), f"{what}: evaluate's keys"
+    for name, value in expected["evaluate"].items():
+        assert evaluated[name] == pytest.approx(value, **FIT_EVALUATE), f"{what}: evaluate {name}"
+    np.testing.assert_allclose(model.predict(x), expected["after"], **(KERAS_FIT_TRAINED if reference == "keras"
+                                                                       else FIT_TRAINED),
+                               err_msg=f"{what}: predictions with the trained weights")
+
+
 def run_fit_test(backend: str, spec: ir.Spec, *, n: int, batch_size: int, epochs: int = 3,
                  validation_split: float = 0.0, shuffle: bool = False, compile: dict[str, Any] | None = None,
                  reference: str = "numpy", cache: dict[str, Any] | None = None) -> None:
@@ -572,7 +619,8 @@ def run_fit_test(backend: str, spec: ir.Spec, *, n: int, batch_size: int, epochs
     (the reference backend: predictions before, every epoch's history, evaluate, predictions
     after, weights and optimizer variables after) or "keras" (a Keras model the tests build,
     `keras_fit_run`: the same but the optimizer's variables). Both start from the conformance
-    seed's initial weights, which run_model_test holds bit-identical across backends."""
+    seed's initial weights, which run_model_test holds bit-identical across backends. A
+    backend that does not train is held to what it does (check_fit_inference_only)."""
     fit = dict(batch_size=batch_size, epochs=epochs, validation_split=validation_split, shuffle=shuffle)
     if shuffle:
         fit["seed"] = SEED + 1
@@ -586,8 +634,11 @@ def run_fit_test(backend: str, spec: ir.Spec, *, n: int, batch_size: int, epochs
         expected = fit_run("numpy", spec, n, fit, compile)
     if cache is not None:
         cache[key] = expected
-    got = fit_run(backend, spec, n, fit, compile)
     what = f"{backend} against {reference}"
+    if not backends.get(backend).trains:
+        check_fit_inference_only(what, backend, spec, n, fit, compile, expected, reference)
+        return
+    got = fit_run(backend, spec, n, fit, compile)
     np.testing.assert_allclose(got["before"], expected["before"], **FIT_PREDICT, err_msg=f"{what}: predictions")
     order = list if reference == "numpy" else sorted  # Keras orders its history as it pleases
     assert order(got["history"]) == order(expected["history"]), f"{what}: history keys"

@@ -19,12 +19,19 @@ import pytest
 import modelspec as ms
 from corpus import VARIED
 from layer_test import run_fit_test
+from modelspec import backends
 from modelspec.crosscheck import without_dropout
 from modelspec.diagnostics import SpecError
 
 SPECS = Path(__file__).parents[2] / "specs"
 BARE = {"optimizer": "rmsprop", "loss": "categorical_crossentropy", "metrics": ["accuracy"]}
 RUNS: dict[str, Any] = {}  # the reference runs, shared by the backends' tests in one process
+
+
+def needs_training(backend: str) -> None:
+    """Skip, saying why, on a backend that runs inference only (its `trains` is False)."""
+    if not backends.get(backend).trains:
+        pytest.skip(f"the {backend} backend runs inference only: fit refuses it (layer_test.check_inference_only)")
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,7 @@ def test_optimizer_variables_count_as_keras_counts_them(backend, optimizer, extr
     schedule's product), Adadelta and Adamax 2·T + 2, Lion T + 2; none before the first
     training step. T counts trainable values
     only (batchnorm's moving statistics are not)."""
+    needs_training(backend)
     model = ms.build(f"input 4\ndense 3 relu\nbatchnorm\ndense 2\noptimizer {optimizer}\nloss mse", backend=backend)
     x, y = np.ones((2, 4), np.float32), np.zeros((2, 2), np.float32)
     model.fit(x, y, epochs=0, verbose=0)
@@ -218,6 +226,7 @@ def test_a_non_finite_step_stops_before_its_update(backend):
     warns and stops there, with the weights (moving statistics included) and optimizer
     variables of a run over the first two batches, bit for bit; the failed batch counts in
     the epoch's mean, as in Keras's history (the metrics then agree with NumPy's)."""
+    needs_training(backend)
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(40, 4)).astype(np.float32), rng.normal(size=(40, 2)).astype(np.float32)
     y[21] = 1e30
@@ -242,6 +251,7 @@ def test_a_non_finite_step_stops_before_its_update(backend):
 def test_a_non_finite_gradient_stops_too(backend):
     """Huge inputs to a zero kernel: the loss (of the bias alone) is finite, but the kernel's
     gradient Σ x·dy overflows float32: the step is not applied."""
+    needs_training(backend)
     model = ms.build("input 2\ndense 1\noptimizer sgd\nloss mse", backend=backend)
     model.set_weights([np.zeros((2, 1), np.float32), np.ones(1, np.float32)])
     x, y = np.full((2, 2), 3e38, np.float32), np.zeros((2, 1), np.float32)
@@ -261,6 +271,7 @@ def test_dropout_is_active_only_in_training_and_reproducible(backend):
     a, b, c = (ms.build(text, backend=backend, seed=s) for s in (1, 1, 2))
     off = ms.build(text.replace("dropout 0.5", "dropout 0.0"), backend=backend, seed=1)
     np.testing.assert_array_equal(a.predict(x), off.predict(x))  # inference: the identity
+    needs_training(backend)
     fit = dict(epochs=2, batch_size=4, verbose=0, shuffle=False)
     ha, hb, hc, hoff = (m.fit(x, y, **fit).history["loss"] for m in (a, b, c, off))
     assert ha == hb and ha != hc and ha != hoff
