@@ -246,28 +246,27 @@ class TorchEngine(Engine):
             if self.group is not None:
                 flat, values = self._sum_over_workers(flat, values)
             return flat, values
-        if taps:
-            absolute = isinstance(self.optimizer, K.Adamax)  # the one optimizer that reads ops.abs
-            clipvalue = self.optimizer.clipvalue
-            rows = [(ids.reshape(-1), dy.reshape(-1, weight.shape[1]), offset, weight)
-                    for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):])]
-            if clipvalue:  # Keras clips each row of the sparse gradient, then sums an id's rows
-                rows = [(ids, dy.clamp(-clipvalue, clipvalue), offset, weight) for ids, dy, offset, weight in rows]
-                for ids, dy, offset, weight in rows:
-                    flat[offset:offset + weight.numel()] = torch.zeros_like(weight).index_add(0, ids, dy).reshape(-1)
-            squares, absolutes = flat.square(), flat.abs() if absolute else None
+        absolute = isinstance(self.optimizer, K.Adamax)  # the one optimizer that reads ops.abs
+        clipvalue = self.optimizer.clipvalue
+        rows = [(ids.reshape(-1), dy.reshape(-1, weight.shape[1]), offset, weight)
+                for (ids, _, offset, weight), dy in zip(taps, grads[len(self.params):])]
+        if clipvalue:  # Keras clips each row of the sparse gradient, then sums an id's rows
+            rows = [(ids, dy.clamp(-clipvalue, clipvalue), offset, weight) for ids, dy, offset, weight in rows]
             for ids, dy, offset, weight in rows:
-                zeros = torch.zeros_like(weight)
-                squares[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.square()).reshape(-1)
-                if absolute:
-                    absolutes[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.abs()).reshape(-1)
-            if self.group is not None:  # the squares are sums over occurrences: summed over the workers too
-                flat, squares, absolutes, values = self._sum_over_workers(flat, squares, absolutes, values)
-                squares = torch.where(self.sparse, squares, flat.square())  # the dense weights': of the sum
-                if absolute:
-                    absolutes = torch.where(self.sparse, absolutes, flat.abs())
-            self.optimizer.squares = {self.flat: squares}
-            self.optimizer.absolutes = {self.flat: absolutes} if absolute else {}
+                flat[offset:offset + weight.numel()] = torch.zeros_like(weight).index_add(0, ids, dy).reshape(-1)
+        squares, absolutes = flat.square(), flat.abs() if absolute else None
+        for ids, dy, offset, weight in rows:
+            zeros = torch.zeros_like(weight)
+            squares[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.square()).reshape(-1)
+            if absolute:
+                absolutes[offset:offset + weight.numel()] = zeros.index_add(0, ids, dy.abs()).reshape(-1)
+        if self.group is not None:  # the squares are sums over occurrences: summed over the workers too
+            flat, squares, absolutes, values = self._sum_over_workers(flat, squares, absolutes, values)
+            squares = torch.where(self.sparse, squares, flat.square())  # the dense weights': of the sum
+            if absolute:
+                absolutes = torch.where(self.sparse, absolutes, flat.abs())
+        self.optimizer.squares = {self.flat: squares}
+        self.optimizer.absolutes = {self.flat: absolutes} if absolute else {}
         return flat, values
 
     def _sum_over_workers(self, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
