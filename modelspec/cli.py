@@ -58,6 +58,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help(sys.stderr)
         return 2
     from .diagnostics import Diagnostic, SpecError
+    from .errors import ModelspecError, one_line
 
     # a worker of `train --nproc` leaves its errors, in words and in JSON, to the launcher
     json_mode = getattr(args, "json", False) and not _quiet()
@@ -74,6 +75,11 @@ def _main(argv: list[str] | None) -> int:
         if json_mode:
             _json_failure([Diagnostic("error", str(e), code="command")])
         return e.code
+    except ModelspecError as e:  # raised on purpose below a command that did not word it itself
+        _error(f"modelspec: error: {one_line(e)}", e, 1)
+        if json_mode:
+            _json_failure([Diagnostic("error", one_line(e), code="command")])
+        return 1
     except KeyboardInterrupt:
         _error("modelspec: interrupted", None, 130)
         return 130

@@ -299,6 +299,19 @@ def test_nproc_under_torchrun_is_refused(tmp_path):
     assert done.stderr.startswith("modelspec: error: --nproc 2: this process is already one of 2 workers")
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({"WORLD_SIZE": "abc", "RANK": "0", "LOCAL_RANK": "0"},
+     "WORLD_SIZE must be a whole number (as torchrun sets it); received 'abc'"),
+    ({"WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "0"}, "the rank must be in [0, 2) for a world size of 2; received 3"),
+], ids=["world size", "rank"])
+def test_a_broken_torchrun_environment_is_one_line(tmp_path, env, expected):
+    (tmp_path / "dp.ms").write_text(SPEC)
+    done = subprocess.run([sys.executable, "-m", "modelspec", *TRAIN, "--epochs", "1", "--out", "run"], cwd=tmp_path,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, f"modelspec: error: {expected}\n")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("words, expected", [
     (["train", "a.ms", "--nproc", "2", "--epochs", "3"], ["train", "a.ms", "--epochs", "3"]),
     (["train", "a.ms", "--nproc=2"], ["train", "a.ms"]),
