@@ -66,6 +66,7 @@ def test_predictions_and_layer_outputs_equal_the_numpy_backend(spec):
     ("dense 4 softmax", "categorical_crossentropy", "accuracy top_k_categorical_accuracy k=2"),  # from the logits
     ("dense 4\nsoftmax", "sparse_categorical_crossentropy", "accuracy"),  # a softmax layer's logits
     ("dense 4 sigmoid", "binary_crossentropy label_smoothing=0.2", "binary_accuracy"),
+    ("dense 4\nsigmoid", "binary_crossentropy", "binary_accuracy"),  # an activation layer's logits
     ("dense 4 softplus", "categorical_crossentropy", "categorical_accuracy"),  # clipped probabilities
     ("dense 4", "categorical_crossentropy from_logits label_smoothing=0.1", "accuracy"),  # the output as logits
     ("dense 4", "mse", "mae mse"),

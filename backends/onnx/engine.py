@@ -24,11 +24,8 @@ from modelspec.training import TrainConfig
 
 from ..numpy.engine import Dataset, NumpyEngine
 from ..numpy.lowering import reads_before_output
-from .export import model_proto
+from .export import LAYER_OUTPUT, model_proto
 
-# Nodes that only move values between the output activation and the graph's output; the
-# logits go through the same ones (a softmax over another axis, transposed around it).
-_LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
@@ -40,56 +37,6 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     if threads:
         options.intra_op_num_threads = threads
     return options
-
-
-def expose_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with a second output, the values before its output's softmax or sigmoid (what a
-    cross-entropy reads, modelspec.training.LossConfig), through the same layout nodes as the
-    output. A model whose output ends otherwise is a bug in the caller: the loss reads logits
-    only where the output layer ends in softmax or sigmoid."""
-    graph = model.graph
-    producer = {name: node for node in graph.node for name in node.output}
-    after: list[onnx.NodeProto] = []
-    node = producer.get(graph.output[0].name)
-    while node is not None and node.op_type in _LAYOUT_OPS:
-        after.append(node)
-        node = producer.get(node.input[0])
-    logits = _activation_input(node, producer)
-    if logits is None:
-        raise RuntimeError(f"the exported model's output does not end in a softmax or a sigmoid "
-                           f"({node.op_type if node is not None else 'no node'}): it has no logits to read")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for k, layout in enumerate(reversed(after)):
-        copy = out.graph.node.add()
-        copy.CopyFrom(layout)
-        copy.name = f"{layout.name or layout.op_type}_logits_{k}"
-        copy.input[0] = logits
-        del copy.output[:]
-        logits = f"modelspec_logits_{k}"
-        copy.output.append(logits)
-    out.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
-    return out
-
-
-def _activation_input(node: onnx.NodeProto | None, producer: dict[str, onnx.NodeProto]) -> str | None:
-    """The input of the output's activation: a Softmax node's, or the x of export's sigmoid
-    (graph.Graph.sigmoid: max(e, x >= 0) / (1 + e), e = exp(-|x|), a Div), which its Abs and
-    its GreaterOrEqual both read; None for anything else."""
-    if node is None:
-        return None
-    if node.op_type in ("Softmax", "Sigmoid"):
-        return node.input[0]
-    if node.op_type != "Div":
-        return None
-    seen, todo = {}, [(node, 0)]
-    while todo:  # the Div's ancestors within the sigmoid's few nodes
-        current, depth = todo.pop()
-        seen.setdefault(current.op_type, set()).add(current.input[0])
-        if depth < 4:
-            todo += [(producer[name], depth + 1) for name in current.input if name in producer]
-    reads = seen.get("Abs", set())
-    return next(iter(reads)) if len(reads) == 1 and reads == seen.get("GreaterOrEqual") else None
 
 
 class Session:
@@ -125,9 +72,7 @@ class OnnxEngine(Engine):
         output, then every layer's output."""
         if kind not in self._sessions:
             model = model_proto(self.spec, self.report, self.reference.get_weights(),
-                                layer_outputs=kind == "layers")
-            if kind == "logits":
-                model = expose_logits(model)
+                                layer_outputs=kind == "layers", logits=kind == "logits")
             self._sessions[kind] = Session(model, self.threads)
         return self._sessions[kind]
 
@@ -177,9 +122,10 @@ class OnnxEngine(Engine):
         return totals
 
     def layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        values = self._session("layers")(self.reference.input_array(x))
-        rows = values[len(values) - len(self.report.layers):]
-        return [np.asarray(v, dtype=np.float32) for v in rows]
+        session = self._session("layers")
+        values = session(self.reference.input_array(x))
+        return [np.asarray(v, dtype=np.float32) for name, v in zip(session.outputs, values)
+                if name.startswith(LAYER_OUTPUT)]
 
     # -- training: none --------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 The graph reads `input`: float32, or int32 ids for an `input ... int` spec (what the NumPy
 engine feeds an embedding), with a dynamic batch axis `batch`, and writes `output`. With
 `layer_outputs`, every report row's output follows, channels-last, in `report.layers` order,
-named `layer_output/<row name>` (what Engine.layer_outputs returns, for crosscheck). Every
+named `layer_output/<row name>` (what Engine.layer_outputs returns, for crosscheck). With
+`logits`, an output `logits` follows `output`: the values before the output layer's softmax or
+sigmoid, which a cross-entropy reads (modelspec.training.loss_from_logits). Every
 model passes onnx.checker's full check and strict shape inference before it is returned.
 """
 
@@ -23,7 +25,7 @@ from modelspec.diagnostics import Diagnostic
 from .graph import INPUT, OUTPUT, ExportError, Graph, Unsupported, value_info
 from .lowering import Lowering
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "MIN_OPSET", "OUTPUT", "ExportError", "export",
+__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "LOGITS", "MIN_OPSET", "OUTPUT", "ExportError", "export",
            "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
@@ -33,6 +35,7 @@ DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 1
 MIN_OPSET = 13
 PROTOBUF_LIMIT = 2**31 - 2**24  # protobuf's 2 GiB, less room for the graph itself
 LAYER_OUTPUT = "layer_output/"  # the prefix of each row's output with layer_outputs=True
+LOGITS = "logits"  # the output before the output layer's softmax or sigmoid, with logits=True
 
 
 def _error(message: str, span: Any, spec: Any, hint: str | None = None) -> ExportError:
@@ -73,7 +76,7 @@ def _check_weights(spec: Any, report: Any, weights: list[np.ndarray]) -> None:
 
 
 def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int | None = None,
-                layer_outputs: bool = False) -> onnx.ModelProto:
+                layer_outputs: bool = False, logits: bool = False) -> onnx.ModelProto:
     """The ONNX model of a checked spec with `weights` (Model.get_weights's order and layout).
     ExportError for a part that cannot be exported (its spec line) or an opset out of range;
     nothing is built then."""
@@ -85,6 +88,7 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     g = Graph(opset)
     g.reserve(INPUT)
     g.reserve(OUTPUT)
+    g.reserve(LOGITS)
     names = [g.reserve(LAYER_OUTPUT + row.name) for row in report.layers] if layer_outputs else []
     values: dict[int, str] = {-1: INPUT}
     g.shapes[-1] = report.input_shape
@@ -102,6 +106,12 @@ def model_proto(spec: Any, report: Any, weights: list[np.ndarray], *, opset: int
     last = values[len(report.layers) - 1] if report.layers else INPUT
     g.nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="node/output"))
     outputs = [value_info(OUTPUT, report.output_shape)]
+    if logits:
+        if last not in g.logits_of:  # the caller's mistake: the loss reads logits only after a softmax or sigmoid
+            raise ValueError(f"the model's output layer ({report.layers[-1].kind}) does not end in a softmax or a "
+                             "sigmoid: it has no logits to export")
+        g.nodes.append(helper.make_node("Identity", [g.logits_of[last]], [LOGITS], name="node/logits"))
+        outputs.append(value_info(LOGITS, report.output_shape))
     for i, name in enumerate(names):
         g.nodes.append(helper.make_node("Identity", [values[i]], [name], name=f"node/{name}"))
         outputs.append(value_info(name, report.layers[i].output_shape))

@@ -49,6 +49,8 @@ class Graph:
         self.shapes: dict[int, tuple] = {}  # each row's output shape by position (-1: the input)
         self._mask: str | None = None
         self._zeros: dict[int, str] = {}
+        # each softmax's and sigmoid's output: its input (where a cross-entropy reads the logits)
+        self.logits_of: dict[str, str] = {}
 
     def name(self, hint: str) -> str:
         """A value name not used before: `hint`, or `hint_N`."""
@@ -129,9 +131,11 @@ class Graph:
         if name in ("relu", "tanh"):
             return self.op(name.capitalize(), [x], name)
         if name == "sigmoid":
-            return self.sigmoid(x)
+            y = self.sigmoid(x)
+            self.logits_of[y] = x
+            return y
         if name == "softmax":  # over the last axis (kernels.softmax)
-            return self.op("Softmax", [x], name, axis=-1)
+            return self.softmax(x, -1)
         if name == "relu6":
             return self.op("Clip", [x, self.const(0.0), self.const(6.0)], name)
         if name == "leaky_relu":
@@ -156,6 +160,11 @@ class Graph:
             return self.op("Add", [self.op("Relu", [x]), self.log1p(self.op("Exp", [self.op("Neg", [self.op("Abs", [x])])]))],
                            name)
         raise Unsupported(f"the {name} activation")
+
+    def softmax(self, x: str, axis: int, hint: str = "softmax") -> str:
+        y = self.op("Softmax", [x], hint, axis=axis)
+        self.logits_of[y] = x
+        return y
 
     def sigmoid(self, x: str) -> str:
         """kernels.sigmoid: max(e, x ≥ 0) / (1 + e), e = exp(-|x|), exact in relative terms in

@@ -189,7 +189,7 @@ class Lowering:
         return g.activation(row.layer.activation, x)
 
     def softmax(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
-        return g.op("Softmax", [x], row.name, axis=row.layer.axis)
+        return g.softmax(x, row.layer.axis, row.name)
 
     def leaky_relu(self, g: Graph, row: LayerReport, x: str, w: list[np.ndarray]) -> str:
         return g.activation("leaky_relu", x, negative_slope=row.layer.negative_slope)
