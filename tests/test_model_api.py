@@ -291,23 +291,24 @@ def test_sparse_labels_follow_the_output_rank():
     model.fit(x, np.zeros((6, 4, 1)), verbose=0)  # a trailing axis of 1 is squeezed, as Keras does
 
 
-def test_a_missing_framework_names_the_extra_to_install(monkeypatch):
+@pytest.mark.parametrize("backend, framework", [("torch", "torch"), ("onnx", "onnxruntime")])
+def test_a_missing_framework_names_the_extra_to_install(monkeypatch, backend, framework):
     import importlib
 
     from modelspec import backends
 
     real = importlib.import_module
 
-    def without_torch(name, *args):
-        if name == "modelspec.backends.torch":
-            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+    def without(name, *args):
+        if name == f"modelspec.backends.{backend}":
+            raise ModuleNotFoundError(f"No module named '{framework}'", name=framework)
         return real(name, *args)
 
-    monkeypatch.setattr(backends.importlib, "import_module", without_torch)
-    with pytest.raises(BackendError, match=r"the torch backend needs torch, which is not installed: "
-                                           r"pip install 'modelspec\[torch\]'"):
-        ms.build(SMALL, backend="torch")
-    assert "torch" not in backends.installed()
+    monkeypatch.setattr(backends.importlib, "import_module", without)
+    with pytest.raises(BackendError, match=rf"the {backend} backend needs {framework}, which is not installed: "
+                                           rf"pip install 'modelspec\[{backend}\]'"):
+        ms.build(SMALL, backend=backend)
+    assert backend not in backends.installed()
 
 
 def test_weights_load_into_a_renamed_model_and_warn_about_a_changed_layer(tmp_path):

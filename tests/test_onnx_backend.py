@@ -147,22 +147,6 @@ def test_options_the_backend_cannot_take():
     np.testing.assert_array_equal(threads.predict(x), ms.build(MLP, backend="onnx").predict(x))
 
 
-def test_a_missing_onnxruntime_names_the_extra_to_install(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def without(name, *args):
-        if name == "modelspec.backends.onnx":
-            raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
-        return real(name, *args)
-
-    monkeypatch.setattr(backends.importlib, "import_module", without)
-    with pytest.raises(BackendError, match=r"the onnx backend needs onnxruntime, which is not installed: "
-                                           r"pip install 'modelspec\[onnx\]'"):
-        ms.build(MLP, backend="onnx")
-
-
 # ---------------------------------------------------------------------------------------
 # The command line
 
