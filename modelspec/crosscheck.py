@@ -537,16 +537,19 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "drawn once in NumPy with Keras's formulas, then loaded into every backend",
         "torch": "loaded from the NumPy draw; torch's defaults (kaiming_uniform, U(±1/√fan_in) biases) "
                  "are never used",
+        "onnx": "the NumPy draw (or the weights given), written into the graph as initializers",
     }),
     ("flatten order", lambda s: any(l.kind == "flatten" for l in s.layers) and len(s.input_shape) == 3, {
         "keras": "channels-last: (height, width, channels)",
         "numpy": "NHWC arrays, flattened in the same order",
         "torch": "NCHW internally; permuted to NHWC before flattening",
+        "onnx": "channels-last tensors throughout; Flatten(axis=1) in row-major order",
     }),
     ("conv kernel layout", lambda s: any(l.kind == "conv2d" for l in s.layers), {
         "keras": "(kh, kw, in, out), NHWC",
         "numpy": "(kh, kw, in, out), NHWC",
         "torch": "(out, in, kh, kw) = kernel.permute(3, 2, 0, 1), NCHW",
+        "onnx": "ONNX Conv reads NCHW: the input transposed around it, the kernel stored as (out, in, kh, kw)",
     }),
     ("conv1d", lambda s: any(l.kind == "conv1d" for l in s.layers), {
         "keras": "kernel (k, in, out) on (batch, steps, channels); 'same' puts the extra zero on the right, "
@@ -554,6 +557,8 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the same layout and pads, windows with the dilation's gaps",
         "torch": "F.conv1d with weight = kernel.permute(2, 1, 0) on (batch, channels, steps), after an explicit "
                  "F.pad(left, right) (torch's padding= is symmetric)",
+        "onnx": "Conv on (batch, channels, steps) between transposes, the kernel (out, in, k), the pads explicit "
+                "(before, after)",
     }),
     ("embedding", lambda s: any(l.kind == "embedding" for l in s.layers), {
         "keras": "Embedding: U(-0.05, 0.05) rows; mask_zero masks the ids 0 for the layers after it, row 0 "
@@ -561,12 +566,14 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the rows indexed by the ids; the gradient added into the rows used (np.add.at)",
         "torch": "the same rows loaded into an embedding without padding_idx (which would zero and freeze row "
                  "0); the mask is the ids != 0, kept beside the values",
+        "onnx": "Gather of the rows by the int32 ids; the mask recomputed from the ids != 0 where a layer reads it",
     }),
     ("masked mean", lambda s: any(l.kind == "globalavgpool1d" for l in s.layers)
         and any(getattr(l, "mask_zero", False) for l in s.layers), {
         "keras": "GlobalAveragePooling1D with a mask: Σ mask·x / Σ mask over the steps",
         "numpy": "the same quotient, the mask from the input's ids",
         "torch": "the same quotient (torch has no masks)",
+        "onnx": "Σ where(mask, x, 0) / Σ mask with ReduceSum",
     }),
     ("recurrent layers", lambda s: any(l.kind in _RECURRENT for l in s.layers), {
         "keras": "LSTM (gates i, f, c, o), GRU (z, r, h) and SimpleRNN over the steps from a zero state: kernel "
@@ -577,6 +584,8 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
                  "and nn.RNN call) where they compute Keras's function (no mask, default activations, GRU with "
                  "reset_after): kernels transposed, GRU's blocks z, r, h reordered to torch's r, z, n; the step "
                  "loop written out otherwise",
+        "onnx": "a Loop over the steps whose body is one step of the cell, in Keras's weights and gate order (ONNX's "
+                "LSTM and GRU order their gates otherwise and know no mask that repeats the previous output)",
     }),
     ("gru reset_after", lambda s: any(_inner(l).kind == "gru" for l in s.layers), {
         "keras": "reset_after=True (default): h̃ = tanh(x·Wh + bx + r ⊙ (h·Uh + bh)), bias (2, 3·units); "
@@ -584,6 +593,7 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "both formulas written out",
         "torch": "reset_after=True is nn.GRU's formula; reset_after=False has no torch module: the cell "
                  "written out",
+        "onnx": "both formulas written out in the Loop body",
     }),
     ("bidirectional", lambda s: any(l.kind == "bidirectional" for l in s.layers), {
         "keras": "Bidirectional: the layer forward and a copy with go_backwards=True; with return_sequences the "
@@ -592,6 +602,8 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the two directions run and merged the same way",
         "torch": "both directions in one module (torch's _reverse weights take the backward ones), merged as "
                  "Keras merges",
+        "onnx": "two Loops, the backward one over the steps in reverse; its sequence put back in time order; merged "
+                "as Keras merges",
     }),
     ("masked recurrence", lambda s: any(l.kind in _RECURRENT for l in s.layers)
         and any(getattr(l, "mask_zero", False) for l in s.layers), {
@@ -600,6 +612,7 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
                  "unmasked step's",
         "numpy": "the same rule in the step loop, the mask from the input's ids",
         "torch": "the same rule in the step loop, the mask from the input's ids (torch has no masks)",
+        "onnx": "the same rule in the Loop body, the mask from the input's ids",
     }),
     ("attention", lambda s: any(l.kind == "attention" for l in s.layers), {
         "keras": "MultiHeadAttention as mha(x, x): per head q, k, v projections (EinsumDense kernels (D, H, K), "
@@ -609,23 +622,27 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the same einsums and softmax, backward by hand",
         "torch": "the projections and softmax written out with torch.einsum in Keras's layout (nn."
                  "MultiheadAttention packs its weights, fixes head_dim = D/H and scales by it)",
+        "onnx": "MatMuls and a Softmax in Keras's layout; masked logits -1e9; no dropout (inference)",
     }),
     ("layernorm epsilon", lambda s: any(l.kind == "layernorm" for l in s.layers), {
         "keras": "LayerNormalization(epsilon=0.001) over the last axis, biased variance",
         "numpy": "the same",
         "torch": "eps passed explicitly (nn.LayerNorm's default is 1e-5)",
+        "onnx": "written out (ReduceMean, the biased variance) with the layer's epsilon",
     }),
     ("'same' padding", lambda s: any(getattr(l, "padding", "valid") == "same" for l in s.layers), {
         "keras": "TF's rule: total = max((⌈n/s⌉-1)·s + k - n, 0), the extra pixel at the bottom/right",
         "numpy": "the same asymmetric pads",
         "torch": "F.pad(left, right, top, bottom) then padding=0 (torch's symmetric padding differs "
                  "when the total is odd)",
+        "onnx": "explicit pads attributes (before, after), the extra one after",
     }),
     ("average pooling divisor", lambda s: any(l.kind in ("avgpool2d", "avgpool1d") and l.padding == "same"
                                               for l in s.layers), {
         "keras": "padded cells excluded from the divisor",
         "numpy": "sum of the window ÷ the number of real cells",
         "torch": "zero-padded sum ÷ a pooled ones-mask (count_include_pad=True would be wrong)",
+        "onnx": "AveragePool with count_include_pad=0",
     }),
     ("batchnorm", lambda s: any(l.kind == "batchnorm" for l in s.layers), {
         "keras": "BatchNormalization(momentum=0.99, epsilon=0.001): moving = m·moving + (1-m)·batch, "
@@ -633,12 +650,14 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "numpy": "the same update, biased variance",
         "torch": "custom module: torch's momentum is 1-m (0.01), eps 1e-3, and the moving variance uses "
                  "the biased batch variance (nn.BatchNorm uses the unbiased one)",
+        "onnx": "inference only: the moving mean and variance, 1/√(variance + ε) folded in float32",
     }),
     ("leaky_relu slope", lambda s: any(l.kind == "leaky_relu" or getattr(l, "activation", "") == "leaky_relu"
                                        for l in s.layers), {
         "keras": "LeakyReLU layer 0.3; the activation string 'leaky_relu' 0.2",
         "numpy": "the same two slopes",
         "torch": "negative_slope passed explicitly (nn.LeakyReLU's default is 0.01)",
+        "onnx": "LeakyRelu with the same alpha",
     }),
     ("L1/L2 penalties", lambda s: any(getattr(l, "kernel_regularizer", None) or getattr(l, "embeddings_regularizer",
                                                                                           None)
@@ -646,18 +665,22 @@ _TOPICS: list[tuple[str, Any, dict[str, str]]] = [
         "keras": "kernel_regularizer=L1L2: l1·Σ|w| + l2·Σw² added to the loss and to history['loss']",
         "numpy": "the same term added to the loss; gradient l1·sign(w) + 2·l2·w",
         "torch": "an explicit loss term, not weight_decay (which is (wd/2)·Σw², coupled, and not reported)",
+        "onnx": "evaluate adds the same term, computed as the numpy backend does (the graph has no loss)",
     }),
     ("loss", lambda s: s.loss is not None and s.loss.name.endswith("crossentropy"), {
         "keras": "TF backend: a cross-entropy after softmax/sigmoid is computed from the logits, unclipped; "
                  "otherwise probabilities are clipped to [1e-7, 1-1e-7]",
         "numpy": "the same rule",
         "torch": "CrossEntropy/BCE-with-logits on the pre-activation values; clipped probabilities otherwise",
+        "onnx": "evaluate reads the graph's output, and its logits output before the softmax or sigmoid, with the "
+                "numpy backend's formulas",
     }),
     ("optimizer", lambda s: True, {
         "keras": "Keras 3's update rules (RMSprop ε inside √; Adam ε on the uncorrected √v; decoupled "
                  "weight_decay)",
         "numpy": "the same rules written out",
         "torch": "custom steps: torch.optim's RMSprop/Adam put ε elsewhere and its weight_decay is coupled L2",
+        "onnx": "none: inference only (train with another backend)",
     }),
 ]
 

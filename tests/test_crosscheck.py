@@ -188,6 +188,13 @@ def test_explain_lists_only_what_the_spec_uses():
     assert "initial weights" in topics
 
 
+def test_explain_says_how_every_backend_realises_every_topic():
+    from modelspec.crosscheck import _TOPICS
+
+    for topic, _, text in _TOPICS:
+        assert set(text) == {"keras", *backends.names()}, topic
+
+
 def test_cli_errors_are_one_line(tmp_path):
     spec = tmp_path / "m.ms"
     spec.write_text("dense 2 softmax in 3\n")
