@@ -21,7 +21,7 @@ BUILTIN = {
     "numpy": "modelspec.backends.numpy:NumpyBackend",
     "torch": "modelspec.backends.torch:TorchBackend",
     "keras": "modelspec.backends.keras:KerasBackend",
-    "onnx": "modelspec.backends.onnx:OnnxBackend",
+    "onnx": "modelspec.backends.onnx.backend:OnnxBackend",
 }
 # name -> (the framework's top-level modules, the pip extra that installs them)
 FRAMEWORKS = {"torch": (("torch",), "torch"), "keras": (("keras", "tensorflow", "jax"), "keras"),

@@ -300,7 +300,7 @@ def test_a_missing_framework_names_the_extra_to_install(monkeypatch, backend, fr
     real = importlib.import_module
 
     def without(name, *args):
-        if name == f"modelspec.backends.{backend}":
+        if name == backends.BUILTIN[backend].partition(":")[0]:
             raise ModuleNotFoundError(f"No module named '{framework}'", name=framework)
         return real(name, *args)
 
