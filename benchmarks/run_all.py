@@ -6,7 +6,11 @@
    (benchmarks/cnn.ms) in each backend, next to hand-written NumPy, PyTorch and Keras code
    doing the same math, with ratios and the issues' targets;
 2. check_latency.py: `modelspec check` latency (targets 0.25 s and 2 s) and how parse and
-   check time grow with the number of layers.
+   check time grow with the number of layers;
+3. predict.py: prediction latency and throughput of the onnx, torch and numpy backends, and
+   the export of the MNIST MLP to ONNX (target 1 s);
+4. distributed.py: an epoch of the MNIST MLP in one process and in 2 gloo workers, and the
+   all-reduce per step.
 
 Each runs in its own process with this Python, one after the other, so that one's threads
 never compete with the other's. --quick: fewer rounds and runs (a smoke run, not figures to
@@ -28,20 +32,25 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds and 5 check runs instead of 7 and 11")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and runs: 3 instead of 7, 5 check runs instead of 11, 2 distributed rounds instead of 5")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
-    parser.add_argument("--threads", type=int, metavar="N", help="passed to train_epoch.py")
+    parser.add_argument("--threads", type=int, metavar="N", help="passed to train_epoch.py and predict.py")
     args = parser.parse_args(argv)
 
     epoch_args = ["--model", "all", "--rounds", "3" if args.quick else "7"]
     check_args = ["--runs", "5" if args.quick else "11"]
+    predict_args = ["--rounds", "3" if args.quick else "7"]
+    distributed_args = ["--rounds", "2" if args.quick else "5"]
     if args.threads:
         epoch_args += ["--threads", str(args.threads)]
+        predict_args += ["--threads", str(args.threads)]
+    runs = [("train_epoch.py", epoch_args), ("check_latency.py", check_args), ("predict.py", predict_args),
+            ("distributed.py", distributed_args)]
     if args.markdown:
-        epoch_args.append("--markdown")
-        check_args.append("--markdown")
+        for _, extra in runs:
+            extra.append("--markdown")
     failed = []
-    for script, extra in (("train_epoch.py", epoch_args), ("check_latency.py", check_args)):
+    for script, extra in runs:
         command = [sys.executable, str(HERE / script), *extra]
         print(f"\n{'## ' if args.markdown else '==> '}{script} {' '.join(extra)}\n", flush=True)
         start = time.perf_counter()
