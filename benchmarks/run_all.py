@@ -32,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and runs: 3 instead of 7, 5 check runs instead of 11, 2 distributed rounds instead of 5")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rounds and runs: 3 instead of 7, 5 check runs instead of 11, 2 distributed rounds "
+                             "instead of 5")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--threads", type=int, metavar="N", help="passed to train_epoch.py and predict.py")
     args = parser.parse_args(argv)

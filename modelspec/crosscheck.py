@@ -462,7 +462,7 @@ def crosscheck(spec: ir.Spec, backends: list[str], steps: int = 20, batch_size: 
         result.notes.append(f"{' and '.join(callbacks)} act at the end of epochs; the training steps here are "
                             "compared without them (modelspec compare trains with them)")
     models = {name: build(run_spec, backend=name, seed=seed, **options) for name in backends}
-    result.forward_only = [name for name in backends if not getattr(models[name].backend, "trains", True)]
+    result.forward_only = [name for name in backends if not models[name].backend.trains]
     if result.forward_only:
         result.notes.append(f"{', '.join(result.forward_only)}: forward only (inference only: no gradients or "
                             "training steps to compare)")

@@ -368,7 +368,7 @@ class Model:
         share of every global batch of the one shuffled order, and the history returned is the
         same on every worker, one process's. Worker 0 alone prints progress (verbose is 0 on
         the others) and writes the checkpoint; every worker reads it to resume."""
-        if not getattr(self.backend, "trains", True):  # (a stand-in backend without the attribute trains)
+        if not self.backend.trains:
             from .backends import InferenceOnly
 
             name = self.backend.name

@@ -302,7 +302,8 @@ def test_nproc_under_torchrun_is_refused(tmp_path):
 @pytest.mark.parametrize("env, expected", [
     ({"WORLD_SIZE": "abc", "RANK": "0", "LOCAL_RANK": "0"},
      "WORLD_SIZE must be a whole number (as torchrun sets it); received 'abc'"),
-    ({"WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "0"}, "the rank must be in [0, 2) for a world size of 2; received 3"),
+    ({"WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "0"},
+     "the rank must be in [0, 2) for a world size of 2; received 3"),
 ], ids=["world size", "rank"])
 def test_a_broken_torchrun_environment_is_one_line(tmp_path, env, expected):
     (tmp_path / "dp.ms").write_text(SPEC)

@@ -11,6 +11,7 @@ import pytest
 import modelspec as ms
 from modelspec import data
 from modelspec.data import DataError
+from modelspec.backends.numpy import NumpyBackend
 from modelspec.model import Model, check_x
 
 from corpus import ROOT, modelspec_cli
@@ -26,7 +27,7 @@ def _report(text: str):
 def _unbuilt_model(text: str) -> Model:
     """A Model whose engine is never reached: fit, evaluate and predict check x first."""
     spec = ms.parse(text)
-    return Model(spec, ms.check(spec), None, None, 0)  # type: ignore[arg-type]
+    return Model(spec, ms.check(spec), NumpyBackend(), None, 0)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_the_smallest_vocabulary_bounds_the_ids():
     spec = ms.parse("input 4 int\ne1 = embedding 10 4\ne2 = embedding 7 4 from=in\nadd e1 e2\n"
                     "globalmaxpool1d\ndense 2 softmax\n")
     assert spec.id_limit == 7
-    model = Model(spec, ms.check(spec), None, None, 0)  # type: ignore[arg-type]
+    model = Model(spec, ms.check(spec), NumpyBackend(), None, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"the id 7 at sample 0, step 3; expected ids in \[0, 7\)"):
         model.predict([[0, 1, 6, 7]])
 

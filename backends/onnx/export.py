@@ -25,8 +25,8 @@ from modelspec.diagnostics import Diagnostic
 from .graph import INPUT, OUTPUT, ExportError, Graph, Unsupported, value_info
 from .lowering import Lowering
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "LOGITS", "MIN_OPSET", "OUTPUT", "ExportError", "export",
-           "model_proto"]
+__all__ = ["DEFAULT_OPSET", "EXPORTABLE_KINDS", "INPUT", "LAYER_OUTPUT", "LOGITS", "MIN_OPSET", "OUTPUT", "ExportError",
+           "export", "model_proto"]
 
 EXPORTABLE_KINDS: frozenset[str] = kinds_implemented(Lowering)
 DEFAULT_OPSET = 21  # onnx 1.23 and onnxruntime 1.32 both run it, and both run 13 to 28
